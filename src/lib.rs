@@ -1,0 +1,40 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+//!
+//! # Crate map
+//!
+//! - [`MayFail`]: the global allocator (the hot path, `alloc.rs`).
+//! - The knobs: [`retries`] / [`set_retries`], [`small_limit`] /
+//!   [`set_small_limit`], [`stall_ms`] / [`set_stall_ms`], with the defaults
+//!   [`DEFAULT_RETRIES`], [`DEFAULT_SMALL_LIMIT`], [`DEFAULT_STALL_MS`].
+//! - Scopes: [`nofail`], [`noretry`] and their guard forms [`nofail_guard`],
+//!   [`noretry_guard`] ([`ScopeGuard`]); [`in_reclaim`].
+//! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`],
+//!   [`ReclaimersFull`], [`MAX_RECLAIMERS`].
+//! - Counters: [`stats`], [`Stats`].
+//! - Real memory pressure for tests and demos: [`pressure`].
+
+mod alloc;
+mod backoff;
+mod config;
+mod policy;
+mod reclaim;
+mod report;
+mod scope;
+mod stats;
+
+#[cfg(target_os = "linux")]
+pub mod pressure;
+
+pub use crate::alloc::MayFail;
+pub use crate::config::{
+    DEFAULT_RETRIES, DEFAULT_SMALL_LIMIT, DEFAULT_STALL_MS, RETRY_FOREVER, retries, set_retries,
+    set_small_limit, set_stall_ms, small_limit, stall_ms,
+};
+pub use crate::reclaim::{
+    MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,
+};
+pub use crate::scope::{ScopeGuard, in_reclaim, nofail, nofail_guard, noretry, noretry_guard};
+pub use crate::stats::{Stats, stats};

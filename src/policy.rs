@@ -1,0 +1,248 @@
+//! The slow path: what happens after the inner allocator returned null.
+//!
+//! It decides how many retries the failed request gets (its [`Budget`]),
+//! then loops: run the reclaimers, back off if they freed nothing, try the
+//! same operation again, warn once if the allocation stalls. It runs under the
+//! thread's "in reclaim" mark, so anything it calls that allocates (a
+//! reclaimer, the logger) is served but never retried, and a failure inside it
+//! returns null at once instead of recursing. It never takes a lock and never
+//! lets a panic out.
+//!
+//! ## When a retry cannot help
+//!
+//! Retrying only makes sense if freeing memory could make the request
+//! succeed. A request is deemed *incurable* when its worst-case footprint,
+//! `size + align - 1`, is larger than the whole address space the process may
+//! use: the soft `RLIMIT_AS` when one is set, else the user address space of
+//! the architecture (128 TiB on 64-bit targets, 3 GiB on 32-bit ones). Such a
+//! request fails at once, even inside `nofail`, like the kernel's refusal of
+//! orders above `MAX_ORDER`. Every other request is curable in principle and
+//! follows the knob.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
+
+use crate::backoff::Backoff;
+use crate::config;
+use crate::reclaim;
+use crate::report;
+use crate::scope::{self, Mode, ReclaimGuard};
+use crate::stats::{COUNTERS, bump};
+
+/// The operation that failed, to be attempted again as the same operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Request {
+    Alloc,
+    AllocZeroed,
+    Realloc { ptr: *mut u8, new_size: usize },
+}
+
+impl Request {
+    /// The size the inner allocator was asked for.
+    #[inline(always)]
+    pub(crate) fn size(self, layout: Layout) -> usize {
+        match self {
+            Request::Realloc { new_size, .. } => new_size,
+            _ => layout.size(),
+        }
+    }
+
+    /// Calls the inner allocator.
+    ///
+    /// # Safety
+    ///
+    /// The caller's `GlobalAlloc` contract for this operation: `layout` has a
+    /// non-zero size; for `Realloc`, `ptr` is a live block of `inner` with
+    /// `layout`, and `new_size` is non-zero and does not overflow `isize`
+    /// when rounded up to `layout.align()`.
+    #[inline(always)]
+    pub(crate) unsafe fn attempt<A: GlobalAlloc>(self, inner: &A, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds the contract of each operation (see above).
+        unsafe {
+            match self {
+                Request::Alloc => inner.alloc(layout),
+                Request::AllocZeroed => inner.alloc_zeroed(layout),
+                Request::Realloc { ptr, new_size } => inner.realloc(ptr, layout, new_size),
+            }
+        }
+    }
+}
+
+/// How many retries a failed request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Budget {
+    /// Fail now.
+    None,
+    /// At most this many retries.
+    Limited(usize),
+    /// Until it succeeds.
+    Forever,
+}
+
+/// The policy, as pure logic: the thread's scope first (innermost wins), then
+/// the size against the small limit, then the knob.
+pub(crate) fn budget(mode: Mode, size: usize, retries: isize, small_limit: usize) -> Budget {
+    match mode {
+        Mode::NoFail => Budget::Forever,
+        Mode::NoRetry => Budget::None,
+        Mode::Normal if size > small_limit => Budget::None,
+        Mode::Normal => match retries {
+            config::RETRY_FOREVER => Budget::Forever,
+            n if n <= 0 => Budget::None,
+            n => Budget::Limited(n as usize),
+        },
+    }
+}
+
+/// Whether no amount of freed memory could let `size` bytes at `align` fit
+/// in an address space of `space` bytes.
+pub(crate) fn incurable(size: usize, align: usize, space: u64) -> bool {
+    match size.checked_add(align.saturating_sub(1)) {
+        Some(footprint) => footprint as u64 > space,
+        None => true,
+    }
+}
+
+/// The address space this process may use: the soft `RLIMIT_AS`, or the
+/// architecture's user address space.
+fn address_space() -> u64 {
+    const USER_SPACE: u64 = if cfg!(target_pointer_width = "64") {
+        1 << 47
+    } else {
+        3 << 30
+    };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit; getrlimit does not allocate.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+    if ok && limit.rlim_cur != libc::RLIM_INFINITY {
+        #[allow(clippy::unnecessary_cast)] // rlim_t is narrower on some targets
+        (limit.rlim_cur as u64).min(USER_SPACE)
+    } else {
+        USER_SPACE
+    }
+}
+
+/// Handles a null from the inner allocator for `request`: retries according
+/// to the policy, returns the block or null.
+///
+/// # Safety
+///
+/// As for [`Request::attempt`].
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn after_null<A: GlobalAlloc>(
+    inner: &A,
+    layout: Layout,
+    request: Request,
+) -> *mut u8 {
+    let mode = scope::mode();
+    let Some(_reclaiming) = ReclaimGuard::enter() else {
+        // A failure inside our own slow path (a reclaimer, the logger):
+        // never retried, never recursing.
+        bump(&COUNTERS.failed);
+        return ptr::null_mut();
+    };
+    let size = request.size(layout);
+    let align = layout.align();
+    let start = report::now_ns();
+    let mut backoff = Backoff::new();
+    let mut retries: u64 = 0;
+    let mut stalled = false;
+    let mut checked_curable = false;
+    loop {
+        // The knob is read again on every round, so that a stalled process
+        // can be rescued by `set_retries` from another thread.
+        let budget = budget(
+            mode,
+            size,
+            config::current_retries(),
+            config::current_small_limit(),
+        );
+        let allowed = match budget {
+            Budget::None => false,
+            Budget::Limited(n) => retries < n as u64,
+            Budget::Forever => true,
+        };
+        if !allowed {
+            break;
+        }
+        if !checked_curable {
+            if incurable(size, align, address_space()) {
+                break;
+            }
+            checked_curable = true;
+        }
+        if reclaim::run(size) == 0 {
+            backoff.next_pause().wait();
+        } else {
+            backoff.reset();
+        }
+        retries += 1;
+        bump(&COUNTERS.retries);
+        // SAFETY: same operation, same arguments as the call that failed; on
+        // failure a realloc leaves `ptr` untouched, so it is still live.
+        let block = unsafe { request.attempt(inner, layout) };
+        if !block.is_null() {
+            bump(&COUNTERS.recovered);
+            return block;
+        }
+        if !stalled {
+            let threshold = config::current_stall_ms();
+            let stalled_ms = report::now_ns().saturating_sub(start) / 1_000_000;
+            if threshold != 0 && stalled_ms >= threshold {
+                stalled = true;
+                bump(&COUNTERS.stalls);
+                report::stall(size, align, retries, stalled_ms);
+            }
+        }
+    }
+    bump(&COUNTERS.failed);
+    report::final_failure(size, align, retries);
+    ptr::null_mut()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K32: usize = 32 * 1024;
+
+    #[test]
+    fn small_requests_follow_the_knob() {
+        assert_eq!(budget(Mode::Normal, 64, -1, K32), Budget::Forever);
+        assert_eq!(budget(Mode::Normal, 64, 0, K32), Budget::None);
+        assert_eq!(budget(Mode::Normal, 64, 3, K32), Budget::Limited(3));
+        assert_eq!(budget(Mode::Normal, K32, 3, K32), Budget::Limited(3));
+    }
+
+    #[test]
+    fn large_requests_fail_at_once_outside_nofail() {
+        assert_eq!(budget(Mode::Normal, K32 + 1, -1, K32), Budget::None);
+        assert_eq!(budget(Mode::NoFail, K32 + 1, 0, K32), Budget::Forever);
+    }
+
+    #[test]
+    fn scopes_override_the_knob() {
+        assert_eq!(budget(Mode::NoFail, 64, 0, K32), Budget::Forever);
+        assert_eq!(budget(Mode::NoRetry, 64, -1, K32), Budget::None);
+        assert_eq!(budget(Mode::NoRetry, 64, 5, K32), Budget::None);
+    }
+
+    #[test]
+    fn a_zero_small_limit_makes_every_request_large() {
+        assert_eq!(budget(Mode::Normal, 1, -1, 0), Budget::None);
+    }
+
+    #[test]
+    fn incurable_means_larger_than_the_address_space() {
+        let space = 1u64 << 30;
+        assert!(!incurable(64, 8, space));
+        assert!(!incurable(1 << 29, 1 << 20, space));
+        assert!(incurable((1 << 30) + 1, 1, space));
+        assert!(incurable(8, 1 << 31, space));
+        assert!(incurable(usize::MAX, 2, u64::MAX));
+    }
+}

@@ -1,0 +1,259 @@
+//! Messages to the user: stall warnings, bad input, final failures.
+//!
+//! Everything here may run inside the allocator while memory is exhausted, so
+//! lines are formatted into a fixed buffer on the stack and written to stderr
+//! with a raw `write(2)`: no allocation, no lock, no panic. Warnings that can
+//! repeat under pressure go through a [`RateLimit`], because a storm of
+//! messages from many stalled threads is itself a source of lockups. Only the
+//! final-failure warning goes through `log`, and only under the caller's
+//! "in reclaim" guard, so that whatever the logger allocates is never retried.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A `fmt::Write` sink over a fixed array; output past its end is dropped and
+/// the line is marked as cut.
+pub(crate) struct StackBuf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+    cut: bool,
+}
+
+impl<const N: usize> StackBuf<N> {
+    pub(crate) const fn new() -> Self {
+        StackBuf {
+            bytes: [0; N],
+            len: 0,
+            cut: false,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Ends the buffer with a newline, replacing the tail with `...` if the
+    /// text did not fit.
+    pub(crate) fn finish_line(&mut self) -> &[u8] {
+        const ELLIPSIS: &[u8] = b"...";
+        if self.cut || self.len == N {
+            let keep = N.saturating_sub(ELLIPSIS.len() + 1);
+            self.len = keep.min(self.len);
+            self.push(ELLIPSIS);
+        }
+        if self.len < N {
+            self.bytes[self.len] = b'\n';
+            self.len += 1;
+        }
+        self.as_bytes()
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        let room = N - self.len;
+        let n = s.len().min(room);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+        if n < s.len() {
+            self.cut = true;
+        }
+    }
+}
+
+impl<const N: usize> Write for StackBuf<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Writes all of `bytes` to stderr with `write(2)`, retrying on `EINTR` and
+/// short writes, giving up silently on any other error.
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe a live, initialised slice;
+        // `write` does not keep the pointer.
+        let n = unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && last_errno() == libc::EINTR {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+fn last_errno() -> i32 {
+    // SAFETY: `__errno_location` returns a valid pointer to this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Nanoseconds on the monotonic clock, without allocating.
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Lets at most one event through per `interval_ns`, across all threads.
+pub(crate) struct RateLimit {
+    /// Monotonic time of the last event let through, plus one (0 = never).
+    last: AtomicU64,
+}
+
+impl RateLimit {
+    pub(crate) const fn new() -> Self {
+        RateLimit {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn allow(&self, interval_ns: u64) -> bool {
+        let now = now_ns().saturating_add(1);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < interval_ns {
+            return false;
+        }
+        self.last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+static STALL_LIMIT: RateLimit = RateLimit::new();
+static FAILURE_LIMIT: RateLimit = RateLimit::new();
+
+/// The one-line warning for an allocation that has been retrying for too
+/// long. Rate-limited to one line per second across threads; returns whether
+/// the line was printed.
+pub(crate) fn stall(size: usize, align: usize, retries: u64, stalled_ms: u64) -> bool {
+    if !STALL_LIMIT.allow(SECOND_NS) {
+        return false;
+    }
+    let mut line = StackBuf::<320>::new();
+    let _ = write!(
+        line,
+        "mayfail: allocation of {size} bytes (align {align}) stalled for {}.{:03} s after \
+         {retries} retries; it retries until memory is freed: set MAYFAIL_RETRIES=N or call \
+         mayfail::set_retries(N) to let it fail",
+        stalled_ms / 1000,
+        stalled_ms % 1000,
+    );
+    write_stderr(line.finish_line());
+    true
+}
+
+/// Reports through `log` that a null is going back to the caller.
+/// Rate-limited to one message per second; the caller must hold the
+/// "in reclaim" guard.
+pub(crate) fn final_failure(size: usize, align: usize, retries: u64) {
+    if !log::log_enabled!(target: "mayfail", log::Level::Warn) || !FAILURE_LIMIT.allow(SECOND_NS) {
+        return;
+    }
+    log::warn!(
+        target: "mayfail",
+        "allocation of {size} bytes (align {align}) failed after {retries} retries; \
+         the caller receives null"
+    );
+}
+
+/// Writes `value` for a message: printable ASCII as is, other bytes as
+/// `\xNN`, at most `MAX` bytes of it followed by the total length.
+pub(crate) struct Shown<'a>(pub(crate) &'a [u8]);
+
+impl Shown<'_> {
+    /// How many bytes of a value a message shows.
+    pub(crate) const MAX: usize = 48;
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &b in self.0.iter().take(Self::MAX) {
+            if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+                f.write_char(b as char)?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        if self.0.len() > Self::MAX {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+/// One stderr line for an environment variable that does not parse.
+pub(crate) fn bad_env(name: &str, value: &[u8], accepted: &str, default: fmt::Arguments<'_>) {
+    let mut line = StackBuf::<400>::new();
+    let _ = write!(line, "mayfail: ignoring {name}=\"{}\"", Shown(value));
+    if value.len() > Shown::MAX {
+        let _ = write!(line, " ({} bytes)", value.len());
+    }
+    let _ = write!(line, ": accepted {accepted}; using the default {default}");
+    write_stderr(line.finish_line());
+}
+
+/// One stderr line for a bad argument passed to a setter.
+pub(crate) fn bad_argument(call: fmt::Arguments<'_>, accepted: &str, kept: fmt::Arguments<'_>) {
+    let mut line = StackBuf::<300>::new();
+    let _ = write!(
+        line,
+        "mayfail: ignoring {call}: accepted {accepted}; keeping {kept}"
+    );
+    write_stderr(line.finish_line());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text<const N: usize>(buf: &mut StackBuf<N>) -> String {
+        String::from_utf8(buf.finish_line().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn stack_buf_holds_a_short_line() {
+        let mut b = StackBuf::<32>::new();
+        write!(b, "retries {}", 3).unwrap();
+        assert_eq!(text(&mut b), "retries 3\n");
+    }
+
+    #[test]
+    fn stack_buf_cuts_a_long_line_with_an_ellipsis() {
+        let mut b = StackBuf::<16>::new();
+        write!(b, "{}", "x".repeat(100)).unwrap();
+        let t = text(&mut b);
+        assert_eq!(t.len(), 16);
+        assert!(t.ends_with("...\n"), "{t:?}");
+    }
+
+    #[test]
+    fn shown_escapes_non_printable_bytes_and_cuts_long_values() {
+        let mut b = StackBuf::<200>::new();
+        write!(b, "{}", Shown(b"a\xffb\n\"")).unwrap();
+        assert_eq!(b.as_bytes(), b"a\\xffb\\x0a\\x22");
+        let long = [b'7'; 1000];
+        let mut b = StackBuf::<200>::new();
+        write!(b, "{}", Shown(&long)).unwrap();
+        let t = String::from_utf8(b.as_bytes().to_vec()).unwrap();
+        assert!(t.starts_with(&"7".repeat(48)));
+        assert_eq!(t.len(), 48 + 3, "{t}");
+        assert!(t.ends_with("7..."), "{t}");
+    }
+
+    #[test]
+    fn rate_limit_lets_one_event_through_per_interval() {
+        let limit = RateLimit::new();
+        assert!(limit.allow(SECOND_NS * 3600));
+        assert!(!limit.allow(SECOND_NS * 3600));
+        assert!(limit.allow(0));
+    }
+}

@@ -1,0 +1,188 @@
+//! Per-thread scopes, after the kernel's GFP flags and its
+//! `memalloc_*_save`/`restore` scope API.
+//!
+//! A thread is in one mode at a time: normal, [`nofail`] (retry until the
+//! allocation succeeds, whatever its size and the knob) or [`noretry`] (fail
+//! at once). Scopes nest and the innermost wins; each guard puts back the mode
+//! it found, also when the scope unwinds. Separately, a thread is marked
+//! "in reclaim" while mayfail's slow path runs on it (the kernel's
+//! `PF_MEMALLOC`): a failure then returns null at once, so the slow path can
+//! never recurse.
+//!
+//! The state is one `const`-initialised thread-local byte without a
+//! destructor: reading it never allocates, never registers a destructor and
+//! works during thread teardown. Only the slow path reads it.
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+
+const MODE_MASK: u8 = 0b11;
+const MODE_NOFAIL: u8 = 1;
+const MODE_NORETRY: u8 = 2;
+const IN_RECLAIM: u8 = 0b100;
+
+thread_local! {
+    static STATE: Cell<u8> = const { Cell::new(0) };
+}
+
+/// What the current scope asks of a failed allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Normal,
+    NoFail,
+    NoRetry,
+}
+
+fn state() -> u8 {
+    STATE.try_with(Cell::get).unwrap_or(0)
+}
+
+fn set_state(value: u8) {
+    let _ = STATE.try_with(|s| s.set(value));
+}
+
+/// The current thread's mode.
+pub(crate) fn mode() -> Mode {
+    match state() & MODE_MASK {
+        MODE_NOFAIL => Mode::NoFail,
+        MODE_NORETRY => Mode::NoRetry,
+        _ => Mode::Normal,
+    }
+}
+
+/// Whether the current thread is inside mayfail's slow path: running
+/// reclaimers, backing off or reporting. Allocations that fail meanwhile get
+/// null at once, without retries.
+pub fn in_reclaim() -> bool {
+    state() & IN_RECLAIM != 0
+}
+
+/// Marks the thread "in reclaim" until dropped.
+pub(crate) struct ReclaimGuard(PhantomData<*const ()>);
+
+impl ReclaimGuard {
+    /// `None` if the thread is already in reclaim: the caller is re-entering.
+    pub(crate) fn enter() -> Option<ReclaimGuard> {
+        let s = state();
+        if s & IN_RECLAIM != 0 {
+            return None;
+        }
+        set_state(s | IN_RECLAIM);
+        Some(ReclaimGuard(PhantomData))
+    }
+}
+
+impl Drop for ReclaimGuard {
+    fn drop(&mut self) {
+        set_state(state() & !IN_RECLAIM);
+    }
+}
+
+/// Puts back the thread's previous mode when dropped. Returned by
+/// [`nofail_guard`] and [`noretry_guard`]; not `Send`, since the mode belongs
+/// to the thread that entered it. Guards must be dropped in reverse order of
+/// creation (as scopes are).
+#[must_use = "the scope ends as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ScopeGuard {
+    previous: u8,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ScopeGuard {
+    fn enter(mode: u8) -> ScopeGuard {
+        let s = state();
+        set_state((s & !MODE_MASK) | mode);
+        ScopeGuard {
+            previous: s & MODE_MASK,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        set_state((state() & !MODE_MASK) | self.previous);
+    }
+}
+
+/// Enters a `nofail` scope on this thread until the guard is dropped: every
+/// allocation inside retries until it succeeds, whatever its size and the
+/// retry knob (the kernel's `__GFP_NOFAIL`). A request that can never be
+/// served (larger than the address space) still fails.
+///
+/// ```
+/// let _scope = mayfail::nofail_guard();
+/// let journal = vec![0u8; 1024]; // retried until memory is there
+/// # drop(journal);
+/// ```
+pub fn nofail_guard() -> ScopeGuard {
+    ScopeGuard::enter(MODE_NOFAIL)
+}
+
+/// Enters a `noretry` scope on this thread until the guard is dropped: a
+/// failed allocation inside returns null at once, without reclaim or retries
+/// (the kernel's `__GFP_NORETRY`), whatever the knob says.
+pub fn noretry_guard() -> ScopeGuard {
+    ScopeGuard::enter(MODE_NORETRY)
+}
+
+/// Runs `f` in a `nofail` scope (see [`nofail_guard`]). The previous mode is
+/// restored when `f` returns or panics.
+///
+/// ```
+/// let header = mayfail::nofail(|| Box::new([0u8; 64]));
+/// # drop(header);
+/// ```
+pub fn nofail<R>(f: impl FnOnce() -> R) -> R {
+    let _scope = nofail_guard();
+    f()
+}
+
+/// Runs `f` in a `noretry` scope (see [`noretry_guard`]). The previous mode
+/// is restored when `f` returns or panics.
+///
+/// ```
+/// let mut cache: Vec<u8> = Vec::new();
+/// let grown = mayfail::noretry(|| cache.try_reserve(1 << 20).is_ok());
+/// # let _ = grown;
+/// ```
+pub fn noretry<R>(f: impl FnOnce() -> R) -> R {
+    let _scope = noretry_guard();
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_the_innermost_wins() {
+        assert_eq!(mode(), Mode::Normal);
+        nofail(|| {
+            assert_eq!(mode(), Mode::NoFail);
+            noretry(|| assert_eq!(mode(), Mode::NoRetry));
+            assert_eq!(mode(), Mode::NoFail);
+        });
+        assert_eq!(mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn a_panicking_scope_restores_the_mode() {
+        let r = std::panic::catch_unwind(|| noretry(|| panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn reclaim_guard_refuses_re_entry_and_keeps_the_mode() {
+        let _nofail = nofail_guard();
+        let outer = ReclaimGuard::enter().expect("first entry");
+        assert!(in_reclaim());
+        assert!(ReclaimGuard::enter().is_none());
+        assert_eq!(mode(), Mode::NoFail);
+        drop(outer);
+        assert!(!in_reclaim());
+        assert_eq!(mode(), Mode::NoFail);
+    }
+}

@@ -1,0 +1,88 @@
+//! Counters of what the slow path did.
+//!
+//! Written only on the slow path (after the inner allocator returned null),
+//! with relaxed atomic adds, on cache lines apart from the knobs the hot path
+//! reads. Reading them never allocates.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of mayfail's counters, from [`stats`]. All fields count events
+/// since the process started; use [`Stats::since`] for the events between two
+/// snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Retry attempts made: calls to the inner allocator after a first null.
+    pub retries: u64,
+    /// Allocations that succeeded after at least one retry.
+    pub recovered: u64,
+    /// Nulls returned to callers after the policy gave up (or allowed no
+    /// retry at all).
+    pub failed: u64,
+    /// Allocations that were still retrying after the stall threshold
+    /// (counted once per allocation, even when the warning line was
+    /// rate-limited away).
+    pub stalls: u64,
+    /// Calls made to registered reclaimers.
+    pub reclaimer_calls: u64,
+    /// Bytes the reclaimers said they freed.
+    pub reclaimed_bytes: u64,
+    /// Reclaimers that panicked (each is disabled after its panic).
+    pub reclaimer_panics: u64,
+}
+
+impl Stats {
+    /// The events counted between `earlier` and `self`.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            retries: self.retries.saturating_sub(earlier.retries),
+            recovered: self.recovered.saturating_sub(earlier.recovered),
+            failed: self.failed.saturating_sub(earlier.failed),
+            stalls: self.stalls.saturating_sub(earlier.stalls),
+            reclaimer_calls: self.reclaimer_calls.saturating_sub(earlier.reclaimer_calls),
+            reclaimed_bytes: self.reclaimed_bytes.saturating_sub(earlier.reclaimed_bytes),
+            reclaimer_panics: self.reclaimer_panics.saturating_sub(earlier.reclaimer_panics),
+        }
+    }
+}
+
+#[repr(align(128))]
+pub(crate) struct Counters {
+    pub(crate) retries: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) reclaimer_calls: AtomicU64,
+    pub(crate) reclaimed_bytes: AtomicU64,
+    pub(crate) reclaimer_panics: AtomicU64,
+}
+
+pub(crate) static COUNTERS: Counters = Counters {
+    retries: AtomicU64::new(0),
+    recovered: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    stalls: AtomicU64::new(0),
+    reclaimer_calls: AtomicU64::new(0),
+    reclaimed_bytes: AtomicU64::new(0),
+    reclaimer_panics: AtomicU64::new(0),
+};
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// A snapshot of the counters. Each field is read on its own, so a snapshot
+/// taken while other threads are on the slow path may mix moments.
+pub fn stats() -> Stats {
+    let c = &COUNTERS;
+    Stats {
+        retries: c.retries.load(Relaxed),
+        recovered: c.recovered.load(Relaxed),
+        failed: c.failed.load(Relaxed),
+        stalls: c.stalls.load(Relaxed),
+        reclaimer_calls: c.reclaimer_calls.load(Relaxed),
+        reclaimed_bytes: c.reclaimed_bytes.load(Relaxed),
+        reclaimer_panics: c.reclaimer_panics.load(Relaxed),
+    }
+}

@@ -1,0 +1,183 @@
+//! Shared by the integration tests: run one test of this binary again in a
+//! child process (where it may limit its address space, exhaust memory or
+//! abort without harming the test run), and put that child under real memory
+//! pressure.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mayfail::pressure::{AddressSpaceLimit, Ballast, limit_address_space};
+
+const CHILD_VAR: &str = "MAYFAIL_TEST_CHILD";
+
+/// Whether this process is a child started by [`run_child`].
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_VAR).is_some()
+}
+
+/// What a child printed and how it ended.
+#[derive(Debug)]
+pub struct ChildRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ChildRun {
+    /// Panics with everything the child printed unless it exited with 0.
+    pub fn assert_success(&self) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "child failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stdout.contains("test result: ok. 1 passed"),
+            "the child ran no test: is the name exact?\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    /// The stderr lines that mayfail wrote (they start with `mayfail:`).
+    pub fn mayfail_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("mayfail:"))
+            .collect()
+    }
+}
+
+/// Runs the test `name` of the current test binary alone in a child process
+/// with `env` added (a value of `None` removes the variable). The child is
+/// killed after 60 s.
+pub fn run_child<K: AsRef<OsStr>, V: AsRef<OsStr>>(name: &str, env: &[(K, Option<V>)]) -> ChildRun {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, "1")
+        .env_remove("MAYFAIL_RETRIES")
+        .env_remove("MAYFAIL_SMALL")
+        .env_remove("MAYFAIL_STALL_MS")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd.spawn().expect("spawn the test binary");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let run = ChildRun {
+        code: status.and_then(|s| s.code()),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    assert!(status.is_some(), "child {name} timed out: {run:?}");
+    run
+}
+
+/// Shorthand for [`run_child`] with variables that are all set.
+pub fn run_child_with(name: &str, env: &[(&str, &str)]) -> ChildRun {
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|&(k, v)| (k, Some(v))).collect();
+    run_child(name, &env)
+}
+
+static BALLAST: Mutex<Option<Ballast>> = Mutex::new(None);
+
+/// Real memory exhaustion: an address-space limit 64 MiB above what the
+/// process maps now, filled by a ballast. While it lasts, any allocation that
+/// needs fresh memory fails in the system allocator.
+pub struct Exhaustion {
+    limit: Option<AddressSpaceLimit>,
+}
+
+impl Exhaustion {
+    pub fn start() -> Exhaustion {
+        let limit = limit_address_space(64 << 20).expect("setrlimit(RLIMIT_AS)");
+        Exhaustion::fill();
+        Exhaustion { limit: Some(limit) }
+    }
+
+    /// Fills the ballast (again): memory freed since is taken back.
+    pub fn fill() {
+        let mut guard = BALLAST.lock().unwrap();
+        let ballast = guard.get_or_insert_with(Ballast::new);
+        ballast.fill().expect("fill the ballast");
+    }
+
+    /// Frees at least `bytes` of the ballast; returns the bytes freed.
+    pub fn release(bytes: usize) -> usize {
+        match BALLAST.try_lock() {
+            Ok(mut guard) => guard.as_mut().map_or(0, |b| b.release(bytes)),
+            Err(_) => 0,
+        }
+    }
+
+    /// A reclaimer that gives back ballast.
+    pub fn reclaimer(wanted: usize) -> usize {
+        Exhaustion::release(wanted)
+    }
+
+    /// Frees the whole ballast and lifts the limit.
+    pub fn end(mut self) {
+        if let Some(b) = BALLAST.lock().unwrap().as_mut() {
+            b.release_all();
+        }
+        self.limit.take();
+    }
+}
+
+impl Drop for Exhaustion {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = BALLAST.lock() {
+            if let Some(b) = guard.as_mut() {
+                b.release_all();
+            }
+        }
+    }
+}
+
+/// Allocates through the global allocator (that is, through `MayFail`).
+pub fn alloc(size: usize) -> *mut u8 {
+    // SAFETY: callers pass non-zero sizes.
+    unsafe { std::alloc::alloc(std::alloc::Layout::from_size_align(size, 8).unwrap()) }
+}
+
+/// Frees a block from [`alloc`].
+pub fn free(ptr: *mut u8, size: usize) {
+    assert!(!ptr.is_null());
+    // SAFETY: `ptr` came from `alloc(size)`.
+    unsafe { std::alloc::dealloc(ptr, std::alloc::Layout::from_size_align(size, 8).unwrap()) }
+}
