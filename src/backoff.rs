@@ -75,19 +75,33 @@ mod tests {
     fn spins_then_yields_then_sleeps_doubling_to_the_cap() {
         let mut b = Backoff::new();
         let seen: Vec<Pause> = (0..16).map(|_| b.next_pause()).collect();
-        assert_eq!(&seen[..3], &[Pause::Spin(16), Pause::Spin(32), Pause::Spin(64)]);
+        assert_eq!(
+            &seen[..3],
+            &[Pause::Spin(16), Pause::Spin(32), Pause::Spin(64)]
+        );
         assert_eq!(&seen[3..6], &[Pause::Yield; 3]);
         let us = |n| Pause::Sleep(Duration::from_micros(n));
         assert_eq!(
             &seen[6..14],
-            &[us(50), us(100), us(200), us(400), us(800), us(1600), us(3200), us(6400)]
+            &[
+                us(50),
+                us(100),
+                us(200),
+                us(400),
+                us(800),
+                us(1600),
+                us(3200),
+                us(6400)
+            ]
         );
         assert_eq!(&seen[14..], &[Pause::Sleep(MAX_SLEEP); 2]);
     }
 
     #[test]
     fn never_exceeds_the_cap_however_long_it_runs() {
-        let mut b = Backoff { round: u32::MAX - 2 };
+        let mut b = Backoff {
+            round: u32::MAX - 2,
+        };
         for _ in 0..5 {
             assert_eq!(b.next_pause(), Pause::Sleep(MAX_SLEEP));
         }

@@ -106,7 +106,10 @@ static DEFAULTS_REGISTERED: AtomicU8 = AtomicU8::new(0);
 pub(crate) fn start(defaults: &Defaults) {
     if DEFAULTS_REGISTERED.swap(1, Relaxed) == 0 {
         KNOBS.retries.default.store(defaults.retries, Relaxed);
-        KNOBS.small_limit.default.store(defaults.small_limit, Relaxed);
+        KNOBS
+            .small_limit
+            .default
+            .store(defaults.small_limit, Relaxed);
         KNOBS.stall_ms.default.store(defaults.stall_ms, Relaxed);
     }
     read_env_once();
@@ -259,7 +262,10 @@ pub fn small_limit() -> usize {
 /// is small: only [`nofail`](crate::nofail) scopes retry.
 pub fn set_small_limit(bytes: usize) {
     read_env_once();
-    KNOBS.small_limit.user.store(bytes.min(MAX_SMALL_LIMIT), Relaxed);
+    KNOBS
+        .small_limit
+        .user
+        .store(bytes.min(MAX_SMALL_LIMIT), Relaxed);
 }
 
 /// The stall threshold in force, in milliseconds: an allocation still

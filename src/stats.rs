@@ -41,7 +41,9 @@ impl Stats {
             stalls: self.stalls.saturating_sub(earlier.stalls),
             reclaimer_calls: self.reclaimer_calls.saturating_sub(earlier.reclaimer_calls),
             reclaimed_bytes: self.reclaimed_bytes.saturating_sub(earlier.reclaimed_bytes),
-            reclaimer_panics: self.reclaimer_panics.saturating_sub(earlier.reclaimer_panics),
+            reclaimer_panics: self
+                .reclaimer_panics
+                .saturating_sub(earlier.reclaimer_panics),
         }
     }
 }

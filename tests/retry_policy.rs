@@ -53,15 +53,21 @@ fn forever_recovers_through_a_reclaimer() {
     if is_child() {
         free_on_call(5);
         let (p, d) = exhausted(|| alloc(64));
-        assert!(!p.is_null(), "the allocation must succeed once memory is reclaimed");
+        assert!(
+            !p.is_null(),
+            "the allocation must succeed once memory is reclaimed"
+        );
         free(p, 64);
         assert_eq!((d.retries, d.recovered, d.failed), (5, 1, 0), "{d:?}");
         assert_eq!(d.reclaimer_calls, 5);
         assert!(d.reclaimed_bytes >= 64);
         return;
     }
-    run_child_with("forever_recovers_through_a_reclaimer", &[("MAYFAIL_RETRIES", "-1")])
-        .assert_success();
+    run_child_with(
+        "forever_recovers_through_a_reclaimer",
+        &[("MAYFAIL_RETRIES", "-1")],
+    )
+    .assert_success();
     // Forever is also what happens with no variable at all.
     run_child::<&str, &str>("forever_recovers_through_a_reclaimer", &[]).assert_success();
 }
@@ -78,8 +84,11 @@ fn zero_fails_at_once_without_reclaim() {
         assert!(r, "try_reserve sees a clean Err");
         return;
     }
-    run_child_with("zero_fails_at_once_without_reclaim", &[("MAYFAIL_RETRIES", "0")])
-        .assert_success();
+    run_child_with(
+        "zero_fails_at_once_without_reclaim",
+        &[("MAYFAIL_RETRIES", "0")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -92,8 +101,11 @@ fn n_gives_up_after_exactly_n_retries() {
         assert_eq!(d.reclaimer_calls, 3);
         return;
     }
-    run_child_with("n_gives_up_after_exactly_n_retries", &[("MAYFAIL_RETRIES", "3")])
-        .assert_success();
+    run_child_with(
+        "n_gives_up_after_exactly_n_retries",
+        &[("MAYFAIL_RETRIES", "3")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -106,8 +118,11 @@ fn n_recovers_when_memory_comes_back_within_n() {
         assert_eq!((d.retries, d.recovered, d.failed), (2, 1, 0), "{d:?}");
         return;
     }
-    run_child_with("n_recovers_when_memory_comes_back_within_n", &[("MAYFAIL_RETRIES", "3")])
-        .assert_success();
+    run_child_with(
+        "n_recovers_when_memory_comes_back_within_n",
+        &[("MAYFAIL_RETRIES", "3")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -122,8 +137,11 @@ fn the_setter_overrides_the_environment() {
         assert_eq!((d.retries, d.failed), (2, 1), "{d:?}");
         return;
     }
-    run_child_with("the_setter_overrides_the_environment", &[("MAYFAIL_RETRIES", "0")])
-        .assert_success();
+    run_child_with(
+        "the_setter_overrides_the_environment",
+        &[("MAYFAIL_RETRIES", "0")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -137,13 +155,19 @@ fn nofail_overrides_zero_for_small_and_large() {
 
         free_on_call(2);
         let (p, d) = exhausted(|| mayfail::nofail(|| alloc(256 << 10)));
-        assert!(!p.is_null(), "a large allocation inside nofail is retried too");
+        assert!(
+            !p.is_null(),
+            "a large allocation inside nofail is retried too"
+        );
         free(p, 256 << 10);
         assert!(d.retries >= 2 && d.recovered == 1 && d.failed == 0, "{d:?}");
         return;
     }
-    run_child_with("nofail_overrides_zero_for_small_and_large", &[("MAYFAIL_RETRIES", "0")])
-        .assert_success();
+    run_child_with(
+        "nofail_overrides_zero_for_small_and_large",
+        &[("MAYFAIL_RETRIES", "0")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -178,8 +202,11 @@ fn large_allocations_are_not_retried() {
         assert_eq!((d.retries, d.recovered), (1, 1), "{d:?}");
         return;
     }
-    run_child_with("large_allocations_are_not_retried", &[("MAYFAIL_RETRIES", "-1")])
-        .assert_success();
+    run_child_with(
+        "large_allocations_are_not_retried",
+        &[("MAYFAIL_RETRIES", "-1")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -192,8 +219,11 @@ fn the_small_limit_comes_from_the_environment() {
         assert_eq!((d.retries, d.failed), (0, 1), "{d:?}");
         return;
     }
-    run_child_with("the_small_limit_comes_from_the_environment", &[("MAYFAIL_SMALL", "1K")])
-        .assert_success();
+    run_child_with(
+        "the_small_limit_comes_from_the_environment",
+        &[("MAYFAIL_SMALL", "1K")],
+    )
+    .assert_success();
 }
 
 #[test]
@@ -222,7 +252,10 @@ fn a_failed_realloc_keeps_the_block_and_a_retried_one_keeps_the_contents() {
         assert_eq!((d.retries, d.recovered), (2, 1), "{d:?}");
         // SAFETY: `p` is the grown block of 8192 bytes, its first 1024 copied.
         let grown = unsafe { std::slice::from_raw_parts(p, 1024) };
-        assert!(grown.iter().all(|&b| b == 0x5a), "realloc lost the contents");
+        assert!(
+            grown.iter().all(|&b| b == 0x5a),
+            "realloc lost the contents"
+        );
         // SAFETY: `p` is live with size 8192, align 8.
         unsafe { std::alloc::dealloc(p, Layout::from_size_align(8192, 8).unwrap()) };
         return;
@@ -244,7 +277,9 @@ fn dirty_reclaimer(_wanted: usize) -> usize {
     if call < 2 {
         return 0;
     }
-    let Ok(mut blocks) = DIRTY_BLOCKS.try_lock() else { return 0 };
+    let Ok(mut blocks) = DIRTY_BLOCKS.try_lock() else {
+        return 0;
+    };
     let n = blocks.len();
     for addr in blocks.drain(..) {
         // SAFETY: allocated in the test body with this layout, `System` directly.
@@ -282,15 +317,21 @@ fn alloc_zeroed_is_retried_as_alloc_zeroed() {
         assert!(!p.is_null());
         // SAFETY: 4096 readable bytes.
         let bytes = unsafe { std::slice::from_raw_parts(p, 4096) };
-        assert!(bytes.iter().all(|&b| b == 0), "alloc_zeroed returned dirty memory");
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "alloc_zeroed returned dirty memory"
+        );
         // SAFETY: live with `layout`.
         unsafe { std::alloc::dealloc(p, layout) };
         pressure.end();
         assert_eq!((d.retries, d.recovered), (2, 1), "{d:?}");
         return;
     }
-    run_child_with("alloc_zeroed_is_retried_as_alloc_zeroed", &[("MAYFAIL_RETRIES", "-1")])
-        .assert_success();
+    run_child_with(
+        "alloc_zeroed_is_retried_as_alloc_zeroed",
+        &[("MAYFAIL_RETRIES", "-1")],
+    )
+    .assert_success();
 }
 
 /// Frees nothing until `STALL_DEADLINE`, then gives back ballast.
@@ -308,7 +349,9 @@ static STALL_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new()
 fn a_stall_is_reported_once() {
     if is_child() {
         let pressure = Exhaustion::start();
-        STALL_DEADLINE.set(Instant::now() + Duration::from_millis(400)).unwrap();
+        STALL_DEADLINE
+            .set(Instant::now() + Duration::from_millis(400))
+            .unwrap();
         mayfail::add_reclaimer(slow_reclaimer).unwrap();
         let before = stats();
         let p = alloc(64);
@@ -330,7 +373,11 @@ fn a_stall_is_reported_once() {
         .filter(|l| l.contains("stalled"))
         .collect();
     assert_eq!(stalls.len(), 1, "{}", run.stderr);
-    assert!(stalls[0].contains("allocation of 64 bytes"), "{}", stalls[0]);
+    assert!(
+        stalls[0].contains("allocation of 64 bytes"),
+        "{}",
+        stalls[0]
+    );
     assert!(stalls[0].contains("MAYFAIL_RETRIES"), "{}", stalls[0]);
 }
 
@@ -352,4 +399,54 @@ fn a_request_larger_than_the_address_space_fails_at_once_even_in_nofail() {
         &[("MAYFAIL_RETRIES", "-1")],
     )
     .assert_success();
+}
+
+#[test]
+fn a_final_failure_is_logged_once_per_second_through_log() {
+    if is_child() {
+        env_logger::builder().is_test(false).init();
+        log::warn!(target: "child", "logger ready");
+        free_on_call(usize::MAX);
+        // Filling the ballast fails allocations on purpose; let that warning's
+        // second pass first.
+        let pressure = Exhaustion::start();
+        std::thread::sleep(Duration::from_millis(1100));
+        let before = stats();
+        let first = alloc(64);
+        // The logger may free a buffer of its own while it writes, so some of
+        // these can succeed; most fail, and none of them may be logged.
+        let more: [*mut u8; 8] = std::array::from_fn(|i| alloc(128 * (i + 1)));
+        let d = stats().since(&before);
+        pressure.end();
+        assert!(first.is_null());
+        assert!(d.retries == 0 && d.failed >= 3, "{d:?}");
+        for (i, p) in more.into_iter().enumerate() {
+            if !p.is_null() {
+                free(p, 128 * (i + 1));
+            }
+        }
+        return;
+    }
+    let run = run_child_with(
+        "a_final_failure_is_logged_once_per_second_through_log",
+        &[("MAYFAIL_RETRIES", "0"), ("RUST_LOG", "warn")],
+    );
+    run.assert_success();
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("mayfail") && l.contains(" of 64 bytes"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stderr);
+    assert!(
+        warnings[0].contains("failed after 0 retries"),
+        "{}",
+        warnings[0]
+    );
+    let logged = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN  mayfail"))
+        .count();
+    assert_eq!(logged, 2, "the ballast's and the 64 bytes': {}", run.stderr);
 }
