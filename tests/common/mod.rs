@@ -125,6 +125,7 @@ pub struct Exhaustion {
 
 impl Exhaustion {
     pub fn start() -> Exhaustion {
+        settle_other_threads();
         let limit = limit_address_space(64 << 20).expect("setrlimit(RLIMIT_AS)");
         Exhaustion::fill();
         Exhaustion { limit: Some(limit) }
@@ -165,6 +166,42 @@ impl Drop for Exhaustion {
             if let Some(b) = guard.as_mut() {
                 b.release_all();
             }
+        }
+    }
+}
+
+/// Waits (up to 2 s) until every other thread of this process sleeps.
+///
+/// In a child, the other thread is libtest's main thread, which waits for the
+/// test's result on a channel. The first time it blocks there it registers a
+/// thread-local destructor, which glibc cannot do while memory is exhausted
+/// ("failed to register TLS destructor"): exhaust memory only once it sleeps.
+fn settle_other_threads() {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() }.to_string();
+    let all_asleep = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks.flatten().all(|task| {
+                    task.file_name().to_str() == Some(me.as_str())
+                        || std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                            // The state follows the parenthesised command name.
+                            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
+                        })
+                })
+            })
+            .unwrap_or(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut seen_asleep = 0;
+    // Two sightings 5 ms apart: a thread may sleep briefly on its way.
+    while seen_asleep < 2 && Instant::now() < deadline {
+        if all_asleep() {
+            seen_asleep += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        } else {
+            seen_asleep = 0;
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
