@@ -108,10 +108,7 @@ pub(crate) fn run(wanted: usize) -> usize {
                 freed = freed.saturating_add(n);
             }
             Err(payload) => {
-                // Dropping the payload runs user code that could panic too.
-                if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                    core::mem::forget(again);
-                }
+                report::drop_panic_payload(payload);
                 if slot.compare_exchange(raw, EMPTY, Relaxed, Relaxed).is_ok() {
                     bump(&COUNTERS.reclaimer_panics);
                     report_panic(index, raw);

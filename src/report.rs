@@ -153,20 +153,35 @@ pub(crate) fn stall(size: usize, align: usize, retries: u64, stalled_ms: u64) ->
 
 /// Reports through `log` that a null is going back to the caller.
 /// Rate-limited to one message per second; the caller must hold the
-/// "in reclaim" guard.
+/// "in reclaim" guard. A logger that panics is caught: nothing may unwind
+/// out of the allocator.
 pub(crate) fn final_failure(size: usize, align: usize, retries: u64) {
-    if !log::log_enabled!(target: "mayfail", log::Level::Warn) || !FAILURE_LIMIT.allow(SECOND_NS) {
-        return;
+    let _ = std::panic::catch_unwind(|| {
+        if !log::log_enabled!(target: "mayfail", log::Level::Warn)
+            || !FAILURE_LIMIT.allow(SECOND_NS)
+        {
+            return;
+        }
+        log::warn!(
+            target: "mayfail",
+            "allocation of {size} bytes (align {align}) failed after {retries} retries; \
+             the caller receives null"
+        );
+    })
+    .map_err(drop_panic_payload);
+}
+
+/// Drops a caught panic's payload. Its destructor is user code that could
+/// panic too; a payload from that second panic is leaked rather than dropped.
+pub(crate) fn drop_panic_payload(payload: Box<dyn core::any::Any + Send>) {
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+    if let Err(again) = dropped {
+        core::mem::forget(again);
     }
-    log::warn!(
-        target: "mayfail",
-        "allocation of {size} bytes (align {align}) failed after {retries} retries; \
-         the caller receives null"
-    );
 }
 
 /// Writes `value` for a message: printable ASCII as is, other bytes as
-/// `\xNN`, at most `MAX` bytes of it followed by the total length.
+/// `\xNN`, at most [`Shown::MAX`] bytes of it followed by `...`.
 pub(crate) struct Shown<'a>(pub(crate) &'a [u8]);
 
 impl Shown<'_> {

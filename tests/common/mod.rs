@@ -162,10 +162,10 @@ impl Exhaustion {
 
 impl Drop for Exhaustion {
     fn drop(&mut self) {
-        if let Ok(mut guard) = BALLAST.lock() {
-            if let Some(b) = guard.as_mut() {
-                b.release_all();
-            }
+        if let Ok(mut guard) = BALLAST.lock()
+            && let Some(b) = guard.as_mut()
+        {
+            b.release_all();
         }
     }
 }
