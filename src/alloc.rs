@@ -12,6 +12,7 @@ use std::alloc::System;
 
 use crate::config::{self, Defaults};
 use crate::policy::{self, Request};
+use crate::reserve;
 
 /// A global allocator that wraps `A` and applies the "too small to fail"
 /// retry policy when `A` returns null.
@@ -131,6 +132,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[inline(never)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
         config::start(&self.defaults);
+        reserve::fill_once(&self.inner);
         // SAFETY: forwarded under the caller's contract.
         let block = unsafe { request.attempt(&self.inner, layout) };
         if block.is_null() {

@@ -10,7 +10,8 @@
 //!   [`set_small_limit`], [`stall_ms`] / [`set_stall_ms`], with the defaults
 //!   [`DEFAULT_RETRIES`], [`DEFAULT_SMALL_LIMIT`], [`DEFAULT_STALL_MS`].
 //! - Scopes: [`nofail`], [`noretry`] and their guard forms [`nofail_guard`],
-//!   [`noretry_guard`] ([`ScopeGuard`]); [`in_reclaim`].
+//!   [`noretry_guard`], [`nowarn`], [`nowarn_guard`] ([`ScopeGuard`]);
+//!   [`in_reclaim`].
 //! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`],
 //!   [`ReclaimersFull`], [`MAX_RECLAIMERS`].
 //! - Counters: [`stats`], [`Stats`].
@@ -22,6 +23,7 @@ mod config;
 mod policy;
 mod reclaim;
 mod report;
+mod reserve;
 mod scope;
 mod stats;
 
@@ -36,5 +38,7 @@ pub use crate::config::{
 pub use crate::reclaim::{
     MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,
 };
-pub use crate::scope::{ScopeGuard, in_reclaim, nofail, nofail_guard, noretry, noretry_guard};
+pub use crate::scope::{
+    ScopeGuard, in_reclaim, nofail, nofail_guard, noretry, noretry_guard, nowarn, nowarn_guard,
+};
 pub use crate::stats::{Stats, stats};

@@ -26,6 +26,7 @@ use crate::backoff::Backoff;
 use crate::config;
 use crate::reclaim;
 use crate::report;
+use crate::reserve;
 use crate::scope::{self, Mode, ReclaimGuard};
 use crate::stats::{COUNTERS, bump};
 
@@ -200,7 +201,9 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         }
     }
     bump(&COUNTERS.failed);
-    report::final_failure(size, align, retries);
+    if !scope::quiet() && report::failure_log_due() {
+        reserve::spend(inner, || report::log_failure(size, align, retries));
+    }
     ptr::null_mut()
 }
 

@@ -210,7 +210,8 @@ impl Ballast {
     }
 
     /// Fills the remaining address space with mappings, then takes blocks
-    /// from the global allocator (inside a [`noretry`](crate::noretry) scope)
+    /// from the global allocator (inside [`noretry`](crate::noretry) and
+    /// [`nowarn`](crate::nowarn) scopes)
     /// until it returns null for every size down to 16 bytes. Returns the
     /// bytes held.
     ///
@@ -233,6 +234,7 @@ impl Ballast {
             }
         }
         let _scope = crate::noretry_guard();
+        let _quiet = crate::nowarn_guard();
         for size in HEAP_SIZES {
             let layout = Layout::from_size_align(size, 16).expect("valid layout");
             loop {

@@ -151,24 +151,31 @@ pub(crate) fn stall(size: usize, align: usize, retries: u64, stalled_ms: u64) ->
     true
 }
 
-/// Reports through `log` that a null is going back to the caller.
-/// Rate-limited to one message per second; the caller must hold the
-/// "in reclaim" guard. A logger that panics is caught: nothing may unwind
-/// out of the allocator.
-pub(crate) fn final_failure(size: usize, align: usize, retries: u64) {
-    let _ = std::panic::catch_unwind(|| {
-        if !log::log_enabled!(target: "mayfail", log::Level::Warn)
-            || !FAILURE_LIMIT.allow(SECOND_NS)
-        {
-            return;
-        }
+/// Whether a final failure may be logged now: a logger wants it, and none
+/// was logged in the last second.
+pub(crate) fn failure_log_due() -> bool {
+    let enabled =
+        std::panic::catch_unwind(|| log::log_enabled!(target: "mayfail", log::Level::Warn));
+    enabled.unwrap_or_else(|payload| {
+        drop_panic_payload(payload);
+        false
+    }) && FAILURE_LIMIT.allow(SECOND_NS)
+}
+
+/// Reports through `log` that a null is going back to the caller. The caller
+/// must hold the "in reclaim" guard. A logger that panics is caught: nothing
+/// may unwind out of the allocator.
+pub(crate) fn log_failure(size: usize, align: usize, retries: u64) {
+    let logged = std::panic::catch_unwind(|| {
         log::warn!(
             target: "mayfail",
             "allocation of {size} bytes (align {align}) failed after {retries} retries; \
              the caller receives null"
         );
-    })
-    .map_err(drop_panic_payload);
+    });
+    if let Err(payload) = logged {
+        drop_panic_payload(payload);
+    }
 }
 
 /// Drops a caught panic's payload. Its destructor is user code that could

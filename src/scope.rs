@@ -20,6 +20,7 @@ const MODE_MASK: u8 = 0b11;
 const MODE_NOFAIL: u8 = 1;
 const MODE_NORETRY: u8 = 2;
 const IN_RECLAIM: u8 = 0b100;
+const NOWARN: u8 = 0b1000;
 
 thread_local! {
     static STATE: Cell<u8> = const { Cell::new(0) };
@@ -50,6 +51,11 @@ pub(crate) fn mode() -> Mode {
     }
 }
 
+/// Whether failures on this thread are kept out of the log ([`nowarn`]).
+pub(crate) fn quiet() -> bool {
+    state() & NOWARN != 0
+}
+
 /// Whether the current thread is inside mayfail's slow path: running
 /// reclaimers, backing off or reporting. Allocations that fail meanwhile get
 /// null at once, without retries.
@@ -78,23 +84,29 @@ impl Drop for ReclaimGuard {
     }
 }
 
-/// Puts back the thread's previous mode when dropped. Returned by
-/// [`nofail_guard`] and [`noretry_guard`]; not `Send`, since the mode belongs
-/// to the thread that entered it. Guards must be dropped in reverse order of
-/// creation (as scopes are).
+/// Puts back what the scope changed on this thread when dropped. Returned
+/// by [`nofail_guard`], [`noretry_guard`], [`nowarn_guard`] and
+/// [`make_it_fail_guard`](crate::make_it_fail_guard); not `Send`, since the
+/// state belongs to the thread that entered it. Guards must be dropped in
+/// reverse order of creation (as scopes are).
 #[must_use = "the scope ends as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct ScopeGuard {
+    /// The bits this scope owns.
+    mask: u8,
+    /// Their values before it.
     previous: u8,
     _not_send: PhantomData<*const ()>,
 }
 
 impl ScopeGuard {
-    fn enter(mode: u8) -> ScopeGuard {
+    /// Sets the `mask` bits of the thread's state to `value` until dropped.
+    pub(crate) fn enter(mask: u8, value: u8) -> ScopeGuard {
         let s = state();
-        set_state((s & !MODE_MASK) | mode);
+        set_state((s & !mask) | value);
         ScopeGuard {
-            previous: s & MODE_MASK,
+            mask,
+            previous: s & mask,
             _not_send: PhantomData,
         }
     }
@@ -102,7 +114,7 @@ impl ScopeGuard {
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        set_state((state() & !MODE_MASK) | self.previous);
+        set_state((state() & !self.mask) | self.previous);
     }
 }
 
@@ -117,14 +129,14 @@ impl Drop for ScopeGuard {
 /// # drop(journal);
 /// ```
 pub fn nofail_guard() -> ScopeGuard {
-    ScopeGuard::enter(MODE_NOFAIL)
+    ScopeGuard::enter(MODE_MASK, MODE_NOFAIL)
 }
 
 /// Enters a `noretry` scope on this thread until the guard is dropped: a
 /// failed allocation inside returns null at once, without reclaim or retries
 /// (the kernel's `__GFP_NORETRY`), whatever the knob says.
 pub fn noretry_guard() -> ScopeGuard {
-    ScopeGuard::enter(MODE_NORETRY)
+    ScopeGuard::enter(MODE_MASK, MODE_NORETRY)
 }
 
 /// Runs `f` in a `nofail` scope (see [`nofail_guard`]). The previous mode is
@@ -152,6 +164,26 @@ pub fn noretry<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Enters a `nowarn` scope on this thread until the guard is dropped:
+/// allocations inside that end in null are not reported through `log` (the
+/// kernel's `__GFP_NOWARN`), for code that probes memory and expects
+/// failures. Counters still count them. Independent of `nofail` / `noretry`.
+pub fn nowarn_guard() -> ScopeGuard {
+    ScopeGuard::enter(NOWARN, NOWARN)
+}
+
+/// Runs `f` in a `nowarn` scope (see [`nowarn_guard`]).
+///
+/// ```
+/// let mut probe: Vec<u8> = Vec::new();
+/// let big = mayfail::nowarn(|| probe.try_reserve(1 << 40).is_ok());
+/// # let _ = big;
+/// ```
+pub fn nowarn<R>(f: impl FnOnce() -> R) -> R {
+    let _scope = nowarn_guard();
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +197,19 @@ mod tests {
             assert_eq!(mode(), Mode::NoFail);
         });
         assert_eq!(mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn nowarn_is_independent_of_the_mode() {
+        noretry(|| {
+            nowarn(|| {
+                assert!(quiet());
+                assert_eq!(mode(), Mode::NoRetry);
+                nofail(|| assert!(quiet()));
+            });
+            assert!(!quiet());
+            assert_eq!(mode(), Mode::NoRetry);
+        });
     }
 
     #[test]

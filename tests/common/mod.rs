@@ -186,7 +186,8 @@ fn settle_other_threads() {
                     task.file_name().to_str() == Some(me.as_str())
                         || std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
                             // The state follows the parenthesised command name.
-                            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
+                            stat.rsplit_once(") ")
+                                .is_some_and(|(_, rest)| rest.starts_with('S'))
                         })
                 })
             })

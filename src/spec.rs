@@ -1,0 +1,414 @@
+//! The injection spec grammar: `key=value` pairs separated by commas, keys
+//! named after the kernel's fault-injection attributes.
+//!
+//! Pure logic over bytes: parsing neither allocates nor panics, so the same
+//! parser serves `MAYFAIL_INJECT` (read inside the allocator) and
+//! [`configure_injection`](crate::configure_injection). A [`Spec`] prints back
+//! in canonical form, which is what replay lines show.
+
+use core::fmt;
+
+use crate::config::{parse_bytes, parse_u64};
+use crate::report::Shown;
+
+/// Longest accepted `thread=` name, in bytes.
+pub(crate) const MAX_THREAD_NAME: usize = 64;
+
+/// A parsed injection spec. Defaults follow the kernel's: probability 100,
+/// interval 1, times 1, space 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spec {
+    /// Probability in billionths of a percent (100% = 100_000_000_000).
+    pub(crate) probability_nano: u64,
+    pub(crate) interval: u64,
+    /// `-1` = unlimited.
+    pub(crate) times: i64,
+    pub(crate) space: u64,
+    pub(crate) min_size: usize,
+    pub(crate) max_size: usize,
+    pub(crate) task_filter: bool,
+    pub(crate) after: u64,
+    pub(crate) seed: Option<u64>,
+    pub(crate) verbose: u8,
+    pub(crate) transient: bool,
+    pub(crate) report: bool,
+    /// Only the n-th allocation of each thread is a candidate (0 = any).
+    pub(crate) nth: u64,
+    /// Only threads with this name are candidates (empty = any).
+    pub(crate) thread: [u8; MAX_THREAD_NAME],
+    pub(crate) thread_len: u8,
+}
+
+/// 100 %, in billionths of a percent.
+pub(crate) const PERCENT_100: u64 = 100 * 1_000_000_000;
+
+impl Spec {
+    pub(crate) const DEFAULT: Spec = Spec {
+        probability_nano: PERCENT_100,
+        interval: 1,
+        times: 1,
+        space: 0,
+        min_size: 0,
+        max_size: usize::MAX,
+        task_filter: false,
+        after: 0,
+        seed: None,
+        verbose: 0,
+        transient: false,
+        report: true,
+        nth: 0,
+        thread: [0; MAX_THREAD_NAME],
+        thread_len: 0,
+    };
+
+    pub(crate) fn thread_name(&self) -> &[u8] {
+        &self.thread[..self.thread_len as usize]
+    }
+
+    /// The threshold a uniform 32-bit random number must stay below for a
+    /// failure: `probability / 100 * 2^32`.
+    pub(crate) fn threshold(&self) -> u64 {
+        ((u128::from(self.probability_nano) << 32) / u128::from(PERCENT_100)) as u64
+    }
+}
+
+/// What was wrong with a spec: which field, and what it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Problem {
+    Empty,
+    EmptyPair,
+    MissingEquals,
+    UnknownKey,
+    Duplicate,
+    BadValue(&'static str),
+    SizeRange,
+}
+
+/// A parse error, borrowing the offending text from the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpecError<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) value: &'a [u8],
+    pub(crate) problem: Problem,
+}
+
+/// Every key, for the unknown-key message.
+pub(crate) const KEYS: &str = "probability, interval, times, space, min-size, max-size, \
+    task-filter, after, seed, verbose, transient, report, nth, thread";
+
+const PROBABILITY: &str = "a percentage from 0 to 100, decimals allowed (0.5)";
+const WHOLE_POSITIVE: &str = "a whole number >= 1";
+const TIMES: &str = "-1 (unlimited) or a whole number >= 0";
+const BYTES: &str = "bytes, with an optional K, M or G suffix";
+const WHOLE: &str = "a whole number >= 0";
+const YES_NO: &str = "Y or N";
+const VERBOSE: &str = "0, 1 or 2";
+const THREAD: &str = "a thread name of 1 to 64 bytes";
+
+impl fmt::Display for SpecError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = Shown(self.key);
+        let value = Shown(self.value);
+        match self.problem {
+            Problem::Empty => f.write_str("the spec is empty: give key=value pairs, e.g. probability=1,times=-1"),
+            Problem::EmptyPair => f.write_str("empty pair (two commas in a row, or a comma at an end): give key=value pairs separated by single commas"),
+            Problem::MissingEquals => write!(f, "\"{key}\" is not key=value; keys: {KEYS}"),
+            Problem::UnknownKey => write!(f, "unknown key \"{key}\"; keys: {KEYS}"),
+            Problem::Duplicate => write!(f, "\"{key}\" is given twice"),
+            Problem::BadValue(accepted) => {
+                write!(f, "{key}=\"{value}\" is not valid: {key} takes {accepted}")
+            }
+            Problem::SizeRange => f.write_str("min-size is larger than max-size"),
+        }
+    }
+}
+
+fn yes_no(v: &[u8]) -> Option<bool> {
+    match v {
+        b"Y" | b"y" | b"1" => Some(true),
+        b"N" | b"n" | b"0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A percentage with up to nine decimals, in billionths of a percent.
+pub(crate) fn parse_percent(v: &[u8]) -> Option<u64> {
+    let (whole, fraction) = match v.iter().position(|&b| b == b'.') {
+        Some(dot) => (&v[..dot], &v[dot + 1..]),
+        None => (v, &b""[..]),
+    };
+    if whole.is_empty() || fraction.len() > 9 || (v.contains(&b'.') && fraction.is_empty()) {
+        return None;
+    }
+    let whole = parse_u64(whole)?;
+    let mut nano = 0u64;
+    for (i, &b) in fraction.iter().enumerate() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        nano += u64::from(b - b'0') * 10u64.pow(8 - i as u32);
+    }
+    let total = whole.checked_mul(1_000_000_000)?.checked_add(nano)?;
+    (total <= PERCENT_100).then_some(total)
+}
+
+/// Parses a spec. Keys are case-sensitive; blanks around keys and values are
+/// ignored.
+pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
+    let mut spec = Spec::DEFAULT;
+    let input = input.trim_ascii();
+    if input.is_empty() {
+        return Err(SpecError {
+            key: b"",
+            value: b"",
+            problem: Problem::Empty,
+        });
+    }
+    let mut seen = 0u32;
+    for pair in input.split(|&b| b == b',') {
+        let pair = pair.trim_ascii();
+        let err = |key, value, problem| SpecError { key, value, problem };
+        if pair.is_empty() {
+            return Err(err(b"", b"", Problem::EmptyPair));
+        }
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            return Err(err(pair, b"", Problem::MissingEquals));
+        };
+        let key = pair[..eq].trim_ascii();
+        let value = pair[eq + 1..].trim_ascii();
+        let bad = |accepted| err(key, value, Problem::BadValue(accepted));
+        let index = match key {
+            b"probability" => {
+                spec.probability_nano = parse_percent(value).ok_or(bad(PROBABILITY))?;
+                0
+            }
+            b"interval" => {
+                spec.interval = parse_u64(value)
+                    .filter(|&n| n >= 1)
+                    .ok_or(bad(WHOLE_POSITIVE))?;
+                1
+            }
+            b"times" => {
+                spec.times = if value == b"-1" {
+                    -1
+                } else {
+                    parse_u64(value)
+                        .and_then(|n| i64::try_from(n).ok())
+                        .ok_or(bad(TIMES))?
+                };
+                2
+            }
+            b"space" => {
+                spec.space = parse_bytes(value).map_err(|()| bad(BYTES))? as u64;
+                3
+            }
+            b"min-size" => {
+                spec.min_size = parse_bytes(value).map_err(|()| bad(BYTES))?;
+                4
+            }
+            b"max-size" => {
+                spec.max_size = parse_bytes(value).map_err(|()| bad(BYTES))?;
+                5
+            }
+            b"task-filter" => {
+                spec.task_filter = yes_no(value).ok_or(bad(YES_NO))?;
+                6
+            }
+            b"after" => {
+                spec.after = parse_u64(value).ok_or(bad(WHOLE))?;
+                7
+            }
+            b"seed" => {
+                spec.seed = Some(parse_u64(value).ok_or(bad(WHOLE))?);
+                8
+            }
+            b"verbose" => {
+                spec.verbose = match value {
+                    b"0" => 0,
+                    b"1" => 1,
+                    b"2" => 2,
+                    _ => return Err(bad(VERBOSE)),
+                };
+                9
+            }
+            b"transient" => {
+                spec.transient = yes_no(value).ok_or(bad(YES_NO))?;
+                10
+            }
+            b"report" => {
+                spec.report = yes_no(value).ok_or(bad(YES_NO))?;
+                11
+            }
+            b"nth" => {
+                spec.nth = parse_u64(value)
+                    .filter(|&n| n >= 1)
+                    .ok_or(bad(WHOLE_POSITIVE))?;
+                12
+            }
+            b"thread" => {
+                if value.is_empty() || value.len() > MAX_THREAD_NAME {
+                    return Err(bad(THREAD));
+                }
+                spec.thread[..value.len()].copy_from_slice(value);
+                spec.thread_len = value.len() as u8;
+                13
+            }
+            _ => return Err(err(key, value, Problem::UnknownKey)),
+        };
+        if seen & (1 << index) != 0 {
+            return Err(err(key, value, Problem::Duplicate));
+        }
+        seen |= 1 << index;
+    }
+    if spec.min_size > spec.max_size {
+        return Err(SpecError {
+            key: b"min-size",
+            value: b"",
+            problem: Problem::SizeRange,
+        });
+    }
+    Ok(spec)
+}
+
+/// The canonical form: every key that differs from its default, in grammar
+/// order, plus the seed actually used.
+pub(crate) struct Canonical<'a> {
+    pub(crate) spec: &'a Spec,
+    pub(crate) seed: u64,
+}
+
+impl fmt::Display for Canonical<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.spec;
+        let d = Spec::DEFAULT;
+        let whole = s.probability_nano / 1_000_000_000;
+        let mut fraction = s.probability_nano % 1_000_000_000;
+        write!(f, "probability={whole}")?;
+        if fraction != 0 {
+            let mut digits = 9;
+            while fraction % 10 == 0 {
+                fraction /= 10;
+                digits -= 1;
+            }
+            write!(f, ".{fraction:0digits$}")?;
+        }
+        if s.interval != d.interval {
+            write!(f, ",interval={}", s.interval)?;
+        }
+        if s.times != d.times {
+            write!(f, ",times={}", s.times)?;
+        }
+        if s.space != d.space {
+            write!(f, ",space={}", s.space)?;
+        }
+        if s.min_size != d.min_size {
+            write!(f, ",min-size={}", s.min_size)?;
+        }
+        if s.max_size != d.max_size {
+            write!(f, ",max-size={}", s.max_size)?;
+        }
+        if s.task_filter {
+            f.write_str(",task-filter=Y")?;
+        }
+        if s.after != d.after {
+            write!(f, ",after={}", s.after)?;
+        }
+        write!(f, ",seed={}", self.seed)?;
+        if s.verbose != d.verbose {
+            write!(f, ",verbose={}", s.verbose)?;
+        }
+        if s.transient {
+            f.write_str(",transient=Y")?;
+        }
+        if !s.report {
+            f.write_str(",report=N")?;
+        }
+        if s.nth != d.nth {
+            write!(f, ",nth={}", s.nth)?;
+        }
+        if s.thread_len != 0 {
+            write!(f, ",thread={}", Shown(s.thread_name()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> Spec {
+        parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn problem(s: &str) -> Problem {
+        parse(s.as_bytes()).expect_err(s).problem
+    }
+
+    #[test]
+    fn defaults_follow_the_kernel() {
+        let s = ok("probability=100");
+        assert_eq!((s.interval, s.times, s.space), (1, 1, 0));
+        assert!(s.report && !s.transient && !s.task_filter);
+        assert_eq!(s.threshold(), 1 << 32);
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let s = ok("probability=0.5, interval=3,times=-1,space=2K,min-size=16,max-size=1M,\
+                    task-filter=Y,after=100,seed=42,verbose=2,transient=Y,report=N,nth=7,thread=worker");
+        assert_eq!(s.probability_nano, 500_000_000);
+        assert_eq!((s.interval, s.times, s.space), (3, -1, 2048));
+        assert_eq!((s.min_size, s.max_size), (16, 1 << 20));
+        assert!(s.task_filter && s.transient && !s.report);
+        assert_eq!((s.after, s.seed, s.verbose, s.nth), (100, Some(42), 2, 7));
+        assert_eq!(s.thread_name(), b"worker");
+    }
+
+    #[test]
+    fn probability_takes_decimals_up_to_one_hundred() {
+        assert_eq!(parse_percent(b"0"), Some(0));
+        assert_eq!(parse_percent(b"100"), Some(PERCENT_100));
+        assert_eq!(parse_percent(b"0.000000001"), Some(1));
+        assert_eq!(parse_percent(b"12.5"), Some(12_500_000_000));
+        for bad in [&b"100.1"[..], b"101", b"-1", b"abc", b".5", b"5.", b"1.0000000001", b""] {
+            assert_eq!(parse_percent(bad), None, "{bad:?}");
+        }
+        assert_eq!(ok("probability=50").threshold(), 1 << 31);
+    }
+
+    #[test]
+    fn bad_specs_name_their_problem() {
+        assert_eq!(problem(""), Problem::Empty);
+        assert_eq!(problem("  "), Problem::Empty);
+        assert_eq!(problem("times=1,,interval=2"), Problem::EmptyPair);
+        assert_eq!(problem("times=1,"), Problem::EmptyPair);
+        assert_eq!(problem("times"), Problem::MissingEquals);
+        assert_eq!(problem("probabilty=5"), Problem::UnknownKey);
+        assert_eq!(problem("times=1,times=2"), Problem::Duplicate);
+        assert_eq!(problem("probability=abc"), Problem::BadValue(PROBABILITY));
+        assert_eq!(problem("interval=0"), Problem::BadValue(WHOLE_POSITIVE));
+        assert_eq!(problem("times=-2"), Problem::BadValue(TIMES));
+        assert_eq!(problem("space=12Q"), Problem::BadValue(BYTES));
+        assert_eq!(problem("task-filter=maybe"), Problem::BadValue(YES_NO));
+        assert_eq!(problem("verbose=3"), Problem::BadValue(VERBOSE));
+        assert_eq!(problem("seed=99999999999999999999"), Problem::BadValue(WHOLE));
+        assert_eq!(problem("min-size=2K,max-size=1K"), Problem::SizeRange);
+        assert_eq!(problem("thread="), Problem::BadValue(THREAD));
+    }
+
+    #[test]
+    fn canonical_form_parses_back_to_the_same_spec() {
+        for s in [
+            "probability=100",
+            "probability=0.25,interval=3,times=-1",
+            "probability=1,space=1000,min-size=8,max-size=4096,task-filter=Y,after=5,verbose=1",
+            "probability=100,transient=Y,report=N,nth=17,thread=main",
+        ] {
+            let spec = ok(s);
+            let text = Canonical { spec: &spec, seed: 9 }.to_string();
+            let again = ok(&text);
+            assert_eq!(again, Spec { seed: Some(9), ..spec }, "{text}");
+        }
+    }
+}
