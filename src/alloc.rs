@@ -2,15 +2,18 @@
 //!
 //! Every operation is forwarded to the inner allocator as the same operation.
 //! Beyond that call and its null check, a successful allocation costs one
-//! relaxed load of a read-mostly word (`engaged`, set until the environment
-//! has been read) and a branch that is never taken once the process runs:
-//! no thread-local access, no shared write, no lock. `dealloc` adds nothing.
-//! Everything else is out of line and `#[cold]`, in `policy`.
+//! relaxed load of a read-mostly word (`engaged`: set until the environment
+//! has been read, while injection is on, and while a thread counts down to a
+//! fail-nth) and a branch that is never taken in an idle process: no
+//! thread-local access, no shared write, no lock. `dealloc` adds nothing.
+//! Everything else is out of line: the engaged path here, the retry policy in
+//! `policy`, the injection decision in `inject`.
 
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
 use crate::config::{self, Defaults};
+use crate::inject::{self, Verdict};
 use crate::policy::{self, Request};
 use crate::reserve;
 
@@ -122,8 +125,9 @@ impl<A: GlobalAlloc> MayFail<A> {
         block
     }
 
-    /// The first allocations of the process: read the environment, then
-    /// serve as usual.
+    /// The engaged path: the first allocations of the process (read the
+    /// environment), and every allocation while injection is on or a thread
+    /// has a fail-nth countdown.
     ///
     /// # Safety
     ///
@@ -133,6 +137,15 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
         config::start(&self.defaults);
         reserve::fill_once(&self.inner);
+        match inject::decide(request.op(), request.size(layout), layout.align()) {
+            Verdict::Pass => {}
+            Verdict::Fail => return core::ptr::null_mut(),
+            Verdict::Transient => {
+                // SAFETY: as in `serve`; the inner allocator was not called,
+                // so a realloc's block is untouched.
+                return unsafe { policy::after_null(&self.inner, layout, request) };
+            }
+        }
         // SAFETY: forwarded under the caller's contract.
         let block = unsafe { request.attempt(&self.inner, layout) };
         if block.is_null() {

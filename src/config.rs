@@ -11,7 +11,9 @@
 //! The one word the hot path reads, [`engaged`], sits on its own cache line
 //! with the other read-mostly knobs, away from the counters in `stats`.
 
-use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 
 use crate::report;
 
@@ -60,15 +62,17 @@ struct Layers<T> {
 #[repr(align(128))]
 struct Knobs {
     /// Non-zero while allocations must take the engaged path: until the
-    /// environment has been read.
-    engaged: AtomicU8,
+    /// environment has been read ([`NOT_STARTED`]), while injection is on
+    /// ([`INJECTING`]), and while any thread has a fail-nth countdown
+    /// (counted in units of [`ARMED_THREAD`]).
+    engaged: AtomicU32,
     retries: Layers<AtomicIsize>,
     small_limit: Layers<AtomicUsize>,
     stall_ms: Layers<AtomicU64>,
 }
 
 static KNOBS: Knobs = Knobs {
-    engaged: AtomicU8::new(1),
+    engaged: AtomicU32::new(NOT_STARTED),
     retries: Layers {
         user: AtomicIsize::new(UNSET_ISIZE),
         env: AtomicIsize::new(UNSET_ISIZE),
@@ -86,11 +90,39 @@ static KNOBS: Knobs = Knobs {
     },
 };
 
+const NOT_STARTED: u32 = 1;
+const INJECTING: u32 = 2;
+const ARMED_THREAD: u32 = 1 << 8;
+
 /// Whether allocations must go through the engaged (cold) path. The only
 /// shared word the hot path reads.
 #[inline(always)]
 pub(crate) fn engaged() -> bool {
     KNOBS.engaged.load(Relaxed) != 0
+}
+
+/// Whether injection by attributes is on.
+pub(crate) fn injecting() -> bool {
+    KNOBS.engaged.load(Relaxed) & INJECTING != 0
+}
+
+/// Turns injection by attributes on or off.
+pub(crate) fn set_injecting(on: bool) {
+    if on {
+        KNOBS.engaged.fetch_or(INJECTING, Relaxed);
+    } else {
+        KNOBS.engaged.fetch_and(!INJECTING, Relaxed);
+    }
+}
+
+/// One more thread has a fail-nth countdown: every allocation must be counted.
+pub(crate) fn arm_thread() {
+    KNOBS.engaged.fetch_add(ARMED_THREAD, Relaxed);
+}
+
+/// A thread's fail-nth countdown ended (fired or disarmed).
+pub(crate) fn disarm_thread() {
+    KNOBS.engaged.fetch_sub(ARMED_THREAD, Relaxed);
 }
 
 const UNREAD: u8 = 0;
@@ -102,8 +134,15 @@ static DEFAULTS_REGISTERED: AtomicU8 = AtomicU8::new(0);
 /// Called by the allocator's engaged path: registers the allocator's compiled
 /// defaults (first caller wins), reads the environment once, and disengages
 /// the hot path.
-#[cold]
+#[inline]
 pub(crate) fn start(defaults: &Defaults) {
+    if KNOBS.engaged.load(Relaxed) & NOT_STARTED != 0 {
+        start_once(defaults);
+    }
+}
+
+#[cold]
+fn start_once(defaults: &Defaults) {
     if DEFAULTS_REGISTERED.swap(1, Relaxed) == 0 {
         KNOBS.retries.default.store(defaults.retries, Relaxed);
         KNOBS
@@ -114,7 +153,7 @@ pub(crate) fn start(defaults: &Defaults) {
     }
     read_env_once();
     if ENV_STATE.load(Relaxed) == READ {
-        KNOBS.engaged.store(0, Relaxed);
+        KNOBS.engaged.fetch_and(!NOT_STARTED, Relaxed);
     }
 }
 
@@ -162,6 +201,7 @@ pub(crate) fn read_env_once() {
             ),
         }
     }
+    crate::inject::read_env();
     ENV_STATE.store(READ, Relaxed);
 }
 
@@ -171,7 +211,7 @@ const SMALL_ACCEPTED: &str = "a size in bytes, with an optional K, M or G suffix
 const STALL_ACCEPTED: &str = "milliseconds as a whole number, 0 to turn the warning off";
 
 /// The environment variable's bytes, without allocating.
-fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     // SAFETY: `name` is NUL-terminated. The returned pointer, if not null,
     // points to a NUL-terminated string in the environment block, which we
     // only read here, before the program is likely to modify its environment.

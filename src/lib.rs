@@ -14,17 +14,23 @@
 //!   [`in_reclaim`].
 //! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`],
 //!   [`ReclaimersFull`], [`MAX_RECLAIMERS`].
+//! - Fault injection: [`configure_injection`], [`disable_injection`],
+//!   [`ConfigError`], [`fail_nth`], [`fail_nth_pending`], [`make_it_fail`],
+//!   [`make_it_fail_guard`].
 //! - Counters: [`stats`], [`Stats`].
 //! - Real memory pressure for tests and demos: [`pressure`].
 
 mod alloc;
 mod backoff;
 mod config;
+mod crash;
+mod inject;
 mod policy;
 mod reclaim;
 mod report;
 mod reserve;
 mod scope;
+mod spec;
 mod stats;
 
 #[cfg(target_os = "linux")]
@@ -35,10 +41,14 @@ pub use crate::config::{
     DEFAULT_RETRIES, DEFAULT_SMALL_LIMIT, DEFAULT_STALL_MS, RETRY_FOREVER, retries, set_retries,
     set_small_limit, set_stall_ms, small_limit, stall_ms,
 };
+pub use crate::inject::{
+    ConfigError, configure_injection, disable_injection, fail_nth, fail_nth_pending,
+};
 pub use crate::reclaim::{
     MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,
 };
 pub use crate::scope::{
-    ScopeGuard, in_reclaim, nofail, nofail_guard, noretry, noretry_guard, nowarn, nowarn_guard,
+    ScopeGuard, in_reclaim, make_it_fail, make_it_fail_guard, nofail, nofail_guard, noretry,
+    noretry_guard, nowarn, nowarn_guard,
 };
 pub use crate::stats::{Stats, stats};

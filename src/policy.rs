@@ -39,6 +39,16 @@ pub(crate) enum Request {
 }
 
 impl Request {
+    /// The operation, for injection and messages.
+    #[inline(always)]
+    pub(crate) fn op(self) -> crate::inject::Op {
+        match self {
+            Request::Alloc => crate::inject::Op::Alloc,
+            Request::AllocZeroed => crate::inject::Op::AllocZeroed,
+            Request::Realloc { .. } => crate::inject::Op::Realloc,
+        }
+    }
+
     /// The size the inner allocator was asked for.
     #[inline(always)]
     pub(crate) fn size(self, layout: Layout) -> usize {

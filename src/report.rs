@@ -198,15 +198,26 @@ impl Shown<'_> {
 
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0.iter().take(Self::MAX) {
+        let cut = self.0.len() > Self::MAX;
+        write!(f, "{}", Escaped(&self.0[..self.0.len().min(Self::MAX)]))?;
+        if cut {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes bytes as [`Shown`] does, but all of them.
+pub(crate) struct Escaped<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &b in self.0 {
             if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
                 f.write_char(b as char)?;
             } else {
                 write!(f, "\\x{b:02x}")?;
             }
-        }
-        if self.0.len() > Self::MAX {
-            f.write_str("...")?;
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ static FILLED_ONCE: AtomicU8 = AtomicU8::new(0);
 
 /// Sets the reserve aside, once per process.
 pub(crate) fn fill_once<A: GlobalAlloc>(inner: &A) {
-    if FILLED_ONCE.swap(1, Ordering::Relaxed) == 0 {
+    if FILLED_ONCE.load(Ordering::Relaxed) == 0 && FILLED_ONCE.swap(1, Ordering::Relaxed) == 0 {
         refill(inner);
     }
 }

@@ -9,9 +9,11 @@
 //! `PF_MEMALLOC`): a failure then returns null at once, so the slow path can
 //! never recurse.
 //!
-//! The state is one `const`-initialised thread-local byte without a
-//! destructor: reading it never allocates, never registers a destructor and
-//! works during thread teardown. Only the slow path reads it.
+//! The state is one `const`-initialised thread-local without a destructor:
+//! reading it never allocates, never registers a destructor and works during
+//! thread teardown. It also holds the thread's injection counters (its
+//! allocation number and its fail-nth countdown), so that the injection path
+//! touches one thread-local. Only the slow and injection paths read it.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -21,9 +23,25 @@ const MODE_NOFAIL: u8 = 1;
 const MODE_NORETRY: u8 = 2;
 const IN_RECLAIM: u8 = 0b100;
 const NOWARN: u8 = 0b1000;
+pub(crate) const MAKE_IT_FAIL: u8 = 0b1_0000;
+
+/// Everything mayfail keeps per thread.
+struct ThreadState {
+    flags: Cell<u8>,
+    /// Allocations this thread made through the injection path.
+    allocations: Cell<u64>,
+    /// The fail-nth countdown: 0 = not armed (or fired).
+    fail_nth: Cell<u64>,
+}
 
 thread_local! {
-    static STATE: Cell<u8> = const { Cell::new(0) };
+    static STATE: ThreadState = const {
+        ThreadState {
+            flags: Cell::new(0),
+            allocations: Cell::new(0),
+            fail_nth: Cell::new(0),
+        }
+    };
 }
 
 /// What the current scope asks of a failed allocation.
@@ -35,11 +53,79 @@ pub(crate) enum Mode {
 }
 
 fn state() -> u8 {
-    STATE.try_with(Cell::get).unwrap_or(0)
+    STATE.try_with(|s| s.flags.get()).unwrap_or(0)
 }
 
 fn set_state(value: u8) {
-    let _ = STATE.try_with(|s| s.set(value));
+    let _ = STATE.try_with(|s| s.flags.set(value));
+}
+
+/// What the injection path needs to know about the current thread, read in
+/// one thread-local access.
+pub(crate) struct Snapshot {
+    /// Never inject: inside `nofail`, or inside mayfail's own slow path.
+    pub(crate) exempt: bool,
+    /// Inside a `make_it_fail` scope.
+    pub(crate) makes_it_fail: bool,
+    /// This allocation's number on the thread (1-based), if not exempt.
+    pub(crate) number: u64,
+    /// Whether the fail-nth countdown reached zero with this allocation.
+    pub(crate) nth_fired: bool,
+    /// Whether a fail-nth countdown is running (fired or not).
+    pub(crate) nth_armed: bool,
+}
+
+/// Counts one allocation on the current thread and steps its fail-nth
+/// countdown; exempt allocations (`nofail`, in reclaim) are not counted, as
+/// the kernel does not count `__GFP_NOFAIL` ones.
+pub(crate) fn count_allocation() -> Snapshot {
+    STATE
+        .try_with(|s| {
+            let flags = s.flags.get();
+            let exempt = flags & IN_RECLAIM != 0 || flags & MODE_MASK == MODE_NOFAIL;
+            let mut snap = Snapshot {
+                exempt,
+                makes_it_fail: flags & MAKE_IT_FAIL != 0,
+                number: 0,
+                nth_fired: false,
+                nth_armed: false,
+            };
+            if exempt {
+                return snap;
+            }
+            snap.number = s.allocations.get() + 1;
+            s.allocations.set(snap.number);
+            let nth = s.fail_nth.get();
+            if nth != 0 {
+                snap.nth_armed = true;
+                snap.nth_fired = nth == 1;
+                s.fail_nth.set(nth - 1);
+            }
+            snap
+        })
+        .unwrap_or(Snapshot {
+            exempt: true,
+            makes_it_fail: false,
+            number: 0,
+            nth_fired: false,
+            nth_armed: false,
+        })
+}
+
+/// The number of the thread's latest counted allocation.
+#[cfg(test)]
+fn allocation_number() -> u64 {
+    STATE.try_with(|s| s.allocations.get()).unwrap_or(0)
+}
+
+/// Sets the thread's fail-nth countdown; returns the previous value.
+pub(crate) fn replace_fail_nth(n: u64) -> u64 {
+    STATE.try_with(|s| s.fail_nth.replace(n)).unwrap_or(0)
+}
+
+/// The thread's fail-nth countdown.
+pub(crate) fn fail_nth_left() -> u64 {
+    STATE.try_with(|s| s.fail_nth.get()).unwrap_or(0)
 }
 
 /// The current thread's mode.
@@ -172,6 +258,29 @@ pub fn nowarn_guard() -> ScopeGuard {
     ScopeGuard::enter(NOWARN, NOWARN)
 }
 
+/// Marks this thread as a candidate for injection until the guard is
+/// dropped (the kernel's per-task `make-it-fail`): with `task-filter=Y`, only
+/// allocations inside such scopes may be injected. Nests.
+pub fn make_it_fail_guard() -> ScopeGuard {
+    ScopeGuard::enter(MAKE_IT_FAIL, MAKE_IT_FAIL)
+}
+
+/// Runs `f` in a `make_it_fail` scope (see [`make_it_fail_guard`]).
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// mayfail::configure_injection("probability=100,task-filter=Y,times=-1").unwrap();
+/// let mut v: Vec<u8> = Vec::new();
+/// let grown = mayfail::make_it_fail(|| v.try_reserve(100));
+/// mayfail::disable_injection();
+/// assert!(grown.is_err());
+/// ```
+pub fn make_it_fail<R>(f: impl FnOnce() -> R) -> R {
+    let _scope = make_it_fail_guard();
+    f()
+}
+
 /// Runs `f` in a `nowarn` scope (see [`nowarn_guard`]).
 ///
 /// ```
@@ -210,6 +319,25 @@ mod tests {
             assert!(!quiet());
             assert_eq!(mode(), Mode::NoRetry);
         });
+    }
+
+    #[test]
+    fn nofail_and_reclaim_are_exempt_and_not_counted() {
+        let before = allocation_number();
+        assert!(!count_allocation().exempt);
+        assert_eq!(allocation_number(), before + 1);
+        assert!(nofail(count_allocation).exempt);
+        let _reclaiming = ReclaimGuard::enter().unwrap();
+        assert!(count_allocation().exempt);
+        assert_eq!(allocation_number(), before + 1);
+    }
+
+    #[test]
+    fn fail_nth_counts_down_and_fires_once() {
+        replace_fail_nth(3);
+        let fired: Vec<bool> = (0..5).map(|_| count_allocation().nth_fired).collect();
+        assert_eq!(fired, [false, false, true, false, false]);
+        assert_eq!(fail_nth_left(), 0);
     }
 
     #[test]

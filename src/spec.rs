@@ -167,7 +167,11 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
     let mut seen = 0u32;
     for pair in input.split(|&b| b == b',') {
         let pair = pair.trim_ascii();
-        let err = |key, value, problem| SpecError { key, value, problem };
+        let err = |key, value, problem| SpecError {
+            key,
+            value,
+            problem,
+        };
         if pair.is_empty() {
             return Err(err(b"", b"", Problem::EmptyPair));
         }
@@ -286,7 +290,7 @@ impl fmt::Display for Canonical<'_> {
         write!(f, "probability={whole}")?;
         if fraction != 0 {
             let mut digits = 9;
-            while fraction % 10 == 0 {
+            while fraction.is_multiple_of(10) {
                 fraction /= 10;
                 digits -= 1;
             }
@@ -355,8 +359,10 @@ mod tests {
 
     #[test]
     fn every_key_parses() {
-        let s = ok("probability=0.5, interval=3,times=-1,space=2K,min-size=16,max-size=1M,\
-                    task-filter=Y,after=100,seed=42,verbose=2,transient=Y,report=N,nth=7,thread=worker");
+        let s = ok(
+            "probability=0.5, interval=3,times=-1,space=2K,min-size=16,max-size=1M,\
+                    task-filter=Y,after=100,seed=42,verbose=2,transient=Y,report=N,nth=7,thread=worker",
+        );
         assert_eq!(s.probability_nano, 500_000_000);
         assert_eq!((s.interval, s.times, s.space), (3, -1, 2048));
         assert_eq!((s.min_size, s.max_size), (16, 1 << 20));
@@ -371,7 +377,16 @@ mod tests {
         assert_eq!(parse_percent(b"100"), Some(PERCENT_100));
         assert_eq!(parse_percent(b"0.000000001"), Some(1));
         assert_eq!(parse_percent(b"12.5"), Some(12_500_000_000));
-        for bad in [&b"100.1"[..], b"101", b"-1", b"abc", b".5", b"5.", b"1.0000000001", b""] {
+        for bad in [
+            &b"100.1"[..],
+            b"101",
+            b"-1",
+            b"abc",
+            b".5",
+            b"5.",
+            b"1.0000000001",
+            b"",
+        ] {
             assert_eq!(parse_percent(bad), None, "{bad:?}");
         }
         assert_eq!(ok("probability=50").threshold(), 1 << 31);
@@ -392,7 +407,10 @@ mod tests {
         assert_eq!(problem("space=12Q"), Problem::BadValue(BYTES));
         assert_eq!(problem("task-filter=maybe"), Problem::BadValue(YES_NO));
         assert_eq!(problem("verbose=3"), Problem::BadValue(VERBOSE));
-        assert_eq!(problem("seed=99999999999999999999"), Problem::BadValue(WHOLE));
+        assert_eq!(
+            problem("seed=99999999999999999999"),
+            Problem::BadValue(WHOLE)
+        );
         assert_eq!(problem("min-size=2K,max-size=1K"), Problem::SizeRange);
         assert_eq!(problem("thread="), Problem::BadValue(THREAD));
     }
@@ -406,9 +424,20 @@ mod tests {
             "probability=100,transient=Y,report=N,nth=17,thread=main",
         ] {
             let spec = ok(s);
-            let text = Canonical { spec: &spec, seed: 9 }.to_string();
+            let text = Canonical {
+                spec: &spec,
+                seed: 9,
+            }
+            .to_string();
             let again = ok(&text);
-            assert_eq!(again, Spec { seed: Some(9), ..spec }, "{text}");
+            assert_eq!(
+                again,
+                Spec {
+                    seed: Some(9),
+                    ..spec
+                },
+                "{text}"
+            );
         }
     }
 }

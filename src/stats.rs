@@ -29,6 +29,9 @@ pub struct Stats {
     pub reclaimed_bytes: u64,
     /// Reclaimers that panicked (each is disabled after its panic).
     pub reclaimer_panics: u64,
+    /// Allocations failed on purpose by fault injection (attributes or
+    /// fail-nth).
+    pub injected: u64,
 }
 
 impl Stats {
@@ -44,6 +47,7 @@ impl Stats {
             reclaimer_panics: self
                 .reclaimer_panics
                 .saturating_sub(earlier.reclaimer_panics),
+            injected: self.injected.saturating_sub(earlier.injected),
         }
     }
 }
@@ -57,6 +61,7 @@ pub(crate) struct Counters {
     pub(crate) reclaimer_calls: AtomicU64,
     pub(crate) reclaimed_bytes: AtomicU64,
     pub(crate) reclaimer_panics: AtomicU64,
+    pub(crate) injected: AtomicU64,
 }
 
 pub(crate) static COUNTERS: Counters = Counters {
@@ -67,6 +72,7 @@ pub(crate) static COUNTERS: Counters = Counters {
     reclaimer_calls: AtomicU64::new(0),
     reclaimed_bytes: AtomicU64::new(0),
     reclaimer_panics: AtomicU64::new(0),
+    injected: AtomicU64::new(0),
 };
 
 /// Adds one to a counter.
@@ -86,5 +92,6 @@ pub fn stats() -> Stats {
         reclaimer_calls: c.reclaimer_calls.load(Relaxed),
         reclaimed_bytes: c.reclaimed_bytes.load(Relaxed),
         reclaimer_panics: c.reclaimer_panics.load(Relaxed),
+        injected: c.injected.load(Relaxed),
     }
 }

@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ pub fn is_child() -> bool {
 #[derive(Debug)]
 pub struct ChildRun {
     pub code: Option<i32>,
+    /// The signal that killed the child, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -101,6 +104,7 @@ pub fn run_child<K: AsRef<OsStr>, V: AsRef<OsStr>>(name: &str, env: &[(K, Option
     };
     let run = ChildRun {
         code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
         stdout: out_reader.join().unwrap(),
         stderr: err_reader.join().unwrap(),
     };

@@ -1,0 +1,501 @@
+//! The report of the call site that could not cope with an injected failure.
+//!
+//! On stable Rust, a null on an infallible path (`Vec::push`, `Box::new`)
+//! makes std print "memory allocation of N bytes failed" and abort; there is
+//! no hook. So every injected failure records, in a thread-local of fixed
+//! size, what failed and the raw return addresses of its stack (no lock, no
+//! allocation: libgcc's unwinder). While injection is on, handlers for
+//! `SIGABRT`, `SIGSEGV` and `SIGBUS` are installed; when the thread that got
+//! the injected failure then aborts (or faults near address zero: a likely
+//! unchecked null), the handler prints the report to stderr, then hands the
+//! signal to the handler that was there before (std's stack-overflow handler,
+//! or the default action), so the process still dies of the same signal.
+//!
+//! The report's first part (what failed, where in the thread's sequence, the
+//! replay line) is written with raw `write(2)` from stack buffers. Only then
+//! are the addresses turned into names and lines, which allocates (under the
+//! thread's in-reclaim mark, so nothing is injected there); should that hang,
+//! the first part is out already.
+
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use crate::inject::{self, Cause, Op};
+use crate::report::{self, Escaped, Shown, StackBuf};
+use crate::scope::ReclaimGuard;
+use crate::spec::Canonical;
+
+/// Frames kept per injected failure.
+const MAX_FRAMES: usize = 64;
+/// Frames printed after trimming.
+const PRINTED_FRAMES: usize = 16;
+/// Faults below this address after an injected failure are reported as a
+/// likely unchecked null.
+const NULL_PAGE_LIMIT: usize = 1 << 20;
+
+/// The latest injected failure of one thread.
+#[derive(Clone, Copy)]
+struct Record {
+    valid: bool,
+    op: Op,
+    size: usize,
+    align: usize,
+    /// The failed allocation's number on its thread.
+    number: u64,
+    cause: Cause,
+    from_env: bool,
+    seed: u64,
+    depth: usize,
+    frames: [usize; MAX_FRAMES],
+}
+
+impl Record {
+    const EMPTY: Record = Record {
+        valid: false,
+        op: Op::Alloc,
+        size: 0,
+        align: 0,
+        number: 0,
+        cause: Cause::FailNth,
+        from_env: false,
+        seed: 0,
+        depth: 0,
+        frames: [0; MAX_FRAMES],
+    };
+}
+
+struct RecordCell(UnsafeCell<Record>);
+
+thread_local! {
+    static LAST: RecordCell = const { RecordCell(UnsafeCell::new(Record::EMPTY)) };
+}
+
+/// Runs `f` on this thread's record.
+fn with_record<R>(f: impl FnOnce(&mut Record) -> R) -> Option<R> {
+    LAST.try_with(|cell| {
+        // SAFETY: the record is only reached through this function, on its
+        // own thread, and `f` never calls back into it; a signal handler that
+        // interrupts a write may read a half-written record, which `valid`
+        // (cleared first, set last) makes it skip.
+        f(unsafe { &mut *cell.0.get() })
+    })
+    .ok()
+}
+
+/// Records an injected failure of the current thread, with its stack.
+pub(crate) fn capture(op: Op, size: usize, align: usize, number: u64, cause: Cause) {
+    let from_env = inject::from_env();
+    let (_, seed) = inject::current_spec();
+    with_record(|r| {
+        r.valid = false;
+        r.op = op;
+        r.size = size;
+        r.align = align;
+        r.number = number;
+        r.cause = cause;
+        r.from_env = from_env;
+        r.seed = seed;
+        let mut depth = 0;
+        let frames = &mut r.frames;
+        // SAFETY: on Unix, the unsynchronized walk uses libgcc's unwinder,
+        // which is thread-safe and does not allocate; the crate's lock only
+        // matters for Windows' dbghelp.
+        unsafe {
+            backtrace::trace_unsynchronized(|frame| {
+                frames[depth] = frame.ip() as usize;
+                depth += 1;
+                depth < MAX_FRAMES
+            });
+        }
+        r.depth = depth;
+        r.valid = true;
+    });
+}
+
+/// The verbose line for the failure just recorded (and its backtrace).
+pub(crate) fn describe_injection(with_backtrace: bool) {
+    let Some(record) = with_record(|r| *r) else {
+        return;
+    };
+    if !record.valid {
+        return;
+    }
+    // Resolving symbols allocates: serve those allocations without injection.
+    let _reclaiming = ReclaimGuard::enter();
+    let mut line = StackBuf::<400>::new();
+    let _ = write!(line, "mayfail: injected failure: ");
+    describe(&mut line, &record);
+    report::write_stderr(line.finish_line());
+    if with_backtrace {
+        print_backtrace(&record);
+    }
+}
+
+/// "alloc of 64 bytes (align 8) on thread 'name', its allocation #17, by fail-nth"
+fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
+    let mut name_buf = [0u8; 16];
+    let name = inject::thread_name(&mut name_buf);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let _ = write!(
+        line,
+        "{} of {} bytes (align {}) on thread '{}' (tid {tid}), its allocation #{}, ",
+        r.op.name(),
+        r.size,
+        r.align,
+        Shown(name),
+        r.number,
+    );
+    let _ = match r.cause {
+        Cause::FailNth => write!(line, "by fail-nth"),
+        Cause::Attributes => write!(line, "by MAYFAIL_INJECT attributes (seed {})", r.seed),
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Signal handlers.
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+struct Previous(UnsafeCell<[libc::sigaction; 3]>);
+
+// SAFETY: written once by the thread that wins `INSTALLED`, before the new
+// handlers are installed; read only by those handlers afterwards.
+unsafe impl Sync for Previous {}
+
+static PREVIOUS: Previous = Previous(UnsafeCell::new(
+    // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, empty mask).
+    unsafe { core::mem::zeroed() },
+));
+
+const SIGNALS: [libc::c_int; 3] = [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS];
+
+/// Installs the report handlers once per process. Does not allocate.
+pub(crate) fn install_handlers() {
+    if INSTALLED.load(Relaxed) || INSTALLED.swap(true, Relaxed) {
+        return;
+    }
+    for (i, &sig) in SIGNALS.iter().enumerate() {
+        // SAFETY: an all-zero sigaction is valid; we fill in the handler.
+        let mut action: libc::sigaction = unsafe { core::mem::zeroed() };
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            on_signal;
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: `action.sa_mask` is a valid sigset; the previous action is
+        // written to the slot reserved for this signal, which no handler
+        // reads before the new action is in place.
+        unsafe {
+            libc::sigemptyset(&mut action.sa_mask);
+            let previous = &mut (*PREVIOUS.0.get())[i];
+            libc::sigaction(sig, &action, previous);
+        }
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    let index = SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
+    let fault_address = if sig == libc::SIGABRT || info.is_null() {
+        0
+    } else {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        unsafe { (*info).si_addr() as usize }
+    };
+    let record = with_record(|r| {
+        let copy = *r;
+        // Report once: a second signal in the same thread passes through.
+        r.valid = false;
+        copy
+    });
+    if let Some(record) = record
+        && record.valid
+        && (sig == libc::SIGABRT || fault_address < NULL_PAGE_LIMIT)
+    {
+        print_report(sig, fault_address, &record);
+    }
+    // Hand over to what was there before: restore it, and let the signal
+    // happen again (a fault re-executes; an abort is raised again, pending
+    // until this handler returns).
+    // SAFETY: the slot holds the action read when installing.
+    unsafe {
+        let previous = &(*PREVIOUS.0.get())[index];
+        libc::sigaction(sig, previous, core::ptr::null_mut());
+        if sig == libc::SIGABRT {
+            libc::raise(sig);
+        }
+    }
+}
+
+fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
+    let _reclaiming = ReclaimGuard::enter();
+    let mut line = StackBuf::<300>::new();
+    let _ = if sig == libc::SIGABRT {
+        if aborting_from_alloc_error() {
+            write!(
+                line,
+                "mayfail: the process is aborting after an injected allocation failure: std's \
+                 handle_alloc_error, an infallible allocation path"
+            )
+        } else {
+            write!(
+                line,
+                "mayfail: the process is aborting, not from handle_alloc_error; the last \
+                 injected failure on this thread was handled at the time"
+            )
+        }
+    } else {
+        let name = if sig == libc::SIGSEGV {
+            "SIGSEGV"
+        } else {
+            "SIGBUS"
+        };
+        write!(
+            line,
+            "mayfail: the process crashed ({name} at address {fault_address:#x}) after an \
+             injected allocation failure: likely an unchecked null, a memory-safety bug"
+        )
+    };
+    report::write_stderr(line.finish_line());
+
+    let mut line = StackBuf::<400>::new();
+    let _ = write!(line, "mayfail:   failed on purpose: ");
+    describe(&mut line, r);
+    report::write_stderr(line.finish_line());
+    print_replay(r);
+    print_backtrace(r);
+}
+
+/// Whether the current stack (inside the `SIGABRT` handler) goes through
+/// std's allocation-error handler. Resolving names allocates.
+fn aborting_from_alloc_error() -> bool {
+    let mut frames = [0usize; 48];
+    let mut depth = 0;
+    // SAFETY: as in `capture`; libgcc's unwinder walks through the signal
+    // frame to the code that called `abort`.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            frames[depth] = frame.ip() as usize;
+            depth += 1;
+            depth < frames.len()
+        });
+    }
+    let mut found = false;
+    for &ip in &frames[..depth] {
+        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+            if let Some(name) = symbol.name().and_then(|n| n.as_str()) {
+                found |= ALLOC_ERROR_FRAMES.iter().any(|f| name.contains(f));
+            }
+        });
+        if found {
+            break;
+        }
+    }
+    found
+}
+
+/// Symbols of std's path from a failed allocation to the abort.
+const ALLOC_ERROR_FRAMES: [&str; 3] = [
+    "handle_alloc_error",
+    "rust_oom",
+    "__rust_alloc_error_handler",
+];
+
+fn print_replay(r: &Record) {
+    let mut line = StackBuf::<4096>::new();
+    let _ = write!(line, "mayfail:   replay: ");
+    if r.cause == Cause::Attributes && r.from_env {
+        let mut name_buf = [0u8; 16];
+        let name = inject::thread_name(&mut name_buf);
+        let transient = if inject::transient() {
+            ",transient=Y"
+        } else {
+            ""
+        };
+        let _ = write!(
+            line,
+            "MAYFAIL_INJECT='nth={},thread={}{transient}' ",
+            r.number,
+            Shown(name)
+        );
+    }
+    write_command_line(&mut line);
+    if r.cause == Cause::FailNth || !r.from_env {
+        let _ = write!(line, "   (the program sets up this injection itself)");
+    }
+    report::write_stderr(line.finish_line());
+    if r.cause == Cause::Attributes && r.from_env {
+        let (spec, seed) = inject::current_spec();
+        let mut line = StackBuf::<1024>::new();
+        let _ = write!(
+            line,
+            "mayfail:   same run: MAYFAIL_INJECT='{}' with the same command",
+            Canonical { spec: &spec, seed }
+        );
+        report::write_stderr(line.finish_line());
+    }
+}
+
+/// The command line of this process, shell-quoted, read from
+/// `/proc/self/cmdline` without allocating.
+fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
+    let mut buf = [0u8; 2048];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/cmdline".as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return;
+    }
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: writes at most the rest of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: `fd` is open.
+    unsafe { libc::close(fd) };
+    let mut first = true;
+    for arg in buf[..len].split(|&b| b == 0).filter(|a| !a.is_empty()) {
+        if !first {
+            let _ = line.write_str(" ");
+        }
+        first = false;
+        let plain = arg
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+        if plain {
+            let _ = write!(line, "{}", Escaped(arg));
+        } else {
+            let _ = line.write_str("'");
+            for &b in arg {
+                if b == b'\'' {
+                    let _ = line.write_str("'\\''");
+                } else {
+                    let _ = write!(line, "{}", Escaped(&[b]));
+                }
+            }
+            let _ = line.write_str("'");
+        }
+    }
+}
+
+/// Frames of these crates and symbols are allocation machinery, not the
+/// caller: they are trimmed from the top of the backtrace.
+const TRIMMED: [&str; 14] = [
+    "backtrace::",
+    "mayfail::",
+    "<mayfail::",
+    "__rust",
+    "__rdl",
+    "__rg_",
+    "alloc::",
+    "<alloc::",
+    "core::",
+    "<core::",
+    "std::",
+    "<std::",
+    "hashbrown::",
+    "<hashbrown::",
+];
+
+/// Whether a demangled symbol belongs to the allocation machinery.
+pub(crate) fn is_machinery(name: &str) -> bool {
+    TRIMMED.iter().any(|prefix| name.starts_with(prefix))
+}
+
+fn print_backtrace(r: &Record) {
+    report::write_stderr(
+        b"mayfail:   backtrace of the failing allocation (allocation frames of mayfail and std trimmed):\n",
+    );
+    let mut printed = 0;
+    let mut trimming = true;
+    for &ip in &r.frames[..r.depth] {
+        if printed >= PRINTED_FRAMES {
+            break;
+        }
+        // One return address may stand for several inlined functions,
+        // innermost first: keep up to four, with whether each is machinery.
+        let mut lines: [(StackBuf<400>, bool); 4] = [const { (StackBuf::new(), false) }; 4];
+        let mut count = 0;
+        let mut reached_harness = false;
+        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+            if count == lines.len() || reached_harness {
+                return;
+            }
+            let name = symbol.name().map(|n| format!("{n:#}"));
+            let name = name.as_deref().unwrap_or("<unknown>");
+            if name.contains("__rust_begin_short_backtrace") {
+                reached_harness = true;
+                return;
+            }
+            let (line, machinery) = &mut lines[count];
+            *machinery = is_machinery(name);
+            let _ = write!(line, "  {printed:>3}: {name}");
+            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
+                let _ = write!(line, "\n           at {}:{lineno}", file.display());
+            }
+            count += 1;
+        });
+        if count == 0 {
+            if trimming {
+                continue;
+            }
+            let mut line = StackBuf::<64>::new();
+            let _ = write!(line, "  {printed:>3}: {ip:#x}");
+            report::write_stderr(line.finish_line());
+            printed += 1;
+            continue;
+        }
+        let skip = if trimming {
+            lines[..count]
+                .iter()
+                .take_while(|(_, machinery)| *machinery)
+                .count()
+        } else {
+            0
+        };
+        if skip == count {
+            continue;
+        }
+        trimming = false;
+        for (line, _) in &mut lines[skip..count] {
+            report::write_stderr(line.finish_line());
+        }
+        printed += 1;
+        if reached_harness {
+            // Below this, only the runtime or the test harness: std cuts
+            // its own backtraces here too.
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_machinery_is_recognised() {
+        for name in [
+            "alloc::raw_vec::RawVec<T,A>::grow_one",
+            "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
+            "mayfail::alloc::MayFail<A>::serve_engaged",
+            "<mayfail::alloc::MayFail<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "__rust_alloc",
+            "__rdl_alloc",
+            "std::alloc::System::alloc",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+        ] {
+            assert!(is_machinery(name), "{name}");
+        }
+        for name in [
+            "my_app::cache::insert",
+            "inject::vec_push_aborts",
+            "<my_app::X as Y>::f",
+        ] {
+            assert!(!is_machinery(name), "{name}");
+        }
+    }
+}

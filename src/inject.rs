@@ -1,0 +1,537 @@
+//! Fault injection: the kernel's `should_fail` decision, per allocation.
+//!
+//! Configured by `MAYFAIL_INJECT` (read once at start-up, without
+//! allocating) or [`configure_injection`]; per thread by [`fail_nth`]. The
+//! attributes live in process-wide atomics; the decision for one allocation
+//! reads them with relaxed loads and writes shared memory only once an
+//! allocation has passed the filters that come before the kernel's `times`,
+//! `space`, `interval` and `probability` steps (or while the `after` grace
+//! period is counted). Everything here runs inside the allocator: it never
+//! allocates before deciding, never locks and never panics.
+//!
+//! ## The decision, in order
+//!
+//! 1. Exempt: inside `nofail`, or inside mayfail's own slow path. Not counted.
+//! 2. fail-nth: if the thread's countdown is running, step it; at zero, fail
+//!    now; otherwise pass, whatever else is configured.
+//! 3. Injection off: pass.
+//! 4. `after`: the first `after` allocations of the process pass.
+//! 5. `min-size` / `max-size` (like the kernel's `min-order`), then `nth`:
+//!    only the n-th allocation of each thread is a candidate.
+//! 6. The kernel's `should_fail`: `probability == 0` passes; `task-filter=Y`
+//!    passes outside `make_it_fail` scopes (`thread=` filters here too);
+//!    `times == 0` passes; while `space` exceeds the size, subtract it and
+//!    pass; with `interval > 1`, count and pass unless the count is a
+//!    multiple; fail with `probability` percent.
+//! 7. On a failure, `times` is decremented unless it is `-1` (also when
+//!    fail-nth caused it, as in the kernel).
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
+
+use crate::config;
+use crate::crash;
+use crate::report::{self, Shown, StackBuf};
+use crate::scope;
+use crate::spec::{self, Canonical, MAX_THREAD_NAME, Spec, SpecError};
+use crate::stats::{COUNTERS, bump};
+
+/// The operation being decided on, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Alloc,
+    AllocZeroed,
+    Realloc,
+}
+
+impl Op {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::Alloc => "alloc",
+            Op::AllocZeroed => "alloc_zeroed",
+            Op::Realloc => "realloc",
+        }
+    }
+}
+
+/// What to do with one allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Serve it.
+    Pass,
+    /// Return null, without retries.
+    Fail,
+    /// Fail this attempt only: the retry policy takes over.
+    Transient,
+}
+
+/// Where the configuration in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Env = 1,
+    Api = 2,
+}
+
+/// The configured attributes, one atomic each.
+struct Attributes {
+    threshold: AtomicU64,
+    probability_nano: AtomicU64,
+    interval: AtomicU64,
+    min_size: AtomicUsize,
+    max_size: AtomicUsize,
+    task_filter: AtomicBool,
+    after: AtomicU64,
+    seed: AtomicU64,
+    verbose: AtomicU8,
+    transient: AtomicBool,
+    report: AtomicBool,
+    nth: AtomicU64,
+    thread: [AtomicU8; MAX_THREAD_NAME],
+    thread_len: AtomicU8,
+    origin: AtomicU8,
+    /// `times` and `space` as configured, for the canonical form.
+    times_configured: AtomicI64,
+    space_configured: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_BYTE: AtomicU8 = AtomicU8::new(0);
+
+static ATTRS: Attributes = Attributes {
+    threshold: AtomicU64::new(0),
+    probability_nano: AtomicU64::new(0),
+    interval: AtomicU64::new(1),
+    min_size: AtomicUsize::new(0),
+    max_size: AtomicUsize::new(usize::MAX),
+    task_filter: AtomicBool::new(false),
+    after: AtomicU64::new(0),
+    seed: AtomicU64::new(0),
+    verbose: AtomicU8::new(0),
+    transient: AtomicBool::new(false),
+    report: AtomicBool::new(true),
+    nth: AtomicU64::new(0),
+    thread: [ZERO_BYTE; MAX_THREAD_NAME],
+    thread_len: AtomicU8::new(0),
+    origin: AtomicU8::new(0),
+    times_configured: AtomicI64::new(1),
+    space_configured: AtomicU64::new(0),
+};
+
+/// The counters the decision writes, on their own cache lines.
+#[repr(align(128))]
+struct Running {
+    times: AtomicI64,
+    space: AtomicU64,
+    interval_count: AtomicU64,
+    process_count: AtomicU64,
+    random_count: AtomicU64,
+    /// Rate limit of verbose lines: the current one-second window and how
+    /// many lines it has printed.
+    verbose_window: AtomicU64,
+    verbose_lines: AtomicU64,
+}
+
+static RUNNING: Running = Running {
+    times: AtomicI64::new(1),
+    space: AtomicU64::new(0),
+    interval_count: AtomicU64::new(0),
+    process_count: AtomicU64::new(0),
+    random_count: AtomicU64::new(0),
+    verbose_window: AtomicU64::new(0),
+    verbose_lines: AtomicU64::new(0),
+};
+
+/// At most this many verbose lines per second.
+const VERBOSE_LINES_PER_SECOND: u64 = 20;
+
+/// The error from [`configure_injection`]: which field of the spec is wrong
+/// and what it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    fn new(error: &SpecError<'_>) -> ConfigError {
+        ConfigError {
+            message: error.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid injection spec: {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Turns fault injection on (or changes it) with a spec in the grammar of
+/// `MAYFAIL_INJECT`: comma-separated `key=value` pairs, for instance
+/// `probability=1,times=-1,task-filter=Y`. Counters (`times`, `space`,
+/// `interval`, `after`) start again. A bad spec changes nothing and says which
+/// field is wrong and what it accepts.
+///
+/// Meant to be called while the program is quiet (at the start of a test):
+/// an allocation racing with a reconfiguration may see a mix of the old and
+/// new attributes.
+///
+/// ```
+/// let err = mayfail::configure_injection("probability=abc").unwrap_err();
+/// assert!(err.to_string().contains("probability takes a percentage"));
+/// ```
+pub fn configure_injection(spec: &str) -> Result<(), ConfigError> {
+    let parsed = spec::parse(spec.as_bytes()).map_err(|e| ConfigError::new(&e))?;
+    install(&parsed, Origin::Api);
+    Ok(())
+}
+
+/// Turns injection by attributes off. Threads' [`fail_nth`] countdowns keep
+/// running.
+pub fn disable_injection() {
+    config::set_injecting(false);
+}
+
+/// Arms the current thread so that its `n`-th allocation from now fails,
+/// once (the kernel's `/proc/thread-self/fail-nth`): `fail_nth(1)` fails the
+/// next one. `0` disarms. Strictly per thread; allocations inside `nofail`
+/// and inside mayfail's own slow path are not counted. Works whether or not
+/// injection by attributes is on; while the countdown runs, nothing else is
+/// injected on this thread.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// mayfail::fail_nth(1);
+/// let mut v: Vec<u64> = Vec::new();
+/// assert!(v.try_reserve(8).is_err());
+/// assert_eq!(mayfail::fail_nth_pending(), 0); // it fired
+/// ```
+pub fn fail_nth(n: u64) {
+    crash::install_handlers();
+    let was = scope::replace_fail_nth(n);
+    match (was != 0, n != 0) {
+        (false, true) => config::arm_thread(),
+        (true, false) => config::disarm_thread(),
+        _ => {}
+    }
+}
+
+/// What is left of the current thread's [`fail_nth`] countdown: `0` means it
+/// fired (or was never armed).
+pub fn fail_nth_pending() -> u64 {
+    scope::fail_nth_left()
+}
+
+/// Reads `MAYFAIL_INJECT`; called once, from the first allocation.
+pub(crate) fn read_env() {
+    let Some(value) = config::getenv(c"MAYFAIL_INJECT") else {
+        return;
+    };
+    match spec::parse(value) {
+        Ok(parsed) => install(&parsed, Origin::Env),
+        Err(error) => {
+            let mut line = StackBuf::<600>::new();
+            let _ = write!(
+                line,
+                "mayfail: ignoring MAYFAIL_INJECT=\"{}\"",
+                Shown(value)
+            );
+            if value.len() > Shown::MAX {
+                let _ = write!(line, " ({} bytes)", value.len());
+            }
+            let _ = write!(line, ": {error}; injection stays off");
+            report::write_stderr(line.finish_line());
+        }
+    }
+}
+
+fn default_seed() -> u64 {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    splitmix64(report::now_ns() ^ (pid << 32) ^ wall_clock_ns())
+}
+
+fn wall_clock_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// One step of splitmix64: a good 64-bit mix of a counter.
+pub(crate) fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The `index`-th random number of the sequence for `seed`, 32 bits.
+pub(crate) fn random(seed: u64, index: u64) -> u32 {
+    (splitmix64(seed ^ splitmix64(index)) >> 32) as u32
+}
+
+fn install(s: &Spec, origin: Origin) {
+    config::set_injecting(false);
+    let a = &ATTRS;
+    a.threshold.store(s.threshold(), Relaxed);
+    a.probability_nano.store(s.probability_nano, Relaxed);
+    a.interval.store(s.interval, Relaxed);
+    a.min_size.store(s.min_size, Relaxed);
+    a.max_size.store(s.max_size, Relaxed);
+    a.task_filter.store(s.task_filter, Relaxed);
+    a.after.store(s.after, Relaxed);
+    let seed = s.seed.unwrap_or_else(default_seed);
+    a.seed.store(seed, Relaxed);
+    a.verbose.store(s.verbose, Relaxed);
+    a.transient.store(s.transient, Relaxed);
+    a.report.store(s.report, Relaxed);
+    a.nth.store(s.nth, Relaxed);
+    for (slot, &byte) in a.thread.iter().zip(s.thread.iter()) {
+        slot.store(byte, Relaxed);
+    }
+    a.thread_len.store(s.thread_len, Relaxed);
+    a.origin.store(origin as u8, Relaxed);
+    a.times_configured.store(s.times, Relaxed);
+    a.space_configured.store(s.space, Relaxed);
+    let r = &RUNNING;
+    r.times.store(s.times, Relaxed);
+    r.space.store(s.space, Relaxed);
+    r.interval_count.store(0, Relaxed);
+    r.process_count.store(0, Relaxed);
+    r.random_count.store(0, Relaxed);
+    if s.report || s.verbose > 0 {
+        crash::install_handlers();
+    }
+    if s.verbose > 0 {
+        let mut line = StackBuf::<400>::new();
+        let _ = write!(
+            line,
+            "mayfail: injecting allocation failures: MAYFAIL_INJECT='{}'",
+            Canonical { spec: s, seed }
+        );
+        report::write_stderr(line.finish_line());
+    }
+    config::set_injecting(true);
+}
+
+/// The attributes in force, as a spec (for replay lines).
+pub(crate) fn current_spec() -> (Spec, u64) {
+    let a = &ATTRS;
+    let mut s = Spec::DEFAULT;
+    s.probability_nano = a.probability_nano.load(Relaxed);
+    s.interval = a.interval.load(Relaxed);
+    s.times = a.times_configured.load(Relaxed);
+    s.space = a.space_configured.load(Relaxed);
+    s.min_size = a.min_size.load(Relaxed);
+    s.max_size = a.max_size.load(Relaxed);
+    s.task_filter = a.task_filter.load(Relaxed);
+    s.after = a.after.load(Relaxed);
+    s.verbose = a.verbose.load(Relaxed);
+    s.transient = a.transient.load(Relaxed);
+    s.report = a.report.load(Relaxed);
+    s.nth = a.nth.load(Relaxed);
+    s.thread_len = a.thread_len.load(Relaxed);
+    for (byte, slot) in s.thread.iter_mut().zip(a.thread.iter()) {
+        *byte = slot.load(Relaxed);
+    }
+    (s, a.seed.load(Relaxed))
+}
+
+/// Whether the configuration came from the environment.
+pub(crate) fn from_env() -> bool {
+    ATTRS.origin.load(Relaxed) == Origin::Env as u8
+}
+
+/// Whether injected failures should be transient.
+pub(crate) fn transient() -> bool {
+    config::injecting() && ATTRS.transient.load(Relaxed)
+}
+
+/// The kernel's thread names hold 15 bytes: a configured name matches a
+/// thread whose name equals its first 15 bytes.
+pub(crate) const KERNEL_NAME_BYTES: usize = 15;
+
+/// The current thread's name as the kernel keeps it, into `buf`.
+pub(crate) fn thread_name(buf: &mut [u8; 16]) -> &[u8] {
+    // SAFETY: `buf` is 16 writable bytes, the size the call is given;
+    // pthread_getname_np on the calling thread uses prctl, no allocation.
+    let rc = unsafe {
+        libc::pthread_getname_np(libc::pthread_self(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if rc != 0 {
+        return &[];
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    &buf[..len]
+}
+
+fn thread_matches() -> bool {
+    let a = &ATTRS;
+    let len = a.thread_len.load(Relaxed) as usize;
+    if len == 0 {
+        return true;
+    }
+    let mut buf = [0u8; 16];
+    let name = thread_name(&mut buf);
+    let wanted = len.min(KERNEL_NAME_BYTES);
+    name.len() == wanted
+        && a.thread[..wanted]
+            .iter()
+            .zip(name)
+            .all(|(slot, &b)| slot.load(Relaxed) == b)
+}
+
+/// Why an allocation was failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    FailNth,
+    Attributes,
+}
+
+/// Decides one allocation. See the module docs for the order.
+#[inline]
+pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
+    let thread = scope::count_allocation();
+    if thread.exempt {
+        return Verdict::Pass;
+    }
+    if thread.nth_armed {
+        if !thread.nth_fired {
+            return Verdict::Pass;
+        }
+        config::disarm_thread();
+        return fail(op, size, align, thread.number, Cause::FailNth);
+    }
+    if !config::injecting() {
+        return Verdict::Pass;
+    }
+    let a = &ATTRS;
+    let r = &RUNNING;
+    let after = a.after.load(Relaxed);
+    if after != 0
+        && r.process_count.load(Relaxed) < after
+        && r.process_count.fetch_add(1, Relaxed) < after
+    {
+        return Verdict::Pass;
+    }
+    if size < a.min_size.load(Relaxed) || size > a.max_size.load(Relaxed) {
+        return Verdict::Pass;
+    }
+    let nth = a.nth.load(Relaxed);
+    if nth != 0 && thread.number != nth {
+        return Verdict::Pass;
+    }
+    let threshold = a.threshold.load(Relaxed);
+    if threshold == 0 {
+        return Verdict::Pass;
+    }
+    if a.task_filter.load(Relaxed) && !thread.makes_it_fail {
+        return Verdict::Pass;
+    }
+    if !thread_matches() {
+        return Verdict::Pass;
+    }
+    if r.times.load(Relaxed) == 0 {
+        return Verdict::Pass;
+    }
+    let mut space = r.space.load(Relaxed);
+    while space > size as u64 {
+        match r
+            .space
+            .compare_exchange_weak(space, space - size as u64, Relaxed, Relaxed)
+        {
+            Ok(_) => return Verdict::Pass,
+            Err(now) => space = now,
+        }
+    }
+    let interval = a.interval.load(Relaxed);
+    if interval > 1 && !(r.interval_count.fetch_add(1, Relaxed) + 1).is_multiple_of(interval) {
+        return Verdict::Pass;
+    }
+    if threshold <= u64::from(u32::MAX) {
+        let index = r.random_count.fetch_add(1, Relaxed);
+        if u64::from(random(a.seed.load(Relaxed), index)) >= threshold {
+            return Verdict::Pass;
+        }
+    }
+    fail(op, size, align, thread.number, Cause::Attributes)
+}
+
+#[cold]
+fn fail(op: Op, size: usize, align: usize, number: u64, cause: Cause) -> Verdict {
+    let r = &RUNNING;
+    let mut times = r.times.load(Relaxed);
+    while times > 0 {
+        match r
+            .times
+            .compare_exchange_weak(times, times - 1, Relaxed, Relaxed)
+        {
+            Ok(_) => break,
+            Err(now) => times = now,
+        }
+    }
+    bump(&COUNTERS.injected);
+    let a = &ATTRS;
+    let configured = config::injecting();
+    let verbose = if configured {
+        a.verbose.load(Relaxed)
+    } else {
+        0
+    };
+    let report = !configured || a.report.load(Relaxed);
+    if report || verbose >= 2 {
+        crash::capture(op, size, align, number, cause);
+    }
+    if verbose >= 1 && verbose_line_due() {
+        crash::describe_injection(verbose >= 2);
+    }
+    if configured && a.transient.load(Relaxed) {
+        Verdict::Transient
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// Whether one more verbose line fits in this second's allowance.
+fn verbose_line_due() -> bool {
+    let r = &RUNNING;
+    let second = report::now_ns() / 1_000_000_000 + 1;
+    if r.verbose_window.swap(second, Relaxed) != second {
+        r.verbose_lines.store(0, Relaxed);
+    }
+    r.verbose_lines.fetch_add(1, Relaxed) < VERBOSE_LINES_PER_SECOND
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_random_sequence_depends_on_the_seed_and_is_repeatable() {
+        let a: Vec<u32> = (0..64).map(|i| random(1, i)).collect();
+        let b: Vec<u32> = (0..64).map(|i| random(1, i)).collect();
+        let c: Vec<u32> = (0..64).map(|i| random(2, i)).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_random_sequence_is_roughly_uniform() {
+        let n = 100_000u64;
+        let below_quarter = (0..n)
+            .filter(|&i| u64::from(random(7, i)) < (1u64 << 30))
+            .count() as f64;
+        let share = below_quarter / n as f64;
+        assert!((0.24..0.26).contains(&share), "{share}");
+    }
+}

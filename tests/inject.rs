@@ -1,0 +1,544 @@
+//! Fault injection: the kernel's attributes against hand-computed
+//! expectations, fail-nth per thread, seeds, transient versus final failures
+//! with each retry knob, and the report of the call site that could not cope
+//! (in a child process that really aborts or crashes).
+//!
+//! Injection is configured process-wide, so every test that configures it
+//! runs its body in a child process; `task-filter=Y` with `make_it_fail`
+//! keeps libtest's own thread out of it.
+
+mod common;
+
+use std::alloc::{Layout, System};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use common::{free, is_child, run_child, run_child_with};
+use mayfail::{MayFail, stats};
+
+#[global_allocator]
+static GLOBAL: MayFail<System> = MayFail::system();
+
+/// Makes `N` allocations of `size(i)` bytes inside `make_it_fail` and
+/// returns the 1-based numbers of those that failed (at most 16).
+fn failing<const N: usize>(size: impl Fn(usize) -> usize) -> Vec<usize> {
+    let mut blocks = [std::ptr::null_mut::<u8>(); N];
+    mayfail::make_it_fail(|| {
+        for (i, block) in blocks.iter_mut().enumerate() {
+            *block = common::alloc(size(i + 1));
+        }
+    });
+    let mut failed = Vec::new();
+    for (i, &block) in blocks.iter().enumerate() {
+        if block.is_null() {
+            failed.push(i + 1);
+        } else {
+            free(block, size(i + 1));
+        }
+    }
+    failed
+}
+
+/// Runs the body of test `name` in a child with `MAYFAIL_INJECT` unset.
+fn child(name: &str) {
+    run_child::<&str, &str>(name, &[("MAYFAIL_INJECT", None)]).assert_success();
+}
+
+#[test]
+fn interval_3_times_2_fails_attempts_3_and_6_only() {
+    if is_child() {
+        mayfail::configure_injection("interval=3,times=2,task-filter=Y").unwrap();
+        assert_eq!(failing::<12>(|_| 64), [3, 6]);
+        return;
+    }
+    child("interval_3_times_2_fails_attempts_3_and_6_only");
+}
+
+#[test]
+fn the_environment_spec_applies_from_the_first_allocation() {
+    if is_child() {
+        assert_eq!(failing::<12>(|_| 64), [3, 6]);
+        return;
+    }
+    run_child_with(
+        "the_environment_spec_applies_from_the_first_allocation",
+        &[("MAYFAIL_INJECT", "interval=3,times=2,task-filter=Y")],
+    )
+    .assert_success();
+}
+
+#[test]
+fn space_1000_lets_exactly_nine_100_byte_allocations_through() {
+    if is_child() {
+        mayfail::configure_injection("space=1000,task-filter=Y").unwrap();
+        assert_eq!(failing::<14>(|_| 100), [10]);
+        return;
+    }
+    child("space_1000_lets_exactly_nine_100_byte_allocations_through");
+}
+
+#[test]
+fn size_filters_bound_the_candidates() {
+    if is_child() {
+        mayfail::configure_injection("min-size=100,max-size=200,times=-1,task-filter=Y").unwrap();
+        let sizes = [50, 99, 100, 150, 200, 201, 4096];
+        assert_eq!(failing::<7>(|i| sizes[i - 1]), [3, 4, 5]);
+        mayfail::configure_injection("min-size=1K,times=-1,task-filter=Y").unwrap();
+        assert_eq!(failing::<7>(|i| sizes[i - 1]), [7]);
+        return;
+    }
+    child("size_filters_bound_the_candidates");
+}
+
+#[test]
+fn the_task_filter_limits_injection_to_make_it_fail_scopes() {
+    if is_child() {
+        mayfail::configure_injection("times=-1,task-filter=Y").unwrap();
+        let outside = common::alloc(64);
+        assert!(
+            !outside.is_null(),
+            "outside make_it_fail nothing is injected"
+        );
+        free(outside, 64);
+        let guard = mayfail::make_it_fail_guard();
+        let inside = common::alloc(64);
+        let nested = mayfail::make_it_fail(|| common::alloc(64));
+        let still_inside = common::alloc(64);
+        drop(guard);
+        let after = common::alloc(64);
+        assert!(inside.is_null() && nested.is_null() && still_inside.is_null());
+        assert!(!after.is_null(), "the guard ended the scope");
+        free(after, 64);
+        return;
+    }
+    child("the_task_filter_limits_injection_to_make_it_fail_scopes");
+}
+
+#[test]
+fn after_lets_the_first_allocations_of_the_process_pass() {
+    if is_child() {
+        mayfail::configure_injection("after=5,times=-1,task-filter=Y").unwrap();
+        assert_eq!(failing::<8>(|_| 32), [6, 7, 8]);
+        return;
+    }
+    child("after_lets_the_first_allocations_of_the_process_pass");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_failures_and_another_seed_others() {
+    if is_child() {
+        let run = |seed: u64| {
+            let spec = format!("probability=50,times=-1,task-filter=Y,seed={seed}");
+            mayfail::configure_injection(&spec).unwrap();
+            failing::<64>(|_| 48)
+        };
+        let first = run(42);
+        assert_eq!(run(42), first);
+        assert_ne!(run(43), first);
+        assert!(
+            (16..=48).contains(&first.len()),
+            "about half: {}",
+            first.len()
+        );
+        return;
+    }
+    child("the_same_seed_gives_the_same_failures_and_another_seed_others");
+}
+
+#[test]
+fn probability_zero_never_fails_and_decimals_are_accepted() {
+    if is_child() {
+        mayfail::configure_injection("probability=0,times=-1,task-filter=Y").unwrap();
+        assert!(failing::<64>(|_| 48).is_empty());
+        mayfail::configure_injection("probability=0.5,times=-1,task-filter=Y,seed=1").unwrap();
+        let before = stats();
+        let mut failures = 0;
+        for _ in 0..20 {
+            failures += failing::<64>(|_| 48).len();
+        }
+        assert_eq!(stats().since(&before).injected, failures as u64);
+        assert!(failures < 40, "0.5 % of 1280 is about 6: {failures}");
+        return;
+    }
+    child("probability_zero_never_fails_and_decimals_are_accepted");
+}
+
+/// Runs in the test process itself, next to the other tests: fail-nth is
+/// strictly per thread.
+#[test]
+fn fail_nth_fails_the_nth_allocation_of_its_own_thread_only() {
+    let threads: Vec<_> = (1..=4u64)
+        .map(|n| {
+            std::thread::spawn(move || {
+                mayfail::fail_nth(n * 2);
+                assert_eq!(mayfail::fail_nth_pending(), n * 2);
+                let mut outcomes = [true; 10];
+                for (i, ok) in outcomes.iter_mut().enumerate() {
+                    let mut v: Vec<u8> = Vec::new();
+                    *ok = v.try_reserve_exact(16 + i).is_ok();
+                }
+                assert_eq!(mayfail::fail_nth_pending(), 0, "it fired");
+                let failed: Vec<usize> = (1..=10).filter(|&i| !outcomes[i - 1]).collect();
+                (n, failed)
+            })
+        })
+        .collect();
+    let bystander = std::thread::spawn(|| {
+        (0..1000)
+            .filter(|i| Vec::<u8>::new().try_reserve(8 + i % 64).is_err())
+            .count()
+    });
+    for t in threads {
+        let (n, failed) = t.join().unwrap();
+        assert_eq!(failed, [n as usize * 2], "thread armed with {}", n * 2);
+    }
+    assert_eq!(
+        bystander.join().unwrap(),
+        0,
+        "an unarmed thread never fails"
+    );
+}
+
+#[test]
+fn fail_nth_can_be_disarmed_and_skips_nofail() {
+    mayfail::fail_nth(2);
+    mayfail::fail_nth(0);
+    assert_eq!(mayfail::fail_nth_pending(), 0);
+    let mut v: Vec<u8> = Vec::new();
+    assert!(v.try_reserve(1).is_ok() && Vec::<u8>::new().try_reserve(1).is_ok());
+
+    mayfail::fail_nth(1);
+    let kept = mayfail::nofail(|| Vec::<u8>::with_capacity(64));
+    assert_eq!(
+        mayfail::fail_nth_pending(),
+        1,
+        "nofail allocations are not counted"
+    );
+    assert!(Vec::<u8>::new().try_reserve(64).is_err());
+    drop(kept);
+}
+
+#[test]
+fn nofail_is_never_injected() {
+    if is_child() {
+        mayfail::configure_injection("times=-1,task-filter=Y").unwrap();
+        let before = stats();
+        let p = mayfail::make_it_fail(|| mayfail::nofail(|| common::alloc(64)));
+        assert!(!p.is_null());
+        free(p, 64);
+        assert_eq!(stats().since(&before).injected, 0);
+        return;
+    }
+    child("nofail_is_never_injected");
+}
+
+#[test]
+fn transient_and_final_failures_with_each_retry_knob() {
+    if is_child() {
+        let knob = mayfail::retries();
+        for transient in ["N", "Y"] {
+            let spec = format!("times=-1,task-filter=Y,transient={transient}");
+            mayfail::configure_injection(&spec).unwrap();
+            let before = stats();
+            let p = mayfail::make_it_fail(|| common::alloc(64));
+            let d = stats().since(&before);
+            let served = !p.is_null();
+            if served {
+                free(p, 64);
+            }
+            let expected = match (transient, knob) {
+                // A final injected failure ignores the policy.
+                ("N", _) => (false, 0, 0, 0),
+                // A transient one fails one attempt: the policy retries.
+                ("Y", 0) => (false, 0, 0, 1),
+                ("Y", _) => (true, 1, 1, 0),
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                (served, d.retries, d.recovered, d.failed),
+                expected,
+                "transient={transient} retries={knob}: {d:?}"
+            );
+            assert_eq!(d.injected, 1);
+        }
+        return;
+    }
+    for knob in ["-1", "0", "3"] {
+        run_child(
+            "transient_and_final_failures_with_each_retry_knob",
+            &[("MAYFAIL_RETRIES", Some(knob)), ("MAYFAIL_INJECT", None)],
+        )
+        .assert_success();
+    }
+}
+
+#[test]
+fn bad_specs_are_refused_with_the_field_and_the_accepted_forms() {
+    let long = format!("probability={}", "9".repeat(64 * 1024));
+    let cases: [(&str, &str); 12] = [
+        ("", "the spec is empty"),
+        (
+            "probabilty=5",
+            "unknown key \"probabilty\"; keys: probability, interval",
+        ),
+        (
+            "probability=abc",
+            "probability takes a percentage from 0 to 100",
+        ),
+        (
+            "probability=101",
+            "probability takes a percentage from 0 to 100",
+        ),
+        ("interval=0", "interval takes a whole number >= 1"),
+        (
+            "times=-2",
+            "times takes -1 (unlimited) or a whole number >= 0",
+        ),
+        ("times=1,times=2", "\"times\" is given twice"),
+        ("times=1,,interval=2", "empty pair"),
+        (
+            "space=12Q",
+            "space takes bytes, with an optional K, M or G suffix",
+        ),
+        ("verbose=3", "verbose takes 0, 1 or 2"),
+        ("task-filter=maybe", "task-filter takes Y or N"),
+        (&long, "probability takes a percentage"),
+    ];
+    for (spec, expected) in cases {
+        let err = mayfail::configure_injection(spec).expect_err(spec);
+        let text = err.to_string();
+        assert!(text.starts_with("invalid injection spec: "), "{text}");
+        assert!(text.contains(expected), "{spec:.40}: {text}");
+        assert!(text.len() < 300, "a long value is cut: {}", text.len());
+        let _: &dyn std::error::Error = &err;
+    }
+}
+
+#[test]
+fn a_bad_environment_spec_prints_one_line_and_leaves_injection_off() {
+    if is_child() {
+        assert!(failing::<8>(|_| 64).is_empty());
+        assert_eq!(stats().injected, 0);
+        return;
+    }
+    for spec in [
+        "probability=abc,task-filter=Y",
+        "times=1,times=1",
+        "nope",
+        "task-filter=Y,",
+    ] {
+        let run = run_child_with(
+            "a_bad_environment_spec_prints_one_line_and_leaves_injection_off",
+            &[("MAYFAIL_INJECT", spec)],
+        );
+        run.assert_success();
+        let lines = run.mayfail_lines();
+        assert_eq!(lines.len(), 1, "{spec}: {}", run.stderr);
+        assert!(
+            lines[0].starts_with("mayfail: ignoring MAYFAIL_INJECT=\""),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].ends_with("injection stays off"), "{}", lines[0]);
+    }
+}
+
+#[test]
+fn verbose_prints_the_seed_and_one_line_per_injected_failure() {
+    if is_child() {
+        assert_eq!(failing::<6>(|_| 64), [2, 4]);
+        return;
+    }
+    let run = run_child_with(
+        "verbose_prints_the_seed_and_one_line_per_injected_failure",
+        &[(
+            "MAYFAIL_INJECT",
+            "interval=2,times=2,task-filter=Y,verbose=1",
+        )],
+    );
+    run.assert_success();
+    let lines = run.mayfail_lines();
+    assert_eq!(lines.len(), 3, "{}", run.stderr);
+    assert!(lines[0].starts_with("mayfail: injecting allocation failures: MAYFAIL_INJECT='"));
+    assert!(lines[0].contains(",seed="), "{}", lines[0]);
+    for line in &lines[1..] {
+        assert!(
+            line.contains("injected failure: alloc of 64 bytes (align 8)"),
+            "{line}"
+        );
+        assert!(line.contains("its allocation #"), "{line}");
+    }
+}
+
+fn push_one(v: &mut Vec<u64>) {
+    v.push(7);
+}
+
+#[test]
+fn abort_report_names_the_call_site() {
+    if is_child() {
+        let mut v = Vec::new();
+        mayfail::make_it_fail(|| push_one(&mut v));
+        unreachable!("Vec::push cannot survive a failed allocation");
+    }
+    let name = "abort_report_names_the_call_site";
+    let run = run_child_with(name, &[("MAYFAIL_INJECT", "task-filter=Y")]);
+    assert_eq!(run.signal, Some(libc::SIGABRT), "{}", run.stderr);
+    let report = assert_aborted_with_report(
+        &run.stderr,
+        run.code,
+        "memory allocation of 32 bytes failed",
+    );
+    let first = first_frame(&report);
+    assert!(
+        first.contains("inject::push_one"),
+        "the call site is on top: {report}"
+    );
+
+    // Run the replay line again, in the same environment: same place.
+    let replay = report
+        .lines()
+        .find_map(|l| l.strip_prefix("mayfail:   replay: "))
+        .expect("a replay line");
+    let spec = replay
+        .strip_prefix("MAYFAIL_INJECT='")
+        .and_then(|rest| rest.split_once("' "))
+        .expect("the replay starts with MAYFAIL_INJECT='...'");
+    assert!(spec.0.starts_with("nth="), "{replay}");
+    assert!(spec.0.contains(",thread=abort_report_na"), "{replay}");
+    let argv: Vec<&str> = spec.1.split(' ').collect();
+    let again = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("MAYFAIL_TEST_CHILD", "1")
+        .env("MAYFAIL_INJECT", spec.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.signal(), Some(libc::SIGABRT), "{stderr}");
+    let replayed = assert_aborted_with_report(
+        &stderr,
+        again.status.code(),
+        "memory allocation of 32 bytes failed",
+    );
+    assert_eq!(
+        first_frame(&replayed),
+        first,
+        "the replay fails at the same place"
+    );
+}
+
+/// Checks that a child aborted after an injected failure and returns the
+/// report.
+fn assert_aborted_with_report(stderr: &str, code: Option<i32>, std_message: &str) -> String {
+    assert_eq!(code, None, "killed by a signal: {stderr}");
+    assert!(stderr.contains(std_message), "{stderr}");
+    let start = stderr
+        .find(
+            "mayfail: the process is aborting after an injected allocation failure: std's \
+             handle_alloc_error, an infallible allocation path",
+        )
+        .unwrap_or_else(|| panic!("no report: {stderr}"));
+    let report = &stderr[start..];
+    assert!(
+        report.contains("failed on purpose: alloc of 32 bytes (align 8)"),
+        "{report}"
+    );
+    report.to_owned()
+}
+
+fn first_frame(report: &str) -> String {
+    let mut lines = report
+        .lines()
+        .skip_while(|l| !l.contains("backtrace of the failing allocation"));
+    lines.next();
+    lines.next().expect("a frame").trim().to_owned()
+}
+
+#[test]
+fn a_null_write_after_injection_is_reported_as_a_likely_unchecked_null() {
+    if is_child() {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        mayfail::fail_nth(1);
+        // SAFETY: deliberately not: the null check is missing, as in the bugs
+        // this report is for.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            std::ptr::write_volatile(p.add(8), 1u8);
+        }
+        unreachable!("writing through null faults");
+    }
+    let run = run_child::<&str, &str>(
+        "a_null_write_after_injection_is_reported_as_a_likely_unchecked_null",
+        &[("MAYFAIL_INJECT", None)],
+    );
+    assert_eq!(run.signal, Some(libc::SIGSEGV), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "mayfail: the process crashed (SIGSEGV at address 0x8) after an injected allocation \
+             failure: likely an unchecked null"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("by fail-nth"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("(the program sets up this injection itself)"),
+        "{}",
+        run.stderr
+    );
+    let first = first_frame(&run.stderr);
+    assert!(
+        first.contains("inject::a_null_write_after_injection"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_handled_failure_followed_by_an_unrelated_abort_is_not_blamed_directly() {
+    if is_child() {
+        mayfail::fail_nth(1);
+        assert!(Vec::<u8>::new().try_reserve(10).is_err());
+        let handled_fine: Vec<u8> = std::hint::black_box(vec![1u8; 100]);
+        drop(handled_fine);
+        std::process::abort();
+    }
+    let run = run_child::<&str, &str>(
+        "a_handled_failure_followed_by_an_unrelated_abort_is_not_blamed_directly",
+        &[("MAYFAIL_INJECT", None)],
+    );
+    assert_eq!(run.signal, Some(libc::SIGABRT), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "mayfail: the process is aborting, not from handle_alloc_error; the last injected \
+             failure on this thread was handled at the time"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn report_n_turns_the_report_off() {
+    if is_child() {
+        let mut v = Vec::new();
+        mayfail::make_it_fail(|| push_one(&mut v));
+        unreachable!();
+    }
+    let run = run_child_with(
+        "report_n_turns_the_report_off",
+        &[("MAYFAIL_INJECT", "task-filter=Y,report=N")],
+    );
+    assert_eq!(run.signal, Some(libc::SIGABRT), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("memory allocation of 32 bytes failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("mayfail: the process is aborting"),
+        "{}",
+        run.stderr
+    );
+}
