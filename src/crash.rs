@@ -382,26 +382,23 @@ fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
 }
 
 /// Frames of these crates and symbols are allocation machinery, not the
-/// caller: they are trimmed from the top of the backtrace.
-const TRIMMED: [&str; 14] = [
+/// caller: they are trimmed from the top of the backtrace. Matched after any
+/// leading `<` of a qualified path.
+const TRIMMED: [&str; 9] = [
     "backtrace::",
     "mayfail::",
-    "<mayfail::",
     "__rust",
     "__rdl",
     "__rg_",
     "alloc::",
-    "<alloc::",
     "core::",
-    "<core::",
     "std::",
-    "<std::",
     "hashbrown::",
-    "<hashbrown::",
 ];
 
 /// Whether a demangled symbol belongs to the allocation machinery.
 pub(crate) fn is_machinery(name: &str) -> bool {
+    let name = name.trim_start_matches('<');
     TRIMMED.iter().any(|prefix| name.starts_with(prefix))
 }
 
@@ -487,6 +484,7 @@ mod tests {
             "__rdl_alloc",
             "std::alloc::System::alloc",
             "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "<<alloc::boxed::Box<str> as core::convert::From<&str>>::from as core::ops::FnOnce>::call_once",
         ] {
             assert!(is_machinery(name), "{name}");
         }

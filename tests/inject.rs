@@ -542,3 +542,66 @@ fn report_n_turns_the_report_off() {
         run.stderr
     );
 }
+
+#[test]
+fn the_thread_filter_limits_injection_to_threads_of_that_name() {
+    if is_child() {
+        let attempt = |name: &str| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(|| {
+                    mayfail::make_it_fail(|| {
+                        (0..10)
+                            .filter(|i| Vec::<u8>::new().try_reserve(16 + i).is_err())
+                            .count()
+                    })
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert_eq!(attempt("indexer"), 10);
+        assert_eq!(attempt("other"), 0);
+        // Names longer than the kernel's 15 bytes match on their first 15.
+        assert_eq!(attempt("compaction-worker-7"), 0);
+        mayfail::configure_injection("times=-1,task-filter=Y,thread=compaction-worker-3").unwrap();
+        assert_eq!(attempt("compaction-worker-7"), 10, "same first 15 bytes");
+        return;
+    }
+    run_child_with(
+        "the_thread_filter_limits_injection_to_threads_of_that_name",
+        &[("MAYFAIL_INJECT", "times=-1,task-filter=Y,thread=indexer")],
+    )
+    .assert_success();
+}
+
+#[inline(never)]
+fn reserve_for_the_index(v: &mut Vec<u32>) -> bool {
+    v.try_reserve(1000).is_ok()
+}
+
+#[test]
+fn verbose_2_adds_the_backtrace_of_each_injected_failure() {
+    if is_child() {
+        let mut v = Vec::new();
+        assert!(!mayfail::make_it_fail(|| reserve_for_the_index(&mut v)));
+        return;
+    }
+    let run = run_child_with(
+        "verbose_2_adds_the_backtrace_of_each_injected_failure",
+        &[("MAYFAIL_INJECT", "task-filter=Y,verbose=2")],
+    );
+    run.assert_success();
+    assert!(
+        run.stderr
+            .contains("injected failure: alloc of 4000 bytes (align 4)"),
+        "{}",
+        run.stderr
+    );
+    let first = first_frame(&run.stderr);
+    assert!(
+        first.contains("inject::reserve_for_the_index"),
+        "{}",
+        run.stderr
+    );
+}
