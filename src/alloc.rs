@@ -5,7 +5,8 @@
 //! relaxed load of a read-mostly word (`engaged`: set until the environment
 //! has been read, while injection is on, and while a thread counts down to a
 //! fail-nth) and a branch that is never taken in an idle process: no
-//! thread-local access, no shared write, no lock. `dealloc` adds nothing.
+//! thread-local access, no shared write, no lock. `dealloc` adds the same
+//! load and branch (a sweep's child tracks frees on the engaged path).
 //! Everything else is out of line: the engaged path here, the retry policy in
 //! `policy`, the injection decision in `inject`.
 
@@ -16,6 +17,7 @@ use crate::config::{self, Defaults};
 use crate::inject::{self, Verdict};
 use crate::policy::{self, Request};
 use crate::reserve;
+use crate::track;
 
 /// A global allocator that wraps `A` and applies the "too small to fail"
 /// retry policy when `A` returns null.
@@ -137,22 +139,45 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
         config::start(&self.defaults);
         reserve::fill_once(&self.inner);
-        match inject::decide(request.op(), request.size(layout), layout.align()) {
-            Verdict::Pass => {}
-            Verdict::Fail => return core::ptr::null_mut(),
-            Verdict::Transient => {
-                // SAFETY: as in `serve`; the inner allocator was not called,
-                // so a realloc's block is untouched.
-                return unsafe { policy::after_null(&self.inner, layout, request) };
+        let block = match inject::decide(request.op(), request.size(layout), layout.align()) {
+            Verdict::Pass => {
+                // SAFETY: forwarded under the caller's contract.
+                let block = unsafe { request.attempt(&self.inner, layout) };
+                if block.is_null() {
+                    // SAFETY: as in `serve`.
+                    unsafe { policy::after_null(&self.inner, layout, request) }
+                } else {
+                    block
+                }
             }
-        }
-        // SAFETY: forwarded under the caller's contract.
-        let block = unsafe { request.attempt(&self.inner, layout) };
-        if block.is_null() {
-            // SAFETY: as in `serve`.
-            return unsafe { policy::after_null(&self.inner, layout, request) };
+            Verdict::Fail => core::ptr::null_mut(),
+            // SAFETY: as in `serve`; the inner allocator was not called, so a
+            // realloc's block is untouched.
+            Verdict::Transient => unsafe { policy::after_null(&self.inner, layout, request) },
+        };
+        // Blocks mayfail itself takes while reporting are not the operation's.
+        if !block.is_null() && track::on() && !crate::scope::in_reclaim() {
+            if let Request::Realloc { ptr, .. } = request {
+                track::forget(ptr as usize);
+            }
+            track::record(block as usize, request.size(layout));
         }
         block
+    }
+
+    /// `dealloc` while engaged: a sweep's child tracks frees.
+    ///
+    /// # Safety
+    ///
+    /// The caller's contract for `dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_engaged(&self, ptr: *mut u8, layout: Layout) {
+        if track::on() {
+            track::forget(ptr as usize);
+        }
+        // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 }
 
@@ -182,6 +207,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if config::engaged() {
+            // SAFETY: the caller's contract for `dealloc`.
+            return unsafe { self.dealloc_engaged(ptr, layout) };
+        }
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }

@@ -211,6 +211,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     if let Some(record) = record
         && record.valid
         && (sig == libc::SIGABRT || fault_address < NULL_PAGE_LIMIT)
+        && !crate::sweep::in_child()
     {
         print_report(sig, fault_address, &record);
     }
@@ -396,10 +397,100 @@ const TRIMMED: [&str; 9] = [
     "hashbrown::",
 ];
 
-/// Whether a demangled symbol belongs to the allocation machinery.
+/// Whether a demangled symbol belongs to the allocation machinery. A
+/// qualified path `<Type as Trait>::f` does when its type does, or when its
+/// type is a bare generic parameter (`<T as alloc::...>`) and its trait does.
 pub(crate) fn is_machinery(name: &str) -> bool {
-    let name = name.trim_start_matches('<');
-    TRIMMED.iter().any(|prefix| name.starts_with(prefix))
+    let machinery_path = |path: &str| TRIMMED.iter().any(|prefix| path.starts_with(prefix));
+    let inner = name.trim_start_matches('<');
+    if machinery_path(inner) {
+        return true;
+    }
+    match inner.split_once(" as ") {
+        Some((ty, rest)) => {
+            let generic = !ty.is_empty()
+                && ty.len() <= 2
+                && ty
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            generic && machinery_path(rest.trim_start_matches('<'))
+        }
+        None => false,
+    }
+}
+
+/// Writes what this thread's latest injected failure was:
+/// `alloc of 64 bytes (align 8)`.
+pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
+    if let Some(r) = with_record(|r| *r)
+        && r.valid
+    {
+        let _ = write!(
+            line,
+            "{} of {} bytes (align {})",
+            r.op.name(),
+            r.size,
+            r.align
+        );
+    }
+}
+
+/// Writes the raw return addresses of this thread's latest injected
+/// failure, in hex, separated by commas. Does not allocate.
+pub(crate) fn write_frames<const N: usize>(line: &mut StackBuf<N>) -> bool {
+    let Some(record) = with_record(|r| *r) else {
+        return false;
+    };
+    if !record.valid {
+        return false;
+    }
+    for (i, ip) in record.frames[..record.depth].iter().enumerate() {
+        let _ = write!(line, "{}{ip:x}", if i == 0 { "" } else { "," });
+    }
+    true
+}
+
+/// The call site of a stack: its first `depth` frames outside the
+/// allocation machinery, as `function (file:line) <- caller (file:line)`.
+/// The addresses must belong to this process (or to its parent before a
+/// fork, which has the same mappings).
+pub(crate) fn site_of(frames: &[usize], depth: usize) -> String {
+    let mut site = String::new();
+    let mut written = 0;
+    let mut trimming = true;
+    for &ip in frames {
+        if written >= depth {
+            break;
+        }
+        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+            if written >= depth {
+                return;
+            }
+            let name = symbol.name().map(|n| format!("{n:#}"));
+            let name = name.as_deref().unwrap_or("<unknown>");
+            if trimming && is_machinery(name) {
+                return;
+            }
+            trimming = false;
+            if written > 0 {
+                site.push_str(" <- ");
+            }
+            site.push_str(name);
+            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
+                let dir = std::env::current_dir().ok();
+                let shown = dir
+                    .as_deref()
+                    .and_then(|dir| file.strip_prefix(dir).ok())
+                    .unwrap_or(file);
+                let _ = write!(site, " ({}:{lineno})", shown.display());
+            }
+            written += 1;
+        });
+    }
+    if written == 0 {
+        site.push_str("<no symbols>");
+    }
+    site
 }
 
 fn print_backtrace(r: &Record) {
@@ -485,6 +576,7 @@ mod tests {
             "std::alloc::System::alloc",
             "hashbrown::raw::RawTable<T,A>::reserve_rehash",
             "<<alloc::boxed::Box<str> as core::convert::From<&str>>::from as core::ops::FnOnce>::call_once",
+            "<T as alloc::slice::<impl [T]>::to_vec_in::ConvertVec>::to_vec",
         ] {
             assert!(is_machinery(name), "{name}");
         }

@@ -226,6 +226,15 @@ pub fn fail_nth_pending() -> u64 {
     scope::fail_nth_left()
 }
 
+/// Makes the current thread's next fail-nth countdown persistent (a sweep's
+/// persistent mode) or not, ending an exhausted state left by the last one.
+pub(crate) fn set_persistent(persistent: bool) {
+    if scope::exhausted() {
+        config::disarm_thread();
+    }
+    scope::set_persistent(persistent);
+}
+
 /// Reads `MAYFAIL_INJECT`; called once, from the first allocation.
 pub(crate) fn read_env() {
     let Some(value) = config::getenv(c"MAYFAIL_INJECT") else {
@@ -402,6 +411,17 @@ pub(crate) enum Cause {
 #[inline]
 pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     let thread = scope::count_allocation();
+    if thread.exhausted {
+        // A sweep's persistent mode: memory "never comes back". A nofail
+        // allocation is not injected, but its attempts fail like all others,
+        // so it retries for ever, as it would under real exhaustion.
+        bump(&COUNTERS.injected);
+        return if thread.nofail {
+            Verdict::Transient
+        } else {
+            Verdict::Fail
+        };
+    }
     if thread.exempt {
         return Verdict::Pass;
     }
@@ -409,7 +429,11 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         if !thread.nth_fired {
             return Verdict::Pass;
         }
-        config::disarm_thread();
+        // A persistent countdown leaves the thread exhausted, which only the
+        // engaged path sees: it stays armed until `set_persistent`.
+        if !scope::exhausted() {
+            config::disarm_thread();
+        }
         return fail(op, size, align, thread.number, Cause::FailNth);
     }
     if !config::injecting() {
@@ -492,6 +516,7 @@ fn fail(op: Op, size: usize, align: usize, number: u64, cause: Cause) -> Verdict
     if report || verbose >= 2 {
         crash::capture(op, size, align, number, cause);
     }
+    crate::sweep::on_injected();
     if verbose >= 1 && verbose_line_due() {
         crash::describe_injection(verbose >= 2);
     }

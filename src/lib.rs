@@ -17,6 +17,8 @@
 //! - Fault injection: [`configure_injection`], [`disable_injection`],
 //!   [`ConfigError`], [`fail_nth`], [`fail_nth_pending`], [`make_it_fail`],
 //!   [`make_it_fail_guard`].
+//! - The sweep of one operation: [`sweep`], [`Sweep`], [`SweepReport`],
+//!   [`Site`], [`Point`], [`Outcome`].
 //! - Counters: [`stats`], [`Stats`].
 //! - Real memory pressure for tests and demos: [`pressure`].
 
@@ -32,6 +34,8 @@ mod reserve;
 mod scope;
 mod spec;
 mod stats;
+mod sweep;
+mod track;
 
 #[cfg(target_os = "linux")]
 pub mod pressure;
@@ -52,3 +56,4 @@ pub use crate::scope::{
     noretry_guard, nowarn, nowarn_guard,
 };
 pub use crate::stats::{Stats, stats};
+pub use crate::sweep::{Outcome, Point, Site, Sweep, SweepReport, sweep};

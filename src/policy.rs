@@ -193,9 +193,14 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         }
         retries += 1;
         bump(&COUNTERS.retries);
-        // SAFETY: same operation, same arguments as the call that failed; on
-        // failure a realloc leaves `ptr` untouched, so it is still live.
-        let block = unsafe { request.attempt(inner, layout) };
+        let block = if scope::exhausted() {
+            // A sweep's persistent mode: this attempt fails too.
+            ptr::null_mut()
+        } else {
+            // SAFETY: same operation, same arguments as the call that failed;
+            // on failure a realloc leaves `ptr` untouched, so it is still live.
+            unsafe { request.attempt(inner, layout) }
+        };
         if !block.is_null() {
             bump(&COUNTERS.recovered);
             return block;

@@ -68,11 +68,16 @@ impl<const N: usize> Write for StackBuf<N> {
 
 /// Writes all of `bytes` to stderr with `write(2)`, retrying on `EINTR` and
 /// short writes, giving up silently on any other error.
-pub(crate) fn write_stderr(mut bytes: &[u8]) {
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    write_fd(libc::STDERR_FILENO, bytes);
+}
+
+/// Writes all of `bytes` to `fd` as [`write_stderr`] does.
+pub(crate) fn write_fd(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe a live, initialised slice;
         // `write` does not keep the pointer.
-        let n = unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n > 0 {
             bytes = &bytes[n as usize..];
         } else if n < 0 && last_errno() == libc::EINTR {

@@ -32,6 +32,11 @@ struct ThreadState {
     allocations: Cell<u64>,
     /// The fail-nth countdown: 0 = not armed (or fired).
     fail_nth: Cell<u64>,
+    /// Whether the countdown, when it fires, leaves the thread "exhausted":
+    /// that and every later attempt fails (a sweep's persistent mode).
+    persistent: Cell<bool>,
+    /// Set when a persistent countdown fired.
+    exhausted: Cell<bool>,
 }
 
 thread_local! {
@@ -40,6 +45,8 @@ thread_local! {
             flags: Cell::new(0),
             allocations: Cell::new(0),
             fail_nth: Cell::new(0),
+            persistent: Cell::new(false),
+            exhausted: Cell::new(false),
         }
     };
 }
@@ -73,6 +80,11 @@ pub(crate) struct Snapshot {
     pub(crate) nth_fired: bool,
     /// Whether a fail-nth countdown is running (fired or not).
     pub(crate) nth_armed: bool,
+    /// Whether the thread is exhausted (a persistent countdown fired): every
+    /// attempt fails, and a `nofail` allocation retries for ever.
+    pub(crate) exhausted: bool,
+    /// Inside `nofail`.
+    pub(crate) nofail: bool,
 }
 
 /// Counts one allocation on the current thread and steps its fail-nth
@@ -82,13 +94,16 @@ pub(crate) fn count_allocation() -> Snapshot {
     STATE
         .try_with(|s| {
             let flags = s.flags.get();
-            let exempt = flags & IN_RECLAIM != 0 || flags & MODE_MASK == MODE_NOFAIL;
+            let nofail = flags & MODE_MASK == MODE_NOFAIL;
+            let exempt = flags & IN_RECLAIM != 0 || nofail;
             let mut snap = Snapshot {
                 exempt,
                 makes_it_fail: flags & MAKE_IT_FAIL != 0,
                 number: 0,
                 nth_fired: false,
                 nth_armed: false,
+                exhausted: flags & IN_RECLAIM == 0 && s.exhausted.get(),
+                nofail,
             };
             if exempt {
                 return snap;
@@ -100,6 +115,9 @@ pub(crate) fn count_allocation() -> Snapshot {
                 snap.nth_armed = true;
                 snap.nth_fired = nth == 1;
                 s.fail_nth.set(nth - 1);
+                if snap.nth_fired && s.persistent.get() {
+                    s.exhausted.set(true);
+                }
             }
             snap
         })
@@ -109,7 +127,24 @@ pub(crate) fn count_allocation() -> Snapshot {
             number: 0,
             nth_fired: false,
             nth_armed: false,
+            exhausted: false,
+            nofail: false,
         })
+}
+
+/// Makes the thread's next fail-nth countdown persistent (or not), and
+/// clears its exhausted state.
+pub(crate) fn set_persistent(persistent: bool) {
+    let _ = STATE.try_with(|s| {
+        s.persistent.set(persistent);
+        s.exhausted.set(false);
+    });
+}
+
+/// Whether every attempt of this thread must fail (a persistent countdown
+/// fired), outside mayfail's own slow-path allocations.
+pub(crate) fn exhausted() -> bool {
+    STATE.try_with(|s| s.exhausted.get()).unwrap_or(false)
 }
 
 /// The number of the thread's latest counted allocation.

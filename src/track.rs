@@ -1,0 +1,161 @@
+//! Leak tracking for a sweep run: which blocks allocated during the
+//! operation are still live after it.
+//!
+//! Used only inside a sweep's child process, between `start` and `stop`.
+//! While tracking is on, the engaged path records every block it hands out
+//! in an open-addressing table of (address, size) that lives in an anonymous
+//! mapping (so recording never allocates), and `dealloc` removes them. The
+//! table is process-wide and lock-free for one writer; a sweep's child runs
+//! the operation on one thread (an operation that spawns threads is tracked
+//! on a best-effort basis: entries are claimed with compare-and-swap).
+
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+
+/// Slots in the table: 1 Mi entries, 16 MiB of address space, touched only
+/// as far as it is used.
+const SLOTS: usize = 1 << 20;
+const EMPTY: usize = 0;
+const REMOVED: usize = 1;
+
+#[repr(C)]
+struct Slot {
+    address: AtomicUsize,
+    size: AtomicUsize,
+}
+
+static TABLE: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
+static ON: AtomicBool = AtomicBool::new(false);
+static OVERFLOW: AtomicBool = AtomicBool::new(false);
+
+/// Whether blocks are being tracked.
+#[inline]
+pub(crate) fn on() -> bool {
+    ON.load(Relaxed)
+}
+
+/// Starts tracking with an empty table. Returns false if the table could not
+/// be mapped.
+pub(crate) fn start() -> bool {
+    let len = SLOTS * core::mem::size_of::<Slot>();
+    let old = TABLE.load(Relaxed);
+    if !old.is_null() {
+        // SAFETY: the table was mapped with this length in an earlier start.
+        unsafe { libc::munmap(old.cast(), len) };
+    }
+    // SAFETY: an anonymous private mapping; zero-filled pages are empty slots.
+    let table = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if table == libc::MAP_FAILED {
+        TABLE.store(ptr::null_mut(), Relaxed);
+        return false;
+    }
+    TABLE.store(table.cast(), Relaxed);
+    OVERFLOW.store(false, Relaxed);
+    ON.store(true, Relaxed);
+    true
+}
+
+/// Stops tracking; returns the bytes and blocks still recorded, or `None`
+/// if the table overflowed.
+pub(crate) fn stop() -> Option<(u64, u64)> {
+    ON.store(false, Relaxed);
+    let table = TABLE.load(Relaxed);
+    if table.is_null() || OVERFLOW.load(Relaxed) {
+        return None;
+    }
+    let (mut bytes, mut blocks) = (0u64, 0u64);
+    for i in 0..SLOTS {
+        // SAFETY: `i < SLOTS`, within the mapping.
+        let slot = unsafe { &*table.add(i) };
+        if slot.address.load(Relaxed) > REMOVED {
+            bytes += slot.size.load(Relaxed) as u64;
+            blocks += 1;
+        }
+    }
+    Some((bytes, blocks))
+}
+
+fn home(address: usize) -> usize {
+    (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % SLOTS
+}
+
+/// Records a block handed out while tracking.
+pub(crate) fn record(address: usize, size: usize) {
+    let table = TABLE.load(Relaxed);
+    if table.is_null() || address <= REMOVED {
+        return;
+    }
+    let start = home(address);
+    for probe in 0..SLOTS {
+        // SAFETY: the index is reduced modulo SLOTS.
+        let slot = unsafe { &*table.add((start + probe) % SLOTS) };
+        let current = slot.address.load(Relaxed);
+        if (current == EMPTY || current == REMOVED)
+            && slot
+                .address
+                .compare_exchange(current, address, Relaxed, Relaxed)
+                .is_ok()
+        {
+            slot.size.store(size, Relaxed);
+            return;
+        }
+    }
+    OVERFLOW.store(true, Relaxed);
+}
+
+/// Forgets a block that is freed (or moved by realloc). Blocks that were
+/// not recorded (allocated before tracking started) are ignored.
+pub(crate) fn forget(address: usize) {
+    let table = TABLE.load(Relaxed);
+    if table.is_null() {
+        return;
+    }
+    let start = home(address);
+    for probe in 0..SLOTS {
+        // SAFETY: the index is reduced modulo SLOTS.
+        let slot = unsafe { &*table.add((start + probe) % SLOTS) };
+        let current = slot.address.load(Relaxed);
+        if current == address {
+            slot.address.store(REMOVED, Relaxed);
+            return;
+        }
+        if current == EMPTY {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_forgets_and_sums_what_is_left() {
+        assert!(start());
+        for i in 0..1000usize {
+            record(0x1000 + i * 64, 10 + i);
+        }
+        for i in (0..1000usize).filter(|i| i % 2 == 0) {
+            forget(0x1000 + i * 64);
+        }
+        forget(0xdead_0000);
+        record(0x1000, 7);
+        let left = stop().unwrap();
+        let expected: u64 = (0..1000u64)
+            .filter(|i| i % 2 == 1)
+            .map(|i| 10 + i)
+            .sum::<u64>()
+            + 7;
+        assert_eq!(left, (expected, 501));
+        assert!(!on());
+    }
+}
