@@ -658,6 +658,8 @@ impl Sweep {
         let result = catch_unwind(AssertUnwindSafe(|| drop(f())));
         let left = inject::fail_nth_pending();
         inject::fail_nth(0);
+        // Memory comes back for the report (persistent mode).
+        inject::set_persistent(false);
         let leaked = if tracking { track::stop() } else { None };
         let fired = n != 0 && left == 0;
         let message = match result {
