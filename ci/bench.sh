@@ -11,9 +11,9 @@
 #    for MayFail<System>, and the difference.
 #
 # Run from the repository root: ci/bench.sh
-# Needs: cargo, valgrind (callgrind). Takes about 2.5 minutes on a 2-core
-# machine once dependencies are built (criterion ~1.5 min, callgrind ~30 s),
-# plus a first build of about a minute.
+# Needs: cargo, valgrind (callgrind). Takes about 1.5 minutes on a 2-core
+# machine once built (criterion ~85 s, callgrind ~12 s), plus about a minute
+# for a first build of criterion and the crate.
 # Environment: PAIRS (default 1000000) is COUNT; SKIP_CRITERION=1 runs only
 # the instruction counts. Logs and callgrind files go to target/bench/.
 set -euo pipefail

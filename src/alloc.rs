@@ -105,37 +105,81 @@ impl<A> MayFail<A> {
     }
 }
 
+/// Out-of-line entry points, one per operation, taking the caller's
+/// arguments as they are: the success path builds no [`Request`] and stores
+/// nothing to memory before its branches.
 impl<A: GlobalAlloc> MayFail<A> {
-    /// One operation: the inner call, its null check, and the engaged check.
+    /// # Safety
+    ///
+    /// The caller's contract for `alloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_engaged(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc`.
+        unsafe { self.serve_engaged(layout, Request::Alloc) }
+    }
+
+    /// # Safety
+    ///
+    /// The caller's contract for `alloc_zeroed`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_zeroed_engaged(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc_zeroed`.
+        unsafe { self.serve_engaged(layout, Request::AllocZeroed) }
+    }
+
+    /// # Safety
+    ///
+    /// The caller's contract for `realloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_engaged(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`.
+        unsafe { self.serve_engaged(layout, Request::Realloc { ptr, new_size }) }
+    }
+
+    /// # Safety
+    ///
+    /// The caller's contract for `alloc`; the inner allocator returned null.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_failed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the same request, still valid.
+        unsafe { policy::after_null(&self.inner, layout, Request::Alloc) }
+    }
+
+    /// # Safety
+    ///
+    /// The caller's contract for `alloc_zeroed`; the inner allocator returned
+    /// null.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_zeroed_failed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the same request, still valid.
+        unsafe { policy::after_null(&self.inner, layout, Request::AllocZeroed) }
+    }
+
+    /// # Safety
+    ///
+    /// The caller's contract for `realloc`; the inner allocator returned null,
+    /// leaving `ptr` untouched.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_failed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the same request, still valid: a failed realloc left its
+        // block untouched.
+        unsafe { policy::after_null(&self.inner, layout, Request::Realloc { ptr, new_size }) }
+    }
+
+    /// The engaged path: the first allocations of the process (read the
+    /// environment), and every allocation while injection is on, a thread
+    /// has a fail-nth countdown or a sweep's child tracks blocks.
     ///
     /// # Safety
     ///
     /// As for [`Request::attempt`].
     #[inline(always)]
-    unsafe fn serve(&self, layout: Layout, request: Request) -> *mut u8 {
-        if config::engaged() {
-            // SAFETY: forwarded under the caller's contract.
-            return unsafe { self.serve_engaged(layout, request) };
-        }
-        // SAFETY: forwarded under the caller's contract.
-        let block = unsafe { request.attempt(&self.inner, layout) };
-        if block.is_null() {
-            // SAFETY: the same request, still valid: a failed realloc left
-            // its block untouched.
-            return unsafe { policy::after_null(&self.inner, layout, request) };
-        }
-        block
-    }
-
-    /// The engaged path: the first allocations of the process (read the
-    /// environment), and every allocation while injection is on or a thread
-    /// has a fail-nth countdown.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Request::attempt`].
-    #[cold]
-    #[inline(never)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
         config::start(&self.defaults);
         reserve::fill_once(&self.inner);
@@ -144,15 +188,16 @@ impl<A: GlobalAlloc> MayFail<A> {
                 // SAFETY: forwarded under the caller's contract.
                 let block = unsafe { request.attempt(&self.inner, layout) };
                 if block.is_null() {
-                    // SAFETY: as in `serve`.
+                    // SAFETY: the same request, still valid: a failed
+                    // realloc left its block untouched.
                     unsafe { policy::after_null(&self.inner, layout, request) }
                 } else {
                     block
                 }
             }
             Verdict::Fail => core::ptr::null_mut(),
-            // SAFETY: as in `serve`; the inner allocator was not called, so a
-            // realloc's block is untouched.
+            // SAFETY: the same request; the inner allocator was not called,
+            // so a realloc's block is untouched.
             Verdict::Transient => unsafe { policy::after_null(&self.inner, layout, request) },
         };
         // Blocks mayfail itself takes while reporting are not the operation's.
@@ -164,21 +209,23 @@ impl<A: GlobalAlloc> MayFail<A> {
         }
         block
     }
+}
 
-    /// `dealloc` while engaged: a sweep's child tracks frees.
-    ///
-    /// # Safety
-    ///
-    /// The caller's contract for `dealloc`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn dealloc_engaged(&self, ptr: *mut u8, layout: Layout) {
-        if track::on() {
-            track::forget(ptr as usize);
-        }
-        // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
-        unsafe { self.inner.dealloc(ptr, layout) }
+/// `dealloc` while engaged: a sweep's child tracks frees. A free function
+/// with the pointer and layout first, so that they stay in the registers the
+/// caller passed them in.
+///
+/// # Safety
+///
+/// The caller's contract for `dealloc`; `ptr` comes from `inner`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_engaged<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+    if track::on() {
+        track::forget(ptr as usize);
     }
+    // SAFETY: the caller's contract for `dealloc`.
+    unsafe { inner.dealloc(ptr, layout) }
 }
 
 // SAFETY: every method forwards to the inner allocator's same method with the
@@ -189,27 +236,55 @@ impl<A: GlobalAlloc> MayFail<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if config::engaged() {
+            // SAFETY: the caller's contract for `alloc`.
+            return unsafe { self.alloc_engaged(layout) };
+        }
         // SAFETY: the caller's contract for `alloc`.
-        unsafe { self.serve(layout, Request::Alloc) }
+        let block = unsafe { self.inner.alloc(layout) };
+        if block.is_null() {
+            // SAFETY: the caller's contract for `alloc`.
+            return unsafe { self.alloc_failed(layout) };
+        }
+        block
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if config::engaged() {
+            // SAFETY: the caller's contract for `alloc_zeroed`.
+            return unsafe { self.alloc_zeroed_engaged(layout) };
+        }
         // SAFETY: the caller's contract for `alloc_zeroed`.
-        unsafe { self.serve(layout, Request::AllocZeroed) }
+        let block = unsafe { self.inner.alloc_zeroed(layout) };
+        if block.is_null() {
+            // SAFETY: the caller's contract for `alloc_zeroed`.
+            return unsafe { self.alloc_zeroed_failed(layout) };
+        }
+        block
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if config::engaged() {
+            // SAFETY: the caller's contract for `realloc`.
+            return unsafe { self.realloc_engaged(ptr, layout, new_size) };
+        }
         // SAFETY: the caller's contract for `realloc`.
-        unsafe { self.serve(layout, Request::Realloc { ptr, new_size }) }
+        let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if block.is_null() {
+            // SAFETY: the caller's contract for `realloc`; a failed realloc
+            // left `ptr` untouched.
+            return unsafe { self.realloc_failed(ptr, layout, new_size) };
+        }
+        block
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if config::engaged() {
             // SAFETY: the caller's contract for `dealloc`.
-            return unsafe { self.dealloc_engaged(ptr, layout) };
+            return unsafe { dealloc_engaged(ptr, layout, &self.inner) };
         }
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }

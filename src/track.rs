@@ -12,9 +12,9 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 
-/// Slots in the table: 1 Mi entries, 16 MiB of address space, touched only
-/// as far as it is used.
-const SLOTS: usize = 1 << 20;
+/// Slots in the table: 256 Ki entries (live blocks of one operation), 4 MiB
+/// of address space, touched only as far as it is used.
+const SLOTS: usize = 1 << 18;
 const EMPTY: usize = 0;
 const REMOVED: usize = 1;
 
@@ -27,6 +27,9 @@ struct Slot {
 static TABLE: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
 static ON: AtomicBool = AtomicBool::new(false);
 static OVERFLOW: AtomicBool = AtomicBool::new(false);
+/// Running totals of what the table holds, so that `stop` need not scan it.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether blocks are being tracked.
 #[inline]
@@ -60,6 +63,8 @@ pub(crate) fn start() -> bool {
     }
     TABLE.store(table.cast(), Relaxed);
     OVERFLOW.store(false, Relaxed);
+    LIVE_BYTES.store(0, Relaxed);
+    LIVE_BLOCKS.store(0, Relaxed);
     ON.store(true, Relaxed);
     true
 }
@@ -72,20 +77,14 @@ pub(crate) fn stop() -> Option<(u64, u64)> {
     if table.is_null() || OVERFLOW.load(Relaxed) {
         return None;
     }
-    let (mut bytes, mut blocks) = (0u64, 0u64);
-    for i in 0..SLOTS {
-        // SAFETY: `i < SLOTS`, within the mapping.
-        let slot = unsafe { &*table.add(i) };
-        if slot.address.load(Relaxed) > REMOVED {
-            bytes += slot.size.load(Relaxed) as u64;
-            blocks += 1;
-        }
-    }
-    Some((bytes, blocks))
+    Some((
+        LIVE_BYTES.load(Relaxed) as u64,
+        LIVE_BLOCKS.load(Relaxed) as u64,
+    ))
 }
 
 fn home(address: usize) -> usize {
-    (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % SLOTS
+    (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 46) % SLOTS
 }
 
 /// Records a block handed out while tracking.
@@ -106,6 +105,8 @@ pub(crate) fn record(address: usize, size: usize) {
                 .is_ok()
         {
             slot.size.store(size, Relaxed);
+            LIVE_BYTES.fetch_add(size, Relaxed);
+            LIVE_BLOCKS.fetch_add(1, Relaxed);
             return;
         }
     }
@@ -125,6 +126,8 @@ pub(crate) fn forget(address: usize) {
         let slot = unsafe { &*table.add((start + probe) % SLOTS) };
         let current = slot.address.load(Relaxed);
         if current == address {
+            LIVE_BYTES.fetch_sub(slot.size.load(Relaxed), Relaxed);
+            LIVE_BLOCKS.fetch_sub(1, Relaxed);
             slot.address.store(REMOVED, Relaxed);
             return;
         }
