@@ -391,6 +391,16 @@ impl Sweep {
             elapsed: Duration::ZERO,
             replayed: None,
         };
+        if !mayfail_is_global() {
+            report.baseline = Some(
+                "MayFail is not this program's global allocator: declare \
+                 `#[global_allocator] static GLOBAL: mayfail::MayFail<std::alloc::System> = \
+                 mayfail::MayFail::system();` in the test or binary crate"
+                    .to_owned(),
+            );
+            report.elapsed = start.elapsed();
+            return report;
+        }
         let baseline = self.run_children(&f, &[0]).pop();
         match baseline {
             Some(Run {
@@ -722,6 +732,16 @@ pub(crate) fn on_injected() {
     let _ = line.write_str("\tFAILED\t");
     crash::write_failure(&mut line);
     crate::report::write_fd(fd, line.finish_line());
+}
+
+/// Whether allocations of this thread go through `MayFail`: a fail-nth
+/// countdown of 1 must fail the next one.
+fn mayfail_is_global() -> bool {
+    inject::fail_nth(1);
+    let mut probe: Vec<u8> = Vec::new();
+    let failed = probe.try_reserve(1).is_err();
+    inject::fail_nth(0);
+    failed
 }
 
 /// Resolves one symbol, so that the symbol cache is loaded before children
