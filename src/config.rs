@@ -192,7 +192,9 @@ pub(crate) fn read_env_once() {
     }
     if let Some(value) = getenv(c"MAYFAIL_STALL_MS") {
         match parse_u64(trim(value)) {
-            Some(n) => KNOBS.stall_ms.env.store(n, Relaxed),
+            // u64::MAX marks "unset": the largest value means the same
+            // ("never, in practice") one millisecond earlier.
+            Some(n) => KNOBS.stall_ms.env.store(n.min(UNSET_U64 - 1), Relaxed),
             None => report::bad_env(
                 "MAYFAIL_STALL_MS",
                 value,

@@ -22,7 +22,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::inject::{self, Cause, Op};
-use crate::report::{self, Escaped, Shown, StackBuf};
+use crate::report::{self, Escaped, Replayable, Shown, StackBuf};
 use crate::scope::ReclaimGuard;
 use crate::spec::Canonical;
 
@@ -194,6 +194,39 @@ pub(crate) fn install_handlers() {
     }
 }
 
+/// [sites] Puts the handlers back in front if someone replaced them since
+/// [`install_handlers`], keeping the replacement as the handler to hand over
+/// to. Needed because `MAYFAIL_INJECT` is read by the first allocation,
+/// which can fall inside std's runtime start-up between its read of the
+/// `SIGSEGV` action (still the default) and its write of its stack-overflow
+/// handler, which then silently replaces ours. Called on each injected
+/// failure; does not allocate.
+pub(crate) fn reassert_handlers() {
+    if !INSTALLED.load(Relaxed) {
+        return;
+    }
+    for (i, &sig) in SIGNALS.iter().enumerate() {
+        // SAFETY: an all-zero sigaction is valid; sigaction fills it.
+        let mut current: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: reads the current action into `current`.
+        unsafe { libc::sigaction(sig, core::ptr::null(), &mut current) };
+        let ours: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_signal;
+        if current.sa_sigaction == ours as usize {
+            continue;
+        }
+        let mut action = current;
+        action.sa_sigaction = ours as usize;
+        action.sa_flags = libc::SA_SIGINFO | (current.sa_flags & libc::SA_ONSTACK);
+        // SAFETY: as in `install_handlers`; the slot now holds what replaced
+        // ours, which is what the handler hands over to.
+        unsafe {
+            libc::sigemptyset(&mut action.sa_mask);
+            (*PREVIOUS.0.get())[i] = current;
+            libc::sigaction(sig, &action, core::ptr::null_mut());
+        }
+    }
+}
+
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
     let index = SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
     let fault_address = if sig == libc::SIGABRT || info.is_null() {
@@ -202,6 +235,8 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
         // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
         unsafe { (*info).si_addr() as usize }
     };
+    // [sites] The fate of the site this process failed in `sites` mode.
+    crate::sites::on_fatal_signal(sig, fault_address);
     let record = with_record(|r| {
         let copy = *r;
         // Report once: a second signal in the same thread passes through.
@@ -305,6 +340,16 @@ const ALLOC_ERROR_FRAMES: [&str; 3] = [
 fn print_replay(r: &Record) {
     let mut line = StackBuf::<4096>::new();
     let _ = write!(line, "mayfail:   replay: ");
+    // [sites] A failure of `sites=` or `stack=` mode replays by its stack id.
+    if r.cause == Cause::Attributes
+        && r.from_env
+        && let Some(id) = crate::sites::failed_stack()
+    {
+        let _ = write!(line, "MAYFAIL_INJECT='stack={id:016x}' ");
+        write_command_line(&mut line);
+        report::write_stderr(line.finish_line());
+        return;
+    }
     if r.cause == Cause::Attributes && r.from_env {
         let mut name_buf = [0u8; 16];
         let name = inject::thread_name(&mut name_buf);
@@ -317,7 +362,7 @@ fn print_replay(r: &Record) {
             line,
             "MAYFAIL_INJECT='nth={},thread={}{transient}' ",
             r.number,
-            Shown(name)
+            Replayable(name)
         );
     }
     write_command_line(&mut line);

@@ -185,8 +185,29 @@ impl std::error::Error for ConfigError {}
 /// ```
 pub fn configure_injection(spec: &str) -> Result<(), ConfigError> {
     let parsed = spec::parse(spec.as_bytes()).map_err(|e| ConfigError::new(&e))?;
-    install(&parsed, Origin::Api);
-    Ok(())
+    if install(&parsed, Origin::Api) {
+        Ok(())
+    } else {
+        // [sites] The state file of `sites=` could not be opened or read.
+        Err(ConfigError {
+            message: "sites: cannot open or read the state file; injection stays off".to_owned(),
+        })
+    }
+}
+
+/// Checks a spec in the grammar of `MAYFAIL_INJECT` without turning
+/// anything on: what [`configure_injection`] would say about it. The
+/// `mayfail` runner checks `--inject` with it before running a command.
+///
+/// ```
+/// assert!(mayfail::check_injection("probability=1,times=-1").is_ok());
+/// assert!(mayfail::check_injection("times=-2").is_err());
+/// ```
+pub fn check_injection(spec: &str) -> Result<(), ConfigError> {
+    // [sites] Added for the runner (src/bin/mayfail).
+    spec::parse(spec.as_bytes())
+        .map(|_| ())
+        .map_err(|e| ConfigError::new(&e))
 }
 
 /// Turns injection by attributes off. Threads' [`fail_nth`] countdowns keep
@@ -241,7 +262,9 @@ pub(crate) fn read_env() {
         return;
     };
     match spec::parse(value) {
-        Ok(parsed) => install(&parsed, Origin::Env),
+        Ok(parsed) => {
+            install(&parsed, Origin::Env);
+        }
         Err(error) => {
             let mut line = StackBuf::<600>::new();
             let _ = write!(
@@ -289,8 +312,14 @@ pub(crate) fn random(seed: u64, index: u64) -> u32 {
     (splitmix64(seed ^ splitmix64(index)) >> 32) as u32
 }
 
-fn install(s: &Spec, origin: Origin) {
+/// Installs a parsed spec; `false` if its `sites=` file cannot be used, in
+/// which case injection stays off.
+fn install(s: &Spec, origin: Origin) -> bool {
     config::set_injecting(false);
+    // [sites] `sites=` / `stack=` modes: open the state file, list modules.
+    if !crate::sites::install(s) {
+        return false;
+    }
     let a = &ATTRS;
     a.threshold.store(s.threshold(), Relaxed);
     a.probability_nano.store(s.probability_nano, Relaxed);
@@ -318,7 +347,8 @@ fn install(s: &Spec, origin: Origin) {
     r.interval_count.store(0, Relaxed);
     r.process_count.store(0, Relaxed);
     r.random_count.store(0, Relaxed);
-    if s.report || s.verbose > 0 {
+    // [sites] The fate of a failed site comes from the signal handlers.
+    if s.report || s.verbose > 0 || s.sites_len != 0 {
         crash::install_handlers();
     }
     if s.verbose > 0 {
@@ -331,6 +361,7 @@ fn install(s: &Spec, origin: Origin) {
         report::write_stderr(line.finish_line());
     }
     config::set_injecting(true);
+    true
 }
 
 /// The attributes in force, as a spec (for replay lines).
@@ -468,6 +499,15 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     if r.times.load(Relaxed) == 0 {
         return Verdict::Pass;
     }
+    // [sites] `sites=`: fail a new call stack once per process, bypassing
+    // space/interval/probability; `stack=`: only that stack is a candidate.
+    match crate::sites::check(op, size, align) {
+        crate::sites::Check::Off | crate::sites::Check::Candidate => {}
+        crate::sites::Check::Pass => return Verdict::Pass,
+        crate::sites::Check::Fail => {
+            return fail(op, size, align, thread.number, Cause::Attributes);
+        }
+    }
     let mut space = r.space.load(Relaxed);
     while space > size as u64 {
         match r
@@ -516,6 +556,8 @@ fn fail(op: Op, size: usize, align: usize, number: u64, cause: Cause) -> Verdict
     if report || verbose >= 2 {
         crash::capture(op, size, align, number, cause);
     }
+    // [sites] std's start-up may have replaced the SIGSEGV handler.
+    crash::reassert_handlers();
     crate::sweep::on_injected();
     if verbose >= 1 && verbose_line_due() {
         crash::describe_injection(verbose >= 2);

@@ -14,9 +14,9 @@
 //!   [`in_reclaim`].
 //! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`],
 //!   [`ReclaimersFull`], [`MAX_RECLAIMERS`].
-//! - Fault injection: [`configure_injection`], [`disable_injection`],
-//!   [`ConfigError`], [`fail_nth`], [`fail_nth_pending`], [`make_it_fail`],
-//!   [`make_it_fail_guard`].
+//! - Fault injection: [`configure_injection`], [`check_injection`],
+//!   [`disable_injection`], [`ConfigError`], [`fail_nth`],
+//!   [`fail_nth_pending`], [`make_it_fail`], [`make_it_fail_guard`].
 //! - The sweep of one operation: [`sweep`], [`Sweep`], [`SweepReport`],
 //!   [`Site`], [`Point`], [`Outcome`].
 //! - Counters: [`stats`], [`Stats`].
@@ -32,6 +32,7 @@ mod reclaim;
 mod report;
 mod reserve;
 mod scope;
+mod sites; // [sites] `sites=` / `stack=` injection modes, for the `mayfail` runner
 mod spec;
 mod stats;
 mod sweep;
@@ -46,7 +47,8 @@ pub use crate::config::{
     set_small_limit, set_stall_ms, small_limit, stall_ms,
 };
 pub use crate::inject::{
-    ConfigError, configure_injection, disable_injection, fail_nth, fail_nth_pending,
+    ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
+    fail_nth_pending,
 };
 pub use crate::reclaim::{
     MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,

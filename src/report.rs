@@ -212,6 +212,59 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
+/// Writes bytes so that they can be given back to mayfail's own grammars (a
+/// replay line): printable ASCII and valid non-ASCII UTF-8 as they are;
+/// controls, invalid UTF-8, and the characters that delimit values (quotes,
+/// backslash, comma, equals sign) as `\xNN`, which the `thread=` value
+/// decodes.
+pub(crate) struct Replayable<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Replayable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                let special = c.is_control() || matches!(c, '\'' | '"' | '\\' | ',' | '=');
+                if special {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        write!(f, "\\x{b:02x}")?;
+                    }
+                } else {
+                    f.write_char(c)?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Undoes [`Replayable`]'s `\xNN` escapes into `out`; returns the length, or
+/// `None` if an escape is malformed or `out` is too small.
+pub(crate) fn unescape(input: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    let mut i = 0;
+    while i < input.len() {
+        let byte = if input[i] == b'\\' {
+            let hex = input.get(i + 2..i + 4)?;
+            if input.get(i + 1) != Some(&b'x') {
+                return None;
+            }
+            let text = core::str::from_utf8(hex).ok()?;
+            i += 4;
+            u8::from_str_radix(text, 16).ok()?
+        } else {
+            i += 1;
+            input[i - 1]
+        };
+        *out.get_mut(len)? = byte;
+        len += 1;
+    }
+    Some(len)
+}
+
 /// Writes bytes as [`Shown`] does, but all of them.
 pub(crate) struct Escaped<'a>(pub(crate) &'a [u8]);
 
@@ -285,6 +338,25 @@ mod tests {
         assert!(t.starts_with(&"7".repeat(48)));
         assert_eq!(t.len(), 48 + 3, "{t}");
         assert!(t.ends_with("7..."), "{t}");
+    }
+
+    #[test]
+    fn replayable_text_round_trips_through_unescape() {
+        for name in [
+            &b"worker"[..],
+            "caf\u{e9}".as_bytes(),
+            b"a,b=c'd\\e\n",
+            b"\xff\xfeok",
+        ] {
+            let text = Replayable(name).to_string();
+            assert!(!text.contains(['\'', ',', '=', '\n']), "{text}");
+            let mut out = [0u8; 64];
+            let n = unescape(text.as_bytes(), &mut out).unwrap();
+            assert_eq!(&out[..n], name, "{text}");
+        }
+        assert_eq!(Replayable("café".as_bytes()).to_string(), "café");
+        assert_eq!(unescape(b"bad\\x4", &mut [0; 8]), None);
+        assert_eq!(unescape(b"bad\\y41", &mut [0; 8]), None);
     }
 
     #[test]

@@ -9,10 +9,15 @@
 use core::fmt;
 
 use crate::config::{parse_bytes, parse_u64};
-use crate::report::Shown;
+use crate::report::{Escaped, Replayable, Shown};
 
 /// Longest accepted `thread=` name, in bytes.
 pub(crate) const MAX_THREAD_NAME: usize = 64;
+
+// [sites] The keys of `sites` mode (walking every allocation site, see
+// `sites.rs`): `sites=FILE`, `stack=ID`, `sites-skip=N`, `sites-all=Y`.
+/// Longest accepted `sites=` path, in bytes.
+pub(crate) const MAX_SITES_PATH: usize = 512;
 
 /// A parsed injection spec. Defaults follow the kernel's: probability 100,
 /// interval 1, times 1, space 0.
@@ -37,6 +42,16 @@ pub(crate) struct Spec {
     /// Only threads with this name are candidates (empty = any).
     pub(crate) thread: [u8; MAX_THREAD_NAME],
     pub(crate) thread_len: u8,
+    /// [sites] The state file of `sites` mode (empty = off).
+    pub(crate) sites: [u8; MAX_SITES_PATH],
+    pub(crate) sites_len: u16,
+    /// [sites] Only allocations with this stack id are candidates (0 = any).
+    pub(crate) stack: u64,
+    /// [sites] In `sites` mode, let this many new sites pass before failing one.
+    pub(crate) sites_skip: u64,
+    /// [sites] In `sites` mode, count stacks of the Rust runtime and the test
+    /// harness as sites too.
+    pub(crate) sites_all: bool,
 }
 
 /// 100 %, in billionths of a percent.
@@ -59,10 +74,20 @@ impl Spec {
         nth: 0,
         thread: [0; MAX_THREAD_NAME],
         thread_len: 0,
+        sites: [0; MAX_SITES_PATH],
+        sites_len: 0,
+        stack: 0,
+        sites_skip: 0,
+        sites_all: false,
     };
 
     pub(crate) fn thread_name(&self) -> &[u8] {
         &self.thread[..self.thread_len as usize]
+    }
+
+    /// [sites] The `sites=` path (empty: not in `sites` mode).
+    pub(crate) fn sites_path(&self) -> &[u8] {
+        &self.sites[..self.sites_len as usize]
     }
 
     /// The threshold a uniform 32-bit random number must stay below for a
@@ -82,6 +107,8 @@ pub(crate) enum Problem {
     Duplicate,
     BadValue(&'static str),
     SizeRange,
+    /// [sites] `sites=` and `stack=` together.
+    SitesAndStack,
 }
 
 /// A parse error, borrowing the offending text from the input.
@@ -94,7 +121,8 @@ pub(crate) struct SpecError<'a> {
 
 /// Every key, for the unknown-key message.
 pub(crate) const KEYS: &str = "probability, interval, times, space, min-size, max-size, \
-    task-filter, after, seed, verbose, transient, report, nth, thread";
+    task-filter, after, seed, verbose, transient, report, nth, thread, sites, stack, \
+    sites-skip, sites-all";
 
 const PROBABILITY: &str = "a percentage from 0 to 100, decimals allowed (0.5)";
 const WHOLE_POSITIVE: &str = "a whole number >= 1";
@@ -103,7 +131,9 @@ const BYTES: &str = "bytes, with an optional K, M or G suffix";
 const WHOLE: &str = "a whole number >= 0";
 const YES_NO: &str = "Y or N";
 const VERBOSE: &str = "0, 1 or 2";
-const THREAD: &str = "a thread name of 1 to 64 bytes";
+const THREAD: &str = "a thread name of 1 to 64 bytes (\\xNN escapes allowed)";
+const SITES: &str = "a file path of 1 to 512 bytes";
+const STACK: &str = "a stack id: 1 to 16 hex digits, not all zero";
 
 impl fmt::Display for SpecError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,6 +149,9 @@ impl fmt::Display for SpecError<'_> {
                 write!(f, "{key}=\"{value}\" is not valid: {key} takes {accepted}")
             }
             Problem::SizeRange => f.write_str("min-size is larger than max-size"),
+            Problem::SitesAndStack => f.write_str(
+                "sites and stack cannot be combined: sites= walks every new stack, stack= replays one",
+            ),
         }
     }
 }
@@ -250,12 +283,32 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
                 12
             }
             b"thread" => {
-                if value.is_empty() || value.len() > MAX_THREAD_NAME {
-                    return Err(bad(THREAD));
-                }
-                spec.thread[..value.len()].copy_from_slice(value);
-                spec.thread_len = value.len() as u8;
+                // Replay lines escape bytes as \xNN; decode them.
+                let len = crate::report::unescape(value, &mut spec.thread)
+                    .filter(|&len| len > 0)
+                    .ok_or(bad(THREAD))?;
+                spec.thread_len = len as u8;
                 13
+            }
+            b"sites" => {
+                if value.is_empty() || value.len() > MAX_SITES_PATH || value.contains(&0) {
+                    return Err(bad(SITES));
+                }
+                spec.sites[..value.len()].copy_from_slice(value);
+                spec.sites_len = value.len() as u16;
+                14
+            }
+            b"stack" => {
+                spec.stack = parse_hex(value).filter(|&id| id != 0).ok_or(bad(STACK))?;
+                15
+            }
+            b"sites-skip" => {
+                spec.sites_skip = parse_u64(value).ok_or(bad(WHOLE))?;
+                16
+            }
+            b"sites-all" => {
+                spec.sites_all = yes_no(value).ok_or(bad(YES_NO))?;
+                17
             }
             _ => return Err(err(key, value, Problem::UnknownKey)),
         };
@@ -263,6 +316,13 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
             return Err(err(key, value, Problem::Duplicate));
         }
         seen |= 1 << index;
+    }
+    if spec.sites_len != 0 && spec.stack != 0 {
+        return Err(SpecError {
+            key: b"stack",
+            value: b"",
+            problem: Problem::SitesAndStack,
+        });
     }
     if spec.min_size > spec.max_size {
         return Err(SpecError {
@@ -272,6 +332,17 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
         });
     }
     Ok(spec)
+}
+
+/// [sites] 1 to 16 hex digits.
+fn parse_hex(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 16 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |id, &b| {
+        let digit = (b as char).to_digit(16)?;
+        Some(id << 4 | u64::from(digit))
+    })
 }
 
 /// The canonical form: every key that differs from its default, in grammar
@@ -331,7 +402,19 @@ impl fmt::Display for Canonical<'_> {
             write!(f, ",nth={}", s.nth)?;
         }
         if s.thread_len != 0 {
-            write!(f, ",thread={}", Shown(s.thread_name()))?;
+            write!(f, ",thread={}", Replayable(s.thread_name()))?;
+        }
+        if s.sites_len != 0 {
+            write!(f, ",sites={}", Escaped(s.sites_path()))?;
+        }
+        if s.stack != 0 {
+            write!(f, ",stack={:016x}", s.stack)?;
+        }
+        if s.sites_skip != 0 {
+            write!(f, ",sites-skip={}", s.sites_skip)?;
+        }
+        if s.sites_all {
+            f.write_str(",sites-all=Y")?;
         }
         Ok(())
     }
@@ -413,6 +496,24 @@ mod tests {
         );
         assert_eq!(problem("min-size=2K,max-size=1K"), Problem::SizeRange);
         assert_eq!(problem("thread="), Problem::BadValue(THREAD));
+    }
+
+    #[test]
+    fn sites_keys_parse_and_print_back() {
+        let s = ok("sites=/tmp/state,sites-skip=2,sites-all=Y");
+        assert_eq!(s.sites_path(), b"/tmp/state");
+        assert_eq!((s.sites_skip, s.sites_all, s.stack), (2, true, 0));
+        let text = Canonical { spec: &s, seed: 1 }.to_string();
+        assert_eq!(ok(&text), Spec { seed: Some(1), ..s }, "{text}");
+        let s = ok("stack=00000000DEADbeef");
+        assert_eq!(s.stack, 0xdead_beef);
+        let text = Canonical { spec: &s, seed: 1 }.to_string();
+        assert!(text.contains("stack=00000000deadbeef"), "{text}");
+        assert_eq!(problem("stack=0"), Problem::BadValue(STACK));
+        assert_eq!(problem("stack=12345678901234567"), Problem::BadValue(STACK));
+        assert_eq!(problem("stack=xyz"), Problem::BadValue(STACK));
+        assert_eq!(problem("sites="), Problem::BadValue(SITES));
+        assert_eq!(problem("sites=/a,stack=1"), Problem::SitesAndStack);
     }
 
     #[test]

@@ -448,19 +448,36 @@ impl Sweep {
     }
 
     fn replay_point(&self) -> Option<u64> {
-        let value = std::env::var("MAYFAIL_SWEEP_POINT").ok()?;
-        let number = match (&self.name, value.split_once(':')) {
-            (Some(name), Some((wanted, n))) if wanted == name => n,
-            (None, None) => value.as_str(),
-            _ => return None,
+        use std::os::unix::ffi::OsStrExt;
+        let value = std::env::var_os("MAYFAIL_SWEEP_POINT")?;
+        let bytes = value.as_bytes();
+        let (label, number) = match bytes.iter().position(|&b| b == b':') {
+            Some(colon) => (Some(&bytes[..colon]), &bytes[colon + 1..]),
+            None => (None, bytes),
         };
-        match number.trim().parse() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                eprintln!(
-                    "mayfail: ignoring MAYFAIL_SWEEP_POINT={value:?}: accepted N or name:N, \
-                     N a whole number >= 1; sweeping as usual"
+        // A point meant for another sweep of the same test is not ours.
+        let ours = match (&self.name, label) {
+            (Some(name), Some(label)) => name.as_bytes() == label,
+            (None, None) => true,
+            _ => false,
+        };
+        if !ours {
+            return None;
+        }
+        match crate::config::parse_u64(number.trim_ascii()).filter(|&n| n >= 1) {
+            Some(n) => Some(n),
+            None => {
+                let mut line = String::new();
+                let _ = write!(
+                    line,
+                    "mayfail: ignoring MAYFAIL_SWEEP_POINT=\"{}\"",
+                    crate::report::Shown(bytes)
                 );
+                if bytes.len() > crate::report::Shown::MAX {
+                    let _ = write!(line, " ({} bytes)", bytes.len());
+                }
+                line.push_str(": accepted N or name:N, N a whole number >= 1; sweeping as usual\n");
+                crate::report::write_stderr(line.as_bytes());
                 None
             }
         }

@@ -1,0 +1,399 @@
+//! The report of `mayfail sites`: sites grouped by stack id, worst first, as
+//! a terminal table, a JSON file for machines and a self-contained HTML page.
+
+use std::fmt::Write as _;
+
+use crate::state::{Outcome, State};
+
+/// One frame of a site's `where`: `function (file:line)`.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub function: String,
+    pub location: Option<String>,
+}
+
+/// One site: every process that failed it, merged.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub id: u64,
+    pub outcome: Outcome,
+    pub detail: String,
+    /// How many processes failed it (more than one when copies ran at once).
+    pub seen: usize,
+    pub first_run: u64,
+    pub what: String,
+    pub thread: String,
+    pub binary: String,
+    pub frames: Vec<Frame>,
+    pub raw_frames: String,
+    pub replay: String,
+}
+
+/// What the report says about a whole walk.
+#[derive(Debug)]
+pub struct Summary {
+    pub command: String,
+    pub state: String,
+    pub runs: u64,
+    pub stopped: String,
+    pub elapsed_ms: u64,
+    pub baseline_ms: Option<u64>,
+    pub last_run_ms: Option<u64>,
+    pub runtime_stacks: usize,
+    pub sites: Vec<Site>,
+}
+
+impl Summary {
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.sites.iter().filter(|s| s.outcome == outcome).count()
+    }
+
+    /// `2 crashed, 1 handled`
+    pub fn counts(&self) -> String {
+        let parts: Vec<String> = Outcome::ALL
+            .iter()
+            .map(|&o| (o, self.count(o)))
+            .filter(|&(_, n)| n > 0)
+            .map(|(o, n)| format!("{n} {o}"))
+            .collect();
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// `without injection 0.03 s, last run under sites mode 0.10 s (3.3x)`
+    pub fn cost(&self) -> Option<String> {
+        let (base, last) = (self.baseline_ms?, self.last_run_ms?);
+        let ratio = last as f64 / base.max(1) as f64;
+        Some(format!(
+            "without injection {} s, last run under sites mode {} s ({ratio:.1}x)",
+            seconds(base),
+            seconds(last)
+        ))
+    }
+}
+
+pub fn seconds(ms: u64) -> String {
+    format!("{}.{:02}", ms / 1000, ms % 1000 / 10)
+}
+
+/// Splits `f (a.rs:1) <- g (b.rs:2)` into frames.
+fn frames(place: &str) -> Vec<Frame> {
+    place
+        .split(" <- ")
+        .map(
+            |frame| match frame.strip_suffix(')').and_then(|f| f.rsplit_once(" (")) {
+                Some((function, location)) => Frame {
+                    function: function.to_owned(),
+                    location: Some(location.to_owned()),
+                },
+                None => Frame {
+                    function: frame.to_owned(),
+                    location: None,
+                },
+            },
+        )
+        .collect()
+}
+
+/// Merges the records of `state` by stack id, worst first.
+pub fn sites(state: &State, command: &str) -> Vec<Site> {
+    let mut sites: Vec<Site> = Vec::new();
+    for r in state.live() {
+        let (outcome, detail) = r
+            .fate
+            .clone()
+            .unwrap_or((Outcome::Unknown, "no fate recorded yet".to_owned()));
+        match sites.iter_mut().find(|s| s.id == r.id) {
+            Some(site) => {
+                site.seen += 1;
+                if outcome < site.outcome {
+                    site.outcome = outcome;
+                    site.detail = detail;
+                }
+            }
+            None => sites.push(Site {
+                id: r.id,
+                outcome,
+                detail,
+                seen: 1,
+                first_run: r.run,
+                what: r.what.clone(),
+                thread: r.thread.clone(),
+                binary: r.binary.clone(),
+                frames: frames(&r.place),
+                raw_frames: r.frames.clone(),
+                replay: format!("MAYFAIL_INJECT='stack={:016x}' {command}", r.id),
+            }),
+        }
+    }
+    sites.sort_by_key(|s| (s.outcome, s.first_run, s.id));
+    sites
+}
+
+/// The terminal table.
+pub fn table(s: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "mayfail sites: {} sites in {} runs, {} s ({}); stopped: {}",
+        s.sites.len(),
+        s.runs,
+        seconds(s.elapsed_ms),
+        s.counts(),
+        s.stopped
+    );
+    if let Some(cost) = s.cost() {
+        let _ = writeln!(out, "  {cost}");
+    }
+    let _ = writeln!(
+        out,
+        "  {} stacks of the Rust runtime and test harness were not counted as sites",
+        s.runtime_stacks
+    );
+    if s.sites.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<8} {:>4}  site (first frames in user code)",
+        "outcome", "seen"
+    );
+    let pad = " ".repeat(17);
+    for site in &s.sites {
+        for (i, frame) in site.frames.iter().enumerate() {
+            let location = frame
+                .location
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
+            if i == 0 {
+                let _ = writeln!(
+                    out,
+                    "  {:<8} {:>4}  {}{location}",
+                    site.outcome.name(),
+                    site.seen,
+                    frame.function
+                );
+            } else {
+                let _ = writeln!(out, "{pad}  <- {}{location}", frame.function);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{pad}{}; {} in {}",
+            site.detail, site.what, site.binary
+        );
+        let _ = writeln!(out, "{pad}replay: {}", site.replay);
+    }
+    out
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt(v: Option<u64>) -> String {
+    v.map_or("null".to_owned(), |v| v.to_string())
+}
+
+/// The JSON report (format 1).
+pub fn json(s: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{{");
+    let _ = writeln!(out, "  \"format\": 1,");
+    let _ = writeln!(out, "  \"command\": {},", json_str(&s.command));
+    let _ = writeln!(out, "  \"state\": {},", json_str(&s.state));
+    let _ = writeln!(out, "  \"runs\": {},", s.runs);
+    let _ = writeln!(out, "  \"stopped\": {},", json_str(&s.stopped));
+    let _ = writeln!(out, "  \"elapsed_ms\": {},", s.elapsed_ms);
+    let _ = writeln!(out, "  \"baseline_ms\": {},", json_opt(s.baseline_ms));
+    let _ = writeln!(out, "  \"last_run_ms\": {},", json_opt(s.last_run_ms));
+    let _ = writeln!(out, "  \"runtime_stacks\": {},", s.runtime_stacks);
+    let counts: Vec<String> = Outcome::ALL
+        .iter()
+        .map(|&o| format!("{}: {}", json_str(o.name()), s.count(o)))
+        .collect();
+    let _ = writeln!(out, "  \"counts\": {{{}}},", counts.join(", "));
+    let _ = writeln!(out, "  \"sites\": [");
+    for (i, site) in s.sites.iter().enumerate() {
+        let frames: Vec<String> = site
+            .frames
+            .iter()
+            .map(|f| {
+                format!(
+                    "{{\"function\": {}, \"location\": {}}}",
+                    json_str(&f.function),
+                    f.location.as_deref().map_or("null".to_owned(), json_str)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "    {{");
+        let _ = writeln!(out, "      \"stack\": \"{:016x}\",", site.id);
+        let _ = writeln!(out, "      \"outcome\": {},", json_str(site.outcome.name()));
+        let _ = writeln!(out, "      \"detail\": {},", json_str(&site.detail));
+        let _ = writeln!(out, "      \"seen\": {},", site.seen);
+        let _ = writeln!(out, "      \"first_run\": {},", site.first_run);
+        let _ = writeln!(out, "      \"failed\": {},", json_str(&site.what));
+        let _ = writeln!(out, "      \"binary\": {},", json_str(&site.binary));
+        let _ = writeln!(out, "      \"thread\": {},", json_str(&site.thread));
+        let _ = writeln!(out, "      \"frames\": [{}],", frames.join(", "));
+        let _ = writeln!(out, "      \"raw_frames\": {},", json_str(&site.raw_frames));
+        let _ = writeln!(out, "      \"replay\": {}", json_str(&site.replay));
+        let comma = if i + 1 < s.sites.len() { "," } else { "" };
+        let _ = writeln!(out, "    }}{comma}");
+    }
+    let _ = writeln!(out, "  ]");
+    let _ = writeln!(out, "}}");
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A self-contained HTML page: no scripts, no external resources.
+pub fn html(s: &Summary) -> String {
+    let mut out = String::new();
+    let title = format!("mayfail sites: {} sites ({})", s.sites.len(), s.counts());
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>{}</title>\n<style>\n\
+         body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}\n\
+         table {{ border-collapse: collapse; width: 100%; }}\n\
+         th, td {{ border-bottom: 1px solid #ddd; padding: .4em .6em; text-align: left; vertical-align: top; }}\n\
+         th {{ background: #f4f4f4; }}\n\
+         code, pre {{ font: 12px/1.4 ui-monospace, monospace; }}\n\
+         pre {{ white-space: pre-wrap; word-break: break-all; margin: 0; }}\n\
+         .outcome {{ font-weight: bold; border-radius: 3px; padding: 0 .4em; }}\n\
+         .crashed {{ background: #b00020; color: #fff; }}\n\
+         .aborted {{ background: #e65100; color: #fff; }}\n\
+         .hung {{ background: #6a1b9a; color: #fff; }}\n\
+         .failed {{ background: #f9a825; }}\n\
+         .unknown {{ background: #9e9e9e; color: #fff; }}\n\
+         .handled {{ background: #2e7d32; color: #fff; }}\n\
+         .loc {{ color: #555; }}\n\
+         </style>\n</head>\n<body>\n<h1>{}</h1>\n",
+        html_escape(&title),
+        html_escape(&title)
+    );
+    let _ = writeln!(
+        out,
+        "<p>Command: <code>{}</code><br>{} runs, {} s, stopped: {}<br>State file: <code>{}</code></p>",
+        html_escape(&s.command),
+        s.runs,
+        seconds(s.elapsed_ms),
+        html_escape(&s.stopped),
+        html_escape(&s.state)
+    );
+    if let Some(cost) = s.cost() {
+        let _ = writeln!(out, "<p>{}</p>", html_escape(&cost));
+    }
+    let _ = writeln!(
+        out,
+        "<p>Each site is a distinct call stack whose allocation was failed once, in a run of \
+         its own; its outcome is how that process ended. {} stacks of the Rust runtime and test \
+         harness were not counted.</p>",
+        s.runtime_stacks
+    );
+    let _ = writeln!(
+        out,
+        "<table>\n<thead><tr><th>outcome</th><th>seen</th><th>site (first frames in user code)</th>\
+         <th>failed allocation</th><th>replay</th></tr></thead>\n<tbody>"
+    );
+    for site in &s.sites {
+        let mut frames = String::new();
+        for (i, f) in site.frames.iter().enumerate() {
+            let _ = write!(
+                frames,
+                "{}<code>{}</code>",
+                if i == 0 { "" } else { "<br>&larr; " },
+                html_escape(&f.function)
+            );
+            if let Some(location) = &f.location {
+                let _ = write!(
+                    frames,
+                    " <span class=\"loc\">{}</span>",
+                    html_escape(location)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "<tr id=\"stack-{:016x}\"><td><span class=\"outcome {}\">{}</span><br>{}</td>\
+             <td>{}</td><td>{}<details><summary>raw frames</summary><pre>{}</pre></details></td>\
+             <td>{}<br>in <code>{}</code>, thread <code>{}</code>, run {}</td>\
+             <td><pre>{}</pre></td></tr>",
+            site.id,
+            site.outcome.name(),
+            site.outcome.name(),
+            html_escape(&site.detail),
+            site.seen,
+            frames,
+            html_escape(&site.raw_frames.replace(',', "\n")),
+            html_escape(&site.what),
+            html_escape(&site.binary),
+            html_escape(&site.thread),
+            site.first_run,
+            html_escape(&site.replay)
+        );
+    }
+    let _ = writeln!(out, "</tbody>\n</table>\n</body>\n</html>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_split_into_functions_and_locations() {
+        let f = frames("a::f (src/a.rs:1) <- <X as (Y)>::g (b.rs:2) <- h");
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[1].function, "<X as (Y)>::g");
+        assert_eq!(f[1].location.as_deref(), Some("b.rs:2"));
+        assert_eq!(
+            (f[2].function.as_str(), f[2].location.as_deref()),
+            ("h", None)
+        );
+    }
+
+    #[test]
+    fn json_and_html_escape_what_they_must() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+        assert_eq!(
+            html_escape("<a href='x'>&"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;"
+        );
+    }
+}

@@ -1,0 +1,824 @@
+//! Walking every allocation site of a program, across runs (`sites=FILE`),
+//! and replaying one of them (`stack=ID`): mallocfail's and Failgrind's
+//! method, driven by the `mayfail sites` runner.
+//!
+//! A *site* is a distinct call stack that allocates. Its *stack id* is a
+//! hash of the stack's return addresses, each taken relative to the module
+//! (executable or shared library) that holds it and tagged with that
+//! module's file name, so the id is the same in every run of the same build
+//! despite address-space randomisation. The modules' executable segments are
+//! listed once with `dl_iterate_phdr` into a fixed table; an address outside
+//! them (a library loaded later) falls back to `dladdr`.
+//!
+//! In `sites` mode a process loads the ids already in the state file into a
+//! fixed, lock-free hash set (mmap'd), then, for each candidate allocation,
+//! walks its stack and looks the id up. The first allocation whose stack is
+//! new *and* in the program's own code fails, once per process, so that the
+//! process's fate is that site's outcome. The process appends, each with one
+//! `O_APPEND` `write(2)`:
+//!
+//! ```text
+//! site\t<id>\t<pid>\t<what failed>\t<thread>\t<binary>\t<where>\t<frames>
+//! fate\t<id>\t<pid>\t<aborted|crashed|handled|failed>\t<detail>
+//! runtime\t<id>
+//! ```
+//!
+//! `where` is the site's first frames outside std, alloc and mayfail,
+//! resolved in the failing process right then (under the in-reclaim mark, as
+//! the crash report does); `frames` are the raw `module+offset` addresses.
+//! The fate comes from the crash module's `SIGABRT`/`SIGSEGV`/`SIGBUS`
+//! handler or from a glibc `on_exit` handler (exit 0: handled, else: failed).
+//! A new stack whose innermost frame outside std/alloc/core/mayfail belongs
+//! to the Rust runtime, the test harness or libc is not a site: it passes
+//! and is appended as a `runtime` line so that later runs skip it without
+//! resolving it again (`sites-all=Y` counts those too). Once the process has
+//! failed its site, `times` reaches 0 and no stack is walked any more.
+//!
+//! In `stack` mode, only allocations whose stack id matches are candidates;
+//! the usual `times` (default 1) then fails the first of them.
+//!
+//! Both modes compute the id at one single call site (`stack_id`, called
+//! only from `check`), so that the return addresses inside mayfail are the
+//! same in both and a `stack=` replay matches the id `sites` recorded.
+//!
+//! What runs inside the allocator here never allocates, except symbol
+//! resolution for a new stack, which runs under the in-reclaim mark (its
+//! allocations are served, never injected) and holds the `backtrace` crate's
+//! lock while it allocates. Nothing here panics.
+
+use core::cell::UnsafeCell;
+use core::ffi::{CStr, c_int, c_void};
+use core::fmt::{self, Write};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
+
+use crate::inject::{self, Op};
+use crate::report::{self, Shown, StackBuf};
+use crate::scope::ReclaimGuard;
+use crate::spec::{MAX_SITES_PATH, Spec};
+
+/// Frames hashed per stack.
+const MAX_FRAMES: usize = 64;
+/// Frames of `where` in a site line.
+const WHERE_FRAMES: usize = 3;
+/// The state file's first line.
+pub(crate) const HEADER: &str = "mayfail-sites\t1\n";
+
+const OFF: u8 = 0;
+const SITES: u8 = 1;
+const STACK: u8 = 2;
+
+static MODE: AtomicU8 = AtomicU8::new(OFF);
+/// The state file, open for appending (`-1`: none).
+static FD: AtomicI32 = AtomicI32::new(-1);
+/// `stack` mode: the id to match.
+static WANTED: AtomicU64 = AtomicU64::new(0);
+/// `sites` mode: new sites still to let pass (`sites-skip`).
+static SKIP: AtomicU64 = AtomicU64::new(0);
+/// `sites` mode: count runtime stacks too.
+static ALL: AtomicBool = AtomicBool::new(false);
+/// The stack id this process failed (0: none yet), and the pid that did.
+static FAILED_ID: AtomicU64 = AtomicU64::new(0);
+static FAILED_PID: AtomicI32 = AtomicI32::new(0);
+static FATE_WRITTEN: AtomicBool = AtomicBool::new(false);
+static EXIT_HANDLER: AtomicBool = AtomicBool::new(false);
+
+/// What the injection decision should do with one allocation.
+pub(crate) enum Check {
+    /// Neither mode is on: go on as usual.
+    Off,
+    /// Not a candidate.
+    Pass,
+    /// `sites` mode: a new site, recorded: fail it now.
+    Fail,
+    /// `stack` mode: the stack matches; the usual `space`, `interval` and
+    /// `probability` steps decide.
+    Candidate,
+}
+
+/// Called by `inject::decide` for allocations that passed the filters and
+/// `times`. Runs inside the allocator.
+#[inline]
+pub(crate) fn check(op: Op, size: usize, align: usize) -> Check {
+    let mode = MODE.load(Relaxed);
+    if mode == OFF || crate::sweep::in_child() {
+        return Check::Off;
+    }
+    if mode == SITES && FAILED_ID.load(Relaxed) != 0 {
+        return Check::Pass;
+    }
+    decide_stack(mode, op, size, align)
+}
+
+#[inline(never)]
+fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> Check {
+    let mut frames = [0usize; MAX_FRAMES];
+    let (id, depth) = stack_id(&mut frames);
+    if mode == STACK {
+        return if id == WANTED.load(Relaxed) {
+            Check::Candidate
+        } else {
+            Check::Pass
+        };
+    }
+    let frames = &frames[..depth];
+    if KNOWN.contains(id) {
+        return Check::Pass;
+    }
+    // A new stack: is it the program's, or the runtime's?
+    let Some(_reclaiming) = ReclaimGuard::enter() else {
+        return Check::Pass;
+    };
+    if !ALL.load(Relaxed) && classify(frames) == Class::Runtime {
+        if KNOWN.insert(id) {
+            let mut line = StackBuf::<40>::new();
+            let _ = write!(line, "runtime\t{id:016x}");
+            append(line.finish_line());
+        }
+        return Check::Pass;
+    }
+    let mut skip = SKIP.load(Relaxed);
+    while skip > 0 {
+        match SKIP.compare_exchange_weak(skip, skip - 1, Relaxed, Relaxed) {
+            Ok(_) => {
+                KNOWN.insert(id);
+                return Check::Pass;
+            }
+            Err(now) => skip = now,
+        }
+    }
+    if FAILED_ID.compare_exchange(0, id, Relaxed, Relaxed).is_err() {
+        return Check::Pass;
+    }
+    // SAFETY: getpid has no preconditions.
+    FAILED_PID.store(unsafe { libc::getpid() }, Relaxed);
+    write_site(id, frames, op, size, align);
+    Check::Fail
+}
+
+/// The current stack's id and its frames. The single place both modes walk
+/// the stack from (see the module docs).
+#[inline(never)]
+fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
+    let mut depth = 0;
+    // SAFETY: on Unix the unsynchronized walk uses libgcc's unwinder, which
+    // is thread-safe and does not allocate (as in `crash::capture`).
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            frames[depth] = frame.ip() as usize;
+            depth += 1;
+            depth < MAX_FRAMES
+        });
+    }
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for &ip in &frames[..depth] {
+        let (module, offset) = locate(ip);
+        hash = inject::splitmix64(hash ^ module.map_or(0, |m| m.hash));
+        hash = inject::splitmix64(hash ^ offset as u64);
+    }
+    (hash.max(1), depth)
+}
+
+/// Turns `sites` or `stack` mode on or off for a spec being installed.
+/// Returns `false` (and prints one line) if the state file cannot be used:
+/// injection must then stay off. Runs inside the allocator when the spec
+/// comes from `MAYFAIL_INJECT`: no allocation.
+pub(crate) fn install(spec: &Spec) -> bool {
+    MODE.store(OFF, Relaxed);
+    if spec.stack != 0 {
+        build_modules();
+        WANTED.store(spec.stack, Relaxed);
+        MODE.store(STACK, Relaxed);
+        return true;
+    }
+    if spec.sites_len == 0 {
+        return true;
+    }
+    build_modules();
+    let path = spec.sites_path();
+    let mut c_path = [0u8; MAX_SITES_PATH + 1];
+    c_path[..path.len()].copy_from_slice(path);
+    let Ok(c_path) = CStr::from_bytes_until_nul(&c_path) else {
+        return false;
+    };
+    let old = FD.swap(-1, Relaxed);
+    if old >= 0 {
+        // SAFETY: the descriptor was ours; nothing writes to it once swapped out.
+        unsafe { libc::close(old) };
+    }
+    // SAFETY: a NUL-terminated path; the descriptor is kept for the process.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 || !KNOWN.load(c_path) {
+        let mut line = StackBuf::<700>::new();
+        let _ = write!(
+            line,
+            "mayfail: sites={}: cannot open or read the state file (errno {}); injection stays off",
+            Shown(path),
+            errno()
+        );
+        report::write_stderr(line.finish_line());
+        if fd >= 0 {
+            // SAFETY: `fd` is open and ours.
+            unsafe { libc::close(fd) };
+        }
+        return false;
+    }
+    if KNOWN.file_was_empty.load(Relaxed) {
+        report::write_fd(fd, HEADER.as_bytes());
+    }
+    FD.store(fd, Relaxed);
+    SKIP.store(spec.sites_skip, Relaxed);
+    ALL.store(spec.sites_all, Relaxed);
+    if !EXIT_HANDLER.swap(true, Relaxed) {
+        // SAFETY: `at_exit` is a valid handler for the life of the process.
+        unsafe { on_exit(at_exit, core::ptr::null_mut()) };
+    }
+    MODE.store(SITES, Relaxed);
+    true
+}
+
+/// The stack id to replay this process's injected failure with, if `sites`
+/// or `stack` mode caused it.
+pub(crate) fn failed_stack() -> Option<u64> {
+    match MODE.load(Relaxed) {
+        SITES => Some(FAILED_ID.load(Relaxed)).filter(|&id| id != 0),
+        STACK => Some(WANTED.load(Relaxed)),
+        _ => None,
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns a valid pointer to this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn append(line: &[u8]) {
+    let fd = FD.load(Relaxed);
+    if fd >= 0 {
+        // One write: O_APPEND makes it land whole at the end of the file.
+        // SAFETY: the pointer and length describe `line`.
+        unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fates.
+
+unsafe extern "C" {
+    /// glibc's `on_exit`: like `atexit`, with the exit status.
+    fn on_exit(function: extern "C" fn(status: c_int, arg: *mut c_void), arg: *mut c_void)
+    -> c_int;
+}
+
+extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
+    let mut detail = StackBuf::<32>::new();
+    let _ = write!(detail, "exit {status}");
+    let outcome = if status == 0 { "handled" } else { "failed" };
+    write_fate(outcome, detail.as_bytes());
+}
+
+/// Called first by the crash module's signal handler: the fate of this
+/// process's site, if it failed one. Async-signal-safe: no allocation.
+pub(crate) fn on_fatal_signal(sig: c_int, fault_address: usize) {
+    let mut detail = StackBuf::<64>::new();
+    let outcome = if sig == libc::SIGABRT {
+        let _ = detail.write_str("SIGABRT");
+        "aborted"
+    } else {
+        let name = if sig == libc::SIGSEGV {
+            "SIGSEGV"
+        } else {
+            "SIGBUS"
+        };
+        let _ = write!(detail, "{name} at {fault_address:#x}");
+        "crashed"
+    };
+    write_fate(outcome, detail.as_bytes());
+}
+
+fn write_fate(outcome: &str, detail: &[u8]) {
+    let id = FAILED_ID.load(Relaxed);
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // A forked child inherits the id: only the process that failed the site
+    // writes its fate, once.
+    if id == 0 || pid != FAILED_PID.load(Relaxed) || FATE_WRITTEN.swap(true, Relaxed) {
+        return;
+    }
+    let mut line = StackBuf::<160>::new();
+    let _ = write!(line, "fate\t{id:016x}\t{pid}\t{outcome}\t{}", Shown(detail));
+    append(line.finish_line());
+}
+
+// ---------------------------------------------------------------------------
+// The site line.
+
+fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
+    // Resolving allocates: the caller holds the in-reclaim mark.
+    let place = crate::crash::site_of(frames, WHERE_FRAMES);
+    let mut name_buf = [0u8; 16];
+    let thread = inject::thread_name(&mut name_buf);
+    let mut line = StackBuf::<4096>::new();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let _ = write!(
+        line,
+        "site\t{id:016x}\t{pid}\t{} of {size} bytes (align {align})\t{}\t{}\t{}\t",
+        op.name(),
+        Shown(thread),
+        Clean(modules().first().map_or(&b""[..], |m| m.name())),
+        Clean(place.as_bytes()),
+    );
+    for (i, &ip) in frames.iter().enumerate() {
+        let (module, offset) = locate(ip);
+        let name = module.as_ref().map_or(&b"?"[..], |m| m.name());
+        let _ = write!(
+            line,
+            "{}{}+{offset:#x}",
+            if i == 0 { "" } else { "," },
+            Clean(name)
+        );
+    }
+    append(line.finish_line());
+}
+
+/// Bytes for a tab-separated line: tabs and line breaks become spaces.
+struct Clean<'a>(&'a [u8]);
+
+impl fmt::Display for Clean<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                f.write_char(if c.is_control() { ' ' } else { c })?;
+            }
+            if !chunk.invalid().is_empty() {
+                f.write_char('?')?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Runtime or program: the innermost frame outside the allocation machinery.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    User,
+    Runtime,
+}
+
+/// Symbols of the Rust runtime, the test harness and libc's start-up.
+const RUNTIME_PREFIXES: [&str; 9] = [
+    "test::",
+    "<test::",
+    "getopts::",
+    "std_detect::",
+    "panic_unwind::",
+    "panic_abort::",
+    "unwind::",
+    "rustc_demangle::",
+    "__libc_",
+];
+const RUNTIME_NAMES: [&str; 7] = [
+    "main",
+    "_start",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__call_tls_dtors",
+];
+/// Source paths of the standard library as shipped by rustup (remapped),
+/// its vendored dependencies, and a local toolchain's sources.
+const RUNTIME_FILES: [&str; 3] = ["/rustc/", "/rust/deps/", "/lib/rustlib/src/rust/"];
+/// Shared libraries of the C runtime.
+const RUNTIME_MODULES: [&str; 5] = ["libc.so", "ld-linux", "libgcc_s", "libpthread", "ld-musl"];
+
+/// Decided by the innermost frame below the allocation machinery (the
+/// unwinder, mayfail, the global allocator shims, std, alloc, core): the
+/// program's own code (or a dependency's) makes it a site.
+fn classify(frames: &[usize]) -> Class {
+    let mut below_machinery = false;
+    let mut any_named = false;
+    for &ip in frames {
+        let (module, _) = locate(ip);
+        if below_machinery
+            && let Some(m) = module
+            && RUNTIME_MODULES
+                .iter()
+                .any(|r| m.name().starts_with(r.as_bytes()))
+        {
+            return Class::Runtime;
+        }
+        let mut verdict = None;
+        backtrace::resolve(ip as *mut c_void, |symbol| {
+            if verdict.is_some() {
+                return;
+            }
+            let Some(name) = symbol.name() else { return };
+            any_named = true;
+            let mut text = StackBuf::<512>::new();
+            let _ = write!(text, "{name:#}");
+            let Ok(name) = core::str::from_utf8(text.as_bytes()) else {
+                return;
+            };
+            if crate::crash::is_machinery(name) {
+                below_machinery = true;
+                return;
+            }
+            if !below_machinery {
+                return;
+            }
+            let runtime_file = symbol
+                .filename()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| RUNTIME_FILES.iter().any(|r| f.contains(r)));
+            let runtime = runtime_file
+                || RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
+                || RUNTIME_NAMES.contains(&name);
+            verdict = Some(if runtime { Class::Runtime } else { Class::User });
+        });
+        if let Some(verdict) = verdict {
+            return verdict;
+        }
+    }
+    // No symbols at all (a stripped program): cannot tell, count it.
+    if any_named {
+        Class::Runtime
+    } else {
+        Class::User
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Modules: where each return address lives, relative to its file.
+
+const MAX_MODULES: usize = 128;
+const MODULE_NAME: usize = 96;
+
+#[derive(Clone, Copy)]
+struct Module {
+    start: usize,
+    end: usize,
+    bias: usize,
+    hash: u64,
+    main: bool,
+    name: [u8; MODULE_NAME],
+    name_len: usize,
+}
+
+impl Module {
+    const EMPTY: Module = Module {
+        start: 0,
+        end: 0,
+        bias: 0,
+        hash: 0,
+        main: false,
+        name: [0; MODULE_NAME],
+        name_len: 0,
+    };
+
+    /// The file name (no directory).
+    fn name(&self) -> &[u8] {
+        &self.name[..self.name_len]
+    }
+
+    fn named(path: &[u8]) -> Module {
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        let mut m = Module::EMPTY;
+        let len = base.len().min(MODULE_NAME);
+        m.name[..len].copy_from_slice(&base[..len]);
+        m.name_len = len;
+        m.hash = base.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        m
+    }
+}
+
+struct Modules {
+    count: UnsafeCell<usize>,
+    list: UnsafeCell<[Module; MAX_MODULES]>,
+}
+
+// SAFETY: written only by the thread that wins `MODULES_STATE` (0 -> 1),
+// read only after it stored 2.
+unsafe impl Sync for Modules {}
+
+static MODULES: Modules = Modules {
+    count: UnsafeCell::new(0),
+    list: UnsafeCell::new([Module::EMPTY; MAX_MODULES]),
+};
+static MODULES_STATE: AtomicU8 = AtomicU8::new(0);
+
+fn modules() -> &'static [Module] {
+    if MODULES_STATE.load(core::sync::atomic::Ordering::Acquire) != 2 {
+        return &[];
+    }
+    // SAFETY: complete and never written again once the state is 2.
+    unsafe { &(&*MODULES.list.get())[..*MODULES.count.get()] }
+}
+
+/// Lists the loaded modules' executable segments, once per process.
+fn build_modules() {
+    if MODULES_STATE
+        .compare_exchange(0, 1, Relaxed, Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    // SAFETY: the callback only reads what the loader passes and writes the
+    // table, which no one reads before the state becomes 2.
+    unsafe { libc::dl_iterate_phdr(Some(add_module), core::ptr::null_mut()) };
+    MODULES_STATE.store(2, core::sync::atomic::Ordering::Release);
+}
+
+unsafe extern "C" fn add_module(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut c_void,
+) -> c_int {
+    // SAFETY: only the thread building the table gets here (see `build_modules`).
+    let (count, list) = unsafe { (&mut *MODULES.count.get(), &mut *MODULES.list.get()) };
+    if *count == MAX_MODULES {
+        return 1;
+    }
+    // SAFETY: the loader passes a valid info for the duration of the call.
+    let info = unsafe { &*info };
+    let main = *count == 0;
+    let mut exe = [0u8; 512];
+    let path: &[u8] = if info.dlpi_name.is_null() {
+        b""
+    } else {
+        // SAFETY: a NUL-terminated string owned by the loader.
+        unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes()
+    };
+    let path = if path.is_empty() && main {
+        // SAFETY: writes at most `exe.len()` bytes into `exe`.
+        let n = unsafe {
+            libc::readlink(
+                c"/proc/self/exe".as_ptr(),
+                exe.as_mut_ptr().cast(),
+                exe.len(),
+            )
+        };
+        &exe[..n.max(0) as usize]
+    } else {
+        path
+    };
+    let mut module = Module::named(path);
+    module.main = main;
+    module.bias = info.dlpi_addr as usize;
+    let (mut start, mut end) = (usize::MAX, 0);
+    for i in 0..info.dlpi_phnum as usize {
+        // SAFETY: the loader's array holds `dlpi_phnum` headers.
+        let ph = unsafe { &*info.dlpi_phdr.add(i) };
+        if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+            let from = module.bias.wrapping_add(ph.p_vaddr as usize);
+            start = start.min(from);
+            end = end.max(from.wrapping_add(ph.p_memsz as usize));
+        }
+    }
+    if start < end {
+        module.start = start;
+        module.end = end;
+        list[*count] = module;
+        *count += 1;
+    }
+    0
+}
+
+/// The module holding `ip` and the offset of `ip` in it.
+fn locate(ip: usize) -> (Option<Module>, usize) {
+    for m in modules() {
+        if (m.start..m.end).contains(&ip) {
+            return (Some(*m), ip.wrapping_sub(m.bias));
+        }
+    }
+    // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: any address may be asked about; `info` is writable.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        // SAFETY: a NUL-terminated string owned by the loader.
+        let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+        let m = Module::named(path);
+        return (Some(m), ip.wrapping_sub(info.dli_fbase as usize));
+    }
+    (None, 0)
+}
+
+// ---------------------------------------------------------------------------
+// The known stacks: a fixed, lock-free open-addressing set in mmap'd memory.
+
+const EMPTY: u64 = 0;
+/// A slot whose id was removed (`retry` lines).
+const REMOVED: u64 = u64::MAX;
+
+struct Known {
+    slots: AtomicPtr<AtomicU64>,
+    mask: AtomicUsize,
+    entries: AtomicUsize,
+    file_was_empty: AtomicBool,
+}
+
+static KNOWN: Known = Known {
+    slots: AtomicPtr::new(core::ptr::null_mut()),
+    mask: AtomicUsize::new(0),
+    entries: AtomicUsize::new(0),
+    file_was_empty: AtomicBool::new(false),
+};
+
+/// Ids are never 0 or `u64::MAX`.
+fn slot_of(id: u64) -> usize {
+    inject::splitmix64(id) as usize
+}
+
+impl Known {
+    fn table(&self) -> Option<(&[AtomicU64], usize)> {
+        let slots = self.slots.load(core::sync::atomic::Ordering::Acquire);
+        if slots.is_null() {
+            return None;
+        }
+        let mask = self.mask.load(Relaxed);
+        // SAFETY: a table of `mask + 1` slots, mapped for the rest of the
+        // process (a new `load` leaks the old one instead of unmapping it).
+        Some((
+            unsafe { core::slice::from_raw_parts(slots, mask + 1) },
+            mask,
+        ))
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        let Some((slots, mask)) = self.table() else {
+            return false;
+        };
+        let mut i = slot_of(id) & mask;
+        for _ in 0..=mask {
+            match slots[i].load(Relaxed) {
+                EMPTY => return false,
+                found if found == id => return true,
+                _ => i = (i + 1) & mask,
+            }
+        }
+        false
+    }
+
+    /// Adds `id`; `false` if it was there (or the table is full).
+    fn insert(&self, id: u64) -> bool {
+        let Some((slots, mask)) = self.table() else {
+            return false;
+        };
+        if self.entries.load(Relaxed) >= mask / 4 * 3 {
+            return false;
+        }
+        let mut i = slot_of(id) & mask;
+        for _ in 0..=mask {
+            match slots[i].compare_exchange(EMPTY, id, Relaxed, Relaxed) {
+                Ok(_) => {
+                    self.entries.fetch_add(1, Relaxed);
+                    return true;
+                }
+                Err(found) if found == id => return false,
+                Err(_) => i = (i + 1) & mask,
+            }
+        }
+        false
+    }
+
+    fn remove(&self, id: u64) {
+        let Some((slots, mask)) = self.table() else {
+            return;
+        };
+        let mut i = slot_of(id) & mask;
+        for _ in 0..=mask {
+            match slots[i].load(Relaxed) {
+                EMPTY => return,
+                found if found == id => {
+                    slots[i].store(REMOVED, Relaxed);
+                    return;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Maps a table sized for the file and fills it with the file's ids.
+    fn load(&self, path: &CStr) -> bool {
+        // SAFETY: a NUL-terminated path; closed below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: an all-zero stat is valid; fstat fills it.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: `fd` is open, `st` writable.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            // SAFETY: `fd` is open and ours.
+            unsafe { libc::close(fd) };
+            return false;
+        }
+        let size = st.st_size.max(0) as usize;
+        // Every line is at least 25 bytes; room for this process's new ones.
+        let capacity = (2 * (size / 24 + 16_384)).next_power_of_two();
+        let bytes = capacity * core::mem::size_of::<AtomicU64>();
+        // SAFETY: a fresh anonymous mapping; zeroed pages are empty slots.
+        let table = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if table == libc::MAP_FAILED {
+            // SAFETY: `fd` is open and ours.
+            unsafe { libc::close(fd) };
+            return false;
+        }
+        self.mask.store(capacity - 1, Relaxed);
+        self.entries.store(0, Relaxed);
+        self.slots
+            .store(table.cast(), core::sync::atomic::Ordering::Release);
+        self.file_was_empty.store(size == 0, Relaxed);
+        if size > 0 {
+            // SAFETY: a read-only private mapping of the whole file, unmapped below.
+            let text = unsafe {
+                libc::mmap(
+                    core::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    fd,
+                    0,
+                )
+            };
+            if text != libc::MAP_FAILED {
+                // SAFETY: `size` readable bytes.
+                let text = unsafe { core::slice::from_raw_parts(text.cast::<u8>(), size) };
+                for line in text.split(|&b| b == b'\n') {
+                    let mut fields = line.split(|&b| b == b'\t');
+                    let kind = fields.next().unwrap_or(b"");
+                    let id = fields.next().and_then(parse_id);
+                    match (kind, id) {
+                        (b"site" | b"runtime", Some(id)) => {
+                            self.insert(id);
+                        }
+                        (b"retry", Some(id)) => self.remove(id),
+                        _ => {}
+                    }
+                }
+                // SAFETY: the mapping made above, no longer used.
+                unsafe { libc::munmap(text.as_ptr() as *mut c_void, size) };
+            }
+        }
+        // SAFETY: `fd` is open and ours.
+        unsafe { libc::close(fd) };
+        true
+    }
+}
+
+fn parse_id(field: &[u8]) -> Option<u64> {
+    if field.len() != 16 {
+        return None;
+    }
+    let id = field.iter().try_fold(0u64, |id, &b| {
+        Some(id << 4 | u64::from((b as char).to_digit(16)?))
+    })?;
+    (id != EMPTY && id != REMOVED).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_sixteen_hex_digits() {
+        assert_eq!(parse_id(b"00000000000000ff"), Some(255));
+        assert_eq!(parse_id(b"ff"), None);
+        assert_eq!(parse_id(b"0000000000000000"), None);
+        assert_eq!(parse_id(b"ffffffffffffffff"), None);
+        assert_eq!(parse_id(b"000000000000000g"), None);
+    }
+
+    #[test]
+    fn module_names_drop_the_directory() {
+        let m = Module::named(b"/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(m.name(), b"libc.so.6");
+        assert_eq!(m.hash, Module::named(b"/elsewhere/libc.so.6").hash);
+    }
+
+    #[test]
+    fn cleaned_fields_hold_no_tabs_or_line_breaks() {
+        assert_eq!(Clean(b"a\tb\nc\xff").to_string(), "a b c?");
+    }
+}
