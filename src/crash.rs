@@ -446,7 +446,15 @@ const TRIMMED: [&str; 9] = [
 /// qualified path `<Type as Trait>::f` does when its type does, or when its
 /// type is a bare generic parameter (`<T as alloc::...>`) and its trait does.
 pub(crate) fn is_machinery(name: &str) -> bool {
-    let machinery_path = |path: &str| TRIMMED.iter().any(|prefix| path.starts_with(prefix));
+    // A crate name with a disambiguator (`gimli[9d27...]::`) is one of std's
+    // private dependencies: machinery too.
+    let machinery_path = |path: &str| {
+        TRIMMED.iter().any(|prefix| path.starts_with(prefix))
+            || path
+                .split("::")
+                .next()
+                .is_some_and(|krate| krate.contains('['))
+    };
     let inner = name.trim_start_matches('<');
     if machinery_path(inner) {
         return true;
@@ -622,6 +630,7 @@ mod tests {
             "hashbrown::raw::RawTable<T,A>::reserve_rehash",
             "<<alloc::boxed::Box<str> as core::convert::From<&str>>::from as core::ops::FnOnce>::call_once",
             "<T as alloc::slice::<impl [T]>::to_vec_in::ConvertVec>::to_vec",
+            "<gimli[9d272e8433f81454]::read::abbrev::Attributes>::push",
         ] {
             assert!(is_machinery(name), "{name}");
         }

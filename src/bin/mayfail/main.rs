@@ -693,6 +693,12 @@ impl Walker<'_> {
             Some(spec) => command.env("MAYFAIL_INJECT", spec),
             None => command.env_remove("MAYFAIL_INJECT"),
         };
+        // std's panic hook prints a backtrace under its backtrace lock, and
+        // its out-of-memory hook takes the same lock: a site failed inside
+        // the printer would deadlock the process. No backtraces, then.
+        command
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
         command.spawn().map_err(|e| spawn_error(self.command, &e))
     }
 
