@@ -19,7 +19,10 @@
 
 use core::cell::UnsafeCell;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use crate::inject::{self, Cause, Op};
 use crate::report::{self, Escaped, Replayable, Shown, StackBuf};
@@ -158,18 +161,39 @@ fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-struct Previous(UnsafeCell<[libc::sigaction; 3]>);
+const SIGNALS: [libc::c_int; 3] = [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS];
 
-// SAFETY: written once by the thread that wins `INSTALLED`, before the new
-// handlers are installed; read only by those handlers afterwards.
-unsafe impl Sync for Previous {}
+/// How many handlers per signal we remember: the one found at install time,
+/// then those that replaced ours later (see [`reassert_handlers`]).
+const MAX_SAVED: usize = 8;
 
-static PREVIOUS: Previous = Previous(UnsafeCell::new(
+/// The handlers to hand a signal over to, per signal. Append-only: a slot is
+/// written once, before its index is published in `HAND_OVER`, so a signal
+/// handler never reads a slot that is being written.
+struct Saved(UnsafeCell<[[libc::sigaction; MAX_SAVED]; SIGNALS.len()]>);
+
+// SAFETY: see the type's doc: every slot is written once, by the thread that
+// claimed it in `USED`, before its index is published with Release; readers
+// only read published slots, after an Acquire load.
+unsafe impl Sync for Saved {}
+
+static SAVED: Saved = Saved(UnsafeCell::new(
     // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, empty mask).
     unsafe { core::mem::zeroed() },
 ));
 
-const SIGNALS: [libc::c_int; 3] = [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS];
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicUsize = AtomicUsize::new(0);
+/// Slots claimed per signal.
+static USED: [AtomicUsize; SIGNALS.len()] = [ZERO; SIGNALS.len()];
+/// The slot of the handler to hand over to, per signal (0: the one found at
+/// install time).
+static HAND_OVER: [AtomicUsize; SIGNALS.len()] = [ZERO; SIGNALS.len()];
+
+fn our_handler() -> usize {
+    let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_signal;
+    handler as usize
+}
 
 /// Installs the report handlers once per process. Does not allocate.
 pub(crate) fn install_handlers() {
@@ -179,28 +203,28 @@ pub(crate) fn install_handlers() {
     for (i, &sig) in SIGNALS.iter().enumerate() {
         // SAFETY: an all-zero sigaction is valid; we fill in the handler.
         let mut action: libc::sigaction = unsafe { core::mem::zeroed() };
-        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            on_signal;
-        action.sa_sigaction = handler as usize;
+        action.sa_sigaction = our_handler();
         action.sa_flags = libc::SA_SIGINFO;
-        // SAFETY: `action.sa_mask` is a valid sigset; the previous action is
-        // written to the slot reserved for this signal, which no handler
-        // reads before the new action is in place.
+        USED[i].store(1, Relaxed);
+        // SAFETY: `action.sa_mask` is a valid sigset. Slot 0 is written by
+        // this thread only (it won `INSTALLED`), before our handler, its
+        // only reader, is installed.
         unsafe {
             libc::sigemptyset(&mut action.sa_mask);
-            let previous = &mut (*PREVIOUS.0.get())[i];
-            libc::sigaction(sig, &action, previous);
+            let slot = &mut (*SAVED.0.get())[i][0];
+            libc::sigaction(sig, &action, slot);
         }
+        HAND_OVER[i].store(0, Release);
     }
 }
 
-/// [sites] Puts the handlers back in front if someone replaced them since
-/// [`install_handlers`], keeping the replacement as the handler to hand over
-/// to. Needed because `MAYFAIL_INJECT` is read by the first allocation,
-/// which can fall inside std's runtime start-up between its read of the
-/// `SIGSEGV` action (still the default) and its write of its stack-overflow
-/// handler, which then silently replaces ours. Called on each injected
-/// failure; does not allocate.
+/// Puts the handlers back in front if someone replaced them since
+/// [`install_handlers`], remembering the replacement as the handler to hand
+/// over to. Needed because `MAYFAIL_INJECT` is read by the first allocation,
+/// which can fall inside std's start-up between its read of the `SIGSEGV`
+/// action (still the default) and its write of its stack-overflow handler,
+/// which then silently replaces ours. Called on each injected failure; does
+/// not allocate. At most `MAX_SAVED - 1` times per signal.
 pub(crate) fn reassert_handlers() {
     if !INSTALLED.load(Relaxed) {
         return;
@@ -210,20 +234,25 @@ pub(crate) fn reassert_handlers() {
         let mut current: libc::sigaction = unsafe { core::mem::zeroed() };
         // SAFETY: reads the current action into `current`.
         unsafe { libc::sigaction(sig, core::ptr::null(), &mut current) };
-        let ours: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_signal;
-        if current.sa_sigaction == ours as usize {
+        if current.sa_sigaction == our_handler() {
+            continue;
+        }
+        let slot = USED[i].fetch_add(1, Relaxed);
+        if slot >= MAX_SAVED {
             continue;
         }
         let mut action = current;
-        action.sa_sigaction = ours as usize;
+        action.sa_sigaction = our_handler();
         action.sa_flags = libc::SA_SIGINFO | (current.sa_flags & libc::SA_ONSTACK);
-        // SAFETY: as in `install_handlers`; the slot now holds what replaced
-        // ours, which is what the handler hands over to.
+        // SAFETY: `slot` was claimed by this call alone and is not published
+        // yet, so nothing reads it while it is written.
         unsafe {
+            (*SAVED.0.get())[i][slot] = current;
             libc::sigemptyset(&mut action.sa_mask);
-            (*PREVIOUS.0.get())[i] = current;
-            libc::sigaction(sig, &action, core::ptr::null_mut());
         }
+        HAND_OVER[i].store(slot, Release);
+        // SAFETY: `action` is a valid sigaction.
+        unsafe { libc::sigaction(sig, &action, core::ptr::null_mut()) };
     }
 }
 
@@ -250,13 +279,25 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     {
         print_report(sig, fault_address, &record);
     }
-    // Hand over to what was there before: restore it, and let the signal
+    // Hand over to what was there before: install it, and let the signal
     // happen again (a fault re-executes; an abort is raised again, pending
-    // until this handler returns).
-    // SAFETY: the slot holds the action read when installing.
+    // until this handler returns). If our handler is not the installed one,
+    // a handler that replaced ours called us as its "previous": hand over to
+    // the one found at install time, never back to the caller, or the two
+    // would pass the signal to each other for ever.
+    // SAFETY: an all-zero sigaction is valid; sigaction fills it.
+    let mut current: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: reads the current action into `current`.
+    unsafe { libc::sigaction(sig, core::ptr::null(), &mut current) };
+    let slot = if current.sa_sigaction == our_handler() {
+        HAND_OVER[index].load(Acquire)
+    } else {
+        0
+    };
+    // SAFETY: published slots are never written again (see `Saved`).
     unsafe {
-        let previous = &(*PREVIOUS.0.get())[index];
-        libc::sigaction(sig, previous, core::ptr::null_mut());
+        let target = &(*SAVED.0.get())[index][slot];
+        libc::sigaction(sig, target, core::ptr::null_mut());
         if sig == libc::SIGABRT {
             libc::raise(sig);
         }

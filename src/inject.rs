@@ -352,7 +352,7 @@ fn install(s: &Spec, origin: Origin) -> bool {
         crash::install_handlers();
     }
     if s.verbose > 0 {
-        let mut line = StackBuf::<400>::new();
+        let mut line = StackBuf::<2048>::new();
         let _ = write!(
             line,
             "mayfail: injecting allocation failures: MAYFAIL_INJECT='{}'",
