@@ -284,19 +284,7 @@ pub(crate) fn read_env() {
 fn default_seed() -> u64 {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
-    splitmix64(report::now_ns() ^ (pid << 32) ^ wall_clock_ns())
-}
-
-fn wall_clock_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
+    splitmix64(report::now_ns() ^ (pid << 32) ^ crate::os::clock_ns(libc::CLOCK_REALTIME))
 }
 
 /// One step of splitmix64: a good 64-bit mix of a counter.

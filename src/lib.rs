@@ -27,6 +27,7 @@ mod backoff;
 mod config;
 mod crash;
 mod inject;
+mod os;
 mod policy;
 mod reclaim;
 mod report;

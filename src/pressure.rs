@@ -227,7 +227,7 @@ impl Ballast {
         let page = page_size();
         let mut chunk = 1usize << 30;
         while chunk >= page {
-            match map(chunk) {
+            match crate::os::map_anonymous(chunk) {
                 // SAFETY: a fresh, page-aligned, writable mapping of `chunk` bytes.
                 Some(block) => unsafe { self.mapped.push(block, chunk) },
                 None => chunk /= 2,
@@ -289,19 +289,4 @@ impl Drop for Ballast {
     fn drop(&mut self) {
         self.release_all();
     }
-}
-
-fn map(len: usize) -> Option<*mut u8> {
-    // SAFETY: an anonymous private mapping at an address of the kernel's choice.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then_some(p.cast())
 }

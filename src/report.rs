@@ -95,15 +95,7 @@ fn last_errno() -> i32 {
 
 /// Nanoseconds on the monotonic clock, without allocating.
 pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    crate::os::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Lets at most one event through per `interval_ns`, across all threads.

@@ -46,21 +46,11 @@ pub(crate) fn start() -> bool {
         // SAFETY: the table was mapped with this length in an earlier start.
         unsafe { libc::munmap(old.cast(), len) };
     }
-    // SAFETY: an anonymous private mapping; zero-filled pages are empty slots.
-    let table = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if table == libc::MAP_FAILED {
+    // Zero-filled pages are empty slots.
+    let Some(table) = crate::os::map_anonymous(len) else {
         TABLE.store(ptr::null_mut(), Relaxed);
         return false;
-    }
+    };
     TABLE.store(table.cast(), Relaxed);
     OVERFLOW.store(false, Relaxed);
     LIVE_BYTES.store(0, Relaxed);
