@@ -102,6 +102,7 @@ pub(crate) fn engaged() -> bool {
 }
 
 /// Whether injection by attributes is on.
+#[inline(always)]
 pub(crate) fn injecting() -> bool {
     KNOBS.engaged.load(Relaxed) & INJECTING != 0
 }

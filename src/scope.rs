@@ -90,6 +90,7 @@ pub(crate) struct Snapshot {
 /// Counts one allocation on the current thread and steps its fail-nth
 /// countdown; exempt allocations (`nofail`, in reclaim) are not counted, as
 /// the kernel does not count `__GFP_NOFAIL` ones.
+#[inline(always)]
 pub(crate) fn count_allocation() -> Snapshot {
     STATE
         .try_with(|s| {
