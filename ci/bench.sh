@@ -1,102 +1,123 @@
 #!/usr/bin/env bash
-# ci/bench.sh - what the MayFail wrapper costs on the success path.
+# ci/bench.sh - what the MayFail wrapper costs when nothing fails, side by
+# side with System, mimalloc and the peer wrappers (retry_alloc, cap,
+# stats_alloc). See benches/README.md for the method and the latest results.
 #
-# 1. `cargo bench --bench alloc_pair`: criterion timings of alloc+free pairs
-#    (16 B .. 64 KiB) and of a realloc growth, bare `System` against
-#    `MayFail<System>`, then a table of the medians and their ratio.
-# 2. `valgrind --tool=callgrind` on the release build of examples/alloc_pairs
-#    for both allocators and each size, with COUNT 0 (baseline: start-up and
-#    the first, environment-reading allocation) and COUNT pairs; prints the
-#    instructions per alloc+free pair, (total - baseline) / COUNT, for System,
-#    for MayFail<System>, and the difference.
+# 1. Builds the benchmark suite (benches/suite, a crate of its own: one binary
+#    per allocator configuration, all running the same workloads) into
+#    target/bench-suite.
+# 2. Runs it (run-suite): every workload in every configuration, interleaved,
+#    in rounds, then workloads 1 and 3 under valgrind --tool=callgrind, and
+#    prints one Markdown report: time ratios to the inner allocator (median,
+#    smallest, largest over the rounds), instructions added per alloc+free
+#    pair, and the targets met or missed. The report is also written to
+#    target/bench/results.md, the raw measurements to target/bench/*.csv.
 #
-# Run from the repository root: ci/bench.sh
-# Needs: cargo, valgrind (callgrind). Takes about 1.5 minutes on a 2-core
-# machine once built (criterion ~85 s, callgrind ~12 s), plus about a minute
-# for a first build of criterion and the crate.
-# Environment: PAIRS (default 1000000) is COUNT; SKIP_CRITERION=1 runs only
-# the instruction counts. Logs and callgrind files go to target/bench/.
+# Usage, from anywhere in the repository:
+#   ci/bench.sh                     # the whole suite: about 8 minutes on 2 cores, plus the build
+#   ci/bench.sh --readme            # the same, then put the report into benches/README.md
+#                                   # and the raw measurements into benches/results/
+#   ci/bench.sh --criterion         # also `cargo bench --bench alloc_pair` (criterion, ~90 s more)
+#   ci/bench.sh --rounds 3 --only pairs-16,btree-1m    # other arguments go to run-suite
+#   ci/bench.sh --no-callgrind      # (or --no-time) one half only
+# Needs: cargo, a C compiler (mimalloc is built from source), valgrind.
+# Run it on an otherwise idle machine: the time columns are CPU time, which
+# other processes disturb far less than wall-clock time, but do disturb.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-[[ -f Cargo.toml && -f benches/alloc_pair.rs ]] || {
+[[ -f Cargo.toml && -f benches/suite/Cargo.toml ]] || {
     echo "ci/bench.sh: run from the mayfail repository" >&2
     exit 1
 }
-command -v valgrind >/dev/null || {
-    echo "ci/bench.sh: valgrind is not installed (apt-get install valgrind)" >&2
-    exit 1
-}
 
-SIZES=(16 64 256 1024 4096 65536)
-PAIRS=${PAIRS:-1000000}
-TARGET=${CARGO_TARGET_DIR:-target}
+readme=0
+criterion=0
+suite_args=()
+for arg in "$@"; do
+    case $arg in
+    --readme) readme=1 ;;
+    --criterion) criterion=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) suite_args+=("$arg") ;;
+    esac
+done
+# The old interface: SKIP_CRITERION=1 meant "instruction counts only".
+if [[ ${SKIP_CRITERION:-0} == 1 ]]; then
+    criterion=0
+fi
+
+needs_valgrind=1
+for arg in "${suite_args[@]}"; do
+    [[ $arg == --no-callgrind ]] && needs_valgrind=0
+done
+if ((needs_valgrind)) && ! command -v valgrind >/dev/null; then
+    echo "ci/bench.sh: valgrind is not installed (apt-get install valgrind), or pass --no-callgrind" >&2
+    exit 1
+fi
+
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+SUITE_TARGET=$TARGET/bench-suite
 OUT=$TARGET/bench
 mkdir -p "$OUT"
 start=$SECONDS
 
-# --- 1. criterion --------------------------------------------------------
-# The median point estimate, in ns, from criterion's estimates.json.
-median_ns() {
-    local f=$TARGET/criterion/$1/new/estimates.json
-    [[ -f $f ]] || { echo "nan"; return; }
-    sed -n 's/.*"median":{"confidence_interval":{[^}]*},"point_estimate":\([-0-9.eE+]*\).*/\1/p' "$f"
-}
+read -r load1 _ </proc/loadavg
+if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+    echo "ci/bench.sh: warning: load average $load1: other processes are running, the time columns will be noisier" >&2
+fi
 
-if [[ ${SKIP_CRITERION:-0} != 1 ]]; then
-    echo "== cargo bench --bench alloc_pair"
-    cargo bench --bench alloc_pair 2>&1 | tee "$OUT/criterion.log"
+echo "== building the suite (benches/suite -> $SUITE_TARGET)" >&2
+cargo build --release --quiet --manifest-path benches/suite/Cargo.toml --target-dir "$SUITE_TARGET"
+echo "   built in $((SECONDS - start)) s" >&2
+
+rm -f "$OUT/results.md" "$OUT/times.csv" "$OUT/instructions.csv"
+"$SUITE_TARGET/release/run-suite" --out "$OUT/results.md" --csv-dir "$OUT" "${suite_args[@]}"
+
+if ((readme)); then
+    # Replace what lies between the two markers with the report.
+    awk -v report="$OUT/results.md" '
+        /<!-- results:begin -->/ { print; while ((getline line < report) > 0) print line; skip = 1; next }
+        /<!-- results:end -->/ { skip = 0 }
+        !skip { print }
+    ' benches/README.md >"$OUT/README.md.new"
+    grep -q '<!-- results:end -->' "$OUT/README.md.new" || {
+        echo "ci/bench.sh: benches/README.md has no results markers; left as it was" >&2
+        exit 1
+    }
+    mv "$OUT/README.md.new" benches/README.md
+    # The raw measurements behind it, committed with it.
+    mkdir -p benches/results
+    for f in times.csv instructions.csv; do
+        if [[ -f $OUT/$f ]]; then cp "$OUT/$f" benches/results/; else rm -f "benches/results/$f"; fi
+    done
+    echo "== benches/README.md and benches/results/ updated" >&2
+fi
+
+if ((criterion)); then
     echo
-    echo "== criterion medians (ns per operation)"
+    echo "== cargo bench --bench alloc_pair (criterion)"
+    cargo bench --bench alloc_pair 2>&1 | tee "$OUT/criterion.log" | grep -E '^[a-z_]+/|time:' || true
+    # The median point estimate, in ns, from criterion's estimates.json.
+    median_ns() {
+        local f=$TARGET/criterion/$1/new/estimates.json
+        [[ -f $f ]] || { echo "nan"; return; }
+        sed -n 's/.*"median":{"confidence_interval":{[^}]*},"point_estimate":\([-0-9.eE+]*\).*/\1/p' "$f"
+    }
+    echo
+    echo "criterion medians (ns per operation; direct calls, MayFail inlined into the loop):"
     printf '%-22s %12s %16s %8s\n' "benchmark" "System" "MayFail<System>" "ratio"
-    groups=()
-    for s in "${SIZES[@]}"; do groups+=("alloc_free_$s"); done
-    groups+=("realloc_grow_16-4096")
-    for g in "${groups[@]}"; do
+    for g in alloc_free_16 alloc_free_64 alloc_free_256 alloc_free_1024 alloc_free_4096 \
+        alloc_free_65536 vec_push_256 string_build_24; do
         sys=$(median_ns "$g/System")
         mf=$(median_ns "$g/MayFail_System_")
         awk -v g="$g" -v s="$sys" -v m="$mf" 'BEGIN {
             r = (s + 0 > 0) ? sprintf("%.3f", m / s) : "n/a"
             printf "%-22s %12.2f %16.2f %8s\n", g, s, m, r }'
     done
-    echo "(criterion time: $((SECONDS - start)) s)"
-    echo
 fi
 
-# --- 2. callgrind --------------------------------------------------------
-echo "== cargo build --release --example alloc_pairs"
-cargo build --release --example alloc_pairs 2>&1 | tail -n 1
-BIN=$TARGET/release/examples/alloc_pairs
-
-# Total instructions (Ir) of one run, from the callgrind output file's
-# `summary:` line (valgrind >= 3.x writes it; older ones only `totals:`).
-instructions() { # allocator size count
-    local f=$OUT/callgrind.$1.$2.$3.out
-    valgrind --tool=callgrind --callgrind-out-file="$f" --log-file="$f.log" \
-        "$BIN" "$1" "$2" "$3"
-    local n
-    n=$(awk '/^summary:/ { print $2; exit }' "$f")
-    [[ -n $n ]] || n=$(awk '/^totals:/ { print $2; exit }' "$f")
-    [[ -n $n ]] || n=$(callgrind_annotate "$f" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
-    [[ $n =~ ^[0-9]+$ ]] || { echo "ci/bench.sh: no instruction total in $f" >&2; exit 1; }
-    echo "$n"
-}
-
-per_pair() { # allocator size
-    local base full
-    base=$(instructions "$1" "$2" 0)
-    full=$(instructions "$1" "$2" "$PAIRS")
-    awk -v b="$base" -v f="$full" -v n="$PAIRS" 'BEGIN { printf "%.2f", (f - b) / n }'
-}
-
-echo
-echo "== callgrind: instructions per alloc+free pair ($PAIRS pairs, baseline subtracted)"
-printf '%8s %10s %16s %10s\n' "size" "System" "MayFail<System>" "diff"
-for s in "${SIZES[@]}"; do
-    sys=$(per_pair system "$s")
-    mf=$(per_pair mayfail "$s")
-    awk -v z="$s" -v s="$sys" -v m="$mf" 'BEGIN { printf "%8d %10.2f %16.2f %+10.2f\n", z, s, m, m - s }'
-done
-
-echo
-echo "total time: $((SECONDS - start)) s"
+echo "ci/bench.sh: done in $((SECONDS - start)) s; report in $OUT/results.md" >&2

@@ -13,6 +13,12 @@
 //! through the measured allocator, so both runs start the loop from the same
 //! heap, and a run with COUNT 0 is the baseline to subtract. The work is
 //! deterministic: same arguments, same instructions.
+//!
+//! Called directly, `MayFail`'s methods are inlined into this loop; as a
+//! `#[global_allocator]` they are reached through the `__rust_alloc` shim
+//! and cost more. The figures a program sees, for every allocator and peer
+//! wrapper, come from the benchmark suite (`ci/bench.sh`, see
+//! `benches/README.md`); this example is the direct-call view, by hand.
 
 use std::alloc::{GlobalAlloc, Layout, System, handle_alloc_error};
 use std::hint::black_box;
