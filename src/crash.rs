@@ -20,8 +20,9 @@
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{
-    AtomicBool, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    AtomicU8, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+    compiler_fence,
 };
 
 use crate::inject::{self, Cause, Op};
@@ -92,6 +93,9 @@ pub(crate) fn capture(op: Op, size: usize, align: usize, number: u64, cause: Cau
     let (_, seed) = inject::current_spec();
     with_record(|r| {
         r.valid = false;
+        // A signal handler on this thread must see `valid` cleared before
+        // the record changes, and set only once it is complete.
+        compiler_fence(SeqCst);
         r.op = op;
         r.size = size;
         r.align = align;
@@ -112,6 +116,7 @@ pub(crate) fn capture(op: Op, size: usize, align: usize, number: u64, cause: Cau
             });
         }
         r.depth = depth;
+        compiler_fence(SeqCst);
         r.valid = true;
     });
 }
@@ -159,7 +164,12 @@ fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
 // ---------------------------------------------------------------------------
 // Signal handlers.
 
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// `NOT_INSTALLED`, `INSTALLING` (one thread is filling slot 0 and
+/// installing), then `INSTALLED_STATE`: `reassert_handlers` acts only then.
+static INSTALLED: AtomicU8 = AtomicU8::new(NOT_INSTALLED);
+const NOT_INSTALLED: u8 = 0;
+const INSTALLING: u8 = 1;
+const INSTALLED_STATE: u8 = 2;
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS];
 
@@ -197,13 +207,20 @@ fn our_handler() -> usize {
 
 /// Installs the report handlers once per process. Does not allocate.
 pub(crate) fn install_handlers() {
-    if INSTALLED.load(Relaxed) || INSTALLED.swap(true, Relaxed) {
+    if INSTALLED.load(Acquire) != NOT_INSTALLED
+        || INSTALLED
+            .compare_exchange(NOT_INSTALLED, INSTALLING, Acquire, Relaxed)
+            .is_err()
+    {
         return;
     }
     for (i, &sig) in SIGNALS.iter().enumerate() {
         // SAFETY: an all-zero sigaction is valid; we fill in the handler.
         let mut action: libc::sigaction = unsafe { core::mem::zeroed() };
         action.sa_sigaction = our_handler();
+        // Not on the alternate stack: std's is a few KiB, and resolving
+        // symbols for the report needs far more. The price: while these
+        // handlers are installed, a stack overflow is not reported by std.
         action.sa_flags = libc::SA_SIGINFO;
         USED[i].store(1, Relaxed);
         // SAFETY: `action.sa_mask` is a valid sigset. Slot 0 is written by
@@ -216,6 +233,7 @@ pub(crate) fn install_handlers() {
         }
         HAND_OVER[i].store(0, Release);
     }
+    INSTALLED.store(INSTALLED_STATE, Release);
 }
 
 /// Puts the handlers back in front if someone replaced them since
@@ -226,7 +244,7 @@ pub(crate) fn install_handlers() {
 /// which then silently replaces ours. Called on each injected failure; does
 /// not allocate. At most `MAX_SAVED - 1` times per signal.
 pub(crate) fn reassert_handlers() {
-    if !INSTALLED.load(Relaxed) {
+    if INSTALLED.load(Acquire) != INSTALLED_STATE {
         return;
     }
     for (i, &sig) in SIGNALS.iter().enumerate() {
@@ -243,7 +261,7 @@ pub(crate) fn reassert_handlers() {
         }
         let mut action = current;
         action.sa_sigaction = our_handler();
-        action.sa_flags = libc::SA_SIGINFO | (current.sa_flags & libc::SA_ONSTACK);
+        action.sa_flags = libc::SA_SIGINFO;
         // SAFETY: `slot` was claimed by this call alone and is not published
         // yet, so nothing reads it while it is written.
         unsafe {
@@ -306,6 +324,11 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
 
 fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
     let _reclaiming = ReclaimGuard::enter();
+    // Resolving symbols allocates. If the C allocator itself aborted while
+    // holding its lock (heap corruption detected by glibc), that would hang
+    // for ever: let SIGALRM end the process after 10 s instead.
+    // SAFETY: alarm is async-signal-safe and has no preconditions.
+    unsafe { libc::alarm(10) };
     let mut line = StackBuf::<300>::new();
     let _ = if sig == libc::SIGABRT {
         if aborting_from_alloc_error() {
@@ -341,6 +364,8 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
     report::write_stderr(line.finish_line());
     print_replay(r);
     print_backtrace(r);
+    // SAFETY: as above; cancels the alarm.
+    unsafe { libc::alarm(0) };
 }
 
 /// Whether the current stack (inside the `SIGABRT` handler) goes through

@@ -130,7 +130,13 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> Check {
     let Some(_reclaiming) = ReclaimGuard::enter() else {
         return Check::Pass;
     };
-    if !ALL.load(Relaxed) && classify(frames) == Class::Runtime {
+    // Resolving symbols is library code running inside the allocator: a
+    // panic there must not unwind out of it (counted as a site then).
+    let class = std::panic::catch_unwind(|| classify(frames)).unwrap_or_else(|payload| {
+        report::drop_panic_payload(payload);
+        Class::User
+    });
+    if !ALL.load(Relaxed) && class == Class::Runtime {
         if KNOWN.insert(id) {
             let mut line = StackBuf::<40>::new();
             let _ = write!(line, "runtime\t{id:016x}");
