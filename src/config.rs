@@ -63,8 +63,9 @@ struct Layers<T> {
 struct Knobs {
     /// Non-zero while allocations must take the engaged path: until the
     /// environment has been read ([`NOT_STARTED`]), while injection is on
-    /// ([`INJECTING`]), and while any thread has a fail-nth countdown
-    /// (counted in units of [`ARMED_THREAD`]).
+    /// ([`INJECTING`]), while a sweep's child tracks blocks ([`TRACKING`]),
+    /// and while any thread has a fail-nth countdown (counted in units of
+    /// [`ARMED_THREAD`]).
     engaged: AtomicU32,
     retries: Layers<AtomicIsize>,
     small_limit: Layers<AtomicUsize>,
@@ -92,6 +93,7 @@ static KNOBS: Knobs = Knobs {
 
 const NOT_STARTED: u32 = 1;
 const INJECTING: u32 = 2;
+const TRACKING: u32 = 4;
 const ARMED_THREAD: u32 = 1 << 8;
 
 /// Whether allocations must go through the engaged (cold) path. The only
@@ -113,6 +115,15 @@ pub(crate) fn set_injecting(on: bool) {
         KNOBS.engaged.fetch_or(INJECTING, Relaxed);
     } else {
         KNOBS.engaged.fetch_and(!INJECTING, Relaxed);
+    }
+}
+
+/// A sweep's child tracks blocks: allocations and frees take the engaged path.
+pub(crate) fn set_tracking(on: bool) {
+    if on {
+        KNOBS.engaged.fetch_or(TRACKING, Relaxed);
+    } else {
+        KNOBS.engaged.fetch_and(!TRACKING, Relaxed);
     }
 }
 

@@ -676,9 +676,7 @@ impl Sweep {
                 }
             }
         }
-        // Tracking sees frees only on the engaged path: keep it engaged.
         let tracking = track::start();
-        crate::config::arm_thread();
         inject::set_persistent(self.persistent);
         let armed = if n == 0 { u64::MAX } else { n };
         inject::fail_nth(armed);

@@ -56,6 +56,8 @@ pub(crate) fn start() -> bool {
     LIVE_BYTES.store(0, Relaxed);
     LIVE_BLOCKS.store(0, Relaxed);
     ON.store(true, Relaxed);
+    // Frees are seen only on the engaged path.
+    crate::config::set_tracking(true);
     true
 }
 
@@ -63,6 +65,7 @@ pub(crate) fn start() -> bool {
 /// if the table overflowed.
 pub(crate) fn stop() -> Option<(u64, u64)> {
     ON.store(false, Relaxed);
+    crate::config::set_tracking(false);
     let table = TABLE.load(Relaxed);
     if table.is_null() || OVERFLOW.load(Relaxed) {
         return None;
