@@ -3,8 +3,8 @@
 //! Every operation is forwarded to the inner allocator as the same operation.
 //! Beyond that call and its null check, a successful allocation costs one
 //! relaxed load of a read-mostly word (`engaged`: set until the environment
-//! has been read, while injection is on, and while a thread counts down to a
-//! fail-nth) and a branch that is never taken in an idle process: no
+//! has been read, while injection is on, while a thread counts down to a
+//! fail-nth, and while a sweep's child tracks blocks) and a branch that is never taken in an idle process: no
 //! thread-local access, no shared write, no lock. `dealloc` adds the same
 //! load and branch (a sweep's child tracks frees on the engaged path).
 //! Everything else is out of line: the engaged path here, the retry policy in
