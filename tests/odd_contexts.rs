@@ -161,7 +161,7 @@ static BYSTANDER_CALLS: AtomicUsize = AtomicUsize::new(0);
 /// Waits until every thread of the storm is inside it, then panics.
 fn panicking_reclaimer(_wanted: usize) -> usize {
     PANICKER_ENTERED.fetch_add(1, SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::deadline_secs(10);
     while PANICKER_ENTERED.load(SeqCst) < STORM && Instant::now() < deadline {
         std::thread::yield_now();
     }
@@ -406,8 +406,11 @@ fn fork_while_other_threads_allocate_and_fail_gives_a_working_child() {
         while FORK_BUSY_FAILURES.load(SeqCst) < 100 {
             std::thread::yield_now();
         }
+        // Under valgrind every forked child is traced and starts valgrind's
+        // machinery again (seconds each): fewer forks, same checks.
+        let forks = if common::under_valgrind() { 6 } else { 40 };
         let mut statuses = Vec::new();
-        for _ in 0..40 {
+        for _ in 0..forks {
             // SAFETY: the child only allocates, reads atomics and calls
             // `_exit`: no lock another thread may have held is taken.
             let pid = unsafe { libc::fork() };
@@ -418,7 +421,7 @@ fn fork_while_other_threads_allocate_and_fail_gives_a_working_child() {
                 // atexit handlers or flushing its buffers.
                 unsafe { libc::_exit(code) };
             }
-            statuses.push(wait_with_timeout(pid, Duration::from_secs(10)));
+            statuses.push(wait_with_timeout(pid, common::deadline_secs(10)));
         }
         FORK_STOP.store(true, SeqCst);
         for b in busy {
@@ -515,7 +518,7 @@ fn send_usr1(thread: libc::pthread_t) -> bool {
     if unsafe { libc::pthread_kill(thread, libc::SIGUSR1) } != 0 {
         return false;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::deadline_secs(5);
     while USR1.load(SeqCst) == before {
         if Instant::now() > deadline {
             return false;

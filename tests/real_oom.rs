@@ -127,7 +127,7 @@ fn storm(wait_until_all_stuck: bool) -> Storm {
         before = stats();
         go.wait();
         if wait_until_all_stuck {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + common::deadline_secs(20);
             while Instant::now() < deadline {
                 if CALLS.iter().all(|c| c.load(SeqCst) >= 3) {
                     stuck = true;
@@ -138,7 +138,7 @@ fn storm(wait_until_all_stuck: bool) -> Storm {
             finished_early = FINISHED.load(SeqCst);
             MEMORY_BACK.store(true, SeqCst);
             // No thread may starve while memory is there again.
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + common::deadline_secs(20);
             while FINISHED.load(SeqCst) < THREADS && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }

@@ -357,7 +357,7 @@ fn ctrl_c_forwards_the_interrupt_and_leaves_a_state_that_resumes() {
     let out = ran(child.wait_with_output().unwrap());
     assert_eq!(out.code, Some(130), "{}", out.stderr);
     assert!(
-        sent.elapsed() < Duration::from_secs(4),
+        sent.elapsed() < Duration::from_secs(15),
         "sleep got the SIGINT"
     );
     assert!(

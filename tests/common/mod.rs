@@ -57,9 +57,31 @@ impl ChildRun {
     }
 }
 
+/// Whether this process runs under valgrind (its preloaded core library is
+/// mapped). Valgrind runs a program 20 to 100 times slower, and a forked
+/// child under `--trace-children=yes` pays its start-up again: tests scale
+/// their deadlines with [`slowdown`] and size their workloads with this.
+pub fn under_valgrind() -> bool {
+    static CACHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CACHED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_"))
+    })
+}
+
+/// The factor by which a test's deadlines grow: 1 natively, 50 under
+/// valgrind. A deadline is there to catch a hang, never to judge speed.
+pub fn slowdown() -> u32 {
+    if under_valgrind() { 50 } else { 1 }
+}
+
+/// `secs` seconds, scaled by [`slowdown`].
+pub fn deadline_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs) * slowdown()
+}
+
 /// Runs the test `name` of the current test binary alone in a child process
 /// with `env` added (a value of `None` removes the variable). The child is
-/// killed after 60 s.
+/// killed after 60 s (scaled by [`slowdown`]).
 pub fn run_child<K: AsRef<OsStr>, V: AsRef<OsStr>>(name: &str, env: &[(K, Option<V>)]) -> ChildRun {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
@@ -90,7 +112,7 @@ pub fn run_child<K: AsRef<OsStr>, V: AsRef<OsStr>>(name: &str, env: &[(K, Option
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + deadline_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the child") {
             break Some(status);
@@ -197,7 +219,7 @@ fn settle_other_threads() {
             })
             .unwrap_or(true)
     };
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + deadline_secs(2);
     let mut seen_asleep = 0;
     // Two sightings 5 ms apart: a thread may sleep briefly on its way.
     while seen_asleep < 2 && Instant::now() < deadline {
