@@ -16,6 +16,8 @@ use core::sync::atomic::{
 };
 
 use crate::report;
+use crate::sys;
+use crate::text::parse_u64;
 
 /// The retry knob's value for "retry until the allocation succeeds".
 pub const RETRY_FOREVER: isize = -1;
@@ -180,7 +182,7 @@ pub(crate) fn read_env_once() {
     {
         return;
     }
-    if let Some(value) = getenv(c"MAYFAIL_RETRIES") {
+    if let Some(value) = sys::getenv(c"MAYFAIL_RETRIES") {
         match parse_retries(value) {
             Ok(n) => KNOBS.retries.env.store(n, Relaxed),
             Err(()) => report::bad_env(
@@ -191,7 +193,7 @@ pub(crate) fn read_env_once() {
             ),
         }
     }
-    if let Some(value) = getenv(c"MAYFAIL_SMALL") {
+    if let Some(value) = sys::getenv(c"MAYFAIL_SMALL") {
         match parse_bytes(value) {
             Ok(n) => KNOBS.small_limit.env.store(n.min(MAX_SMALL_LIMIT), Relaxed),
             Err(()) => report::bad_env(
@@ -202,7 +204,7 @@ pub(crate) fn read_env_once() {
             ),
         }
     }
-    if let Some(value) = getenv(c"MAYFAIL_STALL_MS") {
+    if let Some(value) = sys::getenv(c"MAYFAIL_STALL_MS") {
         match parse_u64(trim(value)) {
             // u64::MAX marks "unset": the largest value means the same
             // ("never, in practice") one millisecond earlier.
@@ -223,21 +225,6 @@ const RETRIES_ACCEPTED: &str =
     "-1 (retry until it succeeds), 0 (never retry) or a count N >= 1 (at most N retries)";
 const SMALL_ACCEPTED: &str = "a size in bytes, with an optional K, M or G suffix (32K)";
 const STALL_ACCEPTED: &str = "milliseconds as a whole number, 0 to turn the warning off";
-
-/// The environment variable's bytes, without allocating.
-pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-    // SAFETY: `name` is NUL-terminated. The returned pointer, if not null,
-    // points to a NUL-terminated string in the environment block, which we
-    // only read here, before the program is likely to modify its environment.
-    let ptr = unsafe { libc::getenv(name.as_ptr()) };
-    if ptr.is_null() {
-        return None;
-    }
-    // SAFETY: `ptr` is a valid NUL-terminated C string (see above); the
-    // environment block lives for the rest of the process unless the program
-    // calls `setenv`, and we only use the slice during start-up.
-    Some(unsafe { core::ffi::CStr::from_ptr(ptr) }.to_bytes())
-}
 
 fn layered_isize(l: &Layers<AtomicIsize>) -> isize {
     match l.user.load(Relaxed) {
@@ -357,21 +344,6 @@ fn trim(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 
-/// Parses a whole decimal number, without sign, with overflow checking.
-pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in s {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(n)
-}
-
 /// `MAYFAIL_RETRIES`: `-1`, `0` or `N`, surrounding blanks allowed.
 pub(crate) fn parse_retries(s: &[u8]) -> Result<isize, ()> {
     let s = trim(s);
@@ -457,13 +429,5 @@ mod tests {
         ] {
             assert_eq!(parse_bytes(bad), Err(()), "{:?}", bad);
         }
-    }
-
-    #[test]
-    fn whole_numbers_check_overflow() {
-        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_u64(b"18446744073709551616"), None);
-        assert_eq!(parse_u64(b""), None);
-        assert_eq!(parse_u64(b"1 2"), None);
     }
 }

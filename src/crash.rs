@@ -26,9 +26,10 @@ use core::sync::atomic::{
 };
 
 use crate::inject::{self, Cause, Op};
-use crate::report::{self, Escaped, Replayable, Shown, StackBuf};
 use crate::scope::ReclaimGuard;
 use crate::spec::Canonical;
+use crate::sys;
+use crate::text::{Replayable, ShellWord, Shown, StackBuf};
 
 /// Frames kept per injected failure.
 const MAX_FRAMES: usize = 64;
@@ -134,7 +135,7 @@ pub(crate) fn describe_injection(with_backtrace: bool) {
     let mut line = StackBuf::<400>::new();
     let _ = write!(line, "mayfail: injected failure: ");
     describe(&mut line, &record);
-    report::write_stderr(line.finish_line());
+    sys::write_stderr(line.finish_line());
     if with_backtrace {
         print_backtrace(&record);
     }
@@ -143,9 +144,8 @@ pub(crate) fn describe_injection(with_backtrace: bool) {
 /// "alloc of 64 bytes (align 8) on thread 'name', its allocation #17, by fail-nth"
 fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
     let mut name_buf = [0u8; 16];
-    let name = inject::thread_name(&mut name_buf);
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
+    let name = sys::thread_name(&mut name_buf);
+    let tid = sys::gettid();
     let _ = write!(
         line,
         "{} of {} bytes (align {}) on thread '{}' (tid {tid}), its allocation #{}, ",
@@ -345,23 +345,19 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
             )
         }
     } else {
-        let name = if sig == libc::SIGSEGV {
-            "SIGSEGV"
-        } else {
-            "SIGBUS"
-        };
+        let name = sys::signal_name(sig);
         write!(
             line,
             "mayfail: the process crashed ({name} at address {fault_address:#x}) after an \
              injected allocation failure: likely an unchecked null, a memory-safety bug"
         )
     };
-    report::write_stderr(line.finish_line());
+    sys::write_stderr(line.finish_line());
 
     let mut line = StackBuf::<400>::new();
     let _ = write!(line, "mayfail:   failed on purpose: ");
     describe(&mut line, r);
-    report::write_stderr(line.finish_line());
+    sys::write_stderr(line.finish_line());
     print_replay(r);
     print_backtrace(r);
     // SAFETY: as above; cancels the alarm.
@@ -413,12 +409,12 @@ fn print_replay(r: &Record) {
     {
         let _ = write!(line, "MAYFAIL_INJECT='stack={id:016x}' ");
         write_command_line(&mut line);
-        report::write_stderr(line.finish_line());
+        sys::write_stderr(line.finish_line());
         return;
     }
     if r.cause == Cause::Attributes && r.from_env {
         let mut name_buf = [0u8; 16];
-        let name = inject::thread_name(&mut name_buf);
+        let name = sys::thread_name(&mut name_buf);
         let transient = if inject::transient() {
             ",transient=Y"
         } else {
@@ -435,7 +431,7 @@ fn print_replay(r: &Record) {
     if r.cause == Cause::FailNth || !r.from_env {
         let _ = write!(line, "   (the program sets up this injection itself)");
     }
-    report::write_stderr(line.finish_line());
+    sys::write_stderr(line.finish_line());
     if r.cause == Cause::Attributes && r.from_env {
         let (spec, seed) = inject::current_spec();
         let mut line = StackBuf::<1024>::new();
@@ -444,7 +440,7 @@ fn print_replay(r: &Record) {
             "mayfail:   same run: MAYFAIL_INJECT='{}' with the same command",
             Canonical { spec: &spec, seed }
         );
-        report::write_stderr(line.finish_line());
+        sys::write_stderr(line.finish_line());
     }
 }
 
@@ -468,28 +464,10 @@ fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
     }
     // SAFETY: `fd` is open.
     unsafe { libc::close(fd) };
-    let mut first = true;
-    for arg in buf[..len].split(|&b| b == 0).filter(|a| !a.is_empty()) {
-        if !first {
-            let _ = line.write_str(" ");
-        }
-        first = false;
-        let plain = arg
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-        if plain {
-            let _ = write!(line, "{}", Escaped(arg));
-        } else {
-            let _ = line.write_str("'");
-            for &b in arg {
-                if b == b'\'' {
-                    let _ = line.write_str("'\\''");
-                } else {
-                    let _ = write!(line, "{}", Escaped(&[b]));
-                }
-            }
-            let _ = line.write_str("'");
-        }
+    // Every argument ends with a NUL: an empty argument is an empty field.
+    let args = buf[..len].strip_suffix(&[0]).unwrap_or(&buf[..len]);
+    for (i, arg) in args.split(|&b| b == 0).enumerate() {
+        let _ = write!(line, "{}{}", if i == 0 { "" } else { " " }, ShellWord(arg));
     }
 }
 
@@ -613,7 +591,7 @@ pub(crate) fn site_of(frames: &[usize], depth: usize) -> String {
 }
 
 fn print_backtrace(r: &Record) {
-    report::write_stderr(
+    sys::write_stderr(
         b"mayfail:   backtrace of the failing allocation (allocation frames of mayfail and std trimmed):\n",
     );
     let mut printed = 0;
@@ -651,7 +629,7 @@ fn print_backtrace(r: &Record) {
             }
             let mut line = StackBuf::<64>::new();
             let _ = write!(line, "  {printed:>3}: {ip:#x}");
-            report::write_stderr(line.finish_line());
+            sys::write_stderr(line.finish_line());
             printed += 1;
             continue;
         }
@@ -668,7 +646,7 @@ fn print_backtrace(r: &Record) {
         }
         trimming = false;
         for (line, _) in &mut lines[skip..count] {
-            report::write_stderr(line.finish_line());
+            sys::write_stderr(line.finish_line());
         }
         printed += 1;
         if reached_harness {

@@ -33,10 +33,11 @@ use core::sync::atomic::{
 
 use crate::config;
 use crate::crash;
-use crate::report::{self, Shown, StackBuf};
 use crate::scope;
 use crate::spec::{self, Canonical, MAX_THREAD_NAME, Spec, SpecError};
 use crate::stats::{COUNTERS, bump};
+use crate::sys;
+use crate::text::{Shown, StackBuf};
 
 /// The operation being decided on, for messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,7 +259,7 @@ pub(crate) fn set_persistent(persistent: bool) {
 
 /// Reads `MAYFAIL_INJECT`; called once, from the first allocation.
 pub(crate) fn read_env() {
-    let Some(value) = config::getenv(c"MAYFAIL_INJECT") else {
+    let Some(value) = sys::getenv(c"MAYFAIL_INJECT") else {
         return;
     };
     match spec::parse(value) {
@@ -276,7 +277,7 @@ pub(crate) fn read_env() {
                 let _ = write!(line, " ({} bytes)", value.len());
             }
             let _ = write!(line, ": {error}; injection stays off");
-            report::write_stderr(line.finish_line());
+            sys::write_stderr(line.finish_line());
         }
     }
 }
@@ -284,7 +285,7 @@ pub(crate) fn read_env() {
 fn default_seed() -> u64 {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
-    splitmix64(report::now_ns() ^ (pid << 32) ^ crate::os::clock_ns(libc::CLOCK_REALTIME))
+    splitmix64(sys::now_ns() ^ (pid << 32) ^ sys::clock_ns(libc::CLOCK_REALTIME))
 }
 
 /// One step of splitmix64: a good 64-bit mix of a counter.
@@ -346,7 +347,7 @@ fn install(s: &Spec, origin: Origin) -> bool {
             "mayfail: injecting allocation failures: MAYFAIL_INJECT='{}'",
             Canonical { spec: s, seed }
         );
-        report::write_stderr(line.finish_line());
+        sys::write_stderr(line.finish_line());
     }
     config::set_injecting(true);
     true
@@ -385,24 +386,6 @@ pub(crate) fn transient() -> bool {
     config::injecting() && ATTRS.transient.load(Relaxed)
 }
 
-/// The kernel's thread names hold 15 bytes: a configured name matches a
-/// thread whose name equals its first 15 bytes.
-pub(crate) const KERNEL_NAME_BYTES: usize = 15;
-
-/// The current thread's name as the kernel keeps it, into `buf`.
-pub(crate) fn thread_name(buf: &mut [u8; 16]) -> &[u8] {
-    // SAFETY: `buf` is 16 writable bytes, the size the call is given;
-    // pthread_getname_np on the calling thread uses prctl, no allocation.
-    let rc = unsafe {
-        libc::pthread_getname_np(libc::pthread_self(), buf.as_mut_ptr().cast(), buf.len())
-    };
-    if rc != 0 {
-        return &[];
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    &buf[..len]
-}
-
 fn thread_matches() -> bool {
     let a = &ATTRS;
     let len = a.thread_len.load(Relaxed) as usize;
@@ -410,8 +393,8 @@ fn thread_matches() -> bool {
         return true;
     }
     let mut buf = [0u8; 16];
-    let name = thread_name(&mut buf);
-    let wanted = len.min(KERNEL_NAME_BYTES);
+    let name = sys::thread_name(&mut buf);
+    let wanted = len.min(sys::KERNEL_NAME_BYTES);
     name.len() == wanted
         && a.thread[..wanted]
             .iter()
@@ -567,7 +550,7 @@ fn fail(op: Op, size: usize, align: usize, number: u64, cause: Cause) -> Verdict
 /// Whether one more verbose line fits in this second's allowance.
 fn verbose_line_due() -> bool {
     let r = &RUNNING;
-    let second = report::now_ns() / 1_000_000_000 + 1;
+    let second = sys::now_ns() / 1_000_000_000 + 1;
     if r.verbose_window.swap(second, Relaxed) != second {
         r.verbose_lines.store(0, Relaxed);
     }

@@ -27,7 +27,6 @@ mod backoff;
 mod config;
 mod crash;
 mod inject;
-mod os;
 mod policy;
 mod reclaim;
 mod report;
@@ -37,6 +36,8 @@ mod sites; // [sites] `sites=` / `stack=` injection modes, for the `mayfail` run
 mod spec;
 mod stats;
 mod sweep;
+mod sys;
+mod text;
 mod track;
 
 #[cfg(target_os = "linux")]

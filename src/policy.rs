@@ -29,6 +29,7 @@ use crate::report;
 use crate::reserve;
 use crate::scope::{self, Mode, ReclaimGuard};
 use crate::stats::{COUNTERS, bump};
+use crate::sys;
 
 /// The operation that failed, to be attempted again as the same operation.
 #[derive(Clone, Copy, Debug)]
@@ -122,18 +123,7 @@ fn address_space() -> u64 {
     } else {
         3 << 30
     };
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit; getrlimit does not allocate.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
-    if ok && limit.rlim_cur != libc::RLIM_INFINITY {
-        #[allow(clippy::unnecessary_cast)] // rlim_t is narrower on some targets
-        (limit.rlim_cur as u64).min(USER_SPACE)
-    } else {
-        USER_SPACE
-    }
+    sys::address_space_limit().map_or(USER_SPACE, |limit| limit.min(USER_SPACE))
 }
 
 /// Handles a null from the inner allocator for `request`: retries according
@@ -158,7 +148,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     };
     let size = request.size(layout);
     let align = layout.align();
-    let start = report::now_ns();
+    let start = sys::now_ns();
     let mut backoff = Backoff::new();
     let mut retries: u64 = 0;
     let mut stalled = false;
@@ -207,7 +197,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         }
         if !stalled {
             let threshold = config::current_stall_ms();
-            let stalled_ms = report::now_ns().saturating_sub(start) / 1_000_000;
+            let stalled_ms = sys::now_ns().saturating_sub(start) / 1_000_000;
             if threshold != 0 && stalled_ms >= threshold {
                 stalled = true;
                 bump(&COUNTERS.stalls);

@@ -96,13 +96,7 @@ fn page_size() -> usize {
 }
 
 fn address_space_is_limited() -> bool {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
-    ok && limit.rlim_cur != libc::RLIM_INFINITY
+    crate::sys::address_space_limit().is_some()
 }
 
 /// The header written at the start of every block the ballast holds.
@@ -227,7 +221,7 @@ impl Ballast {
         let page = page_size();
         let mut chunk = 1usize << 30;
         while chunk >= page {
-            match crate::os::map_anonymous(chunk) {
+            match crate::sys::map_anonymous(chunk) {
                 // SAFETY: a fresh, page-aligned, writable mapping of `chunk` bytes.
                 Some(block) => unsafe { self.mapped.push(block, chunk) },
                 None => chunk /= 2,

@@ -12,8 +12,10 @@ use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::report::{self, StackBuf};
+use crate::report;
 use crate::stats::{COUNTERS, bump};
+use crate::sys;
+use crate::text::StackBuf;
 
 /// How many reclaimers can be registered at once.
 pub const MAX_RECLAIMERS: usize = 16;
@@ -127,5 +129,5 @@ fn report_panic(index: usize, address: usize) {
         "mayfail: reclaimer #{index} (fn at {address:#x}) panicked; counted as 0 bytes freed \
          and removed"
     );
-    report::write_stderr(line.finish_line());
+    sys::write_stderr(line.finish_line());
 }

@@ -48,15 +48,17 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_int, c_void};
-use core::fmt::{self, Write};
+use core::fmt::Write;
 use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 
 use crate::inject::{self, Op};
-use crate::report::{self, Shown, StackBuf};
+use crate::report;
 use crate::scope::ReclaimGuard;
 use crate::spec::{MAX_SITES_PATH, Spec};
+use crate::sys;
+use crate::text::{Clean, Shown, StackBuf};
 
 /// Frames hashed per stack.
 const MAX_FRAMES: usize = 64;
@@ -157,8 +159,7 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> Check {
     if FAILED_ID.compare_exchange(0, id, Relaxed, Relaxed).is_err() {
         return Check::Pass;
     }
-    // SAFETY: getpid has no preconditions.
-    FAILED_PID.store(unsafe { libc::getpid() }, Relaxed);
+    FAILED_PID.store(sys::getpid(), Relaxed);
     write_site(id, frames, op, size, align);
     Check::Fail
 }
@@ -227,9 +228,9 @@ pub(crate) fn install(spec: &Spec) -> bool {
             line,
             "mayfail: sites={}: cannot open or read the state file (errno {}); injection stays off",
             Shown(path),
-            errno()
+            sys::errno()
         );
-        report::write_stderr(line.finish_line());
+        sys::write_stderr(line.finish_line());
         if fd >= 0 {
             // SAFETY: `fd` is open and ours.
             unsafe { libc::close(fd) };
@@ -237,14 +238,13 @@ pub(crate) fn install(spec: &Spec) -> bool {
         return false;
     }
     if KNOWN.file_was_empty.load(Relaxed) {
-        report::write_fd(fd, HEADER.as_bytes());
+        sys::write_fd(fd, HEADER.as_bytes());
     }
     FD.store(fd, Relaxed);
     SKIP.store(spec.sites_skip, Relaxed);
     ALL.store(spec.sites_all, Relaxed);
     if !EXIT_HANDLER.swap(true, Relaxed) {
-        // SAFETY: `at_exit` is a valid handler for the life of the process.
-        unsafe { on_exit(at_exit, core::ptr::null_mut()) };
+        sys::call_on_exit(at_exit);
     }
     MODE.store(SITES, Relaxed);
     true
@@ -260,11 +260,6 @@ pub(crate) fn failed_stack() -> Option<u64> {
     }
 }
 
-fn errno() -> i32 {
-    // SAFETY: `__errno_location` returns a valid pointer to this thread's errno.
-    unsafe { *libc::__errno_location() }
-}
-
 fn append(line: &[u8]) {
     let fd = FD.load(Relaxed);
     if fd >= 0 {
@@ -276,12 +271,6 @@ fn append(line: &[u8]) {
 
 // ---------------------------------------------------------------------------
 // Fates.
-
-unsafe extern "C" {
-    /// glibc's `on_exit`: like `atexit`, with the exit status.
-    fn on_exit(function: extern "C" fn(status: c_int, arg: *mut c_void), arg: *mut c_void)
-    -> c_int;
-}
 
 extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
     let mut detail = StackBuf::<32>::new();
@@ -298,12 +287,7 @@ pub(crate) fn on_fatal_signal(sig: c_int, fault_address: usize) {
         let _ = detail.write_str("SIGABRT");
         "aborted"
     } else {
-        let name = if sig == libc::SIGSEGV {
-            "SIGSEGV"
-        } else {
-            "SIGBUS"
-        };
-        let _ = write!(detail, "{name} at {fault_address:#x}");
+        let _ = write!(detail, "{} at {fault_address:#x}", sys::signal_name(sig));
         "crashed"
     };
     write_fate(outcome, detail.as_bytes());
@@ -311,8 +295,7 @@ pub(crate) fn on_fatal_signal(sig: c_int, fault_address: usize) {
 
 fn write_fate(outcome: &str, detail: &[u8]) {
     let id = FAILED_ID.load(Relaxed);
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = sys::getpid();
     // A forked child inherits the id: only the process that failed the site
     // writes its fate, once.
     if id == 0 || pid != FAILED_PID.load(Relaxed) || FATE_WRITTEN.swap(true, Relaxed) {
@@ -330,10 +313,9 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
     // Resolving allocates: the caller holds the in-reclaim mark.
     let place = crate::crash::site_of(frames, WHERE_FRAMES);
     let mut name_buf = [0u8; 16];
-    let thread = inject::thread_name(&mut name_buf);
+    let thread = sys::thread_name(&mut name_buf);
     let mut line = StackBuf::<4096>::new();
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = sys::getpid();
     let _ = write!(
         line,
         "site\t{id:016x}\t{pid}\t{} of {size} bytes (align {align})\t{}\t{}\t{}\t",
@@ -353,23 +335,6 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
         );
     }
     append(line.finish_line());
-}
-
-/// Bytes for a tab-separated line: tabs and line breaks become spaces.
-struct Clean<'a>(&'a [u8]);
-
-impl fmt::Display for Clean<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                f.write_char(if c.is_control() { ' ' } else { c })?;
-            }
-            if !chunk.invalid().is_empty() {
-                f.write_char('?')?;
-            }
-        }
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -821,10 +786,5 @@ mod tests {
         let m = Module::named(b"/usr/lib/x86_64-linux-gnu/libc.so.6");
         assert_eq!(m.name(), b"libc.so.6");
         assert_eq!(m.hash, Module::named(b"/elsewhere/libc.so.6").hash);
-    }
-
-    #[test]
-    fn cleaned_fields_hold_no_tabs_or_line_breaks() {
-        assert_eq!(Clean(b"a\tb\nc\xff").to_string(), "a b c?");
     }
 }

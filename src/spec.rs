@@ -8,8 +8,9 @@
 
 use core::fmt;
 
-use crate::config::{parse_bytes, parse_u64};
-use crate::report::{Escaped, Replayable, Shown};
+use crate::config::parse_bytes;
+use crate::text::parse_u64;
+use crate::text::{Escaped, Replayable, Shown};
 
 /// Longest accepted `thread=` name, in bytes.
 pub(crate) const MAX_THREAD_NAME: usize = 64;
@@ -284,7 +285,7 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
             }
             b"thread" => {
                 // Replay lines escape bytes as \xNN; decode them.
-                let len = crate::report::unescape(value, &mut spec.thread)
+                let len = crate::text::unescape(value, &mut spec.thread)
                     .filter(|&len| len > 0)
                     .ok_or(bad(THREAD))?;
                 spec.thread_len = len as u8;

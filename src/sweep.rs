@@ -26,7 +26,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::report::StackBuf;
+use crate::sys;
+use crate::text::{ShellWord, StackBuf};
 use crate::{crash, inject, track};
 
 /// In a sweep's child: the pipe to the parent (`-1` elsewhere).
@@ -464,20 +465,20 @@ impl Sweep {
         if !ours {
             return None;
         }
-        match crate::config::parse_u64(number.trim_ascii()).filter(|&n| n >= 1) {
+        match crate::text::parse_u64(number.trim_ascii()).filter(|&n| n >= 1) {
             Some(n) => Some(n),
             None => {
                 let mut line = String::new();
                 let _ = write!(
                     line,
                     "mayfail: ignoring MAYFAIL_SWEEP_POINT=\"{}\"",
-                    crate::report::Shown(bytes)
+                    crate::text::Shown(bytes)
                 );
-                if bytes.len() > crate::report::Shown::MAX {
+                if bytes.len() > crate::text::Shown::MAX {
                     let _ = write!(line, " ({} bytes)", bytes.len());
                 }
                 line.push_str(": accepted N or name:N, N a whole number >= 1; sweeping as usual\n");
-                crate::report::write_stderr(line.as_bytes());
+                crate::sys::write_stderr(line.as_bytes());
                 None
             }
         }
@@ -555,11 +556,22 @@ impl Sweep {
                 } else {
                     format!("--test {stem}")
                 };
-                format!("MAYFAIL_SWEEP_POINT={point} cargo test {target} -- --exact {test}")
+                format!(
+                    "MAYFAIL_SWEEP_POINT={} cargo test {target} -- --exact {}",
+                    ShellWord(point.as_bytes()),
+                    ShellWord(test.as_bytes())
+                )
             }
             _ => {
-                let args: Vec<String> = std::env::args().collect();
-                format!("MAYFAIL_SWEEP_POINT={point} {}", args.join(" "))
+                use std::os::unix::ffi::OsStrExt;
+                let args: Vec<String> = std::env::args_os()
+                    .map(|arg| ShellWord(arg.as_bytes()).to_string())
+                    .collect();
+                format!(
+                    "MAYFAIL_SWEEP_POINT={} {}",
+                    ShellWord(point.as_bytes()),
+                    args.join(" ")
+                )
             }
         }
     }
@@ -716,15 +728,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 fn send(fd: i32, text: &str) {
-    let mut bytes = text.as_bytes();
-    while !bytes.is_empty() {
-        // SAFETY: the pointer and length describe `bytes`.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n <= 0 {
-            return;
-        }
-        bytes = &bytes[n as usize..];
-    }
+    sys::write_fd(fd, text.as_bytes());
 }
 
 /// Whether this process is a sweep's child.
@@ -746,7 +750,7 @@ pub(crate) fn on_injected() {
     crash::write_frames(&mut line);
     let _ = line.write_str("\tFAILED\t");
     crash::write_failure(&mut line);
-    crate::report::write_fd(fd, line.finish_line());
+    crate::sys::write_fd(fd, line.finish_line());
 }
 
 /// Whether allocations of this thread go through `MayFail`: a fail-nth
@@ -807,7 +811,7 @@ impl Run {
                 format!("returned, {leaked} bytes in {blocks} blocks left allocated")
             }
             Ended::Panicked(message) => format!("panicked: {message}"),
-            Ended::Signal(sig) => format!("killed by signal {sig} ({})", signal_name(*sig)),
+            Ended::Signal(sig) => format!("killed by signal {sig} ({})", sys::signal_name(*sig)),
             Ended::Exited(code) => format!("exited with code {code}"),
             Ended::TimedOut => "did not finish before the timeout".to_owned(),
         }
@@ -839,19 +843,6 @@ impl Run {
             },
             detail,
         }
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTRAP => "SIGTRAP",
-        _ => "signal",
     }
 }
 

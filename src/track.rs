@@ -43,11 +43,12 @@ pub(crate) fn start() -> bool {
     let len = SLOTS * core::mem::size_of::<Slot>();
     let old = TABLE.load(Relaxed);
     if !old.is_null() {
-        // SAFETY: the table was mapped with this length in an earlier start.
-        unsafe { libc::munmap(old.cast(), len) };
+        // SAFETY: the table was mapped with this length in an earlier start
+        // and tracking is off, so nothing reads it any more.
+        unsafe { crate::sys::unmap(old.cast(), len) };
     }
     // Zero-filled pages are empty slots.
-    let Some(table) = crate::os::map_anonymous(len) else {
+    let Some(table) = crate::sys::map_anonymous(len) else {
         TABLE.store(ptr::null_mut(), Relaxed);
         return false;
     };

@@ -1,0 +1,182 @@
+//! The operating-system calls the rest of the crate shares: clocks,
+//! anonymous mappings, the environment, `errno`, raw writes, thread names,
+//! the address-space limit, signal names and glibc's exit hook.
+//!
+//! A leaf: it depends on nothing else in the crate. Every function here may
+//! run inside the allocator or a signal handler, so none allocates, locks or
+//! panics.
+
+use core::ffi::{CStr, c_int, c_void};
+use core::ptr;
+
+/// Nanoseconds on `clock` (`CLOCK_MONOTONIC`, `CLOCK_REALTIME`), saturating.
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; an invalid clock id leaves
+    // it zero.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    #[allow(clippy::unnecessary_cast)] // time_t and c_long are 32-bit on some targets
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Nanoseconds on the monotonic clock.
+pub(crate) fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// A fresh, zero-filled, readable and writable private mapping of `len`
+/// bytes (no swap reserved), or `None`.
+pub(crate) fn map_anonymous(len: usize) -> Option<*mut u8> {
+    // Miri does not model MAP_NORESERVE; the reservation changes nothing it
+    // checks.
+    let flags = if cfg!(miri) {
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+    } else {
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE
+    };
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choice; nothing else is affected.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
+
+/// Unmaps a mapping made by [`map_anonymous`].
+///
+/// # Safety
+///
+/// `ptr` and `len` describe a whole mapping from [`map_anonymous`] that
+/// nothing uses any more.
+pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { libc::munmap(ptr.cast(), len) };
+}
+
+/// The environment variable's bytes, without allocating.
+pub(crate) fn getenv(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated. The returned pointer, if not null,
+    // points to a NUL-terminated string in the environment block, which we
+    // only read here, before the program is likely to modify its environment.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` is a valid NUL-terminated C string (see above); the
+    // environment block lives for the rest of the process unless the program
+    // calls `setenv`, and callers use the slice during start-up only.
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+}
+
+/// This thread's `errno`.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns a valid pointer to this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Writes all of `bytes` to `fd` with `write(2)`, retrying on `EINTR` and
+/// short writes, giving up silently on any other error.
+pub(crate) fn write_fd(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe a live, initialised slice;
+        // `write` does not keep the pointer.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && errno() == libc::EINTR {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Writes all of `bytes` to stderr as [`write_fd`] does.
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    write_fd(libc::STDERR_FILENO, bytes);
+}
+
+/// The kernel keeps 15 bytes of a thread's name (16 with the NUL).
+pub(crate) const KERNEL_NAME_BYTES: usize = 15;
+
+/// The current thread's name as the kernel keeps it, into `buf`.
+pub(crate) fn thread_name(buf: &mut [u8; 16]) -> &[u8] {
+    // SAFETY: `buf` is 16 writable bytes, the size the call is given;
+    // pthread_getname_np on the calling thread uses prctl, no allocation.
+    let rc = unsafe {
+        libc::pthread_getname_np(libc::pthread_self(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if rc != 0 {
+        return &[];
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    &buf[..len]
+}
+
+/// The calling thread's kernel id.
+pub(crate) fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// The soft `RLIMIT_AS` in bytes, or `None` when there is none (or it cannot
+/// be read).
+pub(crate) fn address_space_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit; getrlimit does not allocate.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+    #[allow(clippy::unnecessary_cast)] // rlim_t is narrower on some targets
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
+}
+
+/// The name of a signal, for reports: `SIGABRT`, `SIGSEGV`... or `signal`.
+pub(crate) fn signal_name(sig: c_int) -> &'static str {
+    match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}
+
+unsafe extern "C" {
+    /// glibc's `on_exit`: like `atexit`, with the exit status. The `libc`
+    /// crate does not declare it; the crate supports glibc only (see the
+    /// `compile_error!` in the crate root).
+    fn on_exit(function: extern "C" fn(status: c_int, arg: *mut c_void), arg: *mut c_void)
+    -> c_int;
+}
+
+/// Runs `function` with the exit status when the process exits normally.
+pub(crate) fn call_on_exit(function: extern "C" fn(status: c_int, arg: *mut c_void)) {
+    // SAFETY: `function` is a valid handler for the life of the process and
+    // takes no argument we pass.
+    unsafe { on_exit(function, ptr::null_mut()) };
+}
