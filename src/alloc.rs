@@ -14,8 +14,11 @@ use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
 use crate::config::{self, Defaults};
+use crate::configure;
+use crate::engaged;
 use crate::inject::{self, Verdict};
-use crate::policy::{self, Request};
+use crate::policy;
+use crate::request::Request;
 use crate::reserve;
 use crate::track;
 
@@ -186,7 +189,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// As for [`Request::attempt`].
     #[inline(always)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
-        config::start(&self.defaults);
+        configure::start(&self.defaults);
         reserve::fill_once(&self.inner);
         let block = match inject::decide(request.op(), request.size(layout), layout.align()) {
             Verdict::Pass => {
@@ -241,7 +244,7 @@ unsafe fn dealloc_engaged<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &
 unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if config::engaged() {
+        if engaged::engaged() {
             // SAFETY: the caller's contract for `alloc`.
             return unsafe { self.alloc_engaged(layout) };
         }
@@ -256,7 +259,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if config::engaged() {
+        if engaged::engaged() {
             // SAFETY: the caller's contract for `alloc_zeroed`.
             return unsafe { self.alloc_zeroed_engaged(layout) };
         }
@@ -271,7 +274,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if config::engaged() {
+        if engaged::engaged() {
             // SAFETY: the caller's contract for `realloc`.
             return unsafe { self.realloc_engaged(ptr, layout, new_size) };
         }
@@ -287,7 +290,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if config::engaged() {
+        if engaged::engaged() {
             // SAFETY: the caller's contract for `dealloc`.
             return unsafe { dealloc_engaged(ptr, layout, &self.inner) };
         }

@@ -8,12 +8,10 @@
 //! on stderr and the default applies. Nothing here allocates, locks or panics:
 //! it runs inside the allocator.
 //!
-//! The one word the hot path reads, [`engaged`], sits on its own cache line
-//! with the other read-mostly knobs, away from the counters in `stats`.
+//! The knobs sit on their own cache line, away from the counters in `stats`
+//! and from the word the hot path reads (`engaged`).
 
-use core::sync::atomic::{
-    AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
-};
+use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crate::report;
 use crate::sys;
@@ -63,19 +61,12 @@ struct Layers<T> {
 /// The read-mostly words, on cache lines of their own.
 #[repr(align(128))]
 struct Knobs {
-    /// Non-zero while allocations must take the engaged path: until the
-    /// environment has been read ([`NOT_STARTED`]), while injection is on
-    /// ([`INJECTING`]), while a sweep's child tracks blocks ([`TRACKING`]),
-    /// and while any thread has a fail-nth countdown (counted in units of
-    /// [`ARMED_THREAD`]).
-    engaged: AtomicU32,
     retries: Layers<AtomicIsize>,
     small_limit: Layers<AtomicUsize>,
     stall_ms: Layers<AtomicU64>,
 }
 
 static KNOBS: Knobs = Knobs {
-    engaged: AtomicU32::new(NOT_STARTED),
     retries: Layers {
         user: AtomicIsize::new(UNSET_ISIZE),
         env: AtomicIsize::new(UNSET_ISIZE),
@@ -93,70 +84,15 @@ static KNOBS: Knobs = Knobs {
     },
 };
 
-const NOT_STARTED: u32 = 1;
-const INJECTING: u32 = 2;
-const TRACKING: u32 = 4;
-const ARMED_THREAD: u32 = 1 << 8;
-
-/// Whether allocations must go through the engaged (cold) path. The only
-/// shared word the hot path reads.
-#[inline(always)]
-pub(crate) fn engaged() -> bool {
-    KNOBS.engaged.load(Relaxed) != 0
-}
-
-/// Whether injection by attributes is on.
-#[inline(always)]
-pub(crate) fn injecting() -> bool {
-    KNOBS.engaged.load(Relaxed) & INJECTING != 0
-}
-
-/// Turns injection by attributes on or off.
-pub(crate) fn set_injecting(on: bool) {
-    if on {
-        KNOBS.engaged.fetch_or(INJECTING, Relaxed);
-    } else {
-        KNOBS.engaged.fetch_and(!INJECTING, Relaxed);
-    }
-}
-
-/// A sweep's child tracks blocks: allocations and frees take the engaged path.
-pub(crate) fn set_tracking(on: bool) {
-    if on {
-        KNOBS.engaged.fetch_or(TRACKING, Relaxed);
-    } else {
-        KNOBS.engaged.fetch_and(!TRACKING, Relaxed);
-    }
-}
-
-/// One more thread has a fail-nth countdown: every allocation must be counted.
-pub(crate) fn arm_thread() {
-    KNOBS.engaged.fetch_add(ARMED_THREAD, Relaxed);
-}
-
-/// A thread's fail-nth countdown ended (fired or disarmed).
-pub(crate) fn disarm_thread() {
-    KNOBS.engaged.fetch_sub(ARMED_THREAD, Relaxed);
-}
-
 const UNREAD: u8 = 0;
 const READING: u8 = 1;
 const READ: u8 = 2;
 static ENV_STATE: AtomicU8 = AtomicU8::new(UNREAD);
 static DEFAULTS_REGISTERED: AtomicU8 = AtomicU8::new(0);
 
-/// Called by the allocator's engaged path: registers the allocator's compiled
-/// defaults (first caller wins), reads the environment once, and disengages
-/// the hot path.
-#[inline]
-pub(crate) fn start(defaults: &Defaults) {
-    if KNOBS.engaged.load(Relaxed) & NOT_STARTED != 0 {
-        start_once(defaults);
-    }
-}
-
-#[cold]
-fn start_once(defaults: &Defaults) {
+/// Registers the compiled defaults of the allocator that served the first
+/// allocation (the first caller wins).
+pub(crate) fn register_defaults(defaults: &Defaults) {
     if DEFAULTS_REGISTERED.swap(1, Relaxed) == 0 {
         KNOBS.retries.default.store(defaults.retries, Relaxed);
         KNOBS
@@ -165,13 +101,15 @@ fn start_once(defaults: &Defaults) {
             .store(defaults.small_limit, Relaxed);
         KNOBS.stall_ms.default.store(defaults.stall_ms, Relaxed);
     }
-    read_env_once();
-    if ENV_STATE.load(Relaxed) == READ {
-        KNOBS.engaged.fetch_and(!NOT_STARTED, Relaxed);
-    }
 }
 
-/// Reads the `MAYFAIL_*` variables if nobody has yet. A thread that finds
+/// Whether the knobs' environment has been read.
+pub(crate) fn env_read() -> bool {
+    ENV_STATE.load(Relaxed) == READ
+}
+
+/// Reads `MAYFAIL_RETRIES`, `MAYFAIL_SMALL` and `MAYFAIL_STALL_MS` if nobody
+/// has yet. A thread that finds
 /// another one reading does not wait: it goes on with the layers as they are
 /// (the reader never allocates, so this cannot be the same thread re-entering).
 pub(crate) fn read_env_once() {
@@ -217,7 +155,6 @@ pub(crate) fn read_env_once() {
             ),
         }
     }
-    crate::inject::read_env();
     ENV_STATE.store(READ, Relaxed);
 }
 

@@ -20,111 +20,59 @@
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{
-    AtomicU8, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release, SeqCst},
-    compiler_fence,
+    AtomicBool, AtomicU8, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
 };
 
-use crate::inject::{self, Cause, Op};
+use crate::hook::Hook;
+use crate::inject;
+use crate::record::{self, Cause, Record};
 use crate::scope::ReclaimGuard;
 use crate::spec::Canonical;
+use crate::symbols;
 use crate::sys;
-use crate::text::{Replayable, ShellWord, Shown, StackBuf};
-
-/// Frames kept per injected failure.
-const MAX_FRAMES: usize = 64;
-/// Frames printed after trimming.
-const PRINTED_FRAMES: usize = 16;
+use crate::text::{Quoted, Replayable, ShellWord, StackBuf};
 /// Faults below this address after an injected failure are reported as a
 /// likely unchecked null.
 const NULL_PAGE_LIMIT: usize = 1 << 20;
 
-/// The latest injected failure of one thread.
-#[derive(Clone, Copy)]
-struct Record {
-    valid: bool,
-    op: Op,
-    size: usize,
-    align: usize,
-    /// The failed allocation's number on its thread.
-    number: u64,
-    cause: Cause,
-    from_env: bool,
-    seed: u64,
-    depth: usize,
-    frames: [usize; MAX_FRAMES],
+/// Called first by the signal handler, with the signal and the fault
+/// address: the site walk records the fate of the site it failed.
+static ON_FATAL_SIGNAL: Hook<fn(libc::c_int, usize)> = Hook::new();
+/// The stack id a replay line names, when the site walk caused the failure.
+static REPLAY_STACK: Hook<fn() -> Option<u64>> = Hook::new();
+/// Set in a sweep's child: the parent reports, the child stays quiet.
+static SILENT: AtomicBool = AtomicBool::new(false);
+
+/// Registers the function the signal handler calls first.
+pub(crate) fn on_fatal_signal(hook: fn(libc::c_int, usize)) {
+    ON_FATAL_SIGNAL.set(Some(hook));
 }
 
-impl Record {
-    const EMPTY: Record = Record {
-        valid: false,
-        op: Op::Alloc,
-        size: 0,
-        align: 0,
-        number: 0,
-        cause: Cause::FailNth,
-        from_env: false,
-        seed: 0,
-        depth: 0,
-        frames: [0; MAX_FRAMES],
-    };
+/// Registers the function that names the stack id of a replay line.
+pub(crate) fn replay_stack_with(hook: fn() -> Option<u64>) {
+    REPLAY_STACK.set(Some(hook));
 }
 
-struct RecordCell(UnsafeCell<Record>);
-
-thread_local! {
-    static LAST: RecordCell = const { RecordCell(UnsafeCell::new(Record::EMPTY)) };
+/// No report from this process (a sweep's child: its parent reports).
+pub(crate) fn silence() {
+    SILENT.store(true, Relaxed);
 }
 
-/// Runs `f` on this thread's record.
-fn with_record<R>(f: impl FnOnce(&mut Record) -> R) -> Option<R> {
-    LAST.try_with(|cell| {
-        // SAFETY: the record is only reached through this function, on its
-        // own thread, and `f` never calls back into it; a signal handler that
-        // interrupts a write may read a half-written record, which `valid`
-        // (cleared first, set last) makes it skip.
-        f(unsafe { &mut *cell.0.get() })
-    })
-    .ok()
-}
-
-/// Records an injected failure of the current thread, with its stack.
-pub(crate) fn capture(op: Op, size: usize, align: usize, number: u64, cause: Cause) {
-    let from_env = inject::from_env();
-    let (_, seed) = inject::current_spec();
-    with_record(|r| {
-        r.valid = false;
-        // A signal handler on this thread must see `valid` cleared before
-        // the record changes, and set only once it is complete.
-        compiler_fence(SeqCst);
-        r.op = op;
-        r.size = size;
-        r.align = align;
-        r.number = number;
-        r.cause = cause;
-        r.from_env = from_env;
-        r.seed = seed;
-        let mut depth = 0;
-        let frames = &mut r.frames;
-        // SAFETY: on Unix, the unsynchronized walk uses libgcc's unwinder,
-        // which is thread-safe and does not allocate; the crate's lock only
-        // matters for Windows' dbghelp.
-        unsafe {
-            backtrace::trace_unsynchronized(|frame| {
-                frames[depth] = frame.ip() as usize;
-                depth += 1;
-                depth < MAX_FRAMES
-            });
-        }
-        r.depth = depth;
-        compiler_fence(SeqCst);
-        r.valid = true;
-    });
+/// Observes every injected failure (registered with the injection decision
+/// when the handlers are installed): puts the handlers back in front if
+/// std's start-up replaced them, and prints the verbose line (`verbose` is
+/// already rate-limited: 0 means no line).
+fn on_injected(verbose: u8) {
+    reassert_handlers();
+    if verbose >= 1 {
+        describe_injection(verbose >= 2);
+    }
 }
 
 /// The verbose line for the failure just recorded (and its backtrace).
-pub(crate) fn describe_injection(with_backtrace: bool) {
-    let Some(record) = with_record(|r| *r) else {
+fn describe_injection(with_backtrace: bool) {
+    let Some(record) = record::with_record(|r| *r) else {
         return;
     };
     if !record.valid {
@@ -134,31 +82,11 @@ pub(crate) fn describe_injection(with_backtrace: bool) {
     let _reclaiming = ReclaimGuard::enter();
     let mut line = StackBuf::<400>::new();
     let _ = write!(line, "mayfail: injected failure: ");
-    describe(&mut line, &record);
+    record::describe(&mut line, &record);
     sys::write_stderr(line.finish_line());
     if with_backtrace {
-        print_backtrace(&record);
+        symbols::write_backtrace(&record.frames[..record.depth]);
     }
-}
-
-/// "alloc of 64 bytes (align 8) on thread 'name', its allocation #17, by fail-nth"
-fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
-    let mut name_buf = [0u8; 16];
-    let name = sys::thread_name(&mut name_buf);
-    let tid = sys::gettid();
-    let _ = write!(
-        line,
-        "{} of {} bytes (align {}) on thread '{}' (tid {tid}), its allocation #{}, ",
-        r.op.name(),
-        r.size,
-        r.align,
-        Shown(name),
-        r.number,
-    );
-    let _ = match r.cause {
-        Cause::FailNth => write!(line, "by fail-nth"),
-        Cause::Attributes => write!(line, "by MAYFAIL_INJECT attributes (seed {})", r.seed),
-    };
 }
 
 // ---------------------------------------------------------------------------
@@ -234,6 +162,7 @@ pub(crate) fn install_handlers() {
         HAND_OVER[i].store(0, Release);
     }
     INSTALLED.store(INSTALLED_STATE, Release);
+    inject::observe(on_injected);
 }
 
 /// Puts the handlers back in front if someone replaced them since
@@ -283,8 +212,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
         unsafe { (*info).si_addr() as usize }
     };
     // [sites] The fate of the site this process failed in `sites` mode.
-    crate::sites::on_fatal_signal(sig, fault_address);
-    let record = with_record(|r| {
+    if let Some(hook) = ON_FATAL_SIGNAL.get() {
+        hook(sig, fault_address);
+    }
+    let record = record::with_record(|r| {
         let copy = *r;
         // Report once: a second signal in the same thread passes through.
         r.valid = false;
@@ -293,7 +224,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     if let Some(record) = record
         && record.valid
         && (sig == libc::SIGABRT || fault_address < NULL_PAGE_LIMIT)
-        && !crate::sweep::in_child()
+        && !SILENT.load(Relaxed)
     {
         print_report(sig, fault_address, &record);
     }
@@ -356,10 +287,10 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
 
     let mut line = StackBuf::<400>::new();
     let _ = write!(line, "mayfail:   failed on purpose: ");
-    describe(&mut line, r);
+    record::describe(&mut line, r);
     sys::write_stderr(line.finish_line());
     print_replay(r);
-    print_backtrace(r);
+    symbols::write_backtrace(&r.frames[..r.depth]);
     // SAFETY: as above; cancels the alarm.
     unsafe { libc::alarm(0) };
 }
@@ -367,17 +298,10 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
 /// Whether the current stack (inside the `SIGABRT` handler) goes through
 /// std's allocation-error handler. Resolving names allocates.
 fn aborting_from_alloc_error() -> bool {
+    // libgcc's unwinder walks through the signal frame to the code that
+    // called `abort`.
     let mut frames = [0usize; 48];
-    let mut depth = 0;
-    // SAFETY: as in `capture`; libgcc's unwinder walks through the signal
-    // frame to the code that called `abort`.
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            frames[depth] = frame.ip() as usize;
-            depth += 1;
-            depth < frames.len()
-        });
-    }
+    let depth = symbols::walk(&mut frames);
     let mut found = false;
     for &ip in &frames[..depth] {
         backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
@@ -405,7 +329,7 @@ fn print_replay(r: &Record) {
     // [sites] A failure of `sites=` or `stack=` mode replays by its stack id.
     if r.cause == Cause::Attributes
         && r.from_env
-        && let Some(id) = crate::sites::failed_stack()
+        && let Some(id) = REPLAY_STACK.get().and_then(|stack| stack())
     {
         let _ = write!(line, "MAYFAIL_INJECT='stack={id:016x}' ");
         write_command_line(&mut line);
@@ -434,11 +358,13 @@ fn print_replay(r: &Record) {
     sys::write_stderr(line.finish_line());
     if r.cause == Cause::Attributes && r.from_env {
         let (spec, seed) = inject::current_spec();
-        let mut line = StackBuf::<1024>::new();
+        let mut canonical = StackBuf::<1024>::new();
+        let _ = write!(canonical, "{}", Canonical { spec: &spec, seed });
+        let mut line = StackBuf::<1200>::new();
         let _ = write!(
             line,
-            "mayfail:   same run: MAYFAIL_INJECT='{}' with the same command",
-            Canonical { spec: &spec, seed }
+            "mayfail:   same run: MAYFAIL_INJECT={} with the same command",
+            Quoted(canonical.as_bytes())
         );
         sys::write_stderr(line.finish_line());
     }
@@ -468,222 +394,5 @@ fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
     let args = buf[..len].strip_suffix(&[0]).unwrap_or(&buf[..len]);
     for (i, arg) in args.split(|&b| b == 0).enumerate() {
         let _ = write!(line, "{}{}", if i == 0 { "" } else { " " }, ShellWord(arg));
-    }
-}
-
-/// Frames of these crates and symbols are allocation machinery, not the
-/// caller: they are trimmed from the top of the backtrace. Matched after any
-/// leading `<` of a qualified path.
-const TRIMMED: [&str; 9] = [
-    "backtrace::",
-    "mayfail::",
-    "__rust",
-    "__rdl",
-    "__rg_",
-    "alloc::",
-    "core::",
-    "std::",
-    "hashbrown::",
-];
-
-/// Whether a demangled symbol belongs to the allocation machinery. A
-/// qualified path `<Type as Trait>::f` does when its type does, or when its
-/// type is a bare generic parameter (`<T as alloc::...>`) and its trait does.
-pub(crate) fn is_machinery(name: &str) -> bool {
-    // A crate name with a disambiguator (`gimli[9d27...]::`) is one of std's
-    // private dependencies: machinery too.
-    let machinery_path = |path: &str| {
-        TRIMMED.iter().any(|prefix| path.starts_with(prefix))
-            || path
-                .split("::")
-                .next()
-                .is_some_and(|krate| krate.contains('['))
-    };
-    let inner = name.trim_start_matches('<');
-    if machinery_path(inner) {
-        return true;
-    }
-    match inner.split_once(" as ") {
-        Some((ty, rest)) => {
-            let generic = !ty.is_empty()
-                && ty.len() <= 2
-                && ty
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-            generic && machinery_path(rest.trim_start_matches('<'))
-        }
-        None => false,
-    }
-}
-
-/// Writes what this thread's latest injected failure was:
-/// `alloc of 64 bytes (align 8)`.
-pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
-    if let Some(r) = with_record(|r| *r)
-        && r.valid
-    {
-        let _ = write!(
-            line,
-            "{} of {} bytes (align {})",
-            r.op.name(),
-            r.size,
-            r.align
-        );
-    }
-}
-
-/// Writes the raw return addresses of this thread's latest injected
-/// failure, in hex, separated by commas. Does not allocate.
-pub(crate) fn write_frames<const N: usize>(line: &mut StackBuf<N>) -> bool {
-    let Some(record) = with_record(|r| *r) else {
-        return false;
-    };
-    if !record.valid {
-        return false;
-    }
-    for (i, ip) in record.frames[..record.depth].iter().enumerate() {
-        let _ = write!(line, "{}{ip:x}", if i == 0 { "" } else { "," });
-    }
-    true
-}
-
-/// The call site of a stack: its first `depth` frames outside the
-/// allocation machinery, as `function (file:line) <- caller (file:line)`.
-/// The addresses must belong to this process (or to its parent before a
-/// fork, which has the same mappings).
-pub(crate) fn site_of(frames: &[usize], depth: usize) -> String {
-    let mut site = String::new();
-    let mut written = 0;
-    let mut trimming = true;
-    for &ip in frames {
-        if written >= depth {
-            break;
-        }
-        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
-            if written >= depth {
-                return;
-            }
-            let name = symbol.name().map(|n| format!("{n:#}"));
-            let name = name.as_deref().unwrap_or("<unknown>");
-            if trimming && is_machinery(name) {
-                return;
-            }
-            trimming = false;
-            if written > 0 {
-                site.push_str(" <- ");
-            }
-            site.push_str(name);
-            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
-                let dir = std::env::current_dir().ok();
-                let shown = dir
-                    .as_deref()
-                    .and_then(|dir| file.strip_prefix(dir).ok())
-                    .unwrap_or(file);
-                let _ = write!(site, " ({}:{lineno})", shown.display());
-            }
-            written += 1;
-        });
-    }
-    if written == 0 {
-        site.push_str("<no symbols>");
-    }
-    site
-}
-
-fn print_backtrace(r: &Record) {
-    sys::write_stderr(
-        b"mayfail:   backtrace of the failing allocation (allocation frames of mayfail and std trimmed):\n",
-    );
-    let mut printed = 0;
-    let mut trimming = true;
-    for &ip in &r.frames[..r.depth] {
-        if printed >= PRINTED_FRAMES {
-            break;
-        }
-        // One return address may stand for several inlined functions,
-        // innermost first: keep up to four, with whether each is machinery.
-        let mut lines: [(StackBuf<400>, bool); 4] = [const { (StackBuf::new(), false) }; 4];
-        let mut count = 0;
-        let mut reached_harness = false;
-        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
-            if count == lines.len() || reached_harness {
-                return;
-            }
-            let name = symbol.name().map(|n| format!("{n:#}"));
-            let name = name.as_deref().unwrap_or("<unknown>");
-            if name.contains("__rust_begin_short_backtrace") {
-                reached_harness = true;
-                return;
-            }
-            let (line, machinery) = &mut lines[count];
-            *machinery = is_machinery(name);
-            let _ = write!(line, "  {printed:>3}: {name}");
-            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
-                let _ = write!(line, "\n           at {}:{lineno}", file.display());
-            }
-            count += 1;
-        });
-        if count == 0 {
-            if trimming {
-                continue;
-            }
-            let mut line = StackBuf::<64>::new();
-            let _ = write!(line, "  {printed:>3}: {ip:#x}");
-            sys::write_stderr(line.finish_line());
-            printed += 1;
-            continue;
-        }
-        let skip = if trimming {
-            lines[..count]
-                .iter()
-                .take_while(|(_, machinery)| *machinery)
-                .count()
-        } else {
-            0
-        };
-        if skip == count {
-            continue;
-        }
-        trimming = false;
-        for (line, _) in &mut lines[skip..count] {
-            sys::write_stderr(line.finish_line());
-        }
-        printed += 1;
-        if reached_harness {
-            // Below this, only the runtime or the test harness: std cuts
-            // its own backtraces here too.
-            break;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allocation_machinery_is_recognised() {
-        for name in [
-            "alloc::raw_vec::RawVec<T,A>::grow_one",
-            "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
-            "mayfail::alloc::MayFail<A>::serve_engaged",
-            "<mayfail::alloc::MayFail<A> as core::alloc::global::GlobalAlloc>::alloc",
-            "__rust_alloc",
-            "__rdl_alloc",
-            "std::alloc::System::alloc",
-            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
-            "<<alloc::boxed::Box<str> as core::convert::From<&str>>::from as core::ops::FnOnce>::call_once",
-            "<T as alloc::slice::<impl [T]>::to_vec_in::ConvertVec>::to_vec",
-            "<gimli[9d272e8433f81454]::read::abbrev::Attributes>::push",
-        ] {
-            assert!(is_machinery(name), "{name}");
-        }
-        for name in [
-            "my_app::cache::insert",
-            "inject::vec_push_aborts",
-            "<my_app::X as Y>::f",
-        ] {
-            assert!(!is_machinery(name), "{name}");
-        }
     }
 }

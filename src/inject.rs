@@ -26,36 +26,18 @@
 //! 7. On a failure, `times` is decremented unless it is `-1` (also when
 //!    fail-nth caused it, as in the kernel).
 
-use core::fmt::{self, Write};
 use core::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 
-use crate::config;
-use crate::crash;
+use crate::engaged::{self, INJECTING};
+use crate::hook::{FnPointer, Hook, Hooks};
+use crate::record::{self, Cause};
+pub(crate) use crate::request::Op;
 use crate::scope;
-use crate::spec::{self, Canonical, MAX_THREAD_NAME, Spec, SpecError};
+use crate::spec::{MAX_THREAD_NAME, Spec};
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
-use crate::text::{Shown, StackBuf};
-
-/// The operation being decided on, for messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    Alloc,
-    AllocZeroed,
-    Realloc,
-}
-
-impl Op {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Op::Alloc => "alloc",
-            Op::AllocZeroed => "alloc_zeroed",
-            Op::Realloc => "realloc",
-        }
-    }
-}
 
 /// What to do with one allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +48,43 @@ pub(crate) enum Verdict {
     Fail,
     /// Fail this attempt only: the retry policy takes over.
     Transient,
+}
+
+/// What a stack filter says of one allocation (the site walk's `sites=`
+/// and `stack=` modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StackCheck {
+    /// Not a candidate.
+    Pass,
+    /// A new site, recorded: fail it now, bypassing `space`, `interval` and
+    /// `probability`.
+    Fail,
+    /// The stack matches; the usual `space`, `interval` and `probability`
+    /// steps decide.
+    Candidate,
+}
+
+/// A stack filter: called for allocations that passed every filter before
+/// `space`.
+pub(crate) type StackFilter = fn(Op, usize, usize) -> StackCheck;
+
+// SAFETY: a plain `fn` pointer type.
+unsafe impl FnPointer for StackFilter {}
+
+static STACK_FILTER: Hook<StackFilter> = Hook::new();
+/// Called after every injected failure with the verbose level due (0 when
+/// no verbose line is due): the crash report, the sweep's child.
+static OBSERVERS: Hooks<fn(u8), 4> = Hooks::new();
+
+/// Installs (or removes) the stack filter.
+pub(crate) fn set_stack_filter(filter: Option<StackFilter>) {
+    STACK_FILTER.set(filter);
+}
+
+/// Registers a function called after every injected failure.
+pub(crate) fn observe(observer: fn(u8)) {
+    let added = OBSERVERS.add(observer);
+    debug_assert!(added, "more injection observers than slots");
 }
 
 /// Where the configuration in force came from.
@@ -147,141 +166,6 @@ static RUNNING: Running = Running {
 /// At most this many verbose lines per second.
 const VERBOSE_LINES_PER_SECOND: u64 = 20;
 
-/// The error from [`configure_injection`]: which field of the spec is wrong
-/// and what it accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl ConfigError {
-    fn new(error: &SpecError<'_>) -> ConfigError {
-        ConfigError {
-            message: error.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid injection spec: {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Turns fault injection on (or changes it) with a spec in the grammar of
-/// `MAYFAIL_INJECT`: comma-separated `key=value` pairs, for instance
-/// `probability=1,times=-1,task-filter=Y`. Counters (`times`, `space`,
-/// `interval`, `after`) start again. A bad spec changes nothing and says which
-/// field is wrong and what it accepts.
-///
-/// Meant to be called while the program is quiet (at the start of a test):
-/// an allocation racing with a reconfiguration may see a mix of the old and
-/// new attributes.
-///
-/// ```
-/// let err = mayfail::configure_injection("probability=abc").unwrap_err();
-/// assert!(err.to_string().contains("probability takes a percentage"));
-/// ```
-pub fn configure_injection(spec: &str) -> Result<(), ConfigError> {
-    let parsed = spec::parse(spec.as_bytes()).map_err(|e| ConfigError::new(&e))?;
-    if install(&parsed, Origin::Api) {
-        Ok(())
-    } else {
-        // [sites] The state file of `sites=` could not be opened or read.
-        Err(ConfigError {
-            message: "sites: cannot open or read the state file; injection stays off".to_owned(),
-        })
-    }
-}
-
-/// Checks a spec in the grammar of `MAYFAIL_INJECT` without turning
-/// anything on: what [`configure_injection`] would say about it. The
-/// `mayfail` runner checks `--inject` with it before running a command.
-///
-/// ```
-/// assert!(mayfail::check_injection("probability=1,times=-1").is_ok());
-/// assert!(mayfail::check_injection("times=-2").is_err());
-/// ```
-pub fn check_injection(spec: &str) -> Result<(), ConfigError> {
-    // [sites] Added for the runner (src/bin/mayfail).
-    spec::parse(spec.as_bytes())
-        .map(|_| ())
-        .map_err(|e| ConfigError::new(&e))
-}
-
-/// Turns injection by attributes off. Threads' [`fail_nth`] countdowns keep
-/// running.
-pub fn disable_injection() {
-    config::set_injecting(false);
-}
-
-/// Arms the current thread so that its `n`-th allocation from now fails,
-/// once (the kernel's `/proc/thread-self/fail-nth`): `fail_nth(1)` fails the
-/// next one. `0` disarms. Strictly per thread; allocations inside `nofail`
-/// and inside mayfail's own slow path are not counted. Works whether or not
-/// injection by attributes is on; while the countdown runs, nothing else is
-/// injected on this thread.
-///
-/// ```
-/// # #[global_allocator]
-/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
-/// mayfail::fail_nth(1);
-/// let mut v: Vec<u64> = Vec::new();
-/// assert!(v.try_reserve(8).is_err());
-/// assert_eq!(mayfail::fail_nth_pending(), 0); // it fired
-/// ```
-pub fn fail_nth(n: u64) {
-    crash::install_handlers();
-    let was = scope::replace_fail_nth(n);
-    match (was != 0, n != 0) {
-        (false, true) => config::arm_thread(),
-        (true, false) => config::disarm_thread(),
-        _ => {}
-    }
-}
-
-/// What is left of the current thread's [`fail_nth`] countdown: `0` means it
-/// fired (or was never armed).
-pub fn fail_nth_pending() -> u64 {
-    scope::fail_nth_left()
-}
-
-/// Makes the current thread's next fail-nth countdown persistent (a sweep's
-/// persistent mode) or not, ending an exhausted state left by the last one.
-pub(crate) fn set_persistent(persistent: bool) {
-    if scope::exhausted() {
-        config::disarm_thread();
-    }
-    scope::set_persistent(persistent);
-}
-
-/// Reads `MAYFAIL_INJECT`; called once, from the first allocation.
-pub(crate) fn read_env() {
-    let Some(value) = sys::getenv(c"MAYFAIL_INJECT") else {
-        return;
-    };
-    match spec::parse(value) {
-        Ok(parsed) => {
-            install(&parsed, Origin::Env);
-        }
-        Err(error) => {
-            let mut line = StackBuf::<600>::new();
-            let _ = write!(
-                line,
-                "mayfail: ignoring MAYFAIL_INJECT=\"{}\"",
-                Shown(value)
-            );
-            if value.len() > Shown::MAX {
-                let _ = write!(line, " ({} bytes)", value.len());
-            }
-            let _ = write!(line, ": {error}; injection stays off");
-            sys::write_stderr(line.finish_line());
-        }
-    }
-}
-
 fn default_seed() -> u64 {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
@@ -301,14 +185,10 @@ pub(crate) fn random(seed: u64, index: u64) -> u32 {
     (splitmix64(seed ^ splitmix64(index)) >> 32) as u32
 }
 
-/// Installs a parsed spec; `false` if its `sites=` file cannot be used, in
-/// which case injection stays off.
-fn install(s: &Spec, origin: Origin) -> bool {
-    config::set_injecting(false);
-    // [sites] `sites=` / `stack=` modes: open the state file, list modules.
-    if !crate::sites::install(s) {
-        return false;
-    }
+/// Makes a parsed spec the attributes in force and starts its counters
+/// again; returns the seed in force. Injection must be off meanwhile (see
+/// `configure`).
+pub(crate) fn set_attributes(s: &Spec, origin: Origin) -> u64 {
     let a = &ATTRS;
     a.threshold.store(s.threshold(), Relaxed);
     a.probability_nano.store(s.probability_nano, Relaxed);
@@ -336,21 +216,18 @@ fn install(s: &Spec, origin: Origin) -> bool {
     r.interval_count.store(0, Relaxed);
     r.process_count.store(0, Relaxed);
     r.random_count.store(0, Relaxed);
-    // [sites] The fate of a failed site comes from the signal handlers.
-    if s.report || s.verbose > 0 || s.sites_len != 0 {
-        crash::install_handlers();
-    }
-    if s.verbose > 0 {
-        let mut line = StackBuf::<2048>::new();
-        let _ = write!(
-            line,
-            "mayfail: injecting allocation failures: MAYFAIL_INJECT='{}'",
-            Canonical { spec: s, seed }
-        );
-        sys::write_stderr(line.finish_line());
-    }
-    config::set_injecting(true);
-    true
+    seed
+}
+
+/// Whether injection by attributes is on.
+#[inline]
+pub(crate) fn injecting() -> bool {
+    engaged::is_set(INJECTING)
+}
+
+/// Turns injection by attributes on or off.
+pub(crate) fn set_injecting(on: bool) {
+    engaged::set(INJECTING, on);
 }
 
 /// The attributes in force, as a spec (for replay lines).
@@ -383,7 +260,7 @@ pub(crate) fn from_env() -> bool {
 
 /// Whether injected failures should be transient.
 pub(crate) fn transient() -> bool {
-    config::injecting() && ATTRS.transient.load(Relaxed)
+    injecting() && ATTRS.transient.load(Relaxed)
 }
 
 fn thread_matches() -> bool {
@@ -400,13 +277,6 @@ fn thread_matches() -> bool {
             .iter()
             .zip(name)
             .all(|(slot, &b)| slot.load(Relaxed) == b)
-}
-
-/// Why an allocation was failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cause {
-    FailNth,
-    Attributes,
 }
 
 /// Decides one allocation. See the module docs for the order.
@@ -434,11 +304,11 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         // A persistent countdown leaves the thread exhausted, which only the
         // engaged path sees: it stays armed until `set_persistent`.
         if !scope::exhausted() {
-            config::disarm_thread();
+            engaged::disarm_thread();
         }
         return fail(op, size, align, thread.number, Cause::FailNth);
     }
-    if !config::injecting() {
+    if !injecting() {
         return Verdict::Pass;
     }
     let a = &ATTRS;
@@ -477,13 +347,14 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     if r.times.load(Relaxed) == 0 {
         return Verdict::Pass;
     }
-    // [sites] `sites=`: fail a new call stack once per process, bypassing
-    // space/interval/probability; `stack=`: only that stack is a candidate.
-    match crate::sites::check(op, size, align) {
-        crate::sites::Check::Off | crate::sites::Check::Candidate => {}
-        crate::sites::Check::Pass => return Verdict::Pass,
-        crate::sites::Check::Fail => {
-            return fail(op, size, align, thread.number, Cause::Attributes);
+    // The site walk: `sites=` fails a new call stack once per process,
+    // bypassing space/interval/probability; `stack=` makes only that stack
+    // a candidate.
+    if let Some(filter) = STACK_FILTER.get() {
+        match filter(op, size, align) {
+            StackCheck::Candidate => {}
+            StackCheck::Pass => return Verdict::Pass,
+            StackCheck::Fail => return fail(op, size, align, thread.number, Cause::Attributes),
         }
     }
     let mut space = r.space.load(Relaxed);
@@ -524,7 +395,7 @@ fn fail(op: Op, size: usize, align: usize, number: u64, cause: Cause) -> Verdict
     }
     bump(&COUNTERS.injected);
     let a = &ATTRS;
-    let configured = config::injecting();
+    let configured = injecting();
     let verbose = if configured {
         a.verbose.load(Relaxed)
     } else {
@@ -532,14 +403,22 @@ fn fail(op: Op, size: usize, align: usize, number: u64, cause: Cause) -> Verdict
     };
     let report = !configured || a.report.load(Relaxed);
     if report || verbose >= 2 {
-        crash::capture(op, size, align, number, cause);
+        record::capture(
+            op,
+            size,
+            align,
+            number,
+            cause,
+            from_env(),
+            a.seed.load(Relaxed),
+        );
     }
-    // [sites] std's start-up may have replaced the SIGSEGV handler.
-    crash::reassert_handlers();
-    crate::sweep::on_injected();
-    if verbose >= 1 && verbose_line_due() {
-        crash::describe_injection(verbose >= 2);
-    }
+    let verbose = if verbose >= 1 && verbose_line_due() {
+        verbose
+    } else {
+        0
+    };
+    OBSERVERS.each(|observer| observer(verbose));
     if configured && a.transient.load(Relaxed) {
         Verdict::Transient
     } else {

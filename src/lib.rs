@@ -25,17 +25,23 @@
 mod alloc;
 mod backoff;
 mod config;
+mod configure;
 mod crash;
+mod engaged;
+mod hook;
 mod inject;
 mod policy;
 mod reclaim;
+mod record;
 mod report;
+mod request;
 mod reserve;
 mod scope;
-mod sites; // [sites] `sites=` / `stack=` injection modes, for the `mayfail` runner
+mod sites; // `sites=` / `stack=` injection modes, for the `mayfail` runner
 mod spec;
 mod stats;
 mod sweep;
+mod symbols;
 mod sys;
 mod text;
 mod track;
@@ -48,7 +54,7 @@ pub use crate::config::{
     DEFAULT_RETRIES, DEFAULT_SMALL_LIMIT, DEFAULT_STALL_MS, RETRY_FOREVER, retries, set_retries,
     set_small_limit, set_stall_ms, small_limit, stall_ms,
 };
-pub use crate::inject::{
+pub use crate::configure::{
     ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
     fail_nth_pending,
 };

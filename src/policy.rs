@@ -26,59 +26,11 @@ use crate::backoff::Backoff;
 use crate::config;
 use crate::reclaim;
 use crate::report;
+use crate::request::Request;
 use crate::reserve;
 use crate::scope::{self, Mode, ReclaimGuard};
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
-
-/// The operation that failed, to be attempted again as the same operation.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Request {
-    Alloc,
-    AllocZeroed,
-    Realloc { ptr: *mut u8, new_size: usize },
-}
-
-impl Request {
-    /// The operation, for injection and messages.
-    #[inline(always)]
-    pub(crate) fn op(self) -> crate::inject::Op {
-        match self {
-            Request::Alloc => crate::inject::Op::Alloc,
-            Request::AllocZeroed => crate::inject::Op::AllocZeroed,
-            Request::Realloc { .. } => crate::inject::Op::Realloc,
-        }
-    }
-
-    /// The size the inner allocator was asked for.
-    #[inline(always)]
-    pub(crate) fn size(self, layout: Layout) -> usize {
-        match self {
-            Request::Realloc { new_size, .. } => new_size,
-            _ => layout.size(),
-        }
-    }
-
-    /// Calls the inner allocator.
-    ///
-    /// # Safety
-    ///
-    /// The caller's `GlobalAlloc` contract for this operation: `layout` has a
-    /// non-zero size; for `Realloc`, `ptr` is a live block of `inner` with
-    /// `layout`, and `new_size` is non-zero and does not overflow `isize`
-    /// when rounded up to `layout.align()`.
-    #[inline(always)]
-    pub(crate) unsafe fn attempt<A: GlobalAlloc>(self, inner: &A, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds the contract of each operation (see above).
-        unsafe {
-            match self {
-                Request::Alloc => inner.alloc(layout),
-                Request::AllocZeroed => inner.alloc_zeroed(layout),
-                Request::Realloc { ptr, new_size } => inner.realloc(ptr, layout, new_size),
-            }
-        }
-    }
-}
 
 /// How many retries a failed request gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

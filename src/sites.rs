@@ -46,22 +46,23 @@
 //! allocations are served, never injected) and holds the `backtrace` crate's
 //! lock while it allocates. Nothing here panics.
 
-use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
 use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 
-use crate::inject::{self, Op};
+use crate::crash;
+use crate::inject::{self, Op, StackCheck};
 use crate::report;
 use crate::scope::ReclaimGuard;
 use crate::spec::{MAX_SITES_PATH, Spec};
+use crate::symbols::{self, Class, build_modules, locate, modules};
 use crate::sys;
 use crate::text::{Clean, Shown, StackBuf};
 
 /// Frames hashed per stack.
-const MAX_FRAMES: usize = 64;
+const MAX_FRAMES: usize = symbols::MAX_FRAMES;
 /// Frames of `where` in a site line.
 const WHERE_FRAMES: usize = 3;
 /// The state file's first line.
@@ -86,55 +87,42 @@ static FAILED_PID: AtomicI32 = AtomicI32::new(0);
 static FATE_WRITTEN: AtomicBool = AtomicBool::new(false);
 static EXIT_HANDLER: AtomicBool = AtomicBool::new(false);
 
-/// What the injection decision should do with one allocation.
-pub(crate) enum Check {
-    /// Neither mode is on: go on as usual.
-    Off,
-    /// Not a candidate.
-    Pass,
-    /// `sites` mode: a new site, recorded: fail it now.
-    Fail,
-    /// `stack` mode: the stack matches; the usual `space`, `interval` and
-    /// `probability` steps decide.
-    Candidate,
-}
-
-/// Called by `inject::decide` for allocations that passed the filters and
+/// The stack filter this module installs in the injection decision while
+/// either mode is on: called for allocations that passed the filters and
 /// `times`. Runs inside the allocator.
-#[inline]
-pub(crate) fn check(op: Op, size: usize, align: usize) -> Check {
+fn check(op: Op, size: usize, align: usize) -> StackCheck {
     let mode = MODE.load(Relaxed);
-    if mode == OFF || crate::sweep::in_child() {
-        return Check::Off;
+    if mode == OFF {
+        return StackCheck::Candidate;
     }
     if mode == SITES && FAILED_ID.load(Relaxed) != 0 {
-        return Check::Pass;
+        return StackCheck::Pass;
     }
     decide_stack(mode, op, size, align)
 }
 
 #[inline(never)]
-fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> Check {
+fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     let mut frames = [0usize; MAX_FRAMES];
     let (id, depth) = stack_id(&mut frames);
     if mode == STACK {
         return if id == WANTED.load(Relaxed) {
-            Check::Candidate
+            StackCheck::Candidate
         } else {
-            Check::Pass
+            StackCheck::Pass
         };
     }
     let frames = &frames[..depth];
     if KNOWN.contains(id) {
-        return Check::Pass;
+        return StackCheck::Pass;
     }
     // A new stack: is it the program's, or the runtime's?
     let Some(_reclaiming) = ReclaimGuard::enter() else {
-        return Check::Pass;
+        return StackCheck::Pass;
     };
     // Resolving symbols is library code running inside the allocator: a
     // panic there must not unwind out of it (counted as a site then).
-    let class = std::panic::catch_unwind(|| classify(frames)).unwrap_or_else(|payload| {
+    let class = std::panic::catch_unwind(|| symbols::classify(frames)).unwrap_or_else(|payload| {
         report::drop_panic_payload(payload);
         Class::User
     });
@@ -144,40 +132,31 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> Check {
             let _ = write!(line, "runtime\t{id:016x}");
             append(line.finish_line());
         }
-        return Check::Pass;
+        return StackCheck::Pass;
     }
     let mut skip = SKIP.load(Relaxed);
     while skip > 0 {
         match SKIP.compare_exchange_weak(skip, skip - 1, Relaxed, Relaxed) {
             Ok(_) => {
                 KNOWN.insert(id);
-                return Check::Pass;
+                return StackCheck::Pass;
             }
             Err(now) => skip = now,
         }
     }
     if FAILED_ID.compare_exchange(0, id, Relaxed, Relaxed).is_err() {
-        return Check::Pass;
+        return StackCheck::Pass;
     }
     FAILED_PID.store(sys::getpid(), Relaxed);
     write_site(id, frames, op, size, align);
-    Check::Fail
+    StackCheck::Fail
 }
 
 /// The current stack's id and its frames. The single place both modes walk
 /// the stack from (see the module docs).
 #[inline(never)]
 fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
-    let mut depth = 0;
-    // SAFETY: on Unix the unsynchronized walk uses libgcc's unwinder, which
-    // is thread-safe and does not allocate (as in `crash::capture`).
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            frames[depth] = frame.ip() as usize;
-            depth += 1;
-            depth < MAX_FRAMES
-        });
-    }
+    let depth = symbols::walk(frames);
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for &ip in &frames[..depth] {
         let (module, offset) = locate(ip);
@@ -193,10 +172,12 @@ fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
 /// comes from `MAYFAIL_INJECT`: no allocation.
 pub(crate) fn install(spec: &Spec) -> bool {
     MODE.store(OFF, Relaxed);
+    inject::set_stack_filter(None);
     if spec.stack != 0 {
         build_modules();
         WANTED.store(spec.stack, Relaxed);
         MODE.store(STACK, Relaxed);
+        register();
         return true;
     }
     if spec.sites_len == 0 {
@@ -247,12 +228,21 @@ pub(crate) fn install(spec: &Spec) -> bool {
         sys::call_on_exit(at_exit);
     }
     MODE.store(SITES, Relaxed);
+    register();
     true
+}
+
+/// Registers with the layers below: the injection decision asks [`check`],
+/// the crash handler tells [`on_fatal_signal`] and asks [`failed_stack`].
+fn register() {
+    inject::set_stack_filter(Some(check));
+    crash::on_fatal_signal(on_fatal_signal);
+    crash::replay_stack_with(failed_stack);
 }
 
 /// The stack id to replay this process's injected failure with, if `sites`
 /// or `stack` mode caused it.
-pub(crate) fn failed_stack() -> Option<u64> {
+fn failed_stack() -> Option<u64> {
     match MODE.load(Relaxed) {
         SITES => Some(FAILED_ID.load(Relaxed)).filter(|&id| id != 0),
         STACK => Some(WANTED.load(Relaxed)),
@@ -281,7 +271,7 @@ extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
 
 /// Called first by the crash module's signal handler: the fate of this
 /// process's site, if it failed one. Async-signal-safe: no allocation.
-pub(crate) fn on_fatal_signal(sig: c_int, fault_address: usize) {
+fn on_fatal_signal(sig: c_int, fault_address: usize) {
     let mut detail = StackBuf::<64>::new();
     let outcome = if sig == libc::SIGABRT {
         let _ = detail.write_str("SIGABRT");
@@ -311,7 +301,7 @@ fn write_fate(outcome: &str, detail: &[u8]) {
 
 fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
     // Resolving allocates: the caller holds the in-reclaim mark.
-    let place = crate::crash::site_of(frames, WHERE_FRAMES);
+    let place = symbols::site_of(frames, WHERE_FRAMES);
     let mut name_buf = [0u8; 16];
     let thread = sys::thread_name(&mut name_buf);
     let mut line = StackBuf::<4096>::new();
@@ -335,255 +325,6 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
         );
     }
     append(line.finish_line());
-}
-
-// ---------------------------------------------------------------------------
-// Runtime or program: the innermost frame outside the allocation machinery.
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Class {
-    User,
-    Runtime,
-}
-
-/// Symbols of the Rust runtime, the test harness and libc's start-up.
-const RUNTIME_PREFIXES: [&str; 9] = [
-    "test::",
-    "<test::",
-    "getopts::",
-    "std_detect::",
-    "panic_unwind::",
-    "panic_abort::",
-    "unwind::",
-    "rustc_demangle::",
-    "__libc_",
-];
-const RUNTIME_NAMES: [&str; 7] = [
-    "main",
-    "_start",
-    "start_thread",
-    "clone",
-    "clone3",
-    "__clone",
-    "__call_tls_dtors",
-];
-/// Source paths of the standard library as shipped by rustup (remapped),
-/// its vendored dependencies, and a local toolchain's sources.
-const RUNTIME_FILES: [&str; 3] = ["/rustc/", "/rust/deps/", "/lib/rustlib/src/rust/"];
-/// Shared libraries of the C runtime.
-const RUNTIME_MODULES: [&str; 5] = ["libc.so", "ld-linux", "libgcc_s", "libpthread", "ld-musl"];
-
-/// Decided by the innermost frame below the allocation machinery (the
-/// unwinder, mayfail, the global allocator shims, std, alloc, core): the
-/// program's own code (or a dependency's) makes it a site.
-fn classify(frames: &[usize]) -> Class {
-    let mut below_machinery = false;
-    let mut any_named = false;
-    for &ip in frames {
-        let (module, _) = locate(ip);
-        if below_machinery
-            && let Some(m) = module
-            && RUNTIME_MODULES
-                .iter()
-                .any(|r| m.name().starts_with(r.as_bytes()))
-        {
-            return Class::Runtime;
-        }
-        let mut verdict = None;
-        backtrace::resolve(ip as *mut c_void, |symbol| {
-            if verdict.is_some() {
-                return;
-            }
-            let Some(name) = symbol.name() else { return };
-            any_named = true;
-            let mut text = StackBuf::<512>::new();
-            let _ = write!(text, "{name:#}");
-            let Ok(name) = core::str::from_utf8(text.as_bytes()) else {
-                return;
-            };
-            if crate::crash::is_machinery(name) {
-                below_machinery = true;
-                return;
-            }
-            if !below_machinery {
-                return;
-            }
-            let runtime_file = symbol
-                .filename()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| RUNTIME_FILES.iter().any(|r| f.contains(r)));
-            let runtime = runtime_file
-                || RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
-                || RUNTIME_NAMES.contains(&name);
-            verdict = Some(if runtime { Class::Runtime } else { Class::User });
-        });
-        if let Some(verdict) = verdict {
-            return verdict;
-        }
-    }
-    // No symbols at all (a stripped program): cannot tell, count it.
-    if any_named {
-        Class::Runtime
-    } else {
-        Class::User
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Modules: where each return address lives, relative to its file.
-
-const MAX_MODULES: usize = 128;
-const MODULE_NAME: usize = 96;
-
-#[derive(Clone, Copy)]
-struct Module {
-    start: usize,
-    end: usize,
-    bias: usize,
-    hash: u64,
-    main: bool,
-    name: [u8; MODULE_NAME],
-    name_len: usize,
-}
-
-impl Module {
-    const EMPTY: Module = Module {
-        start: 0,
-        end: 0,
-        bias: 0,
-        hash: 0,
-        main: false,
-        name: [0; MODULE_NAME],
-        name_len: 0,
-    };
-
-    /// The file name (no directory).
-    fn name(&self) -> &[u8] {
-        &self.name[..self.name_len]
-    }
-
-    fn named(path: &[u8]) -> Module {
-        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-        let mut m = Module::EMPTY;
-        let len = base.len().min(MODULE_NAME);
-        m.name[..len].copy_from_slice(&base[..len]);
-        m.name_len = len;
-        m.hash = base.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        m
-    }
-}
-
-struct Modules {
-    count: UnsafeCell<usize>,
-    list: UnsafeCell<[Module; MAX_MODULES]>,
-}
-
-// SAFETY: written only by the thread that wins `MODULES_STATE` (0 -> 1),
-// read only after it stored 2.
-unsafe impl Sync for Modules {}
-
-static MODULES: Modules = Modules {
-    count: UnsafeCell::new(0),
-    list: UnsafeCell::new([Module::EMPTY; MAX_MODULES]),
-};
-static MODULES_STATE: AtomicU8 = AtomicU8::new(0);
-
-fn modules() -> &'static [Module] {
-    if MODULES_STATE.load(core::sync::atomic::Ordering::Acquire) != 2 {
-        return &[];
-    }
-    // SAFETY: complete and never written again once the state is 2.
-    unsafe { &(&*MODULES.list.get())[..*MODULES.count.get()] }
-}
-
-/// Lists the loaded modules' executable segments, once per process.
-fn build_modules() {
-    if MODULES_STATE
-        .compare_exchange(0, 1, Relaxed, Relaxed)
-        .is_err()
-    {
-        return;
-    }
-    // SAFETY: the callback only reads what the loader passes and writes the
-    // table, which no one reads before the state becomes 2.
-    unsafe { libc::dl_iterate_phdr(Some(add_module), core::ptr::null_mut()) };
-    MODULES_STATE.store(2, core::sync::atomic::Ordering::Release);
-}
-
-unsafe extern "C" fn add_module(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    _data: *mut c_void,
-) -> c_int {
-    // SAFETY: only the thread building the table gets here (see `build_modules`).
-    let (count, list) = unsafe { (&mut *MODULES.count.get(), &mut *MODULES.list.get()) };
-    if *count == MAX_MODULES {
-        return 1;
-    }
-    // SAFETY: the loader passes a valid info for the duration of the call.
-    let info = unsafe { &*info };
-    let main = *count == 0;
-    let mut exe = [0u8; 512];
-    let path: &[u8] = if info.dlpi_name.is_null() {
-        b""
-    } else {
-        // SAFETY: a NUL-terminated string owned by the loader.
-        unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes()
-    };
-    let path = if path.is_empty() && main {
-        // SAFETY: writes at most `exe.len()` bytes into `exe`.
-        let n = unsafe {
-            libc::readlink(
-                c"/proc/self/exe".as_ptr(),
-                exe.as_mut_ptr().cast(),
-                exe.len(),
-            )
-        };
-        &exe[..n.max(0) as usize]
-    } else {
-        path
-    };
-    let mut module = Module::named(path);
-    module.main = main;
-    module.bias = info.dlpi_addr as usize;
-    let (mut start, mut end) = (usize::MAX, 0);
-    for i in 0..info.dlpi_phnum as usize {
-        // SAFETY: the loader's array holds `dlpi_phnum` headers.
-        let ph = unsafe { &*info.dlpi_phdr.add(i) };
-        if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-            let from = module.bias.wrapping_add(ph.p_vaddr as usize);
-            start = start.min(from);
-            end = end.max(from.wrapping_add(ph.p_memsz as usize));
-        }
-    }
-    if start < end {
-        module.start = start;
-        module.end = end;
-        list[*count] = module;
-        *count += 1;
-    }
-    0
-}
-
-/// The module holding `ip` and the offset of `ip` in it.
-fn locate(ip: usize) -> (Option<Module>, usize) {
-    for m in modules() {
-        if (m.start..m.end).contains(&ip) {
-            return (Some(*m), ip.wrapping_sub(m.bias));
-        }
-    }
-    // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: any address may be asked about; `info` is writable.
-    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
-        // SAFETY: a NUL-terminated string owned by the loader.
-        let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
-        let m = Module::named(path);
-        return (Some(m), ip.wrapping_sub(info.dli_fbase as usize));
-    }
-    (None, 0)
 }
 
 // ---------------------------------------------------------------------------
@@ -779,12 +520,5 @@ mod tests {
         assert_eq!(parse_id(b"0000000000000000"), None);
         assert_eq!(parse_id(b"ffffffffffffffff"), None);
         assert_eq!(parse_id(b"000000000000000g"), None);
-    }
-
-    #[test]
-    fn module_names_drop_the_directory() {
-        let m = Module::named(b"/usr/lib/x86_64-linux-gnu/libc.so.6");
-        assert_eq!(m.name(), b"libc.so.6");
-        assert_eq!(m.hash, Module::named(b"/elsewhere/libc.so.6").hash);
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::sys;
 use crate::text::{ShellWord, StackBuf};
-use crate::{crash, inject, track};
+use crate::{configure, crash, inject, record, symbols, track};
 
 /// In a sweep's child: the pipe to the parent (`-1` elsewhere).
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
@@ -488,11 +488,11 @@ impl Sweep {
         if self.warm_up {
             drop(f());
         }
-        inject::set_persistent(self.persistent);
-        inject::fail_nth(n);
+        configure::set_persistent(self.persistent);
+        configure::fail_nth(n);
         drop(f());
-        inject::fail_nth(0);
-        inject::set_persistent(false);
+        configure::fail_nth(0);
+        configure::set_persistent(false);
         SweepReport {
             name: self.name.clone(),
             allocations: 0,
@@ -679,6 +679,11 @@ impl Sweep {
             }
         }
         CHILD_FD.store(fd, Relaxed);
+        // The parent reports; the site walk of a surrounding `mayfail sites`
+        // does not fail this child's allocations.
+        crash::silence();
+        inject::set_stack_filter(None);
+        inject::observe(on_injected);
         if self.warm_up {
             match catch_unwind(AssertUnwindSafe(|| drop(f()))) {
                 Ok(()) => {}
@@ -689,14 +694,14 @@ impl Sweep {
             }
         }
         let tracking = track::start();
-        inject::set_persistent(self.persistent);
+        configure::set_persistent(self.persistent);
         let armed = if n == 0 { u64::MAX } else { n };
-        inject::fail_nth(armed);
+        configure::fail_nth(armed);
         let result = catch_unwind(AssertUnwindSafe(|| drop(f())));
-        let left = inject::fail_nth_pending();
-        inject::fail_nth(0);
+        let left = configure::fail_nth_pending();
+        configure::fail_nth(0);
         // Memory comes back for the report (persistent mode).
-        inject::set_persistent(false);
+        configure::set_persistent(false);
         let leaked = if tracking { track::stop() } else { None };
         let fired = n != 0 && left == 0;
         let message = match result {
@@ -731,14 +736,9 @@ fn send(fd: i32, text: &str) {
     sys::write_fd(fd, text.as_bytes());
 }
 
-/// Whether this process is a sweep's child.
-pub(crate) fn in_child() -> bool {
-    CHILD_FD.load(Relaxed) >= 0
-}
-
-/// Called by the injection path right after a failure was injected: in a
-/// sweep's child, tell the parent where. Runs inside the allocator.
-pub(crate) fn on_injected() {
+/// Observes every injected failure in a sweep's child: tells the parent
+/// where. Runs inside the allocator.
+fn on_injected(_verbose: u8) {
     let fd = CHILD_FD.load(Relaxed);
     if fd < 0 {
         return;
@@ -747,19 +747,19 @@ pub(crate) fn on_injected() {
     // children, turns them into names.
     let mut line = StackBuf::<2048>::new();
     let _ = line.write_str("SITE\t");
-    crash::write_frames(&mut line);
+    record::write_frames(&mut line);
     let _ = line.write_str("\tFAILED\t");
-    crash::write_failure(&mut line);
+    record::write_failure(&mut line);
     crate::sys::write_fd(fd, line.finish_line());
 }
 
 /// Whether allocations of this thread go through `MayFail`: a fail-nth
 /// countdown of 1 must fail the next one.
 fn mayfail_is_global() -> bool {
-    inject::fail_nth(1);
+    configure::fail_nth(1);
     let mut probe: Vec<u8> = Vec::new();
     let failed = probe.try_reserve(1).is_err();
-    inject::fail_nth(0);
+    configure::fail_nth(0);
     failed
 }
 
@@ -837,7 +837,7 @@ impl Run {
             site: match self.site {
                 Some(frames) => sites
                     .entry(frames)
-                    .or_insert_with_key(|frames| crash::site_of(frames, SITE_FRAMES))
+                    .or_insert_with_key(|frames| symbols::site_of(frames, SITE_FRAMES))
                     .clone(),
                 None => "<unknown call site>".to_owned(),
             },

@@ -193,6 +193,17 @@ impl fmt::Display for ShellWord<'_> {
             }
             return Ok(());
         }
+        Quoted(word).fmt(f)
+    }
+}
+
+/// One word for a POSIX shell, always quoted (a variable's value in a
+/// replay line reads better so), with [`ShellWord`]'s rules otherwise.
+pub(crate) struct Quoted<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = self.0;
         if core::str::from_utf8(word).is_ok() {
             f.write_char('\'')?;
             for chunk in word.utf8_chunks() {
@@ -306,6 +317,7 @@ mod tests {
         assert_eq!(ShellWord(b"$(id)").to_string(), "'$(id)'");
         assert_eq!(ShellWord("caf\u{e9}".as_bytes()).to_string(), "'caf\u{e9}'");
         assert_eq!(ShellWord(b"a\xffb").to_string(), "$'a\\xffb'");
+        assert_eq!(Quoted(b"nth=3").to_string(), "'nth=3'");
     }
 
     #[test]

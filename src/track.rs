@@ -58,7 +58,7 @@ pub(crate) fn start() -> bool {
     LIVE_BLOCKS.store(0, Relaxed);
     ON.store(true, Relaxed);
     // Frees are seen only on the engaged path.
-    crate::config::set_tracking(true);
+    crate::engaged::set(crate::engaged::TRACKING, true);
     true
 }
 
@@ -66,7 +66,7 @@ pub(crate) fn start() -> bool {
 /// if the table overflowed.
 pub(crate) fn stop() -> Option<(u64, u64)> {
     ON.store(false, Relaxed);
-    crate::config::set_tracking(false);
+    crate::engaged::set(crate::engaged::TRACKING, false);
     let table = TABLE.load(Relaxed);
     if table.is_null() || OVERFLOW.load(Relaxed) {
         return None;

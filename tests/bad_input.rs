@@ -695,10 +695,19 @@ fn canonical(spec: &str) -> Option<String> {
         result = r;
     });
     result.ok()?;
-    let line = printed
+    let word = printed
         .lines()
-        .find_map(|l| l.strip_prefix("mayfail: injecting allocation failures: MAYFAIL_INJECT='"))?;
-    Some(line.strip_suffix('\'')?.to_owned())
+        .find_map(|l| l.strip_prefix("mayfail: injecting allocation failures: MAYFAIL_INJECT="))?;
+    shell_word(word)
+}
+
+/// What a POSIX shell makes of one single-quoted word (`'\''` stands for
+/// a quote inside).
+fn shell_word(word: &str) -> Option<String> {
+    match word.strip_prefix('\'') {
+        None => None,
+        Some(rest) => Some(rest.strip_suffix('\'')?.replace("'\\''", "'")),
+    }
 }
 
 /// Trims what the parser trims: ASCII blanks only.

@@ -1,0 +1,494 @@
+//! Stacks and their names: walking the current stack without allocating,
+//! the table of loaded modules (so an address can be named relative to its
+//! file), resolving addresses to functions and lines, and classifying a
+//! frame as allocation machinery (mayfail, std, alloc, core), the runtime
+//! (test harness, libc start-up) or the user's code.
+//!
+//! Used by the crash report, the sweep and the site walk. Walking and
+//! locating never allocate, lock or panic; resolving and classifying
+//! allocate (the `backtrace` crate) and take that crate's lock, so callers
+//! run them under the in-reclaim mark, never from a signal handler before
+//! the report's first lines are out.
+
+use core::cell::UnsafeCell;
+use core::ffi::{CStr, c_int, c_void};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use crate::sys;
+use crate::text::StackBuf;
+
+/// Frames kept per stack.
+pub(crate) const MAX_FRAMES: usize = 64;
+/// Frames printed in a backtrace after trimming.
+const PRINTED_FRAMES: usize = 16;
+
+/// Fills `frames` with the return addresses of the current stack, innermost
+/// first; returns how many. Does not allocate.
+#[inline(never)]
+pub(crate) fn walk(frames: &mut [usize]) -> usize {
+    let mut depth = 0;
+    // SAFETY: on Unix, the unsynchronized walk uses libgcc's unwinder, which
+    // is thread-safe and does not allocate; the crate's lock only matters
+    // for Windows' dbghelp.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            if depth == frames.len() {
+                return false;
+            }
+            frames[depth] = frame.ip() as usize;
+            depth += 1;
+            depth < frames.len()
+        });
+    }
+    depth
+}
+
+/// Frames of these crates and symbols are allocation machinery, not the
+/// caller: they are trimmed from the top of the backtrace. Matched after any
+/// leading `<` of a qualified path.
+const TRIMMED: [&str; 9] = [
+    "backtrace::",
+    "mayfail::",
+    "__rust",
+    "__rdl",
+    "__rg_",
+    "alloc::",
+    "core::",
+    "std::",
+    "hashbrown::",
+];
+
+/// Whether a demangled symbol belongs to the allocation machinery. A
+/// qualified path `<Type as Trait>::f` does when its type does, or when its
+/// type is a bare generic parameter (`<T as alloc::...>`) and its trait does.
+pub(crate) fn is_machinery(name: &str) -> bool {
+    // A crate name with a disambiguator (`gimli[9d27...]::`) is one of std's
+    // private dependencies: machinery too.
+    let machinery_path = |path: &str| {
+        TRIMMED.iter().any(|prefix| path.starts_with(prefix))
+            || path
+                .split("::")
+                .next()
+                .is_some_and(|krate| krate.contains('['))
+    };
+    let inner = name.trim_start_matches('<');
+    if machinery_path(inner) {
+        return true;
+    }
+    match inner.split_once(" as ") {
+        Some((ty, rest)) => {
+            let generic = !ty.is_empty()
+                && ty.len() <= 2
+                && ty
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            generic && machinery_path(rest.trim_start_matches('<'))
+        }
+        None => false,
+    }
+}
+
+/// The call site of a stack: its first `depth` frames outside the
+/// allocation machinery, as `function (file:line) <- caller (file:line)`.
+/// The addresses must belong to this process (or to its parent before a
+/// fork, which has the same mappings).
+pub(crate) fn site_of(frames: &[usize], depth: usize) -> String {
+    let mut site = String::new();
+    let mut written = 0;
+    let mut trimming = true;
+    for &ip in frames {
+        if written >= depth {
+            break;
+        }
+        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+            if written >= depth {
+                return;
+            }
+            let name = symbol.name().map(|n| format!("{n:#}"));
+            let name = name.as_deref().unwrap_or("<unknown>");
+            if trimming && is_machinery(name) {
+                return;
+            }
+            trimming = false;
+            if written > 0 {
+                site.push_str(" <- ");
+            }
+            site.push_str(name);
+            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
+                let dir = std::env::current_dir().ok();
+                let shown = dir
+                    .as_deref()
+                    .and_then(|dir| file.strip_prefix(dir).ok())
+                    .unwrap_or(file);
+                let _ = write!(site, " ({}:{lineno})", shown.display());
+            }
+            written += 1;
+        });
+    }
+    if written == 0 {
+        site.push_str("<no symbols>");
+    }
+    site
+}
+
+/// Prints a backtrace of `frames` to stderr, allocation machinery trimmed
+/// from the top, at most [`PRINTED_FRAMES`] frames, ending at the test
+/// harness. Resolving allocates: the caller holds the in-reclaim mark.
+pub(crate) fn write_backtrace(frames: &[usize]) {
+    sys::write_stderr(
+        b"mayfail:   backtrace of the failing allocation (allocation frames of mayfail and std trimmed):\n",
+    );
+    let mut printed = 0;
+    let mut trimming = true;
+    for &ip in frames {
+        if printed >= PRINTED_FRAMES {
+            break;
+        }
+        // One return address may stand for several inlined functions,
+        // innermost first: keep up to four, with whether each is machinery.
+        let mut lines: [(StackBuf<400>, bool); 4] = [const { (StackBuf::new(), false) }; 4];
+        let mut count = 0;
+        let mut reached_harness = false;
+        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+            if count == lines.len() || reached_harness {
+                return;
+            }
+            let name = symbol.name().map(|n| format!("{n:#}"));
+            let name = name.as_deref().unwrap_or("<unknown>");
+            if name.contains("__rust_begin_short_backtrace") {
+                reached_harness = true;
+                return;
+            }
+            let (line, machinery) = &mut lines[count];
+            *machinery = is_machinery(name);
+            let _ = write!(line, "  {printed:>3}: {name}");
+            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
+                let _ = write!(line, "\n           at {}:{lineno}", file.display());
+            }
+            count += 1;
+        });
+        if count == 0 {
+            if trimming {
+                continue;
+            }
+            let mut line = StackBuf::<64>::new();
+            let _ = write!(line, "  {printed:>3}: {ip:#x}");
+            sys::write_stderr(line.finish_line());
+            printed += 1;
+            continue;
+        }
+        let skip = if trimming {
+            lines[..count]
+                .iter()
+                .take_while(|(_, machinery)| *machinery)
+                .count()
+        } else {
+            0
+        };
+        if skip == count {
+            continue;
+        }
+        trimming = false;
+        for (line, _) in &mut lines[skip..count] {
+            sys::write_stderr(line.finish_line());
+        }
+        printed += 1;
+        if reached_harness {
+            // Below this, only the runtime or the test harness: std cuts
+            // its own backtraces here too.
+            break;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Runtime or program: the innermost frame outside the allocation machinery.
+
+/// Whose code a stack is, judged by its innermost frame below the
+/// allocation machinery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The program's own code, or a dependency's.
+    User,
+    /// The Rust runtime, the test harness or the C library.
+    Runtime,
+}
+
+/// Symbols of the Rust runtime, the test harness and libc's start-up.
+const RUNTIME_PREFIXES: [&str; 9] = [
+    "test::",
+    "<test::",
+    "getopts::",
+    "std_detect::",
+    "panic_unwind::",
+    "panic_abort::",
+    "unwind::",
+    "rustc_demangle::",
+    "__libc_",
+];
+const RUNTIME_NAMES: [&str; 7] = [
+    "main",
+    "_start",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__call_tls_dtors",
+];
+/// Source paths of the standard library as shipped by rustup (remapped),
+/// its vendored dependencies, and a local toolchain's sources.
+const RUNTIME_FILES: [&str; 3] = ["/rustc/", "/rust/deps/", "/lib/rustlib/src/rust/"];
+/// Shared libraries of the C runtime.
+const RUNTIME_MODULES: [&str; 5] = ["libc.so", "ld-linux", "libgcc_s", "libpthread", "ld-musl"];
+
+/// Decided by the innermost frame below the allocation machinery (the
+/// unwinder, mayfail, the global allocator shims, std, alloc, core): the
+/// program's own code (or a dependency's) makes it a site.
+pub(crate) fn classify(frames: &[usize]) -> Class {
+    let mut below_machinery = false;
+    let mut any_named = false;
+    for &ip in frames {
+        let (module, _) = locate(ip);
+        if below_machinery
+            && let Some(m) = module
+            && RUNTIME_MODULES
+                .iter()
+                .any(|r| m.name().starts_with(r.as_bytes()))
+        {
+            return Class::Runtime;
+        }
+        let mut verdict = None;
+        backtrace::resolve(ip as *mut c_void, |symbol| {
+            if verdict.is_some() {
+                return;
+            }
+            let Some(name) = symbol.name() else { return };
+            any_named = true;
+            let mut text = StackBuf::<512>::new();
+            let _ = write!(text, "{name:#}");
+            let Ok(name) = core::str::from_utf8(text.as_bytes()) else {
+                return;
+            };
+            if is_machinery(name) {
+                below_machinery = true;
+                return;
+            }
+            if !below_machinery {
+                return;
+            }
+            let runtime_file = symbol
+                .filename()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| RUNTIME_FILES.iter().any(|r| f.contains(r)));
+            let runtime = runtime_file
+                || RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
+                || RUNTIME_NAMES.contains(&name);
+            verdict = Some(if runtime { Class::Runtime } else { Class::User });
+        });
+        if let Some(verdict) = verdict {
+            return verdict;
+        }
+    }
+    // No symbols at all (a stripped program): cannot tell, count it.
+    if any_named {
+        Class::Runtime
+    } else {
+        Class::User
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Modules: where each return address lives, relative to its file.
+
+const MAX_MODULES: usize = 128;
+const MODULE_NAME: usize = 96;
+
+#[derive(Clone, Copy)]
+pub(crate) struct Module {
+    start: usize,
+    end: usize,
+    bias: usize,
+    pub(crate) hash: u64,
+    main: bool,
+    name: [u8; MODULE_NAME],
+    name_len: usize,
+}
+
+impl Module {
+    const EMPTY: Module = Module {
+        start: 0,
+        end: 0,
+        bias: 0,
+        hash: 0,
+        main: false,
+        name: [0; MODULE_NAME],
+        name_len: 0,
+    };
+
+    /// The file name (no directory).
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name[..self.name_len]
+    }
+
+    fn named(path: &[u8]) -> Module {
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        let mut m = Module::EMPTY;
+        let len = base.len().min(MODULE_NAME);
+        m.name[..len].copy_from_slice(&base[..len]);
+        m.name_len = len;
+        m.hash = base.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        m
+    }
+}
+
+struct Modules {
+    count: UnsafeCell<usize>,
+    list: UnsafeCell<[Module; MAX_MODULES]>,
+}
+
+// SAFETY: written only by the thread that wins `MODULES_STATE` (0 -> 1),
+// read only after it stored 2.
+unsafe impl Sync for Modules {}
+
+static MODULES: Modules = Modules {
+    count: UnsafeCell::new(0),
+    list: UnsafeCell::new([Module::EMPTY; MAX_MODULES]),
+};
+static MODULES_STATE: AtomicU8 = AtomicU8::new(0);
+
+pub(crate) fn modules() -> &'static [Module] {
+    if MODULES_STATE.load(core::sync::atomic::Ordering::Acquire) != 2 {
+        return &[];
+    }
+    // SAFETY: complete and never written again once the state is 2.
+    unsafe { &(&*MODULES.list.get())[..*MODULES.count.get()] }
+}
+
+/// Lists the loaded modules' executable segments, once per process.
+pub(crate) fn build_modules() {
+    if MODULES_STATE
+        .compare_exchange(0, 1, Relaxed, Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    // SAFETY: the callback only reads what the loader passes and writes the
+    // table, which no one reads before the state becomes 2.
+    unsafe { libc::dl_iterate_phdr(Some(add_module), core::ptr::null_mut()) };
+    MODULES_STATE.store(2, core::sync::atomic::Ordering::Release);
+}
+
+unsafe extern "C" fn add_module(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut c_void,
+) -> c_int {
+    // SAFETY: only the thread building the table gets here (see `build_modules`).
+    let (count, list) = unsafe { (&mut *MODULES.count.get(), &mut *MODULES.list.get()) };
+    if *count == MAX_MODULES {
+        return 1;
+    }
+    // SAFETY: the loader passes a valid info for the duration of the call.
+    let info = unsafe { &*info };
+    let main = *count == 0;
+    let mut exe = [0u8; 512];
+    let path: &[u8] = if info.dlpi_name.is_null() {
+        b""
+    } else {
+        // SAFETY: a NUL-terminated string owned by the loader.
+        unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes()
+    };
+    let path = if path.is_empty() && main {
+        // SAFETY: writes at most `exe.len()` bytes into `exe`.
+        let n = unsafe {
+            libc::readlink(
+                c"/proc/self/exe".as_ptr(),
+                exe.as_mut_ptr().cast(),
+                exe.len(),
+            )
+        };
+        &exe[..n.max(0) as usize]
+    } else {
+        path
+    };
+    let mut module = Module::named(path);
+    module.main = main;
+    module.bias = info.dlpi_addr as usize;
+    let (mut start, mut end) = (usize::MAX, 0);
+    for i in 0..info.dlpi_phnum as usize {
+        // SAFETY: the loader's array holds `dlpi_phnum` headers.
+        let ph = unsafe { &*info.dlpi_phdr.add(i) };
+        if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+            let from = module.bias.wrapping_add(ph.p_vaddr as usize);
+            start = start.min(from);
+            end = end.max(from.wrapping_add(ph.p_memsz as usize));
+        }
+    }
+    if start < end {
+        module.start = start;
+        module.end = end;
+        list[*count] = module;
+        *count += 1;
+    }
+    0
+}
+
+/// The module holding `ip` and the offset of `ip` in it.
+pub(crate) fn locate(ip: usize) -> (Option<Module>, usize) {
+    for m in modules() {
+        if (m.start..m.end).contains(&ip) {
+            return (Some(*m), ip.wrapping_sub(m.bias));
+        }
+    }
+    // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: any address may be asked about; `info` is writable.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        // SAFETY: a NUL-terminated string owned by the loader.
+        let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+        let m = Module::named(path);
+        return (Some(m), ip.wrapping_sub(info.dli_fbase as usize));
+    }
+    (None, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_drop_the_directory() {
+        let m = Module::named(b"/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(m.name(), b"libc.so.6");
+        assert_eq!(m.hash, Module::named(b"/elsewhere/libc.so.6").hash);
+    }
+
+    #[test]
+    fn allocation_machinery_is_recognised() {
+        for name in [
+            "alloc::raw_vec::RawVec<T,A>::grow_one",
+            "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
+            "mayfail::alloc::MayFail<A>::serve_engaged",
+            "<mayfail::alloc::MayFail<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "__rust_alloc",
+            "__rdl_alloc",
+            "std::alloc::System::alloc",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "<<alloc::boxed::Box<str> as core::convert::From<&str>>::from as core::ops::FnOnce>::call_once",
+            "<T as alloc::slice::<impl [T]>::to_vec_in::ConvertVec>::to_vec",
+            "<gimli[9d272e8433f81454]::read::abbrev::Attributes>::push",
+        ] {
+            assert!(is_machinery(name), "{name}");
+        }
+        for name in [
+            "my_app::cache::insert",
+            "inject::vec_push_aborts",
+            "<my_app::X as Y>::f",
+        ] {
+            assert!(!is_machinery(name), "{name}");
+        }
+    }
+}
