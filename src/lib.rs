@@ -30,6 +30,7 @@ mod crash;
 mod engaged;
 mod hook;
 mod inject;
+mod outcome;
 mod policy;
 mod reclaim;
 mod record;
@@ -58,6 +59,7 @@ pub use crate::configure::{
     ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
     fail_nth_pending,
 };
+pub use crate::outcome::{Outcome, UnknownOutcome};
 pub use crate::reclaim::{
     MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,
 };
@@ -66,4 +68,4 @@ pub use crate::scope::{
     noretry_guard, nowarn, nowarn_guard,
 };
 pub use crate::stats::{Stats, stats};
-pub use crate::sweep::{Outcome, Point, Site, Sweep, SweepReport, sweep};
+pub use crate::sweep::{Point, Site, Sweep, SweepReport, sweep};

@@ -1,0 +1,331 @@
+//! The systematic sweep: fail an operation's 1st, 2nd, 3rd... allocation,
+//! each run in a child process, and say what happened at each call site.
+//!
+//! The parent (any thread, a test's for instance) counts the operation's
+//! allocations in a first child, then forks one child per allocation point,
+//! `jobs` at a time. A child runs the operation once to warm caches up, arms
+//! its own thread's fail-nth countdown, tracks the blocks the operation
+//! allocates, runs it again and reports over a pipe: where the injected
+//! failure hit (the call site, resolved in the child when the failure
+//! happens, so it survives an abort) and how the operation ended. The parent
+//! reads the exit status: an abort is an infallible path, a fault a likely
+//! unchecked null, a run past the timeout is killed as hung.
+//!
+//! Forking keeps every run isolated (an abort kills a child, not the test)
+//! and cheap (no exec, no test-harness start-up; the symbol cache the parent
+//! warmed is inherited). The price of `fork` in a multi-threaded process: a
+//! lock another thread held at that moment stays held in the child, and a run
+//! that blocks on it is reported as hung. Nothing in the sweep itself runs in
+//! the allocator except [`on_injected`], which writes one line to the pipe.
+
+mod child;
+mod report;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::Outcome;
+use crate::configure;
+use crate::text::ShellWord;
+use child::{Ended, Run, mayfail_is_global, warm_symbols};
+pub use report::{Point, Site, SweepReport};
+
+/// A sweep's options. [`sweep`] is `Sweep::new().run(f)`.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// use std::time::Duration;
+///
+/// fn parse_header(input: &[u8]) -> Result<Vec<u8>, std::collections::TryReserveError> {
+///     let mut out = Vec::new();
+///     out.try_reserve(input.len())?;
+///     out.extend_from_slice(input);
+///     Ok(out)
+/// }
+///
+/// let report = mayfail::Sweep::new()
+///     .timeout(Duration::from_secs(5))
+///     .run(|| parse_header(b"GET / HTTP/1.1"));
+/// report.assert_handled();
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sweep {
+    timeout: Duration,
+    jobs: usize,
+    persistent: bool,
+    warm_up: bool,
+    name: Option<String>,
+}
+
+impl Default for Sweep {
+    fn default() -> Self {
+        Sweep::new()
+    }
+}
+
+/// Runs [`Sweep::run`] with the default options.
+pub fn sweep<R>(f: impl Fn() -> R) -> SweepReport {
+    Sweep::new().run(f)
+}
+
+impl Sweep {
+    /// Default options: 10 s per run, as many children at once as CPUs,
+    /// transient (only the n-th allocation fails), warm-up on.
+    pub fn new() -> Sweep {
+        Sweep {
+            timeout: Duration::from_secs(10),
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            persistent: false,
+            warm_up: true,
+            name: None,
+        }
+    }
+
+    /// How long one run may take before it is killed and reported as hung.
+    pub fn timeout(mut self, timeout: Duration) -> Sweep {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many children run at once (at least 1).
+    pub fn jobs(mut self, jobs: usize) -> Sweep {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// SQLite's persistent mode: the n-th and every later allocation fail,
+    /// as if memory ran out for good at that point. Every attempt fails, so
+    /// an allocation in a `nofail` scope retries for ever (and is reported
+    /// as hung). Default: only the n-th fails.
+    pub fn persistent(mut self, persistent: bool) -> Sweep {
+        self.persistent = persistent;
+        self
+    }
+
+    /// Whether each child runs the operation once, without failures, before
+    /// the measured run (default: yes). The warm-up fills lazy statics and
+    /// caches, so that what they keep is not reported as leaked and the
+    /// allocation numbering is that of a warm operation. An operation that
+    /// keeps memory on purpose on every call (a growing cache) is reported
+    /// as leaked: sweep a fresh value each time, or clear the cache in `f`.
+    pub fn warm_up(mut self, warm_up: bool) -> Sweep {
+        self.warm_up = warm_up;
+        self
+    }
+
+    /// Names the sweep, for its report and its replay lines
+    /// (`MAYFAIL_SWEEP_POINT=name:n`), when one test runs several sweeps.
+    pub fn name(mut self, name: &str) -> Sweep {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Sweeps `f`: fails its 1st, 2nd, 3rd... allocation (on the thread that
+    /// runs it), each in a child process, until a run makes fewer
+    /// allocations than the point to fail. Requires `MayFail` as the global
+    /// allocator.
+    ///
+    /// With `MAYFAIL_SWEEP_POINT=n` (or `name:n` for a named sweep) in the
+    /// environment, runs point `n` alone, in this process: the replay of a
+    /// report line.
+    pub fn run<R>(&self, f: impl Fn() -> R) -> SweepReport {
+        let start = Instant::now();
+        if let Some(n) = self.replay_point() {
+            return self.replay(n, &f, start);
+        }
+        warm_symbols();
+        let mut report = SweepReport {
+            name: self.name.clone(),
+            allocations: 0,
+            points: Vec::new(),
+            sites: Vec::new(),
+            baseline: None,
+            elapsed: Duration::ZERO,
+            replayed: None,
+        };
+        if !mayfail_is_global() {
+            report.baseline = Some(
+                "MayFail is not this program's global allocator: declare \
+                 `#[global_allocator] static GLOBAL: mayfail::MayFail<std::alloc::System> = \
+                 mayfail::MayFail::system();` in the test or binary crate"
+                    .to_owned(),
+            );
+            report.elapsed = start.elapsed();
+            return report;
+        }
+        let baseline = self.run_children(&f, &[0]).pop();
+        match baseline {
+            Some(Run {
+                ended: Ended::Returned { count, .. },
+                ..
+            }) => report.allocations = count,
+            Some(run) => {
+                report.baseline = Some(format!(
+                    "the operation fails without any injected failure: {}",
+                    run.describe()
+                ));
+            }
+            None => report.baseline = Some("could not fork a child process".to_owned()),
+        }
+        if report.baseline.is_none() {
+            let mut names = BTreeMap::new();
+            let mut next = 1;
+            let mut last = report.allocations;
+            while next <= last {
+                let batch: Vec<u64> = (next..=last).collect();
+                let runs = self.run_children(&f, &batch);
+                next = last + 1;
+                let mut reached_end = false;
+                for run in runs {
+                    if !run.fired {
+                        reached_end = true;
+                        continue;
+                    }
+                    if run.n == last && !reached_end {
+                        // The operation allocated more than counted: go on.
+                        last += 1;
+                    }
+                    report.points.push(run.into_point(&mut names));
+                }
+                if reached_end {
+                    break;
+                }
+            }
+            report.points.sort_by_key(|p| p.n);
+            report.allocations = report.allocations.max(report.points.len() as u64);
+            report.sites = self.group(&report.points);
+        }
+        report.elapsed = start.elapsed();
+        report
+    }
+
+    fn replay_point(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let value = std::env::var_os("MAYFAIL_SWEEP_POINT")?;
+        let bytes = value.as_bytes();
+        let (label, number) = match bytes.iter().position(|&b| b == b':') {
+            Some(colon) => (Some(&bytes[..colon]), &bytes[colon + 1..]),
+            None => (None, bytes),
+        };
+        // A point meant for another sweep of the same test is not ours.
+        let ours = match (&self.name, label) {
+            (Some(name), Some(label)) => name.as_bytes() == label,
+            (None, None) => true,
+            _ => false,
+        };
+        if !ours {
+            return None;
+        }
+        match crate::text::parse_u64(number.trim_ascii()).filter(|&n| n >= 1) {
+            Some(n) => Some(n),
+            None => {
+                let mut line = String::new();
+                let _ = write!(
+                    line,
+                    "mayfail: ignoring MAYFAIL_SWEEP_POINT=\"{}\"",
+                    crate::text::Shown(bytes)
+                );
+                if bytes.len() > crate::text::Shown::MAX {
+                    let _ = write!(line, " ({} bytes)", bytes.len());
+                }
+                line.push_str(": accepted N or name:N, N a whole number >= 1; sweeping as usual\n");
+                crate::sys::write_stderr(line.as_bytes());
+                None
+            }
+        }
+    }
+
+    fn replay<R>(&self, n: u64, f: &impl Fn() -> R, start: Instant) -> SweepReport {
+        if self.warm_up {
+            drop(f());
+        }
+        configure::set_persistent(self.persistent);
+        configure::fail_nth(n);
+        drop(f());
+        configure::fail_nth(0);
+        configure::set_persistent(false);
+        SweepReport {
+            name: self.name.clone(),
+            allocations: 0,
+            points: Vec::new(),
+            sites: Vec::new(),
+            baseline: None,
+            elapsed: start.elapsed(),
+            replayed: Some(n),
+        }
+    }
+
+    fn group(&self, points: &[Point]) -> Vec<Site> {
+        let mut by_site: BTreeMap<&str, Vec<Point>> = BTreeMap::new();
+        for p in points {
+            by_site.entry(p.site.as_str()).or_default().push(p.clone());
+        }
+        let mut sites: Vec<Site> = by_site
+            .into_iter()
+            .map(|(site, points)| {
+                let worst = points
+                    .iter()
+                    .map(|p| p.outcome)
+                    .min()
+                    .unwrap_or(Outcome::Handled);
+                let n = points
+                    .iter()
+                    .find(|p| p.outcome == worst)
+                    .map_or(0, |p| p.n);
+                Site {
+                    site: site.to_owned(),
+                    worst,
+                    replay: self.replay_line(n),
+                    points,
+                }
+            })
+            .collect();
+        sites.sort_by(|a, b| (a.worst, a.points[0].n).cmp(&(b.worst, b.points[0].n)));
+        sites
+    }
+
+    /// `MAYFAIL_SWEEP_POINT=n cargo test --test file -- --exact name`, or the
+    /// command line outside a test.
+    fn replay_line(&self, n: u64) -> String {
+        let point = match &self.name {
+            Some(name) => format!("{name}:{n}"),
+            None => n.to_string(),
+        };
+        let thread = std::thread::current();
+        let test = thread.name().filter(|&name| name != "main");
+        let exe = std::env::current_exe().ok();
+        let stem = exe
+            .as_deref()
+            .and_then(|p| p.file_stem())
+            .and_then(|s| s.to_str())
+            .map(|s| s.rsplit_once('-').map_or(s, |(stem, _)| stem).to_owned());
+        match (test, stem) {
+            (Some(test), Some(stem)) => {
+                let package = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
+                let target = if stem == package.replace('-', "_") {
+                    "--lib".to_owned()
+                } else {
+                    format!("--test {stem}")
+                };
+                format!(
+                    "MAYFAIL_SWEEP_POINT={} cargo test {target} -- --exact {}",
+                    ShellWord(point.as_bytes()),
+                    ShellWord(test.as_bytes())
+                )
+            }
+            _ => {
+                use std::os::unix::ffi::OsStrExt;
+                let args: Vec<String> = std::env::args_os()
+                    .map(|arg| ShellWord(arg.as_bytes()).to_string())
+                    .collect();
+                format!(
+                    "MAYFAIL_SWEEP_POINT={} {}",
+                    ShellWord(point.as_bytes()),
+                    args.join(" ")
+                )
+            }
+        }
+    }
+}
