@@ -31,6 +31,7 @@ use core::sync::atomic::{
 };
 
 use crate::engaged::{self, INJECTING};
+use crate::hash::splitmix64;
 use crate::hook::{FnPointer, Hook, Hooks};
 use crate::record::{self, Cause};
 pub(crate) use crate::request::Op;
@@ -170,14 +171,6 @@ fn default_seed() -> u64 {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
     splitmix64(sys::now_ns() ^ (pid << 32) ^ sys::clock_ns(libc::CLOCK_REALTIME))
-}
-
-/// One step of splitmix64: a good 64-bit mix of a counter.
-pub(crate) fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The `index`-th random number of the sequence for `seed`, 32 bits.

@@ -28,6 +28,7 @@ mod config;
 mod configure;
 mod crash;
 mod engaged;
+mod hash;
 mod hook;
 mod inject;
 mod outcome;
@@ -40,10 +41,12 @@ mod reserve;
 mod scope;
 mod sites; // `sites=` / `stack=` injection modes, for the `mayfail` runner
 mod spec;
+pub mod state;
 mod stats;
 mod sweep;
 mod symbols;
 mod sys;
+mod table;
 mod text;
 mod track;
 

@@ -48,25 +48,25 @@
 
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
-use core::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
-};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
 
+use crate::Outcome;
 use crate::crash;
+use crate::hash::splitmix64;
 use crate::inject::{self, Op, StackCheck};
 use crate::report;
 use crate::scope::ReclaimGuard;
 use crate::spec::{MAX_SITES_PATH, Spec};
+use crate::state::{self, StackId};
 use crate::symbols::{self, Class, build_modules, locate, modules};
 use crate::sys;
+use crate::table::{Inserted, Table};
 use crate::text::{Clean, Shown, StackBuf};
 
 /// Frames hashed per stack.
 const MAX_FRAMES: usize = symbols::MAX_FRAMES;
 /// Frames of `where` in a site line.
 const WHERE_FRAMES: usize = 3;
-/// The state file's first line.
-pub(crate) const HEADER: &str = "mayfail-sites\t1\n";
 
 const OFF: u8 = 0;
 const SITES: u8 = 1;
@@ -127,9 +127,9 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
         Class::User
     });
     if !ALL.load(Relaxed) && class == Class::Runtime {
-        if KNOWN.insert(id) {
+        if KNOWN.insert(id, 0, false) == Inserted::New {
             let mut line = StackBuf::<40>::new();
-            let _ = write!(line, "runtime\t{id:016x}");
+            let _ = write!(line, "runtime\t{}", StackId(id));
             append(line.finish_line());
         }
         return StackCheck::Pass;
@@ -138,7 +138,7 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     while skip > 0 {
         match SKIP.compare_exchange_weak(skip, skip - 1, Relaxed, Relaxed) {
             Ok(_) => {
-                KNOWN.insert(id);
+                KNOWN.insert(id, 0, false);
                 return StackCheck::Pass;
             }
             Err(now) => skip = now,
@@ -157,13 +157,14 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
 #[inline(never)]
 fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
     let depth = symbols::walk(frames);
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = crate::hash::fnv1a(&[]);
     for &ip in &frames[..depth] {
         let (module, offset) = locate(ip);
-        hash = inject::splitmix64(hash ^ module.map_or(0, |m| m.hash));
-        hash = inject::splitmix64(hash ^ offset as u64);
+        hash = splitmix64(hash ^ module.map_or(0, |m| m.hash));
+        hash = splitmix64(hash ^ offset as u64);
     }
-    (hash.max(1), depth)
+    // Never 0 nor all ones: those mark empty and removed table slots.
+    (hash.clamp(1, u64::MAX - 1), depth)
 }
 
 /// Turns `sites` or `stack` mode on or off for a spec being installed.
@@ -203,7 +204,7 @@ pub(crate) fn install(spec: &Spec) -> bool {
             0o644,
         )
     };
-    if fd < 0 || !KNOWN.load(c_path) {
+    if fd < 0 || !load_known(c_path) {
         let mut line = StackBuf::<700>::new();
         let _ = write!(
             line,
@@ -218,8 +219,10 @@ pub(crate) fn install(spec: &Spec) -> bool {
         }
         return false;
     }
-    if KNOWN.file_was_empty.load(Relaxed) {
-        sys::write_fd(fd, HEADER.as_bytes());
+    if FILE_WAS_EMPTY.load(Relaxed) {
+        let mut header = StackBuf::<32>::new();
+        let _ = header.write_str(state::HEADER);
+        sys::write_fd(fd, header.finish_line());
     }
     FD.store(fd, Relaxed);
     SKIP.store(spec.sites_skip, Relaxed);
@@ -265,7 +268,11 @@ fn append(line: &[u8]) {
 extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
     let mut detail = StackBuf::<32>::new();
     let _ = write!(detail, "exit {status}");
-    let outcome = if status == 0 { "handled" } else { "failed" };
+    let outcome = if status == 0 {
+        Outcome::Handled
+    } else {
+        Outcome::Failed
+    };
     write_fate(outcome, detail.as_bytes());
 }
 
@@ -275,15 +282,15 @@ fn on_fatal_signal(sig: c_int, fault_address: usize) {
     let mut detail = StackBuf::<64>::new();
     let outcome = if sig == libc::SIGABRT {
         let _ = detail.write_str("SIGABRT");
-        "aborted"
+        Outcome::Aborted
     } else {
         let _ = write!(detail, "{} at {fault_address:#x}", sys::signal_name(sig));
-        "crashed"
+        Outcome::Crashed
     };
     write_fate(outcome, detail.as_bytes());
 }
 
-fn write_fate(outcome: &str, detail: &[u8]) {
+fn write_fate(outcome: Outcome, detail: &[u8]) {
     let id = FAILED_ID.load(Relaxed);
     let pid = sys::getpid();
     // A forked child inherits the id: only the process that failed the site
@@ -292,7 +299,12 @@ fn write_fate(outcome: &str, detail: &[u8]) {
         return;
     }
     let mut line = StackBuf::<160>::new();
-    let _ = write!(line, "fate\t{id:016x}\t{pid}\t{outcome}\t{}", Shown(detail));
+    let _ = write!(
+        line,
+        "fate\t{}\t{pid}\t{outcome}\t{}",
+        StackId(id),
+        Shown(detail)
+    );
     append(line.finish_line());
 }
 
@@ -308,7 +320,8 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
     let pid = sys::getpid();
     let _ = write!(
         line,
-        "site\t{id:016x}\t{pid}\t{} of {size} bytes (align {align})\t{}\t{}\t{}\t",
+        "site\t{}\t{pid}\t{} of {size} bytes (align {align})\t{}\t{}\t{}\t",
+        StackId(id),
         op.name(),
         Shown(thread),
         Clean(modules().first().map_or(&b""[..], |m| m.name())),
@@ -328,197 +341,75 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
 }
 
 // ---------------------------------------------------------------------------
-// The known stacks: a fixed, lock-free open-addressing set in mmap'd memory.
+// The known stacks: a lock-free table in an anonymous mapping.
 
-const EMPTY: u64 = 0;
-/// A slot whose id was removed (`retry` lines).
-const REMOVED: u64 = u64::MAX;
+static KNOWN: Table = Table::new();
+static FILE_WAS_EMPTY: AtomicBool = AtomicBool::new(false);
 
-struct Known {
-    slots: AtomicPtr<AtomicU64>,
-    mask: AtomicUsize,
-    entries: AtomicUsize,
-    file_was_empty: AtomicBool,
+/// Lines of the state file hold at least this many bytes.
+const SHORTEST_LINE: usize = 24;
+/// Room for the stacks a process adds to what its file lists.
+const NEW_STACKS: usize = 16_384;
+
+/// Makes a table sized for the file and fills it with the file's ids,
+/// reading it with `read(2)` (a file truncated meanwhile just ends early).
+/// Inside the allocator: no allocation.
+fn load_known(path: &CStr) -> bool {
+    // SAFETY: a NUL-terminated path; closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `fd` is open, `st` writable.
+    let stat_ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    let regular = stat_ok && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    #[allow(clippy::unnecessary_cast)] // off_t is 32-bit on some targets
+    let size = st.st_size.max(0) as u64 as usize;
+    // A reconfiguration may race with readers of the old table: it is kept.
+    // SAFETY: not unmapping the old table.
+    let loaded = regular && unsafe { KNOWN.create(size / SHORTEST_LINE + NEW_STACKS, false) };
+    if loaded {
+        FILE_WAS_EMPTY.store(size == 0, Relaxed);
+        read_ids(fd);
+    }
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    loaded
 }
 
-static KNOWN: Known = Known {
-    slots: AtomicPtr::new(core::ptr::null_mut()),
-    mask: AtomicUsize::new(0),
-    entries: AtomicUsize::new(0),
-    file_was_empty: AtomicBool::new(false),
-};
-
-/// Ids are never 0 or `u64::MAX`.
-fn slot_of(id: u64) -> usize {
-    inject::splitmix64(id) as usize
-}
-
-impl Known {
-    fn table(&self) -> Option<(&[AtomicU64], usize)> {
-        let slots = self.slots.load(core::sync::atomic::Ordering::Acquire);
-        if slots.is_null() {
-            return None;
+/// Feeds every line's kind and id to the table. Only a line's first bytes
+/// matter; the rest of a long line is skipped.
+fn read_ids(fd: c_int) {
+    let mut chunk = [0u8; 4096];
+    let mut head = [0u8; 40];
+    let mut head_len = 0;
+    loop {
+        // SAFETY: reads at most `chunk.len()` bytes into `chunk`.
+        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n < 0 && sys::errno() == libc::EINTR {
+            continue;
         }
-        let mask = self.mask.load(Relaxed);
-        // SAFETY: a table of `mask + 1` slots, mapped for the rest of the
-        // process (a new `load` leaks the old one instead of unmapping it).
-        Some((
-            unsafe { core::slice::from_raw_parts(slots, mask + 1) },
-            mask,
-        ))
-    }
-
-    fn contains(&self, id: u64) -> bool {
-        let Some((slots, mask)) = self.table() else {
-            return false;
-        };
-        let mut i = slot_of(id) & mask;
-        for _ in 0..=mask {
-            match slots[i].load(Relaxed) {
-                EMPTY => return false,
-                found if found == id => return true,
-                _ => i = (i + 1) & mask,
-            }
+        if n <= 0 {
+            break;
         }
-        false
-    }
-
-    /// Adds `id`; `false` if it was there (or the table is full).
-    fn insert(&self, id: u64) -> bool {
-        let Some((slots, mask)) = self.table() else {
-            return false;
-        };
-        if self.entries.load(Relaxed) >= mask / 4 * 3 {
-            return false;
-        }
-        let mut i = slot_of(id) & mask;
-        for _ in 0..=mask {
-            match slots[i].compare_exchange(EMPTY, id, Relaxed, Relaxed) {
-                Ok(_) => {
-                    self.entries.fetch_add(1, Relaxed);
-                    return true;
-                }
-                Err(found) if found == id => return false,
-                Err(_) => i = (i + 1) & mask,
-            }
-        }
-        false
-    }
-
-    fn remove(&self, id: u64) {
-        let Some((slots, mask)) = self.table() else {
-            return;
-        };
-        let mut i = slot_of(id) & mask;
-        for _ in 0..=mask {
-            match slots[i].load(Relaxed) {
-                EMPTY => return,
-                found if found == id => {
-                    slots[i].store(REMOVED, Relaxed);
-                    return;
-                }
-                _ => i = (i + 1) & mask,
-            }
-        }
-    }
-
-    /// Maps a table sized for the file and fills it with the file's ids.
-    fn load(&self, path: &CStr) -> bool {
-        // SAFETY: a NUL-terminated path; closed below.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return false;
-        }
-        // SAFETY: an all-zero stat is valid; fstat fills it.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: `fd` is open, `st` writable.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
-            // SAFETY: `fd` is open and ours.
-            unsafe { libc::close(fd) };
-            return false;
-        }
-        let size = st.st_size.max(0) as usize;
-        // Every line is at least 25 bytes; room for this process's new ones.
-        let capacity = (2 * (size / 24 + 16_384)).next_power_of_two();
-        let bytes = capacity * core::mem::size_of::<AtomicU64>();
-        // SAFETY: a fresh anonymous mapping; zeroed pages are empty slots.
-        let table = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if table == libc::MAP_FAILED {
-            // SAFETY: `fd` is open and ours.
-            unsafe { libc::close(fd) };
-            return false;
-        }
-        self.mask.store(capacity - 1, Relaxed);
-        self.entries.store(0, Relaxed);
-        self.slots
-            .store(table.cast(), core::sync::atomic::Ordering::Release);
-        self.file_was_empty.store(size == 0, Relaxed);
-        if size > 0 {
-            // SAFETY: a read-only private mapping of the whole file, unmapped below.
-            let text = unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE,
-                    fd,
-                    0,
-                )
-            };
-            if text != libc::MAP_FAILED {
-                // SAFETY: `size` readable bytes.
-                let text = unsafe { core::slice::from_raw_parts(text.cast::<u8>(), size) };
-                for line in text.split(|&b| b == b'\n') {
-                    let mut fields = line.split(|&b| b == b'\t');
-                    let kind = fields.next().unwrap_or(b"");
-                    let id = fields.next().and_then(parse_id);
-                    match (kind, id) {
-                        (b"site" | b"runtime", Some(id)) => {
-                            self.insert(id);
-                        }
-                        (b"retry", Some(id)) => self.remove(id),
-                        _ => {}
+        for &b in &chunk[..n as usize] {
+            if b == b'\n' {
+                match state::id_of_line(&head[..head_len]) {
+                    state::Known::Stack(id) => {
+                        KNOWN.insert(id, 0, false);
                     }
+                    state::Known::Retry(id) => {
+                        KNOWN.remove(id);
+                    }
+                    state::Known::Other => {}
                 }
-                // SAFETY: the mapping made above, no longer used.
-                unsafe { libc::munmap(text.as_ptr() as *mut c_void, size) };
+                head_len = 0;
+            } else if head_len < head.len() {
+                head[head_len] = b;
+                head_len += 1;
             }
         }
-        // SAFETY: `fd` is open and ours.
-        unsafe { libc::close(fd) };
-        true
-    }
-}
-
-fn parse_id(field: &[u8]) -> Option<u64> {
-    if field.len() != 16 {
-        return None;
-    }
-    let id = field.iter().try_fold(0u64, |id, &b| {
-        Some(id << 4 | u64::from((b as char).to_digit(16)?))
-    })?;
-    (id != EMPTY && id != REMOVED).then_some(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_sixteen_hex_digits() {
-        assert_eq!(parse_id(b"00000000000000ff"), Some(255));
-        assert_eq!(parse_id(b"ff"), None);
-        assert_eq!(parse_id(b"0000000000000000"), None);
-        assert_eq!(parse_id(b"ffffffffffffffff"), None);
-        assert_eq!(parse_id(b"000000000000000g"), None);
     }
 }

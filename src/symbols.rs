@@ -337,9 +337,7 @@ impl Module {
         let len = base.len().min(MODULE_NAME);
         m.name[..len].copy_from_slice(&base[..len]);
         m.name_len = len;
-        m.hash = base.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+        m.hash = crate::hash::fnv1a(base);
         m
     }
 }

@@ -1,0 +1,290 @@
+//! The state file of a site walk (`cargo mayfail sites`): its format, owned
+//! here once for the writers inside the program under test and for the
+//! runner that reads it back.
+//!
+//! The file is append-only text, one record per line, fields separated by
+//! tabs; every line is written whole with one `O_APPEND` `write(2)`, so an
+//! interrupted walk leaves it consistent:
+//!
+//! ```text
+//! mayfail-sites\t1                                  header (format version)
+//! baseline\t<ms>\t<status>                         a run without injection
+//! run\t<n>\t<copies>\t<unix ms>\t<command>         a run starts
+//! site\t<id>\t<pid>\t<what>\t<thread>\t<binary>\t<where>\t<frames>
+//! fate\t<id>\t<pid>\t<outcome>\t<detail>
+//! runtime\t<id>                                    a stack of the runtime: not a site
+//! retry\t<id>                                      an interrupted site: fail it again
+//! end\t<n>\t<ms>\t<how>                            a run ended (done, timeout, interrupted)
+//! ```
+//!
+//! A stack id is 16 lowercase hex digits, never all zeros nor all `f`. The
+//! program under test writes `site`, `fate` and `runtime` lines, the runner
+//! the others. [`parse_line`] reads any line; [`id_of_line`] reads just the
+//! kind and id without allocating, for the program under test.
+//!
+//! ```
+//! use mayfail::state::{Line, parse_line};
+//!
+//! let line = parse_line("fate\t00000000000000ff\t42\taborted\tSIGABRT").unwrap();
+//! assert!(matches!(line, Line::Fate { id: 255, pid: 42, .. }));
+//! assert!(parse_line("fate\tnot-an-id").is_err());
+//! ```
+
+use core::fmt;
+
+use crate::Outcome;
+
+/// The first line of a state file, without its line break.
+pub const HEADER: &str = "mayfail-sites\t1";
+
+/// One line of a state file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Line<'a> {
+    /// The header.
+    Header,
+    /// An empty line (ignored).
+    Empty,
+    /// A run of the command without injection: its time and exit status.
+    Baseline {
+        /// Milliseconds it took.
+        ms: u64,
+        /// How it ended (`exit 0`, `signal 6`...).
+        status: &'a str,
+    },
+    /// A run starts.
+    Run {
+        /// Its number, from 1.
+        number: u64,
+        /// How many copies of the command run at once.
+        copies: &'a str,
+        /// When it started, in milliseconds since the Unix epoch.
+        start_ms: &'a str,
+        /// The command, shell-quoted.
+        command: &'a str,
+    },
+    /// A run ended.
+    End {
+        /// The run's number.
+        number: u64,
+        /// Milliseconds it took.
+        ms: u64,
+        /// How it ended (`done`, `timeout`, `interrupted`).
+        how: &'a str,
+    },
+    /// A process failed a new site.
+    Site {
+        /// The stack id.
+        id: u64,
+        /// The process that failed it.
+        pid: u32,
+        /// What failed (`alloc of 64 bytes (align 8)`).
+        what: &'a str,
+        /// The thread that failed it.
+        thread: &'a str,
+        /// The program's file name.
+        binary: &'a str,
+        /// The first frames outside the allocation machinery.
+        place: &'a str,
+        /// The raw frames, `module+offset`, comma-separated.
+        frames: &'a str,
+    },
+    /// How the process that failed a site ended.
+    Fate {
+        /// The stack id.
+        id: u64,
+        /// The process.
+        pid: u32,
+        /// Its outcome.
+        outcome: Outcome,
+        /// The signal or exit status.
+        detail: &'a str,
+    },
+    /// A new stack of the runtime: passed, and not a site.
+    Runtime {
+        /// The stack id.
+        id: u64,
+    },
+    /// A site to fail again (its run was interrupted).
+    Retry {
+        /// The stack id.
+        id: u64,
+    },
+}
+
+/// A line that does not parse: its kind, or what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LineError {}
+
+/// Parses one line (without its line break).
+pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
+    if line == HEADER {
+        return Ok(Line::Header);
+    }
+    if line.is_empty() {
+        return Ok(Line::Empty);
+    }
+    let fields: Vec<&str> = line.split('\t').collect();
+    let kind = fields[0];
+    let bad = || LineError {
+        message: format!("a {kind} line that does not parse"),
+    };
+    let id = |s: &str| parse_id(s.as_bytes()).ok_or_else(bad);
+    let number = |s: &str| s.parse::<u64>().map_err(|_| bad());
+    Ok(match (kind, &fields[1..]) {
+        ("baseline", &[ms, status]) => Line::Baseline {
+            ms: number(ms)?,
+            status,
+        },
+        ("run", &[n, copies, start_ms, command]) => Line::Run {
+            number: number(n)?,
+            copies,
+            start_ms,
+            command,
+        },
+        ("end", &[n, ms, how]) => Line::End {
+            number: number(n)?,
+            ms: number(ms)?,
+            how,
+        },
+        ("site", &[site_id, pid, what, thread, binary, place, ref rest @ ..])
+            if rest.len() <= 1 =>
+        {
+            Line::Site {
+                id: id(site_id)?,
+                pid: pid.parse().map_err(|_| bad())?,
+                what,
+                thread,
+                binary,
+                place,
+                frames: rest.first().copied().unwrap_or(""),
+            }
+        }
+        ("fate", &[site_id, pid, outcome, detail]) => Line::Fate {
+            id: id(site_id)?,
+            pid: pid.parse().map_err(|_| bad())?,
+            outcome: outcome.parse().map_err(|_| bad())?,
+            detail,
+        },
+        ("runtime", &[site_id]) => Line::Runtime { id: id(site_id)? },
+        ("retry", &[site_id]) => Line::Retry { id: id(site_id)? },
+        ("baseline" | "run" | "end" | "site" | "fate" | "runtime" | "retry", _) => {
+            return Err(bad());
+        }
+        (other, _) => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(LineError {
+                message: format!("unknown line \"{shown}\""),
+            });
+        }
+    })
+}
+
+/// Parses a stack id: exactly 16 hex digits, not all zeros nor all `f`.
+pub fn parse_id(field: &[u8]) -> Option<u64> {
+    if field.len() != 16 {
+        return None;
+    }
+    let id = field.iter().try_fold(0u64, |id, &b| {
+        Some(id << 4 | u64::from((b as char).to_digit(16)?))
+    })?;
+    (id != 0 && id != u64::MAX).then_some(id)
+}
+
+/// What the program under test needs of a line: whether it names a known
+/// stack (`site`, `runtime`), one to forget (`retry`), or neither. Reads
+/// only the line's start; never allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    Stack(u64),
+    Retry(u64),
+    Other,
+}
+
+/// The kind and id at the start of a line (see [`Known`]).
+pub(crate) fn id_of_line(line: &[u8]) -> Known {
+    let mut fields = line.split(|&b| b == b'\t');
+    let kind = fields.next().unwrap_or(b"");
+    match (kind, fields.next().and_then(parse_id)) {
+        (b"site" | b"runtime", Some(id)) => Known::Stack(id),
+        (b"retry", Some(id)) => Known::Retry(id),
+        _ => Known::Other,
+    }
+}
+
+/// Writes a stack id as the file holds it: 16 lowercase hex digits.
+#[derive(Clone, Copy, Debug)]
+pub struct StackId(pub u64);
+
+impl fmt::Display for StackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_sixteen_hex_digits() {
+        assert_eq!(parse_id(b"00000000000000ff"), Some(255));
+        assert_eq!(parse_id(b"ff"), None);
+        assert_eq!(parse_id(b"0000000000000000"), None);
+        assert_eq!(parse_id(b"ffffffffffffffff"), None);
+        assert_eq!(parse_id(b"000000000000000g"), None);
+        assert_eq!(StackId(255).to_string(), "00000000000000ff");
+    }
+
+    #[test]
+    fn every_kind_of_line_parses_and_a_bad_one_is_named() {
+        let site = "site\t00000000000000ab\t7\talloc of 8 bytes (align 8)\tmain\tprog\tf (a.rs:1)\tprog+0x10";
+        assert_eq!(
+            parse_line(site),
+            Ok(Line::Site {
+                id: 0xab,
+                pid: 7,
+                what: "alloc of 8 bytes (align 8)",
+                thread: "main",
+                binary: "prog",
+                place: "f (a.rs:1)",
+                frames: "prog+0x10",
+            })
+        );
+        assert_eq!(parse_line(HEADER), Ok(Line::Header));
+        assert_eq!(
+            parse_line("end\t3\t120\tdone"),
+            Ok(Line::End {
+                number: 3,
+                ms: 120,
+                how: "done"
+            })
+        );
+        assert_eq!(
+            parse_line("retry\t00000000000000ab"),
+            Ok(Line::Retry { id: 0xab })
+        );
+        let err = parse_line("run\tx\t1\t2\tcmd").unwrap_err();
+        assert_eq!(err.to_string(), "a run line that does not parse");
+        let err = parse_line("bogus\t1").unwrap_err();
+        assert_eq!(err.to_string(), "unknown line \"bogus\"");
+        assert!(parse_line("fate\t00000000000000ab\t1\texploded\tx").is_err());
+    }
+
+    #[test]
+    fn the_program_reads_only_kind_and_id() {
+        assert_eq!(id_of_line(b"runtime\t00000000000000ab"), Known::Stack(0xab));
+        assert_eq!(id_of_line(b"retry\t00000000000000ab"), Known::Retry(0xab));
+        assert_eq!(id_of_line(b"run\t1\t1\t0\tcmd"), Known::Other);
+    }
+}
