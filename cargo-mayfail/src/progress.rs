@@ -51,6 +51,13 @@ impl Progress {
         }
     }
 
+    /// The baseline (the command without injection) starts.
+    pub(crate) fn baseline_started(&self) {
+        if let Some(bar) = &self.status {
+            bar.set_message("baseline under way: the command without injection");
+        }
+    }
+
     /// Run `run` starts; `sites` were found so far, `outcomes` says how
     /// they ended (`2 crashed, 1 handled`).
     pub(crate) fn run_started(&self, run: u64, sites: usize, outcomes: &str) {

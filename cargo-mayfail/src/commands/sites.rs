@@ -130,6 +130,7 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         // Twice, keeping the faster: the first also warms caches up (cargo's
         // fingerprints, the page cache), as the runs under injection will be.
         progress.line(&format!("run 0 (baseline, no injection, twice): {display}"));
+        progress.baseline_started();
         let mut fastest: Option<Batch> = None;
         for _ in 0..2 {
             let batch = walker.run_batch(0, &[None])?;
