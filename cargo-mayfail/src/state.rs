@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 pub const HEADER: &str = "mayfail-sites\t1";
 
 /// How a failed site ended, worst first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// `SIGSEGV`/`SIGBUS` (or another fatal signal): likely an unchecked null.
     Crashed,

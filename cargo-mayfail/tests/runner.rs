@@ -1,10 +1,11 @@
 //! The `mayfail` runner: walking every allocation site of a real test suite
 //! (the fixture crate in `tests/fixtures/sites_fixture`, one site per
-//! outcome), resuming, `--jobs`, Ctrl-C, `mayfail run`, and bad input.
+//! outcome), resuming, `--jobs`, Ctrl-C, `mayfail run`, the command line
+//! (help, version, cargo's subcommand convention), exit codes and bad input.
 //!
 //! The fixture is built once, with `cargo test --no-run --offline`, into
-//! `target/tmp/sites-fixture` (it reuses the registry cache and, after the
-//! first time, its own build).
+//! the workspace's `target/tmp/sites-fixture` (it reuses the registry cache
+//! and, after the first time, its own build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_mayfail");
+const CARGO_RUNNER: &str = env!("CARGO_BIN_EXE_cargo-mayfail");
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sites_fixture")
@@ -104,46 +106,26 @@ struct Site {
     replay: String,
 }
 
-/// The string value of `"key": "..."` in `text`, unescaped.
-fn string_field(text: &str, key: &str) -> Option<String> {
-    let pattern = format!("\"{key}\": \"");
-    let start = text.find(&pattern)? + pattern.len();
-    let mut value = String::new();
-    let mut chars = text[start..].chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(value),
-            '\\' => match chars.next()? {
-                'n' => value.push('\n'),
-                't' => value.push('\t'),
-                other => value.push(other),
-            },
-            c => value.push(c),
-        }
-    }
-    None
+/// The JSON report written by the runner, parsed.
+fn report_of(json: &str) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(json).expect("the report is JSON");
+    assert_eq!(report["schema_version"], 1, "{json}");
+    report
 }
 
-/// The sites of a JSON report written by the runner (one object per site,
-/// each starting with its `"stack"` field).
+/// The sites of a JSON report written by the runner.
 fn sites_of(json: &str) -> Vec<Site> {
-    json.split("\"stack\": ")
-        .skip(1)
-        .map(|block| {
-            let block = format!("\"stack\": {block}");
-            let seen = block
-                .split("\"seen\": ")
-                .nth(1)
-                .and_then(|s| s.split(',').next())
-                .and_then(|s| s.trim().parse().ok())
-                .expect("seen");
-            Site {
-                stack: string_field(&block, "stack").expect("stack"),
-                outcome: string_field(&block, "outcome").expect("outcome"),
-                function: string_field(&block, "function").expect("a first frame"),
-                seen,
-                replay: string_field(&block, "replay").expect("replay"),
-            }
+    let text = |value: &serde_json::Value| value.as_str().expect("a string").to_owned();
+    report_of(json)["sites"]
+        .as_array()
+        .expect("a list of sites")
+        .iter()
+        .map(|site| Site {
+            stack: text(&site["stack"]),
+            outcome: text(&site["outcome"]),
+            function: text(&site["frames"][0]["function"]),
+            seen: site["seen"].as_u64().expect("seen"),
+            replay: text(&site["replay"]),
         })
         .collect()
 }
@@ -219,7 +201,10 @@ fn every_site_of_a_cargo_test_suite_is_found_with_its_outcome_and_replays() {
     // start-up stacks are not sites.
     let runs = runs_in(&state);
     assert!((6..=8).contains(&runs), "{runs} runs");
-    assert!(json.contains("\"stopped\": \"a run found no new site\""));
+    let report = report_of(&json);
+    assert_eq!(report["stopped"], "a run found no new site");
+    assert_eq!(report["counts"]["handled"], 2);
+    assert_eq!(report["counts"]["crashed"], 1);
 
     // The table names function and file:line of the first user frames.
     assert!(
@@ -456,23 +441,8 @@ fn bad_input_gets_one_line_a_usage_hint_and_exit_code_2() {
         &["run", "--inject", "probabilty=5", "--", "true"],
         "unknown key",
     );
-    assert_refused(
-        &["run", "--", "/nonexistent/mayfail-command"],
-        "cannot run /nonexistent/mayfail-command",
-    );
     let dir = scratch("bad_input");
     let state = dir.join("sites.state");
-    assert_refused(
-        &[
-            "sites",
-            "--no-baseline",
-            "--state",
-            state.to_str().unwrap(),
-            "--",
-            "/nonexistent/mayfail-command",
-        ],
-        "cannot run",
-    );
     assert_refused(
         &["sites", "--state", dir.to_str().unwrap(), "--", "true"],
         "is a directory",
@@ -496,4 +466,241 @@ fn bad_input_gets_one_line_a_usage_hint_and_exit_code_2() {
         "does not start with the header",
     );
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "something else\n");
+}
+
+#[test]
+fn a_bad_state_path_is_bad_input_but_an_unwritable_report_is_an_io_error() {
+    let dir = scratch("io_error");
+    let state = dir.join("sites.state");
+    let json = dir.join("no-such-dir/report.json");
+    let out = run(&[
+        "sites",
+        "--no-baseline",
+        "--state",
+        state.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, Some(3), "an I/O error exits 3: {}", out.stderr);
+    let last = out.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("mayfail: cannot write ") && last.contains(json.to_str().unwrap()),
+        "the failed write names its path: {last}"
+    );
+    assert!(!out.stderr.contains("usage:"), "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// The command line: help, version, cargo's convention, exit codes.
+
+#[test]
+fn every_subcommand_has_help_that_exits_0_and_shows_its_options() {
+    for (subcommand, options) in [
+        (
+            "sites",
+            &[
+                "--state",
+                "--max-runs",
+                "--jobs",
+                "--timeout",
+                "--inject",
+                "--all-stacks",
+                "--no-baseline",
+                "--json",
+                "--html",
+            ][..],
+        ),
+        ("run", &["--retries", "--inject"][..]),
+        ("report", &["--state", "--json", "--html"][..]),
+    ] {
+        let out = run(&[subcommand, "--help"]);
+        assert_eq!(out.code, Some(0), "{subcommand} --help: {}", out.stderr);
+        assert!(
+            out.stdout.contains(&format!("Usage: mayfail {subcommand}")),
+            "{}",
+            out.stdout
+        );
+        for option in options {
+            assert!(
+                out.stdout.contains(option),
+                "{subcommand} --help lacks {option}:\n{}",
+                out.stdout
+            );
+        }
+    }
+    // The report's help describes the JSON schema.
+    let report = run(&["report", "--help"]);
+    assert!(
+        report.stdout.contains("schema_version"),
+        "{}",
+        report.stdout
+    );
+}
+
+#[test]
+fn the_top_level_help_lists_the_exit_codes() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for line in [
+        "0    every site found was handled",
+        "1    unhandled sites found",
+        "2    bad input",
+        "3    I/O error",
+        "127    the command was not found",
+        "130    interrupted",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = run(&["--version"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("mayfail {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `cargo mayfail ARGS` runs `cargo-mayfail mayfail ARGS`.
+fn cargo_subcommand(args: &[&str]) -> Ran {
+    let output = Command::new(CARGO_RUNNER)
+        .args(args)
+        .env_remove("MAYFAIL_INJECT")
+        .output()
+        .expect("cargo-mayfail starts");
+    ran(output)
+}
+
+#[test]
+fn as_a_cargo_subcommand_the_name_cargo_passes_first_is_skipped() {
+    let out = cargo_subcommand(&["mayfail", "--version"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("mayfail {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = cargo_subcommand(&["mayfail", "run", "--", "sh", "-c", "exit 5"]);
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    let help = cargo_subcommand(&["mayfail", "sites", "--help"]);
+    assert_eq!(help.code, Some(0), "{}", help.stderr);
+    assert!(
+        help.stdout.contains("Usage: cargo mayfail sites"),
+        "{}",
+        help.stdout
+    );
+    // Run directly, without cargo's extra word, it works as well.
+    assert_eq!(cargo_subcommand(&["--version"]).code, Some(0));
+}
+
+#[test]
+fn a_missing_command_exits_127_with_one_line_naming_it() {
+    let dir = scratch("not_found");
+    let state = dir.join("sites.state");
+    for args in [
+        &["run", "--", "/nonexistent/mayfail-command"][..],
+        &[
+            "sites",
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+            "/nonexistent/mayfail-command",
+        ][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, Some(127), "{args:?}: {}", out.stderr);
+        let lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("mayfail: run 0 (baseline"))
+            .collect();
+        assert_eq!(
+            lines,
+            ["mayfail: command not found: /nonexistent/mayfail-command"],
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_option_exits_2_and_names_it() {
+    for args in [
+        &["--frobnicate"][..],
+        &["run", "--frobnicate", "--", "true"][..],
+        &["report", "--frobnicate"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("mayfail: unknown option --frobnicate"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_command_that_fails_without_injection_exits_4_and_walks_nothing() {
+    let dir = scratch("baseline_fails");
+    let state = dir.join("sites.state");
+    let out = run(&["sites", "--state", state.to_str().unwrap(), "--", "false"]);
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("fails without any injected failure (exit 1)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(runs_in(&state), 0, "no run under injection");
+}
+
+#[test]
+fn a_walk_with_no_site_exits_0_and_its_json_report_has_a_schema_version() {
+    let dir = scratch("no_site");
+    let state = dir.join("sites.state");
+    let out = run(&[
+        "sites",
+        "--no-baseline",
+        "--state",
+        state.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let json = std::fs::read_to_string(dir.join("sites.json")).unwrap();
+    let report = report_of(&json);
+    assert_eq!(report["sites"].as_array().map(Vec::len), Some(0), "{json}");
+    assert_eq!(report["runs"], 1);
+    assert_eq!(report["command"], "true");
+    assert_eq!(report["stopped"], "a run found no new site");
+    for outcome in ["crashed", "aborted", "hung", "failed", "unknown", "handled"] {
+        assert_eq!(report["counts"][outcome], 0, "{json}");
+    }
+}
+
+#[test]
+fn progress_on_a_stderr_that_is_not_a_terminal_is_plain_lines() {
+    let dir = scratch("plain_progress");
+    let state = dir.join("sites.state");
+    // `true` twice for the baseline, then run 1 finds nothing.
+    let out = run(&["sites", "--state", state.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stderr);
+    assert!(lines[0].starts_with("mayfail: run 0 (baseline, no injection, twice): true"));
+    assert!(lines[1].starts_with("mayfail: baseline: "), "{}", lines[1]);
+    assert!(
+        lines[2].starts_with("mayfail: run 1: 0 new sites; 0 sites so far (none); "),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        !out.stderr.contains(['\r', '\x1b']),
+        "no cursor movement or colours: {:?}",
+        out.stderr
+    );
 }

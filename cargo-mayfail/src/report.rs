@@ -1,12 +1,15 @@
 //! The report of `mayfail sites`: sites grouped by stack id, worst first, as
-//! a terminal table, a JSON file for machines and a self-contained HTML page.
+//! a terminal table and a self-contained HTML page (the JSON file for
+//! machines is [`crate::json`]).
 
 use std::fmt::Write as _;
+
+use serde::Serialize;
 
 use crate::state::{Outcome, State};
 
 /// One frame of a site's `where`: `function (file:line)`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Frame {
     pub function: String,
     pub location: Option<String>,
@@ -30,7 +33,7 @@ pub struct Site {
 }
 
 /// What the report says about a whole walk.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Summary {
     pub command: String,
     pub state: String,
@@ -191,81 +194,6 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_opt(v: Option<u64>) -> String {
-    v.map_or("null".to_owned(), |v| v.to_string())
-}
-
-/// The JSON report (format 1).
-pub fn json(s: &Summary) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{{");
-    let _ = writeln!(out, "  \"format\": 1,");
-    let _ = writeln!(out, "  \"command\": {},", json_str(&s.command));
-    let _ = writeln!(out, "  \"state\": {},", json_str(&s.state));
-    let _ = writeln!(out, "  \"runs\": {},", s.runs);
-    let _ = writeln!(out, "  \"stopped\": {},", json_str(&s.stopped));
-    let _ = writeln!(out, "  \"elapsed_ms\": {},", s.elapsed_ms);
-    let _ = writeln!(out, "  \"baseline_ms\": {},", json_opt(s.baseline_ms));
-    let _ = writeln!(out, "  \"last_run_ms\": {},", json_opt(s.last_run_ms));
-    let _ = writeln!(out, "  \"runtime_stacks\": {},", s.runtime_stacks);
-    let counts: Vec<String> = Outcome::ALL
-        .iter()
-        .map(|&o| format!("{}: {}", json_str(o.name()), s.count(o)))
-        .collect();
-    let _ = writeln!(out, "  \"counts\": {{{}}},", counts.join(", "));
-    let _ = writeln!(out, "  \"sites\": [");
-    for (i, site) in s.sites.iter().enumerate() {
-        let frames: Vec<String> = site
-            .frames
-            .iter()
-            .map(|f| {
-                format!(
-                    "{{\"function\": {}, \"location\": {}}}",
-                    json_str(&f.function),
-                    f.location.as_deref().map_or("null".to_owned(), json_str)
-                )
-            })
-            .collect();
-        let _ = writeln!(out, "    {{");
-        let _ = writeln!(out, "      \"stack\": \"{:016x}\",", site.id);
-        let _ = writeln!(out, "      \"outcome\": {},", json_str(site.outcome.name()));
-        let _ = writeln!(out, "      \"detail\": {},", json_str(&site.detail));
-        let _ = writeln!(out, "      \"seen\": {},", site.seen);
-        let _ = writeln!(out, "      \"first_run\": {},", site.first_run);
-        let _ = writeln!(out, "      \"failed\": {},", json_str(&site.what));
-        let _ = writeln!(out, "      \"binary\": {},", json_str(&site.binary));
-        let _ = writeln!(out, "      \"thread\": {},", json_str(&site.thread));
-        let _ = writeln!(out, "      \"frames\": [{}],", frames.join(", "));
-        let _ = writeln!(out, "      \"raw_frames\": {},", json_str(&site.raw_frames));
-        let _ = writeln!(out, "      \"replay\": {}", json_str(&site.replay));
-        let comma = if i + 1 < s.sites.len() { "," } else { "" };
-        let _ = writeln!(out, "    }}{comma}");
-    }
-    let _ = writeln!(out, "  ]");
-    let _ = writeln!(out, "}}");
-    out
-}
-
 fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -389,8 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn json_and_html_escape_what_they_must() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    fn html_escapes_what_it_must() {
         assert_eq!(
             html_escape("<a href='x'>&"),
             "&lt;a href=&#39;x&#39;&gt;&amp;"

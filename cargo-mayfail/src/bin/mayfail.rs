@@ -1,0 +1,9 @@
+//! `mayfail ...`: see the `cargo_mayfail` library for the program.
+
+fn main() {
+    let args = std::env::args_os().collect();
+    std::process::exit(cargo_mayfail::main_with_args(
+        cargo_mayfail::Invocation::Plain,
+        args,
+    ));
+}

@@ -1,0 +1,120 @@
+//! The subcommands, one file each, and what they share: the value parsers
+//! of their options and the files of a walk.
+
+pub(crate) mod report;
+pub(crate) mod run;
+pub(crate) mod sites;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::failure::Failure;
+use crate::state::{State, StateError};
+
+/// `--jobs`, `--max-runs`, `--timeout`: a whole number >= 1.
+fn at_least_one(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("takes a whole number >= 1, not \"{value}\"")),
+    }
+}
+
+/// `--retries`: -1, 0 or a count.
+fn retries(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n >= -1 => Ok(n),
+        _ => Err(format!(
+            "takes -1 (forever), 0 (never) or a count N >= 1, not \"{value}\""
+        )),
+    }
+}
+
+/// `--inject`: a spec in the grammar of `MAYFAIL_INJECT`, checked by the
+/// library that will read it.
+fn injection_spec(value: &str) -> Result<String, String> {
+    mayfail::check_injection(value)
+        .map(|()| value.to_owned())
+        .map_err(|e| format!("takes key=value pairs as MAYFAIL_INJECT does: {e}"))
+}
+
+/// The command after `--`, or why there is none.
+fn command_to_run(command: Vec<OsString>, separator_given: bool) -> Result<Vec<OsString>, Failure> {
+    if !command.is_empty() {
+        Ok(command)
+    } else if separator_given {
+        Err(Failure::bad_input("no command after `--`"))
+    } else {
+        Err(Failure::bad_input(
+            "missing `--` and the command to run: mayfail ... -- CMD ARGS...",
+        ))
+    }
+}
+
+/// The state file and the reports derived from it.
+#[derive(Args, Debug)]
+pub(crate) struct StateFiles {
+    /// State file of the walk (sites: resumed if it exists, created if not)
+    #[arg(long, value_name = "FILE", default_value = "mayfail-sites.state")]
+    state: PathBuf,
+    /// JSON report [default: the state file with .json]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// HTML report [default: the state file with .html]
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+/// Where the state file, the reports and the command's output are.
+pub(crate) struct Paths {
+    pub(crate) state: PathBuf,
+    pub(crate) json: PathBuf,
+    pub(crate) html: PathBuf,
+    pub(crate) log: PathBuf,
+}
+
+impl StateFiles {
+    fn paths(&self) -> Result<Paths, Failure> {
+        let state = std::path::absolute(&self.state)
+            .map_err(|e| Failure::bad_input(format!("--state {}: {e}", self.state.display())))?;
+        if state.is_dir() {
+            return Err(Failure::bad_input(format!(
+                "--state {} is a directory: give a file path (created if missing)",
+                state.display()
+            )));
+        }
+        let derived = |extension| state.with_extension(extension);
+        Ok(Paths {
+            json: self.json.clone().unwrap_or_else(|| derived("json")),
+            html: self.html.clone().unwrap_or_else(|| derived("html")),
+            log: derived("log"),
+            state,
+        })
+    }
+}
+
+/// Reads the state file; a corrupt one is bad input, an unreadable one an
+/// I/O error.
+fn load(path: &Path) -> Result<State, Failure> {
+    State::load(path).map_err(|e| match e {
+        StateError::Unreadable(path, error) => Failure::io("read the state file", &path, error),
+        corrupt @ StateError::Corrupt(..) => Failure::bad_input(corrupt.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_below_one_and_words_are_refused_with_the_accepted_form() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        for bad in ["0", "-1", "two", ""] {
+            let message = at_least_one(bad).unwrap_err();
+            assert!(message.contains("whole number >= 1"), "{message}");
+        }
+        assert_eq!(retries("-1"), Ok(-1));
+        assert!(retries("-2").unwrap_err().contains("-1 (forever)"));
+    }
+}

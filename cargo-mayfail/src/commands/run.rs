@@ -1,0 +1,57 @@
+//! `mayfail run`: one run of a command with the library's variables set.
+
+use std::ffi::OsString;
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::failure::Failure;
+use crate::process;
+
+/// Runs CMD with MAYFAIL_RETRIES and MAYFAIL_INJECT set, and exits with its
+/// status (128+S if signal S killed it)
+#[derive(Args, Debug)]
+#[command(after_help = "Example: mayfail run --inject probability=1,times=5 -- cargo test")]
+pub(crate) struct RunArgs {
+    /// MAYFAIL_RETRIES for CMD: -1 (retry forever), 0 (never) or a count N
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = super::retries)]
+    retries: Option<i64>,
+    /// MAYFAIL_INJECT for CMD: comma-separated key=value pairs
+    /// (probability=5,times=2...)
+    #[arg(long, value_name = "SPEC", value_parser = super::injection_spec)]
+    inject: Option<String>,
+    /// The command to run and its arguments, after `--`
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Runs the command; returns its shell status.
+pub(crate) fn execute(args: RunArgs, separator_given: bool) -> Result<i32, Failure> {
+    let argv = super::command_to_run(args.command, separator_given)?;
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    if let Some(retries) = args.retries {
+        command.env("MAYFAIL_RETRIES", retries.to_string());
+    }
+    if let Some(spec) = args.inject {
+        command.env("MAYFAIL_INJECT", spec);
+    }
+    process::catch_interrupts();
+    let mut child = command
+        .spawn()
+        .map_err(|e| Failure::spawn(process::shell_quote(&argv[0].to_string_lossy()), e))?;
+    // The command is in our process group: a Ctrl-C at the terminal reaches
+    // it directly; a SIGINT sent to us alone is passed on once.
+    let mut forwarded = false;
+    loop {
+        if let Some(status) = child.try_wait().map_err(Failure::Wait)? {
+            return Ok(process::shell_status(status));
+        }
+        if process::interrupted() && !forwarded {
+            forwarded = true;
+            process::signal_child(&child, libc::SIGINT);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,497 @@
+//! `mayfail sites`: walk every allocation site of a command, one new site
+//! per process per run, until a run finds no new site.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+use super::{Paths, StateFiles};
+use crate::exit_codes;
+use crate::failure::Failure;
+use crate::json;
+use crate::process::{self, interrupted, quoted, shell_quote};
+use crate::progress::Progress;
+use crate::report::{self, Summary, seconds};
+use crate::state::{self, Outcome, State};
+
+/// The longest state-file path the library takes in `sites=FILE`.
+const MAX_STATE_PATH: usize = 512;
+
+/// Walks every allocation site of CMD (e.g. `cargo test`): fails each one
+/// once, in a run of its own, and reports how the process ended
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Walks every allocation site of CMD (e.g. `cargo test`). Runs CMD again and \
+                  again; in each process the first allocation whose call stack is new fails, \
+                  once, and the site and how the process ended are kept in the state file. \
+                  Stops when a run fails no new site and meets no new stack at all (one more \
+                  run confirms a run that met new runtime stacks), or after --max-runs. Sites \
+                  whose innermost frame outside std/alloc/core is in the Rust runtime, the test \
+                  harness or libc are not counted (--all-stacks: counted). Replay a site with \
+                  MAYFAIL_INJECT='stack=ID' CMD (the report prints it).\n\n\
+                  Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
+                  aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
+                  status not 0: a test failed), unknown (no fate recorded), handled (exit 0). \
+                  CMD's output is appended to the state file with .log. Progress goes to \
+                  stderr: a live status line on a terminal, plain lines otherwise.",
+    after_help = "Example: mayfail sites -- cargo test --no-fail-fast\n\
+                  Exit status: 0 every site handled, 1 not, 2 bad input, 3 I/O error, \
+                  4 CMD fails without injection, 127 CMD not found, 130 interrupted \
+                  (the state file stays consistent: run again to resume).\n\
+                  The JSON report's schema: mayfail report --help"
+)]
+pub(crate) struct SitesArgs {
+    #[command(flatten)]
+    files: StateFiles,
+    /// At most N runs this time
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = super::at_least_one)]
+    max_runs: u64,
+    /// N copies of CMD at once per run; copy k lets the first k new sites pass
+    /// and fails the next one, so a deterministic CMD yields up to N sites per run
+    #[arg(long, value_name = "N", default_value = "1", value_parser = super::at_least_one)]
+    jobs: u64,
+    /// A run taking longer is killed; its site is 'hung'
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = super::at_least_one)]
+    timeout: u64,
+    /// More MAYFAIL_INJECT attributes (after=N, thread=NAME...)
+    #[arg(long, value_name = "SPEC", value_parser = super::injection_spec)]
+    inject: Option<String>,
+    /// Count stacks of the Rust runtime, the test harness and libc as sites
+    #[arg(long)]
+    all_stacks: bool,
+    /// Do not run CMD without injection first (twice: it must pass, and the
+    /// faster time is the cost baseline)
+    #[arg(long)]
+    no_baseline: bool,
+    /// The command to walk and its arguments, after `--`
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Walks the sites; returns [`exit_codes::SUCCESS`] if every site was
+/// handled.
+pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Failure> {
+    let argv = super::command_to_run(args.command, separator_given)?;
+    let paths = args.files.paths()?;
+    let timeout = Duration::from_secs(args.timeout);
+    let Some(state_text) = paths.state.to_str() else {
+        return Err(Failure::bad_input(format!(
+            "--state {}: the path must be valid UTF-8",
+            paths.state.display()
+        )));
+    };
+    if state_text.contains(',') || state_text.len() > MAX_STATE_PATH {
+        return Err(Failure::bad_input(format!(
+            "--state {state_text}: the path must hold no comma and at most {MAX_STATE_PATH} bytes"
+        )));
+    }
+    let mut spec = format!("sites={state_text}");
+    if args.all_stacks {
+        spec.push_str(",sites-all=Y");
+    }
+    if let Some(extra) = &args.inject {
+        spec.push(',');
+        spec.push_str(extra);
+    }
+    if let Err(e) = mayfail::check_injection(&spec) {
+        return Err(Failure::bad_input(format!(
+            "--inject {extra}: {e}",
+            extra = args.inject.unwrap_or_default()
+        )));
+    }
+    let state = super::load(&paths.state)?;
+    if state.len == 0 {
+        state::append(&paths.state, state::HEADER)
+            .map_err(|e| Failure::io("write", &paths.state, e))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.log)
+        .map_err(|e| Failure::io("write", &paths.log, e))?;
+    process::catch_interrupts();
+    let display = quoted(&argv);
+    let walker = Walker {
+        command: &argv,
+        display: &display,
+        paths: &paths,
+        log,
+        timeout,
+    };
+    let started = Instant::now();
+    let first_run = state.next_run();
+    let mut progress = Progress::on_stderr();
+
+    if !args.no_baseline {
+        // Twice, keeping the faster: the first also warms caches up (cargo's
+        // fingerprints, the page cache), as the runs under injection will be.
+        progress.line(&format!("run 0 (baseline, no injection, twice): {display}"));
+        progress.baseline_started();
+        let mut fastest: Option<Batch> = None;
+        for _ in 0..2 {
+            let batch = walker.run_batch(0, &[None])?;
+            let stop = batch.how != "done" || !batch.statuses.iter().all(ExitStatus::success);
+            if fastest
+                .as_ref()
+                .is_none_or(|f| batch.elapsed_ms < f.elapsed_ms || stop)
+            {
+                fastest = Some(batch);
+            }
+            if stop {
+                break;
+            }
+        }
+        let batch = fastest.expect("at least one baseline run");
+        let status = batch.describe();
+        walker.record(&format!("baseline\t{}\t{status}", batch.elapsed_ms))?;
+        if batch.how == "interrupted" {
+            progress.line("interrupted: stopped");
+            return Ok(exit_codes::INTERRUPTED);
+        }
+        if batch.how != "done" || !batch.statuses.iter().all(ExitStatus::success) {
+            progress.line(&format!(
+                "the command fails without any injected failure ({status}): sites would be \
+                 blamed for it; fix it first (its output is in {})",
+                paths.log.display()
+            ));
+            return Ok(exit_codes::BASELINE_FAILED);
+        }
+        progress.line(&format!(
+            "baseline: {} s, exit 0",
+            seconds(batch.elapsed_ms)
+        ));
+    }
+
+    let mut stopped = format!("--max-runs {} reached", args.max_runs);
+    let mut run = first_run;
+    while run < first_run + args.max_runs {
+        let before = super::load(&paths.state)?;
+        let known = report::sites(&before, &display);
+        let counts = Summary {
+            sites: known,
+            ..Summary::default()
+        };
+        progress.run_started(run, counts.sites.len(), &counts.counts());
+        walker.record(&format!(
+            "run\t{run}\t{}\t{}\t{display}",
+            args.jobs,
+            unix_ms()
+        ))?;
+        let copies: Vec<Option<String>> = (0..args.jobs)
+            .map(|k| {
+                Some(if k == 0 {
+                    spec.clone()
+                } else {
+                    format!("{spec},sites-skip={k}")
+                })
+            })
+            .collect();
+        let batch = walker.run_batch(run, &copies)?;
+        walker.record(&format!("end\t{run}\t{}\t{}", batch.elapsed_ms, batch.how))?;
+        let new = walker.settle(run, &batch)?;
+        let state = super::load(&paths.state)?;
+        let new_runtime = state.runtime_stacks - before.runtime_stacks;
+        let summary = Summary {
+            sites: report::sites(&state, &display),
+            ..Summary::default()
+        };
+        let outcomes: Vec<String> = new
+            .iter()
+            .map(|id| {
+                summary
+                    .sites
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .map_or("retried later".to_owned(), |s| s.outcome.to_string())
+            })
+            .collect();
+        progress.run_ended(
+            batch.elapsed_ms,
+            &format!(
+                "run {run}: {} new site{}{}; {} sites so far ({}); {} s",
+                new.len(),
+                if new.len() == 1 { "" } else { "s" },
+                if outcomes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", outcomes.join(", "))
+                },
+                summary.sites.len(),
+                summary.counts(),
+                seconds(batch.elapsed_ms)
+            ),
+        );
+        run += 1;
+        if batch.how == "interrupted" {
+            stopped = "interrupted (resume with the same command)".to_owned();
+            break;
+        }
+        // A run that failed nothing walked every stack of the command; if
+        // it met no new runtime stack either, nothing is left to find, and
+        // its time is the steady cost of sites mode. Otherwise (stacks that
+        // runs which failed early never reached) one more run confirms.
+        if new.is_empty() && (new_runtime == 0 || batch.how != "done") {
+            stopped = if batch.how == "done" {
+                "a run found no new site".to_owned()
+            } else {
+                format!("a run found no new site ({})", batch.how)
+            };
+            break;
+        }
+    }
+    drop(progress);
+
+    let state = super::load(&paths.state)?;
+    let summary = summarize(&state, &paths, &display, stopped, started.elapsed());
+    write_reports(&summary, &paths)?;
+    print!("{}", report::table(&summary));
+    println!(
+        "  reports: {} {}; state: {}; output of the runs: {}",
+        paths.json.display(),
+        paths.html.display(),
+        paths.state.display(),
+        paths.log.display()
+    );
+    Ok(if interrupted() {
+        exit_codes::INTERRUPTED
+    } else if summary.sites.iter().all(|s| s.outcome == Outcome::Handled) {
+        exit_codes::SUCCESS
+    } else {
+        exit_codes::UNHANDLED_SITES
+    })
+}
+
+/// What the report says about the walk recorded in `state`.
+pub(crate) fn summarize(
+    state: &State,
+    paths: &Paths,
+    command: &str,
+    stopped: String,
+    elapsed: Duration,
+) -> Summary {
+    Summary {
+        command: command.to_owned(),
+        state: paths.state.display().to_string(),
+        runs: state.runs.len() as u64,
+        stopped,
+        elapsed_ms: elapsed.as_millis() as u64,
+        baseline_ms: state.baseline.as_ref().map(|(ms, _)| *ms),
+        last_run_ms: state
+            .runs
+            .iter()
+            .rev()
+            .find(|r| r.how.as_deref() == Some("done"))
+            .and_then(|r| r.elapsed_ms),
+        runtime_stacks: state.runtime_stacks,
+        sites: report::sites(state, command),
+    }
+}
+
+/// Writes the JSON and the HTML report.
+pub(crate) fn write_reports(summary: &Summary, paths: &Paths) -> Result<(), Failure> {
+    for (path, text) in [
+        (&paths.json, json::render(summary)),
+        (&paths.html, report::html(summary)),
+    ] {
+        std::fs::write(path, text).map_err(|e| Failure::io("write", path, e))?;
+    }
+    Ok(())
+}
+
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Runs the command, copies at a time, and records what happened.
+struct Walker<'a> {
+    command: &'a [OsString],
+    display: &'a str,
+    paths: &'a Paths,
+    log: File,
+    timeout: Duration,
+}
+
+/// How one run (all its copies) ended.
+struct Batch {
+    /// `done`, `timeout` or `interrupted`.
+    how: &'static str,
+    elapsed_ms: u64,
+    /// Per copy: its pid and its status.
+    pids: Vec<u32>,
+    statuses: Vec<ExitStatus>,
+}
+
+impl Batch {
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.statuses.iter().map(process::describe_status).collect();
+        if parts.is_empty() {
+            self.how.to_owned()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+impl Walker<'_> {
+    fn record(&self, line: &str) -> Result<(), Failure> {
+        state::append(&self.paths.state, line)
+            .map_err(|e| Failure::io("write", &self.paths.state, e))
+    }
+
+    fn spawn(&self, run: u64, copy: usize, spec: Option<&str>) -> Result<Child, Failure> {
+        let mut log = &self.log;
+        let _ = std::io::Write::write_all(
+            &mut log,
+            format!(
+                "==== mayfail run {run}, copy {copy}: MAYFAIL_INJECT={} {}\n",
+                spec.map_or("(unset)".to_owned(), shell_quote),
+                self.display
+            )
+            .as_bytes(),
+        );
+        let output = || {
+            self.log
+                .try_clone()
+                .map(Stdio::from)
+                .map_err(|e| Failure::io("write", &self.paths.log, e))
+        };
+        let mut command = Command::new(&self.command[0]);
+        command
+            .args(&self.command[1..])
+            .stdin(Stdio::null())
+            .stdout(output()?)
+            .stderr(output()?)
+            // Its own process group: a timeout or an interrupt reaches
+            // everything it started (cargo's test binaries).
+            .process_group(0);
+        match spec {
+            Some(spec) => command.env("MAYFAIL_INJECT", spec),
+            None => command.env_remove("MAYFAIL_INJECT"),
+        };
+        // std's panic hook prints a backtrace under its backtrace lock, and
+        // its out-of-memory hook takes the same lock: a site failed inside
+        // the printer would deadlock the process. No backtraces, then.
+        command
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
+        command
+            .spawn()
+            .map_err(|e| Failure::spawn(shell_quote(&self.command[0].to_string_lossy()), e))
+    }
+
+    fn run_batch(&self, run: u64, specs: &[Option<String>]) -> Result<Batch, Failure> {
+        let started = Instant::now();
+        let mut children = Vec::new();
+        for (copy, spec) in specs.iter().enumerate() {
+            match self.spawn(run, copy, spec.as_deref()) {
+                Ok(child) => children.push(child),
+                Err(e) => {
+                    for child in &mut children {
+                        process::signal_group(child, libc::SIGKILL);
+                        let _ = child.wait();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let pids: Vec<u32> = children.iter().map(Child::id).collect();
+        let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
+        let mut how = "done";
+        let mut forwarded: Option<Instant> = None;
+        loop {
+            for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
+                if status.is_none() {
+                    *status = child.try_wait().ok().flatten();
+                }
+            }
+            if statuses.iter().all(Option::is_some) {
+                break;
+            }
+            if interrupted() && forwarded.is_none() {
+                how = "interrupted";
+                forwarded = Some(Instant::now());
+                for (child, status) in children.iter().zip(&statuses) {
+                    if status.is_none() {
+                        process::signal_group(child, libc::SIGINT);
+                    }
+                }
+            }
+            let overdue = started.elapsed() > self.timeout && how == "done";
+            let stubborn = forwarded.is_some_and(|at| at.elapsed() > Duration::from_secs(5));
+            if overdue || stubborn {
+                if overdue {
+                    how = "timeout";
+                }
+                for (child, status) in children.iter().zip(&statuses) {
+                    if status.is_none() {
+                        process::signal_group(child, libc::SIGKILL);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Batch {
+            how,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            pids,
+            statuses: statuses.into_iter().flatten().collect(),
+        })
+    }
+
+    /// After a run: gives every site it failed a fate the processes could
+    /// not write themselves, and returns the ids of its new sites.
+    fn settle(&self, run: u64, batch: &Batch) -> Result<Vec<u64>, Failure> {
+        let state = super::load(&self.paths.state)?;
+        let mut new = Vec::new();
+        for record in state.records.iter().filter(|r| r.run == run && !r.retried) {
+            if !new.contains(&record.id) {
+                new.push(record.id);
+            }
+            if record.fate.is_some() {
+                continue;
+            }
+            let direct = batch
+                .pids
+                .iter()
+                .position(|&pid| pid == record.pid)
+                .and_then(|i| batch.statuses.get(i));
+            let fate = match (batch.how, direct) {
+                ("interrupted", _) => None,
+                ("timeout", _) => Some((
+                    Outcome::Hung,
+                    format!("killed after {} s", self.timeout.as_secs()),
+                )),
+                (_, Some(status)) => Some(match (status.code(), status.signal()) {
+                    (Some(0), _) => (Outcome::Handled, "exit 0".to_owned()),
+                    (Some(code), _) => (Outcome::Failed, format!("exit {code}")),
+                    (None, Some(libc::SIGABRT)) => (Outcome::Aborted, "SIGABRT".to_owned()),
+                    (None, Some(signal)) => (Outcome::Crashed, format!("signal {signal}")),
+                    _ => (Outcome::Unknown, "no status".to_owned()),
+                }),
+                (_, None) => Some((
+                    Outcome::Unknown,
+                    "the process left no fate: killed by a signal mayfail does not catch, or _exit"
+                        .to_owned(),
+                )),
+            };
+            match fate {
+                Some((outcome, detail)) => self.record(&format!(
+                    "fate\t{:016x}\t{}\t{outcome}\t{detail}",
+                    record.id, record.pid
+                ))?,
+                // Interrupted before it could end: fail it again next time.
+                None => {
+                    self.record(&format!("retry\t{:016x}", record.id))?;
+                    new.retain(|&id| id != record.id);
+                }
+            }
+        }
+        Ok(new)
+    }
+}

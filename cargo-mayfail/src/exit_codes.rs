@@ -1,0 +1,82 @@
+//! The exit codes of `mayfail` and `cargo mayfail`, named.
+//!
+//! `mayfail run` is the exception: it exits with its command's own status
+//! (`128 + S` when a signal `S` killed it), as a shell does, and uses the
+//! codes here only for what happens before the command starts (bad input,
+//! command not found, cannot execute).
+
+/// `sites`: every site that was found was handled (its process exited 0).
+/// `report`: the report was printed and written.
+pub const SUCCESS: i32 = 0;
+
+/// `sites`: at least one site was not handled (crashed, aborted, hung,
+/// failed or unknown): the report lists them, worst first.
+pub const UNHANDLED_SITES: i32 = 1;
+
+/// Bad input: an unknown subcommand or option, a value out of range, a
+/// missing `--` or command, an unusable `--state` path, or a state file
+/// that is corrupt (it is then left exactly as it was). One line says
+/// which input and what it accepts, a second one shows the usage.
+pub const BAD_INPUT: i32 = 2;
+
+/// An I/O error: a file that exists could not be read or written (the
+/// state file, its `.log`, a report), or waiting for the command failed.
+/// One line names the file and the error; the input itself was fine, so
+/// the same command may well work once the file system does.
+pub const IO_ERROR: i32 = 3;
+
+/// `sites`: the command failed, timed out or was killed without any
+/// injected failure (the baseline run), so no site was walked: its
+/// failures would have been blamed on the sites. Its output is in the
+/// state file's `.log`.
+pub const BASELINE_FAILED: i32 = 4;
+
+/// The command exists but could not be executed (permission denied, not
+/// an executable), as in a shell.
+pub const CANNOT_EXECUTE: i32 = 126;
+
+/// The command was not found, as in a shell. One line names it.
+pub const COMMAND_NOT_FOUND: i32 = 127;
+
+/// `sites`: interrupted by Ctrl-C (`SIGINT`) or `SIGTERM`, which were
+/// forwarded to the command. The state file is consistent: run the same
+/// command again to resume.
+pub const INTERRUPTED: i32 = 130;
+
+/// The exit-code table of the top-level `--help`.
+pub(crate) const HELP: &str = "\
+Exit status:
+    0    every site found was handled (report: done)
+    1    unhandled sites found: crashed, aborted, hung, failed or unknown
+    2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
+    3    I/O error: a file could not be read or written (its path is named)
+    4    the command fails without injected failures (baseline): nothing walked
+  126    the command cannot be executed
+  127    the command was not found
+  130    interrupted (Ctrl-C, SIGTERM): run the same command again to resume
+`mayfail run` exits with its command's status (128+S if signal S killed it).";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_table_lists_every_code_with_its_number() {
+        for (code, words) in [
+            (SUCCESS, "every site found was handled"),
+            (UNHANDLED_SITES, "unhandled sites found"),
+            (BAD_INPUT, "bad input"),
+            (IO_ERROR, "I/O error"),
+            (
+                BASELINE_FAILED,
+                "the command fails without injected failures",
+            ),
+            (CANNOT_EXECUTE, "the command cannot be executed"),
+            (COMMAND_NOT_FOUND, "the command was not found"),
+            (INTERRUPTED, "interrupted"),
+        ] {
+            let line = format!("{code:>5}    {words}");
+            assert!(HELP.contains(&line), "{line:?} is missing from:\n{HELP}");
+        }
+    }
+}

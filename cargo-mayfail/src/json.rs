@@ -1,0 +1,180 @@
+//! The JSON report of `mayfail sites` and `mayfail report`: the contract for
+//! machines. Its schema is [`SCHEMA`] (printed by `mayfail report --help`);
+//! a change that could break a reader raises [`SCHEMA_VERSION`].
+
+use serde::Serialize;
+
+use crate::report::{Frame, Site, Summary};
+use crate::state::Outcome;
+
+/// The `schema_version` of the reports written now.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// The schema, as `report --help` prints it.
+pub(crate) const SCHEMA: &str = "\
+JSON report (schema_version 1), one object:
+  schema_version  1; raised by any change that could break a reader
+  command         the command walked, quoted for a shell
+  state           the state file's absolute path
+  runs            runs recorded in the state file (baseline excluded)
+  stopped         why the walk stopped, in words
+  elapsed_ms      wall time of this walk (report: of all recorded runs)
+  baseline_ms     time of the faster baseline run without injection, or null
+  last_run_ms     time of the last run that ended normally, or null
+  runtime_stacks  stacks of the Rust runtime, the test harness or libc that
+                  were met and not counted as sites
+  counts          {crashed, aborted, hung, failed, unknown, handled}: sites
+                  per outcome
+  sites           one object per site, worst outcome first:
+    stack         the stack id, 16 hex digits (replay: MAYFAIL_INJECT=stack=ID)
+    outcome       crashed, aborted, hung, failed, unknown or handled
+    detail        how the process ended: `SIGABRT`, `exit 101`...
+    seen          processes that failed this site (more with --jobs)
+    first_run     the run that first failed it
+    failed        the allocation that was failed: `alloc of 64 bytes (align 8)`
+    binary        the executable that failed it
+    thread        the name of the thread that failed it
+    frames        [{function, location}]: its first frames in user code,
+                  innermost first; location is `file:line` or null
+    raw_frames    the raw `module+offset` return addresses, comma-separated
+    replay        a shell command that fails this site again";
+
+/// The whole report.
+#[derive(Serialize)]
+struct Report<'a> {
+    schema_version: u32,
+    command: &'a str,
+    state: &'a str,
+    runs: u64,
+    stopped: &'a str,
+    elapsed_ms: u64,
+    baseline_ms: Option<u64>,
+    last_run_ms: Option<u64>,
+    runtime_stacks: usize,
+    counts: Counts,
+    sites: Vec<SiteEntry<'a>>,
+}
+
+/// Sites per outcome, worst first.
+#[derive(Serialize)]
+struct Counts {
+    crashed: usize,
+    aborted: usize,
+    hung: usize,
+    failed: usize,
+    unknown: usize,
+    handled: usize,
+}
+
+/// One site.
+#[derive(Serialize)]
+struct SiteEntry<'a> {
+    stack: String,
+    outcome: Outcome,
+    detail: &'a str,
+    seen: usize,
+    first_run: u64,
+    failed: &'a str,
+    binary: &'a str,
+    thread: &'a str,
+    frames: &'a [Frame],
+    raw_frames: &'a str,
+    replay: &'a str,
+}
+
+impl<'a> SiteEntry<'a> {
+    fn new(site: &'a Site) -> Self {
+        SiteEntry {
+            stack: format!("{:016x}", site.id),
+            outcome: site.outcome,
+            detail: &site.detail,
+            seen: site.seen,
+            first_run: site.first_run,
+            failed: &site.what,
+            binary: &site.binary,
+            thread: &site.thread,
+            frames: &site.frames,
+            raw_frames: &site.raw_frames,
+            replay: &site.replay,
+        }
+    }
+}
+
+/// The JSON report of `summary`, pretty-printed, with a final newline.
+pub(crate) fn render(summary: &Summary) -> String {
+    let report = Report {
+        schema_version: SCHEMA_VERSION,
+        command: &summary.command,
+        state: &summary.state,
+        runs: summary.runs,
+        stopped: &summary.stopped,
+        elapsed_ms: summary.elapsed_ms,
+        baseline_ms: summary.baseline_ms,
+        last_run_ms: summary.last_run_ms,
+        runtime_stacks: summary.runtime_stacks,
+        counts: Counts {
+            crashed: summary.count(Outcome::Crashed),
+            aborted: summary.count(Outcome::Aborted),
+            hung: summary.count(Outcome::Hung),
+            failed: summary.count(Outcome::Failed),
+            unknown: summary.count(Outcome::Unknown),
+            handled: summary.count(Outcome::Handled),
+        },
+        sites: summary.sites.iter().map(SiteEntry::new).collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&report)
+        .expect("a report of strings and numbers always serializes");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_text_names_every_field_the_report_has() {
+        let summary = Summary {
+            command: "cargo test".to_owned(),
+            state: "/s.state".to_owned(),
+            runs: 2,
+            stopped: "a run found no new site".to_owned(),
+            elapsed_ms: 10,
+            baseline_ms: None,
+            last_run_ms: Some(4),
+            runtime_stacks: 3,
+            sites: vec![Site {
+                id: 0xab,
+                outcome: Outcome::Aborted,
+                detail: "SIGABRT".to_owned(),
+                seen: 1,
+                first_run: 1,
+                what: "alloc of 8 bytes (align 8)".to_owned(),
+                thread: "main".to_owned(),
+                binary: "t".to_owned(),
+                frames: vec![Frame {
+                    function: "f \"quoted\"".to_owned(),
+                    location: None,
+                }],
+                raw_frames: "t+0x1".to_owned(),
+                replay: "MAYFAIL_INJECT='stack=00000000000000ab' cargo test".to_owned(),
+            }],
+        };
+        let value: serde_json::Value = serde_json::from_str(&render(&summary)).unwrap();
+        assert_eq!(value["schema_version"], 1);
+        assert_eq!(value["counts"]["aborted"], 1);
+        let site = &value["sites"][0];
+        assert_eq!(site["stack"], "00000000000000ab");
+        assert_eq!(site["outcome"], "aborted");
+        assert_eq!(site["frames"][0]["function"], "f \"quoted\"");
+        assert!(site["frames"][0]["location"].is_null());
+        let fields = value.as_object().unwrap().keys();
+        let site_fields = site.as_object().unwrap().keys();
+        for field in fields.chain(site_fields) {
+            assert!(
+                SCHEMA.contains(&format!("  {field} ")),
+                "{field} is not described in the schema"
+            );
+        }
+    }
+}
