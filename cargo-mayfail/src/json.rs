@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::report::{Frame, Site, Summary};
-use crate::state::Outcome;
+use crate::state::{Outcome, StackId};
 
 /// The `schema_version` of the reports written now.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -70,6 +70,7 @@ struct Counts {
 #[derive(Serialize)]
 struct SiteEntry<'a> {
     stack: String,
+    #[serde(serialize_with = "outcome_name")]
     outcome: Outcome,
     detail: &'a str,
     seen: usize,
@@ -85,7 +86,7 @@ struct SiteEntry<'a> {
 impl<'a> SiteEntry<'a> {
     fn new(site: &'a Site) -> Self {
         SiteEntry {
-            stack: format!("{:016x}", site.id),
+            stack: StackId(site.id).to_string(),
             outcome: site.outcome,
             detail: &site.detail,
             seen: site.seen,
@@ -126,6 +127,11 @@ pub(crate) fn render(summary: &Summary) -> String {
         .expect("a report of strings and numbers always serializes");
     text.push('\n');
     text
+}
+
+/// An outcome as JSON: its name.
+fn outcome_name<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(outcome.name())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::state::{Outcome, State};
+use crate::state::{Outcome, StackId, State};
 
 /// One frame of a site's `where`: `function (file:line)`.
 #[derive(Clone, Debug, Serialize)]
@@ -128,7 +128,7 @@ pub fn sites(state: &State, command: &str) -> Vec<Site> {
                 binary: r.binary.clone(),
                 frames: frames(&r.place),
                 raw_frames: r.frames.clone(),
-                replay: format!("MAYFAIL_INJECT='stack={:016x}' {command}", r.id),
+                replay: format!("MAYFAIL_INJECT='stack={}' {command}", StackId(r.id)),
             }),
         }
     }

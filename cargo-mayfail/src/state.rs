@@ -23,61 +23,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The first line of a state file.
-pub const HEADER: &str = "mayfail-sites\t1";
+pub use mayfail::Outcome;
+pub use mayfail::state::{HEADER, StackId};
+use mayfail::state::{Line, parse_line};
 
-/// How a failed site ended, worst first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// `SIGSEGV`/`SIGBUS` (or another fatal signal): likely an unchecked null.
-    Crashed,
-    /// `SIGABRT`: the failure reached an infallible allocation.
-    Aborted,
-    /// The run exceeded `--timeout` and was killed.
-    Hung,
-    /// The process exited non-zero: a test failed (an `unwrap`, an assert).
-    Failed,
-    /// The process left no fate (killed by a signal mayfail does not catch,
-    /// or `_exit`).
-    Unknown,
-    /// The process exited 0: the failure was handled.
-    Handled,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Crashed,
-        Outcome::Aborted,
-        Outcome::Hung,
-        Outcome::Failed,
-        Outcome::Unknown,
-        Outcome::Handled,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Crashed => "crashed",
-            Outcome::Aborted => "aborted",
-            Outcome::Hung => "hung",
-            Outcome::Failed => "failed",
-            Outcome::Unknown => "unknown",
-            Outcome::Handled => "handled",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.name() == s)
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One process's failure of a site.
 #[derive(Clone, Debug)]
 pub struct Record {
     pub id: u64,
@@ -139,13 +88,6 @@ impl fmt::Display for StateError {
     }
 }
 
-fn parse_id(s: &str) -> Option<u64> {
-    (s.len() == 16)
-        .then(|| u64::from_str_radix(s, 16).ok())
-        .flatten()
-        .filter(|&id| id != 0)
-}
-
 impl State {
     /// Reads a state file; a missing or empty file is a new state.
     pub fn load(path: &Path) -> Result<State, StateError> {
@@ -182,94 +124,66 @@ impl State {
                     ),
                 ));
             }
-            let fields: Vec<&str> = line.split('\t').collect();
-            let bad = |what: &str| corrupt(number, format!("a {what} line that does not parse"));
-            match fields[0] {
-                "mayfail-sites" if line == HEADER => {}
-                "" if line.is_empty() => {}
-                "baseline" => {
-                    let [_, ms, status] = fields[..] else {
-                        return Err(bad("baseline"));
-                    };
-                    let ms = ms.parse().map_err(|_| bad("baseline"))?;
-                    state.baseline = Some((ms, status.to_owned()));
-                }
-                "run" => {
-                    let [_, n, _copies, _start, command] = fields[..] else {
-                        return Err(bad("run"));
-                    };
-                    run = n.parse().map_err(|_| bad("run"))?;
+            let parsed = parse_line(line).map_err(|e| corrupt(number, e.to_string()))?;
+            match parsed {
+                Line::Baseline { ms, status } => state.baseline = Some((ms, status.to_owned())),
+                Line::Run {
+                    number, command, ..
+                } => {
+                    run = number;
                     state.runs.push(Run {
-                        number: run,
+                        number,
                         command: command.to_owned(),
                         elapsed_ms: None,
                         how: None,
                     });
                 }
-                "end" => {
-                    let [_, n, ms, how] = fields[..] else {
-                        return Err(bad("end"));
-                    };
-                    let n: u64 = n.parse().map_err(|_| bad("end"))?;
-                    let ms = ms.parse().map_err(|_| bad("end"))?;
-                    if let Some(r) = state.runs.iter_mut().rev().find(|r| r.number == n) {
+                Line::End { number, ms, how } => {
+                    if let Some(r) = state.runs.iter_mut().rev().find(|r| r.number == number) {
                         r.elapsed_ms = Some(ms);
                         r.how = Some(how.to_owned());
                     }
                 }
-                "site" => {
-                    if fields.len() < 7 {
-                        return Err(bad("site"));
-                    }
-                    let id = parse_id(fields[1]).ok_or_else(|| bad("site"))?;
-                    let pid = fields[2].parse().map_err(|_| bad("site"))?;
-                    state.records.push(Record {
-                        id,
-                        pid,
-                        run,
-                        what: fields[3].to_owned(),
-                        thread: fields[4].to_owned(),
-                        binary: fields[5].to_owned(),
-                        place: fields[6].to_owned(),
-                        frames: fields.get(7).unwrap_or(&"").to_string(),
-                        fate: None,
-                        retried: false,
-                    });
-                }
-                "fate" => {
-                    let [_, id, pid, outcome, detail] = fields[..] else {
-                        return Err(bad("fate"));
-                    };
-                    let id = parse_id(id).ok_or_else(|| bad("fate"))?;
-                    let pid: u32 = pid.parse().map_err(|_| bad("fate"))?;
-                    let outcome = Outcome::parse(outcome).ok_or_else(|| bad("fate"))?;
+                Line::Site {
+                    id,
+                    pid,
+                    what,
+                    thread,
+                    binary,
+                    place,
+                    frames,
+                } => state.records.push(Record {
+                    id,
+                    pid,
+                    run,
+                    what: what.to_owned(),
+                    thread: thread.to_owned(),
+                    binary: binary.to_owned(),
+                    place: place.to_owned(),
+                    frames: frames.to_owned(),
+                    fate: None,
+                    retried: false,
+                }),
+                Line::Fate {
+                    id,
+                    pid,
+                    outcome,
+                    detail,
+                } => {
                     fates
                         .entry((id, pid))
                         .or_insert((outcome, detail.to_owned()));
                 }
-                "runtime" => {
-                    let [_, id] = fields[..] else {
-                        return Err(bad("runtime"));
-                    };
-                    parse_id(id).ok_or_else(|| bad("runtime"))?;
-                    state.runtime_stacks += 1;
-                }
-                "retry" => {
-                    let [_, id] = fields[..] else {
-                        return Err(bad("retry"));
-                    };
-                    let id = parse_id(id).ok_or_else(|| bad("retry"))?;
+                Line::Runtime { .. } => state.runtime_stacks += 1,
+                Line::Retry { id } => {
                     for r in state.records.iter_mut().filter(|r| r.id == id) {
                         r.retried = true;
                     }
                 }
-                other => {
-                    let shown: String = other.chars().take(40).collect();
-                    return Err(corrupt(number, format!("unknown line \"{shown}\"")));
-                }
+                // The header, empty lines, and kinds a newer writer may add.
+                _ => {}
             }
         }
-        // A fate for a process that left no site line (a fork) is ignored.
         for record in &mut state.records {
             record.fate = fates.get(&(record.id, record.pid)).cloned();
         }

@@ -16,7 +16,7 @@ use crate::json;
 use crate::process::{self, interrupted, quoted, shell_quote};
 use crate::progress::Progress;
 use crate::report::{self, Summary, seconds};
-use crate::state::{self, Outcome, State};
+use crate::state::{self, Outcome, StackId, State};
 
 /// The longest state-file path the library takes in `sites=FILE`.
 const MAX_STATE_PATH: usize = 512;
@@ -482,12 +482,13 @@ impl Walker<'_> {
             };
             match fate {
                 Some((outcome, detail)) => self.record(&format!(
-                    "fate\t{:016x}\t{}\t{outcome}\t{detail}",
-                    record.id, record.pid
+                    "fate\t{}\t{}\t{outcome}\t{detail}",
+                    StackId(record.id),
+                    record.pid
                 ))?,
                 // Interrupted before it could end: fail it again next time.
                 None => {
-                    self.record(&format!("retry\t{:016x}", record.id))?;
+                    self.record(&format!("retry\t{}", StackId(record.id)))?;
                     new.retain(|&id| id != record.id);
                 }
             }
