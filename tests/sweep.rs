@@ -1,5 +1,5 @@
-//! The sweep: one fixture per outcome, real crates swept and asserted with
-//! what they really do, several sweeps per test and tests sweeping in
+//! The sweep: one fixture per outcome, std's collections swept and asserted
+//! with what they really do, several sweeps per test and tests sweeping in
 //! parallel (libtest runs these tests on parallel threads by default).
 
 use std::alloc::{Layout, System};
@@ -198,63 +198,8 @@ fn a_persistent_failure_inside_nofail_hangs_and_is_killed() {
 }
 
 // ---------------------------------------------------------------------------
-// Real crates, asserted with what they really do.
-
-#[test]
-fn hashbrown_try_reserve_then_inserts_within_capacity_is_handled() {
-    let report = quick().run(|| -> Result<usize, hashbrown::TryReserveError> {
-        let mut map: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
-        map.try_reserve(100)?;
-        for i in 0..100 {
-            map.insert(i, i * i);
-        }
-        Ok(map.len())
-    });
-    report.assert_handled();
-    assert_eq!(report.allocations(), 1, "one table allocation\n{report}");
-}
-
-#[test]
-fn hashbrown_inserts_beyond_capacity_abort() {
-    let report = quick().run(|| {
-        let mut map: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
-        for i in 0..100 {
-            map.insert(i, i);
-        }
-        map.len()
-    });
-    assert!(
-        report.count(Outcome::Aborted) >= 3,
-        "each growth is infallible\n{report}"
-    );
-    assert_eq!(report.count(Outcome::Handled), 0, "{report}");
-}
-
-#[test]
-fn smallvec_try_reserve_is_handled() {
-    let report = quick().run(|| -> Result<usize, smallvec::CollectionAllocErr> {
-        let mut v: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
-        v.try_reserve(64)?;
-        v.extend(0..64);
-        Ok(v.len())
-    });
-    report.assert_handled();
-    assert_eq!(report.allocations(), 1, "{report}");
-}
-
-#[test]
-fn bumpalo_try_alloc_is_handled() {
-    let report = quick().run(|| -> Result<u64, bumpalo::AllocErr> {
-        let bump = bumpalo::Bump::new();
-        let mut sum = 0;
-        for i in 0..1000u64 {
-            sum += *bump.try_alloc(i)?;
-        }
-        Ok(sum)
-    });
-    report.assert_handled();
-    assert!(report.allocations() >= 1, "{report}");
-}
+// std's collections, asserted with what they really do (other crates:
+// checks/tests/real_crates.rs).
 
 #[test]
 fn std_collections_try_reserve_is_handled() {

@@ -12,6 +12,7 @@
 //! default, `PROPTEST_CASES` for more) that throw random text at the spec
 //! parser and random bytes at the variables, in child processes.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::alloc::System;
