@@ -14,12 +14,14 @@ use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
 use crate::config::{self, Defaults};
-use crate::configure;
 use crate::engaged;
-use crate::inject::{self, Verdict};
+#[cfg(feature = "inject")]
+use crate::inject;
 use crate::policy;
-use crate::request::Request;
+use crate::request::{Request, Verdict};
 use crate::reserve;
+use crate::startup;
+#[cfg(feature = "sweep")]
 use crate::track;
 
 /// A global allocator that wraps `A` and applies the "too small to fail"
@@ -189,9 +191,13 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// As for [`Request::attempt`].
     #[inline(always)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
-        configure::start(&self.defaults);
+        startup::start(&self.defaults);
         reserve::fill_once(&self.inner);
-        let block = match inject::decide(request.op(), request.size(layout), layout.align()) {
+        #[cfg(feature = "inject")]
+        let verdict = inject::decide(request.op(), request.size(layout), layout.align());
+        #[cfg(not(feature = "inject"))]
+        let verdict = Verdict::Pass;
+        let block = match verdict {
             Verdict::Pass => {
                 // SAFETY: forwarded under the caller's contract.
                 let block = unsafe { request.attempt(&self.inner, layout) };
@@ -209,6 +215,7 @@ impl<A: GlobalAlloc> MayFail<A> {
             Verdict::Transient => unsafe { policy::after_null(&self.inner, layout, request) },
         };
         // Blocks mayfail itself takes while reporting are not the operation's.
+        #[cfg(feature = "sweep")]
         if !block.is_null() && track::on() && !crate::scope::in_reclaim() {
             if let Request::Realloc { ptr, .. } = request {
                 track::forget(ptr as usize);
@@ -229,6 +236,7 @@ impl<A: GlobalAlloc> MayFail<A> {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_engaged<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+    #[cfg(feature = "sweep")]
     if track::on() {
         track::forget(ptr as usize);
     }

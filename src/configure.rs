@@ -12,11 +12,11 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
-use crate::config::{self, Defaults};
 use crate::crash;
-use crate::engaged::{self, NOT_STARTED};
+use crate::engaged;
 use crate::inject::{self, Origin};
 use crate::scope;
+#[cfg(feature = "sites")]
 use crate::sites;
 use crate::spec::{self, Canonical, Spec, SpecError};
 use crate::sys;
@@ -51,9 +51,15 @@ pub fn configure_injection(spec: &str) -> Result<(), ConfigError> {
     if install(&parsed, Origin::Api) {
         Ok(())
     } else {
-        // The state file of `sites=` could not be opened or read.
+        // The state file of `sites=` could not be opened or read, or the
+        // `sites` feature is off.
         Err(ConfigError {
-            message: "sites: cannot open or read the state file; injection stays off".to_owned(),
+            message: if cfg!(feature = "sites") {
+                "sites: cannot open or read the state file; injection stays off"
+            } else {
+                "sites= and stack= need mayfail's `sites` feature; injection stays off"
+            }
+            .to_owned(),
         })
     }
 }
@@ -147,7 +153,15 @@ pub(crate) fn read_env() {
 /// which case injection stays off.
 fn install(s: &Spec, origin: Origin) -> bool {
     inject::set_injecting(false);
+    #[cfg(feature = "sites")]
     if !sites::install(s) {
+        return false;
+    }
+    #[cfg(not(feature = "sites"))]
+    if s.sites_len != 0 || s.stack != 0 {
+        sys::write_stderr(
+            b"mayfail: sites= and stack= need mayfail's `sites` feature; injection stays off\n",
+        );
         return false;
     }
     let seed = inject::set_attributes(s, origin);
@@ -175,22 +189,10 @@ const READING: u8 = 1;
 const READ: u8 = 2;
 static INJECT_ENV: AtomicU8 = AtomicU8::new(UNREAD);
 
-/// The engaged path's start-up, until it has run once: registers the
-/// allocator's compiled defaults, reads the knobs' variables and
-/// `MAYFAIL_INJECT`, then takes the "not started" reason off the engaged
-/// word. A thread that finds another one reading does not wait (the reader
-/// never allocates, so this cannot be the same thread re-entering).
-#[inline]
-pub(crate) fn start(defaults: &Defaults) {
-    if engaged::is_set(NOT_STARTED) {
-        start_once(defaults);
-    }
-}
-
-#[cold]
-fn start_once(defaults: &Defaults) {
-    config::register_defaults(defaults);
-    config::read_env_once();
+/// Reads `MAYFAIL_INJECT` if nobody has yet; whether it has been read. A
+/// thread that finds another one reading does not wait (the reader never
+/// allocates, so this cannot be the same thread re-entering).
+pub(crate) fn read_env_once() -> bool {
     if INJECT_ENV.load(Relaxed) == UNREAD
         && INJECT_ENV
             .compare_exchange(UNREAD, READING, Relaxed, Relaxed)
@@ -199,7 +201,5 @@ fn start_once(defaults: &Defaults) {
         read_env();
         INJECT_ENV.store(READ, Relaxed);
     }
-    if config::env_read() && INJECT_ENV.load(Relaxed) == READ {
-        engaged::set(NOT_STARTED, false);
-    }
+    INJECT_ENV.load(Relaxed) == READ
 }

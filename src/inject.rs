@@ -34,22 +34,11 @@ use crate::engaged::{self, INJECTING};
 use crate::hash::splitmix64;
 use crate::hook::{FnPointer, Hook, Hooks};
 use crate::record::{self, Cause};
-pub(crate) use crate::request::Op;
+pub(crate) use crate::request::{Op, Verdict};
 use crate::scope;
 use crate::spec::{MAX_THREAD_NAME, Spec};
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
-
-/// What to do with one allocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Serve it.
-    Pass,
-    /// Return null, without retries.
-    Fail,
-    /// Fail this attempt only: the retry policy takes over.
-    Transient,
-}
 
 /// What a stack filter says of one allocation (the site walk's `sites=`
 /// and `stack=` modes).

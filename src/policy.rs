@@ -158,6 +158,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         }
     }
     bump(&COUNTERS.failed);
+    #[cfg(feature = "log")]
     if !scope::quiet() && report::failure_log_due() {
         reserve::spend(inner, || report::log_failure(size, align, retries));
     }

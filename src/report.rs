@@ -65,7 +65,15 @@ pub(crate) fn stall(size: usize, align: usize, retries: u64, stalled_ms: u64) ->
 }
 
 /// Whether a final failure may be logged now: a logger wants it, and none
+/// was logged in the last second. Never without the `log` feature.
+#[cfg(not(feature = "log"))]
+pub(crate) fn failure_log_due() -> bool {
+    false
+}
+
+/// Whether a final failure may be logged now: a logger wants it, and none
 /// was logged in the last second.
+#[cfg(feature = "log")]
 pub(crate) fn failure_log_due() -> bool {
     let enabled =
         std::panic::catch_unwind(|| log::log_enabled!(target: "mayfail", log::Level::Warn));
@@ -78,6 +86,7 @@ pub(crate) fn failure_log_due() -> bool {
 /// Reports through `log` that a null is going back to the caller. The caller
 /// must hold the "in reclaim" guard. A logger that panics is caught: nothing
 /// may unwind out of the allocator.
+#[cfg(feature = "log")]
 pub(crate) fn log_failure(size: usize, align: usize, retries: u64) {
     let logged = std::panic::catch_unwind(|| {
         log::warn!(

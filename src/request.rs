@@ -24,6 +24,17 @@ impl Op {
     }
 }
 
+/// What to do with one allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Serve it.
+    Pass,
+    /// Return null, without retries.
+    Fail,
+    /// Fail this attempt only: the retry policy takes over.
+    Transient,
+}
+
 /// The operation that failed, to be attempted again as the same operation.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Request {

@@ -19,8 +19,8 @@
 //!
 //! A stack id is 16 lowercase hex digits, never all zeros nor all `f`. The
 //! program under test writes `site`, `fate` and `runtime` lines, the runner
-//! the others. [`parse_line`] reads any line; [`id_of_line`] reads just the
-//! kind and id without allocating, for the program under test.
+//! the others. [`parse_line`] reads any line; the program under test reads
+//! only each line's kind and id, without allocating.
 //!
 //! ```
 //! use mayfail::state::{Line, parse_line};

@@ -43,7 +43,7 @@ impl Site {
     }
 }
 
-/// The result of a sweep: see [`Sweep::run`].
+/// The result of a sweep: see [`Sweep::run`](crate::Sweep::run).
 #[derive(Clone, Debug)]
 pub struct SweepReport {
     pub(super) name: Option<String>,
