@@ -211,6 +211,15 @@ pub fn retries() -> isize {
 /// `n` must be `-1` (retry until success), `0` (never retry) or a count. A
 /// value below `-1` is refused with one line on stderr and the knob keeps its
 /// value.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// // A service that would rather shed load than stall: at most 3 retries.
+/// mayfail::set_retries(3);
+/// assert_eq!(mayfail::retries(), 3);
+/// mayfail::set_retries(mayfail::RETRY_FOREVER);
+/// ```
 pub fn set_retries(n: isize) {
     read_env_once();
     if n < RETRY_FOREVER {

@@ -2,9 +2,8 @@
 //!
 //! On stable Rust, a null on an infallible path (`Vec::push`, `Box::new`)
 //! makes std print "memory allocation of N bytes failed" and abort; there is
-//! no hook. So every injected failure records, in a thread-local of fixed
-//! size, what failed and the raw return addresses of its stack (no lock, no
-//! allocation: libgcc's unwinder). While injection is on, handlers for
+//! no hook. So every injected failure is recorded (`record`: what failed and
+//! the raw return addresses of its stack). While injection is on, handlers for
 //! `SIGABRT`, `SIGSEGV` and `SIGBUS` are installed; when the thread that got
 //! the injected failure then aborts (or faults near address zero: a likely
 //! unchecked null), the handler prints the report to stderr, then hands the
@@ -16,6 +15,10 @@
 //! are the addresses turned into names and lines, which allocates (under the
 //! thread's in-reclaim mark, so nothing is injected there); should that hang,
 //! the first part is out already.
+//!
+//! Above the injection decision: it registers an observer there (to keep its
+//! handlers in front and print verbose lines), and the site walk registers
+//! with it (to record a process's fate, to name a replay's stack id).
 
 use core::cell::UnsafeCell;
 use core::fmt::Write;

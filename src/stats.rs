@@ -82,6 +82,17 @@ pub(crate) fn bump(counter: &AtomicU64) {
 
 /// A snapshot of the counters. Each field is read on its own, so a snapshot
 /// taken while other threads are on the slow path may mix moments.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// let before = mayfail::stats();
+/// mayfail::fail_nth(1); // the next allocation of this thread fails
+/// let mut v: Vec<u8> = Vec::new();
+/// assert!(mayfail::noretry(|| v.try_reserve(64)).is_err());
+/// let after = mayfail::stats();
+/// assert_eq!(after.injected - before.injected, 1);
+/// ```
 pub fn stats() -> Stats {
     let c = &COUNTERS;
     Stats {

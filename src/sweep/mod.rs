@@ -65,7 +65,22 @@ impl Default for Sweep {
     }
 }
 
-/// Runs [`Sweep::run`] with the default options.
+/// Runs [`Sweep::run`] with the default options: fails the operation's
+/// first allocation, then its second, and so on, each in a child process,
+/// and reports how each point ended.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// let report = mayfail::sweep(|| {
+///     let mut names: Vec<String> = Vec::new();
+///     names.try_reserve(4)?;
+///     names.push(String::from("a")); // infallible: aborts when it fails
+///     Ok::<_, std::collections::TryReserveError>(names.len())
+/// });
+/// assert_eq!(report.count(mayfail::Outcome::Handled), 1);
+/// assert_eq!(report.count(mayfail::Outcome::Aborted), 1);
+/// ```
 pub fn sweep<R>(f: impl Fn() -> R) -> SweepReport {
     Sweep::new().run(f)
 }

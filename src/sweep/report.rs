@@ -43,7 +43,23 @@ impl Site {
     }
 }
 
-/// The result of a sweep: see [`Sweep::run`](crate::Sweep::run).
+/// The result of a sweep: see [`Sweep::run`](crate::Sweep::run). Its
+/// `Display` is a table of the call sites, worst first, with a replay
+/// command for each.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+/// let report = mayfail::sweep(|| {
+///     let mut v: Vec<u64> = Vec::new();
+///     v.try_reserve(16).map(|()| v.len())
+/// });
+/// assert!(report.is_handled(), "{report}");
+/// assert_eq!(report.allocations(), 1);
+/// for site in report.sites() {
+///     println!("{}: {} ({} points)", site.worst, site.site, site.points.len());
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SweepReport {
     pub(super) name: Option<String>,
