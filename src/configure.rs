@@ -15,12 +15,13 @@ use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use crate::crash;
 use crate::engaged;
 use crate::inject::{self, Origin};
+use crate::report;
 use crate::scope;
 #[cfg(feature = "sites")]
 use crate::sites;
 use crate::spec::{self, Canonical, Spec, SpecError};
 use crate::sys;
-use crate::text::{Quoted, Shown, StackBuf};
+use crate::text::{Quoted, StackBuf};
 
 /// The error from [`configure_injection`]: which field of the spec is wrong
 /// and what it accepts.
@@ -134,17 +135,11 @@ pub(crate) fn read_env() {
             install(&parsed, Origin::Env);
         }
         Err(error) => {
-            let mut line = StackBuf::<600>::new();
-            let _ = write!(
-                line,
-                "mayfail: ignoring MAYFAIL_INJECT=\"{}\"",
-                Shown(value)
+            report::ignoring_env(
+                "MAYFAIL_INJECT",
+                value,
+                format_args!("{error}; injection stays off"),
             );
-            if value.len() > Shown::MAX {
-                let _ = write!(line, " ({} bytes)", value.len());
-            }
-            let _ = write!(line, ": {error}; injection stays off");
-            sys::write_stderr(line.finish_line());
         }
     }
 }

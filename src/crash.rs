@@ -305,18 +305,7 @@ fn aborting_from_alloc_error() -> bool {
     // called `abort`.
     let mut frames = [0usize; 48];
     let depth = symbols::walk(&mut frames);
-    let mut found = false;
-    for &ip in &frames[..depth] {
-        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
-            if let Some(name) = symbol.name().and_then(|n| n.as_str()) {
-                found |= ALLOC_ERROR_FRAMES.iter().any(|f| name.contains(f));
-            }
-        });
-        if found {
-            break;
-        }
-    }
-    found
+    symbols::any_named(&frames[..depth], &ALLOC_ERROR_FRAMES)
 }
 
 /// Symbols of std's path from a failed allocation to the abort.

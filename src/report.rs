@@ -109,15 +109,26 @@ pub(crate) fn drop_panic_payload(payload: Box<dyn core::any::Any + Send>) {
     }
 }
 
-/// One stderr line for an environment variable that does not parse.
-pub(crate) fn bad_env(name: &str, value: &[u8], accepted: &str, default: fmt::Arguments<'_>) {
-    let mut line = StackBuf::<400>::new();
+/// The one stderr line for an environment variable that is refused:
+/// `mayfail: ignoring NAME="value" (N bytes): why`, the value escaped and cut
+/// (its length given when cut).
+pub(crate) fn ignoring_env(name: &str, value: &[u8], why: fmt::Arguments<'_>) {
+    let mut line = StackBuf::<600>::new();
     let _ = write!(line, "mayfail: ignoring {name}=\"{}\"", Shown(value));
     if value.len() > Shown::MAX {
         let _ = write!(line, " ({} bytes)", value.len());
     }
-    let _ = write!(line, ": accepted {accepted}; using the default {default}");
+    let _ = write!(line, ": {why}");
     write_stderr(line.finish_line());
+}
+
+/// [`ignoring_env`] for a knob: what it accepts, and the default that applies.
+pub(crate) fn bad_env(name: &str, value: &[u8], accepted: &str, default: fmt::Arguments<'_>) {
+    ignoring_env(
+        name,
+        value,
+        format_args!("accepted {accepted}; using the default {default}"),
+    );
 }
 
 /// One stderr line for a bad argument passed to a setter.

@@ -32,7 +32,11 @@
 
 use core::fmt;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
 use crate::Outcome;
+use crate::text::ShellWord;
 
 /// The first line of a state file, without its line break.
 pub const HEADER: &str = "mayfail-sites\t1";
@@ -220,6 +224,35 @@ pub(crate) fn id_of_line(line: &[u8]) -> Known {
         (b"retry", Some(id)) => Known::Retry(id),
         _ => Known::Other,
     }
+}
+
+/// One argument as a POSIX shell reads it back: as it is when every byte is
+/// safe, else single-quoted (bytes that are not UTF-8 in bash's `$'\xNN'`
+/// form). Commands in the state file and every replay line printed for a
+/// person to paste are quoted with it.
+///
+/// ```
+/// use mayfail::state::{quote_command, quote_word};
+///
+/// assert_eq!(quote_word("cargo".as_ref()), "cargo");
+/// assert_eq!(quote_word("x; rm -rf ~".as_ref()), "'x; rm -rf ~'");
+/// assert_eq!(quote_command(["cargo", "test", "it's"]), "cargo test 'it'\\''s'");
+/// ```
+pub fn quote_word(word: &OsStr) -> String {
+    ShellWord(word.as_bytes()).to_string()
+}
+
+/// A whole command, each argument quoted as [`quote_word`] does, separated
+/// by spaces.
+pub fn quote_command<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    args.into_iter()
+        .map(|arg| quote_word(arg.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Writes a stack id as the file holds it: 16 lowercase hex digits.

@@ -14,6 +14,7 @@ use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::path::Path;
 
 use crate::sys;
 use crate::text::StackBuf;
@@ -89,6 +90,60 @@ pub(crate) fn is_machinery(name: &str) -> bool {
     }
 }
 
+/// One function a return address stands for: several when functions were
+/// inlined there, innermost first.
+pub(crate) struct Frame<'a> {
+    /// The demangled name, without the hash (`<unknown>` if there is none).
+    pub(crate) name: &'a str,
+    /// Whether the debug information named it.
+    pub(crate) named: bool,
+    /// Its source file, if known.
+    pub(crate) file: Option<&'a Path>,
+    /// Its line, if known.
+    pub(crate) line: Option<u32>,
+}
+
+/// Calls `f` with each function `ip` stands for, innermost first. The one
+/// place addresses are turned into names: the `backtrace` crate allocates
+/// and takes its lock while it resolves, so callers hold the in-reclaim mark
+/// and never run it from a signal handler before the report's first lines.
+pub(crate) fn resolve(ip: usize, mut f: impl FnMut(&Frame<'_>)) {
+    backtrace::resolve(ip as *mut c_void, |symbol| {
+        let mut text = StackBuf::<512>::new();
+        let named = match symbol.name() {
+            Some(name) => write!(text, "{name:#}").is_ok(),
+            None => text.write_str("<unknown>").is_err(),
+        };
+        // A name cut inside a character keeps its whole characters.
+        let bytes = text.as_bytes();
+        let name = match core::str::from_utf8(bytes) {
+            Ok(name) => name,
+            Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        f(&Frame {
+            name,
+            named,
+            file: symbol.filename(),
+            line: symbol.lineno(),
+        });
+    });
+}
+
+/// Whether any function of the stack `frames` has a name containing one of
+/// `needles`.
+pub(crate) fn any_named(frames: &[usize], needles: &[&str]) -> bool {
+    let mut found = false;
+    for &ip in frames {
+        resolve(ip, |frame| {
+            found |= needles.iter().any(|needle| frame.name.contains(needle));
+        });
+        if found {
+            return true;
+        }
+    }
+    false
+}
+
 /// The call site of a stack: its first `depth` frames outside the
 /// allocation machinery, as `function (file:line) <- caller (file:line)`.
 /// The addresses must belong to this process (or to its parent before a
@@ -97,31 +152,26 @@ pub(crate) fn site_of(frames: &[usize], depth: usize) -> String {
     let mut site = String::new();
     let mut written = 0;
     let mut trimming = true;
+    let dir = std::env::current_dir().ok();
     for &ip in frames {
         if written >= depth {
             break;
         }
-        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
-            if written >= depth {
-                return;
-            }
-            let name = symbol.name().map(|n| format!("{n:#}"));
-            let name = name.as_deref().unwrap_or("<unknown>");
-            if trimming && is_machinery(name) {
+        resolve(ip, |frame| {
+            if written >= depth || (trimming && is_machinery(frame.name)) {
                 return;
             }
             trimming = false;
             if written > 0 {
                 site.push_str(" <- ");
             }
-            site.push_str(name);
-            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
-                let dir = std::env::current_dir().ok();
+            site.push_str(frame.name);
+            if let (Some(file), Some(line)) = (frame.file, frame.line) {
                 let shown = dir
                     .as_deref()
                     .and_then(|dir| file.strip_prefix(dir).ok())
                     .unwrap_or(file);
-                let _ = write!(site, " ({}:{lineno})", shown.display());
+                let _ = write!(site, " ({}:{line})", shown.display());
             }
             written += 1;
         });
@@ -150,20 +200,18 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
         let mut lines: [(StackBuf<400>, bool); 4] = [const { (StackBuf::new(), false) }; 4];
         let mut count = 0;
         let mut reached_harness = false;
-        backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+        resolve(ip, |frame| {
             if count == lines.len() || reached_harness {
                 return;
             }
-            let name = symbol.name().map(|n| format!("{n:#}"));
-            let name = name.as_deref().unwrap_or("<unknown>");
-            if name.contains("__rust_begin_short_backtrace") {
+            if frame.name.contains("__rust_begin_short_backtrace") {
                 reached_harness = true;
                 return;
             }
             let (line, machinery) = &mut lines[count];
-            *machinery = is_machinery(name);
-            let _ = write!(line, "  {printed:>3}: {name}");
-            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
+            *machinery = is_machinery(frame.name);
+            let _ = write!(line, "  {printed:>3}: {}", frame.name);
+            if let (Some(file), Some(lineno)) = (frame.file, frame.line) {
                 let _ = write!(line, "\n           at {}:{lineno}", file.display());
             }
             count += 1;
@@ -259,17 +307,12 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
             return Class::Runtime;
         }
         let mut verdict = None;
-        backtrace::resolve(ip as *mut c_void, |symbol| {
-            if verdict.is_some() {
+        resolve(ip, |frame| {
+            if verdict.is_some() || !frame.named {
                 return;
             }
-            let Some(name) = symbol.name() else { return };
             any_named = true;
-            let mut text = StackBuf::<512>::new();
-            let _ = write!(text, "{name:#}");
-            let Ok(name) = core::str::from_utf8(text.as_bytes()) else {
-                return;
-            };
+            let name = frame.name;
             if is_machinery(name) {
                 below_machinery = true;
                 return;
@@ -277,8 +320,8 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
             if !below_machinery {
                 return;
             }
-            let runtime_file = symbol
-                .filename()
+            let runtime_file = frame
+                .file
                 .and_then(|f| f.to_str())
                 .is_some_and(|f| RUNTIME_FILES.iter().any(|r| f.contains(r)));
             let runtime = runtime_file

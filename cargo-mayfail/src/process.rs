@@ -1,7 +1,7 @@
 //! Child processes: interrupts forwarded rather than obeyed, process
 //! groups, shell-style statuses and quoting.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -68,35 +68,10 @@ pub(crate) fn describe_status(status: &ExitStatus) -> String {
 
 /// A command line as a shell would read it back.
 pub(crate) fn quoted(command: &[OsString]) -> String {
-    command
-        .iter()
-        .map(|arg| shell_quote(&arg.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ")
+    mayfail::state::quote_command(command)
 }
 
 /// One argument, quoted for a POSIX shell if it needs it.
-pub(crate) fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if plain {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_are_quoted_only_when_a_shell_needs_it() {
-        assert_eq!(shell_quote("cargo"), "cargo");
-        assert_eq!(shell_quote("--test-threads=1"), "--test-threads=1");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("it's a b"), "'it'\\''s a b'");
-    }
+pub(crate) fn shell_quote(arg: &OsStr) -> String {
+    mayfail::state::quote_word(arg)
 }

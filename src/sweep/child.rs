@@ -213,9 +213,9 @@ pub(super) fn mayfail_is_global() -> bool {
 /// Resolves one symbol, so that the symbol cache is loaded before children
 /// are forked (they inherit it).
 pub(super) fn warm_symbols() {
-    let here = warm_symbols as *const () as *mut core::ffi::c_void;
-    backtrace::resolve(here, |_| {});
+    symbols::resolve(warm_symbols as *const () as usize, |_| {});
 }
+
 /// A forked child being watched.
 struct Child {
     n: u64,

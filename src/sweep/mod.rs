@@ -22,7 +22,6 @@ mod child;
 mod report;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::Outcome;
@@ -236,17 +235,11 @@ impl Sweep {
         match crate::text::parse_u64(number.trim_ascii()).filter(|&n| n >= 1) {
             Some(n) => Some(n),
             None => {
-                let mut line = String::new();
-                let _ = write!(
-                    line,
-                    "mayfail: ignoring MAYFAIL_SWEEP_POINT=\"{}\"",
-                    crate::text::Shown(bytes)
+                crate::report::ignoring_env(
+                    "MAYFAIL_SWEEP_POINT",
+                    bytes,
+                    format_args!("accepted N or name:N, N a whole number >= 1; sweeping as usual"),
                 );
-                if bytes.len() > crate::text::Shown::MAX {
-                    let _ = write!(line, " ({} bytes)", bytes.len());
-                }
-                line.push_str(": accepted N or name:N, N a whole number >= 1; sweeping as usual\n");
-                crate::sys::write_stderr(line.as_bytes());
                 None
             }
         }

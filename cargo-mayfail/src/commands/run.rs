@@ -40,7 +40,7 @@ pub(crate) fn execute(args: RunArgs, separator_given: bool) -> Result<i32, Failu
     process::catch_interrupts();
     let mut child = command
         .spawn()
-        .map_err(|e| Failure::spawn(process::shell_quote(&argv[0].to_string_lossy()), e))?;
+        .map_err(|e| Failure::spawn(process::shell_quote(&argv[0]), e))?;
     // The command is in our process group: a Ctrl-C at the terminal reaches
     // it directly; a SIGINT sent to us alone is passed on once.
     let mut forwarded = false;

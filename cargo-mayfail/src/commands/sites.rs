@@ -350,7 +350,7 @@ impl Walker<'_> {
             &mut log,
             format!(
                 "==== mayfail run {run}, copy {copy}: MAYFAIL_INJECT={} {}\n",
-                spec.map_or("(unset)".to_owned(), shell_quote),
+                spec.map_or("(unset)".to_owned(), |spec| shell_quote(spec.as_ref())),
                 self.display
             )
             .as_bytes(),
@@ -382,7 +382,7 @@ impl Walker<'_> {
             .env("RUST_LIB_BACKTRACE", "0");
         command
             .spawn()
-            .map_err(|e| Failure::spawn(shell_quote(&self.command[0].to_string_lossy()), e))
+            .map_err(|e| Failure::spawn(shell_quote(&self.command[0]), e))
     }
 
     fn run_batch(&self, run: u64, specs: &[Option<String>]) -> Result<Batch, Failure> {
