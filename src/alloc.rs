@@ -108,6 +108,12 @@ impl<A> MayFail<A> {
     pub const fn inner(&self) -> &A {
         &self.inner
     }
+
+    /// This value's address: which allocator the emergency reserve belongs
+    /// to (see `reserve`).
+    fn address(&self) -> usize {
+        self as *const Self as usize
+    }
 }
 
 /// Out-of-line entry points, one per operation: the success path builds no
@@ -154,7 +160,15 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn alloc_failed(&self, layout: &Layout) -> *mut u8 {
         let layout = *core::hint::black_box(layout);
         // SAFETY: the same request, still valid.
-        unsafe { policy::after_null(&self.inner, layout, Request::Alloc) }
+        unsafe {
+            policy::after_null(
+                self.address(),
+                &self.inner,
+                &self.defaults,
+                layout,
+                Request::Alloc,
+            )
+        }
     }
 
     /// # Safety
@@ -166,7 +180,15 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn alloc_zeroed_failed(&self, layout: &Layout) -> *mut u8 {
         let layout = *core::hint::black_box(layout);
         // SAFETY: the same request, still valid.
-        unsafe { policy::after_null(&self.inner, layout, Request::AllocZeroed) }
+        unsafe {
+            policy::after_null(
+                self.address(),
+                &self.inner,
+                &self.defaults,
+                layout,
+                Request::AllocZeroed,
+            )
+        }
     }
 
     /// # Safety
@@ -179,7 +201,15 @@ impl<A: GlobalAlloc> MayFail<A> {
         let layout = *core::hint::black_box(layout);
         // SAFETY: the same request, still valid: a failed realloc left its
         // block untouched.
-        unsafe { policy::after_null(&self.inner, layout, Request::Realloc { ptr, new_size }) }
+        unsafe {
+            policy::after_null(
+                self.address(),
+                &self.inner,
+                &self.defaults,
+                layout,
+                Request::Realloc { ptr, new_size },
+            )
+        }
     }
 
     /// The engaged path: the first allocations of the process (read the
@@ -192,7 +222,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[inline(always)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
         startup::start(&self.defaults);
-        reserve::fill_once(&self.inner);
+        reserve::fill_once(self.address(), &self.inner);
         #[cfg(feature = "inject")]
         let verdict = inject::decide(request.op(), request.size(layout), layout.align());
         #[cfg(not(feature = "inject"))]
@@ -204,7 +234,15 @@ impl<A: GlobalAlloc> MayFail<A> {
                 if block.is_null() {
                     // SAFETY: the same request, still valid: a failed
                     // realloc left its block untouched.
-                    unsafe { policy::after_null(&self.inner, layout, request) }
+                    unsafe {
+                        policy::after_null(
+                            self.address(),
+                            &self.inner,
+                            &self.defaults,
+                            layout,
+                            request,
+                        )
+                    }
                 } else {
                     block
                 }
@@ -212,7 +250,9 @@ impl<A: GlobalAlloc> MayFail<A> {
             Verdict::Fail => core::ptr::null_mut(),
             // SAFETY: the same request; the inner allocator was not called,
             // so a realloc's block is untouched.
-            Verdict::Transient => unsafe { policy::after_null(&self.inner, layout, request) },
+            Verdict::Transient => unsafe {
+                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
+            },
         };
         // Blocks mayfail itself takes while reporting are not the operation's.
         #[cfg(feature = "sweep")]

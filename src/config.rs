@@ -163,34 +163,46 @@ const RETRIES_ACCEPTED: &str =
 const SMALL_ACCEPTED: &str = "a size in bytes, with an optional K, M or G suffix (32K)";
 const STALL_ACCEPTED: &str = "milliseconds as a whole number, 0 to turn the warning off";
 
-fn layered_isize(l: &Layers<AtomicIsize>) -> isize {
-    match l.user.load(Relaxed) {
-        UNSET_ISIZE => match l.env.load(Relaxed) {
-            UNSET_ISIZE => l.default.load(Relaxed),
-            env => env,
-        },
-        user => user,
+/// The first layer that is set: the user's, the environment's, else the
+/// default.
+fn pick<T: PartialEq>(user: T, env: T, unset: T, default: T) -> T {
+    if user != unset {
+        user
+    } else if env != unset {
+        env
+    } else {
+        default
     }
+}
+
+fn layered_isize(l: &Layers<AtomicIsize>) -> isize {
+    let default = l.default.load(Relaxed);
+    pick(
+        l.user.load(Relaxed),
+        l.env.load(Relaxed),
+        UNSET_ISIZE,
+        default,
+    )
 }
 
 fn layered_usize(l: &Layers<AtomicUsize>) -> usize {
-    match l.user.load(Relaxed) {
-        UNSET_USIZE => match l.env.load(Relaxed) {
-            UNSET_USIZE => l.default.load(Relaxed),
-            env => env,
-        },
-        user => user,
-    }
+    let default = l.default.load(Relaxed);
+    pick(
+        l.user.load(Relaxed),
+        l.env.load(Relaxed),
+        UNSET_USIZE,
+        default,
+    )
 }
 
 fn layered_u64(l: &Layers<AtomicU64>) -> u64 {
-    match l.user.load(Relaxed) {
-        UNSET_U64 => match l.env.load(Relaxed) {
-            UNSET_U64 => l.default.load(Relaxed),
-            env => env,
-        },
-        user => user,
-    }
+    let default = l.default.load(Relaxed);
+    pick(
+        l.user.load(Relaxed),
+        l.env.load(Relaxed),
+        UNSET_U64,
+        default,
+    )
 }
 
 /// The retry knob in force: `-1` retry until success, `0` never retry, `N`
@@ -272,18 +284,38 @@ pub fn set_stall_ms(ms: u64) {
     KNOBS.stall_ms.user.store(ms.min(UNSET_U64 - 1), Relaxed);
 }
 
-/// The knobs as the slow path sees them, without the `read_env_once` check
-/// (the engaged path has done it).
-pub(crate) fn current_retries() -> isize {
-    layered_isize(&KNOBS.retries)
+/// The knobs as the slow path of one allocator sees them: the setter, the
+/// environment, then that allocator's own compiled default (two `MayFail`
+/// values with different defaults each keep theirs). No `read_env_once`
+/// check: the engaged path has done it.
+pub(crate) fn current_retries(defaults: &Defaults) -> isize {
+    let l = &KNOBS.retries;
+    pick(
+        l.user.load(Relaxed),
+        l.env.load(Relaxed),
+        UNSET_ISIZE,
+        defaults.retries,
+    )
 }
 
-pub(crate) fn current_small_limit() -> usize {
-    layered_usize(&KNOBS.small_limit)
+pub(crate) fn current_small_limit(defaults: &Defaults) -> usize {
+    let l = &KNOBS.small_limit;
+    pick(
+        l.user.load(Relaxed),
+        l.env.load(Relaxed),
+        UNSET_USIZE,
+        defaults.small_limit,
+    )
 }
 
-pub(crate) fn current_stall_ms() -> u64 {
-    layered_u64(&KNOBS.stall_ms)
+pub(crate) fn current_stall_ms(defaults: &Defaults) -> u64 {
+    let l = &KNOBS.stall_ms;
+    pick(
+        l.user.load(Relaxed),
+        l.env.load(Relaxed),
+        UNSET_U64,
+        defaults.stall_ms,
+    )
 }
 
 fn trim(s: &[u8]) -> &[u8] {

@@ -11,19 +11,28 @@
 //! ## When a retry cannot help
 //!
 //! Retrying only makes sense if freeing memory could make the request
-//! succeed. A request is deemed *incurable* when its worst-case footprint,
-//! `size + align - 1`, is larger than the whole address space the process may
-//! use: the soft `RLIMIT_AS` when one is set, else the user address space of
-//! the architecture (128 TiB on 64-bit targets, 3 GiB on 32-bit ones). Such a
-//! request fails at once, even inside `nofail`, like the kernel's refusal of
-//! orders above `MAX_ORDER`. Every other request is curable in principle and
-//! follows the knob.
+//! succeed. A request's *footprint* is its size, plus `align - 1` when its
+//! alignment is larger than the 16 bytes allocators give for free; smallness
+//! (against the small limit) is judged on the footprint too. A request is
+//! deemed *incurable* when its footprint is larger than the address space the
+//! process may use (the soft `RLIMIT_AS` when one is set, else the
+//! architecture's: 128 TiB on 64-bit targets, 3 GiB on 32-bit ones) or than
+//! the machine's RAM plus swap (the kernel refuses a single mapping that
+//! large unless it overcommits without limit, in which case it does not
+//! fail). Such a request fails at once, even inside `nofail`, like the
+//! kernel's refusal of orders above `MAX_ORDER`: a `nofail` of 1 TiB on a
+//! machine with 24 GiB fails instead of hanging. Every other request is
+//! curable in principle and follows the knob.
+//!
+//! The knobs' defaults are those of the allocator whose slow path runs: two
+//! `MayFail` values built with different defaults each keep theirs; the
+//! setters and the environment apply to both.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
 use crate::backoff::Backoff;
-use crate::config;
+use crate::config::{self, Defaults};
 use crate::reclaim;
 use crate::report;
 use crate::request::Request;
@@ -58,28 +67,44 @@ pub(crate) fn budget(mode: Mode, size: usize, retries: isize, small_limit: usize
     }
 }
 
-/// Whether no amount of freed memory could let `size` bytes at `align` fit
-/// in an address space of `space` bytes.
-pub(crate) fn incurable(size: usize, align: usize, space: u64) -> bool {
-    match size.checked_add(align.saturating_sub(1)) {
-        Some(footprint) => footprint as u64 > space,
-        None => true,
+/// Alignments up to this come with any block of glibc's malloc (and most
+/// allocators): they cost no extra space.
+const FREE_ALIGN: usize = 16;
+
+/// The memory a request needs at worst: its size, plus `align - 1` bytes to
+/// find an aligned address when the alignment is larger than allocators give
+/// for free. Smallness and curability are judged on it, so that 8 bytes
+/// aligned to 1 TiB are neither small nor curable.
+pub(crate) fn footprint(size: usize, align: usize) -> usize {
+    if align <= FREE_ALIGN {
+        size
+    } else {
+        size.saturating_add(align - 1)
     }
 }
 
-/// The address space this process may use: the soft `RLIMIT_AS`, or the
-/// architecture's user address space.
-fn address_space() -> u64 {
+/// The largest footprint that freed memory could ever make room for: the
+/// address space the process may use (the soft `RLIMIT_AS`, else the
+/// architecture's user address space) and the memory the machine has (RAM
+/// plus swap: the kernel refuses a single mapping larger than that unless it
+/// overcommits without limit, and then such a request does not fail).
+fn curable_limit() -> usize {
     const USER_SPACE: u64 = if cfg!(target_pointer_width = "64") {
         1 << 47
     } else {
         3 << 30
     };
-    sys::address_space_limit().map_or(USER_SPACE, |limit| limit.min(USER_SPACE))
+    let mut limit = sys::address_space_limit().map_or(USER_SPACE, |l| l.min(USER_SPACE));
+    if let Some(memory) = sys::memory_and_swap() {
+        limit = limit.min(memory);
+    }
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 /// Handles a null from the inner allocator for `request`: retries according
-/// to the policy, returns the block or null.
+/// to the policy, returns the block or null. `owner` is the address of the
+/// `MayFail` value whose slow path this is (see `reserve`), `defaults` its
+/// compiled defaults.
 ///
 /// # Safety
 ///
@@ -87,7 +112,9 @@ fn address_space() -> u64 {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn after_null<A: GlobalAlloc>(
+    owner: usize,
     inner: &A,
+    defaults: &Defaults,
     layout: Layout,
     request: Request,
 ) -> *mut u8 {
@@ -100,6 +127,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     };
     let size = request.size(layout);
     let align = layout.align();
+    let footprint = footprint(size, align);
     let start = sys::now_ns();
     let mut backoff = Backoff::new();
     let mut retries: u64 = 0;
@@ -110,9 +138,9 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         // can be rescued by `set_retries` from another thread.
         let budget = budget(
             mode,
-            size,
-            config::current_retries(),
-            config::current_small_limit(),
+            footprint,
+            config::current_retries(defaults),
+            config::current_small_limit(defaults),
         );
         let allowed = match budget {
             Budget::None => false,
@@ -123,7 +151,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
             break;
         }
         if !checked_curable {
-            if incurable(size, align, address_space()) {
+            if footprint > curable_limit() {
                 break;
             }
             checked_curable = true;
@@ -148,7 +176,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
             return block;
         }
         if !stalled {
-            let threshold = config::current_stall_ms();
+            let threshold = config::current_stall_ms(defaults);
             let stalled_ms = sys::now_ns().saturating_sub(start) / 1_000_000;
             if threshold != 0 && stalled_ms >= threshold {
                 stalled = true;
@@ -160,7 +188,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     bump(&COUNTERS.failed);
     #[cfg(feature = "log")]
     if !scope::quiet() && report::failure_log_due() {
-        reserve::spend(inner, || report::log_failure(size, align, retries));
+        reserve::spend(owner, inner, || report::log_failure(size, align, retries));
     }
     ptr::null_mut()
 }
@@ -198,12 +226,21 @@ mod tests {
     }
 
     #[test]
-    fn incurable_means_larger_than_the_address_space() {
-        let space = 1u64 << 30;
-        assert!(!incurable(64, 8, space));
-        assert!(!incurable(1 << 29, 1 << 20, space));
-        assert!(incurable((1 << 30) + 1, 1, space));
-        assert!(incurable(8, 1 << 31, space));
-        assert!(incurable(usize::MAX, 2, u64::MAX));
+    fn the_footprint_counts_alignment_beyond_what_comes_free() {
+        assert_eq!(footprint(64, 8), 64);
+        assert_eq!(footprint(K32, 16), K32);
+        assert_eq!(footprint(4096, 2 << 20), 4096 + (2 << 20) - 1);
+        assert_eq!(footprint(8, 1 << 40), 8 + (1 << 40) - 1);
+        assert_eq!(footprint(usize::MAX, 1 << 12), usize::MAX);
+        // A small size with a large alignment is not small.
+        let small = footprint(8, 1 << 20);
+        assert_eq!(budget(Mode::Normal, small, -1, K32), Budget::None);
+    }
+
+    #[test]
+    fn nothing_larger_than_the_machine_is_curable() {
+        let limit = curable_limit();
+        assert!(limit > 1 << 20);
+        assert!((limit as u64) <= sys::memory_and_swap().unwrap_or(u64::MAX));
     }
 }

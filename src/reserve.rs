@@ -8,10 +8,18 @@
 //! back to the inner allocator just before it logs; afterwards it tries to take
 //! it again. Taking and giving back never block: the block is swapped in and
 //! out of one atomic pointer.
+//!
+//! The reserve belongs to one allocator: the `MayFail` value that served the
+//! process's first allocation (the global allocator, in practice: std
+//! allocates before `main`). Its block comes from that value's inner
+//! allocator and only goes back to it; another `MayFail` value (a local one
+//! over another inner allocator) logs its final failures without a reserve.
+//! The owner is identified by its address, so it must not move or be dropped
+//! while the process runs, which a `static` guarantees.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// The size of the reserve.
 pub(crate) const RESERVE_BYTES: usize = 64 * 1024;
@@ -24,11 +32,17 @@ const LAYOUT: Layout = match Layout::from_size_align(RESERVE_BYTES, 16) {
 };
 
 static RESERVE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
-static FILLED_ONCE: AtomicU8 = AtomicU8::new(0);
+/// The address of the allocator the reserve belongs to (0: none yet).
+static OWNER: AtomicUsize = AtomicUsize::new(0);
 
-/// Sets the reserve aside, once per process.
-pub(crate) fn fill_once<A: GlobalAlloc>(inner: &A) {
-    if FILLED_ONCE.load(Ordering::Relaxed) == 0 && FILLED_ONCE.swap(1, Ordering::Relaxed) == 0 {
+/// Sets the reserve aside, once per process, for the first allocator that
+/// asks (`owner` is its address).
+pub(crate) fn fill_once<A: GlobalAlloc>(owner: usize, inner: &A) {
+    if OWNER.load(Ordering::Relaxed) == 0
+        && OWNER
+            .compare_exchange(0, owner, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
         refill(inner);
     }
 }
@@ -49,9 +63,14 @@ fn refill<A: GlobalAlloc>(inner: &A) {
     }
 }
 
-/// Gives the reserve back to `inner` (if it is there), runs `f`, then tries to
-/// set it aside again.
-pub(crate) fn spend<A: GlobalAlloc>(inner: &A, f: impl FnOnce()) {
+/// Gives the reserve back to `inner` (if it is there and belongs to the
+/// allocator at `owner`), runs `f`, then tries to set it aside again. For
+/// any other allocator, just runs `f`.
+pub(crate) fn spend<A: GlobalAlloc>(owner: usize, inner: &A, f: impl FnOnce()) {
+    if OWNER.load(Ordering::Relaxed) != owner {
+        f();
+        return;
+    }
     let block = RESERVE.swap(ptr::null_mut(), Ordering::AcqRel);
     if !block.is_null() {
         // SAFETY: only blocks allocated by `inner` with `LAYOUT` are stored.

@@ -150,6 +150,21 @@ pub(crate) fn address_space_limit() -> Option<u64> {
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
 }
 
+/// The machine's RAM plus swap, in bytes (`sysinfo`), or `None`.
+pub(crate) fn memory_and_swap() -> Option<u64> {
+    // SAFETY: an all-zero sysinfo is a valid value for the call to fill.
+    let mut info: libc::sysinfo = unsafe { core::mem::zeroed() };
+    // SAFETY: `info` is valid and writable; sysinfo does not allocate.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // the fields are narrower on 32-bit targets
+    let unit = (info.mem_unit as u64).max(1);
+    #[allow(clippy::unnecessary_cast)]
+    let total = (info.totalram as u64).saturating_add(info.totalswap as u64);
+    Some(total.saturating_mul(unit))
+}
+
 /// The name of a signal, for reports: `SIGABRT`, `SIGSEGV`... or `signal`.
 pub(crate) fn signal_name(sig: c_int) -> &'static str {
     match sig {

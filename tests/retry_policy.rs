@@ -471,3 +471,142 @@ fn a_final_failure_is_logged_once_per_second_even_from_a_fresh_thread() {
         warnings[0]
     );
 }
+
+/// Allocates `size` bytes aligned to `align` through the global allocator.
+fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: a non-zero size and a power-of-two alignment.
+    unsafe { std::alloc::alloc(Layout::from_size_align(size, align).unwrap()) }
+}
+
+#[test]
+fn a_small_size_with_a_huge_alignment_is_neither_small_nor_curable() {
+    if is_child() {
+        free_on_call(1);
+        // 8 bytes aligned to 1 TiB: no memory ever freed makes room for it.
+        let before = stats();
+        let p = alloc_aligned(8, 1 << 40);
+        let d = stats().since(&before);
+        assert!(p.is_null());
+        assert_eq!((d.retries, d.failed, d.reclaimer_calls), (0, 1, 0), "{d:?}");
+        // Even nofail gives up at once on a footprint larger than the machine.
+        let before = stats();
+        let p = mayfail::nofail(|| alloc_aligned(8, 1 << 40));
+        let d = stats().since(&before);
+        assert!(p.is_null());
+        assert_eq!((d.retries, d.failed), (0, 1), "{d:?}");
+        // 4 KiB aligned to 2 MiB under exhaustion: a large request, not
+        // retried (its footprint is 2 MiB + 4 KiB - 1).
+        let (p, d) = exhausted(|| alloc_aligned(4096, 2 << 20));
+        assert!(p.is_null());
+        assert_eq!((d.retries, d.failed, d.reclaimer_calls), (0, 1, 0), "{d:?}");
+        return;
+    }
+    run_child_with(
+        "a_small_size_with_a_huge_alignment_is_neither_small_nor_curable",
+        &[("MAYFAIL_RETRIES", "-1")],
+    )
+    .assert_success();
+}
+
+#[test]
+fn a_nofail_larger_than_ram_and_swap_fails_at_once() {
+    if is_child() {
+        // SAFETY: an all-zero sysinfo is valid; sysinfo fills it.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is writable.
+        assert_eq!(unsafe { libc::sysinfo(&mut info) }, 0);
+        let machine = (info.totalram + info.totalswap) as usize * info.mem_unit as usize;
+        free_on_call(1);
+        let before = stats();
+        let p = mayfail::nofail(|| alloc(machine.saturating_mul(2)));
+        let d = stats().since(&before);
+        assert!(p.is_null());
+        assert_eq!((d.retries, d.failed, d.reclaimer_calls), (0, 1, 0), "{d:?}");
+        return;
+    }
+    run_child_with(
+        "a_nofail_larger_than_ram_and_swap_fails_at_once",
+        &[("MAYFAIL_RETRIES", "-1")],
+    )
+    .assert_success();
+}
+
+/// An inner allocator for a second `MayFail`: it fails its first `NULLS`
+/// calls, then serves from the system allocator, and notices a free of a
+/// block it never handed out.
+struct Picky;
+
+const NULLS: usize = 50;
+static PICKY_CALLS: AtomicUsize = AtomicUsize::new(0);
+static PICKY_LIVE: AtomicUsize = AtomicUsize::new(0);
+static PICKY_FOREIGN_FREES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every block comes from `System` with the caller's layout and goes
+// back to it; a block `System` did not hand out through `Picky` is counted
+// and not freed.
+unsafe impl GlobalAlloc for Picky {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if PICKY_CALLS.fetch_add(1, SeqCst) < NULLS {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract.
+        let p = unsafe { System.alloc(layout) };
+        PICKY_LIVE.store(p as usize, SeqCst);
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if PICKY_LIVE
+            .compare_exchange(ptr as usize, 0, SeqCst, SeqCst)
+            .is_err()
+        {
+            PICKY_FOREIGN_FREES.fetch_add(1, SeqCst);
+            return;
+        }
+        // SAFETY: `ptr` came from `System.alloc` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Built with 2 retries, while the global allocator retries for ever.
+static LOCAL: MayFail<Picky> = MayFail::new(Picky).with_retries(2);
+
+#[test]
+fn two_instances_keep_their_own_defaults_and_reserves() {
+    if is_child() {
+        env_logger::builder().is_test(false).init();
+        free_on_call(usize::MAX);
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let before = stats();
+        // SAFETY: a non-zero size.
+        let p = unsafe { LOCAL.alloc(layout) };
+        let d = stats().since(&before);
+        assert!(
+            p.is_null(),
+            "the local allocator gives up after its 2 retries"
+        );
+        assert_eq!(PICKY_CALLS.load(SeqCst), 3, "one call and 2 retries");
+        assert_eq!((d.retries, d.failed), (2, 1), "{d:?}");
+        // Its final failure was logged without handing the global
+        // allocator's reserve to `Picky`.
+        assert_eq!(PICKY_FOREIGN_FREES.load(SeqCst), 0);
+        // The global allocator still retries for ever and recovers.
+        CALLS.store(0, SeqCst);
+        FREE_ON_CALL.store(3, SeqCst);
+        let (p, d) = exhausted(|| alloc(64));
+        assert!(!p.is_null());
+        free(p, 64);
+        assert_eq!((d.retries, d.recovered), (3, 1), "{d:?}");
+        return;
+    }
+    let run = run_child_with(
+        "two_instances_keep_their_own_defaults_and_reserves",
+        &[("RUST_LOG", "warn")],
+    );
+    run.assert_success();
+    assert!(
+        run.stderr.contains("failed after 2 retries"),
+        "the local failure is logged: {}",
+        run.stderr
+    );
+}
