@@ -90,6 +90,7 @@ mod report;
 mod reserve;
 
 mod policy;
+mod watchdog;
 
 #[cfg(feature = "inject")]
 mod configure;

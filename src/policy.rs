@@ -181,7 +181,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
             if threshold != 0 && stalled_ms >= threshold {
                 stalled = true;
                 bump(&COUNTERS.stalls);
-                report::stall(size, align, retries, stalled_ms);
+                report::stall(size, align, retries, stalled_ms, mode == Mode::NoFail);
             }
         }
     }

@@ -47,7 +47,13 @@ static FAILURE_LIMIT: RateLimit = RateLimit::new();
 /// The one-line warning for an allocation that has been retrying for too
 /// long. Rate-limited to one line per second across threads; returns whether
 /// the line was printed.
-pub(crate) fn stall(size: usize, align: usize, retries: u64, stalled_ms: u64) -> bool {
+pub(crate) fn stall(
+    size: usize,
+    align: usize,
+    retries: u64,
+    stalled_ms: u64,
+    nofail: bool,
+) -> bool {
     if !STALL_LIMIT.allow(SECOND_NS) {
         return false;
     }
@@ -55,11 +61,16 @@ pub(crate) fn stall(size: usize, align: usize, retries: u64, stalled_ms: u64) ->
     let _ = write!(
         line,
         "mayfail: allocation of {size} bytes (align {align}) stalled for {}.{:03} s after \
-         {retries} retries; it retries until memory is freed: set MAYFAIL_RETRIES=N or call \
-         mayfail::set_retries(N) to let it fail",
+         {retries} retries; ",
         stalled_ms / 1000,
         stalled_ms % 1000,
     );
+    let _ = line.write_str(if nofail {
+        "it is inside a nofail scope and retries until memory is freed"
+    } else {
+        "it retries until memory is freed: set MAYFAIL_RETRIES=N or call \
+         mayfail::set_retries(N) to let it fail"
+    });
     write_stderr(line.finish_line());
     true
 }

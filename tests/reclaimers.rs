@@ -202,3 +202,105 @@ fn a_panicking_reclaimer_is_caught_reported_once_and_removed() {
         "the panic hook still runs"
     );
 }
+
+static RACED_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+fn raced(_wanted: usize) -> usize {
+    RACED_CALLS.fetch_add(1, SeqCst);
+    0
+}
+
+#[test]
+fn adding_one_reclaimer_from_many_threads_at_once_registers_it_once() {
+    if is_child() {
+        for _ in 0..200 {
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        start.wait();
+                        mayfail::add_reclaimer(raced).unwrap();
+                    });
+                }
+            });
+            assert!(mayfail::remove_reclaimer(raced));
+            assert!(
+                !mayfail::remove_reclaimer(raced),
+                "a second copy was registered"
+            );
+        }
+        // Removed means never called again.
+        mayfail::set_retries(2);
+        let pressure = Exhaustion::start();
+        let p = alloc(64);
+        pressure.end();
+        assert!(p.is_null());
+        assert_eq!(RACED_CALLS.load(SeqCst), 0);
+        return;
+    }
+    run_child_with(
+        "adding_one_reclaimer_from_many_threads_at_once_registers_it_once",
+        &[],
+    )
+    .assert_success();
+}
+
+static STUCK_ARMED: AtomicBool = AtomicBool::new(false);
+static STUCK_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Once armed, a reclaimer stuck as if waiting for a lock its own thread
+/// holds, until the test lets it go.
+fn stuck(_wanted: usize) -> usize {
+    if !STUCK_ARMED.load(SeqCst) {
+        return 0;
+    }
+    while !STUCK_RELEASE.load(SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    0
+}
+
+#[test]
+fn the_watchdog_names_a_reclaimer_that_blocks() {
+    if is_child() {
+        mayfail::set_stall_ms(200);
+        mayfail::set_retries(1);
+        // Registering starts the watchdog thread: before memory runs out.
+        mayfail::add_reclaimer(stuck).unwrap();
+        let releaser = std::thread::spawn(|| {
+            while !STUCK_ARMED.load(SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(common::deadline_secs(1));
+            STUCK_RELEASE.store(true, SeqCst);
+        });
+        let pressure = Exhaustion::start();
+        STUCK_ARMED.store(true, SeqCst);
+        // Fails in the exhausted main arena; the reclaimer then blocks.
+        let p = alloc(64);
+        pressure.end();
+        releaser.join().unwrap();
+        // The retry after the release may succeed: the releaser's exit gave
+        // its stack back. What matters is the watchdog's line.
+        if !p.is_null() {
+            free(p, 64);
+        }
+        return;
+    }
+    let run = run_child_with("the_watchdog_names_a_reclaimer_that_blocks", &[]);
+    run.assert_success();
+    let lines = run.mayfail_lines();
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("reclaimer #0"))
+        .unwrap_or_else(|| panic!("no watchdog line: {}", run.stderr));
+    assert!(warning.contains("has been running for"), "{warning}");
+    assert!(warning.contains("(tid "), "{warning}");
+    assert!(warning.contains("must not block"), "{warning}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("reclaimer #0")).count(),
+        1,
+        "reported once: {}",
+        run.stderr
+    );
+}

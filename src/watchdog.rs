@@ -1,0 +1,134 @@
+//! The watchdog: a thread that notices a reclaimer call stuck for longer
+//! than the stall threshold and says so, since the stuck thread cannot.
+//!
+//! Started by the first [`add_reclaimer`](crate::add_reclaimer) (outside
+//! the allocator, so it may spawn a thread), it sleeps and looks at the table
+//! of reclaimer calls in progress (`reclaim::RUNNING`) a few times per stall
+//! threshold. A call running longer than the threshold gets one line naming
+//! the reclaimer, the thread and the time; no knob can end such a call, and
+//! the line says so. The watchdog never touches the allocator's state, takes
+//! no lock and does not allocate while it watches (memory may be exhausted
+//! just then); it runs in a `noretry` scope should anything it calls do so.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::config;
+use crate::reclaim::RUNNING;
+use crate::sys;
+use crate::text::{Shown, StackBuf};
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Starts the watchdog thread once per process. It is a bare POSIX thread,
+/// created inside a `noretry` scope: `add_reclaimer` may run while memory is
+/// exhausted, and then creating it fails cleanly (no std thread handle whose
+/// allocation would abort) and a later `add_reclaimer` tries again. Without
+/// it, the stalled thread's own warning still covers every stall but a
+/// blocked reclaimer.
+pub(crate) fn start() {
+    if STARTED.swap(true, Relaxed) {
+        return;
+    }
+    let _noretry = crate::scope::noretry_guard();
+    // SAFETY: an all-zero pthread_t and attribute object are valid storage
+    // for the calls below to initialise.
+    let (mut thread, mut attr): (libc::pthread_t, libc::pthread_attr_t) =
+        unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
+    // SAFETY: `attr` is initialised before use and destroyed after;
+    // `watch_entry` never unwinds and runs for the rest of the process; the
+    // new thread is detached, so nobody joins it.
+    let created = unsafe {
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 128 << 10);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let rc = libc::pthread_create(&mut thread, &attr, watch_entry, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        rc == 0
+    };
+    if created {
+        // SAFETY: `thread` was just created; the name fits the kernel's 16 bytes.
+        unsafe { libc::pthread_setname_np(thread, c"mayfail-watch".as_ptr()) };
+    } else {
+        STARTED.store(false, Relaxed);
+    }
+}
+
+extern "C" fn watch_entry(_arg: *mut libc::c_void) -> *mut libc::c_void {
+    // Nothing in `watch` panics; should it, the thread stops instead of
+    // unwinding into C.
+    let _ = std::panic::catch_unwind(watch);
+    core::ptr::null_mut()
+}
+
+fn watch() {
+    // Memory may be exhausted when a line is due: nothing here allocates,
+    // and should something, it fails at once instead of retrying.
+    let _noretry = crate::scope::noretry_guard();
+    loop {
+        let threshold_ms = config::stall_ms();
+        // Four looks per threshold, between 10 ms and 1 s apart.
+        let period = if threshold_ms == 0 {
+            1000
+        } else {
+            (threshold_ms / 4).clamp(10, 1000)
+        };
+        std::thread::sleep(Duration::from_millis(period));
+        if threshold_ms != 0 {
+            check(threshold_ms);
+        }
+    }
+}
+
+fn check(threshold_ms: u64) {
+    let now = sys::now_ns();
+    for call in RUNNING.calls() {
+        let tid = call.tid.load(Acquire);
+        let since = call.since_ns.load(Acquire);
+        if tid == 0 || since == 0 {
+            continue;
+        }
+        let running_ms = now.saturating_sub(since) / 1_000_000;
+        if running_ms < threshold_ms || call.reported.swap(true, Relaxed) {
+            continue;
+        }
+        let mut comm = [0u8; 16];
+        let comm = thread_name(tid, &mut comm);
+        let mut line = StackBuf::<400>::new();
+        let _ = write!(
+            line,
+            "mayfail: reclaimer #{} (fn at {:#x}) has been running for {}.{:03} s on thread \
+             '{}' (tid {tid}) during a failed allocation; a reclaimer must not block (one \
+             waiting for a lock its own thread holds never returns), and no knob can end it",
+            call.index.load(Relaxed),
+            call.function.load(Relaxed),
+            running_ms / 1000,
+            running_ms % 1000,
+            Shown(comm),
+        );
+        sys::write_stderr(line.finish_line());
+    }
+}
+
+/// The name of thread `tid` of this process, read from `/proc` without
+/// allocating.
+fn thread_name(tid: libc::pid_t, buf: &mut [u8; 16]) -> &[u8] {
+    let mut path = StackBuf::<48>::new();
+    let _ = write!(path, "/proc/self/task/{tid}/comm\0");
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            path.as_bytes().as_ptr().cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return &[];
+    }
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    buf[..n.max(0) as usize].trim_ascii_end()
+}
