@@ -75,7 +75,7 @@ fn on_injected(verbose: u8) {
 
 /// The verbose line for the failure just recorded (and its backtrace).
 fn describe_injection(with_backtrace: bool) {
-    let Some(record) = record::with_record(|r| *r) else {
+    let Some(record) = record::latest() else {
         return;
     };
     if !record.valid {
@@ -88,7 +88,7 @@ fn describe_injection(with_backtrace: bool) {
     record::describe(&mut line, &record);
     sys::write_stderr(line.finish_line());
     if with_backtrace {
-        symbols::write_backtrace(&record.frames[..record.depth]);
+        symbols::on_big_stack(&mut || symbols::write_backtrace(&record.frames[..record.depth]));
     }
 }
 
@@ -155,15 +155,20 @@ pub(crate) fn install_handlers() {
         action.sa_flags = libc::SA_SIGINFO;
         USED[i].store(1, Relaxed);
         // SAFETY: `action.sa_mask` is a valid sigset. Slot 0 is written by
-        // this thread only (it won `INSTALLED`), before our handler, its
-        // only reader, is installed.
+        // this thread only (it won `INSTALLED`), and completely before our
+        // handler, its only reader, is installed by the second call: a
+        // handler installed by someone else in between is found later by
+        // `reassert_handlers`.
         unsafe {
             libc::sigemptyset(&mut action.sa_mask);
             let slot = &mut (*SAVED.0.get())[i][0];
-            libc::sigaction(sig, &action, slot);
+            libc::sigaction(sig, core::ptr::null(), slot);
+            libc::sigaction(sig, &action, core::ptr::null_mut());
         }
         HAND_OVER[i].store(0, Release);
     }
+    // Raw frames in a report are named relative to their modules.
+    symbols::build_modules();
     INSTALLED.store(INSTALLED_STATE, Release);
     inject::observe(on_injected);
 }
@@ -208,25 +213,26 @@ pub(crate) fn reassert_handlers() {
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
     let index = SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
-    let fault_address = if sig == libc::SIGABRT || info.is_null() {
+    // A fault the kernel raised has a positive `si_code` (SEGV_MAPERR...);
+    // one sent with kill, raise or tgkill has SI_USER, SI_TKILL or
+    // SI_QUEUE, all <= 0, and its "address" is the sender's pid: not a fault
+    // at all, so not blamed on an unchecked null.
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let sent = info.is_null() || unsafe { (*info).si_code } <= 0;
+    let fault_address = if sig == libc::SIGABRT || sent {
         0
     } else {
-        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        // SAFETY: as above; for a kernel-raised fault `si_addr` is the address.
         unsafe { (*info).si_addr() as usize }
     };
     // [sites] The fate of the site this process failed in `sites` mode.
     if let Some(hook) = ON_FATAL_SIGNAL.get() {
         hook(sig, fault_address);
     }
-    let record = record::with_record(|r| {
-        let copy = *r;
-        // Report once: a second signal in the same thread passes through.
-        r.valid = false;
-        copy
-    });
+    let record = record::take();
     if let Some(record) = record
         && record.valid
-        && (sig == libc::SIGABRT || fault_address < NULL_PAGE_LIMIT)
+        && (sig == libc::SIGABRT || (!sent && fault_address < NULL_PAGE_LIMIT))
         && !SILENT.load(Relaxed)
     {
         print_report(sig, fault_address, &record);
@@ -250,7 +256,9 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     unsafe {
         let target = &(*SAVED.0.get())[index][slot];
         libc::sigaction(sig, target, core::ptr::null_mut());
-        if sig == libc::SIGABRT {
+        // A fault happens again when the faulting instruction re-executes; a
+        // sent signal (an abort is one) would not: send it again.
+        if sig == libc::SIGABRT || sent {
             libc::raise(sig);
         }
     }
@@ -263,21 +271,14 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
     // for ever: let SIGALRM end the process after 10 s instead.
     // SAFETY: alarm is async-signal-safe and has no preconditions.
     unsafe { libc::alarm(10) };
+    // First what needs neither memory nor much stack: the failing thread's
+    // stack may be small, or memory exhausted.
     let mut line = StackBuf::<300>::new();
     let _ = if sig == libc::SIGABRT {
-        if aborting_from_alloc_error() {
-            write!(
-                line,
-                "mayfail: the process is aborting after an injected allocation failure: std's \
-                 handle_alloc_error, an infallible allocation path"
-            )
-        } else {
-            write!(
-                line,
-                "mayfail: the process is aborting, not from handle_alloc_error; the last \
-                 injected failure on this thread was handled at the time"
-            )
-        }
+        write!(
+            line,
+            "mayfail: the process is aborting after an injected allocation failure"
+        )
     } else {
         let name = sys::signal_name(sig);
         write!(
@@ -287,25 +288,37 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
         )
     };
     sys::write_stderr(line.finish_line());
-
     let mut line = StackBuf::<400>::new();
     let _ = write!(line, "mayfail:   failed on purpose: ");
     record::describe(&mut line, r);
     sys::write_stderr(line.finish_line());
     print_replay(r);
-    symbols::write_backtrace(&r.frames[..r.depth]);
+    symbols::write_raw_frames(&r.frames[..r.depth]);
+    // Then names, on a stack of their own: the abort's cause and the
+    // backtrace.
+    let mut abort_frames = [0usize; 48];
+    let abort_depth = if sig == libc::SIGABRT {
+        // libgcc's unwinder walks through the signal frame to the code that
+        // called `abort`.
+        symbols::walk(&mut abort_frames)
+    } else {
+        0
+    };
+    symbols::on_big_stack(&mut || {
+        if sig == libc::SIGABRT {
+            let from_alloc_error =
+                symbols::any_named(&abort_frames[..abort_depth], &ALLOC_ERROR_FRAMES);
+            sys::write_stderr(if from_alloc_error {
+                b"mayfail:   cause: std's handle_alloc_error, an infallible allocation path\n"
+            } else {
+                b"mayfail:   cause: not handle_alloc_error; the last injected failure on this \
+                  thread was handled at the time\n"
+            });
+        }
+        symbols::write_backtrace(&r.frames[..r.depth]);
+    });
     // SAFETY: as above; cancels the alarm.
     unsafe { libc::alarm(0) };
-}
-
-/// Whether the current stack (inside the `SIGABRT` handler) goes through
-/// std's allocation-error handler. Resolving names allocates.
-fn aborting_from_alloc_error() -> bool {
-    // libgcc's unwinder walks through the signal frame to the code that
-    // called `abort`.
-    let mut frames = [0usize; 48];
-    let depth = symbols::walk(&mut frames);
-    symbols::any_named(&frames[..depth], &ALLOC_ERROR_FRAMES)
 }
 
 /// Symbols of std's path from a failed allocation to the abort.

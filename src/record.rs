@@ -65,16 +65,33 @@ thread_local! {
     static LAST: RecordCell = const { RecordCell(UnsafeCell::new(Record::EMPTY)) };
 }
 
-/// Runs `f` on this thread's record.
-pub(crate) fn with_record<R>(f: impl FnOnce(&mut Record) -> R) -> Option<R> {
-    LAST.try_with(|cell| {
-        // SAFETY: the record is only reached through this function, on its
-        // own thread, and `f` never calls back into it; a signal handler that
-        // interrupts a write may read a half-written record, which `valid`
-        // (cleared first, set last) makes it skip.
-        f(unsafe { &mut *cell.0.get() })
-    })
-    .ok()
+/// This thread's record, as a raw pointer: no `&mut` to it is ever made,
+/// because a signal handler on the same thread may read it while the
+/// thread is in the middle of writing it.
+fn record() -> Option<*mut Record> {
+    LAST.try_with(|cell| cell.0.get()).ok()
+}
+
+/// A copy of this thread's latest record (check `valid`).
+pub(crate) fn latest() -> Option<Record> {
+    // SAFETY: the pointer is this thread's record, alive while the thread
+    // is; a volatile read of a plain `Copy` value, possibly half-written by
+    // the code this signal handler interrupted, which `valid` (cleared
+    // first, set last) tells apart.
+    record().map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+/// A copy of this thread's latest record, which is then marked as used
+/// (`valid` cleared): a signal handler reports a failure once.
+pub(crate) fn take() -> Option<Record> {
+    let p = record()?;
+    // SAFETY: as in `latest`; the write is a single `bool` through the raw
+    // pointer, no reference is made.
+    unsafe {
+        let copy = core::ptr::read_volatile(p);
+        core::ptr::addr_of_mut!((*p).valid).write_volatile(false);
+        Some(copy)
+    }
 }
 
 /// Records an injected failure of the current thread, with its stack.
@@ -87,22 +104,36 @@ pub(crate) fn capture(
     from_env: bool,
     seed: u64,
 ) {
-    with_record(|r| {
-        r.valid = false;
-        // A signal handler on this thread must see `valid` cleared before
-        // the record changes, and set only once it is complete.
+    let Some(p) = record() else {
+        return;
+    };
+    // Walk first, into the stack: the record is only ever written whole.
+    let mut frames = [0usize; MAX_FRAMES];
+    let depth = symbols::walk(&mut frames);
+    let new = Record {
+        valid: false,
+        op,
+        size,
+        align,
+        number,
+        cause,
+        from_env,
+        seed,
+        depth,
+        frames,
+    };
+    // SAFETY: `p` is this thread's record. No reference to it exists (see
+    // `record`); a signal handler on this thread reads it with volatile
+    // reads. `valid` is cleared before the record changes and set only once
+    // it is complete, with compiler fences between: the handler, on the same
+    // thread, sees the writes in program order.
+    unsafe {
+        core::ptr::addr_of_mut!((*p).valid).write_volatile(false);
         compiler_fence(SeqCst);
-        r.op = op;
-        r.size = size;
-        r.align = align;
-        r.number = number;
-        r.cause = cause;
-        r.from_env = from_env;
-        r.seed = seed;
-        r.depth = symbols::walk(&mut r.frames);
+        core::ptr::write_volatile(p, new);
         compiler_fence(SeqCst);
-        r.valid = true;
-    });
+        core::ptr::addr_of_mut!((*p).valid).write_volatile(true);
+    }
 }
 
 /// "alloc of 64 bytes (align 8) on thread 'name', its allocation #17, by fail-nth"
@@ -128,7 +159,7 @@ pub(crate) fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
 /// Writes what this thread's latest injected failure was:
 /// `alloc of 64 bytes (align 8)`.
 pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
-    if let Some(r) = with_record(|r| *r)
+    if let Some(r) = latest()
         && r.valid
     {
         let _ = write!(
@@ -144,7 +175,7 @@ pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
 /// Writes the raw return addresses of this thread's latest injected
 /// failure, in hex, separated by commas. Does not allocate.
 pub(crate) fn write_frames<const N: usize>(line: &mut StackBuf<N>) -> bool {
-    let Some(record) = with_record(|r| *r) else {
+    let Some(record) = latest() else {
         return false;
     };
     if !record.valid {

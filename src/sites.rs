@@ -54,7 +54,6 @@ use crate::Outcome;
 use crate::crash;
 use crate::hash::splitmix64;
 use crate::inject::{self, Op, StackCheck};
-use crate::report;
 use crate::scope::ReclaimGuard;
 use crate::spec::{MAX_SITES_PATH, Spec};
 use crate::state::{self, StackId};
@@ -120,12 +119,11 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     let Some(_reclaiming) = ReclaimGuard::enter() else {
         return StackCheck::Pass;
     };
-    // Resolving symbols is library code running inside the allocator: a
-    // panic there must not unwind out of it (counted as a site then).
-    let class = std::panic::catch_unwind(|| symbols::classify(frames)).unwrap_or_else(|payload| {
-        report::drop_panic_payload(payload);
-        Class::User
-    });
+    // Resolving symbols needs a large stack (the allocating thread's may be
+    // small): it runs on a thread of its own, which catches panics. No
+    // thread, or a panic: counted as a site.
+    let mut class = Class::User;
+    symbols::on_big_stack(&mut || class = symbols::classify(frames));
     if !ALL.load(Relaxed) && class == Class::Runtime {
         if KNOWN.insert(id, 0, false) == Inserted::New {
             let mut line = StackBuf::<40>::new();
@@ -191,11 +189,6 @@ pub(crate) fn install(spec: &Spec) -> bool {
     let Ok(c_path) = CStr::from_bytes_until_nul(&c_path) else {
         return false;
     };
-    let old = FD.swap(-1, Relaxed);
-    if old >= 0 {
-        // SAFETY: the descriptor was ours; nothing writes to it once swapped out.
-        unsafe { libc::close(old) };
-    }
     // SAFETY: a NUL-terminated path; the descriptor is kept for the process.
     let fd = unsafe {
         libc::open(
@@ -224,7 +217,18 @@ pub(crate) fn install(spec: &Spec) -> bool {
         let _ = header.write_str(state::HEADER);
         sys::write_fd(fd, header.finish_line());
     }
-    FD.store(fd, Relaxed);
+    // A reconfiguration keeps the descriptor's number, which a thread may be
+    // writing to right now: `dup2` makes it refer to the new file at once,
+    // so such a write lands whole in one file or the other, never in a
+    // closed or reused descriptor.
+    let old = FD.load(Relaxed);
+    // SAFETY: `fd` and `old` are open descriptors of ours.
+    if old >= 0 && unsafe { libc::dup3(fd, old, libc::O_CLOEXEC) } == old {
+        // SAFETY: `fd` is open and ours; `old` now refers to its file.
+        unsafe { libc::close(fd) };
+    } else {
+        FD.store(fd, Relaxed);
+    }
     SKIP.store(spec.sites_skip, Relaxed);
     ALL.store(spec.sites_all, Relaxed);
     if !EXIT_HANDLER.swap(true, Relaxed) {
@@ -312,8 +316,9 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
 // The site line.
 
 fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
-    // Resolving allocates: the caller holds the in-reclaim mark.
-    let place = symbols::site_of(frames, WHERE_FRAMES);
+    // Resolving allocates and needs stack: on a thread of its own.
+    let mut place = String::new();
+    symbols::on_big_stack(&mut || place = symbols::site_of(frames, WHERE_FRAMES));
     let mut name_buf = [0u8; 16];
     let thread = sys::thread_name(&mut name_buf);
     let mut line = StackBuf::<4096>::new();

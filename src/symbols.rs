@@ -144,6 +144,62 @@ pub(crate) fn any_named(frames: &[usize], needles: &[&str]) -> bool {
     false
 }
 
+/// Writes the raw frames of a stack to stderr, each as `module+offset`
+/// (stable across runs, resolvable later with `addr2line`). Needs neither
+/// memory nor much stack: safe as a crash report's first lines.
+pub(crate) fn write_raw_frames(frames: &[usize]) {
+    let mut line = StackBuf::<1024>::new();
+    let _ = line.write_str("mayfail:   raw frames:");
+    for &ip in frames.iter().take(16) {
+        let (module, offset) = locate(ip);
+        match module {
+            Some(m) => {
+                let _ = write!(line, " {}+{offset:#x}", crate::text::Clean(m.name()));
+            }
+            None => {
+                let _ = write!(line, " {ip:#x}");
+            }
+        }
+    }
+    sys::write_stderr(line.finish_line());
+}
+
+/// Runs `job` on a fresh thread with a large stack and waits for it: symbol
+/// resolution needs far more stack than a small thread (or a signal
+/// handler on one) may have left. The thread enters the in-reclaim mark
+/// first, so what resolution allocates is served, never injected. Returns
+/// `false`, without running `job`, if no thread could be made: a report
+/// then goes without names rather than overflowing the caller's stack.
+pub(crate) fn on_big_stack(job: &mut dyn FnMut()) -> bool {
+    extern "C" fn run(arg: *mut c_void) -> *mut c_void {
+        // SAFETY: `arg` is the `&mut &mut dyn FnMut()` below, alive until
+        // the join returns, and used by this thread only meanwhile.
+        let job = unsafe { &mut *arg.cast::<&mut dyn FnMut()>() };
+        let _reclaiming = crate::scope::ReclaimGuard::enter();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        core::ptr::null_mut()
+    }
+    let mut job = job;
+    // SAFETY: all-zero pthread_t and attribute objects are valid storage for
+    // the calls below to initialise.
+    let (mut thread, mut attr): (libc::pthread_t, libc::pthread_attr_t) =
+        unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
+    // SAFETY: `attr` is initialised before use and destroyed after; `job`
+    // outlives the thread, which is joined before this returns.
+    unsafe {
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 8 << 20);
+        let arg = (&mut job as *mut &mut dyn FnMut()).cast::<c_void>();
+        let rc = libc::pthread_create(&mut thread, &attr, run, arg);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return false;
+        }
+        libc::pthread_join(thread, core::ptr::null_mut());
+    }
+    true
+}
+
 /// The call site of a stack: its first `depth` frames outside the
 /// allocation machinery, as `function (file:line) <- caller (file:line)`.
 /// The addresses must belong to this process (or to its parent before a

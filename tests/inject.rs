@@ -433,12 +433,14 @@ fn assert_aborted_with_report(stderr: &str, code: Option<i32>, std_message: &str
     assert_eq!(code, None, "killed by a signal: {stderr}");
     assert!(stderr.contains(std_message), "{stderr}");
     let start = stderr
-        .find(
-            "mayfail: the process is aborting after an injected allocation failure: std's \
-             handle_alloc_error, an infallible allocation path",
-        )
+        .find("mayfail: the process is aborting after an injected allocation failure")
         .unwrap_or_else(|| panic!("no report: {stderr}"));
     let report = &stderr[start..];
+    assert!(
+        report
+            .contains("mayfail:   cause: std's handle_alloc_error, an infallible allocation path"),
+        "{report}"
+    );
     assert!(
         report.contains("failed on purpose: alloc of 32 bytes (align 8)"),
         "{report}"
@@ -511,8 +513,8 @@ fn a_handled_failure_followed_by_an_unrelated_abort_is_not_blamed_directly() {
     assert_eq!(run.signal, Some(libc::SIGABRT), "{}", run.stderr);
     assert!(
         run.stderr.contains(
-            "mayfail: the process is aborting, not from handle_alloc_error; the last injected \
-             failure on this thread was handled at the time"
+            "mayfail:   cause: not handle_alloc_error; the last injected failure on this \
+             thread was handled at the time"
         ),
         "{}",
         run.stderr
@@ -604,4 +606,59 @@ fn verbose_2_adds_the_backtrace_of_each_injected_failure() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn a_sigsegv_sent_by_kill_after_an_injected_failure_is_not_blamed_on_it() {
+    if is_child() {
+        mayfail::fail_nth(1);
+        assert!(Vec::<u8>::new().try_reserve(10).is_err());
+        // std's stack-overflow handler, which mayfail hands a signal over
+        // to, lets a sent SIGSEGV pass once and restores the default action:
+        // the next one ends the process.
+        loop {
+            // SAFETY: raising a signal has no preconditions.
+            unsafe { libc::raise(libc::SIGSEGV) };
+        }
+    }
+    let run = run_child::<&str, &str>(
+        "a_sigsegv_sent_by_kill_after_an_injected_failure_is_not_blamed_on_it",
+        &[("MAYFAIL_INJECT", None)],
+    );
+    assert_eq!(run.signal, Some(libc::SIGSEGV), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("likely an unchecked null"),
+        "a sent signal is not a fault: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_abort_on_a_small_stack_thread_still_gets_its_report() {
+    if is_child() {
+        let worker = std::thread::Builder::new()
+            .name("small-stack".to_owned())
+            .stack_size(32 << 10)
+            .spawn(|| {
+                mayfail::fail_nth(1);
+                let mut v: Vec<u64> = Vec::new();
+                push_one(&mut v);
+            })
+            .unwrap();
+        let _ = worker.join();
+        unreachable!("the push aborts the process");
+    }
+    let run = run_child::<&str, &str>(
+        "an_abort_on_a_small_stack_thread_still_gets_its_report",
+        &[("MAYFAIL_INJECT", None)],
+    );
+    assert_eq!(run.signal, Some(libc::SIGABRT), "{}", run.stderr);
+    let report = assert_aborted_with_report(
+        &run.stderr,
+        run.code,
+        "memory allocation of 32 bytes failed",
+    );
+    assert!(report.contains("raw frames:"), "{report}");
+    assert!(report.contains("thread 'small-stack'"), "{report}");
+    assert!(first_frame(&report).contains("push_one"), "{report}");
 }
