@@ -14,7 +14,8 @@ pub const SUCCESS: i32 = 0;
 pub const UNHANDLED_SITES: i32 = 1;
 
 /// Bad input: an unknown subcommand or option, a value out of range, a
-/// missing `--` or command, an unusable `--state` path, or a state file
+/// missing `--` or command, an unusable `--state` path (one that is not a
+/// regular file, or a symbolic link to one, or absent), or a state file
 /// that is corrupt (it is then left exactly as it was). One line says
 /// which input and what it accepts, a second one shows the usage.
 pub const BAD_INPUT: i32 = 2;
@@ -22,7 +23,9 @@ pub const BAD_INPUT: i32 = 2;
 /// An I/O error: a file that exists could not be read or written (the
 /// state file, its `.log`, a report), or waiting for the command failed.
 /// One line names the file and the error; the input itself was fine, so
-/// the same command may well work once the file system does.
+/// the same command may well work once the file system does. A state file
+/// that cannot be written is found before anything runs: `sites` opens it
+/// for appending first.
 pub const IO_ERROR: i32 = 3;
 
 /// `sites`: the command failed, timed out or was killed without any
@@ -30,6 +33,14 @@ pub const IO_ERROR: i32 = 3;
 /// failures would have been blamed on the sites. Its output is in the
 /// state file's `.log`.
 pub const BASELINE_FAILED: i32 = 4;
+
+/// The state file is in use: another `mayfail sites` holds its lock (a
+/// `report` is refused too while a walk holds it). One line names the file
+/// and the holder's pid when the system says. Nothing was run or written;
+/// the same command works once the other walk has ended. Not bad input
+/// (the path is right) nor an I/O error (nothing failed): a script may
+/// wait and try again on this code alone.
+pub const STATE_IN_USE: i32 = 5;
 
 /// The command exists but could not be executed (permission denied, not
 /// an executable), as in a shell.
@@ -51,6 +62,7 @@ Exit status:
     2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked
+    5    the state file is in use by another walk (its pid is named)
   126    the command cannot be executed
   127    the command was not found
   130    interrupted (Ctrl-C, SIGTERM): run the same command again to resume
@@ -71,6 +83,7 @@ mod tests {
                 BASELINE_FAILED,
                 "the command fails without injected failures",
             ),
+            (STATE_IN_USE, "the state file is in use by another walk"),
             (CANNOT_EXECUTE, "the command cannot be executed"),
             (COMMAND_NOT_FOUND, "the command was not found"),
             (INTERRUPTED, "interrupted"),

@@ -22,6 +22,8 @@ pub(crate) enum Failure {
     },
     /// Waiting for a child process failed.
     Wait(io::Error),
+    /// Another walk holds the state file: its path and the holder's pid.
+    StateInUse(PathBuf, Option<u32>),
     /// The command to run does not exist.
     CommandNotFound(String),
     /// The command exists but cannot be executed.
@@ -54,6 +56,7 @@ impl Failure {
         match self {
             Failure::BadInput(_) => exit_codes::BAD_INPUT,
             Failure::Io { .. } | Failure::Wait(_) => exit_codes::IO_ERROR,
+            Failure::StateInUse(..) => exit_codes::STATE_IN_USE,
             Failure::CommandNotFound(_) => exit_codes::COMMAND_NOT_FOUND,
             Failure::CannotExecute(..) => exit_codes::CANNOT_EXECUTE,
         }
@@ -75,6 +78,17 @@ impl fmt::Display for Failure {
                 error,
             } => write!(f, "cannot {action} {}: {error}", path.display()),
             Failure::Wait(error) => write!(f, "waiting for the command failed: {error}"),
+            Failure::StateInUse(path, holder) => {
+                write!(
+                    f,
+                    "the state file {} is in use by another walk",
+                    path.display()
+                )?;
+                if let Some(pid) = holder {
+                    write!(f, " (pid {pid})")?;
+                }
+                f.write_str("; wait for it to end, or give another --state")
+            }
             Failure::CommandNotFound(command) => write!(f, "command not found: {command}"),
             Failure::CannotExecute(command, error) => {
                 write!(f, "cannot execute {command}: {error}")

@@ -17,8 +17,9 @@ JSON report (schema_version 1), one object:
   command         the command walked, quoted for a shell
   state           the state file's absolute path
   runs            runs recorded in the state file (baseline excluded)
-  stopped         why the walk stopped, in words
-  elapsed_ms      wall time of this walk (report: of all recorded runs)
+  stopped         why the walk stopped, in words, read from the state file
+  elapsed_ms      the time of every run recorded in the state file, summed
+                  (a resumed walk's earlier runs included, the baseline not)
   baseline_ms     time of the faster baseline run without injection, or null
   last_run_ms     time of the last run that ended normally, or null
   runtime_stacks  stacks of the Rust runtime, the test harness or libc that
@@ -37,7 +38,10 @@ JSON report (schema_version 1), one object:
     frames        [{function, location}]: its first frames in user code,
                   innermost first; location is `file:line` or null
     raw_frames    the raw `module+offset` return addresses, comma-separated
-    replay        a shell command that fails this site again";
+                  (`?` for a module the process could not name)
+    replay        a shell command that fails this site again, every word
+                  quoted for a POSIX shell (bytes that are not UTF-8 in
+                  bash's $'\\xNN' form)";
 
 /// The whole report.
 #[derive(Serialize)]

@@ -45,6 +45,22 @@
 //!   the interrupted run failed get a `retry` line and are failed again on
 //!   resume. Every line of the state file is written whole, with one write.
 //! - A corrupt state file is refused (exit 2) and never written to.
+//! - The state file is a regular file or absent (a symbolic link to a
+//!   regular file is followed); anything else is refused (exit 2) before it
+//!   is read. `sites` opens it for appending before anything runs (a file it
+//!   cannot write: exit 3) and holds an exclusive `flock` on it for the whole
+//!   walk; `report` takes a shared one. A second walk is refused with exit 5
+//!   ([`exit_codes::STATE_IN_USE`]), naming the holder's pid.
+//! - Every process of a run ends with it: the runner is a child subreaper
+//!   (Linux), so descendants that left the command's process group
+//!   (`setsid`) are re-parented to it, and it kills and reaps whatever is
+//!   left before writing the run's `end` line. Site lines written outside
+//!   any run are not reported and are failed again (`retry`).
+//! - `sites` and `report` print one summary, computed from the state file
+//!   alone (`report::summarize`): its time is every recorded run's, summed.
+//! - Replay lines are built from the command's arguments with
+//!   `mayfail::state::quote_command`; a `run` line whose command does not
+//!   read back as that quoter wrote it makes the state file corrupt.
 
 mod commands;
 pub mod exit_codes;

@@ -1,10 +1,20 @@
 //! Child processes: interrupts forwarded rather than obeyed, process
-//! groups, shell-style statuses and quoting.
+//! groups, every descendant of a run killed at its end, shell-style
+//! statuses and quoting.
+//!
+//! A run's command leads a process group of its own, so a timeout or an
+//! interrupt reaches everything it started, but a descendant can leave the
+//! group (`setsid`, a daemon). On Linux the runner is therefore a *child
+//! subreaper* (`PR_SET_CHILD_SUBREAPER`): a descendant whose parent dies is
+//! re-parented to the runner instead of to init, so that at the end of a
+//! run [`kill_leftovers`] can find every process the run left behind (the
+//! runner's children, listed in `/proc`), kill and reap it.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -45,6 +55,67 @@ pub(crate) fn signal_group(child: &Child, signal: libc::c_int) {
     // SAFETY: the child leads its own process group (`process_group(0)`)
     // and is not reaped yet, so the group id is still ours to signal.
     unsafe { libc::kill(-(child.id() as libc::pid_t), signal) };
+}
+
+/// Makes the runner the reaper of its orphaned descendants (Linux; a no-op
+/// elsewhere, where only the command's process group is killed).
+pub(crate) fn adopt_orphans() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no
+    // memory; it affects only how this process's descendants are re-parented.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Kills and reaps every remaining child of the runner: what a run left
+/// behind, adopted through [`adopt_orphans`]. Call it only once every
+/// [`Child`] of the run has been waited for (it reaps any child). Repeats
+/// until no child is left (a killed process's own children are adopted in
+/// turn), for at most `patience`. Returns how many processes it killed.
+pub(crate) fn kill_leftovers(patience: Duration) -> usize {
+    let deadline = Instant::now() + patience;
+    let mut killed = 0;
+    loop {
+        let children = children();
+        if children.is_empty() || Instant::now() > deadline {
+            return killed;
+        }
+        for &pid in &children {
+            // SAFETY: `pid` is our child and not reaped yet (only the loop
+            // below reaps), so it names that process and no other; a
+            // process group it leads cannot have been reused either.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        // SAFETY: waitpid with a null status pointer touches no memory.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    }
+}
+
+/// The pids whose parent is this process, from `/proc` (empty where there
+/// is none).
+fn children() -> Vec<libc::pid_t> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(me)
+            })
+        })
+        .filter_map(|pid| libc::pid_t::try_from(pid).ok())
+        .collect()
 }
 
 /// A shell's exit status for a process status: its exit code, or

@@ -2,8 +2,11 @@
 //! a terminal table and a self-contained HTML page (the JSON file for
 //! machines is [`crate::json`]).
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::path::Path;
 
+use mayfail::state::{quote_command, quote_word};
 use serde::Serialize;
 
 use crate::state::{Outcome, StackId, State};
@@ -78,6 +81,121 @@ impl Summary {
     }
 }
 
+/// The report of the walk recorded in `state` (at `path`): the one summary
+/// that `sites` prints at its end and `report` prints again, computed from
+/// the state file alone. Its time is every recorded run's, summed.
+pub fn summarize(state: &State, path: &Path) -> Summary {
+    Summary {
+        command: state
+            .runs
+            .last()
+            .map_or_else(String::new, |r| r.command.clone()),
+        state: path.display().to_string(),
+        runs: state.runs.len() as u64,
+        stopped: why_stopped(state),
+        elapsed_ms: state.total_ms(),
+        baseline_ms: state.baseline.as_ref().map(|(ms, _)| *ms),
+        last_run_ms: state
+            .runs
+            .iter()
+            .rev()
+            .find(|r| r.how.as_deref() == Some("done"))
+            .and_then(|r| r.elapsed_ms),
+        runtime_stacks: state.runtime_stacks,
+        sites: sites(state),
+    }
+}
+
+/// Why the walk in `state` stopped, from its last run, by the rule `sites`
+/// stops by: a run that failed no new site and met no new runtime stack
+/// (or did not end normally) leaves nothing to find.
+pub fn why_stopped(state: &State) -> String {
+    let Some(last) = state.runs.last() else {
+        return "no run recorded yet".to_owned();
+    };
+    let found_new = state.live().any(|r| r.run == last.number);
+    match last.how.as_deref() {
+        None => format!(
+            "run {} never ended (the runner was killed): run the same command again to resume",
+            last.number
+        ),
+        Some("interrupted") => "interrupted (resume with the same command)".to_owned(),
+        Some("done") if !found_new && last.runtime_stacks == 0 => {
+            "a run found no new site".to_owned()
+        }
+        Some(how) if !found_new && how != "done" => format!("a run found no new site ({how})"),
+        Some(_) => "not finished: the last run found something new (run the same command \
+                    again to go on)"
+            .to_owned(),
+    }
+}
+
+/// The shell command that fails stack `id` again: `MAYFAIL_INJECT=stack=ID
+/// CMD ARGS...`, every word quoted by the library's shell quoter.
+pub fn replay_line(id: u64, argv: &[OsString]) -> String {
+    let value = format!("stack={}", StackId(id));
+    let mut line = format!("MAYFAIL_INJECT={}", quote_word(value.as_ref()));
+    if let Some((program, args)) = argv.split_first() {
+        let program = quote_word(program);
+        line.push(' ');
+        if program.contains('=') && !program.starts_with(['\'', '$']) {
+            // A bare `A=b` after an assignment would be one more assignment:
+            // quoted, it is the command. Bare words hold no quote.
+            let _ = write!(line, "'{program}'");
+        } else {
+            line.push_str(&program);
+        }
+        if !args.is_empty() {
+            line.push(' ');
+            line.push_str(&quote_command(args));
+        }
+    }
+    line
+}
+
+/// A raw frame, `module+0xoffset`, as its module and offset (`?` is a
+/// module the process could not name).
+fn raw_frame(frame: &str) -> (&str, &str) {
+    match frame.rsplit_once('+') {
+        Some(("?", offset)) => ("an unknown module", offset),
+        Some((module, offset)) => (module, offset),
+        None => ("an unknown module", frame),
+    }
+}
+
+/// For each site whose shown frames are another site's too: the raw
+/// frames (index from 0, text) where it first differs from each of them.
+fn telling_frames(sites: &[Site]) -> Vec<Vec<(usize, String)>> {
+    let same = |a: &Site, b: &Site| {
+        a.frames.len() == b.frames.len()
+            && a.frames
+                .iter()
+                .zip(&b.frames)
+                .all(|(x, y)| x.function == y.function && x.location == y.location)
+    };
+    sites
+        .iter()
+        .map(|site| {
+            let own: Vec<&str> = site.raw_frames.split(',').collect();
+            let mut telling: Vec<(usize, String)> = Vec::new();
+            for other in sites.iter().filter(|o| o.id != site.id && same(site, o)) {
+                let theirs: Vec<&str> = other.raw_frames.split(',').collect();
+                let at = (0..own.len())
+                    .find(|&i| theirs.get(i) != Some(&own[i]))
+                    .unwrap_or(own.len().saturating_sub(1));
+                if let Some(frame) = own.get(at)
+                    && !telling.iter().any(|(i, _)| *i == at)
+                {
+                    telling.push((at, (*frame).to_owned()));
+                }
+            }
+            telling.sort();
+            telling.truncate(3);
+            telling
+        })
+        .collect()
+}
+
 pub fn seconds(ms: u64) -> String {
     format!("{}.{:02}", ms / 1000, ms % 1000 / 10)
 }
@@ -101,8 +219,9 @@ fn frames(place: &str) -> Vec<Frame> {
         .collect()
 }
 
-/// Merges the records of `state` by stack id, worst first.
-pub fn sites(state: &State, command: &str) -> Vec<Site> {
+/// Merges the records of `state` by stack id, worst first. A site's replay
+/// runs the command of the run that first failed it.
+pub fn sites(state: &State) -> Vec<Site> {
     let mut sites: Vec<Site> = Vec::new();
     for r in state.live() {
         let (outcome, detail) = r
@@ -128,7 +247,13 @@ pub fn sites(state: &State, command: &str) -> Vec<Site> {
                 binary: r.binary.clone(),
                 frames: frames(&r.place),
                 raw_frames: r.frames.clone(),
-                replay: format!("MAYFAIL_INJECT='stack={}' {command}", StackId(r.id)),
+                replay: replay_line(
+                    r.id,
+                    state
+                        .run(r.run)
+                        .or(state.runs.last())
+                        .map_or(&[][..], |run| &run.argv),
+                ),
             }),
         }
     }
@@ -165,7 +290,8 @@ pub fn table(s: &Summary) -> String {
         "outcome", "seen"
     );
     let pad = " ".repeat(17);
-    for site in &s.sites {
+    let telling = telling_frames(&s.sites);
+    for (site, telling) in s.sites.iter().zip(&telling) {
         for (i, frame) in site.frames.iter().enumerate() {
             let location = frame
                 .location
@@ -184,10 +310,21 @@ pub fn table(s: &Summary) -> String {
                 let _ = writeln!(out, "{pad}  <- {}{location}", frame.function);
             }
         }
+        for (index, frame) in telling {
+            let (module, offset) = raw_frame(frame);
+            let _ = writeln!(
+                out,
+                "{pad}  (told apart by raw frame #{}: offset {offset} in {module})",
+                index + 1
+            );
+        }
         let _ = writeln!(
             out,
-            "{pad}{}; {} in {}",
-            site.detail, site.what, site.binary
+            "{pad}{}; {} in {}; stack {}",
+            site.detail,
+            site.what,
+            site.binary,
+            StackId(site.id)
         );
         let _ = writeln!(out, "{pad}replay: {}", site.replay);
     }
@@ -222,7 +359,9 @@ pub fn html(s: &Summary) -> String {
          th, td {{ border-bottom: 1px solid #ddd; padding: .4em .6em; text-align: left; vertical-align: top; }}\n\
          th {{ background: #f4f4f4; }}\n\
          code, pre {{ font: 12px/1.4 ui-monospace, monospace; }}\n\
-         pre {{ white-space: pre-wrap; word-break: break-all; margin: 0; }}\n\
+         pre {{ margin: 0; }}\n\
+         .replay {{ white-space: pre; overflow-x: auto; max-width: 40em; }}\n\
+         .frames td {{ border: 0; padding: 0 .6em 0 0; font: 12px/1.4 ui-monospace, monospace; }}\n\
          .outcome {{ font-weight: bold; border-radius: 3px; padding: 0 .4em; }}\n\
          .crashed {{ background: #b00020; color: #fff; }}\n\
          .aborted {{ background: #e65100; color: #fff; }}\n\
@@ -260,6 +399,22 @@ pub fn html(s: &Summary) -> String {
          <th>failed allocation</th><th>replay</th></tr></thead>\n<tbody>"
     );
     for site in &s.sites {
+        let mut raw = String::new();
+        for (i, frame) in site
+            .raw_frames
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .enumerate()
+        {
+            let (module, offset) = raw_frame(frame);
+            let _ = write!(
+                raw,
+                "<tr><td>#{}</td><td>{}</td><td>{}</td></tr>",
+                i + 1,
+                html_escape(module),
+                html_escape(offset)
+            );
+        }
         let mut frames = String::new();
         for (i, f) in site.frames.iter().enumerate() {
             let _ = write!(
@@ -279,16 +434,18 @@ pub fn html(s: &Summary) -> String {
         let _ = writeln!(
             out,
             "<tr id=\"stack-{:016x}\"><td><span class=\"outcome {}\">{}</span><br>{}</td>\
-             <td>{}</td><td>{}<details><summary>raw frames</summary><pre>{}</pre></details></td>\
+             <td>{}</td><td>{}<br>stack <code>{:016x}</code><details><summary>raw frames \
+             (module, offset)</summary><table class=\"frames\">{}</table></details></td>\
              <td>{}<br>in <code>{}</code>, thread <code>{}</code>, run {}</td>\
-             <td><pre>{}</pre></td></tr>",
+             <td><pre class=\"replay\">{}</pre></td></tr>",
             site.id,
             site.outcome.name(),
             site.outcome.name(),
             html_escape(&site.detail),
             site.seen,
             frames,
-            html_escape(&site.raw_frames.replace(',', "\n")),
+            site.id,
+            raw,
             html_escape(&site.what),
             html_escape(&site.binary),
             html_escape(&site.thread),
@@ -313,6 +470,19 @@ mod tests {
         assert_eq!(
             (f[2].function.as_str(), f[2].location.as_deref()),
             ("h", None)
+        );
+    }
+
+    #[test]
+    fn a_replay_line_quotes_every_word_and_keeps_the_command_a_command() {
+        let argv: Vec<OsString> = ["A=b", "x y", ""].iter().map(Into::into).collect();
+        assert_eq!(
+            replay_line(0xab, &argv),
+            "MAYFAIL_INJECT=stack=00000000000000ab 'A=b' 'x y' ''"
+        );
+        assert_eq!(
+            replay_line(0xab, &["cargo".into()]),
+            "MAYFAIL_INJECT=stack=00000000000000ab cargo"
         );
     }
 

@@ -15,12 +15,29 @@
 //! one `O_APPEND` write), the runner the others. Every line is whole, so an
 //! interruption leaves the file consistent; a line that does not parse makes
 //! the file corrupt, and the runner refuses to go on with it rather than
-//! overwrite anything.
+//! overwrite anything. A `run` line's command must read back as the runner
+//! quoted it ([`unquote_command`]), so every replay line is built from the
+//! arguments, never from the file's text.
+//!
+//! A `site` line belongs to the run whose `run` line precedes it, if that
+//! run has no `end` line yet: the runner writes `end` only once every
+//! process of the run is gone. A site written outside any run (by a process
+//! that outlived its run, or a command run by hand with `sites=FILE`) is
+//! *stray*: not reported, and the runner asks for it again with `retry`.
+//!
+//! The file is opened once per walk ([`open`]) and held with `flock`: an
+//! exclusive lock for `sites`, a shared one for `report`, so that two
+//! walks never share a file. It must be a regular file (a symbolic link to
+//! one is followed), or absent for `sites`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub use mayfail::Outcome;
@@ -31,8 +48,10 @@ use mayfail::state::{Line, parse_line};
 pub struct Record {
     pub id: u64,
     pub pid: u32,
-    /// The run it happened in (0: before any `run` line).
+    /// The run it happened in (0: outside any run, see `stray`).
     pub run: u64,
+    /// Written outside any run: not reported, failed again.
+    pub stray: bool,
     pub what: String,
     pub thread: String,
     pub binary: String,
@@ -49,7 +68,12 @@ pub struct Record {
 #[derive(Clone, Debug)]
 pub struct Run {
     pub number: u64,
+    /// As the file holds it: quoted for a shell.
     pub command: String,
+    /// The same command, read back into its arguments.
+    pub argv: Vec<OsString>,
+    /// `runtime` lines written during the run.
+    pub runtime_stacks: usize,
     pub elapsed_ms: Option<u64>,
     pub how: Option<String>,
 }
@@ -90,14 +114,38 @@ impl fmt::Display for StateError {
 
 impl State {
     /// Reads a state file; a missing or empty file is a new state.
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<State, StateError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(StateError::Unreadable(path.to_owned(), e)),
-        };
+        match File::open(path) {
+            Ok(file) => State::read(&file, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(StateError::Unreadable(path.to_owned(), e)),
+        }
+    }
+
+    /// Reads the state file open as `file` (`path` names it in messages),
+    /// from its start whatever the file's offset.
+    pub fn read(file: &File, path: &Path) -> Result<State, StateError> {
+        let mut bytes = Vec::new();
+        let mut offset = 0u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match std::os::unix::fs::FileExt::read_at(file, &mut chunk, offset) {
+                Ok(0) => break,
+                Ok(n) => {
+                    bytes.extend_from_slice(&chunk[..n]);
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StateError::Unreadable(path.to_owned(), e)),
+            }
+        }
+        State::parse(&bytes, path)
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<State, StateError> {
         let corrupt = |line: usize, why: String| StateError::Corrupt(path.to_owned(), line, why);
-        let text = String::from_utf8_lossy(&bytes);
+        let text = String::from_utf8_lossy(bytes);
         let mut state = State {
             len: bytes.len() as u64,
             ..State::default()
@@ -112,7 +160,8 @@ impl State {
         // Fates are paired with their site at the end: a process that exits
         // while its failing thread still resolves symbols writes its fate first.
         let mut fates: BTreeMap<(u64, u32), (Outcome, String)> = BTreeMap::new();
-        let mut run = 0;
+        // The run under way: after its `run` line, before its `end`.
+        let mut current: Option<u64> = None;
         for (index, line) in text.lines().enumerate() {
             let number = index + 1;
             if index == 0 && line != HEADER {
@@ -130,15 +179,26 @@ impl State {
                 Line::Run {
                     number, command, ..
                 } => {
-                    run = number;
+                    let Some(argv) = unquote_command(command) else {
+                        return Err(corrupt(
+                            number_of_line(index),
+                            "its command is not quoted as the runner quotes commands".to_owned(),
+                        ));
+                    };
+                    current = Some(number);
                     state.runs.push(Run {
                         number,
                         command: command.to_owned(),
+                        argv,
+                        runtime_stacks: 0,
                         elapsed_ms: None,
                         how: None,
                     });
                 }
                 Line::End { number, ms, how } => {
+                    if current == Some(number) {
+                        current = None;
+                    }
                     if let Some(r) = state.runs.iter_mut().rev().find(|r| r.number == number) {
                         r.elapsed_ms = Some(ms);
                         r.how = Some(how.to_owned());
@@ -155,7 +215,8 @@ impl State {
                 } => state.records.push(Record {
                     id,
                     pid,
-                    run,
+                    run: current.unwrap_or(0),
+                    stray: current.is_none(),
                     what: what.to_owned(),
                     thread: thread.to_owned(),
                     binary: binary.to_owned(),
@@ -174,7 +235,12 @@ impl State {
                         .entry((id, pid))
                         .or_insert((outcome, detail.to_owned()));
                 }
-                Line::Runtime { .. } => state.runtime_stacks += 1,
+                Line::Runtime { .. } => {
+                    state.runtime_stacks += 1;
+                    if let (Some(_), Some(run)) = (current, state.runs.last_mut()) {
+                        run.runtime_stacks += 1;
+                    }
+                }
                 Line::Retry { id } => {
                     for r in state.records.iter_mut().filter(|r| r.id == id) {
                         r.retried = true;
@@ -190,23 +256,239 @@ impl State {
         Ok(state)
     }
 
-    /// The number the next run gets.
-    pub fn next_run(&self) -> u64 {
-        self.runs.iter().map(|r| r.number).max().unwrap_or(0) + 1
+    /// The number the next run gets; `None` if the file already holds the
+    /// last number there is.
+    pub fn next_run(&self) -> Option<u64> {
+        self.runs
+            .iter()
+            .map(|r| r.number)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
     }
 
-    /// The records still in force (not asked to be retried).
+    /// The records still in force: written during a run, not asked to be
+    /// retried.
     pub fn live(&self) -> impl Iterator<Item = &Record> {
-        self.records.iter().filter(|r| !r.retried)
+        self.records.iter().filter(|r| !r.retried && !r.stray)
+    }
+
+    /// Stray records (written outside any run) not yet asked for again.
+    pub fn stray(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(|r| r.stray && !r.retried)
+    }
+
+    /// The time of every run that ended, summed (saturating: the numbers
+    /// come from a file).
+    pub fn total_ms(&self) -> u64 {
+        self.runs
+            .iter()
+            .filter_map(|r| r.elapsed_ms)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// The run numbered `number` (the last one of that number).
+    pub fn run(&self, number: u64) -> Option<&Run> {
+        self.runs.iter().rev().find(|r| r.number == number)
     }
 }
 
-/// Appends one line (with its newline) in one write.
-pub fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().append(true).create(true).open(path)?;
+/// 1-based, for messages.
+fn number_of_line(index: usize) -> usize {
+    index.saturating_add(1)
+}
+
+/// Reads back a command quoted by `mayfail::state::quote_command`: its
+/// arguments, or `None` if `text` is not exactly what that function writes
+/// for some arguments (so nothing else can pass for a command).
+pub fn unquote_command(text: &str) -> Option<Vec<OsString>> {
+    let bytes = text.as_bytes();
+    let mut words = Vec::new();
+    let mut i = 0;
+    loop {
+        let mut word = Vec::new();
+        if bytes[i..].starts_with(b"$'") {
+            // $'...': printable ASCII and \xNN escapes.
+            i += 2;
+            loop {
+                match *bytes.get(i)? {
+                    b'\'' => break,
+                    b'\\' => {
+                        let hex = bytes.get(i + 1..i + 4)?;
+                        if hex[0] != b'x' {
+                            return None;
+                        }
+                        let digits = std::str::from_utf8(&hex[1..]).ok()?;
+                        word.push(u8::from_str_radix(digits, 16).ok()?);
+                        i += 4;
+                    }
+                    b => {
+                        word.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            i += 1;
+        } else if bytes.get(i) == Some(&b'\'') {
+            // '...', with '\'' for a quote.
+            i += 1;
+            loop {
+                match *bytes.get(i)? {
+                    b'\'' if bytes[i..].starts_with(b"'\\''") => {
+                        word.push(b'\'');
+                        i += 4;
+                    }
+                    b'\'' => break,
+                    b => {
+                        word.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            i += 1;
+        } else {
+            while let Some(&b) = bytes.get(i).filter(|&&b| b != b' ') {
+                word.push(b);
+                i += 1;
+            }
+        }
+        words.push(OsString::from_vec(word));
+        match bytes.get(i) {
+            None => break,
+            Some(b' ') => i += 1,
+            Some(_) => return None,
+        }
+    }
+    (mayfail::state::quote_command(&words) == text).then_some(words)
+}
+
+/// Appends one line (with its newline) in one write to the state file open
+/// as `file`.
+pub fn append(mut file: &File, line: &str) -> std::io::Result<()> {
     let mut text = line.replace('\n', " ");
     text.push('\n');
     file.write_all(text.as_bytes())
+}
+
+/// What a subcommand does with the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `sites`: read and append, created if missing, held exclusively.
+    Walk,
+    /// `report`: read, must exist, shared with other reports.
+    Report,
+}
+
+/// Why the state file cannot be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Absent (for `report`).
+    Missing,
+    /// Not a regular file: what it is (`a FIFO`...).
+    NotRegular(&'static str),
+    /// Opening or locking failed.
+    Io(std::io::Error),
+    /// Another walk holds it: its pid, if the system says.
+    InUse(Option<u32>),
+}
+
+/// What a file type is, in words, if it is not a regular file.
+fn not_regular(file_type: std::fs::FileType) -> Option<&'static str> {
+    Some(if file_type.is_file() {
+        return None;
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    })
+}
+
+/// Opens the state file at `path` for `access` and locks it (see the
+/// module docs). Nothing is read or run before this succeeds: a FIFO is
+/// never opened for reading (which would wait for a writer), and a file
+/// that cannot be written is found before the walk starts.
+pub fn open(path: &Path, access: Access) -> Result<File, OpenError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => match std::fs::metadata(path) {
+            Ok(target) => {
+                if let Some(kind) = not_regular(target.file_type()) {
+                    return Err(OpenError::NotRegular(kind));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::NotRegular("a symbolic link to nothing"));
+            }
+            Err(e) => return Err(OpenError::Io(e)),
+        },
+        Ok(meta) => {
+            if let Some(kind) = not_regular(meta.file_type()) {
+                return Err(OpenError::NotRegular(kind));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if access == Access::Report {
+                return Err(OpenError::Missing);
+            }
+        }
+        Err(e) => return Err(OpenError::Io(e)),
+    }
+    let mut options = OpenOptions::new();
+    options.read(true);
+    if access == Access::Walk {
+        options.append(true).create(true);
+    }
+    // Should the path have become a FIFO since: do not wait for a writer.
+    let file = options
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(OpenError::Io)?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    if let Some(kind) = not_regular(meta.file_type()) {
+        return Err(OpenError::NotRegular(kind));
+    }
+    let operation = match access {
+        Access::Walk => libc::LOCK_EX,
+        Access::Report => libc::LOCK_SH,
+    };
+    // SAFETY: flock on a descriptor we own; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(if error.kind() == std::io::ErrorKind::WouldBlock {
+            OpenError::InUse(lock_holder(&meta))
+        } else {
+            OpenError::Io(error)
+        });
+    }
+    Ok(file)
+}
+
+/// The pid holding a `flock` on the file `meta` describes, from
+/// `/proc/locks` (Linux), if it says.
+fn lock_holder(meta: &std::fs::Metadata) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let device = meta.dev() as libc::dev_t;
+    let wanted = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(device),
+        libc::minor(device),
+        meta.ino()
+    );
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; waiters have `->`.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, file, ..] if *file == wanted => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -234,9 +516,48 @@ mod tests {
         let s = load_text(text).unwrap();
         assert_eq!(s.records.len(), 1);
         assert_eq!(s.records[0].fate.as_ref().unwrap().0, Outcome::Aborted);
-        assert_eq!((s.runtime_stacks, s.next_run()), (1, 2));
+        assert_eq!((s.runtime_stacks, s.next_run()), (1, Some(2)));
         let s = load_text(&format!("{text}retry\t00000000000000aa\n")).unwrap();
         assert_eq!(s.live().count(), 0);
+    }
+
+    #[test]
+    fn sites_outside_a_run_are_stray_and_runtime_stacks_count_per_run() {
+        let text = "mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nruntime\t00000000000000bb\n\
+            end\t1\t5\tdone\n\
+            site\t00000000000000aa\t7\talloc\tmain\tbin\tf (a.rs:1)\tbin+0x1\n";
+        let s = load_text(text).unwrap();
+        assert_eq!(s.live().count(), 0);
+        assert_eq!(s.stray().count(), 1);
+        assert_eq!(s.runs[0].runtime_stacks, 1);
+        let max = u64::MAX;
+        let s = load_text(&format!("mayfail-sites\t1\nrun\t{max}\t1\t0\tcmd\nend\t{max}\t{max}\tdone\nend\t{max}\t{max}\tdone\n")).unwrap();
+        assert_eq!((s.next_run(), s.total_ms()), (None, max));
+    }
+
+    #[test]
+    fn commands_read_back_only_as_the_runner_quotes_them() {
+        let argv: Vec<OsString> = [
+            &b"cargo"[..],
+            b"",
+            b"a b",
+            b"it's",
+            b"'",
+            b"''x",
+            b"$(id)",
+            "caf\u{e9}".as_bytes(),
+            b"\xff'\\ x",
+        ]
+        .iter()
+        .map(|w| OsString::from_vec(w.to_vec()))
+        .collect();
+        let text = mayfail::state::quote_command(&argv);
+        assert_eq!(unquote_command(&text), Some(argv));
+        for bad in [
+            "", "a  b", " a", "a;b", "'a", "$'\\q'", "a 'b'c", "\"a\"", "a\tb",
+        ] {
+            assert_eq!(unquote_command(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -246,6 +567,7 @@ mod tests {
             ("mayfail-sites\t1\nsite\tzz\t1\n", 2),
             ("mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nwhat\n", 3),
             ("mayfail-sites\t1\nrun\t1", 2),
+            ("mayfail-sites\t1\nrun\t1\t1\t0\tx; rm -rf ~\n", 2),
         ] {
             match load_text(text) {
                 Err(StateError::Corrupt(_, at, _)) => assert_eq!(at, line, "{text:?}"),

@@ -269,7 +269,8 @@ fn a_state_file_resumes_where_it_stopped_and_known_sites_are_not_failed_again() 
     ]);
     assert_eq!(first.code, Some(1), "{}", first.stderr);
     assert!(
-        first.stdout.contains("stopped: --max-runs 2 reached"),
+        first.stdout.contains("stopped: not finished")
+            && first.stderr.contains("mayfail: --max-runs 2 reached"),
         "{}",
         first.stdout
     );
@@ -703,4 +704,573 @@ fn progress_on_a_stderr_that_is_not_a_terminal_is_plain_lines() {
         "no cursor movement or colours: {:?}",
         out.stderr
     );
+}
+
+// ---------------------------------------------------------------------------
+// Hardening: what an adversarial user or a misbehaving command can do.
+
+/// Runs the runner with `args`, killing it if it takes longer than `secs`
+/// (then `code` is `None`).
+fn run_bounded(args: &[&std::ffi::OsStr], secs: u64) -> Ran {
+    let mut child = runner()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the runner starts");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = ran(child.wait_with_output().unwrap());
+            return Ran { code: None, ..out };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ran(child.wait_with_output().unwrap())
+}
+
+fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(Into::into).collect()
+}
+
+fn bounded(args: &[std::ffi::OsString], secs: u64) -> Ran {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    run_bounded(&args, secs)
+}
+
+/// The one line a refusal prints before the usage hint.
+fn first_line(out: &Ran) -> &str {
+    out.stderr.lines().next().unwrap_or_default()
+}
+
+#[test]
+fn a_state_path_that_is_not_a_regular_file_is_refused_and_nothing_runs() {
+    let dir = scratch("not_regular");
+    let marker = dir.join("ran");
+    let fifo = dir.join("fifo.state");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let to_null = dir.join("null.state");
+    std::os::unix::fs::symlink("/dev/null", &to_null).unwrap();
+    let dangling = dir.join("dangling.state");
+    std::os::unix::fs::symlink(dir.join("nowhere/x"), &dangling).unwrap();
+    for (state, kind) in [
+        (&fifo, "a FIFO"),
+        (&to_null, "a character device"),
+        (&dangling, "a symbolic link to nothing"),
+    ] {
+        let state = state.to_str().unwrap();
+        let walk = bounded(
+            &os(&[
+                "sites",
+                "--no-baseline",
+                "--state",
+                state,
+                "--",
+                "touch",
+                marker.to_str().unwrap(),
+            ]),
+            20,
+        );
+        assert_eq!(walk.code, Some(2), "{state}: {}", walk.stderr);
+        let line = first_line(&walk);
+        assert!(line.contains(state) && line.contains(kind), "{line}");
+        assert!(!marker.exists(), "the command ran with --state {state}");
+        let report = bounded(&os(&["report", "--state", state]), 20);
+        assert_eq!(report.code, Some(2), "{state}: {}", report.stderr);
+        assert!(first_line(&report).contains(kind), "{}", report.stderr);
+    }
+
+    // A symbolic link to a regular file is followed.
+    let target = dir.join("target.state");
+    let link = dir.join("link.state");
+    std::fs::write(&target, "").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let walk = bounded(
+        &os(&[
+            "sites",
+            "--no-baseline",
+            "--state",
+            link.to_str().unwrap(),
+            "--",
+            "true",
+        ]),
+        20,
+    );
+    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .starts_with("mayfail-sites\t1\nrun\t1\t")
+    );
+}
+
+#[test]
+fn numbers_at_the_end_of_their_range_never_panic() {
+    let dir = scratch("overflow");
+    let state = dir.join("sites.state");
+    let state_arg = state.to_str().unwrap();
+    let max = u64::MAX.to_string();
+    let out = bounded(
+        &os(&[
+            "sites",
+            "--no-baseline",
+            "--state",
+            state_arg,
+            "--max-runs",
+            &max,
+            "--timeout",
+            &max,
+            "--",
+            "true",
+        ]),
+        20,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = bounded(
+        &os(&[
+            "sites",
+            "--no-baseline",
+            "--state",
+            state_arg,
+            "--jobs",
+            &max,
+            "--",
+            "true",
+        ]),
+        20,
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(first_line(&out).contains("--jobs takes"), "{}", out.stderr);
+
+    // A run numbered u64::MAX leaves no number for the next run; its time
+    // and another run's overflow a sum.
+    std::fs::write(
+        &state,
+        format!("mayfail-sites\t1\nrun\t1\t1\t0\ttrue\nend\t1\t{max}\tdone\nrun\t{max}\t1\t0\ttrue\nend\t{max}\t{max}\tdone\n"),
+    )
+    .unwrap();
+    let out = bounded(
+        &os(&["sites", "--no-baseline", "--state", state_arg, "--", "true"]),
+        20,
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        first_line(&out).contains("no run number is left"),
+        "{}",
+        out.stderr
+    );
+    let out = bounded(&os(&["report", "--state", state_arg]), 20);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+/// Makes `path` unwritable even for root (an immutable file), or says why
+/// not; `false`: the test cannot run here.
+fn make_unwritable(path: &Path, writable: bool) -> bool {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        let mode = if writable { 0o644 } else { 0o444 };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        return true;
+    }
+    let flag = if writable { "-i" } else { "+i" };
+    Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_state_file_that_cannot_be_written_is_refused_before_anything_runs() {
+    let dir = scratch("read_only");
+    let state = dir.join("sites.state");
+    let marker = dir.join("ran");
+    std::fs::write(&state, "mayfail-sites\t1\n").unwrap();
+    if !make_unwritable(&state, false) {
+        println!("skipped: cannot make a file unwritable here");
+        return;
+    }
+    let out = bounded(
+        &os(&[
+            "sites",
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ]),
+        20,
+    );
+    make_unwritable(&state, true);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    let line = first_line(&out);
+    assert!(
+        line.starts_with("mayfail: cannot write the state file ")
+            && line.contains(state.to_str().unwrap()),
+        "{line}"
+    );
+    assert!(
+        !marker.exists(),
+        "the command ran before the state file was checked"
+    );
+}
+
+/// A command that starts a daemon in a session of its own (`setsid`),
+/// which writes `late` to `marker` and a site line to `state` after
+/// `delay` seconds, then sleeps `life` seconds itself.
+fn daemon_command(
+    dir: &Path,
+    marker: &Path,
+    state: &Path,
+    delay: &str,
+    life: &str,
+) -> Vec<std::ffi::OsString> {
+    let script = dir.join("daemon.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         setsid sh -c 'sleep \"$3\"; echo late > \"$1\"; \
+         printf \"site\\t00000000000000ab\\t%s\\talloc of 8 bytes (align 8)\\tmain\\tdaemon\\tlate (daemon.sh:1)\\tdaemon+0x1\\n\" $$ >> \"$2\"' \
+         daemon \"$1\" \"$2\" \"$3\" </dev/null >/dev/null 2>&1 &\n\
+         exec sleep \"$4\"\n",
+    )
+    .unwrap();
+    os(&[
+        "sh",
+        script.to_str().unwrap(),
+        marker.to_str().unwrap(),
+        state.to_str().unwrap(),
+        delay,
+        life,
+    ])
+}
+
+#[test]
+fn a_daemon_that_escapes_with_setsid_is_killed_when_its_run_ends() {
+    for (name, timeout, life) in [("daemon_exit", "600", "0"), ("daemon_timeout", "1", "30")] {
+        let dir = scratch(name);
+        let state = dir.join("sites.state");
+        let marker = dir.join("late");
+        let mut args = os(&[
+            "sites",
+            "--no-baseline",
+            "--timeout",
+            timeout,
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+        ]);
+        args.extend(daemon_command(&dir, &marker, &state, "1.5", life));
+        let started = Instant::now();
+        let out = bounded(&args, 20);
+        assert!(
+            out.code.is_some(),
+            "{name}: the runner hung: {}",
+            out.stderr
+        );
+        std::thread::sleep(Duration::from_millis(2500).saturating_sub(started.elapsed()));
+        assert!(!marker.exists(), "{name}: the daemon outlived its run");
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(!text.contains("late (daemon.sh:1)"), "{name}: {text}");
+    }
+}
+
+#[test]
+fn site_lines_written_after_a_run_ended_belong_to_no_run_and_are_failed_again() {
+    let dir = scratch("late_lines");
+    let state = dir.join("sites.state");
+    let state_arg = state.to_str().unwrap();
+    std::fs::write(
+        &state,
+        "mayfail-sites\t1\nrun\t1\t1\t0\ttrue\nend\t1\t5\tdone\n\
+         site\t00000000000000ab\t99\talloc of 8 bytes (align 8)\tmain\tprog\tlate (a.rs:1)\tprog+0x1\n",
+    )
+    .unwrap();
+    let report = bounded(&os(&["report", "--state", state_arg]), 20);
+    assert_eq!(report.code, Some(0), "{}", report.stderr);
+    assert!(
+        report
+            .stdout
+            .starts_with("mayfail sites: 0 sites in 1 runs"),
+        "{}",
+        report.stdout
+    );
+    let walk = bounded(
+        &os(&["sites", "--no-baseline", "--state", state_arg, "--", "true"]),
+        20,
+    );
+    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        text.contains("retry\t00000000000000ab\n"),
+        "failed again in a later run:\n{text}"
+    );
+}
+
+#[test]
+fn a_second_walk_on_a_state_file_in_use_is_refused_with_exit_5() {
+    let dir = scratch("locked");
+    let state = dir.join("sites.state");
+    let marker = dir.join("ran");
+    let first = runner()
+        .args(["sites", "--no-baseline", "--timeout", "20", "--state"])
+        .arg(&state)
+        .args(["--", "sleep", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("run\t1\t")) {
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state_arg = state.to_str().unwrap();
+    let second = bounded(
+        &os(&[
+            "sites",
+            "--no-baseline",
+            "--state",
+            state_arg,
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ]),
+        10,
+    );
+    let report = bounded(&os(&["report", "--state", state_arg]), 10);
+    // SAFETY: our child, not yet reaped.
+    unsafe { libc::kill(first.id() as libc::pid_t, libc::SIGINT) };
+    let holder = first.id();
+    let first = ran(first.wait_with_output().unwrap());
+    assert_eq!(first.code, Some(130), "{}", first.stderr);
+    for out in [&second, &report] {
+        assert_eq!(out.code, Some(5), "{}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        let line = first_line(out);
+        assert!(
+            line.contains(state_arg) && line.contains(&format!("pid {holder}")),
+            "{line}"
+        );
+    }
+    assert!(!marker.exists(), "the second walk ran its command");
+}
+
+#[test]
+fn sites_and_report_agree_on_a_resumed_walk_whose_time_is_every_run_summed() {
+    let dir = scratch("resumed_summary");
+    let state = dir.join("sites.state");
+    let state_arg = state.to_str().unwrap();
+    std::fs::write(
+        &state,
+        "mayfail-sites\t1\nrun\t1\t1\t0\ttrue\nend\t1\t5000\tdone\n",
+    )
+    .unwrap();
+    let walk = bounded(
+        &os(&["sites", "--no-baseline", "--state", state_arg, "--", "true"]),
+        20,
+    );
+    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    let from_sites = report_of(&std::fs::read_to_string(dir.join("sites.json")).unwrap());
+    let report = bounded(&os(&["report", "--state", state_arg]), 20);
+    assert_eq!(report.code, Some(0), "{}", report.stderr);
+    let from_report = report_of(&std::fs::read_to_string(dir.join("sites.json")).unwrap());
+    assert_eq!(from_sites, from_report);
+    let summed: u64 = std::fs::read_to_string(&state)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("end\t"))
+        .map(|l| l.split('\t').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(from_report["elapsed_ms"], summed);
+    assert_eq!(from_report["runs"], 2);
+    let first_line = |text: &str| text.lines().next().unwrap().to_owned();
+    assert_eq!(first_line(&walk.stdout), first_line(&report.stdout));
+}
+
+/// A site line for the crafted state files below.
+fn site_line(id: &str, place: &str, frames: &str) -> String {
+    format!("site\t{id}\t7\talloc of 8 bytes (align 8)\tmain\tprog\t{place}\t{frames}\n")
+}
+
+#[test]
+fn rows_with_the_same_first_frames_show_what_tells_them_apart() {
+    let dir = scratch("same_frames");
+    let state = dir.join("sites.state");
+    let place = "prog::f (src/a.rs:1) <- prog::g (src/a.rs:2) <- prog::h (src/a.rs:3)";
+    let mut text = "mayfail-sites\t1\nrun\t1\t1\t0\tprog\n".to_owned();
+    text += &site_line(
+        "00000000000000aa",
+        place,
+        "libmayfail.so+0x10,prog+0x20,prog+0x1f30",
+    );
+    text += &site_line(
+        "00000000000000bb",
+        place,
+        "libmayfail.so+0x10,prog+0x20,prog+0x2a40",
+    );
+    text += &site_line("00000000000000cc", "prog::k (src/b.rs:9)", "?+0x7f00aa");
+    text += "end\t1\t5\tdone\n";
+    std::fs::write(&state, text).unwrap();
+    let out = bounded(&os(&["report", "--state", state.to_str().unwrap()]), 20);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for told_apart in [
+        "frame #3: offset 0x1f30 in prog",
+        "frame #3: offset 0x2a40 in prog",
+    ] {
+        assert!(
+            out.stdout.contains(told_apart),
+            "no {told_apart:?} in:\n{}",
+            out.stdout
+        );
+    }
+    for id in ["00000000000000aa", "00000000000000bb", "00000000000000cc"] {
+        assert!(
+            out.stdout.contains(&format!("stack {id}")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(
+        !out.stdout.contains("0x7f00aa"),
+        "a unique row needs no raw frames:\n{}",
+        out.stdout
+    );
+
+    let html = std::fs::read_to_string(dir.join("sites.html")).unwrap();
+    assert!(
+        html.contains(".replay { white-space: pre; overflow-x: auto;"),
+        "{html}"
+    );
+    assert!(!html.contains("break-all"), "{html}");
+    assert!(
+        html.contains("<td>prog</td><td>0x1f30</td>"),
+        "raw frames as module and offset:\n{html}"
+    );
+    assert!(
+        html.contains("<td>an unknown module</td><td>0x7f00aa</td>"),
+        "{html}"
+    );
+    let json = report_of(&std::fs::read_to_string(dir.join("sites.json")).unwrap());
+    assert_eq!(json["sites"][2]["raw_frames"], "?+0x7f00aa");
+}
+
+/// The inverse of the HTML report's escaping.
+fn html_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+#[test]
+fn printed_replay_lines_pass_exactly_the_intended_argv_through_bash() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let dir = scratch("paste_safety");
+    let state = dir.join("sites.state");
+    let out_file = dir.join("argv");
+    let script = dir.join("print argv.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{{ printf '%s\\0' \"$MAYFAIL_INJECT\"; for a in \"$@\"; do printf '%s\\0' \"$a\"; done; }} > '{}'\n",
+            out_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pwned = dir.join("pwned");
+    let pwned = pwned.to_str().unwrap();
+    let intended: Vec<std::ffi::OsString> = vec![
+        "a b".into(),
+        "it's \"quoted\"".into(),
+        format!("x; touch {pwned}").into(),
+        format!("$(touch {pwned})").into(),
+        format!("`touch {pwned}`").into(),
+        "caf\u{e9} \u{2713}".into(),
+        "".into(),
+        "FOO=bar".into(),
+        std::ffi::OsString::from_vec(b"\xff\xfe raw".to_vec()),
+    ];
+    let mut args = os(&[
+        "sites",
+        "--no-baseline",
+        "--state",
+        state.to_str().unwrap(),
+        "--",
+    ]);
+    args.push(script.clone().into());
+    args.extend(intended.iter().cloned());
+    let walk = bounded(&args, 20);
+    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    // Give the walk's run a site, as a process under test would have.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let text = text.replacen(
+        "\nend\t1\t",
+        &format!(
+            "\n{}end\t1\t",
+            site_line("00000000000000ab", "f (a.rs:1)", "prog+0x1")
+                .trim_end_matches('\n')
+                .to_owned()
+                + "\n"
+        ),
+        1,
+    );
+    std::fs::write(&state, text).unwrap();
+    let report = bounded(&os(&["report", "--state", state.to_str().unwrap()]), 20);
+    assert_eq!(report.code, Some(0), "{}", report.stderr);
+
+    let from_table = report
+        .stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("replay: "))
+        .expect("a replay line in the table")
+        .to_owned();
+    let json = report_of(&std::fs::read_to_string(dir.join("sites.json")).unwrap());
+    let from_json = json["sites"][0]["replay"].as_str().unwrap().to_owned();
+    let html = std::fs::read_to_string(dir.join("sites.html")).unwrap();
+    let start = html
+        .find("<pre class=\"replay\">")
+        .expect("a replay in the HTML")
+        + "<pre class=\"replay\">".len();
+    let from_html = html_unescape(&html[start..start + html[start..].find("</pre>").unwrap()]);
+    for (name, line) in [
+        ("table", from_table),
+        ("json", from_json),
+        ("html", from_html),
+    ] {
+        let _ = std::fs::remove_file(&out_file);
+        let status = Command::new("bash")
+            .args(["-c", &line])
+            .current_dir(&dir)
+            .env_remove("MAYFAIL_INJECT")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}: {line}");
+        let printed = std::fs::read(&out_file).unwrap();
+        let mut got: Vec<&[u8]> = printed.split(|&b| b == 0).collect();
+        assert_eq!(got.pop(), Some(&b""[..]));
+        let mut expected: Vec<&[u8]> = vec![b"stack=00000000000000ab"];
+        expected.extend(intended.iter().map(|a| a.as_bytes()));
+        assert_eq!(got, expected, "{name}: {line}");
+        assert!(
+            !Path::new(pwned).exists(),
+            "{name}: {line} ran more than the command"
+        );
+    }
 }

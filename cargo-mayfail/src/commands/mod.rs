@@ -6,18 +6,32 @@ pub(crate) mod run;
 pub(crate) mod sites;
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use crate::failure::Failure;
-use crate::state::{State, StateError};
+use crate::state::{self, Access, OpenError, State, StateError};
+
+/// The most copies `--jobs` runs at once.
+const MAX_JOBS: u64 = 1024;
 
 /// `--jobs`, `--max-runs`, `--timeout`: a whole number >= 1.
 fn at_least_one(value: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("takes a whole number >= 1, not \"{value}\"")),
+    }
+}
+
+/// `--jobs`: a whole number from 1 to [`MAX_JOBS`].
+fn jobs(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (1..=MAX_JOBS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "takes a whole number from 1 to {MAX_JOBS}, not \"{value}\""
+        )),
     }
 }
 
@@ -78,12 +92,6 @@ impl StateFiles {
     fn paths(&self) -> Result<Paths, Failure> {
         let state = std::path::absolute(&self.state)
             .map_err(|e| Failure::bad_input(format!("--state {}: {e}", self.state.display())))?;
-        if state.is_dir() {
-            return Err(Failure::bad_input(format!(
-                "--state {} is a directory: give a file path (created if missing)",
-                state.display()
-            )));
-        }
         let derived = |extension| state.with_extension(extension);
         Ok(Paths {
             json: self.json.clone().unwrap_or_else(|| derived("json")),
@@ -94,10 +102,39 @@ impl StateFiles {
     }
 }
 
-/// Reads the state file; a corrupt one is bad input, an unreadable one an
-/// I/O error.
-fn load(path: &Path) -> Result<State, Failure> {
-    State::load(path).map_err(|e| match e {
+/// Opens and locks the state file (see [`state::open`]): a path that is not
+/// a regular file is bad input, a file that cannot be opened (for `sites`:
+/// written) an I/O error, one another walk holds [`Failure::StateInUse`].
+fn open_state(path: &Path, access: Access) -> Result<File, Failure> {
+    state::open(path, access).map_err(|e| match e {
+        OpenError::Missing => Failure::bad_input(format!(
+            "no state file at {} (give --state FILE, written by `mayfail sites`)",
+            path.display()
+        )),
+        OpenError::NotRegular(kind) => Failure::bad_input(format!(
+            "--state {} is {kind}, not a regular file: give a file's path{}",
+            path.display(),
+            match access {
+                Access::Walk => " (created if missing)",
+                Access::Report => "",
+            }
+        )),
+        OpenError::Io(error) => Failure::io(
+            match access {
+                Access::Walk => "write the state file",
+                Access::Report => "read the state file",
+            },
+            path,
+            error,
+        ),
+        OpenError::InUse(holder) => Failure::StateInUse(path.to_owned(), holder),
+    })
+}
+
+/// Reads the state file open as `file`; a corrupt one is bad input, an
+/// unreadable one an I/O error.
+fn load(file: &File, path: &Path) -> Result<State, Failure> {
+    State::read(file, path).map_err(|e| match e {
         StateError::Unreadable(path, error) => Failure::io("read the state file", &path, error),
         corrupt @ StateError::Corrupt(..) => Failure::bad_input(corrupt.to_string()),
     })
@@ -114,6 +151,8 @@ mod tests {
             let message = at_least_one(bad).unwrap_err();
             assert!(message.contains("whole number >= 1"), "{message}");
         }
+        assert_eq!(jobs("1024"), Ok(1024));
+        assert!(jobs("1025").unwrap_err().contains("from 1 to 1024"));
         assert_eq!(retries("-1"), Ok(-1));
         assert!(retries("-2").unwrap_err().contains("-1 (forever)"));
     }

@@ -16,7 +16,7 @@ use crate::json;
 use crate::process::{self, interrupted, quoted, shell_quote};
 use crate::progress::Progress;
 use crate::report::{self, Summary, seconds};
-use crate::state::{self, Outcome, StackId, State};
+use crate::state::{self, Access, Outcome, StackId, State};
 
 /// The longest state-file path the library takes in `sites=FILE`.
 const MAX_STATE_PATH: usize = 512;
@@ -40,7 +40,8 @@ const MAX_STATE_PATH: usize = 512;
                   stderr: a live status line on a terminal, plain lines otherwise.",
     after_help = "Example: mayfail sites -- cargo test --no-fail-fast\n\
                   Exit status: 0 every site handled, 1 not, 2 bad input, 3 I/O error, \
-                  4 CMD fails without injection, 127 CMD not found, 130 interrupted \
+                  4 CMD fails without injection, 5 the state file is in use by another walk, \
+                  127 CMD not found, 130 interrupted \
                   (the state file stays consistent: run again to resume).\n\
                   The JSON report's schema: mayfail report --help"
 )]
@@ -50,9 +51,10 @@ pub(crate) struct SitesArgs {
     /// At most N runs this time
     #[arg(long, value_name = "N", default_value = "1000", value_parser = super::at_least_one)]
     max_runs: u64,
-    /// N copies of CMD at once per run; copy k lets the first k new sites pass
-    /// and fails the next one, so a deterministic CMD yields up to N sites per run
-    #[arg(long, value_name = "N", default_value = "1", value_parser = super::at_least_one)]
+    /// N copies of CMD at once per run (at most 1024); copy k lets the first k
+    /// new sites pass and fails the next one, so a deterministic CMD yields up
+    /// to N sites per run
+    #[arg(long, value_name = "N", default_value = "1", value_parser = super::jobs)]
     jobs: u64,
     /// A run taking longer is killed; its site is 'hung'
     #[arg(long, value_name = "SECS", default_value = "600", value_parser = super::at_least_one)]
@@ -76,6 +78,16 @@ pub(crate) struct SitesArgs {
 /// handled.
 pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Failure> {
     let argv = super::command_to_run(args.command, separator_given)?;
+    if let Some(arg) = argv
+        .iter()
+        .find(|arg| arg.as_encoded_bytes().iter().any(|b| b"\t\n\r".contains(b)))
+    {
+        return Err(Failure::bad_input(format!(
+            "the argument {} holds a tab or a line break: the state file keeps the command on \
+             one line, so it cannot be walked",
+            shell_quote(arg)
+        )));
+    }
     let paths = args.files.paths()?;
     let timeout = Duration::from_secs(args.timeout);
     let Some(state_text) = paths.state.to_str() else {
@@ -103,10 +115,20 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
             extra = args.inject.unwrap_or_default()
         )));
     }
-    let state = super::load(&paths.state)?;
+    // Held until the walk ends; nothing runs before it is open for writing.
+    let state_file = super::open_state(&paths.state, Access::Walk)?;
+    let state = super::load(&state_file, &paths.state)?;
+    let Some(first_run) = state.next_run() else {
+        return Err(Failure::bad_input(format!(
+            "the state file {} already holds run {}: no run number is left after it; move it \
+             away to start afresh",
+            paths.state.display(),
+            u64::MAX
+        )));
+    };
     if state.len == 0 {
-        state::append(&paths.state, state::HEADER)
-            .map_err(|e| Failure::io("write", &paths.state, e))?;
+        state::append(&state_file, state::HEADER)
+            .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
     }
     let log = OpenOptions::new()
         .create(true)
@@ -114,16 +136,16 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         .open(&paths.log)
         .map_err(|e| Failure::io("write", &paths.log, e))?;
     process::catch_interrupts();
+    process::adopt_orphans();
     let display = quoted(&argv);
     let walker = Walker {
         command: &argv,
         display: &display,
         paths: &paths,
+        state: &state_file,
         log,
         timeout,
     };
-    let started = Instant::now();
-    let first_run = state.next_run();
     let mut progress = Progress::on_stderr();
 
     if !args.no_baseline {
@@ -166,11 +188,24 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         ));
     }
 
-    let mut stopped = format!("--max-runs {} reached", args.max_runs);
     let mut run = first_run;
-    while run < first_run + args.max_runs {
-        let before = super::load(&paths.state)?;
-        let known = report::sites(&before, &display);
+    let mut runs_done: u64 = 0;
+    loop {
+        if runs_done == args.max_runs {
+            progress.line(&format!("--max-runs {} reached", args.max_runs));
+            break;
+        }
+        let before = walker.load()?;
+        // Sites written outside any run (by a process that outlived its
+        // run): failed again, in a run that sees their fate.
+        let mut asked = Vec::new();
+        for record in before.stray() {
+            if !asked.contains(&record.id) {
+                asked.push(record.id);
+                walker.record(&format!("retry\t{}", StackId(record.id)))?;
+            }
+        }
+        let known = report::sites(&before);
         let counts = Summary {
             sites: known,
             ..Summary::default()
@@ -193,10 +228,10 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         let batch = walker.run_batch(run, &copies)?;
         walker.record(&format!("end\t{run}\t{}\t{}", batch.elapsed_ms, batch.how))?;
         let new = walker.settle(run, &batch)?;
-        let state = super::load(&paths.state)?;
-        let new_runtime = state.runtime_stacks - before.runtime_stacks;
+        let state = walker.load()?;
+        let new_runtime = state.run(run).map_or(0, |r| r.runtime_stacks);
         let summary = Summary {
-            sites: report::sites(&state, &display),
+            sites: report::sites(&state),
             ..Summary::default()
         };
         let outcomes: Vec<String> = new
@@ -225,28 +260,28 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
                 seconds(batch.elapsed_ms)
             ),
         );
-        run += 1;
+        runs_done += 1;
         if batch.how == "interrupted" {
-            stopped = "interrupted (resume with the same command)".to_owned();
             break;
         }
         // A run that failed nothing walked every stack of the command; if
         // it met no new runtime stack either, nothing is left to find, and
         // its time is the steady cost of sites mode. Otherwise (stacks that
         // runs which failed early never reached) one more run confirms.
+        // (`report::why_stopped` reads the same rule back from the file.)
         if new.is_empty() && (new_runtime == 0 || batch.how != "done") {
-            stopped = if batch.how == "done" {
-                "a run found no new site".to_owned()
-            } else {
-                format!("a run found no new site ({})", batch.how)
-            };
             break;
         }
+        let Some(next) = run.checked_add(1) else {
+            progress.line("no run number is left: stopped");
+            break;
+        };
+        run = next;
     }
     drop(progress);
 
-    let state = super::load(&paths.state)?;
-    let summary = summarize(&state, &paths, &display, stopped, started.elapsed());
+    let state = walker.load()?;
+    let summary = report::summarize(&state, &paths.state);
     write_reports(&summary, &paths)?;
     print!("{}", report::table(&summary));
     println!(
@@ -263,32 +298,6 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     } else {
         exit_codes::UNHANDLED_SITES
     })
-}
-
-/// What the report says about the walk recorded in `state`.
-pub(crate) fn summarize(
-    state: &State,
-    paths: &Paths,
-    command: &str,
-    stopped: String,
-    elapsed: Duration,
-) -> Summary {
-    Summary {
-        command: command.to_owned(),
-        state: paths.state.display().to_string(),
-        runs: state.runs.len() as u64,
-        stopped,
-        elapsed_ms: elapsed.as_millis() as u64,
-        baseline_ms: state.baseline.as_ref().map(|(ms, _)| *ms),
-        last_run_ms: state
-            .runs
-            .iter()
-            .rev()
-            .find(|r| r.how.as_deref() == Some("done"))
-            .and_then(|r| r.elapsed_ms),
-        runtime_stacks: state.runtime_stacks,
-        sites: report::sites(state, command),
-    }
 }
 
 /// Writes the JSON and the HTML report.
@@ -313,6 +322,8 @@ struct Walker<'a> {
     command: &'a [OsString],
     display: &'a str,
     paths: &'a Paths,
+    /// The state file, open for appending and locked for the whole walk.
+    state: &'a File,
     log: File,
     timeout: Duration,
 }
@@ -340,8 +351,12 @@ impl Batch {
 
 impl Walker<'_> {
     fn record(&self, line: &str) -> Result<(), Failure> {
-        state::append(&self.paths.state, line)
-            .map_err(|e| Failure::io("write", &self.paths.state, e))
+        state::append(self.state, line)
+            .map_err(|e| Failure::io("write the state file", &self.paths.state, e))
+    }
+
+    fn load(&self) -> Result<State, Failure> {
+        super::load(self.state, &self.paths.state)
     }
 
     fn spawn(&self, run: u64, copy: usize, spec: Option<&str>) -> Result<Child, Failure> {
@@ -436,6 +451,10 @@ impl Walker<'_> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        // What the run left behind (a daemon in a session of its own, a
+        // background job) dies with it, before its `end` line: no line of
+        // this run can come after it.
+        process::kill_leftovers(Duration::from_secs(5));
         Ok(Batch {
             how,
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -447,7 +466,7 @@ impl Walker<'_> {
     /// After a run: gives every site it failed a fate the processes could
     /// not write themselves, and returns the ids of its new sites.
     fn settle(&self, run: u64, batch: &Batch) -> Result<Vec<u64>, Failure> {
-        let state = super::load(&self.paths.state)?;
+        let state = self.load()?;
         let mut new = Vec::new();
         for record in state.records.iter().filter(|r| r.run == run && !r.retried) {
             if !new.contains(&record.id) {
