@@ -14,6 +14,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
 use crate::config::{self, Defaults};
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
 use crate::engaged;
 #[cfg(feature = "inject")]
 use crate::inject;
@@ -116,11 +117,36 @@ impl<A> MayFail<A> {
     }
 }
 
+/// Runs `$engaged` (which must leave the function) when the engaged word is
+/// set. On x86-64 the word is tested in place, `cmp dword ptr [rip+WORD], 0`
+/// then `jne`: two instructions, and no load of the static's address from
+/// the GOT, which a `static` of another crate costs in a position-independent
+/// executable. Elsewhere (and under Miri), a relaxed load and a branch.
+macro_rules! when_engaged {
+    ($engaged:block) => {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        // SAFETY: the instructions read the 4-byte, aligned atomic at the
+        // start of `ENGAGED` (a static: always mapped) without a lock prefix,
+        // as a relaxed load does, and jump; they write no memory and use no
+        // stack. The label block leaves the function.
+        unsafe {
+            core::arch::asm!(
+                "cmp dword ptr [rip + {word}], 0",
+                "jne {engaged}",
+                word = sym crate::engaged::ENGAGED,
+                engaged = label $engaged,
+                options(nostack),
+            );
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        if engaged::engaged() $engaged
+    };
+}
+
 /// Out-of-line entry points, one per operation: the success path builds no
 /// [`Request`] and stores nothing before its branches. The failed paths take
-/// the layout by reference (read back through `black_box`), so that the
-/// caller keeps it in its stack frame instead of saving registers across the
-/// inner call: 3 instructions less per allocation, measured with callgrind.
+/// the layout by value, in the registers the caller already keeps it in
+/// (std's allocation paths keep it for their own error path).
 impl<A: GlobalAlloc> MayFail<A> {
     /// # Safety
     ///
@@ -157,8 +183,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// The caller's contract for `alloc`; the inner allocator returned null.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_failed(&self, layout: &Layout) -> *mut u8 {
-        let layout = *core::hint::black_box(layout);
+    unsafe fn alloc_failed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the same request, still valid.
         unsafe {
             policy::after_null(
@@ -177,8 +202,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// null.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_zeroed_failed(&self, layout: &Layout) -> *mut u8 {
-        let layout = *core::hint::black_box(layout);
+    unsafe fn alloc_zeroed_failed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the same request, still valid.
         unsafe {
             policy::after_null(
@@ -197,8 +221,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// leaving `ptr` untouched.
     #[cold]
     #[inline(never)]
-    unsafe fn realloc_failed(&self, ptr: *mut u8, layout: &Layout, new_size: usize) -> *mut u8 {
-        let layout = *core::hint::black_box(layout);
+    unsafe fn realloc_failed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the same request, still valid: a failed realloc left its
         // block untouched.
         unsafe {
@@ -292,56 +315,56 @@ unsafe fn dealloc_engaged<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &
 unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if engaged::engaged() {
+        when_engaged!({
             // SAFETY: the caller's contract for `alloc`.
             return unsafe { self.alloc_engaged(layout) };
-        }
+        });
         // SAFETY: the caller's contract for `alloc`.
         let block = unsafe { self.inner.alloc(layout) };
         if block.is_null() {
             // SAFETY: the caller's contract for `alloc`.
-            return unsafe { self.alloc_failed(&layout) };
+            return unsafe { self.alloc_failed(layout) };
         }
         block
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if engaged::engaged() {
+        when_engaged!({
             // SAFETY: the caller's contract for `alloc_zeroed`.
             return unsafe { self.alloc_zeroed_engaged(layout) };
-        }
+        });
         // SAFETY: the caller's contract for `alloc_zeroed`.
         let block = unsafe { self.inner.alloc_zeroed(layout) };
         if block.is_null() {
             // SAFETY: the caller's contract for `alloc_zeroed`.
-            return unsafe { self.alloc_zeroed_failed(&layout) };
+            return unsafe { self.alloc_zeroed_failed(layout) };
         }
         block
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if engaged::engaged() {
+        when_engaged!({
             // SAFETY: the caller's contract for `realloc`.
             return unsafe { self.realloc_engaged(ptr, layout, new_size) };
-        }
+        });
         // SAFETY: the caller's contract for `realloc`.
         let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if block.is_null() {
             // SAFETY: the caller's contract for `realloc`; a failed realloc
             // left `ptr` untouched.
-            return unsafe { self.realloc_failed(ptr, &layout, new_size) };
+            return unsafe { self.realloc_failed(ptr, layout, new_size) };
         }
         block
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if engaged::engaged() {
+        when_engaged!({
             // SAFETY: the caller's contract for `dealloc`.
             return unsafe { dealloc_engaged(ptr, layout, &self.inner) };
-        }
+        });
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }

@@ -21,12 +21,18 @@ pub(crate) const TRACKING: u32 = 4;
 /// Added once per thread with a running fail-nth countdown.
 pub(crate) const ARMED_THREAD: u32 = 1 << 8;
 
-#[repr(align(128))]
-struct Word(AtomicU32);
+/// The word, alone on its cache line (written only when one of the states
+/// above changes, never per allocation).
+#[repr(C, align(128))]
+pub(crate) struct Word(AtomicU32);
 
-static ENGAGED: Word = Word(AtomicU32::new(NOT_STARTED));
+/// The engaged word. The allocator's success path tests it in place (see
+/// `alloc.rs`): on x86-64 with one `cmp` against its RIP-relative address.
+pub(crate) static ENGAGED: Word = Word(AtomicU32::new(NOT_STARTED));
 
-/// Whether allocations must go through the engaged path.
+/// Whether allocations must go through the engaged path (the portable form
+/// of the test `alloc.rs` makes in place on x86-64).
+#[cfg_attr(all(target_arch = "x86_64", not(miri)), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn engaged() -> bool {
     ENGAGED.0.load(Relaxed) != 0
