@@ -10,7 +10,9 @@ use core::str::FromStr;
 /// How a run with one injected allocation failure ended, worst first.
 ///
 /// [`Sweep`](crate::Sweep) reports `Crashed`, `Aborted`, `Hung`, `Panicked`,
-/// `Leaked` and `Handled` for the points of one operation; the runner
+/// `Failed` (the operation exited the process), `Unknown` (the child's
+/// status or report was lost or made no sense), `Leaked`, `Untracked` and
+/// `Handled` for the points of one operation; the runner
 /// (`cargo mayfail sites`) reports `Crashed`, `Aborted`, `Hung`, `Failed`,
 /// `Unknown` and `Handled` for the sites of a whole program. More variants
 /// may come, hence `#[non_exhaustive]`.
@@ -36,12 +38,19 @@ pub enum Outcome {
     /// The operation panicked (an `unwrap` on the error, an assertion).
     Panicked,
     /// The process exited non-zero: a test failed (an `unwrap`, an assert).
+    /// In a sweep: the operation ended the process (`std::process::exit`)
+    /// instead of returning, whatever the status.
     Failed,
     /// The process left no fate (killed by a signal mayfail does not catch,
     /// or it called `_exit`).
     Unknown,
     /// The operation returned, but blocks it allocated stayed allocated.
     Leaked,
+    /// The operation returned, but its blocks could not be tracked (more
+    /// live blocks than the leak table holds, or no table could be mapped):
+    /// whether it leaked is unknown. Better than `Leaked`, which is a known
+    /// defect; worse than `Handled`, which it must never pass for.
+    Untracked,
     /// The failure was handled: the operation returned normally and nothing
     /// leaked, or the process exited with 0.
     Handled,
@@ -49,7 +58,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, worst first.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Crashed,
         Outcome::Aborted,
         Outcome::Hung,
@@ -57,6 +66,7 @@ impl Outcome {
         Outcome::Failed,
         Outcome::Unknown,
         Outcome::Leaked,
+        Outcome::Untracked,
         Outcome::Handled,
     ];
 
@@ -70,6 +80,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Unknown => "unknown",
             Outcome::Leaked => "leaked",
+            Outcome::Untracked => "untracked",
             Outcome::Handled => "handled",
         }
     }

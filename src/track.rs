@@ -47,7 +47,8 @@ pub(crate) fn start() -> bool {
 }
 
 /// Stops tracking; returns the bytes and blocks still recorded, or `None`
-/// if the table overflowed.
+/// if the table overflowed: then some blocks went unrecorded, and whether
+/// the operation leaked is unknown (never "nothing leaked").
 pub(crate) fn stop() -> Option<(u64, u64)> {
     ON.store(false, Relaxed);
     engaged::set(TRACKING, false);

@@ -281,7 +281,15 @@ fn an_operation_without_allocations_has_nothing_to_sweep() {
     let report = sweep(|| 2 + 2);
     assert_eq!(report.allocations(), 0);
     assert!(report.points().is_empty());
-    report.assert_handled();
+    assert!(!report.is_handled(), "nothing was tested\n{report}");
+    let text = report.to_string();
+    assert!(text.contains("no allocation to fail"), "{text}");
+    assert!(!text.contains("per point"), "{text}");
+    let panic = std::panic::catch_unwind(|| report.assert_handled()).unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(message.contains("no allocation to fail"), "{message}");
+    let allowed = Sweep::new().allow_no_allocation(true).run(|| 2 + 2);
+    allowed.assert_handled();
 }
 
 /// Prints a report with several outcomes (the README shows it) and checks
@@ -315,4 +323,440 @@ fn a_mixed_operation_report() {
             .contains("load_config"),
         "{report}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// What the parent must survive, and what it must not believe.
+
+/// Runs the test `name` of this binary again, alone, in a child process.
+fn rerun(name: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("MAYFAIL_SWEEP_TEST_CHILD", "1")
+        .env_remove("MAYFAIL_SWEEP_POINT")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn in_rerun() -> bool {
+    std::env::var_os("MAYFAIL_SWEEP_TEST_CHILD").is_some()
+}
+
+/// Asserts that a rerun passed, showing its output otherwise.
+fn assert_rerun_passed(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn an_operation_that_arms_fail_nth_itself_is_reported_not_a_panic() {
+    let report = quick().run(|| {
+        mayfail::fail_nth(1);
+        let mut v: Vec<u8> = Vec::new();
+        v.try_reserve(8).map(|()| v.len())
+    });
+    mayfail::fail_nth(0);
+    let why = report.baseline_failure().expect("a baseline failure");
+    assert!(why.contains("arms fail_nth itself"), "{why}");
+    assert!(!report.is_handled());
+}
+
+#[test]
+fn a_sweep_inside_a_swept_operation_does_not_panic_the_parent() {
+    let report = quick().jobs(1).run(|| {
+        let inner = quick().jobs(1).run(|| build_index(&["a"]));
+        inner.is_handled()
+    });
+    // The inner sweep puts the outer countdown aside: nothing of the
+    // operation is left to fail, and nothing absurd is reported.
+    assert!(report.points().len() <= 4, "{report}");
+    assert!(report.allocations() <= 4, "{report}");
+}
+
+#[test]
+fn a_leak_the_table_cannot_track_is_untracked_never_handled() {
+    // More live blocks than the leak table holds (1.5 Mi), in a nofail
+    // scope so that they are not points, then a leak on the error path.
+    // Slow (about a second per run in a debug build): a generous timeout.
+    let report = Sweep::new()
+        .timeout(Duration::from_secs(120))
+        .jobs(1)
+        .run(|| {
+            mayfail::nofail(|| {
+                let blocks: Vec<Box<u8>> = (0..1_600_000).map(|_| Box::new(1u8)).collect();
+                drop(blocks);
+            });
+            pair_of_buffers()
+        });
+    assert_eq!(report.points().len(), 2, "{report}");
+    for p in report.points() {
+        assert_eq!(p.outcome, Outcome::Untracked, "{report}");
+        assert!(p.detail.contains("leaks unknown"), "{report}");
+    }
+    assert!(!report.is_handled());
+    assert!(report.to_string().contains("2 untracked"), "{report}");
+}
+
+#[test]
+fn an_ignored_sigchld_still_tells_an_abort_from_a_hang() {
+    if !in_rerun() {
+        assert_rerun_passed(&rerun(
+            "an_ignored_sigchld_still_tells_an_abort_from_a_hang",
+            &[],
+        ));
+        return;
+    }
+    // SAFETY: sets a standard disposition for a signal.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let started = std::time::Instant::now();
+    let report = Sweep::new()
+        .timeout(Duration::from_secs(3))
+        .run(|| collect_ids(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "no point should wait for the timeout\n{report}"
+    );
+    assert!(!report.points().is_empty(), "{report}");
+    assert_eq!(
+        report.count(Outcome::Aborted),
+        report.points().len(),
+        "{report}"
+    );
+    // SAFETY: reads the disposition back without changing it.
+    let now = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    };
+    assert_eq!(now, libc::SIG_IGN, "the sweep puts SIGCHLD back");
+}
+
+/// Allocates in a process the operation forked.
+#[inline(never)]
+fn in_the_grandchild() -> bool {
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve(32).is_ok()
+}
+
+/// Forks between its two allocations; the forked process allocates and
+/// returns from the operation, as a fork without exec does.
+#[inline(never)]
+fn forks_midway() -> Result<usize, TryReserveError> {
+    let mut first: Vec<u8> = Vec::new();
+    first.try_reserve(16)?;
+    // SAFETY: the forked process only allocates and returns; the parent
+    // waits for it.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        in_the_grandchild();
+        return Ok(0);
+    }
+    // SAFETY: `pid` is the process just forked.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let mut second: Vec<u8> = Vec::new();
+    second.try_reserve(16)?;
+    Ok(first.capacity() + second.capacity())
+}
+
+#[test]
+fn a_process_the_operation_forks_does_not_speak_for_the_point() {
+    let report = quick().run(forks_midway);
+    assert_eq!(report.points().len(), 2, "{report}");
+    report.assert_handled();
+    assert!(
+        report
+            .points()
+            .iter()
+            .all(|p| p.site.starts_with("sweep::forks_midway")),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_sweep_inside_nofail_says_so() {
+    let report = mayfail::nofail(|| quick().run(|| build_index(&["a"])));
+    let why = report.baseline_failure().expect("a refusal");
+    assert!(why.contains("inside a nofail scope"), "{why}");
+    assert!(!why.contains("global allocator"), "{why}");
+}
+
+static FROM_RECLAIMER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn sweeping_reclaimer(_wanted: usize) -> usize {
+    let report = quick().run(|| build_index(&["a"]));
+    *FROM_RECLAIMER.lock().unwrap() = report.baseline_failure().map(str::to_owned);
+    0
+}
+
+#[test]
+fn a_sweep_inside_a_reclaimer_says_so() {
+    if !in_rerun() {
+        assert_rerun_passed(&rerun("a_sweep_inside_a_reclaimer_says_so", &[]));
+        return;
+    }
+    mayfail::add_reclaimer(sweeping_reclaimer).unwrap();
+    mayfail::configure_injection("probability=100,times=1,transient=Y").unwrap();
+    let mut v: Vec<u8> = Vec::new();
+    let grown = v.try_reserve(100);
+    mayfail::disable_injection();
+    assert!(grown.is_ok(), "the retry after the reclaimer succeeds");
+    let why = FROM_RECLAIMER.lock().unwrap().clone();
+    let why = why.expect("the reclaimer ran a sweep that refused");
+    assert!(why.contains("inside a reclaimer"), "{why}");
+}
+
+#[test]
+fn an_operation_that_exits_the_process_is_failed_not_crashed() {
+    let report = quick().run(|| {
+        let mut v: Vec<u8> = Vec::new();
+        if v.try_reserve(64).is_err() {
+            std::process::exit(3);
+        }
+        v.capacity()
+    });
+    assert_eq!(report.points().len(), 1, "{report}");
+    let p = &report.points()[0];
+    assert_eq!(p.outcome, Outcome::Failed, "{report}");
+    assert!(
+        p.detail.contains("exited the process with status 3"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_countdown_armed_before_the_sweep_waits_until_after_it() {
+    let options = quick(); // (reading the CPU count allocates)
+    mayfail::fail_nth(2);
+    let report = options.run(|| build_index(&["a"]));
+    let pending = mayfail::fail_nth_pending();
+    let mut first: Vec<u8> = Vec::new();
+    let first_ok = first.try_reserve(1).is_ok();
+    let mut second: Vec<u8> = Vec::new();
+    let second_ok = second.try_reserve(1).is_ok();
+    mayfail::fail_nth(0);
+    assert_eq!(pending, 2);
+    assert!(first_ok && !second_ok, "the caller's 2nd allocation fails");
+    report.assert_handled();
+    assert_eq!(report.allocations(), 2, "{report}");
+}
+
+/// A counter shared by every process of a sweep (an anonymous shared
+/// mapping survives fork).
+fn shared_counter() -> &'static std::sync::atomic::AtomicU64 {
+    // SAFETY: a fresh anonymous shared mapping of one page, zeroed, aligned
+    // for an AtomicU64; never unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        &*p.cast::<std::sync::atomic::AtomicU64>()
+    }
+}
+
+#[test]
+fn an_operation_that_allocates_differently_per_run_says_so() {
+    let calls = shared_counter();
+    // Calls 0 and 1 are the counting child's (warm-up, run), 2 and 3 point
+    // 1's, 4 and 5 point 2's: from call 4 on the operation allocates once.
+    let report = quick().jobs(1).run(|| {
+        let k = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut a: Vec<u8> = Vec::new();
+        a.try_reserve(8)?;
+        if k < 4 {
+            let mut b: Vec<u8> = Vec::new();
+            b.try_reserve(8)?;
+        }
+        Ok::<_, TryReserveError>(())
+    });
+    assert_eq!(report.allocations_varied(), Some((2, 1)), "{report}");
+    assert_eq!(report.untested(), &[2], "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("allocated 2 times in the counting run but 1 in point 2's run"),
+        "{text}"
+    );
+    assert!(text.contains("points 2 made fewer allocations"), "{text}");
+}
+
+#[test]
+fn rust_backtrace_does_not_reach_the_children() {
+    if !in_rerun() {
+        let out = rerun(
+            "rust_backtrace_does_not_reach_the_children",
+            &[("RUST_BACKTRACE", "1")],
+        );
+        assert_rerun_passed(&out);
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("mayfail-stderr-{}", std::process::id()));
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: opens a file for appending; every child inherits it.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND,
+            0o600,
+        )
+    };
+    assert!(fd >= 0);
+    let report = quick().run(|| {
+        // Inside the child: its stderr goes to the file.
+        // SAFETY: duplicates an open descriptor onto stderr.
+        unsafe { libc::dup2(fd, 2) };
+        collect_ids(100)
+    });
+    let stderr = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(report.count(Outcome::Aborted) >= 2, "{report}");
+    assert!(stderr.contains("memory allocation of"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// Replay lines, through a real shell.
+
+/// A fresh empty directory.
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mayfail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    dir
+}
+
+/// Runs `line` with `bash -c` in `dir`, with a `cargo` on PATH that records
+/// the point and its arguments in `dir/argv`, then runs this test binary
+/// with the test arguments (those after `--`).
+fn run_replay_line(dir: &std::path::Path, line: &str) -> (Vec<String>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let stub = dir.join("bin/cargo");
+    std::fs::write(
+        &stub,
+        "#!/bin/sh\n\
+         printf '%s\\n' \"$MAYFAIL_SWEEP_POINT\" \"$@\" > \"$ARGV_FILE\"\n\
+         while [ \"$1\" != -- ]; do shift; done; shift\n\
+         exec \"$TEST_EXE\" \"$@\" --nocapture --test-threads=1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", line])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("ARGV_FILE", dir.join("argv"))
+        .env("TEST_EXE", std::env::current_exe().unwrap())
+        .env("MAYFAIL_SWEEP_TEST_CHILD", "1")
+        .env_remove("MAYFAIL_SWEEP_POINT")
+        .output()
+        .unwrap();
+    let argv = std::fs::read_to_string(dir.join("argv"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (argv, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn replay_lines_survive_the_shell() {
+    const NAMES: [&str; 2] = ["x; touch F; echo", "a:b"];
+    if std::env::var_os("MAYFAIL_SWEEP_POINT").is_some() {
+        for name in NAMES {
+            let report = quick().name(name).run(|| build_index(&["alpha"]));
+            println!("{report}");
+        }
+        return;
+    }
+    for (i, name) in NAMES.iter().enumerate() {
+        let report = quick().name(name).run(|| build_index(&["alpha"]));
+        let site = report
+            .sites()
+            .iter()
+            .find(|s| s.points[0].n == 2)
+            .unwrap_or_else(|| panic!("no site for point 2\n{report}"));
+        let dir = temp_dir(&format!("replay-{i}"));
+        let (argv, stdout) = run_replay_line(&dir, &site.replay);
+        let mut entries: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        entries.sort();
+        assert_eq!(entries, ["argv", "bin"], "{}", site.replay);
+        assert_eq!(
+            argv,
+            [
+                format!("{name}:2").as_str(),
+                "test",
+                "--test",
+                "sweep",
+                "--",
+                "--exact",
+                "replay_lines_survive_the_shell"
+            ],
+            "{}",
+            site.replay
+        );
+        assert!(
+            stdout.contains(&format!(
+                "mayfail sweep `{name}`: replayed point 2 in-process"
+            )),
+            "{}\n{stdout}",
+            site.replay
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_sweep_on_a_worker_thread_replays_through_the_command_line() {
+    if !in_rerun() {
+        let out = rerun(
+            "a_sweep_on_a_worker_thread_replays_through_the_command_line",
+            &[],
+        );
+        let stdout = assert_rerun_passed(&out);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("REPLAY\t").map(|(_, line)| line))
+            .unwrap_or_else(|| panic!("no replay line in\n{stdout}"));
+        assert!(!line.contains("--exact worker"), "{line}");
+        let dir = temp_dir("worker");
+        let (argv, stdout) = run_replay_line(&dir, line);
+        assert!(argv.is_empty(), "cargo is not involved: {argv:?}");
+        assert!(
+            stdout.contains("mayfail sweep `w`: replayed point 2 in-process"),
+            "{line}\n{stdout}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let report = std::thread::Builder::new()
+        .name("worker".to_owned())
+        .spawn(|| quick().name("w").run(|| build_index(&["alpha"])))
+        .unwrap()
+        .join()
+        .unwrap();
+    if std::env::var_os("MAYFAIL_SWEEP_POINT").is_some() {
+        println!("{report}");
+        return;
+    }
+    let site = report.sites().iter().find(|s| s.points[0].n == 2).unwrap();
+    println!("REPLAY\t{}", site.replay);
 }

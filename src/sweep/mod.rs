@@ -26,8 +26,10 @@ use std::time::{Duration, Instant};
 
 use crate::Outcome;
 use crate::configure;
+use crate::scope::{self, Mode};
+use crate::symbols;
 use crate::text::ShellWord;
-use child::{Ended, Run, mayfail_is_global, warm_symbols};
+use child::{ChildSignal, Ended, MAX_ALLOCATIONS, Run, mayfail_is_global, warm_symbols};
 pub use report::{Point, Site, SweepReport};
 
 /// A sweep's options. [`sweep`] is `Sweep::new().run(f)`.
@@ -56,6 +58,7 @@ pub struct Sweep {
     persistent: bool,
     warm_up: bool,
     name: Option<String>,
+    allow_no_allocation: bool,
 }
 
 impl Default for Sweep {
@@ -94,6 +97,7 @@ impl Sweep {
             persistent: false,
             warm_up: true,
             name: None,
+            allow_no_allocation: false,
         }
     }
 
@@ -130,26 +134,51 @@ impl Sweep {
     }
 
     /// Names the sweep, for its report and its replay lines
-    /// (`MAYFAIL_SWEEP_POINT=name:n`), when one test runs several sweeps.
+    /// (`MAYFAIL_SWEEP_POINT=name:n`), when one test runs several sweeps, or
+    /// when the sweep runs on a thread of its own (its replay line then
+    /// reruns the whole process, and only the named sweep replays). Any text
+    /// will do: the replay line quotes it for the shell, and the point's
+    /// number is what follows the last `:`.
     pub fn name(mut self, name: &str) -> Sweep {
         self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Whether an operation that makes no allocation at all passes
+    /// ([`SweepReport::is_handled`]); default: no. A sweep that finds
+    /// nothing to fail usually means the allocations were optimised away,
+    /// or happen on another thread, and tested nothing.
+    pub fn allow_no_allocation(mut self, allow: bool) -> Sweep {
+        self.allow_no_allocation = allow;
         self
     }
 
     /// Sweeps `f`: fails its 1st, 2nd, 3rd... allocation (on the thread that
     /// runs it), each in a child process, until a run makes fewer
     /// allocations than the point to fail. Requires `MayFail` as the global
-    /// allocator.
+    /// allocator, and a thread outside `nofail` scopes and reclaimers. A
+    /// [`fail_nth`](crate::fail_nth) countdown the thread has armed is put
+    /// aside meanwhile and restored after.
     ///
     /// With `MAYFAIL_SWEEP_POINT=n` (or `name:n` for a named sweep) in the
     /// environment, runs point `n` alone, in this process: the replay of a
     /// report line.
     pub fn run<R>(&self, f: impl Fn() -> R) -> SweepReport {
-        let start = Instant::now();
-        if let Some(n) = self.replay_point() {
-            return self.replay(n, &f, start);
+        // Before anything allocates: the caller's countdown must not fire
+        // on the sweep's own allocations.
+        let saved = configure::fail_nth_pending();
+        if saved != 0 {
+            configure::fail_nth(0);
         }
-        warm_symbols();
+        let report = self.run_unarmed(&f);
+        if saved != 0 {
+            configure::fail_nth(saved);
+        }
+        report
+    }
+
+    fn run_unarmed<R>(&self, f: &impl Fn() -> R) -> SweepReport {
+        let start = Instant::now();
         let mut report = SweepReport {
             name: self.name.clone(),
             allocations: 0,
@@ -158,7 +187,20 @@ impl Sweep {
             baseline: None,
             elapsed: Duration::ZERO,
             replayed: None,
+            varied: None,
+            counted: 0,
+            untested: Vec::new(),
+            allow_no_allocation: self.allow_no_allocation,
         };
+        if let Some(why) = refused_here() {
+            report.baseline = Some(why.to_owned());
+            report.elapsed = start.elapsed();
+            return report;
+        }
+        if let Some(n) = self.replay_point() {
+            return self.replay(n, f, report, start);
+        }
+        warm_symbols();
         if !mayfail_is_global() {
             report.baseline = Some(
                 "MayFail is not this program's global allocator: declare \
@@ -169,12 +211,17 @@ impl Sweep {
             report.elapsed = start.elapsed();
             return report;
         }
-        let baseline = self.run_children(&f, &[0]).pop();
+        let _waitable = ChildSignal::take();
+        let on_test_thread = on_test_thread();
+        let baseline = self.run_children(f, &[0]).pop();
         match baseline {
             Some(Run {
-                ended: Ended::Returned { count, .. },
+                ended: Ended::Returned { allocations, .. },
                 ..
-            }) => report.allocations = count,
+            }) => {
+                report.allocations = allocations;
+                report.counted = allocations;
+            }
             Some(run) => {
                 report.baseline = Some(format!(
                     "the operation fails without any injected failure: {}",
@@ -184,42 +231,68 @@ impl Sweep {
             None => report.baseline = Some("could not fork a child process".to_owned()),
         }
         if report.baseline.is_none() {
-            let mut names = BTreeMap::new();
-            let mut next = 1;
-            let mut last = report.allocations;
-            while next <= last {
-                let batch: Vec<u64> = (next..=last).collect();
-                let runs = self.run_children(&f, &batch);
-                next = last + 1;
-                let mut reached_end = false;
-                for run in runs {
-                    if !run.fired {
-                        reached_end = true;
-                        continue;
-                    }
-                    if run.n == last && !reached_end {
-                        // The operation allocated more than counted: go on.
-                        last += 1;
-                    }
-                    report.points.push(run.into_point(&mut names));
-                }
-                if reached_end {
-                    break;
-                }
-            }
-            report.points.sort_by_key(|p| p.n);
-            report.allocations = report.allocations.max(report.points.len() as u64);
-            report.sites = self.group(&report.points);
+            self.sweep_points(f, &mut report);
+            report.sites = self.group(&report.points, on_test_thread);
         }
         report.elapsed = start.elapsed();
         report
     }
 
+    /// Runs points 1, 2, 3... up to the counted allocations, in batches,
+    /// going on while runs show more allocations than counted; notes runs
+    /// whose count differs and points that did not fail in their own run.
+    fn sweep_points<R>(&self, f: &impl Fn() -> R, report: &mut SweepReport) {
+        /// Points forked per batch: bounds what the parent holds at once.
+        const BATCH: u64 = 256;
+        let counted = report.allocations;
+        let mut names = BTreeMap::new();
+        let mut not_fired = Vec::new();
+        let mut next = 1;
+        let mut last = counted;
+        // The most allocations any run is known to have made.
+        let mut most = counted;
+        while next <= last {
+            let end = last.min(next.saturating_add(BATCH - 1));
+            let batch: Vec<u64> = (next..=end).collect();
+            let runs = self.run_children(f, &batch);
+            if runs.is_empty() {
+                break; // no child could be forked
+            }
+            next = end + 1;
+            for run in runs {
+                if !run.fired {
+                    // Nothing failed in this run: its count is the
+                    // operation's, as the counting run's was.
+                    if let Some(count) = run.allocations() {
+                        if count != counted && report.varied.is_none() {
+                            report.varied = Some((run.n, count));
+                        }
+                        most = most.max(count);
+                        last = last.max(count.min(MAX_ALLOCATIONS));
+                    }
+                    not_fired.push(run.n);
+                    continue;
+                }
+                most = most.max(run.n);
+                if run.n == last && run.allocations().is_none() && last < MAX_ALLOCATIONS {
+                    // It ended before saying how many it makes: there may be
+                    // more.
+                    last += 1;
+                }
+                report.points.push(run.into_point(&mut names));
+            }
+        }
+        report.points.sort_by_key(|p| p.n);
+        report.allocations = most;
+        report.untested = not_fired.into_iter().filter(|&n| n <= most).collect();
+        report.untested.sort_unstable();
+    }
     fn replay_point(&self) -> Option<u64> {
         use std::os::unix::ffi::OsStrExt;
         let value = std::env::var_os("MAYFAIL_SWEEP_POINT")?;
         let bytes = value.as_bytes();
-        let (label, number) = match bytes.iter().position(|&b| b == b':') {
+        // The number follows the last `:`: a name may contain colons.
+        let (label, number) = match bytes.iter().rposition(|&b| b == b':') {
             Some(colon) => (Some(&bytes[..colon]), &bytes[colon + 1..]),
             None => (None, bytes),
         };
@@ -245,7 +318,13 @@ impl Sweep {
         }
     }
 
-    fn replay<R>(&self, n: u64, f: &impl Fn() -> R, start: Instant) -> SweepReport {
+    fn replay<R>(
+        &self,
+        n: u64,
+        f: &impl Fn() -> R,
+        mut report: SweepReport,
+        start: Instant,
+    ) -> SweepReport {
         if self.warm_up {
             drop(f());
         }
@@ -254,18 +333,12 @@ impl Sweep {
         drop(f());
         configure::fail_nth(0);
         configure::set_persistent(false);
-        SweepReport {
-            name: self.name.clone(),
-            allocations: 0,
-            points: Vec::new(),
-            sites: Vec::new(),
-            baseline: None,
-            elapsed: start.elapsed(),
-            replayed: Some(n),
-        }
+        report.elapsed = start.elapsed();
+        report.replayed = Some(n);
+        report
     }
 
-    fn group(&self, points: &[Point]) -> Vec<Site> {
+    fn group(&self, points: &[Point], on_test_thread: bool) -> Vec<Site> {
         let mut by_site: BTreeMap<&str, Vec<Point>> = BTreeMap::new();
         for p in points {
             by_site.entry(p.site.as_str()).or_default().push(p.clone());
@@ -285,7 +358,7 @@ impl Sweep {
                 Site {
                     site: site.to_owned(),
                     worst,
-                    replay: self.replay_line(n),
+                    replay: self.replay_line(n, on_test_thread),
                     points,
                 }
             })
@@ -294,15 +367,18 @@ impl Sweep {
         sites
     }
 
-    /// `MAYFAIL_SWEEP_POINT=n cargo test --test file -- --exact name`, or the
-    /// command line outside a test.
-    fn replay_line(&self, n: u64) -> String {
+    /// `MAYFAIL_SWEEP_POINT=n cargo test --test file -- --exact name` on a
+    /// test's thread, or the process's own command line elsewhere (a thread
+    /// the test spawned is named, but not after a test).
+    fn replay_line(&self, n: u64, on_test_thread: bool) -> String {
         let point = match &self.name {
             Some(name) => format!("{name}:{n}"),
             None => n.to_string(),
         };
         let thread = std::thread::current();
-        let test = thread.name().filter(|&name| name != "main");
+        let test = thread
+            .name()
+            .filter(|&name| on_test_thread && name != "main");
         let exe = std::env::current_exe().ok();
         let stem = exe
             .as_deref()
@@ -336,4 +412,42 @@ impl Sweep {
             }
         }
     }
+}
+
+/// Why a sweep cannot start on this thread, if it cannot: inside a
+/// `nofail` scope no allocation is ever failed (nor counted), and inside a
+/// reclaimer the thread is in mayfail's own slow path, where nothing is
+/// injected either.
+fn refused_here() -> Option<&'static str> {
+    if scope::in_reclaim() {
+        return Some(
+            "a sweep cannot run inside a reclaimer (or any part of mayfail's slow path): \
+             nothing is injected there; run it from ordinary code",
+        );
+    }
+    if scope::mode() == Mode::NoFail {
+        return Some(
+            "a sweep cannot run inside a nofail scope: nofail allocations are never \
+             failed nor counted; start the sweep outside the scope",
+        );
+    }
+    None
+}
+
+/// Whether the current thread runs a libtest test: libtest calls each test
+/// through its own functions (`test::run_test`...), which a thread the test
+/// spawned does not have on its stack.
+fn on_test_thread() -> bool {
+    let mut frames = [0usize; symbols::MAX_FRAMES];
+    let depth = symbols::walk(&mut frames);
+    let mut found = false;
+    for &ip in &frames[..depth] {
+        symbols::resolve(ip, |frame| {
+            found |= frame.name.starts_with("test::");
+        });
+        if found {
+            break;
+        }
+    }
+    found
 }

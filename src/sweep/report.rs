@@ -69,13 +69,39 @@ pub struct SweepReport {
     pub(super) baseline: Option<String>,
     pub(super) elapsed: Duration,
     pub(super) replayed: Option<u64>,
+    /// The first run whose allocation count differed from the counting
+    /// run's: its point and its count.
+    pub(super) varied: Option<(u64, u64)>,
+    /// The counting run's allocations.
+    pub(super) counted: u64,
+    /// Points that did not fail in their own run (it made fewer
+    /// allocations) although another run reached them.
+    pub(super) untested: Vec<u64>,
+    pub(super) allow_no_allocation: bool,
 }
 
 impl SweepReport {
-    /// Allocations the operation made when nothing failed (its last run's
-    /// count if it changed during the sweep).
+    /// Allocations the operation made: the most any of its runs made (the
+    /// counting run's unless the count changed during the sweep).
     pub fn allocations(&self) -> u64 {
         self.allocations
+    }
+
+    /// `Some((point, allocations))` when the operation did not allocate the
+    /// same number of times in every run: the first point whose run made a
+    /// different number of allocations than the counting run, and that
+    /// number. See [`untested`](SweepReport::untested) for what it cost.
+    pub fn allocations_varied(&self) -> Option<(u64, u64)> {
+        self.varied
+    }
+
+    /// Points that were not tested: their own run made fewer allocations
+    /// than the point, though another run made at least that many (the
+    /// operation allocates a different number of times per run). Empty when
+    /// every point up to [`allocations`](SweepReport::allocations) failed in
+    /// its own run.
+    pub fn untested(&self) -> &[u64] {
+        &self.untested
     }
 
     /// Every point, in order.
@@ -104,17 +130,32 @@ impl SweepReport {
         self.elapsed
     }
 
-    /// Whether every point was handled and the operation ran cleanly.
+    /// Whether every point was handled and the operation ran cleanly. An
+    /// operation without any allocation is not, unless the sweep allowed it
+    /// ([`Sweep::allow_no_allocation`](crate::Sweep::allow_no_allocation)):
+    /// nothing was tested. A replayed point is.
     pub fn is_handled(&self) -> bool {
-        self.baseline.is_none() && self.points.iter().all(|p| p.outcome == Outcome::Handled)
+        self.baseline.is_none()
+            && self.points.iter().all(|p| p.outcome == Outcome::Handled)
+            && (!self.nothing_to_fail() || self.allow_no_allocation)
     }
 
-    /// Panics with the report's table if any point was not handled.
+    /// Whether the sweep found no allocation to fail.
+    fn nothing_to_fail(&self) -> bool {
+        self.replayed.is_none() && self.baseline.is_none() && self.allocations == 0
+    }
+
+    /// Panics with the report's table if any point was not handled (or
+    /// there was no allocation to fail, unless allowed).
     #[track_caller]
     pub fn assert_handled(&self) {
-        if !self.is_handled() {
-            panic!("not every allocation failure was handled:\n{self}");
+        if self.is_handled() {
+            return;
         }
+        if self.baseline.is_none() && self.nothing_to_fail() {
+            panic!("{self}");
+        }
+        panic!("not every allocation failure was handled:\n{self}");
     }
 }
 
@@ -134,6 +175,18 @@ impl fmt::Display for SweepReport {
         if let Some(why) = &self.baseline {
             return writeln!(f, "mayfail sweep{name}: could not sweep: {why}");
         }
+        if self.nothing_to_fail() {
+            return writeln!(
+                f,
+                "mayfail sweep{name}: no allocation to fail: the operation made no allocation \
+                 on the sweeping thread (optimised away, or done on another thread?){}",
+                if self.allow_no_allocation {
+                    "; allowed"
+                } else {
+                    "; Sweep::allow_no_allocation(true) accepts this"
+                }
+            );
+        }
         let points = self.points.len().max(1) as f64;
         writeln!(
             f,
@@ -151,6 +204,27 @@ impl fmt::Display for SweepReport {
             .map(|(o, c)| format!("{c} {o}"))
             .collect();
         writeln!(f, "  outcomes: {}", counts.join(", "))?;
+        if let Some((point, count)) = self.varied {
+            write!(
+                f,
+                "  note: the operation allocated {} times in the counting run but {count} in \
+                 point {point}'s run; ",
+                self.counted
+            )?;
+            if self.untested.is_empty() {
+                writeln!(
+                    f,
+                    "every point up to {} failed in its own run",
+                    self.allocations
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "points {} made fewer allocations in their own run and were not tested",
+                    compress(self.untested.iter().copied())
+                )?;
+            }
+        }
         writeln!(
             f,
             "  {:<9} {:>6}  {:<14} call site",
