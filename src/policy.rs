@@ -111,6 +111,7 @@ fn curable_limit() -> usize {
 /// As for [`Request::attempt`].
 #[cold]
 #[inline(never)]
+#[cfg_attr(not(feature = "log"), allow(unused_variables))] // `owner` serves logging
 pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     owner: usize,
     inner: &A,
