@@ -101,6 +101,8 @@ mod hook;
 #[cfg(feature = "inject")]
 mod inject;
 #[cfg(feature = "inject")]
+mod modules;
+#[cfg(feature = "inject")]
 mod record;
 #[cfg(feature = "sites")]
 mod sites;

@@ -10,20 +10,18 @@
 //!
 //! A reclaimer must not block: the failing thread may hold any lock, and a
 //! reclaimer that waits for one its own thread holds never returns. Every
-//! call in progress is noted in a fixed table (`RUNNING`), so that the
-//! watchdog thread, not the stuck one, can report a call that takes too long.
+//! call in progress is noted in the watchdog's table, so that the watchdog
+//! thread, not the stuck one, can report a call that takes too long.
 
 use core::fmt;
-use core::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicU64, AtomicUsize,
-    Ordering::{Relaxed, Release},
-};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::report;
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
 use crate::text::StackBuf;
+use crate::watchdog;
 
 /// How many reclaimers can be registered at once.
 pub const MAX_RECLAIMERS: usize = 16;
@@ -74,7 +72,7 @@ impl std::error::Error for ReclaimersFull {}
 /// ```
 pub fn add_reclaimer(f: Reclaimer) -> Result<(), ReclaimersFull> {
     let wanted = f as usize;
-    crate::watchdog::start();
+    watchdog::start();
     if TABLE.iter().any(|slot| slot.load(Relaxed) == wanted) {
         return Ok(());
     }
@@ -124,9 +122,9 @@ pub(crate) fn run(wanted: usize) -> usize {
         // null and live for the whole program.
         let f: Reclaimer = unsafe { core::mem::transmute::<usize, Reclaimer>(raw) };
         bump(&COUNTERS.reclaimer_calls);
-        let watched = RUNNING.enter(index, raw);
+        let watched = watchdog::RUNNING.enter(index, raw);
         let result = catch_unwind(AssertUnwindSafe(|| f(wanted)));
-        RUNNING.leave(watched);
+        watchdog::RUNNING.leave(watched);
         match result {
             Ok(n) => {
                 COUNTERS.reclaimed_bytes.fetch_add(n as u64, Relaxed);
@@ -142,63 +140,6 @@ pub(crate) fn run(wanted: usize) -> usize {
         }
     }
     freed
-}
-
-/// The reclaimer calls in progress, for the watchdog: which thread runs
-/// which reclaimer since when. A fixed table of atomics: entering and leaving
-/// never allocate or block; calls beyond its size are not watched.
-pub(crate) struct Running {
-    calls: [RunningCall; WATCHED_CALLS],
-}
-
-/// One reclaimer call in progress (`tid` 0: a free entry).
-pub(crate) struct RunningCall {
-    pub(crate) tid: AtomicI32,
-    pub(crate) index: AtomicUsize,
-    pub(crate) function: AtomicUsize,
-    pub(crate) since_ns: AtomicU64,
-    pub(crate) reported: AtomicBool,
-}
-
-const WATCHED_CALLS: usize = 64;
-
-pub(crate) static RUNNING: Running = Running {
-    calls: [const {
-        RunningCall {
-            tid: AtomicI32::new(0),
-            index: AtomicUsize::new(0),
-            function: AtomicUsize::new(0),
-            since_ns: AtomicU64::new(0),
-            reported: AtomicBool::new(false),
-        }
-    }; WATCHED_CALLS],
-};
-
-impl Running {
-    fn enter(&self, index: usize, function: usize) -> Option<&RunningCall> {
-        let tid = sys::gettid();
-        let call = self
-            .calls
-            .iter()
-            .find(|call| call.tid.compare_exchange(0, tid, Relaxed, Relaxed).is_ok())?;
-        call.index.store(index, Relaxed);
-        call.function.store(function, Relaxed);
-        call.reported.store(false, Relaxed);
-        call.since_ns.store(sys::now_ns(), Release);
-        Some(call)
-    }
-
-    fn leave(&self, call: Option<&RunningCall>) {
-        if let Some(call) = call {
-            call.since_ns.store(0, Relaxed);
-            call.tid.store(0, Release);
-        }
-    }
-
-    /// The calls in progress (entries being filled may show `since_ns` 0).
-    pub(crate) fn calls(&self) -> &[RunningCall] {
-        &self.calls
-    }
 }
 
 fn report_panic(index: usize, address: usize) {

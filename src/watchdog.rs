@@ -3,7 +3,7 @@
 //!
 //! Started by the first [`add_reclaimer`](crate::add_reclaimer) (outside
 //! the allocator, so it may spawn a thread), it sleeps and looks at the table
-//! of reclaimer calls in progress (`reclaim::RUNNING`) a few times per stall
+//! of reclaimer calls in progress ([`RUNNING`], which `reclaim` fills) a few times per stall
 //! threshold. A call running longer than the threshold gets one line naming
 //! the reclaimer, the thread and the time; no knob can end such a call, and
 //! the line says so. The watchdog never touches the allocator's state, takes
@@ -11,13 +11,72 @@
 //! just then); it runs in a `noretry` scope should anything it calls do so.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::Duration;
 
 use crate::config;
-use crate::reclaim::RUNNING;
 use crate::sys;
 use crate::text::{Shown, StackBuf};
+
+/// The reclaimer calls in progress, for the watchdog: which thread runs
+/// which reclaimer since when. A fixed table of atomics: entering and leaving
+/// never allocate or block; calls beyond its size are not watched.
+pub(crate) struct Running {
+    calls: [RunningCall; WATCHED_CALLS],
+}
+
+/// One reclaimer call in progress (`tid` 0: a free entry).
+pub(crate) struct RunningCall {
+    pub(crate) tid: AtomicI32,
+    pub(crate) index: AtomicUsize,
+    pub(crate) function: AtomicUsize,
+    pub(crate) since_ns: AtomicU64,
+    pub(crate) reported: AtomicBool,
+}
+
+const WATCHED_CALLS: usize = 64;
+
+pub(crate) static RUNNING: Running = Running {
+    calls: [const {
+        RunningCall {
+            tid: AtomicI32::new(0),
+            index: AtomicUsize::new(0),
+            function: AtomicUsize::new(0),
+            since_ns: AtomicU64::new(0),
+            reported: AtomicBool::new(false),
+        }
+    }; WATCHED_CALLS],
+};
+
+impl Running {
+    pub(crate) fn enter(&self, index: usize, function: usize) -> Option<&RunningCall> {
+        let tid = sys::gettid();
+        let call = self
+            .calls
+            .iter()
+            .find(|call| call.tid.compare_exchange(0, tid, Relaxed, Relaxed).is_ok())?;
+        call.index.store(index, Relaxed);
+        call.function.store(function, Relaxed);
+        call.reported.store(false, Relaxed);
+        call.since_ns.store(sys::now_ns(), Release);
+        Some(call)
+    }
+
+    pub(crate) fn leave(&self, call: Option<&RunningCall>) {
+        if let Some(call) = call {
+            call.since_ns.store(0, Relaxed);
+            call.tid.store(0, Release);
+        }
+    }
+
+    /// The calls in progress (entries being filled may show `since_ns` 0).
+    pub(crate) fn calls(&self) -> &[RunningCall] {
+        &self.calls
+    }
+}
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 

@@ -20,6 +20,7 @@
 
 mod child;
 mod report;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -29,8 +30,9 @@ use crate::configure;
 use crate::scope::{self, Mode};
 use crate::symbols;
 use crate::text::ShellWord;
-use child::{ChildSignal, Ended, MAX_ALLOCATIONS, Run, mayfail_is_global, warm_symbols};
+use child::{mayfail_is_global, warm_symbols};
 pub use report::{Point, Site, SweepReport};
+use watch::{ChildSignal, Ended, MAX_ALLOCATIONS, Run};
 
 /// A sweep's options. [`sweep`] is `Sweep::new().run(f)`.
 ///
