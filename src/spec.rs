@@ -10,7 +10,7 @@ use core::fmt;
 
 use crate::config::parse_bytes;
 use crate::text::parse_u64;
-use crate::text::{Escaped, Replayable, Shown};
+use crate::text::{Replayable, Shown};
 
 /// Longest accepted `thread=` name, in bytes.
 pub(crate) const MAX_THREAD_NAME: usize = 64;
@@ -133,7 +133,7 @@ const WHOLE: &str = "a whole number >= 0";
 const YES_NO: &str = "Y or N";
 const VERBOSE: &str = "0, 1 or 2";
 const THREAD: &str = "a thread name of 1 to 64 bytes (\\xNN escapes allowed)";
-const SITES: &str = "a file path of 1 to 512 bytes";
+const SITES: &str = "a file path of 1 to 512 bytes (\\xNN escapes allowed)";
 const STACK: &str = "a stack id: 1 to 16 hex digits, not all zero";
 
 impl fmt::Display for SpecError<'_> {
@@ -292,11 +292,12 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
                 13
             }
             b"sites" => {
-                if value.is_empty() || value.len() > MAX_SITES_PATH || value.contains(&0) {
-                    return Err(bad(SITES));
-                }
-                spec.sites[..value.len()].copy_from_slice(value);
-                spec.sites_len = value.len() as u16;
+                // Like thread names, \xNN escapes stand for bytes the
+                // grammar cannot hold (a comma) or a shell line would mangle.
+                let len = crate::text::unescape(value, &mut spec.sites[..MAX_SITES_PATH])
+                    .filter(|&len| len > 0 && !spec.sites[..len].contains(&0))
+                    .ok_or(bad(SITES))?;
+                spec.sites_len = len as u16;
                 14
             }
             b"stack" => {
@@ -406,7 +407,7 @@ impl fmt::Display for Canonical<'_> {
             write!(f, ",thread={}", Replayable(s.thread_name()))?;
         }
         if s.sites_len != 0 {
-            write!(f, ",sites={}", Escaped(s.sites_path()))?;
+            write!(f, ",sites={}", Replayable(s.sites_path()))?;
         }
         if s.stack != 0 {
             write!(f, ",stack={:016x}", s.stack)?;

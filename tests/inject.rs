@@ -662,3 +662,127 @@ fn an_abort_on_a_small_stack_thread_still_gets_its_report() {
     assert!(report.contains("thread 'small-stack'"), "{report}");
     assert!(first_frame(&report).contains("push_one"), "{report}");
 }
+
+#[test]
+fn a_crash_replay_line_survives_the_shell_whatever_the_arguments() {
+    let name = "a_crash_replay_line_survives_the_shell_whatever_the_arguments";
+    if is_child() {
+        let mut v = Vec::new();
+        mayfail::make_it_fail(|| push_one(&mut v));
+        unreachable!("Vec::push cannot survive a failed allocation");
+    }
+    let dir = std::env::temp_dir().join(format!("mayfail-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // libtest takes extra words as more filters: with --exact, none of these
+    // selects another test, and they all reach the command line.
+    let tricky = [
+        "a b",
+        "it's",
+        "$(touch pwned)",
+        "`touch pwned2`",
+        "caf\u{e9}",
+        "x\"y\\z",
+        "",
+    ];
+    let first = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args(tricky)
+        .current_dir(&dir)
+        .env("MAYFAIL_TEST_CHILD", "1")
+        .env("MAYFAIL_INJECT", "task-filter=Y")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    let report = assert_aborted_with_report(
+        &stderr,
+        first.status.code(),
+        "memory allocation of 32 bytes failed",
+    );
+    let replay = report
+        .lines()
+        .find_map(|l| l.strip_prefix("mayfail:   replay: "))
+        .expect("a replay line")
+        .to_owned();
+    // Pasted into a shell: the same point fails, and nothing else runs.
+    let again = Command::new("bash")
+        .args(["-c", &replay])
+        .current_dir(&dir)
+        .env("MAYFAIL_TEST_CHILD", "1")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(
+        again.status.signal(),
+        Some(libc::SIGABRT),
+        "{replay}\n{stderr}"
+    );
+    let replayed = assert_aborted_with_report(
+        &stderr,
+        again.status.code(),
+        "memory allocation of 32 bytes failed",
+    );
+    assert_eq!(first_frame(&replayed), first_frame(&report), "{replay}");
+    let again_replay = replayed
+        .lines()
+        .find_map(|l| l.strip_prefix("mayfail:   replay: "))
+        .unwrap();
+    assert_eq!(
+        again_replay, replay,
+        "the replay's own argv is the original one"
+    );
+    let created: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert!(created.is_empty(), "the shell ran something: {created:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_verbose_line_pastes_back_to_the_same_state_file() {
+    let name = "the_verbose_line_pastes_back_to_the_same_state_file";
+    if is_child() {
+        // What MAYFAIL_INJECT said is in force; allocate a little.
+        drop(std::hint::black_box(vec![0u8; 64]));
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mayfail-verbose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("st'a \"te;$(touch pwned) caf\u{e9}.state");
+    let spec = format!("sites={},times=0,verbose=1", state.display());
+    let run = run_child_with(name, &[("MAYFAIL_INJECT", spec.as_str())]);
+    run.assert_success();
+    assert!(state.exists(), "the first run opened the state file");
+    std::fs::remove_file(&state).unwrap();
+    let assignment = run
+        .mayfail_lines()
+        .iter()
+        .find_map(|l| l.strip_prefix("mayfail: injecting allocation failures: "))
+        .unwrap_or_else(|| panic!("no verbose line: {}", run.stderr))
+        .to_owned();
+    // Pasted into a shell, the assignment gives back a spec for the same file.
+    let printed = Command::new("bash")
+        .args([
+            "-c",
+            &format!("{assignment}; printf %s \"$MAYFAIL_INJECT\""),
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let value = String::from_utf8(printed.stdout).unwrap();
+    assert!(mayfail::check_injection(&value).is_ok(), "{value}");
+    let again = run_child_with(name, &[("MAYFAIL_INJECT", value.as_str())]);
+    again.assert_success();
+    assert!(
+        state.exists(),
+        "the pasted spec names the same file: {value}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| *n != state.file_name().unwrap())
+        .collect();
+    assert!(left.is_empty(), "the shell ran something: {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
