@@ -5,9 +5,10 @@
 # Usage: ci/san.sh [address] [thread]     (both by default)
 # Environment: SAN_SECS (default 10) is the stress test's duration per
 # sanitizer (MAYFAIL_STRESS_SECS); MAYFAIL_STRESS_SEED picks its seed.
-# Time on a 2-core machine: about 70 s of build per sanitizer from cold
-# (target/san-address, target/san-thread), then SAN_SECS each: ~3 minutes
-# cold, ~30 s warm.
+# Time on a 2-core machine: from cold, a build per sanitizer of std and all
+# the dev-dependencies, instrumented (target/san-address, target/san-thread):
+# 5 to 10 minutes each, measured while other builds shared the cores; then
+# SAN_SECS each. Warm: about 30 s.
 #
 # Both build std itself with the sanitizer (-Zbuild-std, from the rust-src
 # component), so everything in the test binary is instrumented: ASan sees
