@@ -58,7 +58,10 @@ ODD=$(executable 'tests\/odd_contexts.rs')
 LIB=$(executable 'unittests src\/lib.rs')
 DEMO=${CARGO_TARGET_DIR:-target}/debug/examples/pressure
 
-VALGRIND=(valgrind --tool=memcheck --error-exitcode=99 --track-origins=yes --num-callers=30)
+# --fair-sched=yes: valgrind runs one thread at a time, and its default lock
+# can leave one thread waiting for seconds on a busy machine, which the
+# stress test's watchdog takes for a hang; a ticket lock hands it round.
+VALGRIND=(valgrind --tool=memcheck --error-exitcode=99 --track-origins=yes --num-callers=30 --fair-sched=yes)
 
 # Runs one step: name, then the command. Passes if the command exits 0 and
 # no valgrind log of the step has errors.
