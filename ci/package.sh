@@ -7,7 +7,7 @@
 #    directory anywhere: the repository's, benches/suite's, a test
 #    fixture's); and fails if LICENSE-MIT, LICENSE-APACHE or README.md exist
 #    at the repository's root but are not in the list.
-# 2. `cargo package --workspace --no-verify`: builds the .crate files in
+# 2. `cargo package -p mayfail -p cargo-mayfail --no-verify`: builds the .crate files in
 #    target/package (resolving the dependencies against the crates.io index;
 #    --no-verify: the build itself is what the other steps check).
 #
@@ -57,8 +57,11 @@ for package in "${packages[@]}"; do
     [[ $status == 0 ]] && echo "   $files files, none unwanted"
 done
 
-echo "== cargo package --workspace --no-verify"
-if ! cargo package --workspace --no-verify --allow-dirty --quiet; then
+# The published packages only: `checks` is `publish = false`.
+package_args=()
+for package in "${packages[@]}"; do package_args+=(-p "$package"); done
+echo "== cargo package ${package_args[*]} --no-verify"
+if ! cargo package "${package_args[@]}" --no-verify --allow-dirty --quiet; then
     echo "== FAILED: cargo package" >&2
     status=1
 else

@@ -433,11 +433,13 @@ mod tests {
 
     #[test]
     fn the_random_sequence_is_roughly_uniform() {
-        let n = 100_000u64;
+        // Miri runs this thousands of times slower.
+        let n = if cfg!(miri) { 2_000u64 } else { 100_000 };
         let below_quarter = (0..n)
             .filter(|&i| u64::from(random(7, i)) < (1u64 << 30))
             .count() as f64;
         let share = below_quarter / n as f64;
-        assert!((0.24..0.26).contains(&share), "{share}");
+        let margin = if cfg!(miri) { 0.05 } else { 0.01 };
+        assert!((0.25 - margin..0.25 + margin).contains(&share), "{share}");
     }
 }

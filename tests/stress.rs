@@ -25,6 +25,8 @@
 //! `MAYFAIL_STRESS_SECS` for longer runs and `MAYFAIL_STRESS_SEED` to pick
 //! the seed (printed with the figures; thread interleavings still vary).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -138,7 +140,10 @@ const MAX_SIZE: usize = 1 << 20;
 const MAX_OFFSET: usize = 4096;
 const SLOTS: usize = 32;
 /// No progress for this long is a hang.
-const STALL: Duration = Duration::from_secs(10);
+// Scaled under valgrind (`common::slowdown`), which runs the workers far slower.
+fn stall() -> Duration {
+    common::deadline_secs(10)
+}
 const MAX_THREADS: usize = 8;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -486,7 +491,7 @@ fn raw_stderr(text: &str) {
     unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
 }
 
-/// Aborts the process if a worker makes no progress for `STALL`.
+/// Aborts the process if a worker makes no progress for `stall()`.
 fn watchdog(threads: usize, seed: u64) {
     let mut last = [(0u64, Instant::now()); MAX_THREADS];
     loop {
@@ -500,12 +505,12 @@ fn watchdog(threads: usize, seed: u64) {
             let now = PROGRESS[id].load(Relaxed);
             if now != seen.0 {
                 *seen = (now, Instant::now());
-            } else if seen.1.elapsed() > STALL {
+            } else if seen.1.elapsed() > stall() {
                 let s = stats();
                 raw_stderr(&format!(
                     "stress: worker {id} made no progress for {:?} after {now} operations \
                      (retries knob {}, {s:?}, seed {seed}): a hang\n",
-                    STALL,
+                    stall(),
                     mayfail::retries()
                 ));
                 std::process::abort();
