@@ -26,5 +26,10 @@ run() {
 run cargo fmt --all -- --check
 run cargo clippy --workspace --all-targets --quiet -- -D warnings
 run cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+# The library with its optional parts off, alone and one at a time.
+run cargo clippy -p mayfail --all-targets --no-default-features --quiet -- -D warnings
+for feature in inject sweep sites pressure log; do
+    run cargo clippy -p mayfail --no-default-features --features "$feature" --quiet -- -D warnings
+done
 RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" run cargo doc --workspace --no-deps --quiet
 exit $status

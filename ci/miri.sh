@@ -46,6 +46,11 @@ echo "== $(cargo +"$NIGHTLY" miri --version), MIRIFLAGS=$MIRIFLAGS"
 echo "== cargo +$NIGHTLY miri test --workspace --lib --bins -- $*"
 cargo +"$NIGHTLY" miri test --workspace --lib --bins --no-fail-fast -- "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
+# A whole program with MayFail as its global allocator: every allocation,
+# reallocation and free of std's collections through the wrapper.
+echo "== cargo +$NIGHTLY miri run -p mayfail --example global_allocator"
+cargo +"$NIGHTLY" miri run -p mayfail --example global_allocator 2>&1 | tee -a "$LOG"
+((PIPESTATUS[0] == 0)) || rc=1
 
 echo
 ignored=$(grep -E '^test .* \.\.\. ignored' "$LOG" | sed 's/^test \(.*\) \.\.\. ignored\(, \)\{0,1\}\(.*\)/\1\t\3/')

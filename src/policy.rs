@@ -239,6 +239,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "getrlimit and sysinfo are calls Miri cannot make")]
     fn nothing_larger_than_the_machine_is_curable() {
         let limit = curable_limit();
         assert!(limit > 1 << 20);
