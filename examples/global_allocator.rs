@@ -15,8 +15,7 @@ use mayfail::MayFail;
 static GLOBAL: MayFail<std::alloc::System> = MayFail::system().with_retries(3);
 
 fn main() {
-    let mut words: Vec<String> = Vec::new();
-    words.reserve(64);
+    let mut words: Vec<String> = Vec::with_capacity(64);
     // The compiled default (registered by the first allocation), until a
     // setter changes it.
     assert_eq!(mayfail::retries(), 3);
