@@ -181,7 +181,7 @@ fn pick(value: &str, known: &[&'static str], what: &str) -> Result<Vec<&'static 
 
 fn parse_options() -> Result<Options, String> {
     let mut o = Options {
-        rounds: 7,
+        rounds: 5,
         only: None,
         all: false,
         configs: None,
