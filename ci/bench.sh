@@ -24,8 +24,12 @@
 #   ci/bench.sh --quick             # for work on the hot path: callgrind only, vec-pairs and
 #                                   # btree-20k, MayFail<System> idle and with injection on
 #                                   # against System, RetryAlloc (and StatsAlloc, which counts
-#                                   # the allocations), in-crate, both builds (about a minute
-#                                   # after an edit of src/alloc.rs; its own target dir)
+#                                   # the allocations), in-crate, both builds, the full
+#                                   # suite's binaries: the same counts as its report (about
+#                                   # 2 minutes on 2 cores after an edit of src/alloc.rs)
+#   ci/bench.sh --quick --lean      # the same without serde_json and regex in the binaries:
+#                                   # a faster rebuild, but LTO counts differ from the full
+#                                   # suite's (btree-20k: 0.9 % against 0.1 % added)
 #   ci/bench.sh --criterion         # also the criterion cross-check (benches/suite/benches/alloc_pair.rs)
 #   ci/bench.sh --rounds 3 --only vec-pairs,btree-20k   # other arguments go to run-suite
 #   ci/bench.sh --no-callgrind      # (or --no-time) one half only; --all adds the older workloads
@@ -44,12 +48,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 readme=0
 criterion=0
 quick=0
+lean=0
 suite_args=()
 for arg in "$@"; do
     case $arg in
     --readme) readme=1 ;;
     --criterion) criterion=1 ;;
     --quick) quick=1 ;;
+    --lean) lean=1 ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
@@ -88,14 +94,19 @@ if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
 fi
 
 if ((quick)); then
-    # Only what the quick run needs, without the application workloads
-    # (serde_json, regex): an edit of src/alloc.rs rebuilds mayfail and
-    # relinks four small binaries per build. A target dir of its own, so that
-    # the full suite's binaries stay built.
-    SUITE_TARGET=$TARGET/bench-suite-quick
-    # StatsAlloc counts the allocations, for figures per allocation.
-    build_args=(--no-default-features --bin run-suite --bin system --bin mayfail-system
+    # Only the binaries the quick run needs, built exactly as the full suite
+    # builds them (same features, same target dir): with fat LTO, any other
+    # code in the binary moves the inliner's decisions, so a leaner build
+    # would not count the same instructions. StatsAlloc counts the
+    # allocations, for figures per allocation.
+    build_args=(--bin run-suite --bin system --bin mayfail-system
         --bin mayfail-inject-idle --bin retry-alloc-system --bin stats-alloc-system)
+    if ((lean)); then
+        # Without the application workloads (serde_json, regex), in a target
+        # dir of its own: a faster relink, but not the full suite's binaries.
+        SUITE_TARGET=$TARGET/bench-suite-lean
+        build_args+=(--no-default-features)
+    fi
     suite_args=(--no-time --only vec-pairs,btree-20k --forms in-crate
         --configs mayfail-system,mayfail-inject-idle,retry-alloc-system,stats-alloc-system
         ${suite_args[@]+"${suite_args[@]}"})
