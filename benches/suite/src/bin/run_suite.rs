@@ -1,32 +1,36 @@
-//! The driver: runs every configuration binary on every workload,
+//! The driver: runs every configuration binary on every workload, in both
+//! builds (`release`, `release-lto`) and both forms (in-crate, out-of-line),
 //! interleaved, then under callgrind, and prints one Markdown report.
 //!
 //! ```text
-//! run-suite [--rounds N] [--only NAME,NAME] [--no-time] [--no-callgrind]
-//!           [--clock cpu|wall] [--callgrind-pairs N] [--jobs N] [--out FILE]
-//!           [--csv-dir DIR]
+//! run-suite [--rounds N] [--only NAME,NAME] [--all] [--configs SLOT,SLOT]
+//!           [--profiles release,release-lto] [--forms in-crate,out-of-line]
+//!           [--no-time] [--no-callgrind] [--clock cpu|wall] [--jobs N]
+//!           [--out FILE] [--csv-dir DIR]
 //! ```
 //!
+//! `--all` adds the workloads outside the default set; `--configs` keeps only
+//! the named configurations (System is always kept: every ratio needs it);
 //! `--out` writes the report to a file as well; `--csv-dir` writes the raw
-//! measurements there: `times.csv` (every run: workload, configuration,
-//! round, nanoseconds) and `instructions.csv` (workload, binary,
-//! instructions, pairs).
+//! measurements there: `times.csv` (every timed run) and `instructions.csv`
+//! (every callgrind run).
 //!
-//! Timing: in each round, for each workload, every configuration runs once,
-//! in a separate process (the order rotates from round to round). The
-//! process warms the workload up on a fresh thread, times it `reps` times
-//! and reports its fastest run. Each round gives every wrapper a ratio to its
-//! inner allocator measured within seconds of it; the table shows the median
-//! of those ratios over the rounds, with the smallest and largest. An A/A
-//! column (System against System) shows how far apart two identical
-//! binaries land on this machine: the noise floor.
+//! Timing: in each round, for each workload and each build and form, every
+//! configuration runs once, in a separate process (the order rotates from
+//! round to round). The process warms the workload up on a fresh thread,
+//! times it a few times and the driver keeps its fastest run. Each round
+//! gives every wrapper a ratio to its inner allocator measured within a
+//! second or two of it; the report shows the median of those ratios over the
+//! rounds, with the smallest and largest. An A/A column (the System binary
+//! against itself) shows how far apart two runs of one binary land: the
+//! noise floor.
 //!
-//! Instructions: each configuration runs workloads 1 and 3 under
+//! Instructions: each configuration runs each workload once more under
 //! `valgrind --tool=callgrind --toggle-collect='*callgrind_region*'`, which
-//! counts only the measured run; the difference to the inner allocator,
-//! divided by the alloc+free pairs in the run, is what the wrapper adds per
-//! pair. The pairs of workload 3 are counted by the `StatsAlloc`
-//! configuration.
+//! counts only the measured run. The difference to the inner allocator,
+//! divided by the allocations in the run (counted by the `StatsAlloc`
+//! configuration; the operations when it was not run), is what the wrapper
+//! adds per allocation.
 //!
 //! The driver itself is not measured: it keeps the default allocator.
 
@@ -36,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use mayfail_bench_suite::workloads::{self, Workload};
+use mayfail_bench_suite::{Workload, cores, workloads};
 
 /// One measured configuration: a binary, its label, and the binary of its
 /// inner allocator (the denominator of its ratios), if it has one.
@@ -91,6 +95,12 @@ const CONFIGS: &[Config] = &[
         inner: Some("system"),
     },
     Config {
+        slot: "alloc-chaos-system",
+        bin: "alloc-chaos-system",
+        label: "ChaosAllocator\\<System>",
+        inner: Some("system"),
+    },
+    Config {
         slot: "mimalloc",
         bin: "mimalloc",
         label: "MiMalloc",
@@ -104,54 +114,93 @@ const CONFIGS: &[Config] = &[
     },
 ];
 
-/// The wrappers compared with MayFail in the "cheaper than every peer" target.
-const PEERS: [&str; 3] = ["retry-alloc-system", "cap-system", "stats-alloc-system"];
+/// The peer wrappers of `System` the targets compare MayFail with.
+const PEERS: [&str; 4] = [
+    "retry-alloc-system",
+    "cap-system",
+    "stats-alloc-system",
+    "alloc-chaos-system",
+];
 
-/// The largest chance, under "no difference" (each of a pair equally
-/// likely to be the faster one in a round), of a result as lopsided as the
-/// one called a difference: a two-sided sign test at 5 %.
-const SIGN_TEST_TAIL: f64 = 0.025;
+/// Workloads left out of the callgrind runs: their work runs on threads they
+/// spawn, which `--toggle-collect` does not follow (it counts what runs
+/// under `callgrind_region` on the thread that calls it). They are timed.
+const NOT_COUNTED: [&str; 2] = ["maps-1t", "maps-2t"];
 
-/// The smallest number of rounds out of `n` that one of two configurations
-/// must win for the sign test to call it faster.
-fn sign_test_wins(n: usize) -> usize {
-    // P(X >= k) for X ~ Binomial(n, 1/2), from k = n down.
-    let mut tail = 0.0;
-    let mut choose = 1.0; // C(n, k), starting at k = n
-    for k in (0..=n).rev() {
-        tail += choose / 2f64.powi(n as i32);
-        if tail > SIGN_TEST_TAIL {
-            return k + 1;
-        }
-        choose = choose * k as f64 / (n - k + 1) as f64;
-    }
-    n + 1
+/// `a` with a sign, one decimal, and no "-0.0".
+fn signed(a: f64) -> String {
+    let a = if a.abs() < 0.05 { 0.0 } else { a };
+    format!("{a:+.1}")
 }
 
-/// Callgrind runs of workload 3 use its full size; workload 1 uses this
-/// many pairs (per-pair figures do not depend on it).
-const DEFAULT_CALLGRIND_PAIRS: u64 = 200_000;
+fn label(slot: &str) -> &str {
+    CONFIGS
+        .iter()
+        .find(|c| c.slot == slot || c.bin == slot)
+        .map_or(slot, |c| c.label)
+}
+
+/// A build (cargo profile) and the form of the workload code in it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Variant {
+    profile: &'static str,
+    form: &'static str,
+}
+
+impl Variant {
+    fn label(self) -> String {
+        let build = match self.profile {
+            "release" => "default release build",
+            "release-lto" => "LTO build (fat, 1 codegen unit)",
+            other => other,
+        };
+        format!("{}, {build}", self.form)
+    }
+}
+
+const PROFILES: [&str; 2] = ["release", "release-lto"];
+const FORMS: [&str; 2] = ["in-crate", "out-of-line"];
 
 struct Options {
     rounds: usize,
     only: Option<Vec<String>>,
+    all: bool,
+    configs: Option<Vec<String>>,
+    profiles: Vec<&'static str>,
+    forms: Vec<&'static str>,
     time: bool,
     callgrind: bool,
-    callgrind_pairs: u64,
     jobs: usize,
     wall: bool,
     out: Option<PathBuf>,
     csv_dir: Option<PathBuf>,
 }
 
+/// The items of a comma-separated `value` that are in `known`.
+fn pick(value: &str, known: &[&'static str], what: &str) -> Result<Vec<&'static str>, String> {
+    value
+        .split(',')
+        .map(|v| {
+            known
+                .iter()
+                .find(|k| **k == v)
+                .copied()
+                .ok_or(format!("unknown {what} {v} (known: {})", known.join(", ")))
+        })
+        .collect()
+}
+
 fn parse_options() -> Result<Options, String> {
     let mut o = Options {
-        rounds: 11,
+        rounds: 5,
         only: None,
+        all: false,
+        configs: None,
+        profiles: PROFILES.to_vec(),
+        forms: FORMS.to_vec(),
         time: true,
         callgrind: true,
-        callgrind_pairs: DEFAULT_CALLGRIND_PAIRS,
-        jobs: workloads::cores().min(4),
+        jobs: cores().min(4),
         wall: false,
         out: None,
         csv_dir: None,
@@ -164,13 +213,17 @@ fn parse_options() -> Result<Options, String> {
             "--only" => {
                 o.only = Some(value("--only")?.split(',').map(str::to_owned).collect());
             }
+            "--all" => o.all = true,
+            "--configs" => {
+                let v = value("--configs")?;
+                let slots: Vec<&'static str> = CONFIGS.iter().map(|c| c.slot).collect();
+                let picked = pick(&v, &slots, "configuration")?;
+                o.configs = Some(picked.into_iter().map(str::to_owned).collect());
+            }
+            "--profiles" => o.profiles = pick(&value("--profiles")?, &PROFILES, "profile")?,
+            "--forms" => o.forms = pick(&value("--forms")?, &FORMS, "form")?,
             "--no-time" => o.time = false,
             "--no-callgrind" => o.callgrind = false,
-            "--callgrind-pairs" => {
-                o.callgrind_pairs = value("--callgrind-pairs")?
-                    .parse()
-                    .map_err(|e| format!("{e}"))?;
-            }
             "--jobs" => o.jobs = value("--jobs")?.parse().map_err(|e| format!("{e}"))?,
             "--out" => o.out = Some(PathBuf::from(value("--out")?)),
             "--csv-dir" => o.csv_dir = Some(PathBuf::from(value("--csv-dir")?)),
@@ -182,19 +235,21 @@ fn parse_options() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if o.rounds == 0 || o.jobs == 0 || o.callgrind_pairs == 0 {
-        return Err("--rounds, --jobs and --callgrind-pairs must be at least 1".into());
+    if o.rounds == 0 || o.jobs == 0 {
+        return Err("--rounds and --jobs must be at least 1".into());
     }
     Ok(o)
 }
 
-/// The directory holding this binary and its siblings.
-fn bin_dir() -> PathBuf {
+/// The directory of the build `profile`: a sibling of the one holding this
+/// binary (`target/bench-suite/release`, `.../release-lto`).
+fn bin_dir(profile: &str) -> PathBuf {
     std::env::current_exe()
         .expect("the driver's path")
         .parent()
-        .expect("a directory")
-        .to_path_buf()
+        .and_then(Path::parent)
+        .expect("a target directory")
+        .join(profile)
 }
 
 /// A command for a configuration binary with no `MAYFAIL_*` variable from
@@ -236,7 +291,9 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
 }
 
 fn format_ns(ns: f64) -> String {
-    if ns >= 100.0 {
+    if ns >= 100_000.0 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 100.0 {
         format!("{ns:.0} ns")
     } else {
         format!("{ns:.1} ns")
@@ -245,8 +302,9 @@ fn format_ns(ns: f64) -> String {
 
 /// Fastest run of `workload` in one process of `bin`, in nanoseconds of
 /// CPU time (`wall`: of wall-clock time).
-fn time_once(dir: &Path, bin: &str, workload: &str, wall: bool) -> Result<f64, String> {
-    let out = run_ok(config_command(&dir.join(bin)).args(["time", workload]))?;
+fn time_once(v: Variant, bin: &str, workload: &str, wall: bool) -> Result<f64, String> {
+    let out =
+        run_ok(config_command(&bin_dir(v.profile).join(bin)).args([v.form, "time", workload]))?;
     out.split_whitespace()
         .map(|t| {
             let (cpu, wall_ns) = t.split_once('/').ok_or(format!("{bin} {workload}: {t}"))?;
@@ -257,63 +315,71 @@ fn time_once(dir: &Path, bin: &str, workload: &str, wall: bool) -> Result<f64, S
         .try_fold(f64::INFINITY, |min, t| t.map(|t| min.min(t)))
 }
 
-/// Per workload, per slot: the time of each round, in nanoseconds.
-type Times = BTreeMap<(String, &'static str), Vec<f64>>;
+/// Per workload, variant and slot: the time of each round, in nanoseconds.
+type Times = BTreeMap<(String, Variant, &'static str), Vec<f64>>;
 
 fn measure_times(
-    dir: &Path,
+    configs: &[&Config],
+    variants: &[Variant],
     list: &[Workload],
     rounds: usize,
     wall: bool,
 ) -> Result<Times, String> {
     let mut times = Times::new();
-    let total = rounds * list.len() * CONFIGS.len();
+    let total = rounds * list.len() * variants.len() * configs.len();
     let mut done = 0;
     let start = Instant::now();
     for round in 0..rounds {
         for w in list {
-            for i in 0..CONFIGS.len() {
-                // Rotate the order so no configuration always runs first
-                // (or right after the same neighbour).
-                let c = &CONFIGS[(i + round) % CONFIGS.len()];
-                let t = time_once(dir, c.bin, w.name, wall)?;
-                times
-                    .entry((w.name.to_owned(), c.slot))
-                    .or_default()
-                    .push(t);
-                done += 1;
+            for &v in variants {
+                for i in 0..configs.len() {
+                    // Rotate the order so no configuration always runs first
+                    // (or right after the same neighbour).
+                    let c = configs[(i + round) % configs.len()];
+                    let t = time_once(v, c.bin, w.name, wall)?;
+                    times
+                        .entry((w.name.to_owned(), v, c.slot))
+                        .or_default()
+                        .push(t);
+                    done += 1;
+                }
             }
         }
         eprintln!(
-            "run-suite: timing round {}/{rounds} done ({done}/{total} runs, {:.0} s)",
+            "run-suite: timing round {}/{rounds} done ({done}/{total} runs, {:.0} s, load {})",
             round + 1,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            load_average()
         );
     }
     Ok(times)
 }
 
-/// Per workload and slot: (median, min, max) of the per-round ratios to the
-/// inner allocator, or of the absolute time per operation for slots without
-/// one.
-type Cells = BTreeMap<(String, &'static str), (f64, f64, f64)>;
+/// Per workload, variant and slot: (median, min, max) of the per-round
+/// ratios to the inner allocator, or of the absolute time per operation for
+/// slots without one.
+type Cells = BTreeMap<(String, Variant, &'static str), (f64, f64, f64)>;
 
 fn ratios(list: &[Workload], times: &Times) -> Cells {
     let mut cells = Cells::new();
-    for w in list {
-        for c in CONFIGS {
-            let Some(mine) = times.get(&(w.name.to_owned(), c.slot)) else {
-                continue;
-            };
-            let values: Vec<f64> = match c.inner {
-                Some(inner) => {
-                    let base = &times[&(w.name.to_owned(), inner)];
-                    mine.iter().zip(base).map(|(m, b)| m / b).collect()
-                }
-                None => mine.iter().map(|t| t / w.ops as f64).collect(),
-            };
-            cells.insert((w.name.to_owned(), c.slot), summary(&values));
-        }
+    for ((name, v, slot), mine) in times {
+        let c = CONFIGS
+            .iter()
+            .find(|c| c.slot == *slot)
+            .expect("a known slot");
+        let Some(w) = list.iter().find(|w| w.name == name) else {
+            continue;
+        };
+        let values: Vec<f64> = match c.inner {
+            Some(inner) => {
+                let Some(base) = times.get(&(name.clone(), *v, inner)) else {
+                    continue;
+                };
+                mine.iter().zip(base).map(|(m, b)| m / b).collect()
+            }
+            None => mine.iter().map(|t| t / w.ops as f64).collect(),
+        };
+        cells.insert((name.clone(), *v, c.slot), summary(&values));
     }
     cells
 }
@@ -321,25 +387,24 @@ fn ratios(list: &[Workload], times: &Times) -> Cells {
 /// Instructions counted inside the measured region of one callgrind run,
 /// and what the run printed (the allocation counts, for `StatsAlloc`).
 fn callgrind_once(
-    dir: &Path,
+    v: Variant,
     out_dir: &Path,
     bin: &str,
     workload: &str,
     ops: u64,
 ) -> Result<(u64, String), String> {
-    let file = out_dir.join(format!("callgrind.{bin}.{workload}.out"));
+    let stem = format!("callgrind.{}.{}.{bin}.{workload}", v.profile, v.form);
+    let file = out_dir.join(format!("{stem}.out"));
     let mut cmd = config_command(Path::new("valgrind"));
     cmd.arg("--tool=callgrind")
         .arg("--toggle-collect=*callgrind_region*")
         .arg(format!("--callgrind-out-file={}", file.display()))
         .arg(format!(
             "--log-file={}",
-            out_dir
-                .join(format!("callgrind.{bin}.{workload}.log"))
-                .display()
+            out_dir.join(format!("{stem}.log")).display()
         ))
-        .arg(dir.join(bin))
-        .args(["count", workload, &ops.to_string()]);
+        .arg(bin_dir(v.profile).join(bin))
+        .args([v.form, "count", workload, &ops.to_string()]);
     let stdout = run_ok(&mut cmd)?;
     let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let total = text
@@ -353,27 +418,62 @@ fn callgrind_once(
     Ok((total, stdout))
 }
 
-/// Per workload: the instructions of each binary, and the alloc+free pairs
-/// in the measured run.
+/// The callgrind results: instructions per workload, variant and binary,
+/// and the allocations in the measured run per workload and variant (counted
+/// by `StatsAlloc`, when it ran).
 struct Counts {
-    instructions: BTreeMap<(String, &'static str), u64>,
-    pairs: BTreeMap<String, u64>,
+    instructions: BTreeMap<(String, Variant, &'static str), u64>,
+    allocs: BTreeMap<(String, Variant), u64>,
+    ops: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn get(&self, w: &str, v: Variant, bin: &str) -> Option<f64> {
+        let key = self
+            .instructions
+            .keys()
+            .find(|k| k.0 == w && k.1 == v && k.2 == bin)?;
+        Some(self.instructions[key] as f64)
+    }
+
+    /// The divisor of "added per allocation": the allocations `StatsAlloc`
+    /// counted, or the operations.
+    fn per(&self, w: &str, v: Variant) -> (f64, &'static str) {
+        match self.allocs.get(&(w.to_owned(), v)) {
+            Some(&n) if n > 0 => (n as f64, "allocation"),
+            _ => (self.ops[w] as f64, "operation"),
+        }
+    }
+
+    /// Instructions `bin` adds over `inner` per allocation (or operation),
+    /// and in percent of the whole run.
+    fn added(&self, w: &str, v: Variant, bin: &str, inner: &str) -> Option<(f64, f64)> {
+        let (mine, base) = (self.get(w, v, bin)?, self.get(w, v, inner)?);
+        Some((
+            (mine - base) / self.per(w, v).0,
+            (mine / base - 1.0) * 100.0,
+        ))
+    }
 }
 
 fn measure_instructions(
-    dir: &Path,
+    configs: &[&Config],
+    variants: &[Variant],
     out_dir: &Path,
-    list: &[&Workload],
-    pairs_ops: u64,
+    list: &[Workload],
     jobs: usize,
 ) -> Result<Counts, String> {
-    let mut bins: Vec<&'static str> = CONFIGS.iter().map(|c| c.bin).collect();
+    let mut bins: Vec<&'static str> = configs.iter().map(|c| c.bin).collect();
     bins.dedup();
-    let tasks: Vec<(&Workload, &'static str)> = list
+    let tasks: Vec<(&Workload, Variant, &'static str)> = list
         .iter()
-        .flat_map(|w| bins.iter().map(move |b| (*w, *b)))
+        .flat_map(|w| {
+            let bins = &bins;
+            variants
+                .iter()
+                .flat_map(move |v| bins.iter().map(move |b| (w, *v, *b)))
+        })
         .collect();
-    let ops_of = |w: &Workload| if w.group == 1 { pairs_ops } else { w.ops };
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -381,31 +481,34 @@ fn measure_instructions(
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(w, bin)) = tasks.get(i) else { break };
-                    let r = callgrind_once(dir, out_dir, bin, w.name, ops_of(w));
-                    results.lock().unwrap().push((w.name, bin, r));
+                    let Some(&(w, v, bin)) = tasks.get(i) else {
+                        break;
+                    };
+                    let r = callgrind_once(v, out_dir, bin, w.name, w.count_ops);
+                    results.lock().unwrap().push((w.name, v, bin, r));
                 }
             });
         }
     });
     let mut counts = Counts {
         instructions: BTreeMap::new(),
-        pairs: BTreeMap::new(),
+        allocs: BTreeMap::new(),
+        ops: list
+            .iter()
+            .map(|w| (w.name.to_owned(), w.count_ops))
+            .collect(),
     };
-    for (name, bin, r) in results.into_inner().unwrap() {
+    for (name, v, bin, r) in results.into_inner().unwrap() {
         let (total, stdout) = r?;
-        counts.instructions.insert((name.to_owned(), bin), total);
+        counts.instructions.insert((name.to_owned(), v, bin), total);
         if let Some(allocs) = stdout
             .split_whitespace()
             .skip_while(|t| *t != "allocs")
             .nth(1)
             .and_then(|n| n.parse::<u64>().ok())
         {
-            counts.pairs.insert(name.to_owned(), allocs);
+            counts.allocs.insert((name.to_owned(), v), allocs);
         }
-    }
-    for w in list {
-        counts.pairs.entry(w.name.to_owned()).or_insert(ops_of(w));
     }
     Ok(counts)
 }
@@ -455,18 +558,18 @@ fn machine_header(repo: &Path) -> String {
     };
     format!(
         "- Date: {date}\n- Machine: {} cores, {cpu}\n- Commit: {commit}{changes}\n- {rustc}; {libc}\n",
-        workloads::cores(),
+        cores(),
     )
 }
 
-fn cell(c: Option<&(f64, f64, f64)>) -> String {
-    match c {
-        Some(&(m, lo, hi)) => format!("{m:.3} ({lo:.2}–{hi:.2})"),
-        None => "–".into(),
-    }
-}
-
-fn time_table(list: &[Workload], cells: &Cells, rounds: usize, wall: bool) -> String {
+fn time_tables(
+    configs: &[&Config],
+    variants: &[Variant],
+    list: &[Workload],
+    cells: &Cells,
+    rounds: usize,
+    wall: bool,
+) -> String {
     let mut t = String::new();
     let clock = if wall {
         "wall-clock time"
@@ -475,286 +578,251 @@ fn time_table(list: &[Workload], cells: &Cells, rounds: usize, wall: bool) -> St
     };
     let _ = writeln!(
         t,
-        "Time ({clock}): the median of {rounds} interleaved rounds, with the smallest and \
-         largest. System and MiMalloc in time per operation, every other column as a ratio to \
-         its inner allocator (System, or MiMalloc for MayFail\\<MiMalloc>; below 1 is \
-         faster).\n"
+        "Time ({clock}), one table per build and form: the median of {rounds} interleaved \
+         rounds, with the smallest and largest. System and MiMalloc in time per operation, \
+         every other column as a ratio to its inner allocator (System, or MiMalloc for \
+         MayFail\\<MiMalloc>; below 1 is faster).\n"
     );
-    let mut header = String::from("| workload | operation |");
-    let mut rule = String::from("|---|---|");
-    for c in CONFIGS {
-        let _ = write!(header, " {} |", c.label);
-        rule.push_str("---:|");
-    }
-    let _ = writeln!(t, "{header}\n{rule}");
-    for w in list {
-        let _ = write!(t, "| {} | {} |", w.name, w.op);
-        for c in CONFIGS {
-            let v = cells.get(&(w.name.to_owned(), c.slot));
-            let text = match (c.inner, v) {
-                (None, Some(&(m, lo, hi))) => {
-                    format!("{} ({}–{})", format_ns(m), format_ns(lo), format_ns(hi))
-                }
-                _ => cell(v),
-            };
-            let _ = write!(t, " {text} |");
+    for &v in variants {
+        let _ = writeln!(t, "Time, {}:\n", v.label());
+        let mut header = String::from("| workload | threads | operation |");
+        let mut rule = String::from("|---|---:|---|");
+        for c in configs {
+            let _ = write!(header, " {} |", c.label);
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(t, "{header}\n{rule}");
+        for w in list {
+            let _ = write!(t, "| {} | {} | {} |", w.name, w.threads, w.op);
+            for c in configs {
+                let text = match (c.inner, cells.get(&(w.name.to_owned(), v, c.slot))) {
+                    (None, Some(&(m, lo, hi))) => {
+                        format!("{} ({}–{})", format_ns(m), format_ns(lo), format_ns(hi))
+                    }
+                    (Some(_), Some(&(m, lo, hi))) => format!("{m:.3} ({lo:.2}–{hi:.2})"),
+                    (_, None) => "–".into(),
+                };
+                let _ = write!(t, " {text} |");
+            }
+            t.push('\n');
         }
         t.push('\n');
     }
     t
 }
 
-/// Instructions per pair that `bin` adds over `inner` on `workload`.
-fn added(counts: &Counts, workload: &str, bin: &str, inner: &str) -> Option<f64> {
-    let mine = *counts.instructions.get(&(workload.to_owned(), bin))? as f64;
-    let base = *counts.instructions.get(&(workload.to_owned(), inner))? as f64;
-    Some((mine - base) / *counts.pairs.get(workload)? as f64)
-}
-
-fn instruction_table(list: &[&Workload], counts: &Counts) -> String {
+fn instruction_tables(
+    configs: &[&Config],
+    variants: &[Variant],
+    list: &[Workload],
+    counts: &Counts,
+) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Instructions (callgrind, measured run only): System and MiMalloc in instructions per \
-         alloc+free pair of the whole workload, every other column as the instructions each \
-         wrapper adds per alloc+free pair over its inner allocator, and, for btree-1m, over \
-         the whole workload in percent.\n"
+        "Instructions (callgrind, measured run only), one table per build and form. System \
+         and MiMalloc: instructions per operation. Every other column: the instructions the \
+         wrapper adds over its inner allocator per allocation (allocations counted by \
+         StatsAlloc\\<System> in the same run; per operation where marked \"/op\"), and in \
+         percent of the whole run. For `vec-pairs` an allocation is one \
+         `Vec::with_capacity`+drop pair.\n"
     );
-    let mut header = String::from("| workload | pairs |");
-    let mut rule = String::from("|---|---:|");
-    for c in CONFIGS.iter().filter(|c| c.slot != "system-aa") {
-        let _ = write!(header, " {} |", c.label);
-        rule.push_str("---:|");
-    }
-    let _ = writeln!(t, "{header}\n{rule}");
-    for w in list {
-        let pairs = counts.pairs.get(w.name).copied().unwrap_or(0);
-        let _ = write!(t, "| {} | {pairs} |", w.name);
-        for c in CONFIGS.iter().filter(|c| c.slot != "system-aa") {
-            let text = match c.inner {
-                None => counts
-                    .instructions
-                    .get(&(w.name.to_owned(), c.bin))
-                    .map_or("–".into(), |&n| format!("{:.1}", n as f64 / pairs as f64)),
-                Some(inner) => match added(counts, w.name, c.bin, inner) {
-                    Some(a) if w.group == 3 => {
-                        let total = counts.instructions[&(w.name.to_owned(), c.bin)] as f64;
-                        let base = counts.instructions[&(w.name.to_owned(), inner)] as f64;
-                        format!("{a:+.1} ({:+.2} %)", (total / base - 1.0) * 100.0)
-                    }
-                    Some(a) => format!("{a:+.1}"),
-                    None => "–".into(),
-                },
+    let shown: Vec<&&Config> = configs.iter().filter(|c| c.slot != "system-aa").collect();
+    for &v in variants {
+        let _ = writeln!(t, "Instructions, {}:\n", v.label());
+        let mut header = String::from("| workload | ops | allocations per op |");
+        let mut rule = String::from("|---|---:|---:|");
+        for c in &shown {
+            let _ = write!(header, " {} |", c.label);
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(t, "{header}\n{rule}");
+        for w in list {
+            let ops = counts.ops[w.name];
+            let (per, unit) = counts.per(w.name, v);
+            let allocs = if unit == "allocation" {
+                format!("{:.1}", per / ops as f64)
+            } else {
+                "–".into()
             };
-            let _ = write!(t, " {text} |");
+            let _ = write!(t, "| {} | {ops} | {allocs} |", w.name);
+            for c in &shown {
+                let text = match c.inner {
+                    None => counts
+                        .get(w.name, v, c.bin)
+                        .map_or("–".into(), |n| format!("{:.1}", n / ops as f64)),
+                    Some(inner) => match counts.added(w.name, v, c.bin, inner) {
+                        Some((a, pct)) => {
+                            let op = if unit == "operation" { "/op" } else { "" };
+                            format!("{}{op} ({pct:+.2} %)", signed(a))
+                        }
+                        None => "–".into(),
+                    },
+                };
+                let _ = write!(t, " {text} |");
+            }
+            t.push('\n');
         }
         t.push('\n');
     }
     t
-}
-
-/// One row of the targets table.
-fn row_with(t: &mut String, target: &str, measured: String, verdict: &str) {
-    let _ = writeln!(t, "| {target} | {measured} | {verdict} |");
 }
 
 /// One row of the targets table, met or missed.
 fn row(t: &mut String, target: &str, measured: String, ok: bool) {
-    row_with(t, target, measured, if ok { "met" } else { "**missed**" });
+    let verdict = if ok { "met" } else { "**missed**" };
+    let _ = writeln!(t, "| {target} | {measured} | {verdict} |");
 }
 
-/// The issue's targets, each with the numbers that decide it.
+/// The targets for MayFail\<System>, each with the numbers that decide it,
+/// per build.
 fn targets(
+    variants: &[Variant],
     list: &[Workload],
-    times: Option<&Times>,
     cells: Option<&Cells>,
     counts: Option<&Counts>,
 ) -> String {
-    let mut t = String::from("| target | measured | verdict |\n|---|---|---|\n");
-
-    if let Some(counts) = counts {
-        let btree = list.iter().find(|w| w.group == 3).map(|w| w.name);
-        if let Some(b) = btree {
-            let mine = counts.instructions.get(&(b.to_owned(), "mayfail-system"));
-            let base = counts.instructions.get(&(b.to_owned(), "system"));
-            if let (Some(&m), Some(&s)) = (mine, base) {
-                let pct = (m as f64 / s as f64 - 1.0) * 100.0;
-                row(
-                    &mut t,
-                    "MayFail\\<System> idle within 1 % of System in instructions, workload 3",
-                    format!("{pct:+.2} % on {b}"),
-                    pct <= 1.0,
-                );
-            }
+    let mut t = String::from("| build | target | measured | verdict |\n|---|---|---|---|\n");
+    let build = |profile: &str| {
+        if profile == "release" {
+            "default"
+        } else {
+            "LTO"
         }
-        let worst = list
-            .iter()
-            .filter(|w| w.group == 1)
-            .filter_map(|w| added(counts, w.name, "mayfail-system", "system").map(|a| (a, w.name)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((a, name)) = worst {
-            row(
-                &mut t,
-                "At most 5 instructions added per alloc+free pair, workload 1",
-                format!("{a:+.1} (largest, {name})"),
-                a <= 5.0,
-            );
-        }
-    }
-    if let Some(cells) = cells {
-        let worst = |slot: &str, group: Option<u8>| {
-            list.iter()
-                .filter(|w| group.is_none_or(|g| w.group == g))
-                .filter_map(|w| cells.get(&(w.name.to_owned(), slot)).map(|c| (c.0, w.name)))
-                .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    for profile in PROFILES {
+        let b = build(profile);
+        let v_in = Variant {
+            profile,
+            form: "in-crate",
         };
-        for (slot, label) in [
-            ("mayfail-system", "MayFail\\<System>"),
-            ("mayfail-mimalloc", "MayFail\\<MiMalloc>"),
-        ] {
-            if let Some((r, name)) = worst(slot, None) {
-                row(
-                    &mut t,
-                    &format!("{label} idle within 2 % in time on every workload"),
-                    format!("largest median ratio {r:.3} ({name})"),
-                    r <= 1.02,
-                );
+        let v_out = Variant {
+            profile,
+            form: "out-of-line",
+        };
+        if let Some(counts) = counts {
+            let pair = |v: Variant, bin: &str| counts.added("vec-pairs", v, bin, "system");
+            if let Some((mine, _)) = pair(v_in, "mayfail-system") {
+                if let Some((retry, _)) = pair(v_in, "retry-alloc-system") {
+                    row(
+                        &mut t,
+                        &format!(
+                            "{b} | idle, in-crate `vec-pairs`: at most RetryAlloc + 4 per pair"
+                        ),
+                        format!(
+                            "MayFail {}, RetryAlloc {}: limit {}",
+                            signed(mine),
+                            signed(retry),
+                            signed(retry + 4.0)
+                        ),
+                        mine <= retry + 4.0 + 1e-9,
+                    );
+                }
+                let others: Vec<(&str, f64)> =
+                    ["cap-system", "stats-alloc-system", "alloc-chaos-system"]
+                        .iter()
+                        .filter_map(|p| pair(v_in, p).map(|(a, _)| (*p, a)))
+                        .collect();
+                if !others.is_empty() {
+                    let text: Vec<String> = others
+                        .iter()
+                        .map(|(p, a)| format!("{} {}", label(p), signed(*a)))
+                        .collect();
+                    row(
+                        &mut t,
+                        &format!(
+                            "{b} | idle, in-crate `vec-pairs`: no more than Cap, StatsAlloc, ChaosAllocator"
+                        ),
+                        format!("MayFail {}; {}", signed(mine), text.join(", ")),
+                        others.iter().all(|(_, a)| mine <= *a + 1e-9),
+                    );
+                }
             }
-        }
-        if let Some((r, name)) = worst("system-aa", None) {
-            row(
-                &mut t,
-                "(noise floor: System against itself, A/A)",
-                format!("largest median ratio {r:.3} ({name})"),
-                true,
-            );
-        }
-        if let Some((r, name)) = worst("mayfail-inject-idle", Some(1)) {
-            let idle = cells
-                .get(&(name.to_owned(), "mayfail-system"))
-                .map_or(f64::NAN, |c| c.0);
-            row(
-                &mut t,
-                "Injection on, not firing, within 10 % in time, workload 1",
-                format!(
-                    "largest median ratio to System {r:.3} ({name}); {:.3} of MayFail idle there",
-                    r / idle
-                ),
-                r <= 1.10,
-            );
-        }
-        for base in ["larson", "glibc-thread"] {
-            let Some(times) = times else { break };
-            // The wrapper's share must not grow with the threads: its ratio
-            // to System at N threads against its ratio at 1 thread, round by
-            // round (sign test), so that one noisy round decides nothing.
-            let per_round = |workload: &str| -> Option<Vec<f64>> {
-                let mine = times.get(&(workload.to_owned(), "mayfail-system"))?;
-                let base = times.get(&(workload.to_owned(), "system"))?;
-                Some(mine.iter().zip(base).map(|(m, b)| m / b).collect())
-            };
-            let Some(one) = per_round(&format!("{base}-1t")) else {
-                continue;
-            };
-            for many in ["2t", "Nt"] {
-                let Some(more) = per_round(&format!("{base}-{many}")) else {
-                    continue;
-                };
-                let worse = more.iter().zip(&one).filter(|(m, o)| m > o).count();
-                let scales_worse = worse >= sign_test_wins(more.len());
+            if let Some((_, mine)) = counts.added("btree-20k", v_in, "mayfail-system", "system") {
+                let best = PEERS
+                    .iter()
+                    .filter_map(|p| {
+                        counts
+                            .added("btree-20k", v_in, p, "system")
+                            .map(|(_, pct)| (*p, pct))
+                    })
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                if let Some((peer, pct)) = best {
+                    row(
+                        &mut t,
+                        &format!(
+                            "{b} | idle, in-crate `btree-20k`: within 0.5 points of the best peer"
+                        ),
+                        format!(
+                            "MayFail {mine:+.2} %, best peer {} {pct:+.2} %",
+                            label(peer)
+                        ),
+                        mine <= pct + 0.5,
+                    );
+                }
+            }
+            if let Some((mine, _)) = pair(v_out, "mayfail-system") {
                 row(
                     &mut t,
                     &format!(
-                        "Scales like System: MayFail\\<System>'s ratio at {many} not above \
-                         its ratio at 1 thread, {base}"
+                        "{b} | idle, out-of-line `vec-pairs` (through the shim): at most +11 per pair"
                     ),
-                    format!(
-                        "median {:.3} at {many}, {:.3} at 1t; higher at {many} in {worse} of {} \
-                         rounds",
-                        summary(&more).0,
-                        summary(&one).0,
-                        more.len()
+                    format!("MayFail {}", signed(mine)),
+                    mine <= 11.0 + 1e-9,
+                );
+            }
+            if let Some((a, pct)) = pair(v_in, "mayfail-inject-idle") {
+                row(
+                    &mut t,
+                    &format!(
+                        "{b} | injection on, not firing, in-crate `vec-pairs`: at most +10 % instructions"
                     ),
-                    !scales_worse,
+                    format!("{} per pair, {pct:+.1} %", signed(a)),
+                    pct <= 10.0,
                 );
             }
         }
-        for peer in PEERS {
-            let label = CONFIGS
-                .iter()
-                .find(|c| c.slot == peer)
-                .map_or(peer, |c| c.label);
-            let (mut faster, mut unclear, mut slower) = (0, 0, Vec::new());
-            for w in list {
-                let Some(times) = times else { break };
-                let (Some(m), Some(p)) = (
-                    times.get(&(w.name.to_owned(), "mayfail-system")),
-                    times.get(&(w.name.to_owned(), peer)),
-                ) else {
+        if let Some(cells) = cells {
+            for v in [v_in, v_out] {
+                if !variants.contains(&v) {
                     continue;
-                };
-                // Paired by round: both ran within seconds of each other.
-                let wins = m.iter().zip(p).filter(|(m, p)| m < p).count();
-                let needed = sign_test_wins(m.len());
-                if wins >= needed {
-                    faster += 1;
-                } else if m.len() - wins >= needed {
-                    let (mm, pm) = (summary(m).0, summary(p).0);
-                    slower.push(format!("{} by {:.1} %", w.name, (mm / pm - 1.0) * 100.0));
-                } else {
-                    unclear += 1;
+                }
+                let mut misses = Vec::new();
+                let mut checked = 0;
+                for w in list {
+                    let key = |slot| (w.name.to_owned(), v, slot);
+                    let (Some(m), Some(aa)) = (
+                        cells.get(&key("mayfail-system")),
+                        cells.get(&key("system-aa")),
+                    ) else {
+                        continue;
+                    };
+                    checked += 1;
+                    if m.0 > aa.2 {
+                        misses.push(format!(
+                            "{} ({}t) {:.3}, A/A {:.2}–{:.2}",
+                            w.name, w.threads, m.0, aa.1, aa.2
+                        ));
+                    }
+                }
+                if checked > 0 {
+                    let measured = if misses.is_empty() {
+                        format!("all {checked} workloads within")
+                    } else {
+                        format!("{} of {checked} above: {}", misses.len(), misses.join("; "))
+                    };
+                    row(
+                        &mut t,
+                        &format!(
+                            "{b} | idle, {}: median time ratio within the A/A noise (at most \
+                             the largest A/A ratio) on every workload, 1 and 2 threads",
+                            v.form
+                        ),
+                        measured,
+                        misses.is_empty(),
+                    );
                 }
             }
-            let mut measured = format!(
-                "MayFail faster on {faster} workloads, no clear difference on {unclear}, \
-                 slower on {}",
-                slower.len()
-            );
-            if !slower.is_empty() {
-                let _ = write!(measured, " ({})", slower.join(", "));
-            }
-            // The verdict is on time; the instructions have a row of their own.
-            let verdict = if !slower.is_empty() {
-                "**missed**"
-            } else if unclear == 0 {
-                "met"
-            } else {
-                "not shown"
-            };
-            row_with(
-                &mut t,
-                &format!("Cheaper than {label} in time"),
-                measured,
-                verdict,
-            );
-        }
-        if let Some(counts) = counts {
-            let per_pair = |bin: &str| {
-                list.iter()
-                    .filter(|w| w.group == 1)
-                    .filter_map(|w| added(counts, w.name, bin, "system"))
-                    .fold(f64::NEG_INFINITY, f64::max)
-            };
-            let mine = per_pair("mayfail-system");
-            let peers: Vec<String> = PEERS
-                .iter()
-                .map(|p| {
-                    let label = CONFIGS
-                        .iter()
-                        .find(|c| c.slot == *p)
-                        .map_or(*p, |c| c.label);
-                    format!("{label} {:+.1}", per_pair(p))
-                })
-                .collect();
-            row(
-                &mut t,
-                "Fewer instructions than every peer wrapper, workload 1",
-                format!(
-                    "MayFail\\<System> {mine:+.1} per pair; {}",
-                    peers.join(", ")
-                ),
-                PEERS.iter().all(|p| mine < per_pair(p)),
-            );
         }
     }
     t
@@ -774,19 +842,32 @@ fn write_csv(
     };
     if let Some(times) = times {
         let clock = if wall { "wall_ns" } else { "cpu_ns" };
-        let mut text = format!("workload,configuration,round,{clock}\n");
-        for ((workload, slot), runs) in times {
+        let mut text = format!("workload,profile,form,configuration,round,{clock}\n");
+        for ((workload, v, slot), runs) in times {
             for (round, ns) in runs.iter().enumerate() {
-                let _ = writeln!(text, "{workload},{slot},{},{ns:.0}", round + 1);
+                let _ = writeln!(
+                    text,
+                    "{workload},{},{},{slot},{},{ns:.0}",
+                    v.profile,
+                    v.form,
+                    round + 1
+                );
             }
         }
         write("times.csv", text)?;
     }
     if let Some(counts) = counts {
-        let mut text = String::from("workload,binary,instructions,pairs\n");
-        for ((workload, bin), n) in &counts.instructions {
-            let pairs = counts.pairs.get(workload).copied().unwrap_or(0);
-            let _ = writeln!(text, "{workload},{bin},{n},{pairs}");
+        let mut text = String::from("workload,profile,form,binary,instructions,ops,allocations\n");
+        for ((workload, v, bin), n) in &counts.instructions {
+            let allocs = counts
+                .allocs
+                .get(&(workload.clone(), *v))
+                .map_or(String::new(), u64::to_string);
+            let _ = writeln!(
+                text,
+                "{workload},{},{},{bin},{n},{},{allocs}",
+                v.profile, v.form, counts.ops[workload]
+            );
         }
         write("instructions.csv", text)?;
     }
@@ -799,9 +880,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("run-suite: {e}");
             eprintln!(
-                "usage: run-suite [--rounds N] [--only NAME,NAME] [--no-time] [--no-callgrind] \
-                 [--clock cpu|wall] [--callgrind-pairs N] [--jobs N] [--out FILE] \
-                 [--csv-dir DIR]"
+                "usage: run-suite [--rounds N] [--only NAME,NAME] [--all] [--configs SLOT,SLOT] \
+                 [--profiles release,release-lto] [--forms in-crate,out-of-line] [--no-time] \
+                 [--no-callgrind] [--clock cpu|wall] [--jobs N] [--out FILE] [--csv-dir DIR]"
             );
             return ExitCode::from(2);
         }
@@ -816,30 +897,51 @@ fn main() -> ExitCode {
 }
 
 fn run(o: &Options) -> Result<(), String> {
-    let dir = bin_dir();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let list: Vec<Workload> = workloads::all()
         .into_iter()
-        .filter(|w| {
-            o.only
-                .as_ref()
-                .is_none_or(|only| only.iter().any(|n| n == w.name))
+        .filter(|w| match &o.only {
+            Some(only) => only.iter().any(|n| n == w.name),
+            None => o.all || w.default,
         })
         .collect();
     if list.is_empty() {
         return Err("no workload selected".into());
+    }
+    let configs: Vec<&Config> = CONFIGS
+        .iter()
+        .filter(|c| {
+            c.slot == "system"
+                || o.configs
+                    .as_ref()
+                    .is_none_or(|k| k.iter().any(|s| s == c.slot))
+        })
+        .collect();
+    let variants: Vec<Variant> = o
+        .profiles
+        .iter()
+        .flat_map(|&profile| o.forms.iter().map(move |&form| Variant { profile, form }))
+        .collect();
+    for v in &variants {
+        for c in &configs {
+            let path = bin_dir(v.profile).join(c.bin);
+            if !path.exists() {
+                return Err(format!("{} is not built", path.display()));
+            }
+        }
     }
     let start = Instant::now();
     let mut report = machine_header(&repo);
 
     let times = if o.time {
         let before = load_average();
-        let times = measure_times(&dir, &list, o.rounds, o.wall)?;
+        let t = Instant::now();
+        let times = measure_times(&configs, &variants, &list, o.rounds, o.wall)?;
         let _ = writeln!(
             report,
             "- Load average before / after timing: {before} / {} ({:.0} s of timing)",
             load_average(),
-            start.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64()
         );
         Some(times)
     } else {
@@ -847,15 +949,23 @@ fn run(o: &Options) -> Result<(), String> {
     };
     let cells = times.as_ref().map(|t| ratios(&list, t));
 
-    let counted: Vec<&Workload> = list.iter().filter(|w| matches!(w.group, 1 | 3)).collect();
+    let counted: Vec<Workload> = workloads::all()
+        .into_iter()
+        .filter(|w| list.iter().any(|l| l.name == w.name) && !NOT_COUNTED.contains(&w.name))
+        .collect();
     let counts = if o.callgrind && !counted.is_empty() {
-        let out_dir = dir.join("callgrind");
+        let out_dir = bin_dir(o.profiles[0]).join("callgrind");
         std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+        let before = load_average();
         let t = Instant::now();
-        let counts = measure_instructions(&dir, &out_dir, &counted, o.callgrind_pairs, o.jobs)?;
-        eprintln!(
-            "run-suite: callgrind done ({:.0} s)",
-            t.elapsed().as_secs_f64()
+        let counts = measure_instructions(&configs, &variants, &out_dir, &counted, o.jobs)?;
+        let _ = writeln!(
+            report,
+            "- Load average before / after callgrind: {before} / {} ({:.0} s of callgrind, \
+             {} jobs)",
+            load_average(),
+            t.elapsed().as_secs_f64(),
+            o.jobs
         );
         Some(counts)
     } else {
@@ -863,26 +973,29 @@ fn run(o: &Options) -> Result<(), String> {
     };
 
     report.push('\n');
-    if let Some(cells) = &cells {
-        report.push_str(&time_table(&list, cells, o.rounds, o.wall));
-        report.push('\n');
-    }
     if let Some(counts) = &counts {
-        report.push_str(&instruction_table(&counted, counts));
-        report.push('\n');
+        report.push_str(&instruction_tables(&configs, &variants, &counted, counts));
     }
-    report.push_str("Targets:\n\n");
-    report.push_str(&targets(
-        &list,
-        times.as_ref(),
-        cells.as_ref(),
-        counts.as_ref(),
-    ));
+    if let Some(cells) = &cells {
+        report.push_str(&time_tables(
+            &configs, &variants, &list, cells, o.rounds, o.wall,
+        ));
+    }
+    report.push_str("Targets (MayFail\\<System>):\n\n");
+    report.push_str(&targets(&variants, &list, cells.as_ref(), counts.as_ref()));
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The output paths say nothing about the measurement.
+    for flag in ["--out", "--csv-dir"] {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            args.drain(i..(i + 2).min(args.len()));
+        }
+    }
     let _ = writeln!(
         report,
-        "\n(run-suite: {:.0} s, `run-suite --rounds {}`)",
+        "\n(run-suite: {:.0} s, `run-suite{}{}`)",
         start.elapsed().as_secs_f64(),
-        o.rounds
+        if args.is_empty() { "" } else { " " },
+        args.join(" ")
     );
 
     if let Some(dir) = &o.csv_dir {
@@ -898,14 +1011,6 @@ fn run(o: &Options) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_sign_test_needs_lopsided_rounds() {
-        assert_eq!(sign_test_wins(5), 6, "5 rounds can never show a difference");
-        assert_eq!(sign_test_wins(9), 8);
-        assert_eq!(sign_test_wins(11), 10);
-        assert_eq!(sign_test_wins(15), 12);
-    }
 
     #[test]
     fn summary_is_median_min_max() {

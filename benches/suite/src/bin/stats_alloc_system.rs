@@ -13,6 +13,11 @@ fn counts() -> [usize; 3] {
     [s.allocations, s.deallocations, s.reallocations]
 }
 
+/// The workloads compiled in this crate, as a user's code is.
+mod in_crate {
+    include!("../workload_code.rs");
+}
+
 fn main() -> std::process::ExitCode {
-    mayfail_bench_suite::main(Some(counts))
+    mayfail_bench_suite::main(in_crate::all(), Some(counts))
 }
