@@ -143,6 +143,30 @@ macro_rules! when_engaged {
     };
 }
 
+/// Runs `$tracking` (which must leave the function) while a sweep's child
+/// tracks blocks: the only reason `dealloc` has to leave its success path.
+/// On x86-64, `test byte ptr [rip+WORD], TRACKING` then `jne`; so frees stay
+/// on the success path while injection is on.
+macro_rules! when_tracking {
+    ($tracking:block) => {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        // SAFETY: as in `when_engaged`: a read of the word's low byte (the
+        // flag bits; little-endian) and a jump.
+        unsafe {
+            core::arch::asm!(
+                "test byte ptr [rip + {word}], {flag}",
+                "jne {tracking}",
+                word = sym crate::engaged::ENGAGED,
+                flag = const crate::engaged::TRACKING,
+                tracking = label $tracking,
+                options(nostack),
+            );
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        if engaged::is_set(engaged::TRACKING) $tracking
+    };
+}
+
 /// Out-of-line entry points, one per operation: the success path builds no
 /// [`Request`] and stores nothing before its branches. The failed paths take
 /// the layout by value, in the registers the caller already keeps it in
@@ -289,7 +313,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     }
 }
 
-/// `dealloc` while engaged: a sweep's child tracks frees. A free function
+/// `dealloc` while a sweep's child tracks frees. A free function
 /// with the pointer and layout first, so that they stay in the registers the
 /// caller passed them in.
 ///
@@ -361,7 +385,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        when_engaged!({
+        when_tracking!({
             // SAFETY: the caller's contract for `dealloc`.
             return unsafe { dealloc_engaged(ptr, layout, &self.inner) };
         });
