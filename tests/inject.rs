@@ -786,3 +786,75 @@ fn the_verbose_line_pastes_back_to_the_same_state_file() {
     assert!(left.is_empty(), "the shell ran something: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `f` on a thread with a 32 KiB stack and waits for it.
+fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name("small-stack".to_owned())
+        .stack_size(32 << 10)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn verbose_backtraces_on_a_small_stack_thread_do_not_crash_it() {
+    let name = "verbose_backtraces_on_a_small_stack_thread_do_not_crash_it";
+    if is_child() {
+        on_small_stack(|| {
+            let handled = mayfail::make_it_fail(|| Vec::<u64>::new().try_reserve(8).is_err());
+            assert!(handled);
+        });
+        return;
+    }
+    let run = run_child_with(
+        name,
+        &[(
+            "MAYFAIL_INJECT",
+            "probability=100,times=1,task-filter=Y,verbose=2",
+        )],
+    );
+    run.assert_success();
+    assert!(
+        run.stderr.contains("backtrace of the failing allocation"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("inject::verbose_backtraces"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_site_walk_on_a_small_stack_thread_does_not_crash_it() {
+    let name = "the_site_walk_on_a_small_stack_thread_does_not_crash_it";
+    if is_child() {
+        on_small_stack(|| {
+            // The first new stack of the program's own code fails: handled.
+            let failed = Vec::<u64>::new().try_reserve(8).is_err();
+            std::hint::black_box(failed);
+        });
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mayfail-small-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("walk.state");
+    // Only the small thread's allocations are candidates.
+    let spec = format!("sites={},thread=small-stack", state.display());
+    let run = run_child_with(name, &[("MAYFAIL_INJECT", spec.as_str())]);
+    run.assert_success();
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let site = text
+        .lines()
+        .find(|l| l.starts_with("site\t"))
+        .unwrap_or_else(|| panic!("no site: {text}"));
+    assert!(site.contains("\tsmall-stack\t"), "{site}");
+    assert!(
+        site.contains("the_site_walk_on_a_small_stack"),
+        "named: {site}"
+    );
+}
