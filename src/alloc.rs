@@ -167,6 +167,20 @@ macro_rules! when_tracking {
     };
 }
 
+/// The engaged path's fast lane: an allocation the injection decision has
+/// already let pass (see `inject::quick_pass`), outside a sweep's tracking.
+#[inline(always)]
+fn quick_pass() -> bool {
+    #[cfg(feature = "inject")]
+    {
+        !crate::engaged::is_set(crate::engaged::TRACKING) && inject::quick_pass()
+    }
+    #[cfg(not(feature = "inject"))]
+    {
+        false
+    }
+}
+
 /// Out-of-line entry points, one per operation: the success path builds no
 /// [`Request`] and stores nothing before its branches. The failed paths take
 /// the layout by value, in the registers the caller already keeps it in
@@ -178,6 +192,24 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_engaged(&self, layout: Layout) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: the caller's contract for `alloc`.
+            let block = unsafe { self.inner.alloc(layout) };
+            if !block.is_null() {
+                return block;
+            }
+            // SAFETY: the caller's contract for `alloc`; the inner
+            // allocator returned null.
+            return unsafe {
+                policy::after_null(
+                    self.address(),
+                    &self.inner,
+                    &self.defaults,
+                    layout,
+                    Request::Alloc,
+                )
+            };
+        }
         // SAFETY: the caller's contract for `alloc`.
         unsafe { self.serve_engaged(layout, Request::Alloc) }
     }
@@ -188,6 +220,24 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_zeroed_engaged(&self, layout: Layout) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: the caller's contract for `alloc_zeroed`.
+            let block = unsafe { self.inner.alloc_zeroed(layout) };
+            if !block.is_null() {
+                return block;
+            }
+            // SAFETY: the caller's contract for `alloc_zeroed`; the inner
+            // allocator returned null.
+            return unsafe {
+                policy::after_null(
+                    self.address(),
+                    &self.inner,
+                    &self.defaults,
+                    layout,
+                    Request::AllocZeroed,
+                )
+            };
+        }
         // SAFETY: the caller's contract for `alloc_zeroed`.
         unsafe { self.serve_engaged(layout, Request::AllocZeroed) }
     }
@@ -198,6 +248,19 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn realloc_engaged(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: the caller's contract for `realloc`.
+            let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            if !block.is_null() {
+                return block;
+            }
+            let request = Request::Realloc { ptr, new_size };
+            // SAFETY: the caller's contract for `realloc`; a failed realloc
+            // left `ptr` untouched.
+            return unsafe {
+                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
+            };
+        }
         // SAFETY: the caller's contract for `realloc`.
         unsafe { self.serve_engaged(layout, Request::Realloc { ptr, new_size }) }
     }

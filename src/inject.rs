@@ -27,7 +27,7 @@
 //!    fail-nth caused it, as in the kernel).
 
 use core::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 
 use crate::engaged::{self, INJECTING};
@@ -69,6 +69,27 @@ static OBSERVERS: Hooks<fn(u8), 4> = Hooks::new();
 /// Installs (or removes) the stack filter.
 pub(crate) fn set_stack_filter(filter: Option<StackFilter>) {
     STACK_FILTER.set(filter);
+    new_generation();
+}
+
+/// The configuration's generation: a thread's passes (see [`quick_pass`])
+/// hold for the generation they were granted under. Bumped by every change
+/// of the attributes, the switch or the stack filter.
+static GENERATION: AtomicU32 = AtomicU32::new(1);
+
+fn new_generation() {
+    GENERATION.fetch_add(1, Relaxed);
+}
+
+/// The engaged path's fast lane: whether this allocation passes without a
+/// decision, because the decision for an earlier one of this thread said the
+/// next ones would (outside `make_it_fail` with `task-filter=Y`, on a thread
+/// `thread=` does not name, after `times` ran out, or between two failures
+/// that a `probability` draw placed). Counts the allocation. One
+/// thread-local access and a read of the generation; no shared write.
+#[inline]
+pub(crate) fn quick_pass() -> bool {
+    scope::take_pass(GENERATION.load(Relaxed))
 }
 
 /// Registers a function called after every injected failure.
@@ -198,6 +219,7 @@ pub(crate) fn set_attributes(s: &Spec, origin: Origin) -> u64 {
     r.interval_count.store(0, Relaxed);
     r.process_count.store(0, Relaxed);
     r.random_count.store(0, Relaxed);
+    new_generation();
     seed
 }
 
@@ -210,6 +232,7 @@ pub(crate) fn injecting() -> bool {
 /// Turns injection by attributes on or off.
 pub(crate) fn set_injecting(on: bool) {
     engaged::set(INJECTING, on);
+    new_generation();
 }
 
 /// The attributes in force, as a spec (for replay lines).
@@ -295,11 +318,16 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     }
     let a = &ATTRS;
     let r = &RUNNING;
+    let generation = GENERATION.load(Relaxed);
+    // Every later allocation of this thread passes too, until the
+    // configuration or the thread's scope changes.
+    let for_good = || scope::grant_passes(generation, u64::MAX, false);
     // The common case of `task-filter=Y`: outside `make_it_fail`, nothing
     // below can fail this allocation, and with no `after` to count, nothing
     // below has to be counted either (the size range and `nth` are pure
     // filters). Same verdict, decided early.
     if !thread.makes_it_fail && a.task_filter.load(Relaxed) && a.after.load(Relaxed) == 0 {
+        for_good();
         return Verdict::Pass;
     }
     let after = a.after.load(Relaxed);
@@ -318,27 +346,32 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     }
     let threshold = a.threshold.load(Relaxed);
     if threshold == 0 {
+        for_good();
         return Verdict::Pass;
     }
     if a.task_filter.load(Relaxed) && !thread.makes_it_fail {
+        for_good();
         return Verdict::Pass;
     }
     if !thread_matches() {
+        for_good();
         return Verdict::Pass;
     }
     if r.times.load(Relaxed) == 0 {
+        for_good();
         return Verdict::Pass;
     }
     // The site walk: `sites=` fails a new call stack once per process,
     // bypassing space/interval/probability; `stack=` makes only that stack
     // a candidate.
-    if let Some(filter) = STACK_FILTER.get() {
-        match filter(op, size, align) {
-            StackCheck::Candidate => {}
+    let filtered = match STACK_FILTER.get() {
+        Some(filter) => match filter(op, size, align) {
+            StackCheck::Candidate => true,
             StackCheck::Pass => return Verdict::Pass,
             StackCheck::Fail => return fail(op, size, align, thread.number, Cause::Attributes),
-        }
-    }
+        },
+        None => false,
+    };
     let mut space = r.space.load(Relaxed);
     while space > size as u64 {
         match r
@@ -353,13 +386,57 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     if interval > 1 && !(r.interval_count.fetch_add(1, Relaxed) + 1).is_multiple_of(interval) {
         return Verdict::Pass;
     }
-    if threshold <= u64::from(u32::MAX) {
-        let index = r.random_count.fetch_add(1, Relaxed);
-        if u64::from(random(a.seed.load(Relaxed), index)) >= threshold {
-            return Verdict::Pass;
+    if threshold > u64::from(u32::MAX) {
+        // 100 %: every candidate fails.
+        return fail(op, size, align, thread.number, Cause::Attributes);
+    }
+    // Nothing but the draw decides (no size range, `nth`, `space`,
+    // `interval`, pending `after` or stack filter): draw the gap to this
+    // thread's next failure once, and let the allocations before it pass
+    // without a decision. Otherwise one draw per candidate, in the
+    // process-wide sequence.
+    let simple = !filtered
+        && nth == 0
+        && interval <= 1
+        && r.space.load(Relaxed) == 0
+        && a.min_size.load(Relaxed) == 0
+        && a.max_size.load(Relaxed) == usize::MAX;
+    if simple {
+        if scope::take_due(generation) {
+            return fail(op, size, align, thread.number, Cause::Attributes);
         }
+        let index = scope::index_in_generation(generation, thread.number);
+        let passes = gap(a.seed.load(Relaxed), index, threshold);
+        if passes == 0 {
+            return fail(op, size, align, thread.number, Cause::Attributes);
+        }
+        scope::grant_passes(generation, passes - 1, true);
+        return Verdict::Pass;
+    }
+    let index = r.random_count.fetch_add(1, Relaxed);
+    if u64::from(random(a.seed.load(Relaxed), index)) >= threshold {
+        return Verdict::Pass;
     }
     fail(op, size, align, thread.number, Cause::Attributes)
+}
+
+/// How many candidates pass before the next failure when each fails with
+/// probability `threshold / 2^32`: a geometric draw (inverse transform),
+/// from the thread's own sequence for `seed` (thread name, allocation
+/// index since the configuration), so that it needs no shared counter and
+/// replays per thread.
+fn gap(seed: u64, index: u64, threshold: u64) -> u64 {
+    let mut name_buf = [0u8; 16];
+    let salt = crate::hash::fnv1a(sys::thread_name(&mut name_buf));
+    let uniform = (f64::from(random(seed ^ salt, index)) + 1.0) / 4_294_967_296.0;
+    let p = threshold as f64 / 4_294_967_296.0;
+    let passes = uniform.ln() / (-p).ln_1p();
+    if passes.is_finite() && passes >= 0.0 {
+        // Saturating: a huge gap is "not in this run".
+        passes as u64
+    } else {
+        0
+    }
 }
 
 #[cold]

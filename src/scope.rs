@@ -37,6 +37,20 @@ struct ThreadState {
     persistent: Cell<bool>,
     /// Set when a persistent countdown fired.
     exhausted: Cell<bool>,
+    /// Allocations that may pass without a decision (see [`take_pass`]),
+    /// valid for the injection configuration `generation` and the flags as
+    /// they are: any change of either makes them void.
+    passes: Cell<u64>,
+    generation: Cell<u32>,
+    /// Whether the allocation after the passes must fail (a probability
+    /// draw decided so).
+    due: Cell<bool>,
+    /// The configuration generation `base` belongs to, and the number of
+    /// this thread's last allocation before that configuration: draws are
+    /// indexed from it, so a configuration replays the same way however
+    /// many allocations came before it.
+    base_generation: Cell<u32>,
+    base: Cell<u64>,
 }
 
 thread_local! {
@@ -47,6 +61,11 @@ thread_local! {
             fail_nth: Cell::new(0),
             persistent: Cell::new(false),
             exhausted: Cell::new(false),
+            passes: Cell::new(0),
+            generation: Cell::new(0),
+            due: Cell::new(false),
+            base_generation: Cell::new(0),
+            base: Cell::new(0),
         }
     };
 }
@@ -64,7 +83,63 @@ fn state() -> u8 {
 }
 
 fn set_state(value: u8) {
-    let _ = STATE.try_with(|s| s.flags.set(value));
+    let _ = STATE.try_with(|s| {
+        s.flags.set(value);
+        // The passes were decided under the old scope.
+        s.passes.set(0);
+        s.due.set(false);
+    });
+}
+
+/// Lets this allocation pass without a decision if the injection decision
+/// said so for the configuration `generation`: counts it (its number stays
+/// exact for `nth=` and replay lines) and returns `true`. The injection
+/// path's fast lane: one thread-local access, no shared write.
+#[inline]
+pub(crate) fn take_pass(generation: u32) -> bool {
+    STATE
+        .try_with(|s| {
+            let passes = s.passes.get();
+            if passes == 0 || s.generation.get() != generation {
+                return false;
+            }
+            s.passes.set(passes - 1);
+            s.allocations.set(s.allocations.get() + 1);
+            true
+        })
+        .unwrap_or(false)
+}
+
+/// Records that the next `passes` allocations of this thread pass without a
+/// decision under the configuration `generation`, and whether the one after
+/// them must fail.
+pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
+    let _ = STATE.try_with(|s| {
+        s.generation.set(generation);
+        s.passes.set(passes);
+        s.due.set(then_due);
+    });
+}
+
+/// The index of allocation `number` within the configuration `generation`
+/// on this thread: 1 for its first allocation under it.
+pub(crate) fn index_in_generation(generation: u32, number: u64) -> u64 {
+    STATE
+        .try_with(|s| {
+            if s.base_generation.get() != generation {
+                s.base_generation.set(generation);
+                s.base.set(number.saturating_sub(1));
+            }
+            number.saturating_sub(s.base.get())
+        })
+        .unwrap_or(number)
+}
+
+/// Whether this allocation must fail because a draw decided so (consumed).
+pub(crate) fn take_due(generation: u32) -> bool {
+    STATE
+        .try_with(|s| s.generation.get() == generation && s.due.replace(false))
+        .unwrap_or(false)
 }
 
 /// What the injection path needs to know about the current thread, read in
@@ -139,6 +214,7 @@ pub(crate) fn set_persistent(persistent: bool) {
     let _ = STATE.try_with(|s| {
         s.persistent.set(persistent);
         s.exhausted.set(false);
+        s.passes.set(0);
     });
 }
 
@@ -156,7 +232,13 @@ fn allocation_number() -> u64 {
 
 /// Sets the thread's fail-nth countdown; returns the previous value.
 pub(crate) fn replace_fail_nth(n: u64) -> u64 {
-    STATE.try_with(|s| s.fail_nth.replace(n)).unwrap_or(0)
+    STATE
+        .try_with(|s| {
+            // A countdown counts every allocation: no pass skips it.
+            s.passes.set(0);
+            s.fail_nth.replace(n)
+        })
+        .unwrap_or(0)
 }
 
 /// The thread's fail-nth countdown.

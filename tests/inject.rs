@@ -858,3 +858,60 @@ fn the_site_walk_on_a_small_stack_thread_does_not_crash_it() {
         "named: {site}"
     );
 }
+
+/// The indices (1-based) of the allocations that failed among `n` of 64
+/// bytes on this thread, made outside any scope.
+fn failing_plain(n: usize) -> Vec<usize> {
+    // The bookkeeping is not injected (nofail allocations are not counted).
+    let (mut blocks, mut failed) =
+        mayfail::nofail(|| (Vec::with_capacity(n), Vec::with_capacity(n)));
+    for _ in 0..n {
+        blocks.push(common::alloc(64));
+    }
+    for (i, &block) in blocks.iter().enumerate() {
+        if block.is_null() {
+            failed.push(i + 1);
+        } else {
+            free(block, 64);
+        }
+    }
+    failed
+}
+
+#[test]
+fn a_probability_seed_replays_per_thread_whatever_the_interleaving() {
+    if is_child() {
+        mayfail::set_retries(0);
+        let run = |seed: u64| {
+            mayfail::configure_injection(&format!("probability=5,times=-1,seed={seed}")).unwrap();
+            // Two named threads allocating at once: their interleaving
+            // differs from run to run, their own sequences must not.
+            let failed: Vec<Vec<usize>> = std::thread::scope(|s| {
+                let threads: Vec<_> = mayfail::nofail(|| {
+                    ["left", "right"]
+                        .into_iter()
+                        .map(|name| {
+                            std::thread::Builder::new()
+                                .name(name.to_owned())
+                                .spawn_scoped(s, || failing_plain(4000))
+                                .unwrap()
+                        })
+                        .collect()
+                });
+                mayfail::nofail(|| threads.into_iter().map(|t| t.join().unwrap()).collect())
+            });
+            mayfail::disable_injection();
+            failed
+        };
+        let first = run(7);
+        assert_eq!(run(7), first, "the same seed, the same failures per thread");
+        assert_ne!(run(8), first);
+        for failed in &first {
+            // 5 % of 4000 is 200; a binomial spread of +-4 sigma is +-55.
+            assert!((145..=255).contains(&failed.len()), "{}", failed.len());
+        }
+        assert_ne!(first[0], first[1], "each thread has its own sequence");
+        return;
+    }
+    child("a_probability_seed_replays_per_thread_whatever_the_interleaving");
+}
