@@ -145,6 +145,7 @@ impl Sweep {
         // The parent reports; the site walk of a surrounding `mayfail sites`
         // does not fail this child's allocations.
         crash::silence();
+        crash::on_abort_stack(on_abort);
         inject::set_stack_filter(None);
         inject::observe(on_injected);
         if self.warm_up {
@@ -159,6 +160,9 @@ impl Sweep {
             }
         }
         let tracking = track::start();
+        // The run's failures start a record of their own (the parent's probe
+        // left one behind).
+        record::forget();
         configure::set_persistent(self.persistent);
         let armed = if n == 0 { u64::MAX } else { n };
         configure::fail_nth(armed);
@@ -260,6 +264,24 @@ fn on_injected(_verbose: u8) {
     record::write_frames(&mut line);
     let _ = line.write_str("\tFAILED\t");
     record::write_failure(&mut line);
+    crate::sys::write_fd(fd, line.finish_line());
+}
+
+/// In a sweep's child, from the signal handler of an abort: tells the parent
+/// the abort's stack (raw addresses, resolved there). Never allocates.
+fn on_abort() {
+    let fd = CHILD_FD.load(Relaxed);
+    if fd < 0 || sys::getpid() != CHILD_PID.load(Relaxed) {
+        return;
+    }
+    let mut frames = [0usize; symbols::MAX_FRAMES];
+    let depth = symbols::walk(&mut frames);
+    let frames = &frames[..depth];
+    let mut line = StackBuf::<2048>::new();
+    let _ = line.write_str("ABORT\t");
+    for (i, ip) in frames.iter().enumerate() {
+        let _ = write!(line, "{}{ip:x}", if i == 0 { "" } else { "," });
+    }
     crate::sys::write_fd(fd, line.finish_line());
 }
 

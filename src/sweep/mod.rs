@@ -281,7 +281,9 @@ impl Sweep {
                     // more.
                     last += 1;
                 }
-                report.points.push(run.into_point(&mut names));
+                report
+                    .points
+                    .push(run.into_point(&mut names, self.persistent));
             }
         }
         report.points.sort_by_key(|p| p.n);
@@ -330,6 +332,7 @@ impl Sweep {
         if self.warm_up {
             drop(f());
         }
+        crate::record::forget();
         configure::set_persistent(self.persistent);
         configure::fail_nth(n);
         drop(f());
