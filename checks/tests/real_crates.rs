@@ -106,6 +106,7 @@ fn fallible_collections_try_read_up_to_aborts_on_its_own_error_message() {
         let mut buf = TryVec::new();
         try_read_up_to(&mut &b"hello, world"[..], 64, &mut buf).map(|n| n + buf.len())
     });
+    println!("{report}");
     let point = &report.points()[0];
     assert_eq!(point.outcome, Outcome::Aborted, "{report}");
     assert!(
