@@ -29,7 +29,7 @@ use core::sync::atomic::{
 
 use crate::hook::Hook;
 use crate::inject;
-use crate::record::{self, Cause, Record};
+use crate::record::{self, Cause};
 use crate::scope::ReclaimGuard;
 use crate::spec::Canonical;
 use crate::symbols;
@@ -46,6 +46,11 @@ static ON_FATAL_SIGNAL: Hook<fn(libc::c_int, usize)> = Hook::new();
 static REPLAY_STACK: Hook<fn() -> Option<u64>> = Hook::new();
 /// Set in a sweep's child: the parent reports, the child stays quiet.
 static SILENT: AtomicBool = AtomicBool::new(false);
+/// Called by the signal handler of a silenced process (a sweep's child) on
+/// `SIGABRT`, where it walks the abort's stack: the parent blames the
+/// allocation that reached `handle_alloc_error`, which in persistent mode is
+/// not the first one failed.
+static ON_ABORT: Hook<fn()> = Hook::new();
 
 /// Registers the function the signal handler calls first.
 pub(crate) fn on_fatal_signal(hook: fn(libc::c_int, usize)) {
@@ -55,6 +60,12 @@ pub(crate) fn on_fatal_signal(hook: fn(libc::c_int, usize)) {
 /// Registers the function that names the stack id of a replay line.
 pub(crate) fn replay_stack_with(hook: fn() -> Option<u64>) {
     REPLAY_STACK.set(Some(hook));
+}
+
+/// Registers the function a silenced process's handler calls on an abort,
+/// to walk its stack. It runs in the signal handler: it must not allocate.
+pub(crate) fn on_abort_stack(hook: fn()) {
+    ON_ABORT.set(Some(hook));
 }
 
 /// No report from this process (a sweep's child: its parent reports).
@@ -229,13 +240,19 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     if let Some(hook) = ON_FATAL_SIGNAL.get() {
         hook(sig, fault_address);
     }
-    let record = record::take();
-    if let Some(record) = record
-        && record.valid
+    if sig == libc::SIGABRT
+        && SILENT.load(Relaxed)
+        && let Some(hook) = ON_ABORT.get()
+    {
+        hook();
+    }
+    let taken = record::take();
+    if let Some(taken) = taken
+        && taken.last.valid
         && (sig == libc::SIGABRT || (!sent && fault_address < NULL_PAGE_LIMIT))
         && !SILENT.load(Relaxed)
     {
-        print_report(sig, fault_address, &record);
+        print_report(sig, fault_address, &taken);
     }
     // Hand over to what was there before: install it, and let the signal
     // happen again (a fault re-executes; an abort is raised again, pending
@@ -264,7 +281,8 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     }
 }
 
-fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
+fn print_report(sig: libc::c_int, fault_address: usize, taken: &record::Taken) {
+    let r = &taken.last;
     let _reclaiming = ReclaimGuard::enter();
     // Resolving symbols allocates. If the C allocator itself aborted while
     // holding its lock (heap corruption detected by glibc), that would hang
@@ -292,11 +310,29 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
     let _ = write!(line, "mayfail:   failed on purpose: ");
     record::describe(&mut line, r);
     sys::write_stderr(line.finish_line());
+    if let Some(first) = &taken.first {
+        let mut line = StackBuf::<300>::new();
+        let _ = write!(
+            line,
+            "mayfail:   first failed: {} of {} bytes (align {}), its allocation #{}; every \
+             allocation after it failed too (persistent mode)",
+            first.op.name(),
+            first.size,
+            first.align,
+            first.number
+        );
+        sys::write_stderr(line.finish_line());
+    } else if r.exhausted {
+        sys::write_stderr(
+            b"mayfail:   every allocation after it failed too (persistent mode): an abort \
+              is blamed on the one that reached handle_alloc_error\n",
+        );
+    }
     print_replay(r);
     symbols::write_raw_frames(&r.frames[..r.depth]);
     // Then names, on a stack of their own: the abort's cause and the
     // backtrace.
-    let mut abort_frames = [0usize; 48];
+    let mut abort_frames = [0usize; record::MAX_FRAMES];
     let abort_depth = if sig == libc::SIGABRT {
         // libgcc's unwinder walks through the signal frame to the code that
         // called `abort`.
@@ -305,30 +341,36 @@ fn print_report(sig: libc::c_int, fault_address: usize, r: &Record) {
         0
     };
     symbols::on_big_stack(&mut || {
+        let mut below_alloc_error = None;
         if sig == libc::SIGABRT {
-            let from_alloc_error =
-                symbols::any_named(&abort_frames[..abort_depth], &ALLOC_ERROR_FRAMES);
-            sys::write_stderr(if from_alloc_error {
+            below_alloc_error =
+                symbols::below_named(&abort_frames[..abort_depth], &symbols::ALLOC_ERROR_FRAMES);
+            sys::write_stderr(if below_alloc_error.is_some() {
                 b"mayfail:   cause: std's handle_alloc_error, an infallible allocation path\n"
             } else {
                 b"mayfail:   cause: not handle_alloc_error; the last injected failure on this \
                   thread was handled at the time\n"
             });
         }
-        symbols::write_backtrace(&r.frames[..r.depth]);
+        match below_alloc_error {
+            // Persistent mode, and the failure that aborted was not recorded
+            // on its own: the abort's stack below handle_alloc_error is that
+            // allocation's caller.
+            Some(at) if r.exhausted && taken.first.is_none() => {
+                sys::write_stderr(
+                    b"mayfail:   the allocation that aborted is a later one than the failure \
+                      above; its stack:\n",
+                );
+                symbols::write_backtrace(&abort_frames[at..abort_depth]);
+            }
+            _ => symbols::write_backtrace(&r.frames[..r.depth]),
+        }
     });
     // SAFETY: as above; cancels the alarm.
     unsafe { libc::alarm(0) };
 }
 
-/// Symbols of std's path from a failed allocation to the abort.
-const ALLOC_ERROR_FRAMES: [&str; 3] = [
-    "handle_alloc_error",
-    "rust_oom",
-    "__rust_alloc_error_handler",
-];
-
-fn print_replay(r: &Record) {
+fn print_replay(r: &record::Record) {
     let mut line = StackBuf::<4096>::new();
     let _ = write!(line, "mayfail:   replay: ");
     // [sites] A failure of `sites=` or `stack=` mode replays by its stack id.
@@ -356,8 +398,14 @@ fn print_replay(r: &Record) {
             Replayable(name)
         );
     }
+    // A sweep's replay sets up its countdown from MAYFAIL_SWEEP_POINT:
+    // without it, the command would rerun the whole sweep.
+    let sweep_point = sys::getenv(c"MAYFAIL_SWEEP_POINT").filter(|_| r.cause == Cause::FailNth);
+    if let Some(point) = sweep_point {
+        let _ = write!(line, "MAYFAIL_SWEEP_POINT={} ", ShellWord(point));
+    }
     write_command_line(&mut line);
-    if r.cause == Cause::FailNth || !r.from_env {
+    if sweep_point.is_none() && (r.cause == Cause::FailNth || !r.from_env) {
         let _ = write!(line, "   (the program sets up this injection itself)");
     }
     sys::write_stderr(line.finish_line());

@@ -318,17 +318,24 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
 fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
     // Resolving allocates and needs stack: on a thread of its own.
     let mut place = String::new();
-    symbols::on_big_stack(&mut || place = symbols::site_of(frames, WHERE_FRAMES));
-    let mut name_buf = [0u8; 16];
-    let thread = sys::thread_name(&mut name_buf);
+    symbols::on_big_stack(&mut || {
+        place = symbols::site_of(frames, WHERE_FRAMES, symbols::Paths::Full)
+    });
     let mut line = StackBuf::<4096>::new();
     let pid = sys::getpid();
     let _ = write!(
         line,
-        "site\t{}\t{pid}\t{} of {size} bytes (align {align})\t{}\t{}\t{}\t",
+        "site\t{}\t{pid}\t{} of {size} bytes (align {align})\t",
         StackId(id),
         op.name(),
-        Shown(thread),
+    );
+    // The full name std knows, not the kernel's 15 bytes of it.
+    crate::record::with_thread_name(|thread| {
+        let _ = write!(line, "{}", Shown(thread));
+    });
+    let _ = write!(
+        line,
+        "\t{}\t{}\t",
         Clean(modules().first().map_or(&b""[..], |m| m.name())),
         Clean(place.as_bytes()),
     );

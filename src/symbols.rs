@@ -44,49 +44,114 @@ pub(crate) fn walk(frames: &mut [usize]) -> usize {
     depth
 }
 
-/// Frames of these crates and symbols are allocation machinery, not the
-/// caller: they are trimmed from the top of the backtrace. Matched after any
-/// leading `<` of a qualified path.
-const TRIMMED: [&str; 9] = [
-    "backtrace::",
-    "mayfail::",
-    "__rust",
-    "__rdl",
-    "__rg_",
-    "alloc::",
-    "core::",
-    "std::",
-    "hashbrown::",
+/// Crates whose functions are allocation machinery, not the caller: the
+/// standard library, mayfail and its unwinder, and the allocation plumbing
+/// of the collections crates (hashbrown's tables, allocator-api2's
+/// `Global`), which the user calls into but does not write.
+const MACHINERY_CRATES: [&str; 7] = [
+    "std",
+    "alloc",
+    "core",
+    "mayfail",
+    "backtrace",
+    "hashbrown",
+    "allocator_api2",
 ];
+/// Symbols of the global allocator shims, which have no crate path.
+const MACHINERY_SYMBOLS: [&str; 3] = ["__rust", "__rdl", "__rg_"];
 
-/// Whether a demangled symbol belongs to the allocation machinery. A
-/// qualified path `<Type as Trait>::f` does when its type does, or when its
-/// type is a bare generic parameter (`<T as alloc::...>`) and its trait does.
-pub(crate) fn is_machinery(name: &str) -> bool {
-    // A crate name with a disambiguator (`gimli[9d27...]::`) is one of std's
-    // private dependencies: machinery too.
-    let machinery_path = |path: &str| {
-        TRIMMED.iter().any(|prefix| path.starts_with(prefix))
-            || path
-                .split("::")
-                .next()
-                .is_some_and(|krate| krate.contains('['))
-    };
-    let inner = name.trim_start_matches('<');
-    if machinery_path(inner) {
-        return true;
-    }
-    match inner.split_once(" as ") {
-        Some((ty, rest)) => {
-            let generic = !ty.is_empty()
-                && ty.len() <= 2
-                && ty
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-            generic && machinery_path(rest.trim_start_matches('<'))
+/// Splits a qualified path `<Type as Trait>::rest` (or `<Type>::rest`) into
+/// its self type and trait; `None` for a plain path.
+fn split_qualified(name: &str) -> Option<(&str, Option<&str>)> {
+    let inner = name.strip_prefix('<')?;
+    let bytes = inner.as_bytes();
+    let mut depth = 0usize;
+    let mut as_at = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'(' | b'[' => depth += 1,
+            // `->` in a fn type is no bracket.
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' | b')' | b']' if depth > 0 => depth -= 1,
+            b'>' => {
+                let ty = &inner[..as_at.unwrap_or(i)];
+                let tr = as_at.map(|at| &inner[at + 4..i]);
+                return Some((ty, tr));
+            }
+            b' ' if depth == 0 && as_at.is_none() && inner[i..].starts_with(" as ") => {
+                as_at = Some(i);
+            }
+            _ => {}
         }
-        None => false,
     }
+    None
+}
+
+/// The crate a type's path names: `None` for a primitive (`str`, `u8`,
+/// `[T]`) or a generic parameter, which belong to no crate.
+fn crate_of_type(ty: &str) -> Option<&str> {
+    let mut ty = ty.trim();
+    for prefix in ["&mut ", "&", "*const ", "*mut ", "dyn ", "impl ", "[", "("] {
+        if let Some(rest) = ty.strip_prefix(prefix) {
+            ty = rest.trim_start();
+        }
+    }
+    if ty.starts_with('<') {
+        return crate_of(ty);
+    }
+    let path = &ty[..ty.find(['<', '(', ';', ',', ' ']).unwrap_or(ty.len())];
+    let (krate, _) = path.split_once("::")?;
+    Some(krate)
+}
+
+/// The crate that defines a demangled function: the first segment of a
+/// plain path; for a method of a trait impl `<Type as Trait>::f`, the
+/// trait's crate when that is not the standard library (a third-party trait
+/// implemented on `Rc<T>` is that crate's code), else the type's crate when
+/// it has one (a user's type implementing `Clone`), else the trait's (std
+/// implementing its own traits on `str`, `u8` or a generic `T`). `None` for
+/// a symbol without a path (`main`, `__rust_alloc`, C functions). An
+/// inherent method of a primitive type is std's.
+fn crate_of(name: &str) -> Option<&str> {
+    match split_qualified(name) {
+        Some((ty, Some(tr))) => {
+            let trait_crate = crate_of_type(tr);
+            match (trait_crate, crate_of_type(ty)) {
+                (Some(t), _) if !is_std(t) => Some(t),
+                (_, Some(y)) if !is_std(y) => Some(y),
+                (t, y) => t.or(y),
+            }
+        }
+        // Only the standard library has inherent methods on primitives
+        // (`<[u8]>::to_vec_in`, `<str>::repeat`).
+        Some((ty, None)) => crate_of_type(ty).or(Some("core")),
+        None => crate_of_type(name),
+    }
+}
+
+/// The standard library's crates, and its private dependencies, which carry
+/// a disambiguator in their names (`gimli[9d27...]`).
+fn is_std(krate: &str) -> bool {
+    matches!(krate, "std" | "alloc" | "core") || krate.contains('[')
+}
+
+/// Whether a demangled symbol belongs to the allocation machinery: its
+/// defining crate (see [`crate_of`]) is one of [`MACHINERY_CRATES`] or of
+/// std's private dependencies, or it is an allocator shim.
+pub(crate) fn is_machinery(name: &str) -> bool {
+    match crate_of(name) {
+        // `__rustc::__rust_alloc`: the shims, in their own namespace.
+        Some(krate) => {
+            is_std(krate) || MACHINERY_CRATES.contains(&krate) || krate.starts_with("__rust")
+        }
+        None => MACHINERY_SYMBOLS.iter().any(|p| name.starts_with(p)),
+    }
+}
+
+/// Whether a function is mayfail's sweep running the operation (the
+/// operation's caller): a call site is never below it.
+fn is_sweep_runner(name: &str) -> bool {
+    name.starts_with("mayfail::sweep::") || name.starts_with("<mayfail::sweep::")
 }
 
 /// One function a return address stands for: several when functions were
@@ -128,19 +193,31 @@ pub(crate) fn resolve(ip: usize, mut f: impl FnMut(&Frame<'_>)) {
     });
 }
 
-/// Whether any function of the stack `frames` has a name containing one of
-/// `needles`.
-pub(crate) fn any_named(frames: &[usize], needles: &[&str]) -> bool {
-    let mut found = false;
-    for &ip in frames {
+/// Symbols of std's path from a failed allocation to the abort, innermost
+/// last: `rust_oom` is called by `__rust_alloc_error_handler`, called by
+/// `handle_alloc_error`, called by the allocation's caller.
+pub(crate) const ALLOC_ERROR_FRAMES: [&str; 4] = [
+    "rust_oom",
+    "__rg_oom",
+    "__rust_alloc_error_handler",
+    "handle_alloc_error",
+];
+
+/// Where the caller of a run of functions named with `needles` starts in
+/// `frames` (innermost first): the index just past the outermost frame of
+/// the first such run. For an abort's stack and [`ALLOC_ERROR_FRAMES`], the
+/// frames from there are those of the allocation that std could not fail.
+pub(crate) fn below_named(frames: &[usize], needles: &[&str]) -> Option<usize> {
+    let named = |ip: usize| {
+        let mut found = false;
         resolve(ip, |frame| {
             found |= needles.iter().any(|needle| frame.name.contains(needle));
         });
-        if found {
-            return true;
-        }
-    }
-    false
+        found
+    };
+    let start = frames.iter().position(|&ip| named(ip))?;
+    let run = frames[start..].iter().take_while(|&&ip| named(ip)).count();
+    Some(start + run)
 }
 
 /// Writes the raw frames of a stack to stderr, each as `module+offset`
@@ -199,34 +276,78 @@ pub(crate) fn on_big_stack(job: &mut dyn FnMut()) -> bool {
     true
 }
 
-/// The call site of a stack: its first `depth` frames outside the
-/// allocation machinery, as `function (file:line) <- caller (file:line)`.
-/// The addresses must belong to this process (or to its parent before a
-/// fork, which has the same mappings).
-pub(crate) fn site_of(frames: &[usize], depth: usize) -> String {
+/// How a call site shows its files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Paths {
+    /// As the debug information has them: absolute (the runner's state
+    /// file keeps them, and its JSON).
+    Full,
+    /// Short: relative to the current directory (the package's, under
+    /// cargo), a registry crate's as `name-version/src/file.rs`, std's from
+    /// `library/`.
+    Short,
+}
+
+/// `file` as a report shows it: see [`Paths::Short`].
+pub(crate) fn short_path(file: &Path, dir: Option<&Path>) -> String {
+    if let Some(relative) = dir.and_then(|dir| file.strip_prefix(dir).ok()) {
+        return relative.display().to_string();
+    }
+    let text = file.display().to_string();
+    // `~/.cargo/registry/src/<index>/<crate>-<version>/...`,
+    // `~/.cargo/git/checkouts/<repo>-<hash>/<rev>/...`
+    for marker in ["/registry/src/", "/git/checkouts/"] {
+        if let Some(at) = text.find(marker) {
+            let rest = &text[at + marker.len()..];
+            let skip = if marker == "/registry/src/" {
+                rest.find('/').map_or(0, |slash| slash + 1)
+            } else {
+                0
+            };
+            return rest[skip..].to_owned();
+        }
+    }
+    // `/rustc/<commit>/library/...`
+    if let Some(rest) = text.strip_prefix("/rustc/")
+        && let Some(slash) = rest.find('/')
+    {
+        return rest[slash + 1..].to_owned();
+    }
+    text
+}
+
+/// The call site of a stack: its first `depth` functions in code the user
+/// can change, as `function (file:line) <- caller (file:line)`. Every
+/// function of the allocation machinery ([`is_machinery`]) is left out,
+/// inlined or not, wherever it is on the stack, so the same line makes the
+/// same site in debug and release builds; the walk ends at the sweep's
+/// runner and at the test harness. The addresses must belong to this
+/// process (or to its parent before a fork, which has the same mappings).
+pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
     let mut site = String::new();
     let mut written = 0;
-    let mut trimming = true;
+    let mut ended = false;
     let dir = std::env::current_dir().ok();
     for &ip in frames {
-        if written >= depth {
+        if written >= depth || ended {
             break;
         }
         resolve(ip, |frame| {
-            if written >= depth || (trimming && is_machinery(frame.name)) {
+            ended |=
+                is_sweep_runner(frame.name) || frame.name.contains("__rust_begin_short_backtrace");
+            if ended || written >= depth || !frame.named || is_machinery(frame.name) {
                 return;
             }
-            trimming = false;
             if written > 0 {
                 site.push_str(" <- ");
             }
             site.push_str(frame.name);
             if let (Some(file), Some(line)) = (frame.file, frame.line) {
-                let shown = dir
-                    .as_deref()
-                    .and_then(|dir| file.strip_prefix(dir).ok())
-                    .unwrap_or(file);
-                let _ = write!(site, " ({}:{line})", shown.display());
+                let shown = match paths {
+                    Paths::Full => file.display().to_string(),
+                    Paths::Short => short_path(file, dir.as_deref()),
+                };
+                let _ = write!(site, " ({shown}:{line})");
             }
             written += 1;
         });
@@ -259,7 +380,7 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
             if count == lines.len() || reached_harness {
                 return;
             }
-            if frame.name.contains("__rust_begin_short_backtrace") {
+            if frame.name.contains("__rust_begin_short_backtrace") || is_sweep_runner(frame.name) {
                 reached_harness = true;
                 return;
             }
@@ -408,12 +529,25 @@ mod tests {
             "mayfail::alloc::MayFail<A>::serve_engaged",
             "<mayfail::alloc::MayFail<A> as core::alloc::global::GlobalAlloc>::alloc",
             "__rust_alloc",
+            "__rustc::__rust_alloc",
             "__rdl_alloc",
             "std::alloc::System::alloc",
             "hashbrown::raw::RawTable<T,A>::reserve_rehash",
             "<<alloc::boxed::Box<str> as core::convert::From<&str>>::from as core::ops::FnOnce>::call_once",
             "<T as alloc::slice::<impl [T]>::to_vec_in::ConvertVec>::to_vec",
             "<gimli[9d272e8433f81454]::read::abbrev::Attributes>::push",
+            "<str as alloc::string::SpecToString>::spec_to_string",
+            "<u8 as <[_]>::to_vec_in::ConvertVec>::to_vec::<alloc::alloc::Global>",
+            "<[u8]>::to_vec_in::<alloc::alloc::Global>",
+            "<u32 as alloc::string::SpecToString>::spec_to_string",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "<[T] as alloc::slice::<impl [T]>>::to_vec",
+            "<&str as alloc::string::ToString>::to_string",
+            "<allocator_api2::stable::alloc::global::Global>::alloc_impl",
+            "allocator_api2::stable::alloc::global::Global::alloc_impl",
+            "<allocator_api2::stable::alloc::global::Global as allocator_api2::stable::alloc::Allocator>::allocate",
+            "<hashbrown::raw::RawTable<T,A> as core::ops::drop::Drop>::drop",
+            "<fn() -> u8 as core::ops::function::FnOnce<()>>::call_once",
         ] {
             assert!(is_machinery(name), "{name}");
         }
@@ -421,8 +555,32 @@ mod tests {
             "my_app::cache::insert",
             "inject::vec_push_aborts",
             "<my_app::X as Y>::f",
+            "<alloc::rc::Rc<T> as fallible_collections::rc::FallibleRc<T>>::try_new",
+            "<my_app::Config as core::clone::Clone>::clone",
+            "<alloc::vec::Vec<T> as my_app::Extend2>::extend2",
+            "fallible_collections::vec::std_io::try_read_up_to::{{closure}}",
+            "main",
         ] {
             assert!(!is_machinery(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn printed_paths_leave_out_homes_and_toolchain_hashes() {
+        let dir = Path::new("/work/app");
+        for (file, shown) in [
+            ("/work/app/src/main.rs", "src/main.rs"),
+            (
+                "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fallible_collections-0.5.2/src/vec.rs",
+                "fallible_collections-0.5.2/src/vec.rs",
+            ),
+            (
+                "/rustc/0123456789abcdef/library/alloc/src/string.rs",
+                "library/alloc/src/string.rs",
+            ),
+            ("/elsewhere/lib.rs", "/elsewhere/lib.rs"),
+        ] {
+            assert_eq!(short_path(Path::new(file), Some(dir)), shown);
         }
     }
 }

@@ -58,6 +58,15 @@ pub(crate) fn stop() -> Option<(u64, u64)> {
     Some((LIVE_BYTES.load(Relaxed), LIVE_BLOCKS.load(Relaxed)))
 }
 
+/// The bytes and blocks recorded so far, tracking going on; `None` if the
+/// table overflowed.
+pub(crate) fn live() -> Option<(u64, u64)> {
+    if OVERFLOW.load(Relaxed) {
+        return None;
+    }
+    Some((LIVE_BYTES.load(Relaxed), LIVE_BLOCKS.load(Relaxed)))
+}
+
 /// Records a block handed out while tracking.
 pub(crate) fn record(address: usize, size: usize) {
     match TABLE.insert(address as u64, size as u64, true) {

@@ -760,3 +760,128 @@ fn a_sweep_on_a_worker_thread_replays_through_the_command_line() {
     let site = report.sites().iter().find(|s| s.points[0].n == 2).unwrap();
     println!("REPLAY\t{}", site.replay);
 }
+
+// ---------------------------------------------------------------------------
+// What the report blames.
+
+/// The line of this file holding `marker` (a fixture's own comment).
+fn line_of(marker: &str) -> usize {
+    include_str!("sweep.rs")
+        .lines()
+        .position(|l| l.contains(marker) && !l.contains("line_of("))
+        .expect("marker in this file")
+        + 1
+}
+
+/// A handled `try_reserve`, whose error path then allocates infallibly.
+#[inline(never)]
+fn reserve_then_describe() -> Result<usize, String> {
+    let mut v: Vec<u8> = Vec::new();
+    if v.try_reserve(512).is_err() {
+        // MARK: the error message
+        return Err(String::from("reserve allocation failed"));
+    }
+    Ok(v.capacity())
+}
+
+#[test]
+fn a_persistent_abort_is_blamed_on_the_allocation_that_reached_the_infallible_path() {
+    let report = quick().persistent(true).run(reserve_then_describe);
+    let point = &report.points()[0];
+    assert_eq!(point.outcome, Outcome::Aborted, "{report}");
+    let message = line_of("MARK: the error message") + 1;
+    assert!(
+        point.site.starts_with(&format!(
+            "sweep::reserve_then_describe (tests/sweep.rs:{message})"
+        )),
+        "{report}"
+    );
+    let reserve = line_of("MARK: the error message") - 1;
+    assert!(
+        point.detail.contains(&format!(
+            "failed first, at sweep::reserve_then_describe (tests/sweep.rs:{reserve})"
+        )),
+        "{report}"
+    );
+}
+
+#[test]
+fn std_impls_on_primitive_types_are_not_call_sites() {
+    let report = quick().run(|| {
+        let a = "abc".to_string(); // MARK: str to_string
+        let b = 42u32.to_string(); // MARK: u32 to_string
+        let c: Vec<u8> = vec![7u8; 16]; // MARK: from_elem
+        let c = std::hint::black_box(c);
+        a.len() + b.len() + c.len()
+    });
+    assert_eq!(report.sites().len(), 3, "{report}");
+    for marker in [
+        "MARK: str to_string",
+        "MARK: u32 to_string",
+        "MARK: from_elem",
+    ] {
+        let line = format!("(tests/sweep.rs:{})", line_of(marker));
+        assert!(
+            report
+                .sites()
+                .iter()
+                .any(|s| s.site.starts_with("sweep::") && s.site.contains(&line)),
+            "{line}\n{report}"
+        );
+    }
+}
+
+#[test]
+fn a_replayed_point_that_aborts_replays_with_its_point() {
+    if std::env::var_os("MAYFAIL_SWEEP_POINT").is_some() {
+        Sweep::new().name("ids").run(|| collect_ids(10));
+        unreachable!("point 1 of collect_ids aborts");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_replayed_point_that_aborts_replays_with_its_point",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("MAYFAIL_SWEEP_POINT", "ids:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let replay = stderr
+        .lines()
+        .find(|l| l.starts_with("mayfail:   replay: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        replay.starts_with("mayfail:   replay: MAYFAIL_SWEEP_POINT=ids:1 "),
+        "{replay}"
+    );
+    assert!(
+        !replay.contains("sets up this injection itself"),
+        "{replay}"
+    );
+}
+
+#[test]
+fn a_crash_report_names_the_thread_in_full() {
+    if std::env::var_os("MAYFAIL_SWEEP_POINT").is_some() {
+        std::thread::Builder::new()
+            .name("a-thread-name-longer-than-fifteen-bytes".to_owned())
+            .spawn(|| {
+                sweep(|| collect_ids(10));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        unreachable!("point 1 of collect_ids aborts");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["a_crash_report_names_the_thread_in_full", "--exact"])
+        .env("MAYFAIL_SWEEP_POINT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("on thread 'a-thread-name-longer-than-fifteen-bytes' (tid"),
+        "{stderr}"
+    );
+}

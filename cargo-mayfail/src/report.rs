@@ -18,6 +18,35 @@ pub struct Frame {
     pub location: Option<String>,
 }
 
+/// A frame's `file:line` as the report shows it (the JSON keeps the full
+/// path): relative to the current directory (the workspace's), a registry
+/// crate's as `name-version/src/file.rs`, std's from `library/`.
+pub fn short_location(location: &str) -> String {
+    let cwd = std::env::current_dir().ok();
+    if let Some(dir) = cwd.as_deref().and_then(|d| d.to_str())
+        && let Some(rest) = location.strip_prefix(dir)
+        && let Some(rest) = rest.strip_prefix('/')
+    {
+        return rest.to_owned();
+    }
+    for marker in ["/registry/src/", "/git/checkouts/"] {
+        if let Some(at) = location.find(marker) {
+            let rest = &location[at + marker.len()..];
+            let skip = match marker {
+                "/registry/src/" => rest.find('/').map_or(0, |slash| slash + 1),
+                _ => 0,
+            };
+            return rest[skip..].to_owned();
+        }
+    }
+    if let Some(rest) = location.strip_prefix("/rustc/")
+        && let Some(slash) = rest.find('/')
+    {
+        return rest[slash + 1..].to_owned();
+    }
+    location.to_owned()
+}
+
 /// One site: every process that failed it, merged.
 #[derive(Clone, Debug)]
 pub struct Site {
@@ -296,7 +325,7 @@ pub fn table(s: &Summary) -> String {
             let location = frame
                 .location
                 .as_deref()
-                .map(|l| format!(" ({l})"))
+                .map(|l| format!(" ({})", short_location(l)))
                 .unwrap_or_default();
             if i == 0 {
                 let _ = writeln!(
@@ -427,7 +456,7 @@ pub fn html(s: &Summary) -> String {
                 let _ = write!(
                     frames,
                     " <span class=\"loc\">{}</span>",
-                    html_escape(location)
+                    html_escape(&short_location(location))
                 );
             }
         }
@@ -460,6 +489,22 @@ pub fn html(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_locations_leave_out_the_registry_and_toolchain_hashes() {
+        assert_eq!(
+            short_location(
+                "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fallible_collections-0.5.2/src/vec.rs:261"
+            ),
+            "fallible_collections-0.5.2/src/vec.rs:261"
+        );
+        assert_eq!(
+            short_location("/rustc/0123abcd/library/alloc/src/string.rs:10"),
+            "library/alloc/src/string.rs:10"
+        );
+        let here = std::env::current_dir().unwrap().join("src/lib.rs:3");
+        assert_eq!(short_location(here.to_str().unwrap()), "src/lib.rs:3");
+    }
 
     #[test]
     fn places_split_into_functions_and_locations() {

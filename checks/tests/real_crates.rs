@@ -69,3 +69,73 @@ fn bumpalo_try_alloc_is_handled() {
     report.assert_handled();
     assert!(report.allocations() >= 1, "{report}");
 }
+
+/// The line of this file holding `marker`.
+fn line_of(marker: &str) -> usize {
+    include_str!("real_crates.rs")
+        .lines()
+        .position(|l| l.contains(marker) && !l.contains("line_of("))
+        .expect("marker in this file")
+        + 1
+}
+
+#[test]
+fn hashbrown_sites_are_the_callers_line_not_the_allocator_plumbing() {
+    let report = quick().run(|| {
+        let mut map: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
+        map.insert(1, 1); // MARK: hashbrown insert
+        map.len()
+    });
+    let line = format!(
+        "(tests/real_crates.rs:{})",
+        line_of("MARK: hashbrown insert")
+    );
+    let site = &report.points()[0].site;
+    assert!(!site.contains("allocator_api2::"), "{report}");
+    assert!(site.contains(&line), "{line}\n{report}");
+}
+
+#[test]
+fn fallible_collections_try_read_up_to_aborts_on_its_own_error_message() {
+    use fallible_collections::TryVec;
+    use fallible_collections::vec::std_io::try_read_up_to;
+    // Persistent: the reserve fails (handled), then so does everything after
+    // it, and the error path builds `io::Error::new(kind, "...")`, which
+    // allocates its message infallibly.
+    let report = quick().persistent(true).run(|| {
+        let mut buf = TryVec::new();
+        try_read_up_to(&mut &b"hello, world"[..], 64, &mut buf).map(|n| n + buf.len())
+    });
+    println!("{report}");
+    let point = &report.points()[0];
+    assert_eq!(point.outcome, Outcome::Aborted, "{report}");
+    assert!(
+        point
+            .site
+            .starts_with("fallible_collections::vec::std_io::try_read_up_to::{{closure}} (fallible_collections-0.5.2/src/vec.rs:261)"),
+        "{report}"
+    );
+    assert!(point.detail.contains("failed first, at "), "{report}");
+    assert!(!point.site.contains(".cargo/registry"), "{report}");
+}
+
+/// `FallibleRc` is deprecated by its crate (its `try_new` can abort, which
+/// is what makes it a good site to name).
+#[test]
+#[allow(deprecated)]
+fn a_third_party_trait_on_a_std_type_stays_in_the_site() {
+    use fallible_collections::FallibleRc;
+    let report = quick().run(|| {
+        let rc = <std::rc::Rc<[u8; 32]> as FallibleRc<[u8; 32]>>::try_new([1; 32]); // MARK: rc
+        rc.map(|rc| rc.len()).unwrap_or(0)
+    });
+    let site = &report.points()[1].site;
+    assert!(
+        site.starts_with("<alloc::rc::Rc<T> as fallible_collections::rc::FallibleRc<T>>::try_new"),
+        "{report}"
+    );
+    assert!(
+        site.contains(&format!("(tests/real_crates.rs:{})", line_of("MARK: rc"))),
+        "{report}"
+    );
+}

@@ -145,6 +145,7 @@ impl Sweep {
         // The parent reports; the site walk of a surrounding `mayfail sites`
         // does not fail this child's allocations.
         crash::silence();
+        crash::on_abort_stack(on_abort);
         inject::set_stack_filter(None);
         inject::observe(on_injected);
         if self.warm_up {
@@ -159,6 +160,9 @@ impl Sweep {
             }
         }
         let tracking = track::start();
+        // The run's failures start a record of their own (the parent's probe
+        // left one behind).
+        record::forget();
         configure::set_persistent(self.persistent);
         let armed = if n == 0 { u64::MAX } else { n };
         configure::fail_nth(armed);
@@ -167,7 +171,13 @@ impl Sweep {
         configure::fail_nth(0);
         // Memory comes back for the report (persistent mode).
         configure::set_persistent(false);
-        let leaked = if tracking { track::stop() } else { None };
+        let mut leaked = if tracking { track::live() } else { None };
+        if n != 0 && result.is_ok() && matches!(leaked, Some((bytes, _)) if bytes > 0) {
+            leaked = self.leaked_again(f, n, leaked);
+        }
+        if tracking {
+            track::stop();
+        }
         // A process the operation forked returns here too: only the sweep's
         // child reports.
         leave_unless(me);
@@ -185,6 +195,40 @@ impl Sweep {
         };
         send(fd, &message);
         exit_child(0)
+    }
+}
+
+impl Sweep {
+    /// The leak rule. A failing run may leave memory that is not a leak:
+    /// what the error path keeps per thread or per process (a logger's
+    /// record buffer grown by a warning, a "last error" slot filled or
+    /// replaced), filled on the first failure only. So the point runs once
+    /// more, with the same blocks tracked on, and what the first run left
+    /// (`first`) is a leak only if the live set grows again: the second
+    /// run's growth is what is reported (`None` if it overflowed the table
+    /// or panicked, in which case the first run's figure stands).
+    fn leaked_again<R>(
+        &self,
+        f: &impl Fn() -> R,
+        n: u64,
+        first: Option<(u64, u64)>,
+    ) -> Option<(u64, u64)> {
+        let me = sys::getpid();
+        configure::set_persistent(self.persistent);
+        configure::fail_nth(n);
+        let again = catch_unwind(AssertUnwindSafe(|| drop(f())));
+        configure::fail_nth(0);
+        configure::set_persistent(false);
+        leave_unless(me);
+        let (Ok(()), Some((bytes, blocks)), Some((first_bytes, first_blocks))) =
+            (again, track::live(), first)
+        else {
+            return first;
+        };
+        Some((
+            bytes.saturating_sub(first_bytes),
+            blocks.saturating_sub(first_blocks),
+        ))
     }
 }
 
@@ -260,6 +304,24 @@ fn on_injected(_verbose: u8) {
     record::write_frames(&mut line);
     let _ = line.write_str("\tFAILED\t");
     record::write_failure(&mut line);
+    crate::sys::write_fd(fd, line.finish_line());
+}
+
+/// In a sweep's child, from the signal handler of an abort: tells the parent
+/// the abort's stack (raw addresses, resolved there). Never allocates.
+fn on_abort() {
+    let fd = CHILD_FD.load(Relaxed);
+    if fd < 0 || sys::getpid() != CHILD_PID.load(Relaxed) {
+        return;
+    }
+    let mut frames = [0usize; symbols::MAX_FRAMES];
+    let depth = symbols::walk(&mut frames);
+    let frames = &frames[..depth];
+    let mut line = StackBuf::<2048>::new();
+    let _ = line.write_str("ABORT\t");
+    for (i, ip) in frames.iter().enumerate() {
+        let _ = write!(line, "{}{ip:x}", if i == 0 { "" } else { "," });
+    }
     crate::sys::write_fd(fd, line.finish_line());
 }
 

@@ -130,6 +130,13 @@ impl Sweep {
     /// allocation numbering is that of a warm operation. An operation that
     /// keeps memory on purpose on every call (a growing cache) is reported
     /// as leaked: sweep a fresh value each time, or clear the cache in `f`.
+    ///
+    /// The leak rule: when a failing point's run returns with blocks still
+    /// live, the child runs the same point once more, tracking on; the point
+    /// is `leaked` only if the live set grows again, by the bytes it reports.
+    /// What the error path keeps once per thread or per process (a logger's
+    /// buffer grown by its first warning, a "last error" slot replaced) is
+    /// not a leak.
     pub fn warm_up(mut self, warm_up: bool) -> Sweep {
         self.warm_up = warm_up;
         self
@@ -281,7 +288,9 @@ impl Sweep {
                     // more.
                     last += 1;
                 }
-                report.points.push(run.into_point(&mut names));
+                report
+                    .points
+                    .push(run.into_point(&mut names, self.persistent));
             }
         }
         report.points.sort_by_key(|p| p.n);
@@ -330,6 +339,7 @@ impl Sweep {
         if self.warm_up {
             drop(f());
         }
+        crate::record::forget();
         configure::set_persistent(self.persistent);
         configure::fail_nth(n);
         drop(f());

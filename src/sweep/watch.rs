@@ -84,6 +84,8 @@ pub(super) struct Run {
     /// The raw stack of the injected failure.
     pub(super) site: Option<Vec<usize>>,
     pub(super) failed: String,
+    /// The raw stack of an abort, from the child's signal handler.
+    pub(super) abort: Option<Vec<usize>>,
 }
 
 impl Run {
@@ -126,7 +128,15 @@ impl Run {
         }
     }
 
-    pub(super) fn into_point(self, sites: &mut BTreeMap<Vec<usize>, String>) -> Point {
+    /// The point this run stands for. In persistent mode every allocation
+    /// after the point's fails too, and an abort is the doing of the one
+    /// that reached `handle_alloc_error`: the point's site is that one's,
+    /// and the detail names the first failure and where it was.
+    pub(super) fn into_point(
+        self,
+        sites: &mut BTreeMap<Vec<usize>, String>,
+        persistent: bool,
+    ) -> Point {
         let (outcome, detail) = match &self.ended {
             Ended::Returned {
                 leak: Leak::Left { bytes: 0, .. },
@@ -144,21 +154,42 @@ impl Run {
             Ended::TimedOut => (Outcome::Hung, self.describe()),
             Ended::Lost | Ended::Nonsense(_) => (Outcome::Unknown, self.describe()),
         };
-        let detail = if detail.is_empty() {
-            self.failed.clone()
-        } else {
-            format!("{}: {detail}", self.failed)
+        let mut site_of = |frames: Vec<usize>| {
+            sites
+                .entry(frames)
+                .or_insert_with_key(|frames| {
+                    symbols::site_of(frames, SITE_FRAMES, symbols::Paths::Short)
+                })
+                .clone()
+        };
+        let first = match self.site {
+            Some(frames) => site_of(frames),
+            None => "<unknown call site>".to_owned(),
+        };
+        let aborted_later = match (&self.abort, outcome) {
+            (Some(frames), Outcome::Aborted) if persistent => {
+                symbols::below_named(frames, &symbols::ALLOC_ERROR_FRAMES)
+                    .map(|at| site_of(frames[at..].to_vec()))
+                    .filter(|site| *site != first)
+            }
+            _ => None,
+        };
+        let (site, detail) = match aborted_later {
+            Some(site) => (
+                site,
+                format!(
+                    "{} failed first, at {first}, then every allocation after it; a later one \
+                     reached handle_alloc_error here: {detail}",
+                    self.failed
+                ),
+            ),
+            None if detail.is_empty() => (first, self.failed.clone()),
+            None => (first, format!("{}: {detail}", self.failed)),
         };
         Point {
             n: self.n,
             outcome,
-            site: match self.site {
-                Some(frames) => sites
-                    .entry(frames)
-                    .or_insert_with_key(|frames| symbols::site_of(frames, SITE_FRAMES))
-                    .clone(),
-                None => "<unknown call site>".to_owned(),
-            },
+            site,
             detail,
         }
     }
@@ -306,6 +337,7 @@ impl Child {
         let mut failed = String::new();
         let mut report = None;
         let mut sited = false;
+        let mut abort = None;
         let mut nonsense = None;
         for line in text.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
@@ -318,6 +350,12 @@ impl Child {
                         .collect();
                     site = frames;
                     failed = (*what).to_owned();
+                }
+                ["ABORT", frames] if abort.is_none() => {
+                    abort = frames
+                        .split(',')
+                        .map(|ip| usize::from_str_radix(ip, 16).ok())
+                        .collect::<Option<Vec<usize>>>();
                 }
                 [kind @ ("RETURNED" | "PANICKED"), ..] if report.is_none() => {
                     match self.parse_report(&fields) {
@@ -362,6 +400,7 @@ impl Child {
             ended,
             site,
             failed,
+            abort,
         }
     }
 
