@@ -293,6 +293,19 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         // allocation is not injected, but its attempts fail like all others,
         // so it retries for ever, as it would under real exhaustion.
         bump(&COUNTERS.injected);
+        if !thread.nofail {
+            // The record keeps the first failure and this, the latest: the
+            // one that reaches an infallible path is what a report blames.
+            record::capture(
+                op,
+                size,
+                align,
+                thread.number,
+                Cause::FailNth,
+                from_env(),
+                ATTRS.seed.load(Relaxed),
+            );
+        }
         return if thread.nofail {
             Verdict::Transient
         } else {
