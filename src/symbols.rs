@@ -47,9 +47,10 @@ pub(crate) fn walk(frames: &mut [usize]) -> usize {
 /// Frames of these crates and symbols are allocation machinery, not the
 /// caller: they are trimmed from the top of the backtrace. Matched after any
 /// leading `<` of a qualified path.
-const TRIMMED: [&str; 9] = [
+const TRIMMED: [&str; 10] = [
     "backtrace::",
     "mayfail::",
+    "mayfail_preload::",
     "__rust",
     "__rdl",
     "__rg_",
