@@ -5,6 +5,15 @@
 //!
 //! Runs inside the allocator, on its engaged path: it never allocates, locks
 //! or panics.
+//!
+//! It also carries the ELF note that tells the preload library
+//! (`mayfail-preload`) that a program has mayfail linked in: that program's
+//! own `MayFail` injects, and the preload library only passes C allocations
+//! to glibc, so that no allocation is failed, counted or reported twice. The
+//! note is an `SHT_NOTE` section (owner `mayfail`, type 1, a 4-byte format
+//! version 1), which the linker puts in a `PT_NOTE` segment the loader maps
+//! and `strip` keeps; [`start_once`] refers to it so that the linker keeps
+//! it wherever mayfail's start-up is linked.
 
 use crate::config::{self, Defaults};
 use crate::engaged::{self, NOT_STARTED};
@@ -17,8 +26,35 @@ pub(crate) fn start(defaults: &Defaults) {
     }
 }
 
+// The note, 4-byte aligned as ELF notes are: name size, description size,
+// type, the name with its NUL padded to 4 bytes, the description.
+core::arch::global_asm!(
+    ".pushsection .note.mayfail,\"a\",@note",
+    ".balign 4",
+    // Weak and hidden: two copies of the crate in one program link, and no
+    // shared library exports it.
+    ".weak mayfail_note_engine",
+    ".hidden mayfail_note_engine",
+    "mayfail_note_engine:",
+    ".long 8",
+    ".long 4",
+    ".long 1",
+    ".asciz \"mayfail\"",
+    ".balign 4",
+    ".long 1",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    /// The note above.
+    static mayfail_note_engine: u8;
+}
+
 #[cold]
 fn start_once(defaults: &Defaults) {
+    // A use of the note's address, so that the linker's garbage collection
+    // keeps its section wherever this function is linked.
+    core::hint::black_box(&raw const mayfail_note_engine);
     config::register_defaults(defaults);
     config::read_env_once();
     #[cfg(feature = "inject")]

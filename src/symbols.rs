@@ -45,14 +45,16 @@ pub(crate) fn walk(frames: &mut [usize]) -> usize {
 }
 
 /// Crates whose functions are allocation machinery, not the caller: the
-/// standard library, mayfail and its unwinder, and the allocation plumbing
-/// of the collections crates (hashbrown's tables, allocator-api2's
-/// `Global`), which the user calls into but does not write.
-const MACHINERY_CRATES: [&str; 7] = [
+/// standard library, mayfail (and its preload library) and its unwinder,
+/// and the allocation plumbing of the collections crates (hashbrown's
+/// tables, allocator-api2's `Global`), which the user calls into but does
+/// not write.
+const MACHINERY_CRATES: [&str; 8] = [
     "std",
     "alloc",
     "core",
     "mayfail",
+    "mayfail_preload",
     "backtrace",
     "hashbrown",
     "allocator_api2",

@@ -84,7 +84,7 @@ const CARGO_SUBCOMMAND: &str = "mayfail";
 
 /// The hint under every bad-input message.
 const USAGE_HINT: &str =
-    "usage: mayfail run|sites|report [OPTIONS] -- CMD ARGS...   (mayfail --help)";
+    "usage: mayfail run|sites|test|report [OPTIONS] -- CMD ARGS...   (mayfail --help)";
 
 /// How the program was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,8 +103,10 @@ pub enum Invocation {
     about = "Runs a program or a test suite under injected allocation failures and walks \
              every allocation site of it",
     long_about = "Runs a program or a test suite under injected allocation failures and walks \
-                  every allocation site of it. The programs must use mayfail::MayFail as their \
-                  global allocator.",
+                  every allocation site of it. A program that declares mayfail::MayFail as its \
+                  global allocator is reached as it is; any other dynamically linked glibc \
+                  program through the preload library (libmayfail_preload.so): cargo commands' \
+                  test binaries by default, other commands with --preload.",
     after_help = exit_codes::HELP,
     subcommand_required = true,
     propagate_version = true
@@ -119,6 +121,9 @@ enum Command {
     Run(commands::run::RunArgs),
     Sites(commands::sites::SitesArgs),
     Report(commands::report::ReportArgs),
+    Test(commands::test::TestArgs),
+    #[command(hide = true)]
+    PreloadRun(commands::preload::PreloadRunArgs),
 }
 
 /// Runs the program with `args` (the first one is the program's own name)
@@ -149,6 +154,8 @@ pub fn main_with_args(invocation: Invocation, args: Vec<OsString>) -> i32 {
         Command::Run(run) => commands::run::execute(run, separator_given),
         Command::Sites(sites) => commands::sites::execute(sites, separator_given),
         Command::Report(report) => commands::report::execute(report),
+        Command::Test(test) => commands::test::execute(test),
+        Command::PreloadRun(run) => commands::preload::execute(run),
     };
     match outcome {
         Ok(code) => code,
@@ -182,10 +189,10 @@ fn argument_error(error: &clap::Error) -> String {
     };
     match error.kind() {
         ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            "no subcommand: give run, sites or report".to_owned()
+            "no subcommand: give run, sites, test or report".to_owned()
         }
         ErrorKind::InvalidSubcommand => format!(
-            "unknown subcommand \"{}\": give run, sites or report",
+            "unknown subcommand \"{}\": give run, sites, test or report",
             context(ContextKind::InvalidSubcommand).unwrap_or_default()
         ),
         ErrorKind::UnknownArgument => {

@@ -1,9 +1,11 @@
 //! The subcommands, one file each, and what they share: the value parsers
 //! of their options and the files of a walk.
 
+pub(crate) mod preload;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sites;
+pub(crate) mod test;
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -21,6 +21,8 @@ pub(crate) struct RunArgs {
     /// (probability=5,times=2...)
     #[arg(long, value_name = "SPEC", value_parser = super::injection_spec)]
     inject: Option<String>,
+    #[command(flatten)]
+    preload: super::preload::PreloadChoice,
     /// The command to run and its arguments, after `--`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -36,6 +38,9 @@ pub(crate) fn execute(args: RunArgs, separator_given: bool) -> Result<i32, Failu
     }
     if let Some(spec) = args.inject {
         command.env("MAYFAIL_INJECT", spec);
+    }
+    if let Some((variable, value)) = args.preload.environment(&argv)? {
+        command.env(variable, value);
     }
     process::catch_interrupts();
     let mut child = command

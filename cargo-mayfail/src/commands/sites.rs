@@ -62,6 +62,8 @@ pub(crate) struct SitesArgs {
     /// More MAYFAIL_INJECT attributes (after=N, thread=NAME...)
     #[arg(long, value_name = "SPEC", value_parser = super::injection_spec)]
     inject: Option<String>,
+    #[command(flatten)]
+    preload: super::preload::PreloadChoice,
     /// Count stacks of the Rust runtime, the test harness and libc as sites
     #[arg(long)]
     all_stacks: bool,
@@ -89,6 +91,7 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         )));
     }
     let paths = args.files.paths()?;
+    let preload = args.preload.environment(&argv)?;
     let timeout = Duration::from_secs(args.timeout);
     let Some(state_text) = paths.state.to_str() else {
         return Err(Failure::bad_input(format!(
@@ -140,6 +143,7 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     let display = quoted(&argv);
     let walker = Walker {
         command: &argv,
+        preload,
         display: &display,
         paths: &paths,
         state: &state_file,
@@ -320,6 +324,8 @@ fn unix_ms() -> u128 {
 /// Runs the command, copies at a time, and records what happened.
 struct Walker<'a> {
     command: &'a [OsString],
+    /// The variable that puts the command under the preload library.
+    preload: Option<(String, OsString)>,
     display: &'a str,
     paths: &'a Paths,
     /// The state file, open for appending and locked for the whole walk.
@@ -389,6 +395,9 @@ impl Walker<'_> {
             Some(spec) => command.env("MAYFAIL_INJECT", spec),
             None => command.env_remove("MAYFAIL_INJECT"),
         };
+        if let Some((variable, value)) = &self.preload {
+            command.env(variable, value);
+        }
         // std's panic hook prints a backtrace under its backtrace lock, and
         // its out-of-memory hook takes the same lock: a site failed inside
         // the printer would deadlock the process. No backtraces, then.

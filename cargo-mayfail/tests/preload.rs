@@ -1,0 +1,339 @@
+//! The preload library through the runner: walks of programs that know
+//! nothing of mayfail (a C program, a Rust program on the default
+//! allocator, a crate's whole `cargo test` suite) and `cargo mayfail test`.
+//!
+//! The library must be built next to the runner (`cargo test --workspace`
+//! builds it; alone: `cargo build -p mayfail-preload`). Programs are
+//! compiled here, with debug information, by `cc` and `rustc`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_mayfail");
+const CARGO_RUNNER: &str = env!("CARGO_BIN_EXE_cargo-mayfail");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("preload")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Fails with the way to build the library when it is missing.
+fn require_library() {
+    let library = Path::new(RUNNER).with_file_name("libmayfail_preload.so");
+    assert!(
+        library.is_file(),
+        "{} is missing: run `cargo build -p mayfail-preload` (cargo test --workspace builds it)",
+        library.display()
+    );
+}
+
+/// Runs `command`, killing it after `secs`.
+fn bounded(command: &mut Command, secs: u64) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn runner(dir: &Path) -> Command {
+    let mut command = Command::new(RUNNER);
+    command
+        .current_dir(dir)
+        .env_remove("MAYFAIL_INJECT")
+        .env_remove("MAYFAIL_RETRIES")
+        .env_remove("LD_PRELOAD");
+    command
+}
+
+/// The `site` lines of a state file: (process name, outcome, site).
+fn sites_in(state: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(state).unwrap();
+    let fates: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("fate\t"))
+        .filter_map(|l| {
+            let mut fields = l.split('\t');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .collect();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("site\t"))
+        .map(|l| {
+            let fields: Vec<&str> = l.split('\t').collect();
+            let outcome = fates
+                .iter()
+                .find(|(stack, _)| *stack == fields[0])
+                .map_or("unknown", |(_, fate)| fate);
+            (
+                fields[4].to_owned(),
+                outcome.to_owned(),
+                fields[5].to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn stdout_and_stderr(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+const C_PROGRAM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+__attribute__((noinline)) static int checked(void) {
+    char *text = malloc(100);
+    if (text == NULL) {
+        fprintf(stderr, "checked: no memory (errno %d), carrying on\n", errno);
+        return errno == ENOMEM ? 0 : 1;
+    }
+    strcpy(text, "checked");
+    puts(text);
+    free(text);
+    return 0;
+}
+
+__attribute__((noinline)) static void unchecked(void) {
+    char *text = malloc(200);
+    text[0] = 'u';
+    text[1] = '\0';
+    puts(text);
+    free(text);
+}
+
+int main(void) {
+    int status = checked();
+    unchecked();
+    return status;
+}
+"#;
+
+#[test]
+fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_crashed() {
+    require_library();
+    let dir = scratch("c-program");
+    std::fs::write(dir.join("program.c"), C_PROGRAM).unwrap();
+    let built = Command::new("cc")
+        .current_dir(&dir)
+        .args(["-g", "-O0", "-o", "program", "program.c"])
+        .status()
+        .expect("cc runs");
+    assert!(built.success());
+    let output = bounded(
+        runner(&dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        120,
+    );
+    let text = stdout_and_stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let sites = sites_in(&dir.join("walk.state"));
+    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    let checked = sites.iter().find(|s| s.2.starts_with("checked")).unwrap();
+    assert_eq!(checked.1, "handled", "{sites:?}");
+    assert!(checked.2.contains("program.c:8"), "{sites:?}");
+    let unchecked = sites.iter().find(|s| s.2.starts_with("unchecked")).unwrap();
+    assert_eq!(unchecked.1, "crashed", "{sites:?}");
+    assert!(unchecked.2.contains("program.c:20"), "{sites:?}");
+}
+
+const RUST_PROGRAM: &str = r#"
+fn fallible() {
+    let mut buffer: Vec<u8> = Vec::new();
+    match buffer.try_reserve(5000) {
+        Ok(()) => println!("reserved"),
+        Err(error) => println!("try_reserve: Err({error})"),
+    }
+}
+
+fn infallible() {
+    let mut numbers: Vec<u64> = Vec::new();
+    numbers.push(7);
+    println!("{}", numbers.len());
+}
+
+fn main() {
+    fallible();
+    infallible();
+}
+"#;
+
+#[test]
+fn a_rust_program_on_the_default_allocator_sees_err_from_try_reserve_and_aborts_in_push() {
+    require_library();
+    let dir = scratch("rust-program");
+    std::fs::write(dir.join("program.rs"), RUST_PROGRAM).unwrap();
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let built = Command::new(rustc)
+        .current_dir(&dir)
+        .args(["-g", "--edition", "2021", "-o", "program", "program.rs"])
+        .status()
+        .expect("rustc runs");
+    assert!(built.success());
+
+    // One injected failure at the try_reserve's stack: Err, exit 0.
+    let output = bounded(
+        runner(&dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        120,
+    );
+    let text = stdout_and_stderr(&output);
+    let sites = sites_in(&dir.join("walk.state"));
+    let fallible = sites
+        .iter()
+        .find(|s| s.2.starts_with("program::fallible"))
+        .unwrap_or_else(|| panic!("{sites:?}\n{text}"));
+    assert_eq!(fallible.1, "handled", "{sites:?}");
+    assert!(fallible.2.contains("program.rs:4"), "{sites:?}");
+    let infallible = sites
+        .iter()
+        .find(|s| s.2.starts_with("program::infallible"))
+        .unwrap_or_else(|| panic!("{sites:?}\n{text}"));
+    assert_eq!(infallible.1, "aborted", "{sites:?}");
+    assert!(infallible.2.contains("program.rs:12"), "{sites:?}");
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    assert!(log.contains("try_reserve: Err("), "{log}");
+
+    // The crash report of the push names its line too.
+    let stack = std::fs::read_to_string(dir.join("walk.state"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("site\t"))
+        .find(|l| l.contains("program::infallible"))
+        .and_then(|l| l.split('\t').next().map(str::to_owned))
+        .unwrap();
+    let output = bounded(
+        runner(&dir).args([
+            "run",
+            "--preload",
+            "--inject",
+            &format!("stack={stack},report=Y"),
+            "--",
+            "./program",
+        ]),
+        60,
+    );
+    let text = stdout_and_stderr(&output);
+    assert_eq!(output.status.code(), Some(128 + libc::SIGABRT), "{text}");
+    assert!(text.contains("program.rs:12"), "{text}");
+}
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preload_fixture")
+}
+
+#[test]
+fn a_crate_that_knows_nothing_of_mayfail_is_walked_through_cargo_test_and_only_its_tests_fail() {
+    require_library();
+    let dir = scratch("crate");
+    let state = dir.join("walk.state");
+    let output = bounded(
+        Command::new(CARGO_RUNNER)
+            .current_dir(fixture_dir())
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD")
+            .env_remove("RUSTFLAGS")
+            .args(["mayfail", "sites", "--state"])
+            .arg(&state)
+            .args(["--", "cargo", "test", "--offline"]),
+        600,
+    );
+    let text = stdout_and_stderr(&output);
+    let sites = sites_in(&state);
+    assert!(!sites.is_empty(), "{text}");
+    // Every failed allocation was in a test binary: none under cargo,
+    // rustc or a build script.
+    for (process, _, site) in &sites {
+        assert!(
+            process.starts_with("preload_fixture-") || process.starts_with("integration-"),
+            "{process}: {site}\n{text}"
+        );
+    }
+    let outcome = |function: &str| {
+        sites
+            .iter()
+            .filter(|s| s.2.starts_with(function))
+            .map(|s| s.1.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        outcome("preload_fixture::fallible_buffer"),
+        ["handled"],
+        "{sites:?}"
+    );
+    let infallible = outcome("preload_fixture::infallible_list");
+    assert!(
+        !infallible.is_empty() && infallible.iter().all(|o| *o == "aborted"),
+        "{sites:?}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{text}");
+}
+
+#[test]
+fn cargo_mayfail_test_injects_into_the_test_binaries_and_never_into_cargo() {
+    require_library();
+    let dir = scratch("test");
+    let cargo_mayfail = |inject: Option<&str>| {
+        let mut command = Command::new(CARGO_RUNNER);
+        command
+            .current_dir(fixture_dir())
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD")
+            .env_remove("RUSTFLAGS")
+            .args(["mayfail", "test"]);
+        if let Some(spec) = inject {
+            command.args(["--inject", spec]);
+        }
+        command.args(["--", "--offline"]);
+        bounded(&mut command, 600)
+    };
+    let clean = cargo_mayfail(None);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        stdout_and_stderr(&clean)
+    );
+    // Every allocation fails: the test binaries die at their first one, and
+    // cargo, which is not under the library, reports it.
+    let failing = cargo_mayfail(Some("probability=100,times=-1"));
+    let text = stdout_and_stderr(&failing);
+    assert_eq!(failing.status.code(), Some(101), "{text}");
+    assert!(text.contains("process didn't exit successfully"), "{text}");
+    assert!(text.contains("preload-run"), "{text}");
+}

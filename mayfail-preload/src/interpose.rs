@@ -1,0 +1,267 @@
+//! The C functions' semantics, as glibc gives them, around the engine.
+//!
+//! Every call first asks the [`gate`](crate::gate) whether the engine may
+//! serve it; if not, glibc's own function serves it. The engine is one
+//! `static` [`MayFail`] over [`Glibc`]. The [`Layout`] it is handed:
+//!
+//! - `malloc(n)`, `calloc`: size `n` (the product for `calloc`), alignment
+//!   1; glibc aligns every block to `MALLOC_ALIGNMENT` anyway. A size of
+//!   zero is passed as zero: [`Glibc`] serves it as `malloc(0)` does.
+//! - The aligned functions: the size and the (checked, adjusted) alignment.
+//! - `free(p)`, `realloc(p, n)`: the size of a C block is not known, so the
+//!   old layout is `malloc_usable_size(p)` with alignment 1. [`Glibc`]
+//!   ignores it (glibc knows its blocks); the engine uses only the new size.
+//!
+//! Every failure returns null (or `ENOMEM` from `posix_memalign`) with
+//! `errno` set to `ENOMEM`, including the failures the engine injects;
+//! sizes above `isize::MAX` fail so without reaching the engine, as they
+//! do in glibc. `realloc(p, 0)` frees `p` and returns null, leaving `errno`
+//! alone, as glibc does. `malloc_usable_size` is not interposed: the blocks
+//! are glibc's, so glibc's own answer is the right one.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ffi::{c_int, c_void};
+
+use mayfail::MayFail;
+
+use crate::gate;
+use crate::glibc::{self, Glibc, MALLOC_ALIGNMENT};
+
+/// The engine.
+static ENGINE: MayFail<Glibc> = MayFail::new(Glibc);
+
+/// Sets `errno` to `ENOMEM` and returns null.
+#[cold]
+fn out_of_memory() -> *mut c_void {
+    set_errno(libc::ENOMEM);
+    core::ptr::null_mut()
+}
+
+fn set_errno(value: c_int) {
+    // SAFETY: glibc's errno location is the calling thread's, always valid.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// `null` means failure: sets `errno`.
+#[inline]
+fn checked(block: *mut u8) -> *mut c_void {
+    if block.is_null() {
+        out_of_memory()
+    } else {
+        block.cast()
+    }
+}
+
+/// The layout the engine is given for a live C block (see the module's
+/// docs).
+///
+/// # Safety
+///
+/// `ptr` is a live block of glibc's malloc.
+#[inline]
+unsafe fn layout_of(ptr: *mut c_void) -> Layout {
+    // SAFETY: the caller's contract.
+    let size = unsafe { libc::malloc_usable_size(ptr) };
+    // A block's usable size is below isize::MAX; alignment 1 never rounds.
+    Layout::from_size_align(size, 1).unwrap_or(Layout::new::<u8>())
+}
+
+/// C's `malloc`.
+///
+/// # Safety
+///
+/// None beyond C's.
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    let Some(_inside) = gate::enter() else {
+        // SAFETY: glibc's malloc takes any size.
+        return unsafe { glibc::__libc_malloc(size) };
+    };
+    let Ok(layout) = Layout::from_size_align(size, 1) else {
+        return out_of_memory();
+    };
+    // SAFETY: the engine forwards the layout to `Glibc`, which accepts any
+    // size, zero included (see `Glibc`).
+    checked(unsafe { ENGINE.alloc(layout) })
+}
+
+/// C's `free`.
+///
+/// # Safety
+///
+/// `ptr` is null or a live block of this process's malloc family.
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    if ptr.is_null() {
+        return;
+    }
+    let Some(_inside) = gate::enter() else {
+        // SAFETY: the caller's contract; every block is glibc's.
+        return unsafe { glibc::__libc_free(ptr) };
+    };
+    // SAFETY: the caller's contract; `Glibc` frees the block, whatever the
+    // layout says.
+    unsafe { ENGINE.dealloc(ptr.cast(), layout_of(ptr)) }
+}
+
+/// C's `calloc`: null with `ENOMEM` when `count * size` overflows.
+///
+/// # Safety
+///
+/// None beyond C's.
+pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    let Some(_inside) = gate::enter() else {
+        // SAFETY: glibc's calloc checks the product itself.
+        return unsafe { glibc::__libc_calloc(count, size) };
+    };
+    let Some(layout) = count
+        .checked_mul(size)
+        .and_then(|total| Layout::from_size_align(total, 1).ok())
+    else {
+        return out_of_memory();
+    };
+    // SAFETY: as for `malloc`.
+    checked(unsafe { ENGINE.alloc_zeroed(layout) })
+}
+
+/// C's `realloc`: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)` frees
+/// `p` and returns null without touching `errno`, as glibc does; a failure
+/// leaves `p` untouched.
+///
+/// # Safety
+///
+/// `ptr` is null or a live block of this process's malloc family.
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    if ptr.is_null() {
+        // SAFETY: none needed beyond C's.
+        return unsafe { malloc(size) };
+    }
+    if size == 0 {
+        // SAFETY: the caller's contract.
+        unsafe { free(ptr) };
+        return core::ptr::null_mut();
+    }
+    let Some(_inside) = gate::enter() else {
+        // SAFETY: the caller's contract; every block is glibc's.
+        return unsafe { glibc::__libc_realloc(ptr, size) };
+    };
+    if size > isize::MAX as usize {
+        return out_of_memory();
+    }
+    // SAFETY: the caller's contract; `size` is non-zero and at most
+    // isize::MAX, which alignment 1 never rounds past; `Glibc` reallocates
+    // the block, whatever the old layout says.
+    checked(unsafe { ENGINE.realloc(ptr.cast(), layout_of(ptr), size) })
+}
+
+/// C's `reallocarray`: `realloc(ptr, count * size)`, or null with `ENOMEM`
+/// (and `ptr` untouched) when the product overflows.
+///
+/// # Safety
+///
+/// As for [`realloc`].
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: the caller's contract.
+        Some(total) => unsafe { realloc(ptr, total) },
+        None => out_of_memory(),
+    }
+}
+
+/// A block of `size` bytes aligned to `align`, a power of two.
+fn aligned(align: usize, size: usize) -> *mut c_void {
+    let Some(_inside) = gate::enter() else {
+        // SAFETY: glibc's memalign takes any power-of-two alignment.
+        return unsafe { glibc::__libc_memalign(align, size) };
+    };
+    let Ok(layout) = Layout::from_size_align(size, align) else {
+        return out_of_memory();
+    };
+    // SAFETY: as for `malloc`; `Glibc` serves alignments above
+    // MALLOC_ALIGNMENT with glibc's memalign.
+    checked(unsafe { ENGINE.alloc(layout) })
+}
+
+/// C's `posix_memalign`: `EINVAL` unless `align` is a power of two and a
+/// multiple of `sizeof(void *)`; `ENOMEM` (also in `errno`) on failure;
+/// `*out` is written only on success.
+///
+/// # Safety
+///
+/// `out` is valid for a write.
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    let word = core::mem::size_of::<*mut c_void>();
+    if !align.is_multiple_of(word) || !(align / word).is_power_of_two() {
+        return libc::EINVAL;
+    }
+    let block = aligned(align, size);
+    if block.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { out.write(block) };
+    0
+}
+
+/// C's `aligned_alloc`: null with `EINVAL` unless `align` is a power of two
+/// (C17's rule, which glibc follows from 2.38 on); any size.
+///
+/// # Safety
+///
+/// None beyond C's.
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    aligned(align, size)
+}
+
+/// C's `memalign`, glibc's way: an alignment up to `MALLOC_ALIGNMENT` is
+/// `malloc`'s; one above `SIZE_MAX / 2 + 1` is `EINVAL`; any other that is
+/// not a power of two is rounded up to the next one.
+///
+/// # Safety
+///
+/// None beyond C's.
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    if align <= MALLOC_ALIGNMENT {
+        // SAFETY: none needed beyond C's.
+        return unsafe { malloc(size) };
+    }
+    match align.checked_next_power_of_two() {
+        Some(align) => aligned(align, size),
+        None => {
+            set_errno(libc::EINVAL);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// The page size.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// C's `valloc`: page-aligned.
+///
+/// # Safety
+///
+/// None beyond C's.
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    aligned(page_size(), size)
+}
+
+/// C's `pvalloc`: page-aligned, the size rounded up to whole pages (null
+/// with `ENOMEM` if that overflows).
+///
+/// # Safety
+///
+/// None beyond C's.
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let page = page_size();
+    match size.checked_add(page - 1) {
+        Some(rounded) => aligned(page, rounded & !(page - 1)),
+        None => out_of_memory(),
+    }
+}

@@ -1,0 +1,276 @@
+//! The preload library on its own: C semantics of each function, threads,
+//! realloc's contents and fork under injected failures, and a program that
+//! has mayfail linked in (this test binary declares `MayFail` itself) run
+//! under the library: one engine injects, once.
+//!
+//! C programs are compiled here with `cc`. The library is the one cargo
+//! built for this package (`target/<profile>/libmayfail_preload.so`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
+
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let library = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("libmayfail_preload.so");
+    assert!(library.is_file(), "{} is missing", library.display());
+    library
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("preload-library")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn compile_c(dir: &Path, source: &str) -> PathBuf {
+    std::fs::write(dir.join("program.c"), source).unwrap();
+    let status = Command::new("cc")
+        .current_dir(dir)
+        .args(["-g", "-O1", "-pthread", "-Wno-alloc-size-larger-than"])
+        .args(["-o", "program", "program.c"])
+        .status()
+        .expect("cc runs");
+    assert!(status.success());
+    dir.join("program")
+}
+
+/// Runs `command` under the library, killing it after `secs`.
+fn preloaded(command: &mut Command, inject: Option<&str>, secs: u64) -> Output {
+    command
+        .env("LD_PRELOAD", library())
+        .env_remove("MAYFAIL_RETRIES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match inject {
+        Some(spec) => command.env("MAYFAIL_INJECT", spec),
+        None => command.env_remove("MAYFAIL_INJECT"),
+    };
+    let mut child = command.spawn().expect("starts");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+const SEMANTICS: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CHECK(c) do { if (!(c)) { printf("FAILED line %d: %s\n", __LINE__, #c); return 1; } } while (0)
+
+int main(void) {
+    free(NULL);
+    char *p = realloc(NULL, 10);
+    CHECK(p != NULL);
+    strcpy(p, "abcdefghi");
+    p = realloc(p, 100000);
+    CHECK(p != NULL && strcmp(p, "abcdefghi") == 0);
+    CHECK(malloc_usable_size(p) >= 100000);
+    errno = 0;
+    CHECK(realloc(p, 0) == NULL && errno == 0);
+    errno = 0;
+    CHECK(calloc(SIZE_MAX / 2, 3) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(malloc(SIZE_MAX) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(reallocarray(NULL, SIZE_MAX / 2, 3) == NULL && errno == ENOMEM);
+    int *zeroed = calloc(1000, sizeof(int));
+    for (int i = 0; i < 1000; i++) CHECK(zeroed[i] == 0);
+    free(zeroed);
+    void *a = NULL;
+    CHECK(posix_memalign(&a, 3, 8) == EINVAL && a == NULL);
+    CHECK(posix_memalign(&a, 4, 8) == EINVAL);
+    CHECK(posix_memalign(&a, 256, 8) == 0 && ((uintptr_t)a & 255) == 0);
+    free(a);
+    errno = 0;
+    CHECK(aligned_alloc(3, 8) == NULL && errno == EINVAL);
+    a = aligned_alloc(4096, 10);
+    CHECK(a != NULL && ((uintptr_t)a & 4095) == 0);
+    free(a);
+    a = memalign(48, 8);
+    CHECK(a != NULL && ((uintptr_t)a & 63) == 0);
+    free(a);
+    long page = sysconf(_SC_PAGESIZE);
+    a = valloc(1);
+    CHECK(a != NULL && ((uintptr_t)a & (page - 1)) == 0);
+    free(a);
+    a = pvalloc(1);
+    CHECK(a != NULL && ((uintptr_t)a & (page - 1)) == 0 && malloc_usable_size(a) >= (size_t)page);
+    free(a);
+    puts("semantics ok");
+    return 0;
+}
+"#;
+
+#[test]
+fn each_function_keeps_glibcs_semantics_under_the_library() {
+    let dir = scratch("semantics");
+    let program = compile_c(&dir, SEMANTICS);
+    let output = preloaded(&mut Command::new(&program), None, 60);
+    assert!(text(&output).contains("semantics ok"), "{}", text(&output));
+    // With injection on but failing nothing (probability 0), the same.
+    let output = preloaded(&mut Command::new(&program), Some("probability=0"), 60);
+    assert!(text(&output).contains("semantics ok"), "{}", text(&output));
+}
+
+const STRESS: &str = r#"
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int failures;
+
+/* Grows a block by realloc, checking that its contents survive every
+   successful realloc and that a failed one leaves the block untouched. */
+static void *grow(void *arg) {
+    unsigned seed = (unsigned)(size_t)arg;
+    for (int round = 0; round < 200; round++) {
+        size_t size = 16;
+        unsigned char *block = malloc(size);
+        if (block == NULL) { if (errno != ENOMEM) abort(); __sync_fetch_and_add(&failures, 1); continue; }
+        memset(block, seed & 0xff, size);
+        for (int step = 0; step < 12; step++) {
+            size_t bigger = size * 2;
+            unsigned char *moved = realloc(block, bigger);
+            if (moved == NULL) {
+                if (errno != ENOMEM) abort();
+                __sync_fetch_and_add(&failures, 1);
+                for (size_t i = 0; i < size; i++) if (block[i] != (seed & 0xff)) abort();
+                continue;
+            }
+            for (size_t i = 0; i < size; i++) if (moved[i] != (seed & 0xff)) abort();
+            memset(moved + size, seed & 0xff, bigger - size);
+            block = moved;
+            size = bigger;
+        }
+        free(block);
+    }
+    return NULL;
+}
+
+int main(void) {
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++)
+        if (pthread_create(&threads[i], NULL, grow, (void *)(size_t)(i + 1)) != 0) return 2;
+    pid_t child = fork();
+    if (child == 0) {
+        /* The child allocates through the library too, then exits. */
+        grow((void *)(size_t)9);
+        _exit(0);
+    }
+    int status = 0;
+    if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return 3;
+    for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+    printf("failures seen: %d\n", failures);
+    return 0;
+}
+"#;
+
+#[test]
+fn threads_realloc_contents_and_fork_survive_injected_failures() {
+    let dir = scratch("stress");
+    let program = compile_c(&dir, STRESS);
+    let output = preloaded(&mut Command::new(&program), None, 120);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        text(&output).contains("failures seen: 0"),
+        "{}",
+        text(&output)
+    );
+    let output = preloaded(
+        &mut Command::new(&program),
+        Some("probability=5,times=-1,seed=7"),
+        120,
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    let seen: u64 = out
+        .split("failures seen: ")
+        .nth(1)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(seen > 0, "{out}");
+}
+
+/// The child side of the next test: this test binary has its own `MayFail`.
+#[test]
+fn child_with_its_own_mayfail() {
+    if std::env::var_os("MAYFAIL_PRELOAD_TEST_CHILD").is_none() {
+        return;
+    }
+    let mut buffer: Vec<u8> = Vec::new();
+    let first = buffer.try_reserve(4000);
+    let second = buffer.try_reserve(8000);
+    println!("first: {}, second: {}", first.is_err(), second.is_err());
+}
+
+#[test]
+fn a_program_with_its_own_mayfail_injects_once_and_the_library_steps_aside() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            "child_with_its_own_mayfail",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MAYFAIL_PRELOAD_TEST_CHILD", "1");
+    // Fails the one allocation of exactly 4000 bytes, once:
+    // if both engines injected, more than one such line would appear.
+    let output = preloaded(
+        &mut command,
+        Some("probability=100,times=1,verbose=1,min-size=4000,max-size=4000"),
+        60,
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert_eq!(out.matches("mayfail: injected failure").count(), 1, "{out}");
+    assert_eq!(
+        out.matches("mayfail: injecting allocation failures")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains("first: true, second: false"), "{out}");
+    assert!(
+        out.contains("mayfail-preload: this program has mayfail linked in"),
+        "{out}"
+    );
+}
