@@ -3,7 +3,7 @@
 //! `pvalloc`.
 //!
 //! On x86-64 each is a naked function that jumps to its
-//! [`interpose`](crate::interpose) function: it leaves no frame, so a
+//! [`interpose`] function: it leaves no frame, so a
 //! backtrace of an allocation goes from the caller straight into
 //! `mayfail_preload::` frames, which the site walk and the crash report
 //! trim as allocation machinery, and names the caller's line. Elsewhere

@@ -1,6 +1,6 @@
 //! The C functions' semantics, as glibc gives them, around the engine.
 //!
-//! Every call first asks the [`gate`](crate::gate) whether the engine may
+//! Every call first asks the [`gate`] whether the engine may
 //! serve it; if not, glibc's own function serves it. The engine is one
 //! `static` [`MayFail`] over [`Glibc`]. The [`Layout`] it is handed:
 //!
