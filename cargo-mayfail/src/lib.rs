@@ -18,7 +18,10 @@
 //!   the site and its fate to the file, until a run finds no new site.
 //! - `mayfail report [--state FILE]` prints the report of a state file again.
 //!
-//! The programs must use `mayfail::MayFail` as their global allocator.
+//! A program that declares `mayfail::MayFail` as its global allocator is
+//! served by it; any other dynamically linked glibc program by the preload
+//! library (`mayfail-preload`), through cargo's target runner for cargo
+//! commands.
 //!
 //! ## Decisions of `sites`
 //!
