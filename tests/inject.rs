@@ -915,3 +915,43 @@ fn a_probability_seed_replays_per_thread_whatever_the_interleaving() {
     }
     child("a_probability_seed_replays_per_thread_whatever_the_interleaving");
 }
+
+#[test]
+fn a_state_file_rewritten_while_it_is_read_never_kills_the_program() {
+    let name = "a_state_file_rewritten_while_it_is_read_never_kills_the_program";
+    if is_child() {
+        let path = std::env::var("STATE").unwrap();
+        let line = format!("runtime\t{:016x}\n", 0xabcdu64).repeat(40_000);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Truncated and refilled over and over: a reader that maps
+                // the file would touch pages past its end.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::write(&path, "mayfail-sites\t1\n").unwrap();
+                    std::fs::write(&path, format!("mayfail-sites\t1\n{line}")).unwrap();
+                }
+            });
+            for _ in 0..300 {
+                // times=0: the walk is configured, nothing fails.
+                let _ = mayfail::configure_injection(&format!("sites={path},times=0"));
+            }
+            mayfail::disable_injection();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mayfail-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("walk.state");
+    let run = run_child::<&str, &str>(
+        name,
+        &[
+            ("MAYFAIL_INJECT", None),
+            ("STATE", Some(state.to_str().unwrap())),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(run.signal, None, "killed: {}", run.stderr);
+    run.assert_success();
+}
