@@ -2,8 +2,10 @@
 //! nothing of mayfail (a C program, a Rust program on the default
 //! allocator, a crate's whole `cargo test` suite) and `cargo mayfail test`.
 //!
-//! The library must be built next to the runner (`cargo test --workspace`
-//! builds it; alone: `cargo build -p mayfail-preload`). Programs are
+//! The library is the one built next to the runner if there is one (`cargo
+//! build --workspace`), else built here once into this package's scratch
+//! target directory and passed to the runner with `MAYFAIL_PRELOAD_LIB`
+//! (`cargo test` does not build another package's `cdylib`). Programs are
 //! compiled here, with debug information, by `cc` and `rustc`.
 
 use std::path::{Path, PathBuf};
@@ -22,14 +24,44 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Fails with the way to build the library when it is missing.
+/// The preload library: next to the runner, or built once for these tests
+/// (a target directory of its own: the one `cargo test` is using stays
+/// locked while tests run).
+fn library() -> PathBuf {
+    static LIBRARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            let beside = Path::new(RUNNER).with_file_name("libmayfail_preload.so");
+            if beside.is_file() {
+                return beside;
+            }
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-build");
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "mayfail-preload",
+                    "--manifest-path",
+                ])
+                .arg(workspace.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target)
+                .env_remove("RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building mayfail-preload failed");
+            let built = target.join("debug/libmayfail_preload.so");
+            assert!(built.is_file(), "{} is missing", built.display());
+            built
+        })
+        .clone()
+}
+
+/// Makes sure the library exists before a test needs it.
 fn require_library() {
-    let library = Path::new(RUNNER).with_file_name("libmayfail_preload.so");
-    assert!(
-        library.is_file(),
-        "{} is missing: run `cargo build -p mayfail-preload` (cargo test --workspace builds it)",
-        library.display()
-    );
+    library();
 }
 
 /// Runs `command`, killing it after `secs`.
@@ -55,6 +87,7 @@ fn runner(dir: &Path) -> Command {
     let mut command = Command::new(RUNNER);
     command
         .current_dir(dir)
+        .env("MAYFAIL_PRELOAD_LIB", library())
         .env_remove("MAYFAIL_INJECT")
         .env_remove("MAYFAIL_RETRIES")
         .env_remove("LD_PRELOAD");
@@ -263,6 +296,7 @@ fn a_crate_that_knows_nothing_of_mayfail_is_walked_through_cargo_test_and_only_i
     let output = bounded(
         Command::new(CARGO_RUNNER)
             .current_dir(fixture_dir())
+            .env("MAYFAIL_PRELOAD_LIB", library())
             .env("CARGO_TARGET_DIR", dir.join("target"))
             .env_remove("MAYFAIL_INJECT")
             .env_remove("LD_PRELOAD")
@@ -311,6 +345,7 @@ fn cargo_mayfail_test_injects_into_the_test_binaries_and_never_into_cargo() {
         let mut command = Command::new(CARGO_RUNNER);
         command
             .current_dir(fixture_dir())
+            .env("MAYFAIL_PRELOAD_LIB", library())
             .env("CARGO_TARGET_DIR", dir.join("target"))
             .env_remove("MAYFAIL_INJECT")
             .env_remove("LD_PRELOAD")

@@ -4,7 +4,8 @@
 //! under the library: one engine injects, once.
 //!
 //! C programs are compiled here with `cc`. The library is the one cargo
-//! built for this package (`target/<profile>/libmayfail_preload.so`).
+//! built for this package (`target/<profile>/libmayfail_preload.so`), or one
+//! built here when there is none.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,14 +15,42 @@ use std::time::{Duration, Instant};
 static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
 
 fn library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let library = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("libmayfail_preload.so");
-    assert!(library.is_file(), "{} is missing", library.display());
-    library
+    static LIBRARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let beside = exe
+                .parent()
+                .and_then(Path::parent)
+                .unwrap()
+                .join("libmayfail_preload.so");
+            if beside.is_file() {
+                return beside;
+            }
+            // Not built (`cargo test` of the whole workspace may run these
+            // before building this package's cdylib): build it once, in a
+            // target directory of its own.
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-build");
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "mayfail-preload",
+                    "--manifest-path",
+                ])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target)
+                .env_remove("RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building mayfail-preload failed");
+            let built = target.join("debug/libmayfail_preload.so");
+            assert!(built.is_file(), "{} is missing", built.display());
+            built
+        })
+        .clone()
 }
 
 fn scratch(name: &str) -> PathBuf {
