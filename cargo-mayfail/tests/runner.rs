@@ -1274,3 +1274,25 @@ fn printed_replay_lines_pass_exactly_the_intended_argv_through_bash() {
         );
     }
 }
+
+#[test]
+fn a_cargo_walk_without_the_preload_library_says_so_in_one_line_and_goes_on() {
+    let dir = scratch("no-preload-library");
+    let state = dir.join("walk.state");
+    let out = ran(runner()
+        .env("MAYFAIL_PRELOAD_LIB", dir.join("no-such-library.so"))
+        .args(["sites", "--no-baseline", "--max-runs", "1", "--state"])
+        .arg(&state)
+        .args(["--", "cargo", "--version"])
+        .output()
+        .unwrap());
+    let notes: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("mayfail: note:"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{}", out.stderr);
+    assert!(notes[0].contains("no-such-library.so"), "{}", notes[0]);
+    assert!(notes[0].contains("not reached"), "{}", notes[0]);
+    assert_ne!(out.code, Some(2), "not refused: {}", out.stderr);
+}

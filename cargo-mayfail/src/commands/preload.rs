@@ -98,6 +98,18 @@ impl PreloadChoice {
         if self.no_preload || !(self.preload || is_cargo(argv)) {
             return Ok(None);
         }
+        // A cargo command without `--preload`: the library is a bonus. Its
+        // test binaries that declare mayfail::MayFail work without it, so a
+        // missing library is one line, not a refusal.
+        if !self.preload
+            && let Err(missing) = library()
+        {
+            eprintln!(
+                "mayfail: note: {missing}; test binaries that do not declare \
+                 mayfail::MayFail are not reached"
+            );
+            return Ok(None);
+        }
         environment(argv).map(Some)
     }
 }
