@@ -192,24 +192,6 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_engaged(&self, layout: Layout) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: the caller's contract for `alloc`.
-            let block = unsafe { self.inner.alloc(layout) };
-            if !block.is_null() {
-                return block;
-            }
-            // SAFETY: the caller's contract for `alloc`; the inner
-            // allocator returned null.
-            return unsafe {
-                policy::after_null(
-                    self.address(),
-                    &self.inner,
-                    &self.defaults,
-                    layout,
-                    Request::Alloc,
-                )
-            };
-        }
         // SAFETY: the caller's contract for `alloc`.
         unsafe { self.serve_engaged(layout, Request::Alloc) }
     }
@@ -220,24 +202,6 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_zeroed_engaged(&self, layout: Layout) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: the caller's contract for `alloc_zeroed`.
-            let block = unsafe { self.inner.alloc_zeroed(layout) };
-            if !block.is_null() {
-                return block;
-            }
-            // SAFETY: the caller's contract for `alloc_zeroed`; the inner
-            // allocator returned null.
-            return unsafe {
-                policy::after_null(
-                    self.address(),
-                    &self.inner,
-                    &self.defaults,
-                    layout,
-                    Request::AllocZeroed,
-                )
-            };
-        }
         // SAFETY: the caller's contract for `alloc_zeroed`.
         unsafe { self.serve_engaged(layout, Request::AllocZeroed) }
     }
@@ -248,19 +212,6 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn realloc_engaged(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: the caller's contract for `realloc`.
-            let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
-            if !block.is_null() {
-                return block;
-            }
-            let request = Request::Realloc { ptr, new_size };
-            // SAFETY: the caller's contract for `realloc`; a failed realloc
-            // left `ptr` untouched.
-            return unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            };
-        }
         // SAFETY: the caller's contract for `realloc`.
         unsafe { self.serve_engaged(layout, Request::Realloc { ptr, new_size }) }
     }
@@ -324,13 +275,27 @@ impl<A: GlobalAlloc> MayFail<A> {
 
     /// The engaged path: the first allocations of the process (read the
     /// environment), and every allocation while injection is on, a thread
-    /// has a fail-nth countdown or a sweep's child tracks blocks.
+    /// has a fail-nth countdown or a sweep's child tracks blocks. An
+    /// allocation the injection decision already let pass takes the fast
+    /// lane at its top: the inner call and the retry policy, nothing else.
     ///
     /// # Safety
     ///
     /// As for [`Request::attempt`].
     #[inline(always)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: forwarded under the caller's contract.
+            let block = unsafe { request.attempt(&self.inner, layout) };
+            if block.is_null() {
+                // SAFETY: the same request, still valid: a failed realloc
+                // left its block untouched.
+                return unsafe {
+                    policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
+                };
+            }
+            return block;
+        }
         startup::start(&self.defaults);
         reserve::fill_once(self.address(), &self.inner);
         #[cfg(feature = "inject")]
