@@ -314,11 +314,9 @@ fn print_report(sig: libc::c_int, fault_address: usize, taken: &record::Taken) {
         let mut line = StackBuf::<300>::new();
         let _ = write!(
             line,
-            "mayfail:   first failed: {} of {} bytes (align {}), its allocation #{}; every \
-             allocation after it failed too (persistent mode)",
-            first.op.name(),
-            first.size,
-            first.align,
+            "mayfail:   first failed: {}, its allocation #{}; every allocation after it \
+             failed too (persistent mode)",
+            first.asked(),
             first.number
         );
         sys::write_stderr(line.finish_line());

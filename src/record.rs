@@ -15,7 +15,7 @@ use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{Ordering::SeqCst, compiler_fence};
 
-use crate::request::Op;
+use crate::request::{Asked, Op};
 use crate::scope;
 use crate::symbols;
 use crate::sys;
@@ -52,6 +52,15 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// What this failure asked for: `alloc of 64 bytes (align 8)`.
+    pub(crate) fn asked(&self) -> Asked {
+        Asked {
+            op: self.op,
+            size: self.size,
+            align: self.align,
+        }
+    }
+
     const EMPTY: Record = Record {
         valid: false,
         op: Op::Alloc,
@@ -241,13 +250,7 @@ pub(crate) fn with_thread_name<T>(f: impl FnOnce(&[u8]) -> T) -> T {
 /// "alloc of 64 bytes (align 8) on thread 'name', its allocation #17, by fail-nth"
 pub(crate) fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
     let tid = sys::gettid();
-    let _ = write!(
-        line,
-        "{} of {} bytes (align {}) on thread '",
-        r.op.name(),
-        r.size,
-        r.align
-    );
+    let _ = write!(line, "{} on thread '", r.asked());
     with_thread_name(|name| {
         let _ = write!(line, "{}", Escaped(name));
     });
@@ -264,13 +267,7 @@ pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
     if let Some(r) = latest()
         && r.valid
     {
-        let _ = write!(
-            line,
-            "{} of {} bytes (align {})",
-            r.op.name(),
-            r.size,
-            r.align
-        );
+        let _ = write!(line, "{}", r.asked());
     }
 }
 

@@ -5,6 +5,7 @@
 //! locks or panics.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::fmt;
 
 /// The operation, for the injection decision and messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,26 @@ impl Op {
             Op::AllocZeroed => "alloc_zeroed",
             Op::Realloc => "realloc",
         }
+    }
+}
+
+/// What was asked, for messages, reports and the state file:
+/// `alloc of 64 bytes (align 8)`.
+pub(crate) struct Asked {
+    pub(crate) op: Op,
+    pub(crate) size: usize,
+    pub(crate) align: usize,
+}
+
+impl fmt::Display for Asked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} bytes (align {})",
+            self.op.name(),
+            self.size,
+            self.align
+        )
     }
 }
 

@@ -54,6 +54,7 @@ use crate::Outcome;
 use crate::crash;
 use crate::hash::splitmix64;
 use crate::inject::{self, Op, StackCheck};
+use crate::request::Asked;
 use crate::scope::ReclaimGuard;
 use crate::spec::{MAX_SITES_PATH, Spec};
 use crate::state::{self, StackId};
@@ -325,9 +326,9 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
     let pid = sys::getpid();
     let _ = write!(
         line,
-        "site\t{}\t{pid}\t{} of {size} bytes (align {align})\t",
+        "site\t{}\t{pid}\t{}\t",
         StackId(id),
-        op.name(),
+        Asked { op, size, align },
     );
     // The full name std knows, not the kernel's 15 bytes of it.
     crate::record::with_thread_name(|thread| {
