@@ -142,6 +142,31 @@ fn load(file: &File, path: &Path) -> Result<State, Failure> {
     })
 }
 
+/// Runs `command` (whose program is `program`) to its end and returns its
+/// shell status. The command is in our process group: a Ctrl-C at the
+/// terminal reaches it directly; a SIGINT sent to us alone is passed on
+/// once.
+pub(crate) fn run_to_end(
+    command: &mut std::process::Command,
+    program: &std::ffi::OsStr,
+) -> Result<i32, Failure> {
+    crate::process::catch_interrupts();
+    let mut child = command
+        .spawn()
+        .map_err(|e| Failure::spawn(crate::process::shell_quote(program), e))?;
+    let mut forwarded = false;
+    loop {
+        if let Some(status) = child.try_wait().map_err(Failure::Wait)? {
+            return Ok(crate::process::shell_status(status));
+        }
+        if crate::process::interrupted() && !forwarded {
+            forwarded = true;
+            crate::process::signal_child(&child, libc::SIGINT);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

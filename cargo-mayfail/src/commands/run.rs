@@ -2,12 +2,10 @@
 
 use std::ffi::OsString;
 use std::process::Command;
-use std::time::Duration;
 
 use clap::Args;
 
 use crate::failure::Failure;
-use crate::process;
 
 /// Runs CMD with MAYFAIL_RETRIES and MAYFAIL_INJECT set, and exits with its
 /// status (128+S if signal S killed it)
@@ -42,21 +40,5 @@ pub(crate) fn execute(args: RunArgs, separator_given: bool) -> Result<i32, Failu
     if let Some((variable, value)) = args.preload.environment(&argv)? {
         command.env(variable, value);
     }
-    process::catch_interrupts();
-    let mut child = command
-        .spawn()
-        .map_err(|e| Failure::spawn(process::shell_quote(&argv[0]), e))?;
-    // The command is in our process group: a Ctrl-C at the terminal reaches
-    // it directly; a SIGINT sent to us alone is passed on once.
-    let mut forwarded = false;
-    loop {
-        if let Some(status) = child.try_wait().map_err(Failure::Wait)? {
-            return Ok(process::shell_status(status));
-        }
-        if process::interrupted() && !forwarded {
-            forwarded = true;
-            process::signal_child(&child, libc::SIGINT);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    super::run_to_end(&mut command, &argv[0])
 }

@@ -4,13 +4,11 @@
 
 use std::ffi::OsString;
 use std::process::Command;
-use std::time::Duration;
 
 use clap::Args;
 
 use super::preload;
 use crate::failure::Failure;
-use crate::process;
 
 /// Runs `cargo test ARGS` with its test binaries under the preload library,
 /// MAYFAIL_INJECT and MAYFAIL_RETRIES set; exits with cargo's status
@@ -61,19 +59,5 @@ pub(crate) fn execute(args: TestArgs) -> Result<i32, Failure> {
     if let Some(spec) = args.inject {
         command.env("MAYFAIL_INJECT", spec);
     }
-    process::catch_interrupts();
-    let mut child = command
-        .spawn()
-        .map_err(|e| Failure::spawn(process::shell_quote(&argv[0]), e))?;
-    let mut forwarded = false;
-    loop {
-        if let Some(status) = child.try_wait().map_err(Failure::Wait)? {
-            return Ok(process::shell_status(status));
-        }
-        if process::interrupted() && !forwarded {
-            forwarded = true;
-            process::signal_child(&child, libc::SIGINT);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    super::run_to_end(&mut command, &argv[0])
 }
