@@ -860,14 +860,18 @@ fn the_site_walk_on_a_small_stack_thread_does_not_crash_it() {
 }
 
 /// The indices (1-based) of the allocations that failed among `n` of 64
-/// bytes on this thread, made outside any scope.
+/// bytes on this thread, made in one `make_it_fail` scope.
 fn failing_plain(n: usize) -> Vec<usize> {
     // The bookkeeping is not injected (nofail allocations are not counted).
     let (mut blocks, mut failed) =
         mayfail::nofail(|| (Vec::with_capacity(n), Vec::with_capacity(n)));
-    for _ in 0..n {
-        blocks.push(common::alloc(64));
-    }
+    // Only these allocations are candidates (task-filter=Y): the thread's
+    // own start-up and the harness around it are never injected.
+    mayfail::make_it_fail(|| {
+        for _ in 0..n {
+            blocks.push(common::alloc(64));
+        }
+    });
     for (i, &block) in blocks.iter().enumerate() {
         if block.is_null() {
             failed.push(i + 1);
@@ -883,7 +887,10 @@ fn a_probability_seed_replays_per_thread_whatever_the_interleaving() {
     if is_child() {
         mayfail::set_retries(0);
         let run = |seed: u64| {
-            mayfail::configure_injection(&format!("probability=5,times=-1,seed={seed}")).unwrap();
+            mayfail::configure_injection(&format!(
+                "probability=5,times=-1,task-filter=Y,seed={seed}"
+            ))
+            .unwrap();
             // Two named threads allocating at once: their interleaving
             // differs from run to run, their own sequences must not.
             let failed: Vec<Vec<usize>> = std::thread::scope(|s| {
