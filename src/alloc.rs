@@ -4,9 +4,12 @@
 //! Beyond that call and its null check, a successful allocation costs one
 //! relaxed load of a read-mostly word (`engaged`: set until the environment
 //! has been read, while injection is on, while a thread counts down to a
-//! fail-nth, and while a sweep's child tracks blocks) and a branch that is never taken in an idle process: no
-//! thread-local access, no shared write, no lock. `dealloc` adds the same
-//! load and branch (a sweep's child tracks frees on the engaged path).
+//! fail-nth, and while a sweep's child tracks blocks) and a branch that is
+//! never taken in an idle process: no thread-local access, no shared write,
+//! no lock. `dealloc` tests one bit of the same word (set only while a
+//! sweep's child tracks frees) and forwards; on x86-64 that test and its
+//! out-of-line call are one `asm!` statement, so the code `dealloc` is
+//! inlined into sees no branch and no call of ours.
 //! Everything else is out of line: the engaged path here, the retry policy in
 //! `policy`, the injection decision in `inject`.
 
@@ -143,28 +146,51 @@ macro_rules! when_engaged {
     };
 }
 
-/// Runs `$tracking` (which must leave the function) while a sweep's child
-/// tracks blocks: the only reason `dealloc` has to leave its success path.
-/// On x86-64, `test byte ptr [rip+WORD], TRACKING` then `jne`; so frees stay
-/// on the success path while injection is on.
-macro_rules! when_tracking {
-    ($tracking:block) => {
+/// Tells the sweep's leak tracking that `$ptr` is being freed, while a
+/// sweep's child tracks blocks: the only reason `dealloc` leaves its success
+/// path. On x86-64 the whole test is one `asm!` statement: `test byte ptr
+/// [rip+WORD], TRACKING` and a `jz` over an out-of-line call, so the success
+/// path is those two instructions and the compiler sees no branch and no
+/// call (what it inlines `dealloc` into stays within its inlining budget).
+/// Elsewhere (and under Miri), a relaxed load, a branch and a call.
+macro_rules! forget_if_tracking {
+    ($ptr:expr) => {{
+        let ptr: *mut u8 = $ptr;
         #[cfg(all(target_arch = "x86_64", not(miri)))]
-        // SAFETY: as in `when_engaged`: a read of the word's low byte (the
-        // flag bits; little-endian) and a jump.
+        let mut ptr = ptr;
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        // SAFETY: the instructions read the low byte of the aligned atomic
+        // `ENGAGED` (the flag bits, little-endian; a static: always mapped)
+        // as a relaxed load does. While the flag is set they move the stack
+        // pointer past the 128-byte red zone (which `nostack` lets the
+        // compiler use: nothing here writes inside it) and call
+        // `forget_freed_thunk`, which aligns the stack itself, keeps `rdi`
+        // (the pointer, an in-out operand), and clobbers no more than the C
+        // ABI's caller-saved registers (`clobber_abi`); then they restore
+        // the stack pointer. The thunk neither unwinds nor touches the
+        // caller's memory.
         unsafe {
             core::arch::asm!(
                 "test byte ptr [rip + {word}], {flag}",
-                "jne {tracking}",
+                "jz 2f",
+                "lea rsp, [rsp - 128]",
+                "call {thunk}",
+                "lea rsp, [rsp + 128]",
+                "2:",
                 word = sym crate::engaged::ENGAGED,
                 flag = const crate::engaged::TRACKING,
-                tracking = label $tracking,
+                thunk = sym forget_freed_thunk,
+                inout("rdi") ptr,
+                clobber_abi("C"),
                 options(nostack),
             );
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::is_set(engaged::TRACKING) $tracking
-    };
+        if engaged::is_set(engaged::TRACKING) {
+            forget_freed(ptr);
+        }
+        ptr
+    }};
 }
 
 /// The engaged path's fast lane: an allocation the injection decision has
@@ -341,22 +367,39 @@ impl<A: GlobalAlloc> MayFail<A> {
     }
 }
 
-/// `dealloc` while a sweep's child tracks frees. A free function
-/// with the pointer and layout first, so that they stay in the registers the
-/// caller passed them in.
-///
-/// # Safety
-///
-/// The caller's contract for `dealloc`; `ptr` comes from `inner`.
+/// A block is being freed while a sweep's child tracks blocks: it is no
+/// longer the operation's.
 #[cold]
 #[inline(never)]
-unsafe fn dealloc_engaged<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+extern "C" fn forget_freed(ptr: *mut u8) {
     #[cfg(feature = "sweep")]
     if track::on() {
         track::forget(ptr as usize);
     }
-    // SAFETY: the caller's contract for `dealloc`.
-    unsafe { inner.dealloc(ptr, layout) }
+    #[cfg(not(feature = "sweep"))]
+    let _ = ptr;
+}
+
+/// The call `forget_if_tracking!` makes from the middle of `dealloc`, where
+/// the stack may be misaligned: it saves `rdi` (the pointer, which the caller
+/// still needs) and aligns the stack for `forget_freed`, a C-ABI function
+/// that clobbers only caller-saved registers and never unwinds (a panic in an
+/// `extern "C"` function aborts).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[unsafe(naked)]
+unsafe extern "C" fn forget_freed_thunk() {
+    core::arch::naked_asm!(
+        "push rbp",
+        "mov rbp, rsp",
+        "push rdi",
+        "and rsp, -16",
+        "call {forget}",
+        "mov rdi, [rbp - 8]",
+        "mov rsp, rbp",
+        "pop rbp",
+        "ret",
+        forget = sym forget_freed,
+    )
 }
 
 // SAFETY: every method forwards to the inner allocator's same method with the
@@ -413,10 +456,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        when_tracking!({
-            // SAFETY: the caller's contract for `dealloc`.
-            return unsafe { dealloc_engaged(ptr, layout, &self.inner) };
-        });
+        let ptr = forget_if_tracking!(ptr);
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
