@@ -156,6 +156,66 @@ fn is_sweep_runner(name: &str) -> bool {
     name.starts_with("mayfail::sweep::") || name.starts_with("<mayfail::sweep::")
 }
 
+/// mayfail's sources as its debug information names them (the package's
+/// directory, a registry's copy or a path dependency), and those of its
+/// sweep and of the preload library beside it in the workspace.
+const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+const SWEEP_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/sweep/");
+const PRELOAD_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/mayfail-preload/src/");
+
+/// Whether a name has no crate path: `two_points`, `{closure#0}`,
+/// `trace_unsynchronized<F>`. A build with `debug = "line-tables-only"`
+/// names its functions (the inlined ones, and those instantiated in it)
+/// that way; a shim or a C function has no path either.
+fn is_unqualified(name: &str) -> bool {
+    crate_of(name).is_none()
+}
+
+/// The crate directory of a file in cargo's registry
+/// (`.../registry/src/<index>/<name>-<version>/...`): its name, with the
+/// dashes cargo keeps (`allocator-api2`).
+fn registry_crate(file: &str) -> Option<&str> {
+    let at = file.find("/registry/src/")?;
+    let rest = &file[at + "/registry/src/".len()..];
+    let rest = &rest[rest.find('/')? + 1..];
+    let dir = &rest[..rest.find('/')?];
+    // The version starts at the first `-` followed by `digits.`.
+    dir.match_indices('-').find_map(|(i, _)| {
+        let version = &dir[i + 1..];
+        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
+        (digits > 0 && version.as_bytes().get(digits) == Some(&b'.')).then(|| &dir[..i])
+    })
+}
+
+/// Whether a source file is allocation machinery's: std, alloc and core
+/// (and std's vendored dependencies) from a toolchain, mayfail's own, or a
+/// registry crate of [`MACHINERY_CRATES`]. For frames whose name has no
+/// crate path.
+fn is_machinery_file(file: &Path) -> bool {
+    let Some(file) = file.to_str() else {
+        return false;
+    };
+    if file.starts_with(OWN_SOURCES) || file.starts_with(PRELOAD_SOURCES) {
+        return true;
+    }
+    if file.contains("/rust/deps/") {
+        return true;
+    }
+    if RUNTIME_FILES.iter().any(|r| file.contains(r)) {
+        return ["/library/std/", "/library/alloc/", "/library/core/"]
+            .iter()
+            .any(|lib| file.contains(lib));
+    }
+    registry_crate(file).is_some_and(|krate| {
+        MACHINERY_CRATES.iter().any(|m| {
+            m.len() == krate.len()
+                && m.bytes()
+                    .zip(krate.bytes())
+                    .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+        })
+    })
+}
+
 /// One function a return address stands for: several when functions were
 /// inlined there, innermost first.
 pub(crate) struct Frame<'a> {
@@ -167,6 +227,26 @@ pub(crate) struct Frame<'a> {
     pub(crate) file: Option<&'a Path>,
     /// Its line, if known.
     pub(crate) line: Option<u32>,
+}
+
+impl Frame<'_> {
+    /// Whether it is allocation machinery: by its crate path
+    /// ([`is_machinery`]), or for a name without one, by its file.
+    pub(crate) fn is_machinery(&self) -> bool {
+        is_machinery(self.name)
+            || (is_unqualified(self.name) && self.file.is_some_and(is_machinery_file))
+    }
+
+    /// Whether it is the sweep's runner (see [`is_sweep_runner`]), by name
+    /// or, for a name without a crate path, by its file.
+    fn is_sweep_runner(&self) -> bool {
+        is_sweep_runner(self.name)
+            || (is_unqualified(self.name)
+                && self
+                    .file
+                    .and_then(Path::to_str)
+                    .is_some_and(|f| f.starts_with(SWEEP_SOURCES)))
+    }
 }
 
 /// Calls `f` with each function `ip` stands for, innermost first. The one
@@ -335,9 +415,8 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
             break;
         }
         resolve(ip, |frame| {
-            ended |=
-                is_sweep_runner(frame.name) || frame.name.contains("__rust_begin_short_backtrace");
-            if ended || written >= depth || !frame.named || is_machinery(frame.name) {
+            ended |= frame.is_sweep_runner() || frame.name.contains("__rust_begin_short_backtrace");
+            if ended || written >= depth || !frame.named || frame.is_machinery() {
                 return;
             }
             if written > 0 {
@@ -382,12 +461,12 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
             if count == lines.len() || reached_harness {
                 return;
             }
-            if frame.name.contains("__rust_begin_short_backtrace") || is_sweep_runner(frame.name) {
+            if frame.name.contains("__rust_begin_short_backtrace") || frame.is_sweep_runner() {
                 reached_harness = true;
                 return;
             }
             let (line, machinery) = &mut lines[count];
-            *machinery = is_machinery(frame.name);
+            *machinery = frame.is_machinery();
             let _ = write!(line, "  {printed:>3}: {}", frame.name);
             if let (Some(file), Some(lineno)) = (frame.file, frame.line) {
                 let _ = write!(line, "\n           at {}:{lineno}", file.display());
@@ -491,7 +570,7 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
             }
             any_named = true;
             let name = frame.name;
-            if is_machinery(name) {
+            if frame.is_machinery() {
                 below_machinery = true;
                 return;
             }
@@ -565,6 +644,72 @@ mod tests {
         ] {
             assert!(!is_machinery(name), "{name}");
         }
+    }
+
+    #[test]
+    fn names_without_a_crate_path_are_judged_by_their_file() {
+        let registry = "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f";
+        let frame = |name, file: &str| Frame {
+            name,
+            named: true,
+            file: Some(Path::new(file).to_owned().leak()),
+            line: Some(1),
+        };
+        // Machinery: mayfail's own sources, std's, a registry crate of the
+        // list (its directory spelled with dashes, a version with a `-`).
+        for (name, file) in [
+            (
+                "serve_engaged<std::alloc::System>",
+                format!("{OWN_SOURCES}alloc.rs"),
+            ),
+            (
+                "trace_unsynchronized<F>",
+                format!("{registry}/backtrace-0.3.77/src/backtrace/mod.rs"),
+            ),
+            (
+                "alloc_impl",
+                format!("{registry}/allocator-api2-0.2.21/src/stable/alloc/global.rs"),
+            ),
+            (
+                "reserve_rehash<T>",
+                format!("{registry}/hashbrown-0.16.0-rc.1/src/raw/mod.rs"),
+            ),
+            (
+                "grow_one<u8>",
+                "/rustc/0123abcd/library/alloc/src/raw_vec/mod.rs".to_owned(),
+            ),
+            (
+                "call_once<F, ()>",
+                "/rustc/0123abcd/library/core/src/ops/function.rs".to_owned(),
+            ),
+            ("{closure#0}", format!("{PRELOAD_SOURCES}lib.rs")),
+        ] {
+            assert!(frame(name, &file).is_machinery(), "{name} in {file}");
+        }
+        // The user's code, a crate not in the list, and a qualified name
+        // (judged by its path, wherever its file is).
+        for (name, file) in [
+            ("two_points", "/work/app/src/lib.rs".to_owned()),
+            ("{closure#0}", "/work/app/tests/it.rs".to_owned()),
+            (
+                "try_reserve<T>",
+                format!("{registry}/fallible_collections-0.5.2/src/vec.rs"),
+            ),
+            (
+                "backtrace_2d",
+                format!("{registry}/backtrace-2d-1.0.0/src/lib.rs"),
+            ),
+            ("my_app::cache::insert", format!("{OWN_SOURCES}alloc.rs")),
+        ] {
+            assert!(!frame(name, &file).is_machinery(), "{name} in {file}");
+        }
+        // The sweep's runner ends a site, by name or by file.
+        assert!(frame("{closure#0}", &format!("{SWEEP_SOURCES}child.rs")).is_sweep_runner());
+        assert!(!frame("{closure#0}", "/work/app/src/sweep/child.rs").is_sweep_runner());
+        assert_eq!(
+            registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
+            Some("foo-2d")
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! The fixture is built once, with `cargo test --no-run --offline`, into
 //! the workspace's `target/tmp/sites-fixture` (it reuses the registry cache
-//! and, after the first time, its own build).
+//! and, after the first time, its own build). The release fixture
+//! (`tests/fixtures/release_fixture`) is built there too, in both profiles.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,13 +24,13 @@ fn fixture_target() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("sites-fixture")
 }
 
-/// `cargo` in the fixture's directory, with its own target dir, without the
-/// variables of the cargo that runs these tests.
-fn fixture_cargo() -> Command {
+/// `cargo` in `dir`, with the fixtures' target dir, without the variables
+/// of the cargo that runs these tests.
+fn cargo_in(dir: &Path) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .current_dir(fixture_dir())
+        .current_dir(dir)
         .env("CARGO_TARGET_DIR", fixture_target())
         .env_remove("MAYFAIL_INJECT")
         .env_remove("MAYFAIL_RETRIES")
@@ -37,25 +38,30 @@ fn fixture_cargo() -> Command {
     command
 }
 
+/// Builds the unit tests of the crate in `dir` (`extra`: more arguments
+/// to `cargo test`) and returns the test binary cargo names for `name`.
+fn build_test_binary(dir: &Path, extra: &[&str], name: &str) -> PathBuf {
+    let output = cargo_in(dir)
+        .args(["test", "--offline", "--no-run", "--message-format=json"])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "{} builds", dir.display());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"executable\":\"") && l.contains(name))
+        .expect("cargo names the fixture's test binary");
+    let start = line.find("\"executable\":\"").unwrap() + "\"executable\":\"".len();
+    let end = start + line[start..].find('"').unwrap();
+    PathBuf::from(&line[start..end])
+}
+
 /// The fixture's test binary, built once for all tests.
 fn fixture_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let output = fixture_cargo()
-            .args(["test", "--offline", "--no-run", "--message-format=json"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo runs");
-        assert!(output.status.success(), "the fixture builds");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout
-            .lines()
-            .find(|l| l.contains("\"executable\":\"") && l.contains("sites_fixture"))
-            .expect("cargo names the fixture's test binary");
-        let start = line.find("\"executable\":\"").unwrap() + "\"executable\":\"".len();
-        let end = start + line[start..].find('"').unwrap();
-        PathBuf::from(&line[start..end])
-    })
+    BINARY.get_or_init(|| build_test_binary(&fixture_dir(), &[], "sites_fixture"))
 }
 
 /// A fresh directory for one test's state files.
@@ -491,6 +497,165 @@ fn a_bad_state_path_is_bad_input_but_an_unwritable_report_is_an_io_error() {
         "the failed write names its path: {last}"
     );
     assert!(!out.stderr.contains("usage:"), "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// Release builds: the same call sites as in a debug build.
+
+fn release_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release_fixture")
+}
+
+/// The line of the release fixture's `src/lib.rs` that holds `marker`.
+fn release_fixture_line(marker: &str) -> usize {
+    let source = std::fs::read_to_string(release_fixture_dir().join("src/lib.rs")).unwrap();
+    let found: Vec<usize> = source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(marker))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(found.len(), 1, "{marker:?} is on one line");
+    found[0]
+}
+
+/// A function's name without its module path, a closure as `{closure}`:
+/// a build with `debug = "line-tables-only"` names functions that way
+/// (`walked`, `{closure#0}` for `release_fixture::tests::walked` and
+/// `release_fixture::tests::walked::{{closure}}`).
+fn plain_name(function: &str) -> String {
+    let last = function.rsplit("::").next().unwrap_or(function);
+    if last.starts_with("{closure") || last == "{{closure}}" {
+        "{closure}".to_owned()
+    } else {
+        last.to_owned()
+    }
+}
+
+/// One call site as (outcome, [(plain function name, `file:line`)]).
+type Frames = (String, Vec<(String, String)>);
+
+/// The call sites of the release fixture's build in `profile`: those its
+/// sweep prints and those `mayfail sites` finds in its `walked` test.
+fn release_fixture_sites(release: bool) -> (Vec<Frames>, Vec<Frames>) {
+    let extra: &[&str] = if release { &["--release"] } else { &[] };
+    let binary = build_test_binary(&release_fixture_dir(), extra, "release_fixture");
+
+    // The sweep: `site\t<worst>\t<f (file:line) <- g (file:line)>` lines.
+    let out = Command::new(&binary)
+        .args(["tests::swept", "--exact", "--nocapture"])
+        .current_dir(release_fixture_dir())
+        .env_remove("MAYFAIL_INJECT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let mut swept: Vec<Frames> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("site\t"))
+        .map(|l| {
+            let (worst, site) = l.split_once('\t').unwrap();
+            let frames = site
+                .split(" <- ")
+                .map(|frame| {
+                    let (name, at) = frame.split_once(" (").expect("a file:line");
+                    (plain_name(name), at.trim_end_matches(')').to_owned())
+                })
+                .collect();
+            (worst.to_owned(), frames)
+        })
+        .collect();
+    swept.sort();
+
+    // The runner, on the same binary, through the JSON report.
+    let dir = scratch(if release {
+        "release_walk"
+    } else {
+        "debug_walk"
+    });
+    let state = dir.join("sites.state");
+    let binary = binary.to_str().unwrap();
+    let walk = ran(Command::new(RUNNER)
+        .current_dir(release_fixture_dir())
+        .env_remove("MAYFAIL_INJECT")
+        .args(["sites", "--no-baseline", "--state", state.to_str().unwrap()])
+        .args(["--", binary, "tests::walked", "--exact"])
+        .output()
+        .unwrap());
+    assert_eq!(walk.code, Some(1), "{}{}", walk.stderr, walk.stdout);
+    let json = std::fs::read_to_string(dir.join("sites.json")).unwrap();
+    let text = |value: &serde_json::Value| value.as_str().expect("a string").to_owned();
+    let here = release_fixture_dir();
+    let mut walked: Vec<Frames> = report_of(&json)["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|site| {
+            let frames = site["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let at = text(&f["location"]);
+                    let at = Path::new(&at)
+                        .strip_prefix(&here)
+                        .map_or(at.clone(), |p| p.display().to_string());
+                    (plain_name(&text(&f["function"])), at)
+                })
+                .collect();
+            (text(&site["outcome"]), frames)
+        })
+        .collect();
+    walked.sort();
+    (swept, walked)
+}
+
+#[test]
+fn a_release_build_with_line_tables_names_the_same_call_sites_as_a_debug_build() {
+    let started = Instant::now();
+    let (swept, walked) = release_fixture_sites(true);
+    let reserve = format!("src/lib.rs:{}", release_fixture_line("// point: reserve"));
+    let boxed = format!("src/lib.rs:{}", release_fixture_line("// point: box"));
+    let sweep_call = format!(
+        "src/lib.rs:{}",
+        release_fixture_line("mayfail::sweep(|| two_points")
+    );
+    let test_body = format!("src/lib.rs:{}", release_fixture_line("let _ = two_points"));
+    let frame = |name: &str, at: &str| (name.to_owned(), at.to_owned());
+
+    // Two lines of one function are two sites, each named by that function
+    // and line, then by the closure the sweep ran: not by the sweep's own
+    // runner, nor by mayfail's or std's frames inlined into it.
+    assert_eq!(
+        swept,
+        [
+            (
+                "aborted".to_owned(),
+                vec![frame("two_points", &boxed), frame("{closure}", &sweep_call)]
+            ),
+            (
+                "handled".to_owned(),
+                vec![
+                    frame("two_points", &reserve),
+                    frame("{closure}", &sweep_call)
+                ]
+            ),
+        ]
+    );
+    // The runner: the same two sites, down to the test that called them.
+    let test_fn = frame("walked", &test_body);
+    assert_eq!(walked.len(), 2, "{walked:?}");
+    assert_eq!(walked[0].0, "aborted");
+    assert_eq!(
+        walked[0].1[..2],
+        [frame("two_points", &boxed), test_fn.clone()]
+    );
+    assert_eq!(walked[1].0, "handled");
+    assert_eq!(walked[1].1[..2], [frame("two_points", &reserve), test_fn]);
+
+    // The debug build names the same frames.
+    assert_eq!(release_fixture_sites(false), (swept, walked));
+    println!("({:.1?})", started.elapsed());
 }
 
 // ---------------------------------------------------------------------------
