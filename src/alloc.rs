@@ -218,8 +218,30 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_engaged(&self, layout: Layout) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: the caller's contract for `alloc`.
+            return unsafe { self.alloc_passed(layout) };
+        }
         // SAFETY: the caller's contract for `alloc`.
         unsafe { self.serve_engaged(layout, Request::Alloc) }
+    }
+
+    /// The fast lane of `alloc_engaged`: the inner call and its null check,
+    /// in a function of its own so that `alloc_engaged` stays a leaf that
+    /// tail-calls one of two functions (no register saves on the fast lane).
+    ///
+    /// # Safety
+    ///
+    /// The caller's contract for `alloc`.
+    #[inline(never)]
+    unsafe fn alloc_passed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc`.
+        let block = unsafe { self.inner.alloc(layout) };
+        if block.is_null() {
+            // SAFETY: the caller's contract for `alloc`.
+            return unsafe { self.alloc_failed(layout) };
+        }
+        block
     }
 
     /// # Safety
@@ -228,8 +250,28 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_zeroed_engaged(&self, layout: Layout) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: the caller's contract for `alloc_zeroed`.
+            return unsafe { self.alloc_zeroed_passed(layout) };
+        }
         // SAFETY: the caller's contract for `alloc_zeroed`.
         unsafe { self.serve_engaged(layout, Request::AllocZeroed) }
+    }
+
+    /// The fast lane of `alloc_zeroed_engaged` (see `alloc_passed`).
+    ///
+    /// # Safety
+    ///
+    /// The caller's contract for `alloc_zeroed`.
+    #[inline(never)]
+    unsafe fn alloc_zeroed_passed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc_zeroed`.
+        let block = unsafe { self.inner.alloc_zeroed(layout) };
+        if block.is_null() {
+            // SAFETY: the caller's contract for `alloc_zeroed`.
+            return unsafe { self.alloc_zeroed_failed(layout) };
+        }
+        block
     }
 
     /// # Safety
@@ -238,8 +280,29 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn realloc_engaged(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if quick_pass() {
+            // SAFETY: the caller's contract for `realloc`.
+            return unsafe { self.realloc_passed(ptr, layout, new_size) };
+        }
         // SAFETY: the caller's contract for `realloc`.
         unsafe { self.serve_engaged(layout, Request::Realloc { ptr, new_size }) }
+    }
+
+    /// The fast lane of `realloc_engaged` (see `alloc_passed`).
+    ///
+    /// # Safety
+    ///
+    /// The caller's contract for `realloc`.
+    #[inline(never)]
+    unsafe fn realloc_passed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`.
+        let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if block.is_null() {
+            // SAFETY: the caller's contract for `realloc`; a failed realloc
+            // left `ptr` untouched.
+            return unsafe { self.realloc_failed(ptr, layout, new_size) };
+        }
+        block
     }
 
     /// # Safety
@@ -301,27 +364,16 @@ impl<A: GlobalAlloc> MayFail<A> {
 
     /// The engaged path: the first allocations of the process (read the
     /// environment), and every allocation while injection is on, a thread
-    /// has a fail-nth countdown or a sweep's child tracks blocks. An
-    /// allocation the injection decision already let pass takes the fast
-    /// lane at its top: the inner call and the retry policy, nothing else.
+    /// has a fail-nth countdown or a sweep's child tracks blocks, once the
+    /// fast lane (an allocation the injection decision already let pass,
+    /// see `alloc_passed`) has declined it.
     ///
     /// # Safety
     ///
     /// As for [`Request::attempt`].
-    #[inline(always)]
+    #[cold]
+    #[inline(never)]
     unsafe fn serve_engaged(&self, layout: Layout, request: Request) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: forwarded under the caller's contract.
-            let block = unsafe { request.attempt(&self.inner, layout) };
-            if block.is_null() {
-                // SAFETY: the same request, still valid: a failed realloc
-                // left its block untouched.
-                return unsafe {
-                    policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-                };
-            }
-            return block;
-        }
         startup::start(&self.defaults);
         reserve::fill_once(self.address(), &self.inner);
         #[cfg(feature = "inject")]
