@@ -150,14 +150,12 @@ static ATTRS: Attributes = Attributes {
     space_configured: AtomicU64::new(0),
 };
 
-/// The counters the decision writes, on their own cache lines.
+/// The shared counters, on their own cache lines: written when an allocation
+/// fails (or prints a verbose line), never when one passes. The counters an
+/// allocation that passes moves are the thread's own (`scope::Counters`).
 #[repr(align(128))]
 struct Running {
     times: AtomicI64,
-    space: AtomicU64,
-    interval_count: AtomicU64,
-    process_count: AtomicU64,
-    random_count: AtomicU64,
     /// Rate limit of verbose lines: the current one-second window and how
     /// many lines it has printed.
     verbose_window: AtomicU64,
@@ -166,10 +164,6 @@ struct Running {
 
 static RUNNING: Running = Running {
     times: AtomicI64::new(1),
-    space: AtomicU64::new(0),
-    interval_count: AtomicU64::new(0),
-    process_count: AtomicU64::new(0),
-    random_count: AtomicU64::new(0),
     verbose_window: AtomicU64::new(0),
     verbose_lines: AtomicU64::new(0),
 };
@@ -215,10 +209,6 @@ pub(crate) fn set_attributes(s: &Spec, origin: Origin) -> u64 {
     a.space_configured.store(s.space, Relaxed);
     let r = &RUNNING;
     r.times.store(s.times, Relaxed);
-    r.space.store(s.space, Relaxed);
-    r.interval_count.store(0, Relaxed);
-    r.process_count.store(0, Relaxed);
-    r.random_count.store(0, Relaxed);
     new_generation();
     seed
 }
@@ -343,10 +333,21 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         for_good();
         return Verdict::Pass;
     }
+    // `after`, `space`, `interval` and the draws count per thread.
+    let space_configured = a.space_configured.load(Relaxed);
+    let counted = |f: &mut dyn FnMut(&mut scope::Counters) -> bool| {
+        scope::with_counters(generation, space_configured, |c| f(c)).unwrap_or(true)
+    };
     let after = a.after.load(Relaxed);
     if after != 0
-        && r.process_count.load(Relaxed) < after
-        && r.process_count.fetch_add(1, Relaxed) < after
+        && counted(&mut |c| {
+            if c.after < after {
+                c.after += 1;
+                true
+            } else {
+                false
+            }
+        })
     {
         return Verdict::Pass;
     }
@@ -385,18 +386,23 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         },
         None => false,
     };
-    let mut space = r.space.load(Relaxed);
-    while space > size as u64 {
-        match r
-            .space
-            .compare_exchange_weak(space, space - size as u64, Relaxed, Relaxed)
-        {
-            Ok(_) => return Verdict::Pass,
-            Err(now) => space = now,
+    if counted(&mut |c| {
+        if c.space > size as u64 {
+            c.space -= size as u64;
+            true
+        } else {
+            false
         }
+    }) {
+        return Verdict::Pass;
     }
     let interval = a.interval.load(Relaxed);
-    if interval > 1 && !(r.interval_count.fetch_add(1, Relaxed) + 1).is_multiple_of(interval) {
+    if interval > 1
+        && counted(&mut |c| {
+            c.interval += 1;
+            !c.interval.is_multiple_of(interval)
+        })
+    {
         return Verdict::Pass;
     }
     if threshold > u64::from(u32::MAX) {
@@ -406,12 +412,12 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     // Nothing but the draw decides (no size range, `nth`, `space`,
     // `interval`, pending `after` or stack filter): draw the gap to this
     // thread's next failure once, and let the allocations before it pass
-    // without a decision. Otherwise one draw per candidate, in the
-    // process-wide sequence.
+    // without a decision. Otherwise one draw per candidate, in the thread's
+    // sequence counted in candidates.
     let simple = !filtered
         && nth == 0
         && interval <= 1
-        && r.space.load(Relaxed) == 0
+        && !counted(&mut |c| c.space != 0)
         && a.min_size.load(Relaxed) == 0
         && a.max_size.load(Relaxed) == usize::MAX;
     if simple {
@@ -426,8 +432,13 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         scope::grant_passes(generation, passes - 1, true);
         return Verdict::Pass;
     }
-    let index = r.random_count.fetch_add(1, Relaxed);
-    if u64::from(random(a.seed.load(Relaxed), index)) >= threshold {
+    let Some(index) = scope::with_counters(generation, space_configured, |c| {
+        c.draws += 1;
+        c.draws - 1
+    }) else {
+        return Verdict::Pass;
+    };
+    if u64::from(random(a.seed.load(Relaxed) ^ thread_salt(), index)) >= threshold {
         return Verdict::Pass;
     }
     fail(op, size, align, thread.number, Cause::Attributes)
@@ -439,9 +450,7 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
 /// index since the configuration), so that it needs no shared counter and
 /// replays per thread.
 fn gap(seed: u64, index: u64, threshold: u64) -> u64 {
-    let mut name_buf = [0u8; 16];
-    let salt = crate::hash::fnv1a(sys::thread_name(&mut name_buf));
-    let uniform = (f64::from(random(seed ^ salt, index)) + 1.0) / 4_294_967_296.0;
+    let uniform = (f64::from(random(seed ^ thread_salt(), index)) + 1.0) / 4_294_967_296.0;
     let p = threshold as f64 / 4_294_967_296.0;
     let passes = uniform.ln() / (-p).ln_1p();
     if passes.is_finite() && passes >= 0.0 {
@@ -450,6 +459,13 @@ fn gap(seed: u64, index: u64, threshold: u64) -> u64 {
     } else {
         0
     }
+}
+
+/// What tells this thread's random sequence from the others': a hash of its
+/// name.
+fn thread_salt() -> u64 {
+    let mut name_buf = [0u8; 16];
+    crate::hash::fnv1a(sys::thread_name(&mut name_buf))
 }
 
 #[cold]

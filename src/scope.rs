@@ -51,6 +51,25 @@ struct ThreadState {
     /// many allocations came before it.
     base_generation: Cell<u32>,
     base: Cell<u64>,
+    /// The running counters of the injection attributes, for the
+    /// configuration `counters_generation` (see [`with_counters`]).
+    counters: Cell<Counters>,
+    counters_generation: Cell<u32>,
+}
+
+/// A thread's running counters of the injection attributes: each thread
+/// counts its own, so no allocation writes shared memory, and a thread's
+/// failures do not depend on how other threads interleave with it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    /// Allocations counted towards `after`.
+    pub(crate) after: u64,
+    /// What is left of the `space` budget, in bytes.
+    pub(crate) space: u64,
+    /// Candidates counted towards `interval`.
+    pub(crate) interval: u64,
+    /// Draws made in the candidate-by-candidate `probability` sequence.
+    pub(crate) draws: u64,
 }
 
 thread_local! {
@@ -66,6 +85,13 @@ thread_local! {
             due: Cell::new(false),
             base_generation: Cell::new(0),
             base: Cell::new(0),
+            counters: Cell::new(Counters {
+                after: 0,
+                space: 0,
+                interval: 0,
+                draws: 0,
+            }),
+            counters_generation: Cell::new(0),
         }
     };
 }
@@ -133,6 +159,33 @@ pub(crate) fn index_in_generation(generation: u32, number: u64) -> u64 {
             number.saturating_sub(s.base.get())
         })
         .unwrap_or(number)
+}
+
+/// Runs `f` on this thread's counters for the configuration `generation`,
+/// started afresh (with a `space` budget of `space` bytes) when they were
+/// counted under another one. `None` once the thread-local is gone (thread
+/// teardown): nothing is counted then.
+pub(crate) fn with_counters<R>(
+    generation: u32,
+    space: u64,
+    f: impl FnOnce(&mut Counters) -> R,
+) -> Option<R> {
+    STATE
+        .try_with(|s| {
+            let mut counters = if s.counters_generation.get() == generation {
+                s.counters.get()
+            } else {
+                s.counters_generation.set(generation);
+                Counters {
+                    space,
+                    ..Counters::default()
+                }
+            };
+            let result = f(&mut counters);
+            s.counters.set(counters);
+            result
+        })
+        .ok()
 }
 
 /// Whether this allocation must fail because a draw decided so (consumed).

@@ -78,6 +78,46 @@ fn space_1000_lets_exactly_nine_100_byte_allocations_through() {
 }
 
 #[test]
+fn interval_space_and_draws_count_per_thread() {
+    if is_child() {
+        let on_a_thread = |f: fn() -> Vec<usize>| std::thread::spawn(f).join().unwrap();
+        mayfail::configure_injection("interval=3,times=-1,task-filter=Y").unwrap();
+        assert_eq!(failing::<2>(|_| 64), []);
+        // The thread's own third candidate fails, not the process's third.
+        assert_eq!(on_a_thread(|| failing::<4>(|_| 64)), [3]);
+        assert_eq!(failing::<1>(|_| 64), [1]);
+        mayfail::configure_injection("space=250,times=-1,task-filter=Y").unwrap();
+        assert_eq!(failing::<2>(|_| 100), []);
+        // A budget of its own: 250 bytes, not the 50 this thread left.
+        assert_eq!(on_a_thread(|| failing::<3>(|_| 100)), [3]);
+        assert_eq!(failing::<2>(|_| 100), [1, 2]);
+        // Candidate-by-candidate draws (a size range): each thread's
+        // sequence starts with the configuration, whatever another thread
+        // drew before it.
+        let spec = "probability=50,min-size=1,times=-1,task-filter=Y,seed=7";
+        mayfail::configure_injection(spec).unwrap();
+        let first = std::thread::Builder::new()
+            .name("drawer".into())
+            .spawn(|| failing::<16>(|_| 64))
+            .unwrap()
+            .join()
+            .unwrap();
+        mayfail::configure_injection(spec).unwrap();
+        // This thread draws first this time.
+        let _ = failing::<5>(|_| 64);
+        let again = std::thread::Builder::new()
+            .name("drawer".into())
+            .spawn(|| failing::<16>(|_| 64))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(first, again);
+        return;
+    }
+    child("interval_space_and_draws_count_per_thread");
+}
+
+#[test]
 fn size_filters_bound_the_candidates() {
     if is_child() {
         mayfail::configure_injection("min-size=100,max-size=200,times=-1,task-filter=Y").unwrap();
