@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# ci/memcheck.sh - valgrind memcheck on mayfail: invalid reads and writes,
-# uses of uninitialised memory, bad frees, and (where meaningful) leaks.
+# ci/memcheck.sh - valgrind memcheck on mayfail and its preload library:
+# invalid reads and writes, uses of uninitialised memory, bad frees, and
+# (where meaningful) leaks.
 #
 # Usage: ci/memcheck.sh
 # Environment: MEMCHECK_SECS (default 6) is the stress test's duration.
@@ -23,6 +24,11 @@
 #    dies with "Valgrind's memory management: out of memory" before the demo
 #    starts. The children run natively; the parent (spawning, parsing,
 #    reporting) is checked.
+# 5. The preload library (libmayfail_preload.so) under its stress program,
+#    mayfail-preload/tests/stress.c (threads, realloc contents, fork), with
+#    injected failures: once without its fork, with --leak-check=full, once
+#    with it, without leak checking (see 2). A canary first proves the set-up
+#    checks the library: see preload_canary below.
 # Exit status: 0 clean, 1 errors found (or a test failed), 2 skipped
 # (valgrind missing).
 set -uo pipefail
@@ -46,7 +52,9 @@ status=0
 
 echo "== $(valgrind --version); building the tests and the demo (debug)"
 if ! cargo test --no-run --lib --test stress --test odd_contexts 2>"$OUT/build.log" ||
-    ! cargo build --example pressure 2>>"$OUT/build.log"; then
+    ! cargo build --example pressure 2>>"$OUT/build.log" ||
+    ! cargo build -p mayfail-preload 2>>"$OUT/build.log" ||
+    ! cc -g -O1 -pthread -o "$OUT/preload-stress" mayfail-preload/tests/stress.c 2>>"$OUT/build.log"; then
     tail -n 30 "$OUT/build.log" >&2
     exit 1
 fi
@@ -57,6 +65,7 @@ STRESS=$(executable 'tests\/stress.rs')
 ODD=$(executable 'tests\/odd_contexts.rs')
 LIB=$(executable 'unittests src\/lib.rs')
 DEMO=${CARGO_TARGET_DIR:-target}/debug/examples/pressure
+PRELOAD=$(realpath "${CARGO_TARGET_DIR:-target}/debug/libmayfail_preload.so")
 
 # --fair-sched=yes: valgrind runs one thread at a time, and its default lock
 # can leave one thread waiting for seconds on a busy machine, which the
@@ -83,7 +92,7 @@ step() {
     done
     local processes
     processes=$(find "$OUT" -name "$name.*.log" | wc -l)
-    grep -E '^(stress:|test result:)|UNEXPECTED' "$OUT/$name.out" | sort | uniq -c | sed 's/^/  /'
+    grep -E '^(stress:|test result:|failures seen:)|UNEXPECTED' "$OUT/$name.out" | sort | uniq -c | sed 's/^/  /'
     if [[ $rc == 0 && $errors == 0 ]]; then
         echo "== $name: CLEAN: $processes processes checked, 0 errors, $definite bytes definitely lost ($((SECONDS - t)) s)"
     else
@@ -107,6 +116,53 @@ step unit_tests "${VALGRIND[@]}" --leak-check=full --errors-for-leak-kinds=defin
 
 step demo_parent "${VALGRIND[@]}" --leak-check=full --errors-for-leak-kinds=definite \
     --trace-children=no --log-file="$OUT/demo_parent.%p.log" "$DEMO"
+
+# The preload library under memcheck. Memcheck replaces the malloc family
+# wherever it is exported, by default: in the library too, whose code would
+# then never run. --soname-synonyms=somalloc=nouserintercepts (a soname no
+# library has) keeps the replacement to libc's: the program's calls reach
+# the library's malloc, on the simulated CPU, and the library's calls to
+# __libc_malloc and its siblings, which glibc exports at the same addresses
+# as malloc and its siblings, reach memcheck's, which tracks every block.
+# LD_PRELOAD and MAYFAIL_INJECT go to valgrind itself (its launcher passes
+# them on to the program); the launcher, a dynamic program, loads the
+# library too, so injection is limited to the program's threads by their
+# name, which under valgrind is the tool's.
+CLIENT=$(valgrind -q cat /proc/self/comm)
+PRELOADED=(env LD_PRELOAD="$PRELOAD" "MAYFAIL_INJECT=probability=5,times=-1,seed=7,thread=$CLIENT"
+    "${VALGRIND[@]}" --soname-synonyms=somalloc=nouserintercepts)
+
+# preload_canary: a one-byte overrun of a block the library handed out must
+# be an error, its block allocated through the library's malloc; otherwise
+# the steps after it would check nothing.
+echo
+echo "== preload_canary"
+t=$SECONDS
+printf '#include <stdlib.h>\nint main(void) { char *p = malloc(10); p[10] = 1; free(p); return 0; }\n' |
+    cc -g -x c -o "$OUT/preload-canary" - &&
+    "${PRELOADED[@]}" --log-file="$OUT/preload_canary.log" "$OUT/preload-canary"
+canary=$?
+if [[ $canary == 99 ]] && grep -q 'Invalid write of size 1' "$OUT/preload_canary.log" &&
+    grep -q 'by .*mayfail_preload::interpose::malloc' "$OUT/preload_canary.log"; then
+    echo "== preload_canary: the overrun was found, in a block from the library's malloc ($((SECONDS - t)) s)"
+else
+    echo "== preload_canary: FAILED: exit $canary, the overrun was not found through the library (log: $OUT/preload_canary.log)"
+    status=1
+fi
+
+step preload_stress "${PRELOADED[@]}" --leak-check=full --errors-for-leak-kinds=definite \
+    --log-file="$OUT/preload_stress.%p.log" "$OUT/preload-stress" --no-fork
+
+step preload_fork "${PRELOADED[@]}" --leak-check=no \
+    --log-file="$OUT/preload_fork.%p.log" "$OUT/preload-stress"
+
+# Injection reached the program through the library in both runs.
+for name in preload_stress preload_fork; do
+    if ! grep -Eq '^failures seen: [1-9]' "$OUT/$name.out"; then
+        echo "== $name: FAILED: no injected failure reached the program ($OUT/$name.out)"
+        status=1
+    fi
+done
 
 echo
 echo "total time: $((SECONDS - start)) s"

@@ -42,6 +42,13 @@ pub const BASELINE_FAILED: i32 = 4;
 /// wait and try again on this code alone.
 pub const STATE_IN_USE: i32 = 5;
 
+/// `sites` with the preload library: no allocation of the command reached
+/// it in any run (neither a site nor a stack of the runtime), so nothing
+/// was injected and nothing walked. One line says so; the reason is
+/// usually said before the walk (a static program, a setuid one), else the
+/// program allocates without `malloc`.
+pub const NOTHING_REACHED: i32 = 6;
+
 /// The command exists but could not be executed (permission denied, not
 /// an executable), as in a shell.
 pub const CANNOT_EXECUTE: i32 = 126;
@@ -63,6 +70,7 @@ Exit status:
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked
     5    the state file is in use by another walk (its pid is named)
+    6    no allocation reached the preload library: nothing walked
   126    the command cannot be executed
   127    the command was not found
   130    interrupted (Ctrl-C, SIGTERM): run the same command again to resume
@@ -84,6 +92,7 @@ mod tests {
                 "the command fails without injected failures",
             ),
             (STATE_IN_USE, "the state file is in use by another walk"),
+            (NOTHING_REACHED, "no allocation reached the preload library"),
             (CANNOT_EXECUTE, "the command cannot be executed"),
             (COMMAND_NOT_FOUND, "the command was not found"),
             (INTERRUPTED, "interrupted"),

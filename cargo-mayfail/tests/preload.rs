@@ -1,6 +1,7 @@
 //! The preload library through the runner: walks of programs that know
 //! nothing of mayfail (a C program, a Rust program on the default
-//! allocator, a crate's whole `cargo test` suite) and `cargo mayfail test`.
+//! allocator, a crate's whole `cargo test` suite), `cargo mayfail test`,
+//! and the programs the library cannot reach, each said in one line.
 //!
 //! The library is the one built next to the runner if there is one (`cargo
 //! build --workspace`), else built here once into this package's scratch
@@ -163,17 +164,24 @@ int main(void) {
 }
 "#;
 
+/// Compiles `source` into `dir/program` with `cc` and `flags`.
+fn compile_c(dir: &Path, source: &str, flags: &[&str]) {
+    std::fs::write(dir.join("program.c"), source).unwrap();
+    let built = Command::new("cc")
+        .current_dir(dir)
+        .args(["-g", "-O0"])
+        .args(flags)
+        .args(["-o", "program", "program.c"])
+        .status()
+        .expect("cc runs");
+    assert!(built.success(), "cc {flags:?} failed");
+}
+
 #[test]
 fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_crashed() {
     require_library();
     let dir = scratch("c-program");
-    std::fs::write(dir.join("program.c"), C_PROGRAM).unwrap();
-    let built = Command::new("cc")
-        .current_dir(&dir)
-        .args(["-g", "-O0", "-o", "program", "program.c"])
-        .status()
-        .expect("cc runs");
-    assert!(built.success());
+    compile_c(&dir, C_PROGRAM, &[]);
     let output = bounded(
         runner(&dir).args([
             "sites",
@@ -371,4 +379,269 @@ fn cargo_mayfail_test_injects_into_the_test_binaries_and_never_into_cargo() {
     assert_eq!(failing.status.code(), Some(101), "{text}");
     assert!(text.contains("process didn't exit successfully"), "{text}");
     assert!(text.contains("preload-run"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// What the library cannot reach: said in one line, never silently.
+
+/// Every failure injected: the C program's unchecked `malloc` crashes.
+const EVERY_FAILURE: &str = "probability=100,times=-1";
+
+/// How many lines of `text` hold `needle`.
+fn lines_with(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// `run --preload` with every failure injected, then a `sites --preload`
+/// walk, of `dir/program`: their outputs.
+fn run_and_walk(dir: &Path) -> (Output, Output) {
+    let run = bounded(
+        runner(dir).args([
+            "run",
+            "--preload",
+            "--inject",
+            EVERY_FAILURE,
+            "--",
+            "./program",
+        ]),
+        60,
+    );
+    let walk = bounded(
+        runner(dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        60,
+    );
+    (run, walk)
+}
+
+/// The line of a walk that no allocation of `./program` reached.
+const NOTHING_REACHED: &str = concat!(
+    "mayfail: no allocation of ./program reached the preload library in 1 run: ",
+    "nothing was injected or walked"
+);
+
+/// `run` said `limit` once and the program ran untouched (exit 0); the walk
+/// said it once, then that nothing reached the library (exit 6).
+fn assert_said_once(run: &Output, walk: &Output, limit: &str) {
+    let line = format!("mayfail: ./program: {limit}");
+    let text = stdout_and_stderr(run);
+    assert_eq!(run.status.code(), Some(0), "{text}");
+    assert_eq!(lines_with(&text, "mayfail"), 1, "{text}");
+    assert_eq!(lines_with(&text, &line), 1, "{text}");
+    let text = stdout_and_stderr(walk);
+    assert_eq!(walk.status.code(), Some(6), "{text}");
+    assert_eq!(lines_with(&text, &line), 1, "{text}");
+    assert_eq!(lines_with(&text, NOTHING_REACHED), 1, "{text}");
+}
+
+#[test]
+fn a_static_program_is_said_to_be_out_of_reach_and_its_walk_exits_6() {
+    require_library();
+    let dir = scratch("static");
+    compile_c(&dir, C_PROGRAM, &["-static"]);
+    let limit = "statically linked: LD_PRELOAD cannot reach it, so no failure is injected \
+                 (build it for a glibc target, dynamically linked)";
+    let (run, walk) = run_and_walk(&dir);
+    assert_said_once(&run, &walk, limit);
+
+    // A name without a slash is looked up in PATH, as a shell does.
+    let path = std::env::join_paths(std::iter::once(dir.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let run = bounded(
+        runner(&dir)
+            .env("PATH", path)
+            .args(["run", "--preload", "--", "program"]),
+        60,
+    );
+    let text = stdout_and_stderr(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}");
+    assert_eq!(
+        lines_with(&text, &format!("mayfail: program: {limit}")),
+        1,
+        "{text}"
+    );
+}
+
+const ARENA_PROGRAM: &str = r#"
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* An allocator of its own: one mapped arena, never malloc. */
+static char *arena;
+static size_t used;
+
+static void *take(size_t size) {
+    if (arena == NULL) {
+        arena = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (arena == MAP_FAILED)
+            return NULL;
+    }
+    void *block = arena + used;
+    used += (size + 15) & ~(size_t)15;
+    return block;
+}
+
+int main(void) {
+    char *text = take(32);
+    if (text == NULL)
+        return 1;
+    strcpy(text, "arena\n");
+    return write(1, text, strlen(text)) == 6 ? 0 : 1;
+}
+"#;
+
+const BUMP_PROGRAM: &str = r#"
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Pieces of one static arena, never freed: no Rust allocation calls malloc.
+struct Bump;
+
+const ARENA: usize = 1 << 20;
+static mut MEMORY: [u8; ARENA] = [0; ARENA];
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = &raw mut MEMORY as usize;
+        let mut next = NEXT.load(Ordering::Relaxed);
+        loop {
+            let start = (base + next).next_multiple_of(layout.align()) - base;
+            let end = start + layout.size();
+            if end > ARENA {
+                return std::ptr::null_mut();
+            }
+            match NEXT.compare_exchange(next, end, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return (base + start) as *mut u8,
+                Err(now) => next = now,
+            }
+        }
+    }
+    unsafe fn dealloc(&self, _: *mut u8, _: Layout) {}
+}
+
+#[global_allocator]
+static GLOBAL: Bump = Bump;
+
+fn main() {
+    let numbers: Vec<u64> = (0..100).collect();
+    println!("{}", numbers.iter().sum::<u64>());
+}
+"#;
+
+#[test]
+fn programs_whose_allocations_never_reach_malloc_are_said_to_be_out_of_reach() {
+    require_library();
+    // A C program with an allocator of its own: nothing tells from outside,
+    // but the walk sees no allocation at all, says so and exits 6.
+    let dir = scratch("arena");
+    compile_c(&dir, ARENA_PROGRAM, &[]);
+    let (run, walk) = run_and_walk(&dir);
+    let text = stdout_and_stderr(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}");
+    assert_eq!(text, "arena\n");
+    let text = stdout_and_stderr(&walk);
+    assert_eq!(walk.status.code(), Some(6), "{text}");
+    assert_eq!(lines_with(&text, NOTHING_REACHED), 1, "{text}");
+
+    // A Rust program with a global allocator of its own: its symbols tell,
+    // one line says so before it runs. glibc's own allocations (std's
+    // start-up reads /proc/self/maps with fopen) still reach the library,
+    // so the walk is of those: no site of the program, exit 0.
+    let dir = scratch("bump");
+    std::fs::write(dir.join("program.rs"), BUMP_PROGRAM).unwrap();
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let built = Command::new(rustc)
+        .current_dir(&dir)
+        .args(["-g", "--edition", "2021", "-o", "program", "program.rs"])
+        .status()
+        .expect("rustc runs");
+    assert!(built.success());
+    let (run, walk) = run_and_walk(&dir);
+    let line = "mayfail: ./program: has its own Rust global allocator (jemalloc, mimalloc...): \
+                its Rust allocations do not reach malloc and are not injected; only C \
+                allocations are";
+    let text = stdout_and_stderr(&run);
+    assert_eq!(lines_with(&text, line), 1, "{text}");
+    let text = stdout_and_stderr(&walk);
+    assert_eq!(walk.status.code(), Some(0), "{text}");
+    assert_eq!(lines_with(&text, line), 1, "{text}");
+    assert!(text.contains("mayfail sites: 0 sites in"), "{text}");
+}
+
+/// Whether `path` is on a file system mounted `nosuid`.
+fn on_nosuid(path: &Path) -> bool {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut info = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer of the type statvfs fills,
+    // read only when the call succeeded.
+    unsafe {
+        libc::statvfs(name.as_ptr(), info.as_mut_ptr()) == 0
+            && info.assume_init_ref().f_flag & libc::ST_NOSUID != 0
+    }
+}
+
+#[test]
+fn a_setuid_program_is_out_of_reach_only_when_it_runs_as_another_user() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    require_library();
+    let dir = scratch("setuid");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let program = dir.join("program");
+    if on_nosuid(&dir) {
+        eprintln!("{}: mounted nosuid, setuid cannot be tried", dir.display());
+        return;
+    }
+
+    // Setuid, but ours: the process keeps its user, the loader honours
+    // LD_PRELOAD, nothing is said and the unchecked malloc crashes.
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let (run, walk) = run_and_walk(&dir);
+    let text = stdout_and_stderr(&run);
+    assert_eq!(run.status.code(), Some(128 + libc::SIGSEGV), "{text}");
+    assert_eq!(lines_with(&text, "setuid or setgid"), 0, "{text}");
+    let text = stdout_and_stderr(&walk);
+    assert_eq!(walk.status.code(), Some(1), "{text}");
+    assert_eq!(lines_with(&text, "setuid or setgid"), 0, "{text}");
+
+    // Another user's (root can give it away), or else setgid to a group we
+    // are in besides our own: the process changes identity, the loader
+    // ignores LD_PRELOAD, and one line says so.
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let other_user = if uid == 65534 { 65533 } else { 65534 };
+    let mode = if chown(&program, Some(other_user), None).is_ok() {
+        0o4755
+    } else {
+        let mut groups = vec![0; 256];
+        // SAFETY: a buffer of 256 gids, its length passed.
+        let n = unsafe { libc::getgroups(256, groups.as_mut_ptr()) };
+        // SAFETY: getgid cannot fail.
+        let gid = unsafe { libc::getgid() };
+        match groups[..n.max(0) as usize].iter().find(|&&g| g != gid) {
+            Some(&group) if chown(&program, None, Some(group)).is_ok() => 0o2755,
+            _ => {
+                eprintln!("not root and in no second group: only the own setuid file was tried");
+                return;
+            }
+        }
+    };
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode)).unwrap();
+    let _ = std::fs::remove_file(dir.join("walk.state"));
+    let (run, walk) = run_and_walk(&dir);
+    assert_said_once(
+        &run,
+        &walk,
+        "setuid or setgid to another user or group: the loader ignores LD_PRELOAD for it, so \
+         no failure is injected",
+    );
 }

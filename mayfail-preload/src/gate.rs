@@ -26,8 +26,9 @@
 //! Also said in one line when `MAYFAIL_INJECT` is set: a program whose
 //! `malloc` is not this library's (it defines its own, as a program linked
 //! with jemalloc's or mimalloc's override does), which nothing here reaches.
-//! A static program or a setuid one never loads this library at all: the
-//! runner (`cargo mayfail`) checks for those before it runs them.
+//! A static program, or a setuid one that runs as another user, never loads
+//! this library at all: the runner (`cargo mayfail`) checks for those
+//! before it runs them, and a walk that no allocation reached says so.
 //!
 //! Never allocates, locks or panics.
 

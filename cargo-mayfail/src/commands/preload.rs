@@ -8,7 +8,7 @@
 //! status. Cargo, rustc and build scripts never run under the library; nor
 //! do doctests (rustdoc compiles and runs them itself, without the runner).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -115,16 +115,38 @@ impl PreloadChoice {
 }
 
 /// The variable that puts `argv`'s program under the preload library: for
-/// cargo, its test binaries through the target runner; for any other
-/// program, `LD_PRELOAD` on it.
+/// cargo, its test binaries through the target runner (`preload-run` checks
+/// each one); for any other program, `LD_PRELOAD` on it, after one line on
+/// stderr for each of its [`limits`].
 pub(crate) fn environment(argv: &[OsString]) -> Result<(String, OsString), Failure> {
     let library = library()?;
     if is_cargo(argv) {
         let (variable, runner) = target_runner(argv)?;
         Ok((variable, runner.into()))
     } else {
+        if let Some(program) = program_path(&argv[0]) {
+            for limit in limits(&program) {
+                eprintln!("mayfail: {}: {limit}", shell_quote(&argv[0]));
+            }
+        }
         Ok(("LD_PRELOAD".to_owned(), ld_preload(&library)))
     }
+}
+
+/// The file a command's program names, as `execvp` finds it: a name with a
+/// slash as it is, any other the first executable file of that name in
+/// `PATH`.
+fn program_path(program: &OsStr) -> Option<PathBuf> {
+    if program.as_encoded_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|file| {
+            file.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// `LD_PRELOAD` with the library first, then whatever was there.
@@ -212,20 +234,20 @@ pub(crate) fn execute(args: PreloadRunArgs) -> Result<i32, Failure> {
 }
 
 /// What keeps the library from reaching `binary`, one line each (see the
-/// guide): a static binary, a setuid or setgid one, a Rust program with its
-/// own global allocator other than mayfail's.
+/// guide): a static binary, a setuid or setgid one that runs as another
+/// user or group, a Rust program with its own global allocator other than
+/// mayfail's.
 pub(crate) fn limits(binary: &Path) -> Vec<&'static str> {
     let mut limits = Vec::new();
+    if std::fs::metadata(binary).is_ok_and(|m| changes_identity(&m) && !on_nosuid(binary)) {
+        limits.push(
+            "setuid or setgid to another user or group: the loader ignores LD_PRELOAD for it, \
+             so no failure is injected",
+        );
+    }
     let Ok(file) = File::open(binary) else {
         return limits;
     };
-    if let Ok(metadata) = file.metadata()
-        && metadata.permissions().mode() & 0o6000 != 0
-    {
-        limits.push(
-            "setuid or setgid: the loader ignores LD_PRELOAD for it, so no failure is injected",
-        );
-    }
     let Some(elf) = Elf::read(&file) else {
         return limits;
     };
@@ -241,6 +263,38 @@ pub(crate) fn limits(binary: &Path) -> Vec<&'static str> {
         );
     }
     limits
+}
+
+/// Whether executing a file with this mode and owner changes the process's
+/// effective user or group, as the kernel does it: the setuid bit and an
+/// owner other than our real user, or the setgid bit with group execute
+/// permission (without it the bit means mandatory locking) and a group
+/// other than our real group. Only then does the loader run in secure mode
+/// and ignore `LD_PRELOAD`; a setuid file we own is preloaded as any other.
+fn changes_identity(metadata: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = metadata.mode();
+    // SAFETY: getuid and getgid take nothing and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let setuid = mode & libc::S_ISUID != 0 && metadata.uid() != uid;
+    let setgid = mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+        && metadata.gid() != gid;
+    setuid || setgid
+}
+
+/// Whether `path` is on a file system mounted `nosuid`, where the kernel
+/// ignores the setuid and setgid bits.
+fn on_nosuid(path: &Path) -> bool {
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut info = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer of the type statvfs fills;
+    // it is read only when the call succeeded.
+    unsafe {
+        libc::statvfs(name.as_ptr(), info.as_mut_ptr()) == 0
+            && info.assume_init_ref().f_flag & libc::ST_NOSUID != 0
+    }
 }
 
 /// What `limits` needs from an ELF file (64-bit, little-endian).

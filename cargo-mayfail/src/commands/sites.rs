@@ -41,7 +41,7 @@ const MAX_STATE_PATH: usize = 512;
     after_help = "Example: mayfail sites -- cargo test --no-fail-fast\n\
                   Exit status: 0 every site handled, 1 not, 2 bad input, 3 I/O error, \
                   4 CMD fails without injection, 5 the state file is in use by another walk, \
-                  127 CMD not found, 130 interrupted \
+                  6 no allocation reached the preload library, 127 CMD not found, 130 interrupted \
                   (the state file stays consistent: run again to resume).\n\
                   The JSON report's schema: mayfail report --help"
 )]
@@ -295,9 +295,25 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         paths.state.display(),
         paths.log.display()
     );
-    Ok(if interrupted() {
-        exit_codes::INTERRUPTED
-    } else if summary.sites.iter().all(|s| s.outcome == Outcome::Handled) {
+    if interrupted() {
+        return Ok(exit_codes::INTERRUPTED);
+    }
+    // A process under the library writes a line for every stack it meets,
+    // a site or a runtime one: none in a whole walk means the library
+    // served no allocation, either not loaded (a static or setuid program)
+    // or never called (an allocator of the program's own).
+    let ran = state.runs.iter().any(|r| r.how.as_deref() == Some("done"));
+    if walker.preload.is_some() && ran && state.records.is_empty() && state.runtime_stacks == 0 {
+        eprintln!(
+            "mayfail: no allocation of {display} reached the preload library in {} run{}: \
+             nothing was injected or walked",
+            state.runs.len(),
+            if state.runs.len() == 1 { "" } else { "s" }
+        );
+        return Ok(exit_codes::NOTHING_REACHED);
+    }
+    let all_handled = summary.sites.iter().all(|s| s.outcome == Outcome::Handled);
+    Ok(if all_handled {
         exit_codes::SUCCESS
     } else {
         exit_codes::UNHANDLED_SITES
