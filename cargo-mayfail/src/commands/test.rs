@@ -18,8 +18,8 @@ use crate::failure::Failure;
                   (libmayfail_preload.so, found next to this program or named by \
                   MAYFAIL_PRELOAD_LIB): they are run through cargo's target runner, so cargo, \
                   rustc and build scripts are not. The crate needs no change: Rust code on the \
-                  default allocator and C code are both reached. Doctests are not (rustdoc runs \
-                  them itself). A test binary that declares mayfail::MayFail itself keeps its \
+                  default allocator and C code are both reached, and doctests where cargo hands \
+                  its runner to rustdoc (cargo 1.89 and later). A test binary that declares mayfail::MayFail itself keeps its \
                   own: it injects, the library steps aside. Exits with cargo's status (128+S if \
                   signal S killed it).",
     after_help = "Example: cargo mayfail test --inject probability=1,times=20,report=Y -- --no-fail-fast"
