@@ -34,6 +34,11 @@
 //! resolving it again (`sites-all=Y` counts those too). Once the process has
 //! failed its site, `times` reaches 0 and no stack is walked any more.
 //!
+//! With `sites-shard=K/N`, only new stacks of shard K (stack ids split
+//! into N parts by a hash) are failed and recorded; the others pass, so N
+//! walks of the same program with the N shards, each with its own state
+//! file, find disjoint sets of sites that together make the whole walk.
+//!
 //! In `stack` mode, only allocations whose stack id matches are candidates;
 //! the usual `times` (default 1) then fails the first of them.
 //!
@@ -81,6 +86,9 @@ static WANTED: AtomicU64 = AtomicU64::new(0);
 static SKIP: AtomicU64 = AtomicU64::new(0);
 /// `sites` mode: count runtime stacks too.
 static ALL: AtomicBool = AtomicBool::new(false);
+/// `sites` mode: this process's shard (0-based) and the number of shards
+/// (`sites-shard=K/N`, stored as `K - 1` and `N`).
+static SHARD: AtomicU64 = AtomicU64::new(1);
 /// The stack id this process failed (0: none yet), and the pid that did.
 static FAILED_ID: AtomicU64 = AtomicU64::new(0);
 static FAILED_PID: AtomicI32 = AtomicI32::new(0);
@@ -116,6 +124,11 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     if KNOWN.contains(id) {
         return StackCheck::Pass;
     }
+    if !in_shard(id) {
+        // Another shard's stack: it passes, unresolved and unrecorded.
+        KNOWN.insert(id, 0, false);
+        return StackCheck::Pass;
+    }
     // A new stack: is it the program's, or the runtime's?
     let Some(_reclaiming) = ReclaimGuard::enter() else {
         return StackCheck::Pass;
@@ -149,6 +162,15 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     FAILED_PID.store(sys::getpid(), Relaxed);
     write_site(id, frames, op, size, align);
     StackCheck::Fail
+}
+
+/// Whether stack `id` belongs to this process's shard (`sites-shard`):
+/// shards split the ids by a mix of their bits, so that each gets its share
+/// whatever the ids' low bits.
+fn in_shard(id: u64) -> bool {
+    let shard = SHARD.load(Relaxed);
+    let (index, count) = (shard >> 32, shard & u64::from(u32::MAX));
+    count <= 1 || splitmix64(id) % count == index
 }
 
 /// The current stack's id and its frames. The single place both modes walk
@@ -232,6 +254,8 @@ pub(crate) fn install(spec: &Spec) -> bool {
     }
     SKIP.store(spec.sites_skip, Relaxed);
     ALL.store(spec.sites_all, Relaxed);
+    let (k, n) = spec.sites_shard;
+    SHARD.store(u64::from(k - 1) << 32 | u64::from(n), Relaxed);
     if !EXIT_HANDLER.swap(true, Relaxed) {
         sys::call_on_exit(at_exit);
     }

@@ -16,7 +16,8 @@ use crate::text::{Replayable, Shown};
 pub(crate) const MAX_THREAD_NAME: usize = 64;
 
 // [sites] The keys of `sites` mode (walking every allocation site, see
-// `sites.rs`): `sites=FILE`, `stack=ID`, `sites-skip=N`, `sites-all=Y`.
+// `sites.rs`): `sites=FILE`, `stack=ID`, `sites-skip=N`, `sites-all=Y`,
+// `sites-shard=K/N`.
 /// Longest accepted `sites=` path, in bytes.
 pub(crate) const MAX_SITES_PATH: usize = 512;
 
@@ -53,6 +54,9 @@ pub(crate) struct Spec {
     /// [sites] In `sites` mode, count stacks of the Rust runtime and the test
     /// harness as sites too.
     pub(crate) sites_all: bool,
+    /// [sites] In `sites` mode, fail only the new stacks of shard
+    /// `shard.0` (1-based) of `shard.1`, told apart by stack id.
+    pub(crate) sites_shard: (u32, u32),
 }
 
 /// 100 %, in billionths of a percent.
@@ -80,6 +84,7 @@ impl Spec {
         stack: 0,
         sites_skip: 0,
         sites_all: false,
+        sites_shard: (1, 1),
     };
 
     pub(crate) fn thread_name(&self) -> &[u8] {
@@ -123,7 +128,7 @@ pub(crate) struct SpecError<'a> {
 /// Every key, for the unknown-key message.
 pub(crate) const KEYS: &str = "probability, interval, times, space, min-size, max-size, \
     task-filter, after, seed, verbose, transient, report, nth, thread, sites, stack, \
-    sites-skip, sites-all";
+    sites-skip, sites-all, sites-shard";
 
 const PROBABILITY: &str = "a percentage from 0 to 100, decimals allowed (0.5)";
 const WHOLE_POSITIVE: &str = "a whole number >= 1";
@@ -132,6 +137,7 @@ const BYTES: &str = "bytes, with an optional K, M or G suffix";
 const WHOLE: &str = "a whole number >= 0";
 const YES_NO: &str = "Y or N";
 const VERBOSE: &str = "0, 1 or 2";
+const SHARD: &str = "K/N: shard K (1 to N) of N >= 1 shards (2/4)";
 const THREAD: &str = "a thread name of 1 to 64 bytes (\\xNN escapes allowed)";
 const SITES: &str = "a file path of 1 to 512 bytes (\\xNN escapes allowed)";
 const STACK: &str = "a stack id: 1 to 16 hex digits, not all zero";
@@ -312,6 +318,10 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
                 spec.sites_all = yes_no(value).ok_or(bad(YES_NO))?;
                 17
             }
+            b"sites-shard" => {
+                spec.sites_shard = parse_shard(value).ok_or(bad(SHARD))?;
+                18
+            }
             _ => return Err(err(key, value, Problem::UnknownKey)),
         };
         if seen & (1 << index) != 0 {
@@ -334,6 +344,14 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
         });
     }
     Ok(spec)
+}
+
+/// [sites] `K/N` with 1 <= K <= N.
+fn parse_shard(v: &[u8]) -> Option<(u32, u32)> {
+    let slash = v.iter().position(|&b| b == b'/')?;
+    let k = u32::try_from(parse_u64(&v[..slash])?).ok()?;
+    let n = u32::try_from(parse_u64(&v[slash + 1..])?).ok()?;
+    (1..=n).contains(&k).then_some((k, n))
 }
 
 /// [sites] 1 to 16 hex digits.
@@ -417,6 +435,9 @@ impl fmt::Display for Canonical<'_> {
         }
         if s.sites_all {
             f.write_str(",sites-all=Y")?;
+        }
+        if s.sites_shard != d.sites_shard {
+            write!(f, ",sites-shard={}/{}", s.sites_shard.0, s.sites_shard.1)?;
         }
         Ok(())
     }
@@ -502,6 +523,12 @@ mod tests {
 
     #[test]
     fn sites_keys_parse_and_print_back() {
+        let s = ok("sites=/tmp/state,sites-shard=2/3");
+        assert_eq!(s.sites_shard, (2, 3));
+        for bad_shard in ["0/3", "4/3", "1/0", "3", "/3", "1/", "a/b", "1/4294967296"] {
+            let spec = format!("sites=/tmp/state,sites-shard={bad_shard}");
+            assert!(parse(spec.as_bytes()).is_err(), "{bad_shard}");
+        }
         let s = ok("sites=/tmp/state,sites-skip=2,sites-all=Y");
         assert_eq!(s.sites_path(), b"/tmp/state");
         assert_eq!((s.sites_skip, s.sites_all, s.stack), (2, true, 0));

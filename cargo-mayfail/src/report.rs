@@ -135,6 +135,50 @@ pub fn summarize(state: &State, path: &Path) -> Summary {
     }
 }
 
+/// One report for the walks of several state files (the shards of one walk,
+/// `sites --shard K/N`): their sites together (a stack id found by more than
+/// one keeps its worst outcome), their runs and times summed (the time is
+/// the work of every shard, not the wall-clock time of shards run at once),
+/// and why each stopped.
+pub fn merge(summaries: Vec<Summary>) -> Summary {
+    let mut merged = Summary {
+        state: summaries
+            .iter()
+            .map(|s| s.state.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ..Summary::default()
+    };
+    let mut reasons: Vec<String> = Vec::new();
+    for s in summaries {
+        if merged.command.is_empty() {
+            merged.command = s.command;
+        }
+        merged.runs += s.runs;
+        merged.elapsed_ms += s.elapsed_ms;
+        merged.baseline_ms = merged.baseline_ms.or(s.baseline_ms);
+        merged.last_run_ms = merged.last_run_ms.max(s.last_run_ms);
+        merged.runtime_stacks += s.runtime_stacks;
+        let reason = format!("{}: {}", s.state, s.stopped);
+        reasons.push(reason);
+        for site in s.sites {
+            match merged.sites.iter_mut().find(|m| m.id == site.id) {
+                Some(m) => {
+                    m.seen += site.seen;
+                    if site.outcome < m.outcome {
+                        m.outcome = site.outcome;
+                        m.detail = site.detail;
+                    }
+                }
+                None => merged.sites.push(site),
+            }
+        }
+    }
+    merged.stopped = reasons.join("; ");
+    merged.sites.sort_by_key(|s| (s.outcome, s.first_run, s.id));
+    merged
+}
+
 /// Why the walk in `state` stopped, from its last run, by the rule `sites`
 /// stops by: a run that failed no new site and met no new runtime stack
 /// (or did not end normally) leaves nothing to find.

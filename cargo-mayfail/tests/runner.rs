@@ -326,6 +326,58 @@ fn jobs_run_copies_that_fail_different_sites() {
 }
 
 #[test]
+fn shards_walk_disjoint_sites_that_merge_into_the_whole_walk() {
+    let binary = fixture_binary().to_str().unwrap();
+    let dir = scratch("shards");
+    let mut stacks: Vec<Vec<String>> = Vec::new();
+    let mut states = Vec::new();
+    for k in 1..=3 {
+        let state = dir.join(format!("shard{k}.state"));
+        let shard = format!("{k}/3");
+        let out = run(&[
+            "sites",
+            "--state",
+            state.to_str().unwrap(),
+            "--shard",
+            &shard,
+            "--no-baseline",
+            "--",
+            binary,
+            "--test-threads=1",
+        ]);
+        assert!(matches!(out.code, Some(0 | 1)), "{}", out.stderr);
+        let json = std::fs::read_to_string(state.with_extension("json")).unwrap();
+        stacks.push(sites_of(&json).into_iter().map(|s| s.stack).collect());
+        states.push(state);
+    }
+    let all: Vec<&String> = stacks.iter().flatten().collect();
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "shards overlap: {stacks:?}");
+    // Merged, the shards' reports are the whole walk's.
+    let mut args = vec![
+        "report".to_owned(),
+        "--state".to_owned(),
+        dir.join("merged.state").to_str().unwrap().to_owned(),
+    ];
+    args.extend(states.iter().map(|p| p.to_str().unwrap().to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("mayfail sites: 5 sites in "),
+        "{}",
+        out.stdout
+    );
+    let json = std::fs::read_to_string(dir.join("merged.json")).unwrap();
+    assert_fixture_sites(&sites_of(&json), &json);
+    // A shard that is not one is refused, naming the accepted form.
+    let out = assert_refused(&["sites", "--shard", "4/3", "--", binary], "K/N");
+    assert!(out.stderr.contains("4/3"), "{}", out.stderr);
+}
+
+#[test]
 fn ctrl_c_forwards_the_interrupt_and_leaves_a_state_that_resumes() {
     let dir = scratch("interrupt");
     let state = dir.join("sites.state");

@@ -37,6 +37,17 @@ fn jobs(value: &str) -> Result<u64, String> {
     }
 }
 
+/// `--shard`: `K/N`, shard K (1 to N) of N.
+fn shard(value: &str) -> Result<(u32, u32), String> {
+    let parsed = value.split_once('/').and_then(|(k, n)| {
+        let (k, n) = (k.parse::<u32>().ok()?, n.parse::<u32>().ok()?);
+        (1..=n).contains(&k).then_some((k, n))
+    });
+    parsed.ok_or_else(|| {
+        format!("takes K/N, shard K (from 1 to N) of N shards, as in 2/4; not \"{value}\"")
+    })
+}
+
 /// `--retries`: -1, 0 or a count.
 fn retries(value: &str) -> Result<i64, String> {
     match value.parse::<i64>() {

@@ -1,4 +1,7 @@
-//! `mayfail report`: the report of a state file, again.
+//! `mayfail report`: the report of a state file, again, or one report for
+//! several (the shards of one walk).
+
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -8,21 +11,40 @@ use crate::failure::Failure;
 use crate::json;
 use crate::state::Access;
 
-/// Prints the table and writes the JSON and HTML reports of a state file
+/// Prints the table and writes the JSON and HTML reports of a state file,
+/// or of several merged
 #[derive(Args, Debug)]
 #[command(after_long_help = json::SCHEMA)]
 pub(crate) struct ReportArgs {
     #[command(flatten)]
     files: StateFiles,
+    /// State files to merge into one report (the shards of one walk, `sites
+    /// --shard K/N`) instead of --state's; the reports still go to --json
+    /// and --html, or next to --state
+    #[arg(value_name = "STATE")]
+    merge: Vec<PathBuf>,
 }
 
 /// Renders the report; exits 0.
 pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
     let paths = args.files.paths()?;
-    // Shared: reports may run together, never while a walk holds the file.
-    let file = super::open_state(&paths.state, Access::Report)?;
-    let state = super::load(&file, &paths.state)?;
-    let summary = crate::report::summarize(&state, &paths.state);
+    let sources = if args.merge.is_empty() {
+        vec![paths.state.clone()]
+    } else {
+        args.merge
+    };
+    let mut summaries = Vec::new();
+    for path in &sources {
+        // Shared: reports may run together, never while a walk holds the file.
+        let file = super::open_state(path, Access::Report)?;
+        let state = super::load(&file, path)?;
+        summaries.push(crate::report::summarize(&state, path));
+    }
+    let summary = if summaries.len() == 1 {
+        summaries.remove(0)
+    } else {
+        crate::report::merge(summaries)
+    };
     super::sites::write_reports(&summary, &paths)?;
     print!("{}", crate::report::table(&summary));
     Ok(exit_codes::SUCCESS)

@@ -67,6 +67,12 @@ pub(crate) struct SitesArgs {
     /// Count stacks of the Rust runtime, the test harness and libc as sites
     #[arg(long)]
     all_stacks: bool,
+    /// Walk shard K of N only: new stacks are split into N parts by stack
+    /// id, so N walks of the same command (CI jobs), each with its own state
+    /// file, find disjoint sites that together make the whole walk; `mayfail
+    /// report A.state B.state ...` merges their reports
+    #[arg(long, value_name = "K/N", value_parser = super::shard)]
+    shard: Option<(u32, u32)>,
     /// Do not run CMD without injection first (twice: it must pass, and the
     /// faster time is the cost baseline)
     #[arg(long)]
@@ -107,6 +113,9 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     let mut spec = format!("sites={state_text}");
     if args.all_stacks {
         spec.push_str(",sites-all=Y");
+    }
+    if let Some((k, n)) = args.shard {
+        spec.push_str(&format!(",sites-shard={k}/{n}"));
     }
     if let Some(extra) = &args.inject {
         spec.push(',');
