@@ -24,6 +24,7 @@ use crate::inject;
 use crate::policy;
 use crate::request::{Request, Verdict};
 use crate::reserve;
+use crate::scope;
 use crate::startup;
 #[cfg(feature = "sweep")]
 use crate::track;
@@ -199,7 +200,24 @@ macro_rules! forget_if_tracking {
 fn quick_pass() -> bool {
     #[cfg(feature = "inject")]
     {
-        !crate::engaged::is_set(crate::engaged::TRACKING) && inject::quick_pass()
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        // SAFETY: as in `when_engaged`: a read of the word's low byte (the
+        // flag bits, little-endian) and a jump to a label that returns.
+        unsafe {
+            core::arch::asm!(
+                "test byte ptr [rip + {word}], {flag}",
+                "jne {tracking}",
+                word = sym crate::engaged::ENGAGED,
+                flag = const crate::engaged::TRACKING,
+                tracking = label { return false; },
+                options(nostack),
+            );
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        if crate::engaged::is_set(crate::engaged::TRACKING) {
+            return false;
+        }
+        inject::quick_pass()
     }
     #[cfg(not(feature = "inject"))]
     {
@@ -211,6 +229,13 @@ fn quick_pass() -> bool {
 /// [`Request`] and stores nothing before its branches. The failed paths take
 /// the layout by value, in the registers the caller already keeps it in
 /// (std's allocation paths keep it for their own error path).
+///
+/// An engaged entry point's result joins the success path's null check: a
+/// block, or a null the inner allocator returned on the fast lane (which
+/// the failed path then retries as any other), or a null the engaged path
+/// has already settled (an injected failure, or one the retry policy gave
+/// up on), which it marks (`scope::mark_settled_null`) so that the failed
+/// path returns it as it is.
 impl<A: GlobalAlloc> MayFail<A> {
     /// # Safety
     ///
@@ -220,28 +245,10 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn alloc_engaged(&self, layout: Layout) -> *mut u8 {
         if quick_pass() {
             // SAFETY: the caller's contract for `alloc`.
-            return unsafe { self.alloc_passed(layout) };
+            return unsafe { self.inner.alloc(layout) };
         }
         // SAFETY: the caller's contract for `alloc`.
         unsafe { self.serve_engaged(layout, Request::Alloc) }
-    }
-
-    /// The fast lane of `alloc_engaged`: the inner call and its null check,
-    /// in a function of its own so that `alloc_engaged` stays a leaf that
-    /// tail-calls one of two functions (no register saves on the fast lane).
-    ///
-    /// # Safety
-    ///
-    /// The caller's contract for `alloc`.
-    #[inline(never)]
-    unsafe fn alloc_passed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc`.
-        let block = unsafe { self.inner.alloc(layout) };
-        if block.is_null() {
-            // SAFETY: the caller's contract for `alloc`.
-            return unsafe { self.alloc_failed(layout) };
-        }
-        block
     }
 
     /// # Safety
@@ -252,26 +259,10 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn alloc_zeroed_engaged(&self, layout: Layout) -> *mut u8 {
         if quick_pass() {
             // SAFETY: the caller's contract for `alloc_zeroed`.
-            return unsafe { self.alloc_zeroed_passed(layout) };
+            return unsafe { self.inner.alloc_zeroed(layout) };
         }
         // SAFETY: the caller's contract for `alloc_zeroed`.
         unsafe { self.serve_engaged(layout, Request::AllocZeroed) }
-    }
-
-    /// The fast lane of `alloc_zeroed_engaged` (see `alloc_passed`).
-    ///
-    /// # Safety
-    ///
-    /// The caller's contract for `alloc_zeroed`.
-    #[inline(never)]
-    unsafe fn alloc_zeroed_passed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc_zeroed`.
-        let block = unsafe { self.inner.alloc_zeroed(layout) };
-        if block.is_null() {
-            // SAFETY: the caller's contract for `alloc_zeroed`.
-            return unsafe { self.alloc_zeroed_failed(layout) };
-        }
-        block
     }
 
     /// # Safety
@@ -282,35 +273,22 @@ impl<A: GlobalAlloc> MayFail<A> {
     unsafe fn realloc_engaged(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if quick_pass() {
             // SAFETY: the caller's contract for `realloc`.
-            return unsafe { self.realloc_passed(ptr, layout, new_size) };
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
         // SAFETY: the caller's contract for `realloc`.
         unsafe { self.serve_engaged(layout, Request::Realloc { ptr, new_size }) }
     }
 
-    /// The fast lane of `realloc_engaged` (see `alloc_passed`).
-    ///
     /// # Safety
     ///
-    /// The caller's contract for `realloc`.
-    #[inline(never)]
-    unsafe fn realloc_passed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller's contract for `realloc`.
-        let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        if block.is_null() {
-            // SAFETY: the caller's contract for `realloc`; a failed realloc
-            // left `ptr` untouched.
-            return unsafe { self.realloc_failed(ptr, layout, new_size) };
-        }
-        block
-    }
-
-    /// # Safety
-    ///
-    /// The caller's contract for `alloc`; the inner allocator returned null.
+    /// The caller's contract for `alloc`; the inner allocator returned null,
+    /// or the engaged path settled on null.
     #[cold]
     #[inline(never)]
     unsafe fn alloc_failed(&self, layout: Layout) -> *mut u8 {
+        if scope::take_settled_null() {
+            return core::ptr::null_mut();
+        }
         // SAFETY: the same request, still valid.
         unsafe {
             policy::after_null(
@@ -326,10 +304,13 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// # Safety
     ///
     /// The caller's contract for `alloc_zeroed`; the inner allocator returned
-    /// null.
+    /// null, or the engaged path settled on null.
     #[cold]
     #[inline(never)]
     unsafe fn alloc_zeroed_failed(&self, layout: Layout) -> *mut u8 {
+        if scope::take_settled_null() {
+            return core::ptr::null_mut();
+        }
         // SAFETY: the same request, still valid.
         unsafe {
             policy::after_null(
@@ -345,10 +326,13 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// # Safety
     ///
     /// The caller's contract for `realloc`; the inner allocator returned null,
-    /// leaving `ptr` untouched.
+    /// leaving `ptr` untouched, or the engaged path settled on null.
     #[cold]
     #[inline(never)]
     unsafe fn realloc_failed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if scope::take_settled_null() {
+            return core::ptr::null_mut();
+        }
         // SAFETY: the same request, still valid: a failed realloc left its
         // block untouched.
         unsafe {
@@ -366,7 +350,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// environment), and every allocation while injection is on, a thread
     /// has a fail-nth countdown or a sweep's child tracks blocks, once the
     /// fast lane (an allocation the injection decision already let pass,
-    /// see `alloc_passed`) has declined it.
+    /// see `quick_pass`) has declined it.
     ///
     /// # Safety
     ///
@@ -407,9 +391,13 @@ impl<A: GlobalAlloc> MayFail<A> {
                 policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
             },
         };
+        if block.is_null() {
+            scope::mark_settled_null();
+            return block;
+        }
         // Blocks mayfail itself takes while reporting are not the operation's.
         #[cfg(feature = "sweep")]
-        if !block.is_null() && track::on() && !crate::scope::in_reclaim() {
+        if track::on() && !crate::scope::in_reclaim() {
             if let Request::Realloc { ptr, .. } = request {
                 track::forget(ptr as usize);
             }
@@ -462,12 +450,17 @@ unsafe extern "C" fn forget_freed_thunk() {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut block = core::ptr::null_mut();
+        let mut engaged = false;
         when_engaged!({
             // SAFETY: the caller's contract for `alloc`.
-            return unsafe { self.alloc_engaged(layout) };
+            block = unsafe { self.alloc_engaged(layout) };
+            engaged = true;
         });
-        // SAFETY: the caller's contract for `alloc`.
-        let block = unsafe { self.inner.alloc(layout) };
+        if !engaged {
+            // SAFETY: the caller's contract for `alloc`.
+            block = unsafe { self.inner.alloc(layout) };
+        }
         if block.is_null() {
             // SAFETY: the caller's contract for `alloc`.
             return unsafe { self.alloc_failed(layout) };
@@ -477,12 +470,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let mut block = core::ptr::null_mut();
+        let mut engaged = false;
         when_engaged!({
             // SAFETY: the caller's contract for `alloc_zeroed`.
-            return unsafe { self.alloc_zeroed_engaged(layout) };
+            block = unsafe { self.alloc_zeroed_engaged(layout) };
+            engaged = true;
         });
-        // SAFETY: the caller's contract for `alloc_zeroed`.
-        let block = unsafe { self.inner.alloc_zeroed(layout) };
+        if !engaged {
+            // SAFETY: the caller's contract for `alloc_zeroed`.
+            block = unsafe { self.inner.alloc_zeroed(layout) };
+        }
         if block.is_null() {
             // SAFETY: the caller's contract for `alloc_zeroed`.
             return unsafe { self.alloc_zeroed_failed(layout) };
@@ -492,12 +490,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let mut block = core::ptr::null_mut();
+        let mut engaged = false;
         when_engaged!({
             // SAFETY: the caller's contract for `realloc`.
-            return unsafe { self.realloc_engaged(ptr, layout, new_size) };
+            block = unsafe { self.realloc_engaged(ptr, layout, new_size) };
+            engaged = true;
         });
-        // SAFETY: the caller's contract for `realloc`.
-        let block = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if !engaged {
+            // SAFETY: the caller's contract for `realloc`.
+            block = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
         if block.is_null() {
             // SAFETY: the caller's contract for `realloc`; a failed realloc
             // left `ptr` untouched.

@@ -55,6 +55,9 @@ struct ThreadState {
     /// configuration `counters_generation` (see [`with_counters`]).
     counters: Cell<Counters>,
     counters_generation: Cell<u32>,
+    /// The engaged path returned a null it has already settled (see
+    /// [`mark_settled_null`]).
+    settled_null: Cell<bool>,
 }
 
 /// A thread's running counters of the injection attributes: each thread
@@ -92,6 +95,7 @@ thread_local! {
                 draws: 0,
             }),
             counters_generation: Cell::new(0),
+            settled_null: Cell::new(false),
         }
     };
 }
@@ -159,6 +163,23 @@ pub(crate) fn index_in_generation(generation: u32, number: u64) -> u64 {
             number.saturating_sub(s.base.get())
         })
         .unwrap_or(number)
+}
+
+/// The engaged path is returning a null that is final as it is (an injected
+/// failure, or one the retry policy already gave up on): the failed path,
+/// which every null of the success path's null check reaches, must return
+/// it without retrying. Only null-returning paths write it.
+pub(crate) fn mark_settled_null() {
+    let _ = STATE.try_with(|s| s.settled_null.set(true));
+}
+
+/// Whether the null being handled was settled by the engaged path
+/// (consumed). Once the thread-local is gone (thread teardown) nothing is
+/// marked, and the failed path retries such a null as a real one.
+pub(crate) fn take_settled_null() -> bool {
+    STATE
+        .try_with(|s| s.settled_null.replace(false))
+        .unwrap_or(false)
 }
 
 /// Runs `f` on this thread's counters for the configuration `generation`,
