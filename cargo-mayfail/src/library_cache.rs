@@ -23,11 +23,13 @@
 //!
 //! Concurrency and crashes: the build holds an exclusive `flock` on the
 //! directory's `lock` file (a second runner waits, then finds the library
-//! built); the library is copied to a temporary name and renamed, so a
-//! library in the cache is always whole.
+//! built), and one on `mayfail-preload.lock` in cargo's target directory
+//! while it builds there and copies the library out (a target directory
+//! shared through `CARGO_TARGET_DIR` has one `libmayfail_preload.so` for
+//! every cache); the library is copied to a temporary name and renamed, so
+//! a library in the cache is always whole.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -242,14 +244,14 @@ pub(crate) fn ensure() -> Result<PathBuf, Failure> {
         return Ok(library);
     }
     std::fs::create_dir_all(&build.dir).map_err(|e| io_failure("create", &build.dir, e))?;
-    let _lock = lock(&build.dir)?;
+    let _lock = lock(&build.dir.join("lock"))?;
     // Another runner may have built it while this one waited.
     if !library.is_file() {
         eprintln!(
             "mayfail: building the preload library (once; later runs reuse it) in {}",
             shell_quote(build.dir.as_os_str())
         );
-        let built = build.run()?;
+        let (built, _target_lock) = build.run()?;
         let temporary = build
             .dir
             .join(format!(".{LIBRARY}.{}.tmp", std::process::id()));
@@ -259,16 +261,15 @@ pub(crate) fn ensure() -> Result<PathBuf, Failure> {
     Ok(library)
 }
 
-/// Holds an exclusive `flock` on `dir/lock` until the file is dropped; says
+/// Holds an exclusive `flock` on the file `path` until it is dropped; says
 /// so in one line when another runner holds it.
-fn lock(dir: &Path) -> Result<File, Failure> {
-    let path = dir.join("lock");
+fn lock(path: &Path) -> Result<File, Failure> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|e| io_failure("open", &path, e))?;
+        .open(path)
+        .map_err(|e| io_failure("open", path, e))?;
     // SAFETY: flock on a descriptor we own; it touches no memory.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(file);
@@ -281,14 +282,15 @@ fn lock(dir: &Path) -> Result<File, Failure> {
         }
         let error = std::io::Error::last_os_error();
         if error.kind() != std::io::ErrorKind::Interrupted {
-            return Err(io_failure("lock", &path, error));
+            return Err(io_failure("lock", path, error));
         }
     }
 }
 
 impl Build {
-    /// Writes the project and builds it; returns the library cargo built.
-    fn run(&self) -> Result<PathBuf, Failure> {
+    /// Writes the project and builds it; returns the library cargo built,
+    /// and the lock on the target directory to hold while it is copied.
+    fn run(&self) -> Result<(PathBuf, File), Failure> {
         let project = self.dir.join("project");
         let src = project.join("src");
         std::fs::create_dir_all(&src).map_err(|e| io_failure("create", &src, e))?;
@@ -302,57 +304,79 @@ impl Build {
         }
         let log_path = self.dir.join("build.log");
         let log = File::create(&log_path).map_err(|e| io_failure("write", &log_path, e))?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let command_line = "cargo build --release";
-        let mut child = Command::new(&cargo)
-            .args([
-                "build",
-                "--release",
-                "--message-format=json-render-diagnostics",
-            ])
-            .current_dir(&project)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
+        // Runs cargo with ARGS in the project, its stderr into the log;
+        // returns its stdout.
+        let cargo = |args: &[&str]| -> Result<String, Failure> {
+            let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let stderr = log
+                .try_clone()
+                .map_err(|e| io_failure("write", &log_path, e))?;
+            let output = Command::new(&program)
+                .args(args)
+                .current_dir(&project)
+                .stdin(Stdio::null())
+                .stderr(stderr)
+                .output()
+                .map_err(|e| {
+                    failure(
+                        exit_codes::BAD_INPUT,
+                        format!("cannot run {}: {e}", shell_quote(&program)),
+                    )
+                })?;
+            let failed = |what: &str| {
                 failure(
                     exit_codes::BAD_INPUT,
-                    format!("cannot run {}: {e}", shell_quote(&cargo)),
+                    format!(
+                        "`cargo {}` in {} {what}; its output is in {}",
+                        args[..2].join(" "),
+                        shell_quote(project.as_os_str()),
+                        shell_quote(log_path.as_os_str())
+                    ),
                 )
-            })?;
-        // The library is the one cargo names (wherever the target directory
-        // is: CARGO_TARGET_DIR and cargo's configuration are followed).
-        let mut built = None;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            built = built.or_else(|| artifact(&line));
-        }
-        let status = child.wait().map_err(Failure::Wait)?;
-        let failed = |what: String| {
+            };
+            if !output.status.success() {
+                let first_error = std::fs::read_to_string(&log_path)
+                    .ok()
+                    .and_then(|log| {
+                        log.lines()
+                            .find(|line| line.starts_with("error"))
+                            .map(|line| format!(" ({line})"))
+                    })
+                    .unwrap_or_default();
+                return Err(failed(&format!("failed{first_error}")));
+            }
+            String::from_utf8(output.stdout).map_err(|_| failed("wrote no UTF-8"))
+        };
+        // The target directory is cargo's choice (CARGO_TARGET_DIR and
+        // cargo's configuration are followed), and may be shared: the
+        // library cargo puts there has one name for every such project, so
+        // one runner at a time builds there and copies it out.
+        let metadata = cargo(&["metadata", "--no-deps", "--format-version", "1"])?;
+        let target = serde_json::from_str::<serde_json::Value>(&metadata)
+            .ok()
+            .and_then(|m| m["target_directory"].as_str().map(PathBuf::from))
+            .unwrap_or_else(|| project.join("target"));
+        std::fs::create_dir_all(&target).map_err(|e| io_failure("create", &target, e))?;
+        let target_lock = lock(&target.join("mayfail-preload.lock"))?;
+        let messages = cargo(&[
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+        ])?;
+        let built = messages
+            .lines()
+            .find_map(artifact)
+            .filter(|path| path.is_file());
+        let built = built.ok_or_else(|| {
             failure(
                 exit_codes::BAD_INPUT,
                 format!(
-                    "`{command_line}` in {} {what}; its output is in {}",
-                    shell_quote(project.as_os_str()),
-                    shell_quote(log_path.as_os_str())
+                    "`cargo build --release` in {} named no {LIBRARY}",
+                    shell_quote(project.as_os_str())
                 ),
             )
-        };
-        if !status.success() {
-            let first_error = std::fs::read_to_string(&log_path)
-                .ok()
-                .and_then(|log| {
-                    log.lines()
-                        .find(|line| line.starts_with("error"))
-                        .map(|line| format!(" ({line})"))
-                })
-                .unwrap_or_default();
-            return Err(failed(format!("failed{first_error}")));
-        }
-        built
-            .filter(|path| path.is_file())
-            .ok_or_else(|| failed(format!("named no {LIBRARY}")))
+        })?;
+        Ok((built, target_lock))
     }
 }
 
