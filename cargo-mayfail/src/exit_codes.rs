@@ -17,15 +17,17 @@ pub const UNHANDLED_SITES: i32 = 1;
 /// missing `--` or command, an unusable `--state` path (one that is not a
 /// regular file, or a symbolic link to one, or absent), or a state file
 /// that is corrupt (it is then left exactly as it was). One line says
-/// which input and what it accepts, a second one shows the usage.
+/// which input and what it accepts, a second one shows the usage. Also a
+/// preload library that is needed but missing and could not be built: one
+/// line names what failed and `MAYFAIL_PRELOAD_LIB`, without the usage.
 pub const BAD_INPUT: i32 = 2;
 
 /// An I/O error: a file that exists could not be read or written (the
-/// state file, its `.log`, a report), or waiting for the command failed.
-/// One line names the file and the error; the input itself was fine, so
-/// the same command may well work once the file system does. A state file
-/// that cannot be written is found before anything runs: `sites` opens it
-/// for appending first.
+/// state file, its `.log`, a report, the preload library's cache), or
+/// waiting for the command failed. One line names the file and the error;
+/// the input itself was fine, so the same command may well work once the
+/// file system does. A state file that cannot be written is found before
+/// anything runs: `sites` opens it for appending first.
 pub const IO_ERROR: i32 = 3;
 
 /// `sites`: the command failed, timed out or was killed without any

@@ -28,6 +28,9 @@ pub(crate) enum Failure {
     CommandNotFound(String),
     /// The command exists but cannot be executed.
     CannotExecute(String, io::Error),
+    /// The preload library could not be built: what failed, what to do
+    /// instead, and the exit code (bad input, or an I/O error on the cache).
+    PreloadLibrary { message: String, code: i32 },
 }
 
 impl Failure {
@@ -59,6 +62,7 @@ impl Failure {
             Failure::StateInUse(..) => exit_codes::STATE_IN_USE,
             Failure::CommandNotFound(_) => exit_codes::COMMAND_NOT_FOUND,
             Failure::CannotExecute(..) => exit_codes::CANNOT_EXECUTE,
+            Failure::PreloadLibrary { code, .. } => *code,
         }
     }
 
@@ -71,7 +75,9 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::BadInput(message) => f.write_str(message),
+            Failure::BadInput(message) | Failure::PreloadLibrary { message, .. } => {
+                f.write_str(message)
+            }
             Failure::Io {
                 action,
                 path,

@@ -69,6 +69,7 @@ mod commands;
 pub mod exit_codes;
 mod failure;
 mod json;
+mod library_cache;
 mod process;
 mod progress;
 mod report;

@@ -205,6 +205,158 @@ fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_
     assert!(unchecked.2.contains("program.c:20"), "{sites:?}");
 }
 
+/// An installed runner: `mayfail` copied alone into `dir/bin` (no library
+/// next to it, none named), its cache in `dir/cache`. The library's build
+/// shares one target directory across test runs, so only the first build
+/// on a machine is slow.
+fn installed_runner(dir: &Path) -> Command {
+    let bin = dir.join("bin");
+    if !bin.join("mayfail").is_file() {
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(RUNNER, bin.join("mayfail")).unwrap();
+    }
+    let mut command = Command::new(bin.join("mayfail"));
+    command
+        .current_dir(dir)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-cache-build"),
+        )
+        .env("CARGO", env!("CARGO"))
+        .env_remove("MAYFAIL_PRELOAD_LIB")
+        .env_remove("MAYFAIL_INJECT")
+        .env_remove("MAYFAIL_RETRIES")
+        .env_remove("LD_PRELOAD")
+        .env_remove("RUSTFLAGS");
+    command
+}
+
+/// The lines that say the library is being built.
+fn building_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("mayfail: building the preload library"))
+        .collect()
+}
+
+/// The walk of [`C_PROGRAM`]: its two sites, handled and crashed.
+fn assert_c_program_walked(dir: &Path, state: &str, output: &Output) {
+    let text = stdout_and_stderr(output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let sites = sites_in(&dir.join(state));
+    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    let checked = sites.iter().find(|s| s.2.starts_with("checked")).unwrap();
+    assert_eq!(checked.1, "handled", "{sites:?}");
+    let unchecked = sites.iter().find(|s| s.2.starts_with("unchecked")).unwrap();
+    assert_eq!(unchecked.1, "crashed", "{sites:?}");
+}
+
+#[test]
+fn an_installed_runner_builds_the_library_once_into_its_cache_and_reuses_it() {
+    let dir = scratch("installed");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let walk = |state: &str| {
+        let started = Instant::now();
+        let output = bounded(
+            installed_runner(&dir).args([
+                "sites",
+                "--preload",
+                "--state",
+                state,
+                "--",
+                "./program",
+            ]),
+            900,
+        );
+        println!("{state}: {:.1?}", started.elapsed());
+        output
+    };
+
+    let first = walk("first.state");
+    assert_c_program_walked(&dir, "first.state", &first);
+    let text = stdout_and_stderr(&first);
+    let building = building_lines(&text);
+    assert_eq!(building.len(), 1, "{text}");
+    assert!(
+        building[0].contains(&dir.join("cache/mayfail/").display().to_string()),
+        "{text}"
+    );
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir.join("cache/mayfail"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let name = entries[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(concat!(env!("CARGO_PKG_VERSION"), "-")),
+        "{name}"
+    );
+    let library = entries[0].join("libmayfail_preload.so");
+    assert!(library.is_file());
+    let built_at = library.metadata().unwrap().modified().unwrap();
+
+    let second = walk("second.state");
+    assert_c_program_walked(&dir, "second.state", &second);
+    let text = stdout_and_stderr(&second);
+    assert!(building_lines(&text).is_empty(), "{text}");
+    assert_eq!(library.metadata().unwrap().modified().unwrap(), built_at);
+}
+
+#[test]
+fn two_installed_runners_starting_at_once_build_the_library_once() {
+    let dir = scratch("installed-twice");
+    compile_c(&dir, C_PROGRAM, &[]);
+    installed_runner(&dir);
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            installed_runner(&dir)
+                .args(["run", "--preload", "--", "./program"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut text = String::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let printed = stdout_and_stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{printed}");
+        assert!(printed.contains("checked"), "{printed}");
+        text.push_str(&printed);
+    }
+    assert_eq!(building_lines(&text).len(), 1, "{text}");
+}
+
+#[test]
+fn a_library_that_cannot_be_built_is_one_line_naming_the_failure_and_the_variable_exit_2() {
+    let dir = scratch("installed-no-cargo");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let output = bounded(
+        installed_runner(&dir)
+            .env("CARGO", "false")
+            .args(["run", "--preload", "--", "./program"]),
+        60,
+    );
+    let text = stdout_and_stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("mayfail: cannot build the preload library"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{text}");
+    assert!(failures[0].contains("`cargo metadata --no-deps`"), "{text}");
+    assert!(failures[0].contains("build.log"), "{text}");
+    assert!(failures[0].contains("MAYFAIL_PRELOAD_LIB=PATH"), "{text}");
+    assert!(!text.contains("checked"), "the program ran: {text}");
+    assert!(!text.contains("Usage"), "{text}");
+}
+
 const RUST_PROGRAM: &str = r#"
 fn fallible() {
     let mut buffer: Vec<u8> = Vec::new();

@@ -74,11 +74,19 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The runner in the fixture's directory. The fixture declares `MayFail`:
+/// the preload library is not needed, so none is named that exists (a
+/// cargo walk says so in one line and goes on) and none is built for these
+/// tests (`tests/preload.rs` tests the library and its build).
 fn runner() -> Command {
     let mut command = Command::new(RUNNER);
     command
         .current_dir(fixture_dir())
         .env("CARGO_TARGET_DIR", fixture_target())
+        .env(
+            "MAYFAIL_PRELOAD_LIB",
+            fixture_target().join("no-preload-library.so"),
+        )
         .env_remove("MAYFAIL_INJECT")
         .env_remove("MAYFAIL_RETRIES");
     command

@@ -18,6 +18,7 @@ use std::process::Command;
 use clap::Args;
 
 use crate::failure::Failure;
+use crate::library_cache;
 use crate::process::shell_quote;
 
 /// The library's file name.
@@ -38,8 +39,20 @@ pub(crate) struct PreloadRunArgs {
     command: Vec<OsString>,
 }
 
-/// The preload library: `$MAYFAIL_PRELOAD_LIB`, else the file next to this
-/// program (where `cargo build` of this workspace puts it).
+/// The preload library, built first if need be: [`library`], else the one
+/// [`library_cache::ensure`] builds in the per-user cache. Called once,
+/// before a command starts: the build never happens in a walk's run.
+pub(crate) fn library_or_build() -> Result<PathBuf, Failure> {
+    match library() {
+        Err(_) if std::env::var_os(LIBRARY_VARIABLE).is_none() => library_cache::ensure(),
+        found => found,
+    }
+}
+
+/// The preload library, never built here: `$MAYFAIL_PRELOAD_LIB`, else the
+/// file next to this program (where `cargo build` of this workspace puts
+/// it), else the one built in the per-user cache for this program (see
+/// [`library_cache`]).
 pub(crate) fn library() -> Result<PathBuf, Failure> {
     if let Some(path) = std::env::var_os(LIBRARY_VARIABLE) {
         let path = PathBuf::from(path);
@@ -57,14 +70,15 @@ pub(crate) fn library() -> Result<PathBuf, Failure> {
         .map_err(|e| Failure::io("find this program", Path::new("/proc/self/exe"), e))?;
     let path = exe.with_file_name(LIBRARY);
     if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Failure::bad_input(format!(
+        return Ok(path);
+    }
+    library_cache::cached().ok_or_else(|| {
+        Failure::bad_input(format!(
             "the preload library {} is missing: build it (cargo build -p mayfail-preload, in \
              the same profile) or name it with {LIBRARY_VARIABLE}=PATH",
             path.display()
-        )))
-    }
+        ))
+    })
 }
 
 /// Whether `command` runs cargo: its preload goes through the target runner.
@@ -100,9 +114,10 @@ impl PreloadChoice {
         }
         // A cargo command without `--preload`: the library is a bonus. Its
         // test binaries that declare mayfail::MayFail work without it, so a
-        // missing library is one line, not a refusal.
+        // library that is missing and cannot be built is one line, not a
+        // refusal.
         if !self.preload
-            && let Err(missing) = library()
+            && let Err(missing) = library_or_build()
         {
             eprintln!(
                 "mayfail: note: {missing}; test binaries that do not declare \
@@ -119,7 +134,7 @@ impl PreloadChoice {
 /// each one); for any other program, `LD_PRELOAD` on it, after one line on
 /// stderr for each of its [`limits`].
 pub(crate) fn environment(argv: &[OsString]) -> Result<(String, OsString), Failure> {
-    let library = library()?;
+    let library = library_or_build()?;
     if is_cargo(argv) {
         let (variable, runner) = target_runner(argv)?;
         Ok((variable, runner.into()))

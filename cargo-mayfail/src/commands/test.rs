@@ -15,8 +15,8 @@ use crate::failure::Failure;
 #[derive(Args, Debug)]
 #[command(
     long_about = "Runs `cargo test ARGS` once with its test binaries under the preload library \
-                  (libmayfail_preload.so, found next to this program or named by \
-                  MAYFAIL_PRELOAD_LIB): they are run through cargo's target runner, so cargo, \
+                  (libmayfail_preload.so: named by MAYFAIL_PRELOAD_LIB, found next \
+                  to this program, or built once into ~/.cache/mayfail): they are run through cargo's target runner, so cargo, \
                   rustc and build scripts are not. The crate needs no change: Rust code on the \
                   default allocator and C code are both reached, and doctests where cargo hands \
                   its runner to rustdoc (cargo 1.89 and later). A test binary that declares mayfail::MayFail itself keeps its \
