@@ -652,7 +652,7 @@ mod tests {
         let frame = |name, file: &str| Frame {
             name,
             named: true,
-            file: Some(Path::new(file).to_owned().leak()),
+            file: Some(Box::leak(Path::new(file).to_owned().into_boxed_path())),
             line: Some(1),
         };
         // Machinery: mayfail's own sources, std's, a registry crate of the
