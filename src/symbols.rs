@@ -649,12 +649,14 @@ mod tests {
     #[test]
     fn names_without_a_crate_path_are_judged_by_their_file() {
         let registry = "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f";
-        let frame = |name, file: &str| Frame {
-            name,
-            named: true,
-            file: Some(Box::leak(Path::new(file).to_owned().into_boxed_path())),
-            line: Some(1),
-        };
+        fn frame<'a>(name: &'a str, file: &'a str) -> Frame<'a> {
+            Frame {
+                name,
+                named: true,
+                file: Some(Path::new(file)),
+                line: Some(1),
+            }
+        }
         // Machinery: mayfail's own sources, std's, a registry crate of the
         // list (its directory spelled with dashes, a version with a `-`).
         for (name, file) in [
