@@ -378,18 +378,23 @@ fn main() {
 }
 "#;
 
-#[test]
-fn a_rust_program_on_the_default_allocator_sees_err_from_try_reserve_and_aborts_in_push() {
-    require_library();
-    let dir = scratch("rust-program");
-    std::fs::write(dir.join("program.rs"), RUST_PROGRAM).unwrap();
+/// Compiles `source` with debug info into `dir/program`.
+fn compile_rust(dir: &Path, source: &str) {
+    std::fs::write(dir.join("program.rs"), source).unwrap();
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let built = Command::new(rustc)
-        .current_dir(&dir)
+        .current_dir(dir)
         .args(["-g", "--edition", "2021", "-o", "program", "program.rs"])
         .status()
         .expect("rustc runs");
     assert!(built.success());
+}
+
+#[test]
+fn a_rust_program_on_the_default_allocator_sees_err_from_try_reserve_and_aborts_in_push() {
+    require_library();
+    let dir = scratch("rust-program");
+    compile_rust(&dir, RUST_PROGRAM);
 
     // One injected failure at the try_reserve's stack: Err, exit 0.
     let output = bounded(
@@ -710,14 +715,7 @@ fn programs_whose_allocations_never_reach_malloc_are_said_to_be_out_of_reach() {
     // start-up reads /proc/self/maps with fopen) still reach the library,
     // so the walk is of those: no site of the program, exit 0.
     let dir = scratch("bump");
-    std::fs::write(dir.join("program.rs"), BUMP_PROGRAM).unwrap();
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let built = Command::new(rustc)
-        .current_dir(&dir)
-        .args(["-g", "--edition", "2021", "-o", "program", "program.rs"])
-        .status()
-        .expect("rustc runs");
-    assert!(built.success());
+    compile_rust(&dir, BUMP_PROGRAM);
     let (run, walk) = run_and_walk(&dir);
     let line = "mayfail: ./program: has its own Rust global allocator (jemalloc, mimalloc...): \
                 its Rust allocations do not reach malloc and are not injected; only C \
