@@ -163,13 +163,20 @@ macro_rules! forget_if_tracking {
         // SAFETY: the instructions read the low byte of the aligned atomic
         // `ENGAGED` (the flag bits, little-endian; a static: always mapped)
         // as a relaxed load does. While the flag is set they move the stack
-        // pointer past the 128-byte red zone (which `nostack` lets the
-        // compiler use: nothing here writes inside it) and call
-        // `forget_freed_thunk`, which aligns the stack itself, keeps `rdi`
-        // (the pointer, an in-out operand), and clobbers no more than the C
-        // ABI's caller-saved registers (`clobber_abi`); then they restore
-        // the stack pointer. The thunk neither unwinds nor touches the
-        // caller's memory.
+        // pointer past the 128-byte red zone and call `forget_freed_thunk`,
+        // which aligns the stack itself, keeps `rdi` (the pointer, an in-out
+        // operand) and clobbers no more than the C ABI's caller-saved
+        // registers (`clobber_abi`; the flags too); then they restore the
+        // stack pointer. `nostack` is kept so that the compiler need not
+        // align the stack on the success path; what it lets the compiler
+        // assume holds in effect: the return address and the thunk's frame
+        // are written only below the red zone, where the x86-64 System V
+        // ABI lets nothing live (a signal frame may land there at any
+        // time), never inside it or above the stack pointer. The thunk
+        // neither unwinds nor touches the caller's memory. It has no unwind
+        // information, and the caller's own is off by the moved stack
+        // pointer while it runs: a backtrace taken inside `forget_freed`
+        // stops there (nothing there takes one).
         unsafe {
             core::arch::asm!(
                 "test byte ptr [rip + {word}], {flag}",

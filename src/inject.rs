@@ -3,11 +3,11 @@
 //! Configured by `MAYFAIL_INJECT` (read once at start-up, without
 //! allocating) or [`configure_injection`]; per thread by [`fail_nth`]. The
 //! attributes live in process-wide atomics; the decision for one allocation
-//! reads them with relaxed loads and writes shared memory only once an
-//! allocation has passed the filters that come before the kernel's `times`,
-//! `space`, `interval` and `probability` steps (or while the `after` grace
-//! period is counted). Everything here runs inside the allocator: it never
-//! allocates before deciding, never locks and never panics.
+//! reads them with relaxed loads, counts `after`, `space`, `interval` and
+//! its draws in the thread's own counters, and writes shared memory only
+//! when it fails an allocation (`times`, the statistics). Everything here
+//! runs inside the allocator: it never allocates before deciding, never
+//! locks and never panics.
 //!
 //! ## The decision, in order
 //!
@@ -15,14 +15,14 @@
 //! 2. fail-nth: if the thread's countdown is running, step it; at zero, fail
 //!    now; otherwise pass, whatever else is configured.
 //! 3. Injection off: pass.
-//! 4. `after`: the first `after` allocations of the process pass.
+//! 4. `after`: the first `after` allocations of each thread pass.
 //! 5. `min-size` / `max-size` (like the kernel's `min-order`), then `nth`:
 //!    only the n-th allocation of each thread is a candidate.
 //! 6. The kernel's `should_fail`: `probability == 0` passes; `task-filter=Y`
 //!    passes outside `make_it_fail` scopes (`thread=` filters here too);
-//!    `times == 0` passes; while `space` exceeds the size, subtract it and
-//!    pass; with `interval > 1`, count and pass unless the count is a
-//!    multiple; fail with `probability` percent.
+//!    `times == 0` passes; while the thread's `space` exceeds the size,
+//!    subtract it and pass; with `interval > 1`, count in the thread's count
+//!    and pass unless it is a multiple; fail with `probability` percent.
 //! 7. On a failure, `times` is decremented unless it is `-1` (also when
 //!    fail-nth caused it, as in the kernel).
 
@@ -432,13 +432,17 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         scope::grant_passes(generation, passes - 1, true);
         return Verdict::Pass;
     }
-    let Some(index) = scope::with_counters(generation, space_configured, |c| {
+    let Some((index, salt)) = scope::with_counters(generation, space_configured, |c| {
+        if c.salt == 0 {
+            // Once per configuration: the thread's name is a system call.
+            c.salt = thread_salt() | 1;
+        }
         c.draws += 1;
-        c.draws - 1
+        (c.draws - 1, c.salt)
     }) else {
         return Verdict::Pass;
     };
-    if u64::from(random(a.seed.load(Relaxed) ^ thread_salt(), index)) >= threshold {
+    if u64::from(random(a.seed.load(Relaxed) ^ salt, index)) >= threshold {
         return Verdict::Pass;
     }
     fail(op, size, align, thread.number, Cause::Attributes)

@@ -55,9 +55,10 @@ struct ThreadState {
     /// configuration `counters_generation` (see [`with_counters`]).
     counters: Cell<Counters>,
     counters_generation: Cell<u32>,
-    /// The engaged path returned a null it has already settled (see
-    /// [`mark_settled_null`]).
-    settled_null: Cell<bool>,
+    /// Nulls the engaged path has settled that their failed path has not
+    /// taken yet (see [`mark_settled_null`]): more than one only while a
+    /// signal handler's allocation runs between the two.
+    settled_nulls: Cell<u32>,
 }
 
 /// A thread's running counters of the injection attributes: each thread
@@ -73,6 +74,9 @@ pub(crate) struct Counters {
     pub(crate) interval: u64,
     /// Draws made in the candidate-by-candidate `probability` sequence.
     pub(crate) draws: u64,
+    /// What tells this thread's sequence from the others' (a hash of its
+    /// name, odd; 0 until the first draw computes it).
+    pub(crate) salt: u64,
 }
 
 thread_local! {
@@ -93,9 +97,10 @@ thread_local! {
                 space: 0,
                 interval: 0,
                 draws: 0,
+                salt: 0,
             }),
             counters_generation: Cell::new(0),
-            settled_null: Cell::new(false),
+            settled_nulls: Cell::new(0),
         }
     };
 }
@@ -130,7 +135,7 @@ pub(crate) fn take_pass(generation: u32) -> bool {
     STATE
         .try_with(|s| {
             let passes = s.passes.get();
-            if passes == 0 || s.generation.get() != generation {
+            if passes == 0 || s.generation.get() != generation || s.settled_nulls.get() != 0 {
                 return false;
             }
             s.passes.set(passes - 1);
@@ -169,8 +174,14 @@ pub(crate) fn index_in_generation(generation: u32, number: u64) -> u64 {
 /// failure, or one the retry policy already gave up on): the failed path,
 /// which every null of the success path's null check reaches, must return
 /// it without retrying. Only null-returning paths write it.
+///
+/// A count, not a flag: a signal handler that allocates between the mark and
+/// its take marks and takes its own null in between (last in, first out),
+/// and while a mark is pending no allocation of the thread takes the fast
+/// lane (see [`take_pass`]), whose raw nulls also reach the failed path and
+/// would otherwise take the pending mark.
 pub(crate) fn mark_settled_null() {
-    let _ = STATE.try_with(|s| s.settled_null.set(true));
+    let _ = STATE.try_with(|s| s.settled_nulls.set(s.settled_nulls.get().saturating_add(1)));
 }
 
 /// Whether the null being handled was settled by the engaged path
@@ -178,7 +189,11 @@ pub(crate) fn mark_settled_null() {
 /// marked, and the failed path retries such a null as a real one.
 pub(crate) fn take_settled_null() -> bool {
     STATE
-        .try_with(|s| s.settled_null.replace(false))
+        .try_with(|s| {
+            let pending = s.settled_nulls.get();
+            s.settled_nulls.set(pending.saturating_sub(1));
+            pending > 0
+        })
         .unwrap_or(false)
 }
 

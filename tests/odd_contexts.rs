@@ -528,6 +528,76 @@ fn send_usr1(thread: libc::pthread_t) -> bool {
     true
 }
 
+static ALARMS: AtomicU64 = AtomicU64::new(0);
+
+/// Allocates (and frees) a block, as a signal handler that ignores
+/// async-signal safety might: under `probability=100` its allocation is
+/// injected too, so it never enters malloc.
+extern "C" fn allocating_alarm(_: libc::c_int) {
+    ALARMS.fetch_add(1, SeqCst);
+    let block = std::hint::black_box(alloc(std::hint::black_box(24)));
+    if !block.is_null() {
+        free(block, 24);
+    }
+}
+
+#[test]
+fn an_allocating_signal_handler_never_turns_an_injected_failure_into_a_block() {
+    if is_child() {
+        // SAFETY: an all-zero sigaction is valid; handler and empty mask set.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = allocating_alarm as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        mayfail::configure_injection("probability=100,times=-1,report=N").unwrap();
+        let every = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20,
+        };
+        let timer = libc::itimerval {
+            it_interval: every,
+            it_value: every,
+        };
+        // SAFETY: a valid timer; stopped below.
+        unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+        // Every allocation fails on purpose; a signal landing between the
+        // engaged path's settled null and its failed path must not make the
+        // failed path retry it into a block.
+        let deadline = Instant::now() + Duration::from_millis(400);
+        let (mut tries, mut blocks) = (0u64, 0u64);
+        while Instant::now() < deadline || ALARMS.load(SeqCst) < 200 {
+            for _ in 0..1000 {
+                let block = std::hint::black_box(alloc(std::hint::black_box(64)));
+                tries += 1;
+                if !block.is_null() {
+                    blocks += 1;
+                    free(block, 64);
+                }
+            }
+        }
+        // SAFETY: an all-zero itimerval is valid, and a zero timer stops it.
+        unsafe {
+            let stop: libc::itimerval = std::mem::zeroed();
+            libc::setitimer(libc::ITIMER_REAL, &stop, std::ptr::null_mut());
+        }
+        mayfail::disable_injection();
+        assert_eq!(
+            blocks,
+            0,
+            "{blocks} of {tries} injected failures came back as blocks, {} signals",
+            ALARMS.load(SeqCst)
+        );
+        return;
+    }
+    child("an_allocating_signal_handler_never_turns_an_injected_failure_into_a_block");
+}
+
 #[test]
 fn a_counting_signal_handler_sees_every_signal_while_injection_runs() {
     if is_child() {
