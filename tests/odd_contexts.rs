@@ -531,8 +531,9 @@ fn send_usr1(thread: libc::pthread_t) -> bool {
 static ALARMS: AtomicU64 = AtomicU64::new(0);
 
 /// Allocates (and frees) a block, as a signal handler that ignores
-/// async-signal safety might: under `probability=100` its allocation is
-/// injected too, so it never enters malloc.
+/// async-signal safety might: it runs on the thread it interrupts, inside
+/// that thread's `make_it_fail` scope, where `probability=100` injects its
+/// allocation too, so it never enters malloc.
 extern "C" fn allocating_alarm(_: libc::c_int) {
     ALARMS.fetch_add(1, SeqCst);
     let block = std::hint::black_box(alloc(std::hint::black_box(24)));
@@ -555,7 +556,9 @@ fn an_allocating_signal_handler_never_turns_an_injected_failure_into_a_block() {
                 0
             );
         }
-        mayfail::configure_injection("probability=100,times=-1,report=N").unwrap();
+        // Only this thread's allocations (the handler runs on it, inside
+        // the same scope): the harness's other threads allocate infallibly.
+        mayfail::configure_injection("probability=100,times=-1,task-filter=Y,report=N").unwrap();
         let every = libc::timeval {
             tv_sec: 0,
             tv_usec: 20,
@@ -571,6 +574,7 @@ fn an_allocating_signal_handler_never_turns_an_injected_failure_into_a_block() {
         // failed path retry it into a block.
         let deadline = Instant::now() + Duration::from_millis(400);
         let (mut tries, mut blocks) = (0u64, 0u64);
+        let scope = mayfail::make_it_fail_guard();
         while Instant::now() < deadline || ALARMS.load(SeqCst) < 200 {
             for _ in 0..1000 {
                 let block = std::hint::black_box(alloc(std::hint::black_box(64)));
@@ -581,6 +585,7 @@ fn an_allocating_signal_handler_never_turns_an_injected_failure_into_a_block() {
                 }
             }
         }
+        drop(scope);
         // SAFETY: an all-zero itimerval is valid, and a zero timer stops it.
         unsafe {
             let stop: libc::itimerval = std::mem::zeroed();
