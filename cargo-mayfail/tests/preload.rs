@@ -9,55 +9,23 @@
 //! (`cargo test` does not build another package's `cdylib`). Programs are
 //! compiled here, with debug information, by `cc` and `rustc`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_mayfail");
 const CARGO_RUNNER: &str = env!("CARGO_BIN_EXE_cargo-mayfail");
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("preload")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch("preload", name)
 }
 
-/// The preload library: next to the runner, or built once for these tests
-/// (a target directory of its own: the one `cargo test` is using stays
-/// locked while tests run).
+/// The preload library: the one next to the runner, or one built for these
+/// tests.
 fn library() -> PathBuf {
-    static LIBRARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    LIBRARY
-        .get_or_init(|| {
-            let beside = Path::new(RUNNER).with_file_name("libmayfail_preload.so");
-            if beside.is_file() {
-                return beside;
-            }
-            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-build");
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "mayfail-preload",
-                    "--manifest-path",
-                ])
-                .arg(workspace.join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target)
-                .env_remove("RUSTFLAGS")
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building mayfail-preload failed");
-            let built = target.join("debug/libmayfail_preload.so");
-            assert!(built.is_file(), "{} is missing", built.display());
-            built
-        })
-        .clone()
+    support::library(Path::new(RUNNER).with_file_name("libmayfail_preload.so"))
 }
 
 /// Makes sure the library exists before a test needs it.
@@ -67,21 +35,13 @@ fn require_library() {
 
 /// Runs `command`, killing it after `secs`.
 fn bounded(command: &mut Command, secs: u64) -> Output {
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            panic!("still running after {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    support::finish_within(child, secs)
 }
 
 fn runner(dir: &Path) -> Command {
@@ -123,14 +83,6 @@ fn sites_in(state: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn stdout_and_stderr(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 const C_PROGRAM: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,15 +118,7 @@ int main(void) {
 
 /// Compiles `source` into `dir/program` with `cc` and `flags`.
 fn compile_c(dir: &Path, source: &str, flags: &[&str]) {
-    std::fs::write(dir.join("program.c"), source).unwrap();
-    let built = Command::new("cc")
-        .current_dir(dir)
-        .args(["-g", "-O0"])
-        .args(flags)
-        .args(["-o", "program", "program.c"])
-        .status()
-        .expect("cc runs");
-    assert!(built.success(), "cc {flags:?} failed");
+    support::compile_c(dir, source, &[&["-O0"], flags].concat());
 }
 
 #[test]
@@ -193,7 +137,7 @@ fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_
         ]),
         120,
     );
-    let text = stdout_and_stderr(&output);
+    let text = support::output_text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join("walk.state"));
     assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
@@ -241,7 +185,7 @@ fn building_lines(text: &str) -> Vec<&str> {
 
 /// The walk of [`C_PROGRAM`]: its two sites, handled and crashed.
 fn assert_c_program_walked(dir: &Path, state: &str, output: &Output) {
-    let text = stdout_and_stderr(output);
+    let text = support::output_text(output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join(state));
     assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
@@ -274,7 +218,7 @@ fn an_installed_runner_builds_the_library_once_into_its_cache_and_reuses_it() {
 
     let first = walk("first.state");
     assert_c_program_walked(&dir, "first.state", &first);
-    let text = stdout_and_stderr(&first);
+    let text = support::output_text(&first);
     let building = building_lines(&text);
     assert_eq!(building.len(), 1, "{text}");
     assert!(
@@ -301,7 +245,7 @@ fn an_installed_runner_builds_the_library_once_into_its_cache_and_reuses_it() {
 
     let second = walk("second.state");
     assert_c_program_walked(&dir, "second.state", &second);
-    let text = stdout_and_stderr(&second);
+    let text = support::output_text(&second);
     assert!(building_lines(&text).is_empty(), "{text}");
     assert_eq!(library.metadata().unwrap().modified().unwrap(), built_at);
 }
@@ -325,7 +269,7 @@ fn two_installed_runners_starting_at_once_build_the_library_once() {
     let mut text = String::new();
     for child in children {
         let output = child.wait_with_output().unwrap();
-        let printed = stdout_and_stderr(&output);
+        let printed = support::output_text(&output);
         assert_eq!(output.status.code(), Some(0), "{printed}");
         assert!(printed.contains("checked"), "{printed}");
         text.push_str(&printed);
@@ -343,7 +287,7 @@ fn a_library_that_cannot_be_built_is_one_line_naming_the_failure_and_the_variabl
             .args(["run", "--preload", "--", "./program"]),
         60,
     );
-    let text = stdout_and_stderr(&output);
+    let text = support::output_text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     let failures: Vec<&str> = text
         .lines()
@@ -408,7 +352,7 @@ fn a_rust_program_on_the_default_allocator_sees_err_from_try_reserve_and_aborts_
         ]),
         120,
     );
-    let text = stdout_and_stderr(&output);
+    let text = support::output_text(&output);
     let sites = sites_in(&dir.join("walk.state"));
     let fallible = sites
         .iter()
@@ -444,7 +388,7 @@ fn a_rust_program_on_the_default_allocator_sees_err_from_try_reserve_and_aborts_
         ]),
         60,
     );
-    let text = stdout_and_stderr(&output);
+    let text = support::output_text(&output);
     assert_eq!(output.status.code(), Some(128 + libc::SIGABRT), "{text}");
     assert!(text.contains("program.rs:12"), "{text}");
 }
@@ -471,7 +415,7 @@ fn a_crate_that_knows_nothing_of_mayfail_is_walked_through_cargo_test_and_only_i
             .args(["--", "cargo", "test", "--offline"]),
         600,
     );
-    let text = stdout_and_stderr(&output);
+    let text = support::output_text(&output);
     let sites = sites_in(&state);
     assert!(!sites.is_empty(), "{text}");
     // Every failed allocation was in a test binary: none under cargo,
@@ -527,12 +471,12 @@ fn cargo_mayfail_test_injects_into_the_test_binaries_and_never_into_cargo() {
         clean.status.code(),
         Some(0),
         "{}",
-        stdout_and_stderr(&clean)
+        support::output_text(&clean)
     );
     // Every allocation fails: the test binaries die at their first one, and
     // cargo, which is not under the library, reports it.
     let failing = cargo_mayfail(Some("probability=100,times=-1"));
-    let text = stdout_and_stderr(&failing);
+    let text = support::output_text(&failing);
     assert_eq!(failing.status.code(), Some(101), "{text}");
     assert!(text.contains("process didn't exit successfully"), "{text}");
     assert!(text.contains("preload-run"), "{text}");
@@ -587,11 +531,11 @@ const NOTHING_REACHED: &str = concat!(
 /// said it once, then that nothing reached the library (exit 6).
 fn assert_said_once(run: &Output, walk: &Output, limit: &str) {
     let line = format!("mayfail: ./program: {limit}");
-    let text = stdout_and_stderr(run);
+    let text = support::output_text(run);
     assert_eq!(run.status.code(), Some(0), "{text}");
     assert_eq!(lines_with(&text, "mayfail"), 1, "{text}");
     assert_eq!(lines_with(&text, &line), 1, "{text}");
-    let text = stdout_and_stderr(walk);
+    let text = support::output_text(walk);
     assert_eq!(walk.status.code(), Some(6), "{text}");
     assert_eq!(lines_with(&text, &line), 1, "{text}");
     assert_eq!(lines_with(&text, NOTHING_REACHED), 1, "{text}");
@@ -618,7 +562,7 @@ fn a_static_program_is_said_to_be_out_of_reach_and_its_walk_exits_6() {
             .args(["run", "--preload", "--", "program"]),
         60,
     );
-    let text = stdout_and_stderr(&run);
+    let text = support::output_text(&run);
     assert_eq!(run.status.code(), Some(0), "{text}");
     assert_eq!(
         lines_with(&text, &format!("mayfail: program: {limit}")),
@@ -703,10 +647,10 @@ fn programs_whose_allocations_never_reach_malloc_are_said_to_be_out_of_reach() {
     let dir = scratch("arena");
     compile_c(&dir, ARENA_PROGRAM, &[]);
     let (run, walk) = run_and_walk(&dir);
-    let text = stdout_and_stderr(&run);
+    let text = support::output_text(&run);
     assert_eq!(run.status.code(), Some(0), "{text}");
     assert_eq!(text, "arena\n");
-    let text = stdout_and_stderr(&walk);
+    let text = support::output_text(&walk);
     assert_eq!(walk.status.code(), Some(6), "{text}");
     assert_eq!(lines_with(&text, NOTHING_REACHED), 1, "{text}");
 
@@ -720,9 +664,9 @@ fn programs_whose_allocations_never_reach_malloc_are_said_to_be_out_of_reach() {
     let line = "mayfail: ./program: has its own Rust global allocator (jemalloc, mimalloc...): \
                 its Rust allocations do not reach malloc and are not injected; only C \
                 allocations are";
-    let text = stdout_and_stderr(&run);
+    let text = support::output_text(&run);
     assert_eq!(lines_with(&text, line), 1, "{text}");
-    let text = stdout_and_stderr(&walk);
+    let text = support::output_text(&walk);
     assert_eq!(walk.status.code(), Some(0), "{text}");
     assert_eq!(lines_with(&text, line), 1, "{text}");
     assert!(text.contains("mayfail sites: 0 sites in"), "{text}");
@@ -756,10 +700,10 @@ fn a_setuid_program_is_out_of_reach_only_when_it_runs_as_another_user() {
     // LD_PRELOAD, nothing is said and the unchecked malloc crashes.
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let (run, walk) = run_and_walk(&dir);
-    let text = stdout_and_stderr(&run);
+    let text = support::output_text(&run);
     assert_eq!(run.status.code(), Some(128 + libc::SIGSEGV), "{text}");
     assert_eq!(lines_with(&text, "setuid or setgid"), 0, "{text}");
-    let text = stdout_and_stderr(&walk);
+    let text = support::output_text(&walk);
     assert_eq!(walk.status.code(), Some(1), "{text}");
     assert_eq!(lines_with(&text, "setuid or setgid"), 0, "{text}");
 

@@ -7,71 +7,33 @@
 //! built for this package (`target/<profile>/libmayfail_preload.so`), or one
 //! built here when there is none.
 
+#[path = "../../cargo-mayfail/tests/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 #[global_allocator]
 static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();
 
+/// The library cargo built for this package
+/// (`target/<profile>/libmayfail_preload.so`), or one built for these tests.
 fn library() -> PathBuf {
-    static LIBRARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    LIBRARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let beside = exe
-                .parent()
-                .and_then(Path::parent)
-                .unwrap()
-                .join("libmayfail_preload.so");
-            if beside.is_file() {
-                return beside;
-            }
-            // Not built (`cargo test` of the whole workspace may run these
-            // before building this package's cdylib): build it once, in a
-            // target directory of its own.
-            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-build");
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "mayfail-preload",
-                    "--manifest-path",
-                ])
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target)
-                .env_remove("RUSTFLAGS")
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building mayfail-preload failed");
-            let built = target.join("debug/libmayfail_preload.so");
-            assert!(built.is_file(), "{} is missing", built.display());
-            built
-        })
-        .clone()
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(Path::parent).unwrap();
+    support::library(profile.join("libmayfail_preload.so"))
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("preload-library")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch("preload-library", name)
 }
 
 fn compile_c(dir: &Path, source: &str) -> PathBuf {
-    std::fs::write(dir.join("program.c"), source).unwrap();
-    let status = Command::new("cc")
-        .current_dir(dir)
-        .args(["-g", "-O1", "-pthread", "-Wno-alloc-size-larger-than"])
-        .args(["-o", "program", "program.c"])
-        .status()
-        .expect("cc runs");
-    assert!(status.success());
-    dir.join("program")
+    support::compile_c(
+        dir,
+        source,
+        &["-O1", "-pthread", "-Wno-alloc-size-larger-than"],
+    )
 }
 
 /// Runs `command` under the library, killing it after `secs`.
@@ -86,24 +48,7 @@ fn preloaded(command: &mut Command, inject: Option<&str>, secs: u64) -> Output {
         Some(spec) => command.env("MAYFAIL_INJECT", spec),
         None => command.env_remove("MAYFAIL_INJECT"),
     };
-    let mut child = command.spawn().expect("starts");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            panic!("still running after {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    support::finish_within(command.spawn().expect("starts"), secs)
 }
 
 const SEMANTICS: &str = r#"
@@ -167,10 +112,18 @@ fn each_function_keeps_glibcs_semantics_under_the_library() {
     let dir = scratch("semantics");
     let program = compile_c(&dir, SEMANTICS);
     let output = preloaded(&mut Command::new(&program), None, 60);
-    assert!(text(&output).contains("semantics ok"), "{}", text(&output));
+    assert!(
+        support::output_text(&output).contains("semantics ok"),
+        "{}",
+        support::output_text(&output)
+    );
     // With injection on but failing nothing (probability 0), the same.
     let output = preloaded(&mut Command::new(&program), Some("probability=0"), 60);
-    assert!(text(&output).contains("semantics ok"), "{}", text(&output));
+    assert!(
+        support::output_text(&output).contains("semantics ok"),
+        "{}",
+        support::output_text(&output)
+    );
 }
 
 /// Threads, realloc contents and a fork; ci/memcheck.sh runs it too.
@@ -181,18 +134,23 @@ fn threads_realloc_contents_and_fork_survive_injected_failures() {
     let dir = scratch("stress");
     let program = compile_c(&dir, STRESS);
     let output = preloaded(&mut Command::new(&program), None, 120);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert!(
-        text(&output).contains("failures seen: 0"),
+    assert_eq!(
+        output.status.code(),
+        Some(0),
         "{}",
-        text(&output)
+        support::output_text(&output)
+    );
+    assert!(
+        support::output_text(&output).contains("failures seen: 0"),
+        "{}",
+        support::output_text(&output)
     );
     let output = preloaded(
         &mut Command::new(&program),
         Some("probability=5,times=-1,seed=7"),
         120,
     );
-    let out = text(&output);
+    let out = support::output_text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     let seen: u64 = out
         .split("failures seen: ")
@@ -233,7 +191,7 @@ fn a_program_with_its_own_mayfail_injects_once_and_the_library_steps_aside() {
         Some("probability=100,times=1,verbose=1,min-size=4000,max-size=4000"),
         60,
     );
-    let out = text(&output);
+    let out = support::output_text(&output);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert_eq!(out.matches("mayfail: injected failure").count(), 1, "{out}");
     assert_eq!(

@@ -1,0 +1,90 @@
+//! What the tests of the preload library share, in this package and in
+//! `mayfail-preload`: the library itself, scratch directories, C programs
+//! compiled for a test, and runs bounded in time.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The preload library: `beside` if cargo built it there, else built once
+/// for these tests, in a target directory of their own (`cargo test` does
+/// not build another package's `cdylib`, and keeps its own target directory
+/// locked while tests run).
+pub fn library(beside: PathBuf) -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            if beside.is_file() {
+                return beside;
+            }
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-build");
+            // Both packages that include this module sit at the workspace's top.
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "mayfail-preload",
+                    "--manifest-path",
+                ])
+                .arg(workspace.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target)
+                .env_remove("RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building mayfail-preload failed");
+            let built = target.join("debug/libmayfail_preload.so");
+            assert!(built.is_file(), "{} is missing", built.display());
+            built
+        })
+        .clone()
+}
+
+/// A fresh, empty directory `area/name` under the package's scratch target
+/// directory.
+pub fn scratch(area: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(area).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles `source` into `dir/program` with `cc -g` and `flags`.
+pub fn compile_c(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
+    std::fs::write(dir.join("program.c"), source).unwrap();
+    let built = Command::new("cc")
+        .current_dir(dir)
+        .arg("-g")
+        .args(flags)
+        .args(["-o", "program", "program.c"])
+        .status()
+        .expect("cc runs");
+    assert!(built.success(), "cc {flags:?} failed");
+    dir.join("program")
+}
+
+/// Waits for `child`, killing it (and failing the test) after `secs`.
+pub fn finish_within(mut child: Child, secs: u64) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A run's standard output, then its standard error.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
