@@ -293,19 +293,8 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_failed(&self, layout: Layout) -> *mut u8 {
-        if scope::take_settled_null() {
-            return core::ptr::null_mut();
-        }
         // SAFETY: the same request, still valid.
-        unsafe {
-            policy::after_null(
-                self.address(),
-                &self.inner,
-                &self.defaults,
-                layout,
-                Request::Alloc,
-            )
-        }
+        unsafe { self.after_null(layout, Request::Alloc) }
     }
 
     /// # Safety
@@ -315,19 +304,8 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_zeroed_failed(&self, layout: Layout) -> *mut u8 {
-        if scope::take_settled_null() {
-            return core::ptr::null_mut();
-        }
         // SAFETY: the same request, still valid.
-        unsafe {
-            policy::after_null(
-                self.address(),
-                &self.inner,
-                &self.defaults,
-                layout,
-                Request::AllocZeroed,
-            )
-        }
+        unsafe { self.after_null(layout, Request::AllocZeroed) }
     }
 
     /// # Safety
@@ -337,20 +315,25 @@ impl<A: GlobalAlloc> MayFail<A> {
     #[cold]
     #[inline(never)]
     unsafe fn realloc_failed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the same request, still valid: a failed realloc left its
+        // block untouched.
+        unsafe { self.after_null(layout, Request::Realloc { ptr, new_size }) }
+    }
+
+    /// The failed paths' one body: a null the engaged path settled is
+    /// returned as it is, any other goes to the retry policy.
+    ///
+    /// # Safety
+    ///
+    /// As for [`policy::after_null`]: the request is still valid (a failed
+    /// realloc left its block untouched).
+    #[inline(always)]
+    unsafe fn after_null(&self, layout: Layout, request: Request) -> *mut u8 {
         if scope::take_settled_null() {
             return core::ptr::null_mut();
         }
-        // SAFETY: the same request, still valid: a failed realloc left its
-        // block untouched.
-        unsafe {
-            policy::after_null(
-                self.address(),
-                &self.inner,
-                &self.defaults,
-                layout,
-                Request::Realloc { ptr, new_size },
-            )
-        }
+        // SAFETY: the caller's contract.
+        unsafe { policy::after_null(self.address(), &self.inner, &self.defaults, layout, request) }
     }
 
     /// The engaged path: the first allocations of the process (read the
