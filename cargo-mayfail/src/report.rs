@@ -78,6 +78,18 @@ pub struct Summary {
     pub sites: Vec<Site>,
 }
 
+impl Site {
+    /// Counts `seen` more processes that failed this site; the worst
+    /// outcome, with its detail, stands.
+    fn absorb(&mut self, seen: usize, outcome: Outcome, detail: String) {
+        self.seen += seen;
+        if outcome < self.outcome {
+            self.outcome = outcome;
+            self.detail = detail;
+        }
+    }
+}
+
 impl Summary {
     pub fn count(&self, outcome: Outcome) -> usize {
         self.sites.iter().filter(|s| s.outcome == outcome).count()
@@ -163,13 +175,7 @@ pub fn merge(summaries: Vec<Summary>) -> Summary {
         reasons.push(reason);
         for site in s.sites {
             match merged.sites.iter_mut().find(|m| m.id == site.id) {
-                Some(m) => {
-                    m.seen += site.seen;
-                    if site.outcome < m.outcome {
-                        m.outcome = site.outcome;
-                        m.detail = site.detail;
-                    }
-                }
+                Some(m) => m.absorb(site.seen, site.outcome, site.detail),
                 None => merged.sites.push(site),
             }
         }
@@ -302,13 +308,7 @@ pub fn sites(state: &State) -> Vec<Site> {
             .clone()
             .unwrap_or((Outcome::Unknown, "no fate recorded yet".to_owned()));
         match sites.iter_mut().find(|s| s.id == r.id) {
-            Some(site) => {
-                site.seen += 1;
-                if outcome < site.outcome {
-                    site.outcome = outcome;
-                    site.detail = detail;
-                }
-            }
+            Some(site) => site.absorb(1, outcome, detail),
             None => sites.push(Site {
                 id: r.id,
                 outcome,
@@ -330,8 +330,13 @@ pub fn sites(state: &State) -> Vec<Site> {
             }),
         }
     }
-    sites.sort_by_key(|s| (s.outcome, s.first_run, s.id));
+    worst_first(&mut sites);
     sites
+}
+
+/// The report's order: worst outcome first, then by the run that found it.
+fn worst_first(sites: &mut [Site]) {
+    sites.sort_by_key(|s| (s.outcome, s.first_run, s.id));
 }
 
 /// The terminal table.
