@@ -37,15 +37,18 @@ fn jobs(value: &str) -> Result<u64, String> {
     }
 }
 
-/// `--shard`: `K/N`, shard K (1 to N) of N.
-fn shard(value: &str) -> Result<(u32, u32), String> {
-    let parsed = value.split_once('/').and_then(|(k, n)| {
-        let (k, n) = (k.parse::<u32>().ok()?, n.parse::<u32>().ok()?);
-        (1..=n).contains(&k).then_some((k, n))
-    });
-    parsed.ok_or_else(|| {
-        format!("takes K/N, shard K (from 1 to N) of N shards, as in 2/4; not \"{value}\"")
-    })
+/// `--shard`: `K/N`, checked by the library's own parser of `sites-shard`.
+fn shard(value: &str) -> Result<String, String> {
+    // One value, not more attributes after a comma.
+    let valid = !value.contains(',')
+        && mayfail::check_injection(&format!("sites=state,sites-shard={value}")).is_ok();
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "takes K/N, shard K (from 1 to N) of N shards, as in 2/4; not \"{value}\""
+        ))
+    }
 }
 
 /// `--retries`: -1, 0 or a count.

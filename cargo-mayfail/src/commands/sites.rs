@@ -72,7 +72,7 @@ pub(crate) struct SitesArgs {
     /// file, find disjoint sites that together make the whole walk; `mayfail
     /// report A.state B.state ...` merges their reports
     #[arg(long, value_name = "K/N", value_parser = super::shard)]
-    shard: Option<(u32, u32)>,
+    shard: Option<String>,
     /// Do not run CMD without injection first (twice: it must pass, and the
     /// faster time is the cost baseline)
     #[arg(long)]
@@ -114,8 +114,9 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     if args.all_stacks {
         spec.push_str(",sites-all=Y");
     }
-    if let Some((k, n)) = args.shard {
-        spec.push_str(&format!(",sites-shard={k}/{n}"));
+    if let Some(shard) = &args.shard {
+        spec.push_str(",sites-shard=");
+        spec.push_str(shard);
     }
     if let Some(extra) = &args.inject {
         spec.push(',');
