@@ -10,8 +10,13 @@
 //! sweep's child tracks frees) and forwards; on x86-64 that test and its
 //! out-of-line call are one `asm!` statement, so the code `dealloc` is
 //! inlined into sees no branch and no call of ours.
-//! Everything else is out of line: the engaged path here, the retry policy in
-//! `policy`, the injection decision in `inject`.
+//! With injection on, an allocation the decision has already let pass (see
+//! `scope::take_pass`) is let through in place on x86-64: one `asm!`
+//! statement finds the thread's pass from the thread pointer, takes it, and
+//! the success path goes on to the inner allocator as when idle.
+//! Everything else is out of line, behind one call per operation: the
+//! engaged path here, the retry policy in `policy`, the injection decision
+//! in `inject`.
 
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
@@ -24,7 +29,6 @@ use crate::inject;
 use crate::policy;
 use crate::request::{Request, Verdict};
 use crate::reserve;
-use crate::scope;
 use crate::startup;
 #[cfg(feature = "sweep")]
 use crate::track;
@@ -201,29 +205,65 @@ macro_rules! forget_if_tracking {
     }};
 }
 
+/// Whether this allocation takes the injection fast lane in place: the
+/// thread's pass key matches the generation in force and it has a pass left,
+/// which it takes (see `scope::take_pass`, whose test this is). On x86-64 one
+/// `asm!` statement, which finds the thread's state from the thread pointer
+/// (see `scope::STATE_OFFSET`): what the compiler sees of the engaged branch
+/// stays small enough for the allocation paths it is inlined into (std's)
+/// to stay inlined too, and no address is kept live across the caller's
+/// loops. Elsewhere (and under Miri) `false`, and the out-of-line engaged
+/// path makes the test.
+macro_rules! pass_in_place {
+    () => {{
+        #[allow(unused_mut)]
+        let mut pass = false;
+        #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+        // SAFETY: the instructions read `STATE_OFFSET` and `GENERATION`
+        // (aligned atomics in statics, without a lock prefix: relaxed loads).
+        // A non-zero offset is where every thread's state lies from its
+        // thread pointer (`fs:0` holds it), set only where that holds (see
+        // `scope::STATE_OFFSET`); the state is a `const` thread-local that
+        // lives as long as the thread, and the offsets are those of its
+        // `pass_key: Cell<u32>` and `passes: Cell<i64>` fields, aligned. They
+        // read the key and subtract one from the passes in one instruction (a
+        // signal handler sees it before or after), as `scope::take_pass` does
+        // through the cells; no reference to the state is alive meanwhile
+        // (the cells are only used through copies). They use no stack and
+        // clobber the flags and two scratch registers.
+        unsafe {
+            core::arch::asm!(
+                "mov {state}, qword ptr [rip + {offset}]",
+                "test {state}, {state}",
+                "jz 2f",
+                "add {state}, qword ptr fs:[0]",
+                "mov {generation:e}, dword ptr [rip + {word}]",
+                "cmp dword ptr [{state} + {key}], {generation:e}",
+                "jne 2f",
+                "sub qword ptr [{state} + {passes}], 1",
+                "jns {pass}",
+                "2:",
+                offset = sym crate::scope::STATE_OFFSET,
+                word = sym crate::engaged::GENERATION,
+                state = out(reg) _,
+                generation = out(reg) _,
+                key = const crate::scope::PASS_KEY_AT,
+                passes = const crate::scope::PASSES_AT,
+                pass = label { pass = true; },
+                options(nostack),
+            );
+        }
+        pass
+    }};
+}
+
 /// The engaged path's fast lane: an allocation the injection decision has
-/// already let pass (see `inject::quick_pass`), outside a sweep's tracking.
+/// already let pass (see `inject::quick_pass`; never while a sweep's child
+/// tracks blocks).
 #[inline(always)]
 fn quick_pass() -> bool {
     #[cfg(feature = "inject")]
     {
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        // SAFETY: as in `when_engaged`: a read of the word's low byte (the
-        // flag bits, little-endian) and a jump to a label that returns.
-        unsafe {
-            core::arch::asm!(
-                "test byte ptr [rip + {word}], {flag}",
-                "jne {tracking}",
-                word = sym crate::engaged::ENGAGED,
-                flag = const crate::engaged::TRACKING,
-                tracking = label { return false; },
-                options(nostack),
-            );
-        }
-        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if crate::engaged::is_set(crate::engaged::TRACKING) {
-            return false;
-        }
         inject::quick_pass()
     }
     #[cfg(not(feature = "inject"))]
@@ -233,107 +273,80 @@ fn quick_pass() -> bool {
 }
 
 /// Out-of-line entry points, one per operation: the success path builds no
-/// [`Request`] and stores nothing before its branches. The failed paths take
-/// the layout by value, in the registers the caller already keeps it in
-/// (std's allocation paths keep it for their own error path).
-///
-/// An engaged entry point's result joins the success path's null check: a
-/// block, or a null the inner allocator returned on the fast lane (which
-/// the failed path then retries as any other), or a null the engaged path
-/// has already settled (an injected failure, or one the retry policy gave
-/// up on), which it marks (`scope::mark_settled_null`) so that the failed
-/// path returns it as it is.
+/// [`Request`] and stores nothing before its branches, and has one call of
+/// ours, shared by the two reasons to leave it. The layout goes by value, in
+/// the registers the caller already keeps it in (std's allocation paths keep
+/// it for their own error path).
 impl<A: GlobalAlloc> MayFail<A> {
     /// # Safety
     ///
-    /// The caller's contract for `alloc`.
+    /// The caller's contract for `alloc`; unless `engaged`, the inner
+    /// allocator returned null.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_engaged(&self, layout: Layout) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: the caller's contract for `alloc`.
-            return unsafe { self.inner.alloc(layout) };
-        }
+    unsafe fn alloc_slow(&self, layout: Layout, engaged: bool) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc`.
-        unsafe { self.serve_engaged(layout, Request::Alloc) }
+        unsafe { self.slow(layout, Request::Alloc, engaged) }
     }
 
     /// # Safety
     ///
-    /// The caller's contract for `alloc_zeroed`.
+    /// The caller's contract for `alloc_zeroed`; unless `engaged`, the
+    /// inner allocator returned null.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_zeroed_engaged(&self, layout: Layout) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: the caller's contract for `alloc_zeroed`.
-            return unsafe { self.inner.alloc_zeroed(layout) };
-        }
+    unsafe fn alloc_zeroed_slow(&self, layout: Layout, engaged: bool) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc_zeroed`.
-        unsafe { self.serve_engaged(layout, Request::AllocZeroed) }
+        unsafe { self.slow(layout, Request::AllocZeroed, engaged) }
     }
 
     /// # Safety
     ///
-    /// The caller's contract for `realloc`.
+    /// The caller's contract for `realloc`; unless `engaged`, the inner
+    /// allocator returned null, leaving `ptr` untouched.
     #[cold]
     #[inline(never)]
-    unsafe fn realloc_engaged(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if quick_pass() {
-            // SAFETY: the caller's contract for `realloc`.
-            return unsafe { self.inner.realloc(ptr, layout, new_size) };
-        }
+    unsafe fn realloc_slow(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        engaged: bool,
+    ) -> *mut u8 {
         // SAFETY: the caller's contract for `realloc`.
-        unsafe { self.serve_engaged(layout, Request::Realloc { ptr, new_size }) }
+        unsafe { self.slow(layout, Request::Realloc { ptr, new_size }, engaged) }
     }
 
-    /// # Safety
-    ///
-    /// The caller's contract for `alloc`; the inner allocator returned null,
-    /// or the engaged path settled on null.
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_failed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the same request, still valid.
-        unsafe { self.after_null(layout, Request::Alloc) }
-    }
-
-    /// # Safety
-    ///
-    /// The caller's contract for `alloc_zeroed`; the inner allocator returned
-    /// null, or the engaged path settled on null.
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_zeroed_failed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the same request, still valid.
-        unsafe { self.after_null(layout, Request::AllocZeroed) }
-    }
-
-    /// # Safety
-    ///
-    /// The caller's contract for `realloc`; the inner allocator returned null,
-    /// leaving `ptr` untouched, or the engaged path settled on null.
-    #[cold]
-    #[inline(never)]
-    unsafe fn realloc_failed(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the same request, still valid: a failed realloc left its
-        // block untouched.
-        unsafe { self.after_null(layout, Request::Realloc { ptr, new_size }) }
-    }
-
-    /// The failed paths' one body: a null the engaged path settled is
-    /// returned as it is, any other goes to the retry policy.
+    /// The slow paths' one body: the engaged path (whose result is final),
+    /// or the retry policy for a null the inner allocator returned.
     ///
     /// # Safety
     ///
-    /// As for [`policy::after_null`]: the request is still valid (a failed
-    /// realloc left its block untouched).
+    /// As for [`Request::attempt`]; unless `engaged`, the inner allocator
+    /// returned null for the request (a failed realloc left its block
+    /// untouched).
     #[inline(always)]
-    unsafe fn after_null(&self, layout: Layout, request: Request) -> *mut u8 {
-        if scope::take_settled_null() {
-            return core::ptr::null_mut();
+    unsafe fn slow(&self, layout: Layout, request: Request, engaged: bool) -> *mut u8 {
+        if !engaged {
+            // SAFETY: the caller's contract.
+            return unsafe {
+                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
+            };
+        }
+        if quick_pass() {
+            // SAFETY: the caller's contract; the fast lane's null goes to the
+            // retry policy as any other.
+            let block = unsafe { request.attempt(&self.inner, layout) };
+            if !block.is_null() {
+                return block;
+            }
+            // SAFETY: the same request, still valid.
+            return unsafe {
+                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
+            };
         }
         // SAFETY: the caller's contract.
-        unsafe { policy::after_null(self.address(), &self.inner, &self.defaults, layout, request) }
+        unsafe { self.serve_engaged(layout, request) }
     }
 
     /// The engaged path: the first allocations of the process (read the
@@ -382,7 +395,6 @@ impl<A: GlobalAlloc> MayFail<A> {
             },
         };
         if block.is_null() {
-            scope::mark_settled_null();
             return block;
         }
         // Blocks mayfail itself takes while reporting are not the operation's.
@@ -440,53 +452,47 @@ unsafe extern "C" fn forget_freed_thunk() {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let mut block = core::ptr::null_mut();
         let mut engaged = false;
         when_engaged!({
-            // SAFETY: the caller's contract for `alloc`.
-            block = unsafe { self.alloc_engaged(layout) };
-            engaged = true;
+            engaged = !pass_in_place!();
         });
+        let mut block = core::ptr::null_mut();
         if !engaged {
             // SAFETY: the caller's contract for `alloc`.
             block = unsafe { self.inner.alloc(layout) };
         }
         if block.is_null() {
             // SAFETY: the caller's contract for `alloc`.
-            return unsafe { self.alloc_failed(layout) };
+            return unsafe { self.alloc_slow(layout, engaged) };
         }
         block
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let mut block = core::ptr::null_mut();
         let mut engaged = false;
         when_engaged!({
-            // SAFETY: the caller's contract for `alloc_zeroed`.
-            block = unsafe { self.alloc_zeroed_engaged(layout) };
-            engaged = true;
+            engaged = !pass_in_place!();
         });
+        let mut block = core::ptr::null_mut();
         if !engaged {
             // SAFETY: the caller's contract for `alloc_zeroed`.
             block = unsafe { self.inner.alloc_zeroed(layout) };
         }
         if block.is_null() {
             // SAFETY: the caller's contract for `alloc_zeroed`.
-            return unsafe { self.alloc_zeroed_failed(layout) };
+            return unsafe { self.alloc_zeroed_slow(layout, engaged) };
         }
         block
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let mut block = core::ptr::null_mut();
         let mut engaged = false;
         when_engaged!({
-            // SAFETY: the caller's contract for `realloc`.
-            block = unsafe { self.realloc_engaged(ptr, layout, new_size) };
-            engaged = true;
+            engaged = !pass_in_place!();
         });
+        let mut block = core::ptr::null_mut();
         if !engaged {
             // SAFETY: the caller's contract for `realloc`.
             block = unsafe { self.inner.realloc(ptr, layout, new_size) };
@@ -494,7 +500,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
         if block.is_null() {
             // SAFETY: the caller's contract for `realloc`; a failed realloc
             // left `ptr` untouched.
-            return unsafe { self.realloc_failed(ptr, layout, new_size) };
+            return unsafe { self.realloc_slow(ptr, layout, new_size, engaged) };
         }
         block
     }
@@ -504,5 +510,93 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
         let ptr = forget_if_tracking!(ptr);
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }
+    }
+}
+
+#[cfg(all(test, feature = "inject"))]
+mod tests {
+    use crate::{engaged, scope};
+
+    /// Grants `passes` under the generation in force and runs `f`; `None`
+    /// if the generation moved meanwhile (another test configured
+    /// something), when the passes were void anyway.
+    fn with_passes<R>(passes: u64, f: impl FnOnce() -> R) -> Option<R> {
+        let generation = engaged::generation();
+        scope::grant_passes(generation, passes, false);
+        let result = f();
+        (engaged::generation() == generation).then_some(result)
+    }
+
+    #[test]
+    fn the_fast_lanes_take_exactly_the_passes_granted_and_count_them() {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        scope::find_state_offset();
+        for _ in 0..100 {
+            let before = scope::count_allocation().number;
+            let Some(taken) = with_passes(3, || {
+                let mut taken = Vec::with_capacity(8);
+                for i in 0..5 {
+                    // Alternate the two lanes: they share the passes.
+                    taken.push(if i % 2 == 0 {
+                        pass_in_place!() || super::quick_pass()
+                    } else {
+                        super::quick_pass()
+                    });
+                }
+                taken
+            }) else {
+                continue;
+            };
+            assert_eq!(taken, [true, true, true, false, false]);
+            // Three passes counted, then this one.
+            assert_eq!(scope::count_allocation().number, before + 4);
+            // A generation change voids what is left.
+            scope::grant_passes(engaged::generation(), 5, false);
+            engaged::new_generation();
+            assert!(!pass_in_place!() && !super::quick_pass());
+            return;
+        }
+        panic!("the generation never held still");
+    }
+
+    #[test]
+    fn passes_granted_while_a_sweep_tracks_blocks_are_never_taken() {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        scope::find_state_offset();
+        for _ in 0..100 {
+            engaged::set(engaged::TRACKING, true);
+            let generation = engaged::generation();
+            scope::grant_passes(generation, 5, false);
+            let taken = pass_in_place!() || super::quick_pass();
+            // The track module's own test turns tracking off when it ends.
+            let held = engaged::is_set(engaged::TRACKING) && engaged::generation() == generation;
+            engaged::set(engaged::TRACKING, false);
+            if held {
+                assert!(!taken, "a pass granted while tracking was taken");
+                return;
+            }
+        }
+        panic!("tracking never held still");
+    }
+
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[test]
+    fn the_in_place_lane_finds_every_threads_own_state() {
+        scope::find_state_offset();
+        assert_ne!(
+            scope::STATE_OFFSET.load(core::sync::atomic::Ordering::Relaxed),
+            0,
+            "mayfail is linked into this test executable"
+        );
+        let here = || {
+            for _ in 0..100 {
+                if let Some(taken) = with_passes(1, || (pass_in_place!(), pass_in_place!())) {
+                    return taken;
+                }
+            }
+            panic!("the generation never held still");
+        };
+        assert_eq!(here(), (true, false));
+        assert_eq!(std::thread::spawn(here).join().unwrap(), (true, false));
     }
 }

@@ -10,7 +10,10 @@
 //! A leaf: it depends on nothing else in the crate, and never allocates,
 //! locks or panics.
 
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU32,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// Set until the first allocation has read the environment.
 pub(crate) const NOT_STARTED: u32 = 1;
@@ -44,13 +47,63 @@ pub(crate) fn is_set(flag: u32) -> bool {
     ENGAGED.0.load(Relaxed) & flag != 0
 }
 
-/// Sets or clears `flag`.
+/// Sets or clears `flag`, and starts a new generation: a pass granted
+/// before the change (see [`GENERATION`]) no longer holds.
 pub(crate) fn set(flag: u32, on: bool) {
     if on {
         ENGAGED.0.fetch_or(flag, Relaxed);
     } else {
         ENGAGED.0.fetch_and(!flag, Relaxed);
     }
+    new_generation();
+}
+
+/// The generation of what decides an allocation's fate: bumped by every
+/// change of the flags above, of the injection attributes and of the stack
+/// filter. A thread's passes (allocations the engaged path lets through
+/// without a decision, see `scope::take_pass`) hold only for the generation
+/// they were granted under. Never 0, which a thread's pass key uses for
+/// "no pass".
+pub(crate) static GENERATION: AtomicU32 = AtomicU32::new(1);
+
+/// The generation in force. Acquire: what the change that started it wrote
+/// (the flags, the attributes) is seen after it.
+#[inline(always)]
+pub(crate) fn generation() -> u32 {
+    GENERATION.load(Acquire)
+}
+
+/// The generation in force, as the engaged path's fast lane reads it: a
+/// relaxed load (the fast lane compares it with the thread's own pass key
+/// and reads nothing the change wrote). On x86-64 one `mov` from the
+/// static's RIP-relative address, without the load of that address from the
+/// GOT that a `static` of another crate costs in generic code compiled
+/// there (the allocator's).
+#[inline(always)]
+pub(crate) fn generation_relaxed() -> u32 {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let generation: u32;
+        // SAFETY: reads the 4-byte, aligned atomic `GENERATION` (a static:
+        // always mapped) without a lock prefix, as a relaxed load does;
+        // writes no memory, no flags and no stack.
+        unsafe {
+            core::arch::asm!(
+                "mov {g:e}, dword ptr [rip + {word}]",
+                word = sym GENERATION,
+                g = out(reg) generation,
+                options(nostack, preserves_flags, readonly),
+            );
+        }
+        generation
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    GENERATION.load(Relaxed)
+}
+
+/// Starts a new generation (skipping 0).
+pub(crate) fn new_generation() {
+    let _ = GENERATION.fetch_update(Release, Relaxed, |g| Some(g.checked_add(1).unwrap_or(1)));
 }
 
 /// One more thread has a fail-nth countdown: every allocation must be counted.

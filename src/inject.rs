@@ -27,7 +27,7 @@
 //!    fail-nth caused it, as in the kernel).
 
 use core::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+    AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 
 use crate::engaged::{self, INJECTING};
@@ -69,16 +69,7 @@ static OBSERVERS: Hooks<fn(u8), 4> = Hooks::new();
 /// Installs (or removes) the stack filter.
 pub(crate) fn set_stack_filter(filter: Option<StackFilter>) {
     STACK_FILTER.set(filter);
-    new_generation();
-}
-
-/// The configuration's generation: a thread's passes (see [`quick_pass`])
-/// hold for the generation they were granted under. Bumped by every change
-/// of the attributes, the switch or the stack filter.
-static GENERATION: AtomicU32 = AtomicU32::new(1);
-
-fn new_generation() {
-    GENERATION.fetch_add(1, Relaxed);
+    engaged::new_generation();
 }
 
 /// The engaged path's fast lane: whether this allocation passes without a
@@ -89,7 +80,7 @@ fn new_generation() {
 /// thread-local access and a read of the generation; no shared write.
 #[inline]
 pub(crate) fn quick_pass() -> bool {
-    scope::take_pass(GENERATION.load(Relaxed))
+    scope::take_pass(engaged::generation_relaxed())
 }
 
 /// Registers a function called after every injected failure.
@@ -209,7 +200,7 @@ pub(crate) fn set_attributes(s: &Spec, origin: Origin) -> u64 {
     a.space_configured.store(s.space, Relaxed);
     let r = &RUNNING;
     r.times.store(s.times, Relaxed);
-    new_generation();
+    engaged::new_generation();
     seed
 }
 
@@ -222,7 +213,6 @@ pub(crate) fn injecting() -> bool {
 /// Turns injection by attributes on or off.
 pub(crate) fn set_injecting(on: bool) {
     engaged::set(INJECTING, on);
-    new_generation();
 }
 
 /// The attributes in force, as a spec (for replay lines).
@@ -321,7 +311,7 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     }
     let a = &ATTRS;
     let r = &RUNNING;
-    let generation = GENERATION.load(Relaxed);
+    let generation = engaged::generation();
     // Every later allocation of this thread passes too, until the
     // configuration or the thread's scope changes.
     let for_good = || scope::grant_passes(generation, u64::MAX, false);

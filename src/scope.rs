@@ -13,10 +13,13 @@
 //! reading it never allocates, never registers a destructor and works during
 //! thread teardown. It also holds the thread's injection counters (its
 //! allocation number and its fail-nth countdown), so that the injection path
-//! touches one thread-local. Only the slow and injection paths read it.
+//! touches one thread-local. The success path never reads it; with
+//! injection on, the engaged branch's pass test does (see [`take_pass`]).
 
 use core::cell::Cell;
 use core::marker::PhantomData;
+
+use crate::engaged;
 
 const MODE_MASK: u8 = 0b11;
 const MODE_NOFAIL: u8 = 1;
@@ -28,8 +31,11 @@ pub(crate) const MAKE_IT_FAIL: u8 = 0b1_0000;
 /// Everything mayfail keeps per thread.
 struct ThreadState {
     flags: Cell<u8>,
-    /// Allocations this thread made through the injection path.
-    allocations: Cell<u64>,
+    /// The number this thread's allocation count reaches once its passes
+    /// are used up: the count is `pass_end - passes` (wrapping; a negative
+    /// `passes` counts as none), so that taking a pass only decrements
+    /// `passes` (see [`ThreadState::allocations`]).
+    pass_end: Cell<u64>,
     /// The fail-nth countdown: 0 = not armed (or fired).
     fail_nth: Cell<u64>,
     /// Whether the countdown, when it fires, leaves the thread "exhausted":
@@ -38,10 +44,17 @@ struct ThreadState {
     /// Set when a persistent countdown fired.
     exhausted: Cell<bool>,
     /// Allocations that may pass without a decision (see [`take_pass`]),
-    /// valid for the injection configuration `generation` and the flags as
-    /// they are: any change of either makes them void.
-    passes: Cell<u64>,
-    generation: Cell<u32>,
+    /// granted under the generation `granted` (see `engaged::generation`)
+    /// and the thread's scope as it is: a change of either voids them.
+    /// Signed: the fast lane subtracts one and passes if the result is not
+    /// negative, so a thread without passes goes below zero, where it stays
+    /// "none" until the next grant; `i64::MAX` is "for good".
+    passes: Cell<i64>,
+    granted: Cell<u32>,
+    /// The generation a pass must find in force to be taken: `granted`, or 0
+    /// ("none", never in force) when the passes were granted while a sweep's
+    /// child tracks blocks (every allocation must be recorded then).
+    pass_key: Cell<u32>,
     /// Whether the allocation after the passes must fail (a probability
     /// draw decided so).
     due: Cell<bool>,
@@ -55,10 +68,6 @@ struct ThreadState {
     /// configuration `counters_generation` (see [`with_counters`]).
     counters: Cell<Counters>,
     counters_generation: Cell<u32>,
-    /// Nulls the engaged path has settled that their failed path has not
-    /// taken yet (see [`mark_settled_null`]): more than one only while a
-    /// signal handler's allocation runs between the two.
-    settled_nulls: Cell<u32>,
 }
 
 /// A thread's running counters of the injection attributes: each thread
@@ -83,12 +92,13 @@ thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
             flags: Cell::new(0),
-            allocations: Cell::new(0),
+            pass_end: Cell::new(0),
             fail_nth: Cell::new(0),
             persistent: Cell::new(false),
             exhausted: Cell::new(false),
             passes: Cell::new(0),
-            generation: Cell::new(0),
+            granted: Cell::new(0),
+            pass_key: Cell::new(0),
             due: Cell::new(false),
             base_generation: Cell::new(0),
             base: Cell::new(0),
@@ -100,7 +110,6 @@ thread_local! {
                 salt: 0,
             }),
             counters_generation: Cell::new(0),
-            settled_nulls: Cell::new(0),
         }
     };
 }
@@ -121,37 +130,119 @@ fn set_state(value: u8) {
     let _ = STATE.try_with(|s| {
         s.flags.set(value);
         // The passes were decided under the old scope.
-        s.passes.set(0);
+        s.set_passes(0);
         s.due.set(false);
     });
 }
 
+impl ThreadState {
+    /// The number of the thread's latest counted allocation.
+    fn allocations(&self) -> u64 {
+        self.pass_end.get().wrapping_sub(self.passes_left())
+    }
+
+    /// The passes left (a negative count is none).
+    fn passes_left(&self) -> u64 {
+        self.passes.get().max(0) as u64
+    }
+
+    /// Replaces the thread's passes (at most `i64::MAX`: for good), keeping
+    /// its allocation count.
+    fn set_passes(&self, passes: u64) {
+        let count = self.allocations();
+        let passes = passes.min(i64::MAX as u64);
+        self.passes.set(passes as i64);
+        self.pass_end.set(count.wrapping_add(passes));
+    }
+}
+
 /// Lets this allocation pass without a decision if the injection decision
-/// said so for the configuration `generation`: counts it (its number stays
-/// exact for `nth=` and replay lines) and returns `true`. The injection
-/// path's fast lane: one thread-local access, no shared write.
+/// said so under the generation `generation` (the one in force): counts it
+/// (taking a pass is counting, see [`ThreadState::allocations`], so its
+/// number stays exact for `nth=` and replay lines) and returns `true`. The
+/// injection path's fast lane: one thread-local access, one compare, one
+/// decrement; no shared write. `generation` is never 0, so a pass key of 0
+/// (granted while tracking) never matches.
 #[inline]
 pub(crate) fn take_pass(generation: u32) -> bool {
     STATE
         .try_with(|s| {
-            let passes = s.passes.get();
-            if passes == 0 || s.generation.get() != generation || s.settled_nulls.get() != 0 {
+            if s.pass_key.get() != generation {
                 return false;
             }
-            s.passes.set(passes - 1);
-            s.allocations.set(s.allocations.get() + 1);
-            true
+            // Saturating: a thread without passes stays below zero.
+            let left = s.passes.get().saturating_sub(1);
+            s.passes.set(left);
+            left >= 0
         })
         .unwrap_or(false)
 }
 
+/// Where the fast lane's pass key (`u32`) lies in the thread's state, for
+/// the allocator's in-place fast lane on x86-64 (see `alloc.rs`), which
+/// makes [`take_pass`]'s test at [`STATE_OFFSET`] from the thread pointer.
+#[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+pub(crate) const PASS_KEY_AT: usize = core::mem::offset_of!(ThreadState, pass_key);
+/// Where the passes (`i64`) lie in the thread's state (see [`PASS_KEY_AT`]).
+#[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+pub(crate) const PASSES_AT: usize = core::mem::offset_of!(ThreadState, passes);
+
+/// Where every thread's state lies relative to its thread pointer (`fs:0`
+/// on x86-64, which holds the thread pointer itself), for the in-place fast
+/// lane; 0 while unknown, or when it is not the same in every thread.
+///
+/// The thread-local sits in the static TLS block of the file mayfail is
+/// linked into. The x86-64 ELF TLS ABI places the executable's block at a
+/// fixed, link-time offset below the thread pointer in every thread. A
+/// shared library's block may instead be allocated per thread on first use
+/// (one opened with `dlopen`), at no fixed offset: the offset is set only
+/// when mayfail is linked into the executable. Otherwise the in-place lane
+/// stays off and the out-of-line engaged path takes the passes.
+#[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+pub(crate) static STATE_OFFSET: core::sync::atomic::AtomicIsize =
+    core::sync::atomic::AtomicIsize::new(0);
+
+/// Sets [`STATE_OFFSET`] if mayfail is linked into the executable. Once per
+/// process, at start-up (asks the loader: takes its lock).
+#[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+pub(crate) fn find_state_offset() {
+    use core::sync::atomic::Ordering::Release;
+    if !crate::modules::in_executable(find_state_offset as *const () as usize) {
+        return;
+    }
+    let Ok(state) = STATE.try_with(|s| s as *const ThreadState as usize) else {
+        return;
+    };
+    let thread_pointer: usize;
+    // SAFETY: reads the first word of the thread control block, which the
+    // x86-64 TLS ABI makes the thread pointer itself; writes nothing.
+    unsafe {
+        core::arch::asm!(
+            "mov {tp}, qword ptr fs:[0]",
+            tp = out(reg) thread_pointer,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    STATE_OFFSET.store(state.wrapping_sub(thread_pointer) as isize, Release);
+}
+
 /// Records that the next `passes` allocations of this thread pass without a
-/// decision under the configuration `generation`, and whether the one after
-/// them must fail.
+/// decision under the generation `generation`, and whether the one after
+/// them must fail. Passes granted while a sweep's child tracks blocks are
+/// never taken (the key stays 0); the thread's decisions still use them.
 pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
+    // `generation` was read (acquire) before: if tracking started after
+    // that read, the generation has moved on since and the key never
+    // matches; if before, the flag is seen here.
+    let key = if engaged::is_set(engaged::TRACKING) {
+        0
+    } else {
+        generation
+    };
     let _ = STATE.try_with(|s| {
-        s.generation.set(generation);
-        s.passes.set(passes);
+        s.granted.set(generation);
+        s.pass_key.set(key);
+        s.set_passes(passes);
         s.due.set(then_due);
     });
 }
@@ -168,33 +259,6 @@ pub(crate) fn index_in_generation(generation: u32, number: u64) -> u64 {
             number.saturating_sub(s.base.get())
         })
         .unwrap_or(number)
-}
-
-/// The engaged path is returning a null that is final as it is (an injected
-/// failure, or one the retry policy already gave up on): the failed path,
-/// which every null of the success path's null check reaches, must return
-/// it without retrying. Only null-returning paths write it.
-///
-/// A count, not a flag: a signal handler that allocates between the mark and
-/// its take marks and takes its own null in between (last in, first out),
-/// and while a mark is pending no allocation of the thread takes the fast
-/// lane (see [`take_pass`]), whose raw nulls also reach the failed path and
-/// would otherwise take the pending mark.
-pub(crate) fn mark_settled_null() {
-    let _ = STATE.try_with(|s| s.settled_nulls.set(s.settled_nulls.get().saturating_add(1)));
-}
-
-/// Whether the null being handled was settled by the engaged path
-/// (consumed). Once the thread-local is gone (thread teardown) nothing is
-/// marked, and the failed path retries such a null as a real one.
-pub(crate) fn take_settled_null() -> bool {
-    STATE
-        .try_with(|s| {
-            let pending = s.settled_nulls.get();
-            s.settled_nulls.set(pending.saturating_sub(1));
-            pending > 0
-        })
-        .unwrap_or(false)
 }
 
 /// Runs `f` on this thread's counters for the configuration `generation`,
@@ -227,7 +291,7 @@ pub(crate) fn with_counters<R>(
 /// Whether this allocation must fail because a draw decided so (consumed).
 pub(crate) fn take_due(generation: u32) -> bool {
     STATE
-        .try_with(|s| s.generation.get() == generation && s.due.replace(false))
+        .try_with(|s| s.granted.get() == generation && s.due.replace(false))
         .unwrap_or(false)
 }
 
@@ -273,8 +337,8 @@ pub(crate) fn count_allocation() -> Snapshot {
             if exempt {
                 return snap;
             }
-            snap.number = s.allocations.get() + 1;
-            s.allocations.set(snap.number);
+            snap.number = s.allocations().wrapping_add(1);
+            s.pass_end.set(s.pass_end.get().wrapping_add(1));
             let nth = s.fail_nth.get();
             if nth != 0 {
                 snap.nth_armed = true;
@@ -303,7 +367,7 @@ pub(crate) fn set_persistent(persistent: bool) {
     let _ = STATE.try_with(|s| {
         s.persistent.set(persistent);
         s.exhausted.set(false);
-        s.passes.set(0);
+        s.set_passes(0);
     });
 }
 
@@ -316,7 +380,7 @@ pub(crate) fn exhausted() -> bool {
 /// The number of the thread's latest counted allocation.
 #[cfg(test)]
 fn allocation_number() -> u64 {
-    STATE.try_with(|s| s.allocations.get()).unwrap_or(0)
+    STATE.try_with(|s| s.allocations()).unwrap_or(0)
 }
 
 /// Sets the thread's fail-nth countdown; returns the previous value.
@@ -324,7 +388,7 @@ pub(crate) fn replace_fail_nth(n: u64) -> u64 {
     STATE
         .try_with(|s| {
             // A countdown counts every allocation: no pass skips it.
-            s.passes.set(0);
+            s.set_passes(0);
             s.fail_nth.replace(n)
         })
         .unwrap_or(0)

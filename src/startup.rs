@@ -3,8 +3,10 @@
 //! `MAYFAIL_STALL_MS`, and `MAYFAIL_INJECT` with the `inject` feature), then
 //! take the "not started" reason off the engaged word.
 //!
-//! Runs inside the allocator, on its engaged path: it never allocates, locks
-//! or panics.
+//! Runs inside the allocator, on its engaged path: it never allocates or
+//! panics, and takes no lock but the loader's (once, on x86-64, to tell
+//! whether mayfail is linked into the executable: see
+//! `scope::STATE_OFFSET`).
 //!
 //! It also carries the ELF note that tells the preload library
 //! (`mayfail-preload`) that a program has mayfail linked in: that program's
@@ -57,6 +59,8 @@ fn start_once(defaults: &Defaults) {
     // model linker-defined statics; nothing there reads the note.)
     #[cfg(not(miri))]
     core::hint::black_box(&raw const mayfail_note_engine);
+    #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+    crate::scope::find_state_offset();
     config::register_defaults(defaults);
     config::read_env_once();
     #[cfg(feature = "inject")]

@@ -575,9 +575,10 @@ fn an_allocating_signal_handler_never_turns_an_injected_failure_into_a_block() {
         };
         // SAFETY: a valid timer; stopped below.
         unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
-        // Every allocation fails on purpose; a signal landing between the
-        // engaged path's settled null and its failed path must not make the
-        // failed path retry it into a block.
+        // Every allocation fails on purpose; a signal whose handler
+        // allocates, landing anywhere on the engaged path, must not turn an
+        // injected failure into a block (by retrying it, or by leaving the
+        // thread a pass).
         let start = Instant::now();
         let (mut tries, mut blocks) = (0u64, 0u64);
         let scope = mayfail::make_it_fail_guard();
