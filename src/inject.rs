@@ -312,6 +312,9 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     let a = &ATTRS;
     let r = &RUNNING;
     let generation = engaged::generation();
+    if scope::take_withheld_pass(generation) {
+        return Verdict::Pass;
+    }
     // Every later allocation of this thread passes too, until the
     // configuration or the thread's scope changes.
     let for_good = || scope::grant_passes(generation, u64::MAX, false);
@@ -346,6 +349,14 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     }
     let nth = a.nth.load(Relaxed);
     if nth != 0 && thread.number != nth {
+        // Only the thread's allocation `nth` is a candidate: the ones before
+        // it pass without a decision (nothing above counts any more: `after`
+        // is spent), and every one after it.
+        if thread.number < nth {
+            scope::grant_passes(generation, nth - thread.number - 1, false);
+        } else {
+            for_good();
+        }
         return Verdict::Pass;
     }
     let threshold = a.threshold.load(Relaxed);
@@ -386,31 +397,43 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     }) {
         return Verdict::Pass;
     }
+    // Whether the allocation's size no longer matters to the decision: no
+    // size range, no stack filter, and a `space` budget too small for any
+    // allocation to take from it (every size is at least 1).
+    let size_blind = !filtered
+        && a.min_size.load(Relaxed) == 0
+        && a.max_size.load(Relaxed) == usize::MAX
+        && !counted(&mut |c| c.space > 1);
     let interval = a.interval.load(Relaxed);
-    if interval > 1
-        && counted(&mut |c| {
+    if interval > 1 {
+        // The allocations before the next multiple of `interval` pass; when
+        // nothing else looks at them, without coming here: counted now.
+        let mut skip = 0;
+        if counted(&mut |c| {
             c.interval += 1;
-            !c.interval.is_multiple_of(interval)
-        })
-    {
-        return Verdict::Pass;
+            let into = c.interval % interval;
+            if into != 0 && size_blind {
+                skip = interval - 1 - into;
+                c.interval += skip;
+            }
+            into != 0
+        }) {
+            if skip > 0 {
+                scope::grant_interval_passes(generation, skip, false);
+            }
+            return Verdict::Pass;
+        }
     }
     if threshold > u64::from(u32::MAX) {
         // 100 %: every candidate fails.
         return fail(op, size, align, thread.number, Cause::Attributes);
     }
-    // Nothing but the draw decides (no size range, `nth`, `space`,
-    // `interval`, pending `after` or stack filter): draw the gap to this
-    // thread's next failure once, and let the allocations before it pass
-    // without a decision. Otherwise one draw per candidate, in the thread's
-    // sequence counted in candidates.
-    let simple = !filtered
-        && nth == 0
-        && interval <= 1
-        && !counted(&mut |c| c.space != 0)
-        && a.min_size.load(Relaxed) == 0
-        && a.max_size.load(Relaxed) == usize::MAX;
-    if simple {
+    // Nothing but the draw and `interval` decides (no size range, `nth`,
+    // `space` left, pending `after` or stack filter): draw the gap to this
+    // thread's next failure once, in candidates, and let the allocations
+    // before it pass without a decision. Otherwise one draw per candidate,
+    // in the thread's sequence counted in candidates.
+    if size_blind && nth == 0 {
         if scope::take_due(generation) {
             return fail(op, size, align, thread.number, Cause::Attributes);
         }
@@ -419,7 +442,19 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         if passes == 0 {
             return fail(op, size, align, thread.number, Cause::Attributes);
         }
-        scope::grant_passes(generation, passes - 1, true);
+        // This candidate and `passes - 1` more pass, each of those after
+        // `interval - 1` allocations that are not candidates, and as many
+        // before the one that fails.
+        let skip = passes.saturating_mul(interval.max(1)) - 1;
+        if interval > 1 {
+            counted(&mut |c| {
+                c.interval = c.interval.saturating_add(skip);
+                true
+            });
+            scope::grant_interval_passes(generation, skip, true);
+        } else {
+            scope::grant_passes(generation, skip, true);
+        }
         return Verdict::Pass;
     }
     let Some((index, salt)) = scope::with_counters(generation, space_configured, |c| {

@@ -58,6 +58,10 @@ struct ThreadState {
     /// Whether the allocation after the passes must fail (a probability
     /// draw decided so).
     due: Cell<bool>,
+    /// Whether the passes were counted towards `interval` when granted (see
+    /// [`grant_interval_passes`]): the ones a scope change voids are taken
+    /// back.
+    precounted: Cell<bool>,
     /// The configuration generation `base` belongs to, and the number of
     /// this thread's last allocation before that configuration: draws are
     /// indexed from it, so a configuration replays the same way however
@@ -100,6 +104,7 @@ thread_local! {
             granted: Cell::new(0),
             pass_key: Cell::new(0),
             due: Cell::new(false),
+            precounted: Cell::new(false),
             base_generation: Cell::new(0),
             base: Cell::new(0),
             counters: Cell::new(Counters {
@@ -130,7 +135,7 @@ fn set_state(value: u8) {
     let _ = STATE.try_with(|s| {
         s.flags.set(value);
         // The passes were decided under the old scope.
-        s.set_passes(0);
+        s.void_passes();
         s.due.set(false);
     });
 }
@@ -144,6 +149,18 @@ impl ThreadState {
     /// The passes left (a negative count is none).
     fn passes_left(&self) -> u64 {
         self.passes.get().max(0) as u64
+    }
+
+    /// Voids the thread's passes (its scope changed): the allocations they
+    /// would have let pass are decided again, so those counted in advance
+    /// towards `interval` are taken back.
+    fn void_passes(&self) {
+        if self.precounted.replace(false) && self.counters_generation.get() == self.granted.get() {
+            let mut c = self.counters.get();
+            c.interval = c.interval.saturating_sub(self.passes_left());
+            self.counters.set(c);
+        }
+        self.set_passes(0);
     }
 
     /// Replaces the thread's passes (at most `i64::MAX`: for good), keeping
@@ -229,8 +246,19 @@ pub(crate) fn find_state_offset() {
 /// Records that the next `passes` allocations of this thread pass without a
 /// decision under the generation `generation`, and whether the one after
 /// them must fail. Passes granted while a sweep's child tracks blocks are
-/// never taken (the key stays 0); the thread's decisions still use them.
+/// never taken by the fast lane (the key stays 0): the decision takes them
+/// (see [`take_withheld_pass`]).
 pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
+    grant(generation, passes, then_due, false);
+}
+
+/// Grants `passes` passes (see [`grant_passes`]) that the caller has
+/// already counted towards `interval`, in the counters of `generation`.
+pub(crate) fn grant_interval_passes(generation: u32, passes: u64, then_due: bool) {
+    grant(generation, passes, then_due, true);
+}
+
+fn grant(generation: u32, passes: u64, then_due: bool, precounted: bool) {
     // `generation` was read (acquire) before: if tracking started after
     // that read, the generation has moved on since and the key never
     // matches; if before, the flag is seen here.
@@ -244,6 +272,7 @@ pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
         s.pass_key.set(key);
         s.set_passes(passes);
         s.due.set(then_due);
+        s.precounted.set(precounted);
     });
 }
 
@@ -286,6 +315,26 @@ pub(crate) fn with_counters<R>(
             result
         })
         .ok()
+}
+
+/// Uses up one of the passes granted under `generation` for this
+/// allocation, already counted, if the fast lane left them (they were
+/// granted while a sweep's child tracks blocks, when every allocation comes
+/// to the decision): the decision then ends as the fast lane would have.
+pub(crate) fn take_withheld_pass(generation: u32) -> bool {
+    STATE
+        .try_with(|s| {
+            let left = s.passes.get();
+            if s.granted.get() != generation || left <= 0 {
+                return false;
+            }
+            // The allocation was counted before the decision: taking the
+            // pass must not count it again.
+            s.passes.set(left - 1);
+            s.pass_end.set(s.pass_end.get().wrapping_sub(1));
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Whether this allocation must fail because a draw decided so (consumed).
@@ -367,7 +416,7 @@ pub(crate) fn set_persistent(persistent: bool) {
     let _ = STATE.try_with(|s| {
         s.persistent.set(persistent);
         s.exhausted.set(false);
-        s.set_passes(0);
+        s.void_passes();
     });
 }
 
@@ -388,7 +437,7 @@ pub(crate) fn replace_fail_nth(n: u64) -> u64 {
     STATE
         .try_with(|s| {
             // A countdown counts every allocation: no pass skips it.
-            s.set_passes(0);
+            s.void_passes();
             s.fail_nth.replace(n)
         })
         .unwrap_or(0)
@@ -590,6 +639,28 @@ mod tests {
             assert!(!quiet());
             assert_eq!(mode(), Mode::NoRetry);
         });
+    }
+
+    #[test]
+    fn the_decision_takes_the_passes_the_fast_lane_left_then_the_due_failure() {
+        // As while a sweep's child tracks blocks: every allocation reaches
+        // the decision, which must see the same passes and failure.
+        let generation = 7;
+        grant_passes(generation, 2, true);
+        let before = allocation_number();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            count_allocation();
+            let pass = take_withheld_pass(generation);
+            seen.push((pass, !pass && take_due(generation)));
+        }
+        assert_eq!(
+            seen,
+            [(true, false), (true, false), (false, true), (false, false)]
+        );
+        assert_eq!(allocation_number(), before + 4, "each counted once");
+        grant_passes(generation, 2, true);
+        assert!(!take_withheld_pass(generation + 1), "another generation");
     }
 
     #[test]

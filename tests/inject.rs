@@ -20,7 +20,7 @@ use mayfail::{MayFail, stats};
 static GLOBAL: MayFail<System> = MayFail::system();
 
 /// Makes `N` allocations of `size(i)` bytes inside `make_it_fail` and
-/// returns the 1-based numbers of those that failed (at most 16).
+/// returns the 1-based numbers of those that failed.
 fn failing<const N: usize>(size: impl Fn(usize) -> usize) -> Vec<usize> {
     let mut blocks = [std::ptr::null_mut::<u8>(); N];
     mayfail::make_it_fail(|| {
@@ -52,6 +52,85 @@ fn interval_3_times_2_fails_attempts_3_and_6_only() {
         return;
     }
     child("interval_3_times_2_fails_attempts_3_and_6_only");
+}
+
+#[test]
+fn interval_counts_only_candidates_across_scopes_and_sizes() {
+    if is_child() {
+        // A long interval: the allocations between two multiples.
+        mayfail::configure_injection("interval=7,times=-1,task-filter=Y").unwrap();
+        assert_eq!(failing::<30>(|_| 64), [7, 14, 21, 28]);
+
+        // Leaving `make_it_fail` between candidates: what happens outside
+        // does not count, the count goes on inside.
+        mayfail::configure_injection("interval=3,times=-1,task-filter=Y").unwrap();
+        assert_eq!(failing::<1>(|_| 64), [] as [usize; 0]);
+        let outside = common::alloc(64);
+        assert!(!outside.is_null());
+        free(outside, 64);
+        assert_eq!(failing::<6>(|_| 64), [2, 5]);
+
+        // `space` first, then `interval` among the candidates; a small
+        // allocation still takes from what is left of the budget. The
+        // kernel's rule, allocation by allocation.
+        let size = |i: usize| if i.is_multiple_of(5) { 4 } else { 64 };
+        let model = |n: usize, mut space: usize, interval: usize| {
+            let mut candidates = 0usize;
+            let mut failed = Vec::new();
+            for i in 1..=n {
+                if space > size(i) {
+                    space -= size(i);
+                    continue;
+                }
+                candidates += 1;
+                if candidates.is_multiple_of(interval) {
+                    failed.push(i);
+                }
+            }
+            failed
+        };
+        for (space, interval) in [(200, 4), (130, 3), (1, 5), (0, 2)] {
+            mayfail::configure_injection(&format!(
+                "space={space},interval={interval},times=-1,task-filter=Y"
+            ))
+            .unwrap();
+            assert_eq!(
+                failing::<40>(size),
+                model(40, space, interval),
+                "space={space},interval={interval}"
+            );
+        }
+        return;
+    }
+    child("interval_counts_only_candidates_across_scopes_and_sizes");
+}
+
+#[test]
+fn probability_with_interval_draws_only_among_candidates() {
+    if is_child() {
+        let spec = "probability=30,interval=4,times=-1,task-filter=Y,seed=3";
+        let run = || {
+            mayfail::configure_injection(spec).unwrap();
+            // Two scopes with an allocation outside between them: the
+            // candidates of both count as one sequence.
+            let mut failed = failing::<10>(|_| 64);
+            let outside = common::alloc(64);
+            assert!(!outside.is_null());
+            free(outside, 64);
+            failed.extend(failing::<390>(|_| 64).iter().map(|i| i + 10));
+            failed
+        };
+        let failed = run();
+        assert!(
+            failed.iter().all(|i| i.is_multiple_of(4)),
+            "only every 4th candidate can fail: {failed:?}"
+        );
+        // About 30 % of 100 candidates.
+        assert!((12..=50).contains(&failed.len()), "{failed:?}");
+        assert_eq!(run(), failed, "the same seed, the same failures");
+        return;
+    }
+    child("probability_with_interval_draws_only_among_candidates");
 }
 
 #[test]
@@ -408,6 +487,40 @@ fn verbose_prints_the_seed_and_one_line_per_injected_failure() {
         );
         assert!(line.contains("its allocation #"), "{line}");
     }
+}
+
+#[test]
+fn nth_fails_that_allocation_of_the_thread_and_no_other() {
+    if is_child() {
+        // The allocations (1-based) among 100 that fail on a fresh thread
+        // with `nth=N`: the thread's own allocation N, wherever it falls.
+        let failed_with = |nth: usize| {
+            mayfail::configure_injection(&format!(
+                "probability=100,times=-1,nth={nth},thread=nth-probe"
+            ))
+            .unwrap();
+            let failed = std::thread::Builder::new()
+                .name("nth-probe".into())
+                .spawn(|| failing::<100>(|_| 64))
+                .unwrap()
+                .join()
+                .unwrap();
+            mayfail::disable_injection();
+            failed
+        };
+        let first = failed_with(40);
+        assert_eq!(first.len(), 1, "{first:?}");
+        for later in [1, 2, 9, 30] {
+            assert_eq!(
+                failed_with(40 + later),
+                [first[0] + later],
+                "nth={}",
+                40 + later
+            );
+        }
+        return;
+    }
+    child("nth_fails_that_allocation_of_the_thread_and_no_other");
 }
 
 fn push_one(v: &mut Vec<u64>) {
