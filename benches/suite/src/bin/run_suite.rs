@@ -192,7 +192,7 @@ fn pick(value: &str, known: &[&'static str], what: &str) -> Result<Vec<&'static 
 
 fn parse_options() -> Result<Options, String> {
     let mut o = Options {
-        rounds: 5,
+        rounds: 9,
         only: None,
         all: false,
         configs: None,
