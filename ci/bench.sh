@@ -18,7 +18,7 @@
 #    measurements to target/bench/*.csv.
 #
 # Usage, from anywhere in the repository:
-#   ci/bench.sh                     # the whole suite: about 15 minutes on 2 cores, plus the builds
+#   ci/bench.sh                     # the whole suite: about 10 minutes on 2 cores, plus the builds
 #   ci/bench.sh --readme            # the same, then put the report into benches/README.md
 #                                   # and the raw measurements into benches/results/
 #   ci/bench.sh --quick             # for work on the hot path: callgrind only, vec-pairs and
