@@ -519,12 +519,22 @@ mod tests {
 
     /// Grants `passes` under the generation in force and runs `f`; `None`
     /// if the generation moved meanwhile (another test configured
-    /// something), when the passes were void anyway.
+    /// something), when the passes were void anyway, or if another test had
+    /// tracking on, when they were withheld from the lanes.
     fn with_passes<R>(passes: u64, f: impl FnOnce() -> R) -> Option<R> {
+        use core::sync::atomic::{Ordering::SeqCst, fence};
+        // Tracking is switched on or off before the generation moves on: a
+        // grant that saw it on either saw it on before the generation was
+        // read, or sees the generation move, or sees it still on after.
+        let tracking_before = engaged::is_set(engaged::TRACKING);
+        fence(SeqCst);
         let generation = engaged::generation();
         scope::grant_passes(generation, passes, false);
         let result = f();
-        (engaged::generation() == generation).then_some(result)
+        let tracking_after = engaged::is_set(engaged::TRACKING);
+        fence(SeqCst);
+        let held = engaged::generation() == generation;
+        (!tracking_before && !tracking_after && held).then_some(result)
     }
 
     #[test]
