@@ -542,7 +542,7 @@ mod tests {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         scope::find_state_offset();
         for _ in 0..100 {
-            let before = scope::count_allocation().number;
+            let before = scope::count_allocation(0).number;
             let Some(taken) = with_passes(3, || {
                 let mut taken = Vec::with_capacity(8);
                 for i in 0..5 {
@@ -559,7 +559,7 @@ mod tests {
             };
             assert_eq!(taken, [true, true, true, false, false]);
             // Three passes counted, then this one.
-            assert_eq!(scope::count_allocation().number, before + 4);
+            assert_eq!(scope::count_allocation(0).number, before + 4);
             // A generation change voids what is left.
             scope::grant_passes(engaged::generation(), 5, false);
             engaged::new_generation();

@@ -267,7 +267,8 @@ fn thread_matches() -> bool {
 /// Decides one allocation. See the module docs for the order.
 #[inline]
 pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
-    let thread = scope::count_allocation();
+    let generation = engaged::generation();
+    let thread = scope::count_allocation(generation);
     if thread.exhausted {
         // A sweep's persistent mode: memory "never comes back". A nofail
         // allocation is not injected, but its attempts fail like all others,
@@ -292,7 +293,7 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
             Verdict::Fail
         };
     }
-    if thread.exempt {
+    if thread.exempt || thread.withheld_pass {
         return Verdict::Pass;
     }
     if thread.nth_armed {
@@ -311,10 +312,6 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     }
     let a = &ATTRS;
     let r = &RUNNING;
-    let generation = engaged::generation();
-    if scope::take_withheld_pass(generation) {
-        return Verdict::Pass;
-    }
     // Every later allocation of this thread passes too, until the
     // configuration or the thread's scope changes.
     let for_good = || scope::grant_passes(generation, u64::MAX, false);

@@ -247,7 +247,7 @@ pub(crate) fn find_state_offset() {
 /// decision under the generation `generation`, and whether the one after
 /// them must fail. Passes granted while a sweep's child tracks blocks are
 /// never taken by the fast lane (the key stays 0): the decision takes them
-/// (see [`take_withheld_pass`]).
+/// (see [`count_allocation`]).
 pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
     grant(generation, passes, then_due, false);
 }
@@ -317,26 +317,6 @@ pub(crate) fn with_counters<R>(
         .ok()
 }
 
-/// Uses up one of the passes granted under `generation` for this
-/// allocation, already counted, if the fast lane left them (they were
-/// granted while a sweep's child tracks blocks, when every allocation comes
-/// to the decision): the decision then ends as the fast lane would have.
-pub(crate) fn take_withheld_pass(generation: u32) -> bool {
-    STATE
-        .try_with(|s| {
-            let left = s.passes.get();
-            if s.granted.get() != generation || left <= 0 {
-                return false;
-            }
-            // The allocation was counted before the decision: taking the
-            // pass must not count it again.
-            s.passes.set(left - 1);
-            s.pass_end.set(s.pass_end.get().wrapping_sub(1));
-            true
-        })
-        .unwrap_or(false)
-}
-
 /// Whether this allocation must fail because a draw decided so (consumed).
 pub(crate) fn take_due(generation: u32) -> bool {
     STATE
@@ -362,13 +342,20 @@ pub(crate) struct Snapshot {
     pub(crate) exhausted: bool,
     /// Inside `nofail`.
     pub(crate) nofail: bool,
+    /// Whether the allocation took one of the passes granted under the
+    /// generation in force that the fast lane left (granted while a sweep's
+    /// child tracks blocks, when every allocation comes to the decision):
+    /// it passes, as it would have on the fast lane.
+    pub(crate) withheld_pass: bool,
 }
 
 /// Counts one allocation on the current thread and steps its fail-nth
 /// countdown; exempt allocations (`nofail`, in reclaim) are not counted, as
-/// the kernel does not count `__GFP_NOFAIL` ones.
+/// the kernel does not count `__GFP_NOFAIL` ones. Takes a pass granted under
+/// `generation` (the one in force) that the fast lane left, if any (see
+/// [`Snapshot::withheld_pass`]).
 #[inline(always)]
-pub(crate) fn count_allocation() -> Snapshot {
+pub(crate) fn count_allocation(generation: u32) -> Snapshot {
     STATE
         .try_with(|s| {
             let flags = s.flags.get();
@@ -382,8 +369,18 @@ pub(crate) fn count_allocation() -> Snapshot {
                 nth_armed: false,
                 exhausted: flags & IN_RECLAIM == 0 && s.exhausted.get(),
                 nofail,
+                withheld_pass: false,
             };
             if exempt {
+                return snap;
+            }
+            let left = s.passes.get();
+            if left > 0 && s.granted.get() == generation {
+                // Taking the pass counts the allocation. No countdown runs:
+                // arming one voids the passes, and none are granted then.
+                s.passes.set(left - 1);
+                snap.number = s.allocations();
+                snap.withheld_pass = true;
                 return snap;
             }
             snap.number = s.allocations().wrapping_add(1);
@@ -407,6 +404,7 @@ pub(crate) fn count_allocation() -> Snapshot {
             nth_armed: false,
             exhausted: false,
             nofail: false,
+            withheld_pass: false,
         })
 }
 
@@ -649,9 +647,10 @@ mod tests {
         grant_passes(generation, 2, true);
         let before = allocation_number();
         let mut seen = Vec::new();
-        for _ in 0..4 {
-            count_allocation();
-            let pass = take_withheld_pass(generation);
+        for i in 1..=4 {
+            let snap = count_allocation(generation);
+            assert_eq!(snap.number, before + i);
+            let pass = snap.withheld_pass;
             seen.push((pass, !pass && take_due(generation)));
         }
         assert_eq!(
@@ -660,24 +659,25 @@ mod tests {
         );
         assert_eq!(allocation_number(), before + 4, "each counted once");
         grant_passes(generation, 2, true);
-        assert!(!take_withheld_pass(generation + 1), "another generation");
+        let snap = count_allocation(generation + 1);
+        assert!(!snap.withheld_pass, "another generation");
     }
 
     #[test]
     fn nofail_and_reclaim_are_exempt_and_not_counted() {
         let before = allocation_number();
-        assert!(!count_allocation().exempt);
+        assert!(!count_allocation(0).exempt);
         assert_eq!(allocation_number(), before + 1);
-        assert!(nofail(count_allocation).exempt);
+        assert!(nofail(|| count_allocation(0)).exempt);
         let _reclaiming = ReclaimGuard::enter().unwrap();
-        assert!(count_allocation().exempt);
+        assert!(count_allocation(0).exempt);
         assert_eq!(allocation_number(), before + 1);
     }
 
     #[test]
     fn fail_nth_counts_down_and_fires_once() {
         replace_fail_nth(3);
-        let fired: Vec<bool> = (0..5).map(|_| count_allocation().nth_fired).collect();
+        let fired: Vec<bool> = (0..5).map(|_| count_allocation(0).nth_fired).collect();
         assert_eq!(fired, [false, false, true, false, false]);
         assert_eq!(fail_nth_left(), 0);
     }
