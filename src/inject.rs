@@ -25,6 +25,16 @@
 //!    and pass unless it is a multiple; fail with `probability` percent.
 //! 7. On a failure, `times` is decremented unless it is `-1` (also when
 //!    fail-nth caused it, as in the kernel).
+//!
+//! A decision whose verdict holds for the thread's next allocations grants
+//! them as passes (`scope::grant_passes`), which the allocator's fast lane
+//! takes without coming here: every allocation after a pass-for-good
+//! verdict (outside `make_it_fail` with `task-filter=Y`, another thread than
+//! `thread=`, `times` spent, past `nth`), those before `nth`, those between
+//! two multiples of `interval`, and those before the failure a `probability`
+//! draw placed. The last two need a decision that ignores sizes: with a
+//! size range, a stack filter or `space` left, each candidate is decided
+//! here.
 
 use core::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
