@@ -420,7 +420,7 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
             c.interval += 1;
             let into = c.interval % interval;
             if into != 0 && size_blind {
-                skip = interval - 1 - into;
+                skip = (interval - 1 - into).min(i64::MAX as u64);
                 c.interval += skip;
             }
             into != 0
@@ -452,7 +452,9 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         // This candidate and `passes - 1` more pass, each of those after
         // `interval - 1` allocations that are not candidates, and as many
         // before the one that fails.
-        let skip = passes.saturating_mul(interval.max(1)) - 1;
+        // (At most `i64::MAX`, what a thread can hold: counted towards
+        // `interval` only as many as granted.)
+        let skip = (passes.saturating_mul(interval.max(1)) - 1).min(i64::MAX as u64);
         if interval > 1 {
             counted(&mut |c| {
                 c.interval = c.interval.saturating_add(skip);
@@ -571,6 +573,59 @@ mod tests {
         let c: Vec<u32> = (0..64).map(|i| random(2, i)).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    /// The verdicts (`true`: fail) of `n` allocations of 64 bytes under
+    /// `spec`, decided on a fresh thread named "withheld" inside
+    /// `make_it_fail`, the passes each decision grants taken by the fast
+    /// lane, or, with `withheld`, left to the decision, as while a sweep's
+    /// child tracks blocks.
+    fn verdicts(spec: &str, n: usize, withheld: bool) -> Option<Vec<bool>> {
+        let spec = crate::spec::parse(spec.as_bytes()).unwrap();
+        std::thread::Builder::new()
+            .name("withheld".into())
+            .spawn(move || {
+                set_attributes(&spec, Origin::Api);
+                set_injecting(true);
+                let generation = engaged::generation();
+                let seen = scope::make_it_fail(|| {
+                    (0..n)
+                        .map(|_| {
+                            if scope::take_pass(engaged::generation()) {
+                                return false;
+                            }
+                            let verdict = decide(Op::Alloc, 64, 8);
+                            if withheld {
+                                scope::withhold_passes();
+                            }
+                            verdict != Verdict::Pass
+                        })
+                        .collect()
+                });
+                set_injecting(false);
+                // Another test changed the generation: start again.
+                (engaged::generation() == generation + 1).then_some(seen)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn passes_left_to_the_decision_give_the_verdicts_of_the_fast_lane() {
+        let specs = [
+            "interval=3,times=-1,task-filter=Y,thread=withheld,report=N",
+            "probability=20,interval=4,times=-1,task-filter=Y,thread=withheld,seed=5,report=N",
+            "probability=10,times=-1,task-filter=Y,thread=withheld,seed=9,report=N",
+            "nth=7,times=-1,task-filter=Y,thread=withheld,report=N",
+        ];
+        for spec in specs {
+            let (fast, withheld) = (0..100)
+                .find_map(|_| Some((verdicts(spec, 60, false)?, verdicts(spec, 60, true)?)))
+                .expect("the generation never held still");
+            assert!(fast.contains(&true), "{spec}: something fails");
+            assert_eq!(withheld, fast, "{spec}");
+        }
     }
 
     #[test]

@@ -136,7 +136,6 @@ fn set_state(value: u8) {
         s.flags.set(value);
         // The passes were decided under the old scope.
         s.void_passes();
-        s.due.set(false);
     });
 }
 
@@ -151,9 +150,10 @@ impl ThreadState {
         self.passes.get().max(0) as u64
     }
 
-    /// Voids the thread's passes (its scope changed): the allocations they
-    /// would have let pass are decided again, so those counted in advance
-    /// towards `interval` are taken back.
+    /// Voids the thread's passes and the failure due after them (its scope
+    /// changed): the allocations they would have let pass are decided
+    /// again, so those counted in advance towards `interval` are taken
+    /// back.
     fn void_passes(&self) {
         if self.precounted.replace(false) && self.counters_generation.get() == self.granted.get() {
             let mut c = self.counters.get();
@@ -161,6 +161,7 @@ impl ThreadState {
             self.counters.set(c);
         }
         self.set_passes(0);
+        self.due.set(false);
     }
 
     /// Replaces the thread's passes (at most `i64::MAX`: for good), keeping
@@ -315,6 +316,13 @@ pub(crate) fn with_counters<R>(
             result
         })
         .ok()
+}
+
+/// Withholds the thread's passes from the fast lane, as a grant made while
+/// a sweep's child tracks blocks does.
+#[cfg(test)]
+pub(crate) fn withhold_passes() {
+    let _ = STATE.try_with(|s| s.pass_key.set(0));
 }
 
 /// Whether this allocation must fail because a draw decided so (consumed).

@@ -134,6 +134,49 @@ fn probability_with_interval_draws_only_among_candidates() {
 }
 
 #[test]
+fn arming_or_disarming_fail_nth_does_not_leave_a_drawn_failure_due() {
+    if is_child() {
+        // Whether the second of two allocations fails under a 1 %
+        // probability with `seed`, with `between` run between them.
+        let second_fails = |seed: u64, between: &dyn Fn()| {
+            mayfail::configure_injection(&format!(
+                "probability=1,times=-1,task-filter=Y,seed={seed}"
+            ))
+            .unwrap();
+            let (a, b) = mayfail::make_it_fail(|| {
+                let a = common::alloc(64);
+                between();
+                (a, common::alloc(64))
+            });
+            mayfail::disable_injection();
+            for block in [a, b] {
+                if !block.is_null() {
+                    free(block, 64);
+                }
+            }
+            b.is_null()
+        };
+        let count =
+            |between: &dyn Fn()| (0..200).filter(|&seed| second_fails(seed, between)).count();
+        // The second allocation is decided afresh once the passes are
+        // void: about 1 % again, not the failure the first draw placed.
+        for (what, between) in [
+            ("nothing", &(|| {}) as &dyn Fn()),
+            ("fail_nth(0)", &|| mayfail::fail_nth(0)),
+            ("fail_nth(1000), then 0", &|| {
+                mayfail::fail_nth(1_000);
+                mayfail::fail_nth(0);
+            }),
+        ] {
+            let failed = count(between);
+            assert!(failed <= 10, "{what} between: {failed} of 200 failed");
+        }
+        return;
+    }
+    child("arming_or_disarming_fail_nth_does_not_leave_a_drawn_failure_due");
+}
+
+#[test]
 fn the_environment_spec_applies_from_the_first_allocation() {
     if is_child() {
         assert_eq!(failing::<12>(|_| 64), [3, 6]);
