@@ -176,6 +176,164 @@ fn arming_or_disarming_fail_nth_does_not_leave_a_drawn_failure_due() {
     child("arming_or_disarming_fail_nth_does_not_leave_a_drawn_failure_due");
 }
 
+/// How an allocation of the attribute test below is made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scope {
+    Outside,
+    MakeItFail,
+    Nofail,
+    Nowarn,
+}
+
+/// The attribute sets the test below draws from.
+#[derive(Clone, Copy, Debug)]
+struct Attributes {
+    space: usize,
+    interval: u64,
+    after: u64,
+    min_size: usize,
+    max_size: usize,
+    times: i64,
+    task_filter: bool,
+}
+
+/// The kernel's rule, one allocation after the other (`true`: it succeeds).
+fn kernel_rule(a: Attributes, allocations: &[(Scope, usize)]) -> Vec<bool> {
+    let (mut after, mut space, mut candidates, mut times) = (0, a.space, 0u64, a.times);
+    let mut decide = |scope: Scope, size: usize| {
+        if scope == Scope::Nofail {
+            return true; // exempt, not counted
+        }
+        if after < a.after {
+            after += 1;
+            return true;
+        }
+        if size < a.min_size || size > a.max_size {
+            return true;
+        }
+        if (a.task_filter && scope == Scope::Outside) || times == 0 {
+            return true;
+        }
+        if space > size {
+            space -= size;
+            return true;
+        }
+        candidates += 1;
+        if !candidates.is_multiple_of(a.interval) {
+            return true;
+        }
+        if times > 0 {
+            times -= 1;
+        }
+        false
+    };
+    allocations
+        .iter()
+        .map(|&(scope, size)| decide(scope, size))
+        .collect()
+}
+
+/// The same allocations through mayfail, on a fresh thread.
+fn through_mayfail(a: Attributes, allocations: &[(Scope, usize)]) -> Vec<bool> {
+    let mut spec = format!(
+        "interval={},space={},after={},min-size={},times={},task-filter={},thread=rule",
+        a.interval,
+        a.space,
+        a.after,
+        a.min_size,
+        a.times,
+        if a.task_filter { "Y" } else { "N" }
+    );
+    if a.max_size != usize::MAX {
+        spec += &format!(",max-size={}", a.max_size);
+    }
+    let allocations = allocations.to_vec();
+    std::thread::Builder::new()
+        .name("rule".into())
+        .spawn(move || {
+            mayfail::configure_injection(&spec).unwrap();
+            // Made inside `nofail`: the bookkeeping is not counted, and
+            // the pushes below do not allocate.
+            let mut blocks: Vec<*mut u8> =
+                mayfail::nofail(|| Vec::with_capacity(allocations.len()));
+            for &(scope, size) in &allocations {
+                let one = || common::alloc(size);
+                let block = match scope {
+                    Scope::Outside => one(),
+                    Scope::MakeItFail => mayfail::make_it_fail(one),
+                    Scope::Nofail => mayfail::make_it_fail(|| mayfail::nofail(one)),
+                    Scope::Nowarn => mayfail::make_it_fail(|| mayfail::nowarn(one)),
+                };
+                blocks.push(block);
+            }
+            mayfail::disable_injection();
+            blocks
+                .iter()
+                .zip(&allocations)
+                .map(|(&block, &(_, size))| {
+                    if !block.is_null() {
+                        free(block, size);
+                    }
+                    !block.is_null()
+                })
+                .collect()
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Every combination of `after`, a size range, `task-filter`, `times`,
+/// `space` and `interval`, over allocations of mixed sizes in and out of
+/// scopes that void the passes: mayfail's verdicts (with its passes) are
+/// those of the kernel's rule applied to each allocation in turn.
+#[test]
+fn attributes_follow_the_kernel_rule_allocation_by_allocation() {
+    if is_child() {
+        // A fixed sequence (splitmix64) of random cases.
+        let mut state = 0x5eed_u64;
+        let mut below = |n: usize| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        };
+        for case in 0..3000 {
+            let a = Attributes {
+                space: [0, 1, 2, 100, 300][below(5)],
+                interval: [1, 2, 3, 7][below(4)],
+                after: [0, 3, 10][below(3)],
+                min_size: [0, 0, 16][below(3)],
+                max_size: [usize::MAX, usize::MAX, 200][below(3)],
+                times: [-1, -1, 3][below(3)],
+                task_filter: below(2) == 0,
+            };
+            let mut scope = Scope::MakeItFail;
+            let allocations: Vec<(Scope, usize)> = (0..10 + below(60))
+                .map(|_| {
+                    if below(6) == 0 {
+                        scope = [
+                            Scope::Outside,
+                            Scope::Nofail,
+                            Scope::Nowarn,
+                            Scope::MakeItFail,
+                        ][below(4)];
+                    }
+                    (scope, [1, 4, 8, 64, 150, 400][below(6)])
+                })
+                .collect();
+            assert_eq!(
+                through_mayfail(a, &allocations),
+                kernel_rule(a, &allocations),
+                "case {case}: {a:?}\n{allocations:?}"
+            );
+        }
+        return;
+    }
+    child("attributes_follow_the_kernel_rule_allocation_by_allocation");
+}
+
 #[test]
 fn the_environment_spec_applies_from_the_first_allocation() {
     if is_child() {
