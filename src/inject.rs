@@ -414,19 +414,15 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     let interval = a.interval.load(Relaxed);
     if interval > 1 {
         // The allocations before the next multiple of `interval` pass; when
-        // nothing else looks at them, without coming here: counted now.
-        let mut skip = 0;
+        // nothing else looks at them, without coming here.
+        let mut into = 0;
         if counted(&mut |c| {
             c.interval += 1;
-            let into = c.interval % interval;
-            if into != 0 && size_blind {
-                skip = (interval - 1 - into).min(i64::MAX as u64);
-                c.interval += skip;
-            }
+            into = c.interval % interval;
             into != 0
         }) {
-            if skip > 0 {
-                scope::grant_interval_passes(generation, skip, false);
+            if size_blind && into != 0 {
+                scope::grant_interval_passes(generation, interval - 1 - into, false);
             }
             return Verdict::Pass;
         }
@@ -452,14 +448,8 @@ pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
         // This candidate and `passes - 1` more pass, each of those after
         // `interval - 1` allocations that are not candidates, and as many
         // before the one that fails.
-        // (At most `i64::MAX`, what a thread can hold: counted towards
-        // `interval` only as many as granted.)
-        let skip = (passes.saturating_mul(interval.max(1)) - 1).min(i64::MAX as u64);
+        let skip = passes.saturating_mul(interval.max(1)) - 1;
         if interval > 1 {
-            counted(&mut |c| {
-                c.interval = c.interval.saturating_add(skip);
-                true
-            });
             scope::grant_interval_passes(generation, skip, true);
         } else {
             scope::grant_passes(generation, skip, true);

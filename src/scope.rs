@@ -253,9 +253,19 @@ pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
     grant(generation, passes, then_due, false);
 }
 
-/// Grants `passes` passes (see [`grant_passes`]) that the caller has
-/// already counted towards `interval`, in the counters of `generation`.
+/// Grants `passes` passes (see [`grant_passes`]) and counts them towards
+/// `interval` now, in the thread's counters for `generation` (the decision
+/// has just used them): the ones a scope change voids are taken back (see
+/// `ThreadState::void_passes`).
 pub(crate) fn grant_interval_passes(generation: u32, passes: u64, then_due: bool) {
+    let passes = passes.min(i64::MAX as u64);
+    let _ = STATE.try_with(|s| {
+        if s.counters_generation.get() == generation {
+            let mut c = s.counters.get();
+            c.interval = c.interval.saturating_add(passes);
+            s.counters.set(c);
+        }
+    });
     grant(generation, passes, then_due, true);
 }
 
