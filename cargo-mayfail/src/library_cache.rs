@@ -247,7 +247,7 @@ pub(crate) fn ensure() -> Result<PathBuf, Failure> {
     let _lock = lock(&build.dir.join("lock"))?;
     // Another runner may have built it while this one waited.
     if !library.is_file() {
-        eprintln!(
+        crate::progress::note!(
             "mayfail: building the preload library (once; later runs reuse it) in {}",
             shell_quote(build.dir.as_os_str())
         );
@@ -274,7 +274,9 @@ fn lock(path: &Path) -> Result<File, Failure> {
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(file);
     }
-    eprintln!("mayfail: waiting for another mayfail that is building the preload library");
+    crate::progress::note!(
+        "mayfail: waiting for another mayfail that is building the preload library"
+    );
     loop {
         // SAFETY: as above.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {

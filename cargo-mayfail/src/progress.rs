@@ -10,6 +10,34 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::report::seconds;
 
+/// `println!` that never panics: a closed or full standard output (`| head
+/// -1`, a full disk) must not stop a walk or lose its state, so what cannot
+/// be written is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`say`]).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+pub(crate) use {note, say};
+
+/// Writes `text` as it is to standard output, dropping what cannot be
+/// written (see [`say`]).
+pub(crate) fn print_text(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Where the progress of `sites` goes.
 pub(crate) struct Progress {
     /// The live status line, when stderr is a terminal.
@@ -47,7 +75,7 @@ impl Progress {
     pub(crate) fn line(&self, text: &str) {
         match &self.status {
             Some(bar) => bar.println(format!("mayfail: {text}")),
-            None => eprintln!("mayfail: {text}"),
+            None => note!("mayfail: {text}"),
         }
     }
 

@@ -1521,3 +1521,65 @@ fn a_cargo_walk_without_the_preload_library_says_so_in_one_line_and_goes_on() {
     assert!(notes[0].contains("not reached"), "{}", notes[0]);
     assert_ne!(out.code, Some(2), "not refused: {}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// Walk verdicts: output that cannot be written, runs no site explains.
+
+/// The write end of a pipe whose read end is closed: every write to it
+/// fails with `EPIPE`, as `| head -1` does once `head` has its line.
+fn closed_pipe() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are ours; the read end is closed once, the
+    // write end owned by the returned File from here on.
+    unsafe {
+        libc::close(fds[0]);
+        std::fs::File::from_raw_fd(fds[1])
+    }
+}
+
+/// Runs the runner with `args`, its stdout and stderr a closed pipe.
+fn run_into_closed_pipe(args: &[&str]) -> Option<i32> {
+    let pipe = closed_pipe();
+    runner()
+        .args(args)
+        .stdout(pipe.try_clone().unwrap())
+        .stderr(pipe)
+        .status()
+        .expect("the runner starts")
+        .code()
+}
+
+#[test]
+fn a_closed_stdout_and_stderr_neither_stop_a_walk_nor_lose_its_state() {
+    let binary = fixture_binary().to_str().unwrap();
+    let dir = scratch("closed_pipe");
+    let state = dir.join("sites.state");
+    let state = state.to_str().unwrap();
+    // The whole walk, with its baseline, progress lines and table.
+    let code = run_into_closed_pipe(&["sites", "--state", state, "--", binary]);
+    assert_eq!(code, Some(1), "the walk's own verdict, not a panic's 101");
+    let json = std::fs::read_to_string(dir.join("sites.json")).unwrap();
+    assert_fixture_sites(&sites_of(&json), &json);
+    assert_eq!(
+        report_of(&json)["stopped"],
+        "a run found no new site",
+        "the walk ran to its end: {json}"
+    );
+    // Every other subcommand and message.
+    for (args, expected) in [
+        (vec!["report", "--state", state], 0),
+        (vec!["run", "--", "true"], 0),
+        (vec!["run", "--", "false"], 1),
+        (vec!["sites", "--frobnicate"], 2),
+        (vec!["report", "--state", "/nonexistent/x.state"], 2),
+        (vec!["--help"], 0),
+        (vec!["sites", "--help"], 0),
+        (vec!["--version"], 0),
+        (vec!["run", "--", "/nonexistent/program"], 127),
+    ] {
+        assert_eq!(run_into_closed_pipe(&args), Some(expected), "{args:?}");
+    }
+}

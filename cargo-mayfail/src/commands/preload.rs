@@ -119,7 +119,7 @@ impl PreloadChoice {
         if !self.preload
             && let Err(missing) = library_or_build()
         {
-            eprintln!(
+            crate::progress::note!(
                 "mayfail: note: {missing}; test binaries that do not declare \
                  mayfail::MayFail are not reached"
             );
@@ -141,7 +141,7 @@ pub(crate) fn environment(argv: &[OsString]) -> Result<(String, OsString), Failu
     } else {
         if let Some(program) = program_path(&argv[0]) {
             for limit in limits(&program) {
-                eprintln!("mayfail: {}: {limit}", shell_quote(&argv[0]));
+                crate::progress::note!("mayfail: {}: {limit}", shell_quote(&argv[0]));
             }
         }
         Ok(("LD_PRELOAD".to_owned(), ld_preload(&library)))
@@ -238,7 +238,7 @@ fn host_triple() -> Result<String, Failure> {
 pub(crate) fn execute(args: PreloadRunArgs) -> Result<i32, Failure> {
     let binary = &args.command[0];
     for limit in limits(Path::new(binary)) {
-        eprintln!("mayfail: {}: {limit}", shell_quote(binary));
+        crate::progress::note!("mayfail: {}: {limit}", shell_quote(binary));
     }
     let mut command = Command::new(binary);
     command

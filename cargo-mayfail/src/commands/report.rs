@@ -46,6 +46,6 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
         crate::report::merge(summaries)
     };
     super::sites::write_reports(&summary, &paths)?;
-    print!("{}", crate::report::table(&summary));
+    crate::progress::print_text(&crate::report::table(&summary));
     Ok(exit_codes::SUCCESS)
 }

@@ -297,8 +297,8 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     let state = walker.load()?;
     let summary = report::summarize(&state, &paths.state);
     write_reports(&summary, &paths)?;
-    print!("{}", report::table(&summary));
-    println!(
+    crate::progress::print_text(&report::table(&summary));
+    crate::progress::say!(
         "  reports: {} {}; state: {}; output of the runs: {}",
         paths.json.display(),
         paths.html.display(),
@@ -314,7 +314,7 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     // or never called (an allocator of the program's own).
     let ran = state.runs.iter().any(|r| r.how.as_deref() == Some("done"));
     if walker.preload.is_some() && ran && state.records.is_empty() && state.runtime_stacks == 0 {
-        eprintln!(
+        crate::progress::note!(
             "mayfail: no allocation of {display} reached the preload library in {} run{}: \
              nothing was injected or walked",
             state.runs.len(),
