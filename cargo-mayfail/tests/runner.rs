@@ -1583,3 +1583,64 @@ fn a_closed_stdout_and_stderr_neither_stop_a_walk_nor_lose_its_state() {
         assert_eq!(run_into_closed_pipe(&args), Some(expected), "{args:?}");
     }
 }
+
+/// A script at `dir/name` that appends its `RUST_BACKTRACE`,
+/// `RUST_LIB_BACKTRACE` and arguments to `dir/seen`, and exits 0.
+fn environment_dumper(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"RUST_BACKTRACE=$RUST_BACKTRACE RUST_LIB_BACKTRACE=$RUST_LIB_BACKTRACE args=$*\" >> '{}'\n",
+            dir.join("seen").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn every_subcommand_that_runs_a_command_turns_rust_backtraces_off() {
+    let dir = scratch("no_backtraces");
+    let script = environment_dumper(&dir, "fake-cargo");
+    // A file stands for the preload library: the fake cargo never loads it.
+    let library = dir.join("libmayfail_preload.so");
+    std::fs::write(&library, "").unwrap();
+    let state = dir.join("walk.state");
+    for args in [
+        vec!["mayfail", "test", "--", "--no-fail-fast"],
+        vec!["mayfail", "run", "--", script.to_str().unwrap(), "run"],
+        vec![
+            "mayfail",
+            "sites",
+            "--no-baseline",
+            "--max-runs",
+            "1",
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+            script.to_str().unwrap(),
+            "sites",
+        ],
+    ] {
+        let _ = std::fs::remove_file(dir.join("seen"));
+        let out = ran(Command::new(CARGO_RUNNER)
+            .args(&args)
+            .current_dir(&dir)
+            .env("CARGO", &script)
+            .env("MAYFAIL_PRELOAD_LIB", &library)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LIB_BACKTRACE", "full")
+            .output()
+            .unwrap());
+        let seen = std::fs::read_to_string(dir.join("seen"))
+            .unwrap_or_else(|_| panic!("{args:?} ran nothing: {}", out.stderr));
+        assert!(
+            seen.lines()
+                .all(|l| l.starts_with("RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 args=")),
+            "{args:?}: {seen}"
+        );
+    }
+}

@@ -156,6 +156,18 @@ fn load(file: &File, path: &Path) -> Result<State, Failure> {
     })
 }
 
+/// Turns Rust backtraces off for a command run under injection. std's panic
+/// hook prints a backtrace under its backtrace lock, and its out-of-memory
+/// hook takes the same lock: a failure injected inside the printer would
+/// deadlock the process, or be blamed on the printer's own code (`gimli`)
+/// rather than on the program. Every subcommand that runs a command sets
+/// this, whatever the environment says.
+pub(crate) fn without_backtraces(command: &mut std::process::Command) {
+    command
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0");
+}
+
 /// Runs `command` (whose program is `program`) to its end and returns its
 /// shell status. The command is in our process group: a Ctrl-C at the
 /// terminal reaches it directly; a SIGINT sent to us alone is passed on

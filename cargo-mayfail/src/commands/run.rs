@@ -10,7 +10,13 @@ use crate::failure::Failure;
 /// Runs CMD with MAYFAIL_RETRIES and MAYFAIL_INJECT set, and exits with its
 /// status (128+S if signal S killed it)
 #[derive(Args, Debug)]
-#[command(after_help = "Example: mayfail run --inject probability=1,times=5 -- cargo test")]
+#[command(
+    long_about = "Runs CMD with MAYFAIL_RETRIES and MAYFAIL_INJECT set, and exits with its \
+                  status (128+S if signal S killed it). Rust backtraces are off \
+                  (RUST_BACKTRACE=0, whatever the environment says): a failure injected \
+                  inside std's backtrace printer would deadlock CMD.",
+    after_help = "Example: mayfail run --inject probability=1,times=5 -- cargo test"
+)]
 pub(crate) struct RunArgs {
     /// MAYFAIL_RETRIES for CMD: -1 (retry forever), 0 (never) or a count N
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = super::retries)]
@@ -40,5 +46,6 @@ pub(crate) fn execute(args: RunArgs, separator_given: bool) -> Result<i32, Failu
     if let Some((variable, value)) = args.preload.environment(&argv)? {
         command.env(variable, value);
     }
+    super::without_backtraces(&mut command);
     super::run_to_end(&mut command, &argv[0])
 }

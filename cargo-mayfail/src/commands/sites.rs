@@ -424,12 +424,7 @@ impl Walker<'_> {
         if let Some((variable, value)) = &self.preload {
             command.env(variable, value);
         }
-        // std's panic hook prints a backtrace under its backtrace lock, and
-        // its out-of-memory hook takes the same lock: a site failed inside
-        // the printer would deadlock the process. No backtraces, then.
-        command
-            .env("RUST_BACKTRACE", "0")
-            .env("RUST_LIB_BACKTRACE", "0");
+        super::without_backtraces(&mut command);
         command
             .spawn()
             .map_err(|e| Failure::spawn(shell_quote(&self.command[0]), e))

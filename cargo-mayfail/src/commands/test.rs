@@ -20,8 +20,10 @@ use crate::failure::Failure;
                   rustc and build scripts are not. The crate needs no change: Rust code on the \
                   default allocator and C code are both reached, and doctests where cargo hands \
                   its runner to rustdoc (cargo 1.89 and later). A test binary that declares mayfail::MayFail itself keeps its \
-                  own: it injects, the library steps aside. Exits with cargo's status (128+S if \
-                  signal S killed it).",
+                  own: it injects, the library steps aside. Rust backtraces are off \
+                  (RUST_BACKTRACE=0, whatever the environment says): a failure injected \
+                  inside std's backtrace printer would deadlock the test. Exits with cargo's \
+                  status (128+S if signal S killed it).",
     after_help = "Example: cargo mayfail test --inject probability=1,times=20,report=Y -- --no-fail-fast"
 )]
 pub(crate) struct TestArgs {
@@ -59,5 +61,6 @@ pub(crate) fn execute(args: TestArgs) -> Result<i32, Failure> {
     if let Some(spec) = args.inject {
         command.env("MAYFAIL_INJECT", spec);
     }
+    super::without_backtraces(&mut command);
     super::run_to_end(&mut command, &argv[0])
 }
