@@ -1644,3 +1644,52 @@ fn every_subcommand_that_runs_a_command_turns_rust_backtraces_off() {
         );
     }
 }
+
+#[test]
+fn resuming_a_state_file_with_another_command_is_refused_naming_both() {
+    let dir = scratch("other_command");
+    let state = dir.join("walk.state");
+    let state = state.to_str().unwrap();
+    let marker = dir.join("ran");
+    let first = run(&[
+        "sites",
+        "--no-baseline",
+        "--state",
+        state,
+        "--",
+        "true",
+        "a b",
+    ]);
+    assert_ne!(first.code, Some(2), "{}", first.stderr);
+    let before = std::fs::read(state).unwrap();
+    for other in [
+        vec!["touch", marker.to_str().unwrap()],
+        vec!["true", "a", "b"],
+        vec!["true"],
+    ] {
+        let mut args = vec!["sites", "--no-baseline", "--state", state, "--"];
+        args.extend(&other);
+        let out = run(&args);
+        assert_eq!(out.code, Some(2), "{other:?}: {}", out.stderr);
+        let line = first_line(&out);
+        assert!(
+            line.contains("walks `true 'a b'`")
+                && line.contains(&format!("not `{}`", other.join(" ")))
+                && line.contains("another --state"),
+            "{line}"
+        );
+        assert!(!marker.exists(), "nothing ran");
+        assert_eq!(std::fs::read(state).unwrap(), before, "nothing written");
+    }
+    // The same command resumes.
+    let again = run(&[
+        "sites",
+        "--no-baseline",
+        "--state",
+        state,
+        "--",
+        "true",
+        "a b",
+    ]);
+    assert_ne!(again.code, Some(2), "{}", again.stderr);
+}

@@ -131,6 +131,17 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     // Held until the walk ends; nothing runs before it is open for writing.
     let state_file = super::open_state(&paths.state, Access::Walk)?;
     let state = super::load(&state_file, &paths.state)?;
+    if let Some(walked) = state.runs.last()
+        && walked.argv != argv
+    {
+        return Err(Failure::bad_input(format!(
+            "the state file {} walks `{}`, not `{display}`: resume it with the same command, \
+             or start afresh with another --state FILE (or move it away)",
+            paths.state.display(),
+            walked.command,
+            display = quoted(&argv)
+        )));
+    }
     let Some(first_run) = state.next_run() else {
         return Err(Failure::bad_input(format!(
             "the state file {} already holds run {}: no run number is left after it; move it \
