@@ -1693,3 +1693,137 @@ fn resuming_a_state_file_with_another_command_is_refused_naming_both() {
     ]);
     assert_ne!(again.code, Some(2), "{}", again.stderr);
 }
+
+#[test]
+fn the_state_log_and_reports_must_be_four_files_or_the_walk_is_refused() {
+    let dir = scratch("collisions");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let marker = dir.join("ran");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    // A walk to protect, and names that lead to its file.
+    let walk = path("walk.state");
+    let first = run(&["sites", "--no-baseline", "--state", &walk, "--", "true"]);
+    assert_ne!(first.code, Some(2), "{}", first.stderr);
+    std::fs::hard_link(&walk, dir.join("hard.link")).unwrap();
+    std::os::unix::fs::symlink("walk.state", dir.join("soft.link")).unwrap();
+    std::os::unix::fs::symlink("made-by-json", dir.join("dangling.link")).unwrap();
+    // Default names that collide: the state named as its own report or log.
+    for name in ["walk.json", "walk.log"] {
+        std::fs::copy(&walk, dir.join(name)).unwrap();
+    }
+    let touch = ["--", "touch", marker.to_str().unwrap()];
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--state".into(), path("walk.json")], "JSON report"),
+        (vec!["--state".into(), path("walk.log")], "log"),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--json".into(),
+                walk.clone(),
+            ],
+            "JSON report",
+        ),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--html".into(),
+                path("sub/../walk.state"),
+            ],
+            "HTML report",
+        ),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--json".into(),
+                path("hard.link"),
+            ],
+            "JSON report",
+        ),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--html".into(),
+                path("soft.link"),
+            ],
+            "HTML report",
+        ),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--json".into(),
+                path("x"),
+                "--html".into(),
+                path("x"),
+            ],
+            "HTML report",
+        ),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--json".into(),
+                path("made-by-json"),
+                "--html".into(),
+                path("dangling.link"),
+            ],
+            "HTML report",
+        ),
+        (
+            vec![
+                "--state".into(),
+                walk.clone(),
+                "--json".into(),
+                path("walk.log"),
+            ],
+            "JSON report",
+        ),
+    ];
+    let files = ["walk.state", "walk.json", "walk.log"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    for (options, names) in &cases {
+        for subcommand in ["sites", "report"] {
+            let mut args: Vec<&str> = vec![subcommand];
+            args.extend(options.iter().map(String::as_str));
+            if subcommand == "sites" {
+                args.push("--no-baseline");
+                args.extend(touch);
+            }
+            let out = run(&args);
+            let line = first_line(&out);
+            assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+            assert!(
+                line.contains("are the same file") && line.contains(names),
+                "{args:?}: {line}"
+            );
+            assert!(!marker.exists(), "{args:?}: nothing ran");
+            let after: Vec<Vec<u8>> = files
+                .iter()
+                .map(|f| std::fs::read(dir.join(f)).unwrap())
+                .collect();
+            assert!(after == before, "{args:?}: nothing written");
+            assert!(!dir.join("x").exists() && !dir.join("made-by-json").exists());
+        }
+    }
+    // `report` merging state files: a report over one of them, or one twice.
+    for args in [
+        vec!["report", "--json", walk.as_str(), walk.as_str()],
+        vec!["report", walk.as_str(), &path("hard.link")],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert!(
+            first_line(&out).contains("are the same file"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(std::fs::read(&walk).unwrap(), before[0]);
+}

@@ -118,6 +118,90 @@ impl StateFiles {
     }
 }
 
+impl Paths {
+    /// Refuses two of the files a subcommand reads and writes that are one
+    /// file: `states` (the state files read), the log (the runs' output,
+    /// which a report must not overwrite either), and the JSON and HTML
+    /// reports. Paths are compared as the system resolves
+    /// them (symbolic links, `..`), and files that exist by device and inode
+    /// too (hard links). A report written over the state file would lose the
+    /// walk; output appended to it would corrupt it.
+    pub(crate) fn refuse_collisions(&self, states: &[PathBuf]) -> Result<(), Failure> {
+        let mut files: Vec<(String, &Path)> = Vec::new();
+        for state in states {
+            files.push((format!("the state file {}", state.display()), state));
+        }
+        files.push((
+            format!("the log {} (the state file with .log)", self.log.display()),
+            &self.log,
+        ));
+        files.push((
+            format!("the JSON report {}", self.json.display()),
+            &self.json,
+        ));
+        files.push((
+            format!("the HTML report {}", self.html.display()),
+            &self.html,
+        ));
+        let identities: Vec<FileIdentity> = files.iter().map(|(_, p)| identify(p)).collect();
+        for (i, a) in identities.iter().enumerate() {
+            for (j, b) in identities.iter().enumerate().skip(i + 1) {
+                if a.is_same(b) {
+                    return Err(Failure::bad_input(format!(
+                        "{} and {} are the same file: give each its own path (--state, \
+                         --json, --html; the log is the state file with .log)",
+                        files[i].0, files[j].0
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a path leads: its resolved path, and its device and inode if the
+/// file exists.
+struct FileIdentity {
+    resolved: PathBuf,
+    inode: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    fn is_same(&self, other: &FileIdentity) -> bool {
+        self.resolved == other.resolved
+            || matches!((self.inode, other.inode), (Some(a), Some(b)) if a == b)
+    }
+}
+
+/// The identity of `path` (see [`Paths::refuse_collisions`]): a file that
+/// does not exist yet is its resolved directory and its name; a symbolic
+/// link to nothing leads where the file would be created.
+fn identify(path: &Path) -> FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    FileIdentity {
+        resolved: resolve(path, 0),
+        inode,
+    }
+}
+
+fn resolve(path: &Path, depth: u32) -> PathBuf {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return resolved;
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return absolute;
+    };
+    let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
+    let joined = parent.join(name);
+    match std::fs::read_link(&joined) {
+        // A link to nothing (yet): where writing through it creates the file.
+        Ok(target) if depth < 40 => resolve(&parent.join(target), depth + 1),
+        _ => joined,
+    }
+}
+
 /// Opens and locks the state file (see [`state::open`]): a path that is not
 /// a regular file is bad input, a file that cannot be opened (for `sites`:
 /// written) an I/O error, one another walk holds [`Failure::StateInUse`].

@@ -33,6 +33,7 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
     } else {
         args.merge
     };
+    paths.refuse_collisions(&sources)?;
     let mut summaries = Vec::new();
     for path in &sources {
         // Shared: reports may run together, never while a walk holds the file.

@@ -97,6 +97,7 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         )));
     }
     let paths = args.files.paths()?;
+    paths.refuse_collisions(std::slice::from_ref(&paths.state))?;
     let preload = args.preload.environment(&argv)?;
     let timeout = Duration::from_secs(args.timeout);
     let Some(state_text) = paths.state.to_str() else {
