@@ -156,7 +156,11 @@ pub fn main_with_args(invocation: Invocation, args: Vec<OsString>) -> i32 {
     let separator_given = args.iter().any(|arg| arg == "--");
     let outcome = match cli.command {
         Command::Run(run) => commands::run::execute(run, separator_given),
-        Command::Sites(sites) => commands::sites::execute(sites, separator_given),
+        Command::Sites(sites) => commands::sites::execute(
+            sites,
+            separator_given,
+            invocation == Invocation::CargoSubcommand,
+        ),
         Command::Report(report) => commands::report::execute(report),
         Command::Test(test) => commands::test::execute(test),
         Command::PreloadRun(run) => commands::preload::execute(run),

@@ -1827,3 +1827,73 @@ fn the_state_log_and_reports_must_be_four_files_or_the_walk_is_refused() {
     }
     assert_eq!(std::fs::read(&walk).unwrap(), before[0]);
 }
+
+/// The command of the last `run` line of a state file.
+fn walked_command(state: &Path) -> String {
+    std::fs::read_to_string(state)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("run\t"))
+        .last()
+        .and_then(|l| l.splitn(4, '\t').nth(3))
+        .expect("a run line")
+        .to_owned()
+}
+
+#[test]
+fn cargo_mayfail_sites_walks_cargo_test_and_takes_its_arguments_after_the_separator() {
+    fixture_binary();
+    let dir = scratch("cargo_default");
+    for (i, (after, walked)) in [
+        (&[][..], "cargo test"),
+        (&["--"][..], "cargo test"),
+        (&["--", "--offline", "-q"][..], "cargo test --offline -q"),
+        (&["--", "cargo", "test", "-q"][..], "cargo test -q"),
+        (&["--", "true", "-q"][..], "true -q"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let state = dir.join(format!("{i}.state"));
+        let plain = runner();
+        // The same runner, started as cargo starts it.
+        let output = Command::new(CARGO_RUNNER)
+            .current_dir(fixture_dir())
+            .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("MAYFAIL_INJECT")
+            .args([
+                "mayfail",
+                "sites",
+                "--no-baseline",
+                "--max-runs",
+                "1",
+                "--state",
+            ])
+            .arg(&state)
+            .args(after)
+            .output()
+            .unwrap();
+        let out = ran(output);
+        assert_ne!(out.code, Some(2), "{after:?}: {}", out.stderr);
+        assert_eq!(walked_command(&state), walked, "{after:?}: {}", out.stderr);
+        if walked.starts_with("cargo test") {
+            let text = std::fs::read_to_string(&state).unwrap();
+            assert!(text.contains("\nsite\t"), "{after:?} failed a site: {text}");
+        }
+    }
+    // As `mayfail`, the command is still required.
+    let out = run(&[
+        "sites",
+        "--state",
+        dir.join("plain.state").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(first_line(&out).contains("missing `--`"), "{}", out.stderr);
+    let help = cargo_subcommand(&["mayfail", "sites", "--help"]);
+    assert!(
+        help.stdout
+            .contains("cargo mayfail sites (walks `cargo test`)"),
+        "{}",
+        help.stdout
+    );
+}

@@ -39,6 +39,8 @@ const MAX_STATE_PATH: usize = 512;
                   CMD's output is appended to the state file with .log. Progress goes to \
                   stderr: a live status line on a terminal, plain lines otherwise.",
     after_help = "Example: mayfail sites -- cargo test --no-fail-fast\n\
+                  As a cargo subcommand: cargo mayfail sites (walks `cargo test`), cargo mayfail \
+                  sites -- --no-fail-fast (walks `cargo test --no-fail-fast`).\n\
                   Exit status: 0 every site handled, 1 not, 2 bad input, 3 I/O error, \
                   4 CMD fails without injection, 5 the state file is in use by another walk, \
                   6 no allocation reached the preload library, 127 CMD not found, 130 interrupted \
@@ -77,15 +79,25 @@ pub(crate) struct SitesArgs {
     /// faster time is the cost baseline)
     #[arg(long)]
     no_baseline: bool,
-    /// The command to walk and its arguments, after `--`
+    /// The command to walk and its arguments, after `--`. As `cargo mayfail
+    /// sites`: `cargo test` when no command is given, and words after `--`
+    /// that begin with an option are arguments of `cargo test`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
 
 /// Walks the sites; returns [`exit_codes::SUCCESS`] if every site was
 /// handled.
-pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Failure> {
-    let argv = super::command_to_run(args.command, separator_given)?;
+pub(crate) fn execute(
+    args: SitesArgs,
+    separator_given: bool,
+    as_cargo: bool,
+) -> Result<i32, Failure> {
+    let argv = if as_cargo {
+        cargo_command(args.command)
+    } else {
+        super::command_to_run(args.command, separator_given)?
+    };
     if let Some(arg) = argv
         .iter()
         .find(|arg| arg.as_encoded_bytes().iter().any(|b| b"\t\n\r".contains(b)))
@@ -340,6 +352,22 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
     } else {
         exit_codes::UNHANDLED_SITES
     })
+}
+
+/// The command `cargo mayfail sites` walks: `cargo test` when none is
+/// given, `cargo test ARGS` when the words after `--` begin with an option
+/// (`-- --no-fail-fast`), else the command as given (`-- cargo test -q`,
+/// `-- ./prog`).
+fn cargo_command(words: Vec<OsString>) -> Vec<OsString> {
+    if words
+        .first()
+        .is_some_and(|first| !first.as_encoded_bytes().starts_with(b"-"))
+    {
+        return words;
+    }
+    let mut argv: Vec<OsString> = vec!["cargo".into(), "test".into()];
+    argv.extend(words);
+    argv
 }
 
 /// Writes the JSON and the HTML report.
