@@ -37,7 +37,10 @@
 //! With `sites-shard=K/N`, only new stacks of shard K (stack ids split
 //! into N parts by a hash) are failed and recorded; the others pass, so N
 //! walks of the same program with the N shards, each with its own state
-//! file, find disjoint sets of sites that together make the whole walk.
+//! file, find disjoint sets of sites that together make the whole walk. A
+//! process that meets a stack of another shard says so once, with an
+//! `other-shard\t<pid>` line: a shard with no stack of its own was still
+//! reached.
 //!
 //! In `stack` mode, only allocations whose stack id matches are candidates;
 //! the usual `times` (default 1) then fails the first of them.
@@ -127,6 +130,7 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     if !in_shard(id) {
         // Another shard's stack: it passes, unresolved and unrecorded.
         KNOWN.insert(id, 0, false);
+        note_other_shard();
         return StackCheck::Pass;
     }
     // A new stack: is it the program's, or the runtime's?
@@ -162,6 +166,22 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     FAILED_PID.store(sys::getpid(), Relaxed);
     write_site(id, frames, op, size, align);
     StackCheck::Fail
+}
+
+/// The process that last wrote its `other-shard` line (0: none).
+static OTHER_SHARD_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Says once per process (a forked child says it again) that it met a
+/// stack of another shard: the runner can then tell a shard that was
+/// reached but holds nothing of its own from a program never reached.
+#[cold]
+fn note_other_shard() {
+    let pid = sys::getpid();
+    if OTHER_SHARD_PID.swap(pid, Relaxed) != pid {
+        let mut line = StackBuf::<40>::new();
+        let _ = write!(line, "other-shard\t{pid}");
+        append(line.finish_line());
+    }
 }
 
 /// Whether stack `id` belongs to this process's shard (`sites-shard`):

@@ -15,11 +15,15 @@
 //! runtime\t<id>                                    a stack of the runtime: not a site
 //! retry\t<id>                                      an interrupted site: fail it again
 //! end\t<n>\t<ms>\t<how>                            a run ended (done, timeout, interrupted)
+//! unattributed\t<n>\t<pid>\t<outcome>\t<detail>     a process of run n ended badly, no site to blame
+//! other-shard\t<pid>                               the process met stacks of other shards
+//! handled-exit\t<codes>                            exit statuses that count as handled (1,7)
 //! ```
 //!
 //! A stack id is 16 lowercase hex digits, never all zeros nor all `f`. The
-//! program under test writes `site`, `fate` and `runtime` lines, the runner
-//! the others. [`parse_line`] reads any line; the program under test reads
+//! program under test writes `site`, `fate`, `runtime` and `other-shard`
+//! lines, the runner the others. The last three kinds came later: files
+//! without them read as before. [`parse_line`] reads any line; the program under test reads
 //! only each line's kind and id, without allocating.
 //!
 //! ```
@@ -114,6 +118,42 @@ pub enum Line<'a> {
         /// The stack id.
         id: u64,
     },
+    /// A process the runner started for run `run` ended badly (a timeout, a
+    /// non-zero status, a signal) and no site of the run accounts for it.
+    Unattributed {
+        /// The run's number.
+        run: u64,
+        /// The process the runner started.
+        pid: u32,
+        /// How it counts: `hung`, `failed`, `crashed`...
+        outcome: Outcome,
+        /// How it ended (`killed after 600 s`, `exit 1`).
+        detail: &'a str,
+    },
+    /// The process met stacks of other shards (`sites-shard`): it was
+    /// reached, though nothing of its shard was.
+    OtherShard {
+        /// The process.
+        pid: u32,
+    },
+    /// Exit statuses the walk counts as handled, besides 0.
+    HandledExit {
+        /// The statuses, from 1 to 255, comma-separated (`1,7`).
+        codes: &'a str,
+    },
+}
+
+/// Reads the statuses of a `handled-exit` line (or of the runner's
+/// `--handled-exit`): numbers from 1 to 255, comma-separated.
+///
+/// ```
+/// assert_eq!(mayfail::state::parse_exit_codes("1,7"), Some(vec![1, 7]));
+/// assert_eq!(mayfail::state::parse_exit_codes("0"), None);
+/// ```
+pub fn parse_exit_codes(text: &str) -> Option<Vec<u8>> {
+    text.split(',')
+        .map(|code| code.parse::<u8>().ok().filter(|&c| c != 0))
+        .collect()
 }
 
 /// A line that does not parse: its kind, or what is wrong.
@@ -182,7 +222,23 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
         },
         ("runtime", &[site_id]) => Line::Runtime { id: id(site_id)? },
         ("retry", &[site_id]) => Line::Retry { id: id(site_id)? },
-        ("baseline" | "run" | "end" | "site" | "fate" | "runtime" | "retry", _) => {
+        ("unattributed", &[n, pid, outcome, detail]) => Line::Unattributed {
+            run: number(n)?,
+            pid: pid.parse().map_err(|_| bad())?,
+            outcome: outcome.parse().map_err(|_| bad())?,
+            detail,
+        },
+        ("other-shard", &[pid]) => Line::OtherShard {
+            pid: pid.parse().map_err(|_| bad())?,
+        },
+        ("handled-exit", &[codes]) if parse_exit_codes(codes).is_some() => {
+            Line::HandledExit { codes }
+        }
+        (
+            "baseline" | "run" | "end" | "site" | "fate" | "runtime" | "retry" | "unattributed"
+            | "other-shard" | "handled-exit",
+            _,
+        ) => {
             return Err(bad());
         }
         (other, _) => {
@@ -312,6 +368,32 @@ mod tests {
         let err = parse_line("bogus\t1").unwrap_err();
         assert_eq!(err.to_string(), "unknown line \"bogus\"");
         assert!(parse_line("fate\t00000000000000ab\t1\texploded\tx").is_err());
+        assert_eq!(
+            parse_line("unattributed\t3\t77\thung\tkilled after 1 s"),
+            Ok(Line::Unattributed {
+                run: 3,
+                pid: 77,
+                outcome: Outcome::Hung,
+                detail: "killed after 1 s"
+            })
+        );
+        assert_eq!(
+            parse_line("other-shard\t9"),
+            Ok(Line::OtherShard { pid: 9 })
+        );
+        assert_eq!(
+            parse_line("handled-exit\t1,7"),
+            Ok(Line::HandledExit { codes: "1,7" })
+        );
+        for bad in [
+            "handled-exit\t0",
+            "handled-exit\t1,,2",
+            "handled-exit\t256",
+            "other-shard\tx",
+            "unattributed\t1\t2\tbad\tx",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
