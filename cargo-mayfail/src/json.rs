@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::report::{Frame, Site, Summary};
+use crate::report::{Frame, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId};
 
 /// The `schema_version` of the reports written now.
@@ -41,7 +41,13 @@ JSON report (schema_version 1), one object:
                   (`?` for a module the process could not name)
     replay        a shell command that fails this site again, every word
                   quoted for a POSIX shell (bytes that are not UTF-8 in
-                  bash's $'\\xNN' form)";
+                  bash's $'\\xNN' form)
+  unattributed    one object per process a run started that ended badly with
+                  no site to blame (a timeout before any site, a non-zero
+                  status when no site failed): {run, pid, outcome, detail}; the
+                  walk is not all handled while any is listed
+  handled_exit    exit statuses counted as handled besides 0 (--handled-exit),
+                  e.g. [1, 7]; empty for none";
 
 /// The whole report.
 #[derive(Serialize)]
@@ -57,6 +63,8 @@ struct Report<'a> {
     runtime_stacks: usize,
     counts: Counts,
     sites: Vec<SiteEntry<'a>>,
+    unattributed: &'a [Unattributed],
+    handled_exit: Vec<u8>,
 }
 
 /// Sites per outcome, worst first.
@@ -126,6 +134,8 @@ pub(crate) fn render(summary: &Summary) -> String {
             handled: summary.count(Outcome::Handled),
         },
         sites: summary.sites.iter().map(SiteEntry::new).collect(),
+        unattributed: &summary.unattributed,
+        handled_exit: mayfail::state::parse_exit_codes(&summary.handled_exit).unwrap_or_default(),
     };
     let mut text = serde_json::to_string_pretty(&report)
         .expect("a report of strings and numbers always serializes");
@@ -169,6 +179,13 @@ mod tests {
                 raw_frames: "t+0x1".to_owned(),
                 replay: "MAYFAIL_INJECT='stack=00000000000000ab' cargo test".to_owned(),
             }],
+            unattributed: vec![Unattributed {
+                run: 2,
+                pid: 9,
+                outcome: Outcome::Hung,
+                detail: "killed after 1 s".to_owned(),
+            }],
+            handled_exit: "1,7".to_owned(),
         };
         let value: serde_json::Value = serde_json::from_str(&render(&summary)).unwrap();
         assert_eq!(value["schema_version"], 1);
@@ -178,6 +195,8 @@ mod tests {
         assert_eq!(site["outcome"], "aborted");
         assert_eq!(site["frames"][0]["function"], "f \"quoted\"");
         assert!(site["frames"][0]["location"].is_null());
+        assert_eq!(value["unattributed"][0]["outcome"], "hung");
+        assert_eq!(value["handled_exit"], serde_json::json!([1, 7]));
         let fields = value.as_object().unwrap().keys();
         let site_fields = site.as_object().unwrap().keys();
         for field in fields.chain(site_fields) {

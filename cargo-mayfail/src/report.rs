@@ -76,6 +76,25 @@ pub struct Summary {
     pub last_run_ms: Option<u64>,
     pub runtime_stacks: usize,
     pub sites: Vec<Site>,
+    /// Processes of runs that ended badly with no site to blame: the walk
+    /// is not all handled while any is listed.
+    pub unattributed: Vec<Unattributed>,
+    /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
+    pub handled_exit: String,
+}
+
+/// A process a run started that ended badly with no site to blame.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unattributed {
+    pub run: u64,
+    pub pid: u32,
+    #[serde(serialize_with = "outcome_name")]
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+fn outcome_name<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(outcome.name())
 }
 
 impl Site {
@@ -144,6 +163,17 @@ pub fn summarize(state: &State, path: &Path) -> Summary {
             .and_then(|r| r.elapsed_ms),
         runtime_stacks: state.runtime_stacks,
         sites: sites(state),
+        unattributed: state
+            .unattributed
+            .iter()
+            .map(|u| Unattributed {
+                run: u.run,
+                pid: u.pid,
+                outcome: u.outcome,
+                detail: u.detail.clone(),
+            })
+            .collect(),
+        handled_exit: state.handled_exit_text(),
     }
 }
 
@@ -171,6 +201,10 @@ pub fn merge(summaries: Vec<Summary>) -> Summary {
         merged.baseline_ms = merged.baseline_ms.or(s.baseline_ms);
         merged.last_run_ms = merged.last_run_ms.max(s.last_run_ms);
         merged.runtime_stacks += s.runtime_stacks;
+        merged.unattributed.extend(s.unattributed);
+        if merged.handled_exit.is_empty() {
+            merged.handled_exit = s.handled_exit;
+        }
         let reason = format!("{}: {}", s.state, s.stopped);
         reasons.push(reason);
         for site in s.sites {
@@ -359,6 +393,31 @@ pub fn table(s: &Summary) -> String {
         "  {} stacks of the Rust runtime and test harness were not counted as sites",
         s.runtime_stacks
     );
+    if !s.handled_exit.is_empty() {
+        let _ = writeln!(
+            out,
+            "  exit statuses {} count as handled (--handled-exit)",
+            s.handled_exit
+        );
+    }
+    if !s.unattributed.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} process{} of the runs ended badly with no site to blame (not all handled):",
+            s.unattributed.len(),
+            if s.unattributed.len() == 1 { "" } else { "es" }
+        );
+        for u in &s.unattributed {
+            let _ = writeln!(
+                out,
+                "    run {}: {}, {} (pid {})",
+                u.run,
+                u.outcome.name(),
+                u.detail,
+                u.pid
+            );
+        }
+    }
     if s.sites.is_empty() {
         return out;
     }
@@ -471,6 +530,24 @@ pub fn html(s: &Summary) -> String {
          harness were not counted.</p>",
         s.runtime_stacks
     );
+    if !s.unattributed.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p>Processes of the runs that ended badly with no site to blame (not all \
+             handled):</p>\n<ul>"
+        );
+        for u in &s.unattributed {
+            let _ = writeln!(
+                out,
+                "<li>run {}: <span class=\"outcome {}\">{}</span> {}</li>",
+                u.run,
+                u.outcome.name(),
+                u.outcome.name(),
+                html_escape(&u.detail)
+            );
+        }
+        let _ = writeln!(out, "</ul>");
+    }
     let _ = writeln!(
         out,
         "<table>\n<thead><tr><th>outcome</th><th>seen</th><th>site (first frames in user code)</th>\

@@ -9,10 +9,15 @@
 //! runtime\t<id>                                     a stack of the runtime: not a site
 //! retry\t<id>                                       an interrupted site: fail it again
 //! end\t<n>\t<ms>\t<how>                             a run ended (done, timeout, interrupted)
+//! unattributed\t<n>\t<pid>\t<outcome>\t<detail>      a process of run n ended badly, no site to blame
+//! other-shard\t<pid>                                the process met stacks of other shards
+//! handled-exit\t<codes>                             exit statuses that count as handled (1,7)
 //! ```
 //!
-//! Processes under test write `site`, `fate` and `runtime` lines (each with
-//! one `O_APPEND` write), the runner the others. Every line is whole, so an
+//! Processes under test write `site`, `fate`, `runtime` and `other-shard`
+//! lines (each with one `O_APPEND` write), the runner the others. A `fate`
+//! `failed` with `exit N` where N is one of the `handled-exit` statuses
+//! reads as `handled`, whoever wrote it: `sites` and `report` agree. Every line is whole, so an
 //! interruption leaves the file consistent; a line that does not parse makes
 //! the file corrupt, and the runner refuses to go on with it rather than
 //! overwrite anything. A `run` line's command must read back as the runner
@@ -78,6 +83,16 @@ pub struct Run {
     pub how: Option<String>,
 }
 
+/// A process a run started that ended badly with no site to blame (an
+/// `unattributed` line).
+#[derive(Clone, Debug)]
+pub struct Unattributed {
+    pub run: u64,
+    pub pid: u32,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
 /// Everything a state file holds.
 #[derive(Debug, Default)]
 pub struct State {
@@ -85,6 +100,12 @@ pub struct State {
     pub runs: Vec<Run>,
     pub baseline: Option<(u64, String)>,
     pub runtime_stacks: usize,
+    /// Runs' processes that ended badly with no site to blame.
+    pub unattributed: Vec<Unattributed>,
+    /// `other-shard` lines: processes that met stacks of other shards.
+    pub other_shard: usize,
+    /// Exit statuses counted as handled besides 0 (`handled-exit`), sorted.
+    pub handled_exit: Vec<u8>,
     /// Bytes read: where the next run's lines start.
     pub len: u64,
 }
@@ -246,14 +267,40 @@ impl State {
                         r.retried = true;
                     }
                 }
+                Line::Unattributed {
+                    run,
+                    pid,
+                    outcome,
+                    detail,
+                } => state.unattributed.push(Unattributed {
+                    run,
+                    pid,
+                    outcome,
+                    detail: detail.to_owned(),
+                }),
+                Line::OtherShard { .. } => state.other_shard += 1,
+                Line::HandledExit { codes } => {
+                    state.handled_exit =
+                        mayfail::state::parse_exit_codes(codes).unwrap_or_default();
+                    state.handled_exit.sort_unstable();
+                    state.handled_exit.dedup();
+                }
                 // The header, empty lines, and kinds a newer writer may add.
                 _ => {}
             }
         }
         for record in &mut state.records {
-            record.fate = fates.get(&(record.id, record.pid)).cloned();
+            record.fate = fates
+                .get(&(record.id, record.pid))
+                .map(|(outcome, detail)| state_outcome(&state.handled_exit, *outcome, detail));
         }
         Ok(state)
+    }
+
+    /// The `handled-exit` statuses as `--handled-exit` takes them (`1,7`),
+    /// empty for none.
+    pub fn handled_exit_text(&self) -> String {
+        exit_codes_text(&self.handled_exit)
     }
 
     /// The number the next run gets; `None` if the file already holds the
@@ -290,6 +337,33 @@ impl State {
     /// The run numbered `number` (the last one of that number).
     pub fn run(&self, number: u64) -> Option<&Run> {
         self.runs.iter().rev().find(|r| r.number == number)
+    }
+}
+
+/// `1,7`: statuses as `handled-exit` and `--handled-exit` write them.
+pub fn exit_codes_text(codes: &[u8]) -> String {
+    codes
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The outcome a fate counts as: `failed` with `exit N`, where N is one of
+/// the `handled` statuses, is `handled`.
+pub fn state_outcome(handled: &[u8], outcome: Outcome, detail: &str) -> (Outcome, String) {
+    let declared = outcome == Outcome::Failed
+        && detail
+            .strip_prefix("exit ")
+            .and_then(|code| code.parse::<u8>().ok())
+            .is_some_and(|code| handled.contains(&code));
+    if declared {
+        (
+            Outcome::Handled,
+            format!("{detail} (declared handled: --handled-exit)"),
+        )
+    } else {
+        (outcome, detail.to_owned())
     }
 }
 
@@ -558,6 +632,34 @@ mod tests {
         ] {
             assert_eq!(unquote_command(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn declared_exit_statuses_read_as_handled_whoever_wrote_the_fate() {
+        let text = "mayfail-sites\t1\nhandled-exit\t7,1\nrun\t1\t1\t0\tcmd\n\
+            site\t00000000000000aa\t7\talloc\tmain\tbin\tf (a.rs:1)\tbin+0x1\n\
+            site\t00000000000000bb\t8\talloc\tmain\tbin\tg (a.rs:2)\tbin+0x2\n\
+            site\t00000000000000cc\t9\talloc\tmain\tbin\th (a.rs:3)\tbin+0x3\n\
+            fate\t00000000000000aa\t7\tfailed\texit 1\n\
+            fate\t00000000000000bb\t8\tfailed\texit 2\n\
+            fate\t00000000000000cc\t9\tfailed\texit 7\n\
+            unattributed\t1\t6\thung\tkilled after 1 s\nother-shard\t5\nend\t1\t5\ttimeout\n";
+        let s = load_text(text).unwrap();
+        let outcomes: Vec<Outcome> = s
+            .records
+            .iter()
+            .map(|r| r.fate.as_ref().unwrap().0)
+            .collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Handled, Outcome::Failed, Outcome::Handled]
+        );
+        assert_eq!(s.handled_exit_text(), "1,7");
+        assert_eq!((s.unattributed.len(), s.other_shard), (1, 1));
+        assert_eq!(s.unattributed[0].outcome, Outcome::Hung);
+        // Without the line, exit 1 is a failure.
+        let s = load_text(&text.replace("handled-exit\t7,1\n", "")).unwrap();
+        assert_eq!(s.records[0].fate.as_ref().unwrap().0, Outcome::Failed);
     }
 
     #[test]

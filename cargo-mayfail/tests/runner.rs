@@ -170,6 +170,16 @@ fn assert_fixture_sites(sites: &[Site], context: &str) {
     }
 }
 
+/// A program under `MayFail` that reports to the walk (the test harness's
+/// runtime stacks) and has no site: the fixture's tests, none selected.
+fn quiet_program() -> Vec<String> {
+    vec![
+        fixture_binary().to_str().unwrap().to_owned(),
+        "--exact".to_owned(),
+        "no_such_test".to_owned(),
+    ]
+}
+
 fn runs_in(state: &Path) -> usize {
     std::fs::read_to_string(state)
         .unwrap()
@@ -219,6 +229,8 @@ fn every_site_of_a_cargo_test_suite_is_found_with_its_outcome_and_replays() {
     assert_eq!(report["stopped"], "a run found no new site");
     assert_eq!(report["counts"]["handled"], 2);
     assert_eq!(report["counts"]["crashed"], 1);
+    // cargo's own failures are its test binaries' sites: none unattributed.
+    assert_eq!(report["unattributed"], serde_json::json!([]), "{json}");
 
     // The table names function and file:line of the first user frames.
     assert!(
@@ -389,10 +401,19 @@ fn shards_walk_disjoint_sites_that_merge_into_the_whole_walk() {
 fn ctrl_c_forwards_the_interrupt_and_leaves_a_state_that_resumes() {
     let dir = scratch("interrupt");
     let state = dir.join("sites.state");
+    // Sleeps until the marker exists.
+    let marker = dir.join("awake");
+    let command = [
+        "sh",
+        "-c",
+        "test -e \"$0\" || sleep 30",
+        marker.to_str().unwrap(),
+    ];
     let child = runner()
         .args(["sites", "--no-baseline", "--state"])
         .arg(&state)
-        .args(["--", "sleep", "30"])
+        .arg("--")
+        .args(command)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -421,16 +442,18 @@ fn ctrl_c_forwards_the_interrupt_and_leaves_a_state_that_resumes() {
     assert!(text.contains("end\t1\t"), "{text}");
     assert!(text.lines().all(|l| !l.is_empty()), "whole lines only");
 
-    // Resumed: run 2, which finds nothing in `true`.
-    let again = run(&[
+    // Resumed: run 2, which finds nothing (`sh` reports to no walk: 6).
+    std::fs::write(&marker, "").unwrap();
+    let mut args = vec![
         "sites",
         "--no-baseline",
         "--state",
         state.to_str().unwrap(),
         "--",
-        "true",
-    ]);
-    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    ];
+    args.extend(command);
+    let again = run(&args);
+    assert_eq!(again.code, Some(6), "{}", again.stderr);
     assert!(
         again.stderr.contains("mayfail: run 2: 0 new sites"),
         "{}",
@@ -888,20 +911,22 @@ fn a_command_that_fails_without_injection_exits_4_and_walks_nothing() {
 fn a_walk_with_no_site_exits_0_and_its_json_report_has_a_schema_version() {
     let dir = scratch("no_site");
     let state = dir.join("sites.state");
-    let out = run(&[
+    let program = quiet_program();
+    let mut args = vec![
         "sites",
         "--no-baseline",
         "--state",
         state.to_str().unwrap(),
         "--",
-        "true",
-    ]);
+    ];
+    args.extend(program.iter().map(String::as_str));
+    let out = run(&args);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let json = std::fs::read_to_string(dir.join("sites.json")).unwrap();
     let report = report_of(&json);
     assert_eq!(report["sites"].as_array().map(Vec::len), Some(0), "{json}");
-    assert_eq!(report["runs"], 1);
-    assert_eq!(report["command"], "true");
+    assert!(report["runs"] == 1 || report["runs"] == 2, "{json}");
+    assert_eq!(report["command"], program.join(" "));
     assert_eq!(report["stopped"], "a run found no new site");
     for outcome in ["crashed", "aborted", "hung", "failed", "unknown", "handled"] {
         assert_eq!(report["counts"][outcome], 0, "{json}");
@@ -912,11 +937,17 @@ fn a_walk_with_no_site_exits_0_and_its_json_report_has_a_schema_version() {
 fn progress_on_a_stderr_that_is_not_a_terminal_is_plain_lines() {
     let dir = scratch("plain_progress");
     let state = dir.join("sites.state");
-    // `true` twice for the baseline, then run 1 finds nothing.
+    // `true` twice for the baseline, then run 1 finds nothing, and no
+    // process reported to the walk.
     let out = run(&["sites", "--state", state.to_str().unwrap(), "--", "true"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
     let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", out.stderr);
+    assert_eq!(lines.len(), 4, "{}", out.stderr);
+    assert!(
+        lines[3].starts_with("mayfail: no process of true reported to the walk in 1 run"),
+        "{}",
+        lines[3]
+    );
     assert!(lines[0].starts_with("mayfail: run 0 (baseline, no injection, twice): true"));
     assert!(lines[1].starts_with("mayfail: baseline: "), "{}", lines[1]);
     assert!(
@@ -1024,7 +1055,12 @@ fn a_state_path_that_is_not_a_regular_file_is_refused_and_nothing_runs() {
         ]),
         20,
     );
-    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    assert_eq!(
+        walk.code,
+        Some(6),
+        "nothing reported, not refused: {}",
+        walk.stderr
+    );
     assert!(
         std::fs::symlink_metadata(&link)
             .unwrap()
@@ -1059,7 +1095,12 @@ fn numbers_at_the_end_of_their_range_never_panic() {
         ]),
         20,
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.code,
+        Some(6),
+        "`true` reports to no walk: {}",
+        out.stderr
+    );
     let out = bounded(
         &os(&[
             "sites",
@@ -1308,7 +1349,12 @@ fn sites_and_report_agree_on_a_resumed_walk_whose_time_is_every_run_summed() {
         &os(&["sites", "--no-baseline", "--state", state_arg, "--", "true"]),
         20,
     );
-    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    assert_eq!(
+        walk.code,
+        Some(6),
+        "`true` reports to no walk: {}",
+        walk.stderr
+    );
     let from_sites = report_of(&std::fs::read_to_string(dir.join("sites.json")).unwrap());
     let report = bounded(&os(&["report", "--state", state_arg]), 20);
     assert_eq!(report.code, Some(0), "{}", report.stderr);
@@ -1442,7 +1488,12 @@ fn printed_replay_lines_pass_exactly_the_intended_argv_through_bash() {
     args.push(script.clone().into());
     args.extend(intended.iter().cloned());
     let walk = bounded(&args, 20);
-    assert_eq!(walk.code, Some(0), "{}", walk.stderr);
+    assert_eq!(
+        walk.code,
+        Some(6),
+        "a script reports to no walk: {}",
+        walk.stderr
+    );
     // Give the walk's run a site, as a process under test would have.
     let text = std::fs::read_to_string(&state).unwrap();
     let text = text.replacen(
@@ -1834,7 +1885,7 @@ fn walked_command(state: &Path) -> String {
         .unwrap()
         .lines()
         .filter_map(|l| l.strip_prefix("run\t"))
-        .last()
+        .next_back()
         .and_then(|l| l.splitn(4, '\t').nth(3))
         .expect("a run line")
         .to_owned()
@@ -1896,4 +1947,278 @@ fn cargo_mayfail_sites_walks_cargo_test_and_takes_its_arguments_after_the_separa
         "{}",
         help.stdout
     );
+}
+
+/// `sh -c SCRIPT FIXTURE`: the script runs the quiet fixture as "$0" (so
+/// that the walk is reported to), then ends as the script says.
+fn after_quiet_program(script: &str) -> Vec<String> {
+    vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!("\"$0\" --exact no_such_test; {script}"),
+        fixture_binary().to_str().unwrap().to_owned(),
+    ]
+}
+
+#[test]
+fn a_run_that_ends_badly_with_no_site_to_blame_is_recorded_shown_and_not_all_handled() {
+    let dir = scratch("unattributed");
+    for (name, script, extra, outcome, detail) in [
+        (
+            "hung",
+            "sleep 30",
+            vec!["--timeout", "1"],
+            "hung",
+            "killed after 1 s",
+        ),
+        ("exit", "exit 3", vec![], "failed", "exit 3"),
+        ("signal", "kill -SEGV $$", vec![], "crashed", "signal 11"),
+        ("abort", "kill -ABRT $$", vec![], "aborted", "SIGABRT"),
+    ] {
+        let state = dir.join(format!("{name}.state"));
+        let command = after_quiet_program(script);
+        let mut args = vec!["sites", "--no-baseline", "--state", state.to_str().unwrap()];
+        args.extend(&extra);
+        args.push("--");
+        args.extend(command.iter().map(String::as_str));
+        let started = Instant::now();
+        let out = run(&args);
+        assert!(started.elapsed() < Duration::from_secs(20), "{name}");
+        assert_eq!(out.code, Some(1), "{name}: not all handled: {}", out.stderr);
+        let text = std::fs::read_to_string(&state).unwrap();
+        let line = format!("\t{outcome}\t{detail}\n");
+        assert!(
+            text.lines().any(|l| l.starts_with("unattributed\t1\t")) && text.contains(&line),
+            "{name}: {text}"
+        );
+        assert!(
+            out.stdout.contains("ended badly with no site to blame")
+                && out.stdout.contains(&format!("run 1: {outcome}, {detail}")),
+            "{name}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains("ended badly with no site to blame"),
+            "{name}: {}",
+            out.stderr
+        );
+        let json = std::fs::read_to_string(state.with_extension("json")).unwrap();
+        let report = report_of(&json);
+        assert_eq!(report["unattributed"][0]["run"], 1, "{json}");
+        assert_eq!(report["unattributed"][0]["outcome"], outcome, "{json}");
+        assert_eq!(report["unattributed"][0]["detail"], detail, "{json}");
+        let html = std::fs::read_to_string(state.with_extension("html")).unwrap();
+        assert!(
+            html.contains("no site to blame") && html.contains(detail),
+            "{name}"
+        );
+        // `report` reads the same verdict back from the state file.
+        let again = run(&["report", "--state", state.to_str().unwrap()]);
+        assert_eq!(again.code, Some(0), "{}", again.stderr);
+        let json_again = std::fs::read_to_string(state.with_extension("json")).unwrap();
+        assert_eq!(report_of(&json_again), report);
+    }
+    // A status declared handled is no failure.
+    let state = dir.join("declared.state");
+    let command = after_quiet_program("exit 3");
+    let mut args = vec![
+        "sites",
+        "--no-baseline",
+        "--handled-exit",
+        "3",
+        "--state",
+        state.to_str().unwrap(),
+        "--",
+    ];
+    args.extend(command.iter().map(String::as_str));
+    let out = run(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        !std::fs::read_to_string(&state)
+            .unwrap()
+            .contains("unattributed")
+    );
+    // A walk no process reported to never exits 0, even if every run
+    // passed, with or without a timeout.
+    for command in [vec!["true"], vec!["sh", "-c", "exit 0"]] {
+        let state = dir.join("nobody.state");
+        let _ = std::fs::remove_file(&state);
+        let mut args = vec![
+            "sites",
+            "--no-baseline",
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+        ];
+        args.extend(&command);
+        let out = run(&args);
+        assert_eq!(out.code, Some(6), "{command:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("reported to the walk") && out.stderr.contains("--preload"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_shard_that_meets_only_other_shards_stacks_was_reached_and_exits_0() {
+    let dir = scratch("empty_shard");
+    // A million shards: the few hundred stacks of the fixture leave shard 1
+    // empty but for a chance of a few in ten thousand.
+    let cargo_test = ["cargo", "test", "--offline", "-q"];
+    let quiet = quiet_program();
+    for (name, command) in [
+        (
+            "direct",
+            quiet.iter().map(String::as_str).collect::<Vec<_>>(),
+        ),
+        ("cargo", cargo_test.to_vec()),
+    ] {
+        let state = dir.join(format!("{name}.state"));
+        let mut args = vec![
+            "sites",
+            "--no-baseline",
+            "--shard",
+            "1/1000000",
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+        ];
+        args.extend(&command);
+        let out = run(&args);
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(
+            !text.contains("\nsite\t") && !text.contains("\nruntime\t"),
+            "{name}: shard 1 of a million has no stack of its own: {text}"
+        );
+        assert!(text.contains("\nother-shard\t"), "{name}: {text}");
+        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("reported to the walk")
+                && !out.stderr.contains("reached the preload library"),
+            "{}",
+            out.stderr
+        );
+    }
+    // Never reached at all: still 6.
+    let state = dir.join("never.state");
+    let out = run(&[
+        "sites",
+        "--no-baseline",
+        "--shard",
+        "1/1000000",
+        "--state",
+        state.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
+}
+
+#[test]
+fn declared_exit_statuses_count_as_handled_in_the_walk_the_report_and_a_resume() {
+    let binary = fixture_binary().to_str().unwrap();
+    let dir = scratch("handled_exit");
+    let state = dir.join("walk.state");
+    let state = state.to_str().unwrap();
+    let walk = |extra: &[&str]| {
+        let mut args = vec!["sites", "--no-baseline", "--state", state];
+        args.extend(extra);
+        args.extend(["--", binary]);
+        run(&args)
+    };
+    // libtest exits 101 when a test panics: declared handled here.
+    let out = walk(&["--handled-exit", "101,7"]);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "crashed and aborted remain: {}",
+        out.stderr
+    );
+    let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
+    let report = report_of(&json);
+    let mut found: Vec<(String, String)> = sites_of(&json)
+        .into_iter()
+        .map(|s| (s.outcome, s.function))
+        .collect();
+    found.sort();
+    let mut expected: Vec<(String, String)> = EXPECTED
+        .iter()
+        .map(|(o, f)| {
+            let o = if *o == "failed" { "handled" } else { o };
+            (o.to_owned(), (*f).to_owned())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected, "{json}");
+    assert_eq!(report["handled_exit"], serde_json::json!([7, 101]));
+    let declared = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "sites_fixture::reserve_or_panic")
+        .unwrap();
+    assert_eq!(
+        declared["detail"],
+        "exit 101 (declared handled: --handled-exit)"
+    );
+    assert!(
+        out.stdout.contains("exit statuses 7,101 count as handled"),
+        "{}",
+        out.stdout
+    );
+    // `report` reads the rule from the state file.
+    let again = run(&["report", "--state", state]);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    let json_again = std::fs::read_to_string(dir.join("walk.json")).unwrap();
+    assert_eq!(report_of(&json_again), report);
+    // A resume must declare the same statuses (in any order).
+    let before = std::fs::read(state).unwrap();
+    for (extra, says) in [
+        (&[][..], "counts exit statuses 7,101 as handled, not none"),
+        (
+            &["--handled-exit", "1"][..],
+            "counts exit statuses 7,101 as handled, not 1",
+        ),
+    ] {
+        let out = walk(extra);
+        assert_eq!(out.code, Some(2), "{extra:?}: {}", out.stderr);
+        assert!(first_line(&out).contains(says), "{}", out.stderr);
+        assert_eq!(std::fs::read(state).unwrap(), before, "nothing written");
+    }
+    let out = walk(&["--handled-exit", "101,7,101"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // A walk without the rule does not take one on resume.
+    let plain = dir.join("plain.state");
+    std::fs::write(
+        &plain,
+        "mayfail-sites\t1\nrun\t1\t1\t0\ttrue\nend\t1\t1\tdone\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "sites",
+        "--no-baseline",
+        "--handled-exit",
+        "1",
+        "--state",
+        plain.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        first_line(&out).contains("counts exit statuses none as handled, not 1"),
+        "{}",
+        out.stderr
+    );
+    for bad in ["0", "256", "x", "1,,2", ""] {
+        let out = run(&["sites", "--handled-exit", bad, "--", "true"]);
+        assert_eq!(out.code, Some(2), "{bad}: {}", out.stderr);
+        assert!(
+            first_line(&out).contains("--handled-exit") && first_line(&out).contains("1 to 255"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
 }

@@ -51,6 +51,21 @@ fn shard(value: &str) -> Result<String, String> {
     }
 }
 
+/// `--handled-exit`: exit statuses from 1 to 255, comma-separated; returned
+/// sorted, without repeats (`7,1,7` is `1,7`).
+fn exit_statuses(value: &str) -> Result<String, String> {
+    match mayfail::state::parse_exit_codes(value) {
+        Some(mut codes) => {
+            codes.sort_unstable();
+            codes.dedup();
+            Ok(crate::state::exit_codes_text(&codes))
+        }
+        None => Err(format!(
+            "takes exit statuses from 1 to 255, comma-separated, as in 1,7; not \"{value}\""
+        )),
+    }
+}
+
 /// `--retries`: -1, 0 or a count.
 fn retries(value: &str) -> Result<i64, String> {
     match value.parse::<i64>() {

@@ -75,6 +75,11 @@ pub(crate) struct SitesArgs {
     /// report A.state B.state ...` merges their reports
     #[arg(long, value_name = "K/N", value_parser = super::shard)]
     shard: Option<String>,
+    /// Exit statuses of CMD that count as handled besides 0, comma-separated
+    /// (1,7): a program that reports running out of memory with a status of
+    /// its own. Kept in the state file: a resumed walk must give the same
+    #[arg(long, value_name = "CODES", value_parser = super::exit_statuses)]
+    handled_exit: Option<String>,
     /// Do not run CMD without injection first (twice: it must pass, and the
     /// faster time is the cost baseline)
     #[arg(long)]
@@ -155,6 +160,26 @@ pub(crate) fn execute(
             display = quoted(&argv)
         )));
     }
+    let handled_exit = args.handled_exit.clone().unwrap_or_default();
+    let stored = state.handled_exit_text();
+    let fresh = state.runs.is_empty() && stored.is_empty();
+    if handled_exit != stored && !fresh {
+        let shown = |codes: &str| {
+            if codes.is_empty() {
+                "none".to_owned()
+            } else {
+                codes.to_owned()
+            }
+        };
+        return Err(Failure::bad_input(format!(
+            "the state file {} counts exit statuses {} as handled, not {} (--handled-exit): \
+             resume it with the same, or start afresh with another --state FILE (or move it \
+             away)",
+            paths.state.display(),
+            shown(&stored),
+            shown(&handled_exit)
+        )));
+    }
     let Some(first_run) = state.next_run() else {
         return Err(Failure::bad_input(format!(
             "the state file {} already holds run {}: no run number is left after it; move it \
@@ -165,6 +190,10 @@ pub(crate) fn execute(
     };
     if state.len == 0 {
         state::append(&state_file, state::HEADER)
+            .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
+    }
+    if fresh && !handled_exit.is_empty() {
+        state::append(&state_file, &format!("handled-exit\t{handled_exit}"))
             .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
     }
     let log = OpenOptions::new()
@@ -183,6 +212,7 @@ pub(crate) fn execute(
         state: &state_file,
         log,
         timeout,
+        handled_exit: mayfail::state::parse_exit_codes(&handled_exit).unwrap_or_default(),
     };
     let mut progress = Progress::on_stderr();
 
@@ -265,7 +295,7 @@ pub(crate) fn execute(
             .collect();
         let batch = walker.run_batch(run, &copies)?;
         walker.record(&format!("end\t{run}\t{}\t{}", batch.elapsed_ms, batch.how))?;
-        let new = walker.settle(run, &batch)?;
+        let (new, unattributed) = walker.settle(run, &batch)?;
         let state = walker.load()?;
         let new_runtime = state.run(run).map_or(0, |r| r.runtime_stacks);
         let summary = Summary {
@@ -285,13 +315,21 @@ pub(crate) fn execute(
         progress.run_ended(
             batch.elapsed_ms,
             &format!(
-                "run {run}: {} new site{}{}; {} sites so far ({}); {} s",
+                "run {run}: {} new site{}{}{}; {} sites so far ({}); {} s",
                 new.len(),
                 if new.len() == 1 { "" } else { "s" },
                 if outcomes.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", outcomes.join(", "))
+                },
+                if unattributed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; ended badly with no site to blame: {}",
+                        unattributed.join("; ")
+                    )
                 },
                 summary.sites.len(),
                 summary.counts(),
@@ -332,21 +370,37 @@ pub(crate) fn execute(
     if interrupted() {
         return Ok(exit_codes::INTERRUPTED);
     }
-    // A process under the library writes a line for every stack it meets,
-    // a site or a runtime one: none in a whole walk means the library
-    // served no allocation, either not loaded (a static or setuid program)
-    // or never called (an allocator of the program's own).
-    let ran = state.runs.iter().any(|r| r.how.as_deref() == Some("done"));
-    if walker.preload.is_some() && ran && state.records.is_empty() && state.runtime_stacks == 0 {
-        crate::progress::note!(
-            "mayfail: no allocation of {display} reached the preload library in {} run{}: \
-             nothing was injected or walked",
+    // A process under mayfail writes a line for every stack it meets (a
+    // site, a runtime stack, or once a stack of another shard): none in a
+    // whole walk means mayfail served no allocation: the preload library
+    // not loaded (a static or setuid program) or never called (an
+    // allocator of the program's own), or a program without `MayFail`.
+    let ran = state
+        .runs
+        .iter()
+        .any(|r| r.how.as_deref().is_some_and(|how| how != "interrupted"));
+    if ran && state.records.is_empty() && state.runtime_stacks == 0 && state.other_shard == 0 {
+        let runs = format!(
+            "{} run{}",
             state.runs.len(),
             if state.runs.len() == 1 { "" } else { "s" }
         );
+        if walker.preload.is_some() {
+            crate::progress::note!(
+                "mayfail: no allocation of {display} reached the preload library in {runs}: \
+                 nothing was injected or walked"
+            );
+        } else {
+            crate::progress::note!(
+                "mayfail: no process of {display} reported to the walk in {runs}: nothing was \
+                 injected or walked (a program whose allocator is not mayfail::MayFail is \
+                 reached with --preload)"
+            );
+        }
         return Ok(exit_codes::NOTHING_REACHED);
     }
-    let all_handled = summary.sites.iter().all(|s| s.outcome == Outcome::Handled);
+    let all_handled = summary.sites.iter().all(|s| s.outcome == Outcome::Handled)
+        && state.unattributed.is_empty();
     Ok(if all_handled {
         exit_codes::SUCCESS
     } else {
@@ -398,6 +452,8 @@ struct Walker<'a> {
     state: &'a File,
     log: File,
     timeout: Duration,
+    /// Exit statuses that count as handled besides 0.
+    handled_exit: Vec<u8>,
 }
 
 /// How one run (all its copies) ended.
@@ -405,9 +461,10 @@ struct Batch {
     /// `done`, `timeout` or `interrupted`.
     how: &'static str,
     elapsed_ms: u64,
-    /// Per copy: its pid and its status.
+    /// Per copy: its pid, its status, and whether the timeout killed it.
     pids: Vec<u32>,
     statuses: Vec<ExitStatus>,
+    killed: Vec<bool>,
 }
 
 impl Batch {
@@ -487,6 +544,7 @@ impl Walker<'_> {
         }
         let pids: Vec<u32> = children.iter().map(Child::id).collect();
         let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
+        let mut killed = vec![false; children.len()];
         let mut how = "done";
         let mut forwarded: Option<Instant> = None;
         loop {
@@ -513,9 +571,10 @@ impl Walker<'_> {
                 if overdue {
                     how = "timeout";
                 }
-                for (child, status) in children.iter().zip(&statuses) {
+                for ((child, status), killed) in children.iter().zip(&statuses).zip(&mut killed) {
                     if status.is_none() {
                         process::signal_group(child, libc::SIGKILL);
+                        *killed |= overdue;
                     }
                 }
             }
@@ -530,12 +589,15 @@ impl Walker<'_> {
             elapsed_ms: started.elapsed().as_millis() as u64,
             pids,
             statuses: statuses.into_iter().flatten().collect(),
+            killed,
         })
     }
 
     /// After a run: gives every site it failed a fate the processes could
-    /// not write themselves, and returns the ids of its new sites.
-    fn settle(&self, run: u64, batch: &Batch) -> Result<Vec<u64>, Failure> {
+    /// not write themselves, records the copies that ended badly with no
+    /// site to blame, and returns the ids of its new sites and how many
+    /// such copies there were.
+    fn settle(&self, run: u64, batch: &Batch) -> Result<(Vec<u64>, Vec<String>), Failure> {
         let state = self.load()?;
         let mut new = Vec::new();
         for record in state.records.iter().filter(|r| r.run == run && !r.retried) {
@@ -582,6 +644,64 @@ impl Walker<'_> {
                 }
             }
         }
-        Ok(new)
+        let unattributed = self.unattributed(run, batch, &state)?;
+        Ok((new, unattributed))
+    }
+
+    /// Records, with an `unattributed` line, every copy of the run that
+    /// ended badly (killed by the timeout, a non-zero status that is not
+    /// declared handled, a signal) when no site of the run accounts for
+    /// it: one its process failed itself, or one a descendant failed
+    /// (each such descendant accounts for one copy). An interrupted run
+    /// records none. Returns what each one was, in words.
+    fn unattributed(&self, run: u64, batch: &Batch, state: &State) -> Result<Vec<String>, Failure> {
+        let mut lines = Vec::new();
+        if batch.how == "interrupted" {
+            return Ok(lines);
+        }
+        let sites: Vec<&state::Record> = state
+            .records
+            .iter()
+            .filter(|r| r.run == run && !r.stray)
+            .collect();
+        let mut descendants: Vec<u32> = sites
+            .iter()
+            .map(|r| r.pid)
+            .filter(|pid| !batch.pids.contains(pid))
+            .collect();
+        descendants.sort_unstable();
+        descendants.dedup();
+        let mut explained_by_descendants = descendants.len();
+        for (copy, (&pid, status)) in batch.pids.iter().zip(&batch.statuses).enumerate() {
+            let (outcome, detail) = if batch.killed.get(copy).copied().unwrap_or(false) {
+                (
+                    Outcome::Hung,
+                    format!("killed after {} s", self.timeout.as_secs()),
+                )
+            } else {
+                match (status.code(), status.signal()) {
+                    (Some(0), _) => continue,
+                    (Some(code), _)
+                        if u8::try_from(code).is_ok_and(|c| self.handled_exit.contains(&c)) =>
+                    {
+                        continue;
+                    }
+                    (Some(code), _) => (Outcome::Failed, format!("exit {code}")),
+                    (None, Some(libc::SIGABRT)) => (Outcome::Aborted, "SIGABRT".to_owned()),
+                    (None, Some(signal)) => (Outcome::Crashed, format!("signal {signal}")),
+                    _ => (Outcome::Unknown, "no status".to_owned()),
+                }
+            };
+            if sites.iter().any(|r| r.pid == pid) {
+                continue;
+            }
+            if explained_by_descendants > 0 {
+                explained_by_descendants -= 1;
+                continue;
+            }
+            self.record(&format!("unattributed\t{run}\t{pid}\t{outcome}\t{detail}"))?;
+            lines.push(format!("{outcome}, {detail}"));
+        }
+        Ok(lines)
     }
 }
