@@ -24,6 +24,14 @@
 //! quoted it ([`unquote_command`]), so every replay line is built from the
 //! arguments, never from the file's text.
 //!
+//! A line cut short at the end of the file (a
+//! full disk, `ENOSPC`, took the rest of a process's write; or a writer was
+//! killed mid-line) is not corruption: the line is left out when the file
+//! is read, and the runner, which holds the exclusive lock, cuts it off
+//! ([`drop_torn_tail`]) before it appends, so that the rest of the walk is
+//! kept. A line that does not parse anywhere else still makes the file
+//! corrupt.
+//!
 //! A `site` line belongs to the run whose `run` line precedes it, if that
 //! run has no `end` line yet: the runner writes `end` only once every
 //! process of the run is gone. A site written outside any run (by a process
@@ -106,8 +114,11 @@ pub struct State {
     pub other_shard: usize,
     /// Exit statuses counted as handled besides 0 (`handled-exit`), sorted.
     pub handled_exit: Vec<u8>,
-    /// Bytes read: where the next run's lines start.
+    /// Bytes read: where the next run's lines start (a line cut short at
+    /// the end excluded).
     pub len: u64,
+    /// A last line cut short, left out: its first bytes, as text.
+    pub torn: Option<String>,
 }
 
 /// Why a state file cannot be used.
@@ -166,17 +177,20 @@ impl State {
 
     fn parse(bytes: &[u8], path: &Path) -> Result<State, StateError> {
         let corrupt = |line: usize, why: String| StateError::Corrupt(path.to_owned(), line, why);
+        let mut state = State::default();
+        let mut bytes = bytes;
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
+                // Not even a whole header: nothing to keep.
+                return Err(corrupt(1, "its only line is cut short".to_owned()));
+            };
+            state.torn = Some(shown_torn(&bytes[end + 1..]));
+            bytes = &bytes[..=end];
+        }
         let text = String::from_utf8_lossy(bytes);
-        let mut state = State {
-            len: bytes.len() as u64,
-            ..State::default()
-        };
+        state.len = bytes.len() as u64;
         if text.is_empty() {
             return Ok(state);
-        }
-        if !text.ends_with('\n') {
-            let line = text.lines().count();
-            return Err(corrupt(line, "its last line is cut short".to_owned()));
         }
         // Fates are paired with their site at the end: a process that exits
         // while its failing thread still resolves symbols writes its fate first.
@@ -436,6 +450,48 @@ pub fn unquote_command(text: &str) -> Option<Vec<OsString>> {
     (mayfail::state::quote_command(&words) == text).then_some(words)
 }
 
+/// The first bytes of a line cut short, as text for a message.
+fn shown_torn(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(60)]).replace('\t', " ");
+    if bytes.len() > 60 {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
+/// Cuts off a last line cut short (see the module docs) from the state
+/// file open as `file`, whose exclusive lock the caller holds and whose
+/// writers are gone. Returns the line's first bytes if there was one;
+/// reads one byte if there was none. A file without a whole line is left
+/// as it is: it is no state file to repair.
+pub fn drop_torn_tail(file: &File) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut last = [0u8];
+    if len == 0 || (file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(None);
+    }
+    // Back to the last line break, a block at a time.
+    let mut end = len;
+    let keep = loop {
+        let start = end.saturating_sub(4096);
+        let mut block = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut block, start)?;
+        if let Some(at) = block.iter().rposition(|&b| b == b'\n') {
+            break start + at as u64 + 1;
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        end = start;
+    };
+    let mut torn = vec![0u8; (len - keep).min(64) as usize];
+    file.read_exact_at(&mut torn, keep)?;
+    file.set_len(keep)?;
+    Ok(Some(shown_torn(&torn)))
+}
+
 /// Appends one line (with its newline) in one write to the state file open
 /// as `file`.
 pub fn append(mut file: &File, line: &str) -> std::io::Result<()> {
@@ -663,13 +719,57 @@ mod tests {
     }
 
     #[test]
+    fn a_last_line_cut_short_is_left_out_and_cut_off_by_the_walk() {
+        let whole = "mayfail-sites\t1\nrun\t1\t1\t0\tcmd\n\
+            site\t00000000000000aa\t7\talloc\tmain\tbin\tf (a.rs:1)\tbin+0x1\n";
+        let text = format!("{whole}site\t00000000000000bb\t8\tall");
+        let s = load_text(&text).unwrap();
+        assert_eq!(s.records.len(), 1);
+        assert_eq!(s.len, whole.len() as u64);
+        assert_eq!(s.torn.as_deref(), Some("site 00000000000000bb 8 all"));
+        assert!(load_text(whole).unwrap().torn.is_none());
+
+        let dir = std::env::temp_dir().join(format!("mayfail-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("walk.state");
+        for (content, kept, dropped) in [
+            (text.as_str(), whole, Some("site 00000000000000bb 8 all")),
+            (whole, whole, None),
+            ("", "", None),
+            ("no line break", "no line break", None),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            assert_eq!(drop_torn_tail(&file).unwrap().as_deref(), dropped);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+        }
+        // Longer than a block read back.
+        let long = format!("{whole}{}", "x".repeat(10_000));
+        std::fs::write(&path, &long).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert!(drop_torn_tail(&file).unwrap().unwrap().ends_with("..."));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn corrupt_files_say_where() {
         for (text, line) in [
             ("hello\n", 1),
             ("mayfail-sites\t1\nsite\tzz\t1\n", 2),
             ("mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nwhat\n", 3),
-            ("mayfail-sites\t1\nrun\t1", 2),
+            ("mayfail-sites", 1),
             ("mayfail-sites\t1\nrun\t1\t1\t0\tx; rm -rf ~\n", 2),
+            // A line cut short at the end is left out, not what is before it.
+            ("mayfail-sites\t1\nwhat\nrun\t1", 2),
         ] {
             match load_text(text) {
                 Err(StateError::Corrupt(_, at, _)) => assert_eq!(at, line, "{text:?}"),

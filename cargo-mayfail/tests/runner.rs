@@ -2222,3 +2222,147 @@ fn declared_exit_statuses_count_as_handled_in_the_walk_the_report_and_a_resume()
         );
     }
 }
+
+/// A tmpfs of `size` mounted on `dir` for the guard's lifetime, or `None`
+/// (with a line saying why) where this environment cannot mount one. In CI
+/// (`CI=true`, run as root) it must mount.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(SmallDisk(dir.to_owned())),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI must be able to mount a tmpfs (run as root): {why}"
+                );
+                eprintln!("skipped: cannot mount a tmpfs here ({why}); CI runs it as root");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Writes to `path` until the file system is full.
+fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = [0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    while file.write_all(&[0u8]).is_ok() {}
+}
+
+#[test]
+fn a_line_cut_short_by_a_full_disk_is_dropped_and_the_walk_resumes_with_the_rest() {
+    let binary = fixture_binary().to_str().unwrap();
+    let mount = scratch("full_disk").join("disk");
+    let Some(_disk) = SmallDisk::mount(&mount, "256k") else {
+        return;
+    };
+    let state = mount.join("walk.state");
+    let state_arg = state.to_str().unwrap();
+    // The state file's last page has room for the runner's `run` line and
+    // ten bytes more: the test binary's first line (a runtime stack's, 25
+    // bytes, or a site's) is cut short when the disk is full.
+    let run_line = format!("run\t1\t1\t{}\t{binary} --test-threads=1\n", "1".repeat(13));
+    let room = run_line.len() + 10;
+    let mut text = "mayfail-sites\t1\n".to_owned();
+    text.push_str(&"\n".repeat(4096 - room - text.len()));
+    std::fs::write(&state, &text).unwrap();
+    fill_disk(&mount.join("filler"));
+    let walk = || {
+        bounded(
+            &os(&[
+                "sites",
+                "--no-baseline",
+                "--state",
+                state_arg,
+                "--",
+                binary,
+                "--test-threads=1",
+            ]),
+            60,
+        )
+    };
+    let full = walk();
+    assert_eq!(full.code, Some(3), "the disk is full: {}", full.stderr);
+    assert!(
+        first_line(&full).contains("No space left on device")
+            || full.stderr.contains("No space left on device"),
+        "{}",
+        full.stderr
+    );
+    // The runner cut the test binary's line off and took its own back.
+    let dropped = full
+        .stderr
+        .lines()
+        .find(|l| l.contains("ended with a line cut short"))
+        .unwrap_or_else(|| panic!("a line was cut short: {}", full.stderr));
+    assert!(
+        dropped.contains("(\"runtime ") || dropped.contains("(\"site "),
+        "the test binary's line: {dropped}"
+    );
+    let written = std::fs::read_to_string(&state).unwrap();
+    assert!(written.starts_with(&text), "what was before is kept");
+    assert!(
+        written[text.len()..].starts_with("run\t1\t1\t") && written.ends_with('\n'),
+        "whole lines only: {:?}",
+        &written[text.len()..]
+    );
+    std::fs::remove_file(mount.join("filler")).unwrap();
+
+    // A writer killed mid-line: `report` leaves its line out, says so, and
+    // changes nothing.
+    let cut = "site\t00000000000000ab\t1\talloc of";
+    let written = format!("{written}{cut}");
+    std::fs::write(&state, &written).unwrap();
+    let report = bounded(&os(&["report", "--state", state_arg]), 20);
+    assert_eq!(report.code, Some(0), "{}", report.stderr);
+    assert!(
+        report
+            .stderr
+            .contains("line cut short (\"site 00000000000000ab 1 alloc of\""),
+        "{}",
+        report.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), written);
+
+    // The walk cuts it off, says so, and goes on to every site.
+    let resumed = walk();
+    assert_eq!(resumed.code, Some(1), "{}", resumed.stderr);
+    assert!(
+        resumed.stderr.contains("ended with a line cut short")
+            && resumed
+                .stderr
+                .contains("dropped, the rest of the walk kept"),
+        "{}",
+        resumed.stderr
+    );
+    let kept = std::fs::read_to_string(&state).unwrap();
+    assert!(kept.starts_with(&text), "what was before is kept");
+    assert!(kept.ends_with('\n'));
+    let json = std::fs::read_to_string(mount.join("walk.json")).unwrap();
+    assert_fixture_sites(&sites_of(&json), &json);
+}

@@ -39,6 +39,14 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
         // Shared: reports may run together, never while a walk holds the file.
         let file = super::open_state(path, Access::Report)?;
         let state = super::load(&file, path)?;
+        if let Some(line) = &state.torn {
+            crate::progress::note!(
+                "mayfail: note: the state file {} ends with a line cut short (\"{line}\"; a full \
+                 disk, or a writer killed mid-line): left out; `mayfail sites` cuts it off when \
+                 it resumes",
+                path.display()
+            );
+        }
         summaries.push(crate::report::summarize(&state, path));
     }
     let summary = if summaries.len() == 1 {

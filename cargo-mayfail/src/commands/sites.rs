@@ -149,6 +149,10 @@ pub(crate) fn execute(
     // Held until the walk ends; nothing runs before it is open for writing.
     let state_file = super::open_state(&paths.state, Access::Walk)?;
     let state = super::load(&state_file, &paths.state)?;
+    if state.torn.is_some() {
+        // Read whole but for its last line, which goes: the walk goes on.
+        drop_torn_tail(&state_file, &paths)?;
+    }
     if let Some(walked) = state.runs.last()
         && walked.argv != argv
     {
@@ -478,13 +482,39 @@ impl Batch {
     }
 }
 
+/// Cuts a last line cut short off the state file (see
+/// [`state::drop_torn_tail`]) and says so.
+fn drop_torn_tail(file: &File, paths: &Paths) -> Result<(), Failure> {
+    let dropped = state::drop_torn_tail(file)
+        .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
+    if let Some(line) = dropped {
+        crate::progress::note!(
+            "mayfail: the state file {} ended with a line cut short (\"{line}\"; a full disk, \
+             or a writer killed mid-line): dropped, the rest of the walk kept",
+            paths.state.display()
+        );
+    }
+    Ok(())
+}
+
 impl Walker<'_> {
+    /// Appends a line of the runner's, after a line a process may have
+    /// left cut short (the processes of a run are gone when the runner
+    /// writes): a whole line never follows a cut one. A line the disk had
+    /// no room for is taken back whole.
     fn record(&self, line: &str) -> Result<(), Failure> {
-        state::append(self.state, line)
-            .map_err(|e| Failure::io("write the state file", &self.paths.state, e))
+        drop_torn_tail(self.state, self.paths)?;
+        let before = self.state.metadata().map(|m| m.len());
+        state::append(self.state, line).map_err(|e| {
+            if let Ok(len) = before {
+                let _ = self.state.set_len(len);
+            }
+            Failure::io("write the state file", &self.paths.state, e)
+        })
     }
 
     fn load(&self) -> Result<State, Failure> {
+        drop_torn_tail(self.state, self.paths)?;
         super::load(self.state, &self.paths.state)
     }
 
