@@ -5,18 +5,26 @@
 //! codes here only for what happens before the command starts (bad input,
 //! command not found, cannot execute).
 
-/// `sites`: every site that was found was handled (its process exited 0).
-/// `report`: the report was printed and written.
+/// `sites`: every site that was found was handled (its process exited 0,
+/// or with a status `--handled-exit` declares), and every process of every
+/// run that ended badly had a site to blame. `report`: the report was
+/// printed and written.
 pub const SUCCESS: i32 = 0;
 
 /// `sites`: at least one site was not handled (crashed, aborted, hung,
-/// failed or unknown): the report lists them, worst first.
+/// failed or unknown): the report lists them, worst first. Or a process a
+/// run started ended badly (killed by `--timeout`, a status not declared
+/// handled, a signal) with no site to blame: the report lists those runs
+/// apart, as `unattributed`.
 pub const UNHANDLED_SITES: i32 = 1;
 
 /// Bad input: an unknown subcommand or option, a value out of range, a
 /// missing `--` or command, an unusable `--state` path (one that is not a
-/// regular file, or a symbolic link to one, or absent), or a state file
-/// that is corrupt (it is then left exactly as it was). One line says
+/// regular file, or a symbolic link to one, or absent), a state file, log
+/// or report that is another of them (`--state walk.json`), a state file
+/// resumed with another command or other `--handled-exit` statuses, or a
+/// state file that is corrupt (it is then left exactly as it was; a last
+/// line cut short is not corruption: it is dropped). One line says
 /// which input and what it accepts, a second one shows the usage. Also a
 /// preload library that is needed but missing and could not be built: one
 /// line names what failed and `MAYFAIL_PRELOAD_LIB`, without the usage.
@@ -44,11 +52,14 @@ pub const BASELINE_FAILED: i32 = 4;
 /// wait and try again on this code alone.
 pub const STATE_IN_USE: i32 = 5;
 
-/// `sites` with the preload library: no allocation of the command reached
-/// it in any run (neither a site nor a stack of the runtime), so nothing
-/// was injected and nothing walked. One line says so; the reason is
-/// usually said before the walk (a static program, a setuid one), else the
-/// program allocates without `malloc`.
+/// `sites`: no process of the command reported to the walk in any run
+/// (neither a site, nor a stack of the runtime, nor one of another
+/// `--shard`), so nothing was injected and nothing walked: a walk never
+/// exits 0 without having looked. One line says so. With the preload
+/// library, the reason is usually said before the walk (a static program,
+/// a setuid one), else the program allocates without `malloc`; without
+/// it, the program's allocator is not `mayfail::MayFail` (give
+/// `--preload`).
 pub const NOTHING_REACHED: i32 = 6;
 
 /// The command exists but could not be executed (permission denied, not
@@ -67,12 +78,13 @@ pub const INTERRUPTED: i32 = 130;
 pub(crate) const HELP: &str = "\
 Exit status:
     0    every site found was handled (report: done)
-    1    unhandled sites found: crashed, aborted, hung, failed or unknown
+    1    unhandled sites found: crashed, aborted, hung, failed or unknown, or
+         a run's process ended badly with no site to blame (unattributed)
     2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked
     5    the state file is in use by another walk (its pid is named)
-    6    no allocation reached the preload library: nothing walked
+    6    no allocation reached the preload library or MayFail: nothing walked
   126    the command cannot be executed
   127    the command was not found
   130    interrupted (Ctrl-C, SIGTERM): run the same command again to resume
@@ -94,7 +106,10 @@ mod tests {
                 "the command fails without injected failures",
             ),
             (STATE_IN_USE, "the state file is in use by another walk"),
-            (NOTHING_REACHED, "no allocation reached the preload library"),
+            (
+                NOTHING_REACHED,
+                "no allocation reached the preload library or MayFail",
+            ),
             (CANNOT_EXECUTE, "the command cannot be executed"),
             (COMMAND_NOT_FOUND, "the command was not found"),
             (INTERRUPTED, "interrupted"),

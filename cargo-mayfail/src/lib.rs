@@ -47,7 +47,11 @@
 //!   in its own, so that timeouts reach cargo's test binaries too); sites
 //!   the interrupted run failed get a `retry` line and are failed again on
 //!   resume. Every line of the state file is written whole, with one write.
-//! - A corrupt state file is refused (exit 2) and never written to.
+//! - A corrupt state file is refused (exit 2) and never written to; a last
+//!   line cut short (a full disk) is not corruption: `sites` drops it.
+//! - A process a run started that ends badly with no site to blame is
+//!   recorded (`unattributed`), reported, and keeps the exit status from 0;
+//!   a walk no process reported to exits 6.
 //! - The state file is a regular file or absent (a symbolic link to a
 //!   regular file is followed); anything else is refused (exit 2) before it
 //!   is read. `sites` opens it for appending before anything runs (a file it

@@ -35,15 +35,20 @@ const MAX_STATE_PATH: usize = 512;
                   MAYFAIL_INJECT='stack=ID' CMD (the report prints it).\n\n\
                   Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
                   aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
-                  status not 0: a test failed), unknown (no fate recorded), handled (exit 0). \
-                  CMD's output is appended to the state file with .log. Progress goes to \
-                  stderr: a live status line on a terminal, plain lines otherwise.",
+                  status not 0: a test failed), unknown (no fate recorded), handled (exit 0, or \
+                  a status given to --handled-exit). A process of a run that ends badly with no \
+                  site to blame (a timeout before any site, a child that died) is listed apart \
+                  as unattributed, and the walk is not all handled. CMD runs with \
+                  RUST_BACKTRACE=0. CMD's output is appended to the state file with .log; the \
+                  state file, the log and the reports must be four different files. Progress \
+                  goes to stderr: a live status line on a terminal, plain lines otherwise.",
     after_help = "Example: mayfail sites -- cargo test --no-fail-fast\n\
                   As a cargo subcommand: cargo mayfail sites (walks `cargo test`), cargo mayfail \
                   sites -- --no-fail-fast (walks `cargo test --no-fail-fast`).\n\
-                  Exit status: 0 every site handled, 1 not, 2 bad input, 3 I/O error, \
-                  4 CMD fails without injection, 5 the state file is in use by another walk, \
-                  6 no allocation reached the preload library, 127 CMD not found, 130 interrupted \
+                  Exit status: 0 every site handled, 1 not (or a run's process ended badly \
+                  with no site to blame), 2 bad input, 3 I/O error, 4 CMD fails without \
+                  injection, 5 the state file is in use by another walk, 6 no allocation \
+                  reached the preload library or MayFail, 127 CMD not found, 130 interrupted \
                   (the state file stays consistent: run again to resume).\n\
                   The JSON report's schema: mayfail report --help"
 )]
