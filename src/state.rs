@@ -144,15 +144,23 @@ pub enum Line<'a> {
 }
 
 /// Reads the statuses of a `handled-exit` line (or of the runner's
-/// `--handled-exit`): numbers from 1 to 255, comma-separated.
+/// `--handled-exit`): numbers from 1 to 255 in decimal digits,
+/// comma-separated, nothing else.
 ///
 /// ```
 /// assert_eq!(mayfail::state::parse_exit_codes("1,7"), Some(vec![1, 7]));
 /// assert_eq!(mayfail::state::parse_exit_codes("0"), None);
+/// assert_eq!(mayfail::state::parse_exit_codes("+1"), None);
 /// ```
 pub fn parse_exit_codes(text: &str) -> Option<Vec<u8>> {
     text.split(',')
-        .map(|code| code.parse::<u8>().ok().filter(|&c| c != 0))
+        .map(|code| {
+            let digits = !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit());
+            digits
+                .then(|| code.parse::<u8>().ok())
+                .flatten()
+                .filter(|&c| c != 0)
+        })
         .collect()
 }
 

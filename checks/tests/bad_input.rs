@@ -1,6 +1,8 @@
 //! Bad input, everywhere mayfail takes input: every environment variable
 //! (`MAYFAIL_RETRIES`, `MAYFAIL_SMALL`, `MAYFAIL_STALL_MS`, `MAYFAIL_INJECT`,
-//! `MAYFAIL_SWEEP_POINT`) and the injection grammar of `configure_injection`.
+//! `MAYFAIL_SWEEP_POINT`), the injection grammar of `configure_injection`,
+//! and the lines of a walk's state file (`mayfail::state::parse_line`, the
+//! exit statuses of a `handled-exit` line).
 //! A bad value gets one line (or, from `configure_injection`, one `Err` with
 //! a one-line message) and the default applies; nothing panics or aborts.
 //!
@@ -945,4 +947,91 @@ fn the_replay_of_a_non_ascii_thread_name_fails_again() {
          {}{}",
         run.stdout, run.stderr
     );
+}
+
+/// What a `handled-exit` line and `--handled-exit` accept, written from the
+/// guide: decimal statuses from 1 to 255, comma-separated, nothing else.
+fn model_exit_codes(text: &str) -> Option<Vec<u8>> {
+    text.split(',')
+        .map(|code| {
+            if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let value = code.trim_start_matches('0');
+            (value.len() <= 3)
+                .then(|| value.parse::<u16>().ok())
+                .flatten()
+                .filter(|v| (1..=255).contains(v))
+                .map(|v| v as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn state_lines_of_every_kind_never_panic_and_exit_statuses_follow_the_model() {
+    let kinds = prop::sample::select(vec![
+        "site",
+        "fate",
+        "runtime",
+        "retry",
+        "run",
+        "end",
+        "baseline",
+        "unattributed",
+        "other-shard",
+        "handled-exit",
+        "bogus",
+        "",
+    ]);
+    let field = prop_oneof![
+        "[0-9a-f]{16}",
+        "[0-9]{0,4}",
+        "[0-9,+ -]{0,12}",
+        prop::sample::select(vec!["hung", "failed", "handled", "exit 1", "", "\u{e9}"])
+            .prop_map(str::to_owned),
+        ".{0,20}",
+    ];
+    let line = (kinds, prop::collection::vec(field, 0..8));
+    let mut runner = TestRunner::new(Config {
+        cases: cases(256) * 4,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&line, |(kind, fields)| {
+            let line = std::iter::once(kind.to_owned())
+                .chain(fields.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("\t");
+            match mayfail::state::parse_line(&line) {
+                Ok(_) => {}
+                Err(e) => {
+                    let text = e.to_string();
+                    prop_assert!(!text.is_empty() && !text.contains('\n'), "{:?}", text);
+                }
+            }
+            for text in &fields {
+                prop_assert_eq!(
+                    mayfail::state::parse_exit_codes(text),
+                    model_exit_codes(text),
+                    "{:?}",
+                    text
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    for (text, codes) in [
+        ("1,7", Some(vec![1, 7])),
+        ("255,007", Some(vec![255, 7])),
+        ("256", None),
+        ("0", None),
+        ("+1", None),
+        (" 1", None),
+        ("1,", None),
+        ("", None),
+    ] {
+        assert_eq!(mayfail::state::parse_exit_codes(text), codes, "{text:?}");
+        assert_eq!(model_exit_codes(text), codes, "{text:?}");
+    }
 }
