@@ -2365,4 +2365,32 @@ fn a_line_cut_short_by_a_full_disk_is_dropped_and_the_walk_resumes_with_the_rest
     assert!(kept.ends_with('\n'));
     let json = std::fs::read_to_string(mount.join("walk.json")).unwrap();
     assert_fixture_sites(&sites_of(&json), &json);
+
+    // The runner's own first line (`handled-exit`), five bytes of which
+    // fit, is taken back whole: the file is as it was.
+    let fresh = mount.join("fresh.state");
+    let mut text = "mayfail-sites\t1\n".to_owned();
+    text.push_str(&"\n".repeat(4096 - 5 - text.len()));
+    std::fs::write(&fresh, &text).unwrap();
+    fill_disk(&mount.join("filler"));
+    let out = bounded(
+        &os(&[
+            "sites",
+            "--no-baseline",
+            "--handled-exit",
+            "101",
+            "--state",
+            fresh.to_str().unwrap(),
+            "--",
+            binary,
+        ]),
+        60,
+    );
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let after = std::fs::read_to_string(&fresh).unwrap();
+    assert!(
+        after == text,
+        "left after the header and padding: {:?}",
+        after.get(text.len()..)
+    );
 }

@@ -198,12 +198,14 @@ pub(crate) fn execute(
         )));
     };
     if state.len == 0 {
-        state::append(&state_file, state::HEADER)
-            .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
+        append_whole(&state_file, &paths, state::HEADER)?;
     }
     if fresh && !handled_exit.is_empty() {
-        state::append(&state_file, &format!("handled-exit\t{handled_exit}"))
-            .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
+        append_whole(
+            &state_file,
+            &paths,
+            &format!("handled-exit\t{handled_exit}"),
+        )?;
     }
     let log = OpenOptions::new()
         .create(true)
@@ -502,6 +504,19 @@ fn drop_torn_tail(file: &File, paths: &Paths) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Appends a line of the runner's to the state file, whose exclusive lock
+/// the caller holds: a line the disk had no room for is taken back whole
+/// (the file is cut back to its length before), never left cut short.
+fn append_whole(file: &File, paths: &Paths, line: &str) -> Result<(), Failure> {
+    let before = file.metadata().map(|m| m.len());
+    state::append(file, line).map_err(|e| {
+        if let Ok(len) = before {
+            let _ = file.set_len(len);
+        }
+        Failure::io("write the state file", &paths.state, e)
+    })
+}
+
 impl Walker<'_> {
     /// Appends a line of the runner's, after a line a process may have
     /// left cut short (the processes of a run are gone when the runner
@@ -509,13 +524,7 @@ impl Walker<'_> {
     /// no room for is taken back whole.
     fn record(&self, line: &str) -> Result<(), Failure> {
         drop_torn_tail(self.state, self.paths)?;
-        let before = self.state.metadata().map(|m| m.len());
-        state::append(self.state, line).map_err(|e| {
-            if let Ok(len) = before {
-                let _ = self.state.set_len(len);
-            }
-            Failure::io("write the state file", &self.paths.state, e)
-        })
+        append_whole(self.state, self.paths, line)
     }
 
     fn load(&self) -> Result<State, Failure> {
