@@ -1619,6 +1619,24 @@ fn a_closed_stdout_and_stderr_neither_stop_a_walk_nor_lose_its_state() {
         "a run found no new site",
         "the walk ran to its end: {json}"
     );
+    // As typed at a shell: `head` closes the pipe after the first line.
+    let piped_state = dir.join("piped.state");
+    let status_file = dir.join("status");
+    let script = format!(
+        "'{RUNNER}' sites --state '{}' -- '{binary}' 2>&1 | head -1 >/dev/null; echo ${{PIPESTATUS[0]}} > '{}'",
+        piped_state.display(),
+        status_file.display()
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(fixture_dir())
+        .env_remove("MAYFAIL_INJECT")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&status_file).unwrap().trim(), "1");
+    let json = std::fs::read_to_string(dir.join("piped.json")).unwrap();
+    assert_fixture_sites(&sites_of(&json), &json);
     // Every other subcommand and message.
     for (args, expected) in [
         (vec!["report", "--state", state], 0),
