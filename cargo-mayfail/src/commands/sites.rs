@@ -639,8 +639,8 @@ impl Walker<'_> {
 
     /// After a run: gives every site it failed a fate the processes could
     /// not write themselves, records the copies that ended badly with no
-    /// site to blame, and returns the ids of its new sites and how many
-    /// such copies there were.
+    /// site to blame, and returns the ids of its new sites and what each
+    /// such copy was, in words.
     fn settle(&self, run: u64, batch: &Batch) -> Result<(Vec<u64>, Vec<String>), Failure> {
         let state = self.load()?;
         let mut new = Vec::new();
