@@ -90,7 +90,9 @@ pub fn disable_injection() {
 /// next one. `0` disarms. Strictly per thread; allocations inside `nofail`
 /// and inside mayfail's own slow path are not counted. Works whether or not
 /// injection by attributes is on; while the countdown runs, nothing else is
-/// injected on this thread.
+/// injected on this thread. A countdown still running when its thread
+/// exits (or in a forked child, on the threads that did not fork) ends with
+/// it: the process's other allocations are not slowed by it.
 ///
 /// ```
 /// # #[global_allocator]
@@ -102,11 +104,70 @@ pub fn disable_injection() {
 /// ```
 pub fn fail_nth(n: u64) {
     crash::install_handlers();
+    if n != 0 {
+        release_at_thread_exit();
+    }
     let was = scope::replace_fail_nth(n);
     match (was != 0, n != 0) {
         (false, true) => engaged::arm_thread(),
         (true, false) => engaged::disarm_thread(),
         _ => {}
+    }
+}
+
+/// Whether the current thread is counted in the engaged word's armed
+/// threads: its countdown runs, or a persistent one fired and left it
+/// exhausted.
+fn holds_arm() -> bool {
+    scope::fail_nth_left() != 0 || scope::exhausted()
+}
+
+/// Gives the thread's arm back when it exits with a countdown still running
+/// (or exhausted): otherwise the engaged word would stay raised for a thread
+/// that no longer exists, and every allocation of the process would take
+/// the engaged path from then on. A thread-local with a destructor, touched
+/// only here, from the public API (never inside the allocator): its
+/// registration may allocate. The destructor reads the allocator's
+/// thread-local state, which has no destructor and outlives it.
+fn release_at_thread_exit() {
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            if holds_arm() {
+                scope::replace_fail_nth(0);
+                scope::set_persistent(false);
+                engaged::disarm_thread();
+            }
+        }
+    }
+    thread_local! {
+        static RELEASE: Release = const { Release };
+    }
+    // Fails only while the thread is already being torn down; its arm is
+    // then not taken either (see `fail_nth`'s caller contract: nothing
+    // arms from a thread-local destructor on purpose).
+    let _ = RELEASE.try_with(|_| {});
+    release_in_forked_children();
+}
+
+/// In a forked child only the forking thread exists: the armed count
+/// becomes that thread's own, so the other threads' countdowns (which will
+/// never end there) do not keep the child's allocations on the engaged
+/// path. Registered once, on the first arm, with `pthread_atfork`; the
+/// handler touches only atomics and the thread's own state.
+fn release_in_forked_children() {
+    static REGISTERED: AtomicU8 = AtomicU8::new(0);
+    extern "C" fn in_child() {
+        engaged::set_armed_threads(u32::from(holds_arm()));
+    }
+    // Miri models no fork, and no `pthread_atfork`.
+    if REGISTERED.swap(1, Relaxed) == 0 && !cfg!(miri) {
+        // SAFETY: registers a child handler that is an `extern "C" fn`
+        // taking nothing, safe to run in a forked child (atomics and a
+        // destructor-free thread-local only); no prepare or parent handler.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_child));
+        }
     }
 }
 
@@ -197,4 +258,72 @@ pub(crate) fn read_env_once() -> bool {
         INJECT_ENV.store(READ, Relaxed);
     }
     INJECT_ENV.load(Relaxed) == READ
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both tests read the process-wide count of armed threads: one at a
+    /// time.
+    static ARMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_thread_that_exits_with_its_countdown_running_gives_its_arm_back() {
+        let _one = ARMING.lock().unwrap_or_else(|e| e.into_inner());
+        let before = engaged::armed_threads();
+        for persistent in [false, true] {
+            std::thread::spawn(move || {
+                set_persistent(persistent);
+                fail_nth(if persistent { 1 } else { 1_000_000 });
+                if persistent {
+                    // Counted as the allocator counts one: the countdown
+                    // fires and leaves the thread exhausted, still armed.
+                    assert!(scope::count_allocation(engaged::generation()).nth_fired);
+                    assert!(scope::exhausted());
+                }
+                assert_eq!(engaged::armed_threads(), before + 1);
+            })
+            .join()
+            .unwrap();
+            assert_eq!(engaged::armed_threads(), before, "persistent: {persistent}");
+        }
+    }
+
+    #[cfg(not(miri))]
+    #[test]
+    fn a_forked_child_counts_only_its_own_thread_as_armed() {
+        let _one = ARMING.lock().unwrap_or_else(|e| e.into_inner());
+        let before = engaged::armed_threads();
+        let (armed_tx, armed_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            fail_nth(1_000_000);
+            armed_tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            fail_nth(0);
+        });
+        armed_rx.recv().unwrap();
+        assert_eq!(engaged::armed_threads(), before + 1);
+        // SAFETY: the child calls only async-signal-safe functions and reads
+        // an atomic, then leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = if engaged::armed_threads() == 0 { 0 } else { 1 };
+            // SAFETY: ends the forked child without running the parent's
+            // destructors or the test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked, into a local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child still counted the parent's armed thread (status {status:#x})"
+        );
+        done_tx.send(()).unwrap();
+        other.join().unwrap();
+        assert_eq!(engaged::armed_threads(), before);
+    }
 }

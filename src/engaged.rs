@@ -115,3 +115,17 @@ pub(crate) fn arm_thread() {
 pub(crate) fn disarm_thread() {
     ENGAGED.0.fetch_sub(ARMED_THREAD, Relaxed);
 }
+
+/// How many threads count down a fail-nth (or stay exhausted after one).
+#[cfg(test)]
+pub(crate) fn armed_threads() -> u32 {
+    ENGAGED.0.load(Relaxed) / ARMED_THREAD
+}
+
+/// Sets the count of armed threads to `armed`, keeping the flags: in a
+/// forked child, where the threads that armed in the parent do not exist.
+pub(crate) fn set_armed_threads(armed: u32) {
+    let _ = ENGAGED.0.fetch_update(Relaxed, Relaxed, |word| {
+        Some(word % ARMED_THREAD + armed * ARMED_THREAD)
+    });
+}
