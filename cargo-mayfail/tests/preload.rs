@@ -739,3 +739,252 @@ fn a_setuid_program_is_out_of_reach_only_when_it_runs_as_another_user() {
          no failure is injected",
     );
 }
+
+// ---------------------------------------------------------------------------
+// The library by default: every program that does not declare `MayFail`.
+
+/// Prints `LD_PRELOAD` as the program sees it, or `(none)`.
+const PRINTS_PRELOAD: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    const char *preload = getenv("LD_PRELOAD");
+    printf("LD_PRELOAD=%s\n", preload ? preload : "(none)");
+    return 0;
+}
+"#;
+
+/// mayfail's ELF note, as a program that declares `MayFail` carries it.
+const MAYFAIL_NOTE: &str = r#"
+__asm__(".pushsection .note.mayfail,\"a\",@note\n.balign 4\n.long 8\n.long 4\n.long 1\n"
+        ".asciz \"mayfail\"\n.balign 4\n.long 1\n.popsection\n");
+"#;
+
+#[test]
+fn programs_that_do_not_declare_mayfail_run_under_the_library_without_being_asked() {
+    require_library();
+    // A C program: walked without --preload, its two sites found.
+    let dir = scratch("default-c");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let walk = bounded(
+        runner(&dir).args(["sites", "--state", "walk.state", "--", "./program"]),
+        120,
+    );
+    assert_c_program_walked(&dir, "walk.state", &walk);
+    let run = bounded(
+        runner(&dir).args(["run", "--inject", EVERY_FAILURE, "--", "./program"]),
+        60,
+    );
+    let text = support::output_text(&run);
+    assert_eq!(run.status.code(), Some(128 + libc::SIGSEGV), "{text}");
+
+    // A shell command: the shell is no MayFail program, nor is what it runs.
+    let walk = bounded(
+        runner(&dir).args([
+            "sites",
+            "--state",
+            "sh.state",
+            "--",
+            "sh",
+            "-c",
+            "./program",
+        ]),
+        120,
+    );
+    let text = support::output_text(&walk);
+    let sites = sites_in(&dir.join("sh.state"));
+    let unchecked = sites
+        .iter()
+        .find(|s| s.2.starts_with("unchecked"))
+        .unwrap_or_else(|| panic!("{sites:?}\n{text}"));
+    assert_eq!(unchecked.1, "crashed", "{sites:?}");
+
+    // What each program sees: the library unless it declares MayFail, and
+    // with --preload even then; never with --no-preload.
+    let dir = scratch("default-choice");
+    compile_c(&dir, PRINTS_PRELOAD, &[]);
+    let noted = scratch("default-choice-noted");
+    compile_c(&noted, &format!("{MAYFAIL_NOTE}{PRINTS_PRELOAD}"), &[]);
+    let library = library().display().to_string();
+    for (dir, option, expected) in [
+        (&dir, None, library.as_str()),
+        (&dir, Some("--preload"), &library),
+        (&dir, Some("--no-preload"), "(none)"),
+        (&noted, None, "(none)"),
+        (&noted, Some("--preload"), &library),
+    ] {
+        let mut command = runner(dir);
+        command.arg("run").args(option).args(["--", "./program"]);
+        let output = bounded(&mut command, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(0), "{option:?}: {text}");
+        assert_eq!(
+            text.lines().find_map(|l| l.strip_prefix("LD_PRELOAD=")),
+            Some(expected),
+            "{} {option:?}: {text}",
+            dir.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ELF files the runner reads before it runs them.
+
+/// Sets the bytes at `at` in `path` to `value`.
+fn patch(path: &Path, at: usize, value: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at..at + value.len()].copy_from_slice(value);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn elf_files_with_odd_headers_are_run_or_refused_in_one_line_never_a_panic() {
+    use std::os::unix::fs::PermissionsExt;
+    require_library();
+    let dir = scratch("odd-elf");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let program = dir.join("program");
+    // Runs `name` (a copy of the program with `edit` made), with and
+    // without --preload: the status and the output.
+    let run = |name: &str, edit: &dyn Fn(&Path)| {
+        let copy = dir.join(name);
+        std::fs::copy(&program, &copy).unwrap();
+        edit(&copy);
+        ["--preload", "--no-preload"].map(|option| {
+            let output = bounded(
+                runner(&dir).args(["run", option, "--", &format!("./{name}")]),
+                60,
+            );
+            (output.status.code(), support::output_text(&output))
+        })
+    };
+
+    // An object file (no program headers, e_phentsize 0), and a program
+    // whose program header size is 0: the kernel refuses both.
+    let object = |path: &Path| {
+        let built = Command::new("cc")
+            .current_dir(&dir)
+            .args(["-c", "-o"])
+            .arg(path)
+            .arg("program.c")
+            .status()
+            .unwrap();
+        assert!(built.success());
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let no_program_header_size = |path: &Path| patch(path, 54, &[0, 0]);
+    for (name, edit) in [
+        ("object.o", &object as &dyn Fn(&Path)),
+        ("no-phentsize", &no_program_header_size),
+    ] {
+        for (code, text) in run(name, edit) {
+            assert_eq!(code, Some(126), "{name}: {text}");
+            assert_eq!(text.lines().count(), 1, "{name}: {text}");
+            assert!(
+                text.starts_with(&format!("mayfail: cannot execute ./{name}: ")),
+                "{name}: {text}"
+            );
+        }
+    }
+
+    // Section headers of size 0 or 1: the kernel runs the program, the
+    // runner reads no names from it.
+    for size in [0u8, 1] {
+        let name = format!("shentsize-{size}");
+        for (code, text) in run(&name, &|path| patch(path, 58, &[size, 0])) {
+            assert_eq!(code, Some(0), "{name}: {text}");
+            assert!(text.contains("checked"), "{name}: {text}");
+        }
+    }
+
+    // Another class or byte order: said in one line, not misread (a real
+    // one would not run here; what the kernel makes of these copies is
+    // its own business).
+    for (name, at, value, said) in [
+        (
+            "class32",
+            4,
+            1u8,
+            "mayfail: ./class32: a 32-bit ELF program: ",
+        ),
+        (
+            "big-endian",
+            5,
+            2,
+            "mayfail: ./big-endian: a big-endian ELF program: ",
+        ),
+    ] {
+        let [(code, text), (plain_code, _)] = run(name, &|path| patch(path, at, &[value]));
+        assert!(code.is_some_and(|c| c != 101), "{name}: {text}");
+        assert!(plain_code.is_some_and(|c| c != 101), "{name}");
+        assert_eq!(lines_with(&text, said), 1, "{name}: {text}");
+        assert_eq!(
+            lines_with(&text, "cannot be loaded into it, so no failure is injected"),
+            1,
+            "{name}: {text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A library path the loader cannot take.
+
+#[test]
+fn a_library_path_with_a_space_or_a_colon_is_refused_in_one_line_naming_its_variable() {
+    require_library();
+    let dir = scratch("spaced");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let spaced = dir.join("a dir");
+    std::fs::create_dir_all(&spaced).unwrap();
+    let colon = dir.join("a:dir");
+    std::fs::create_dir_all(&colon).unwrap();
+    for place in [&spaced, &colon] {
+        std::fs::copy(library(), place.join("libmayfail_preload.so")).unwrap();
+    }
+    // Each way to name the library, with the line that must name it.
+    let named = |place: &Path| {
+        let mut command = runner(&dir);
+        command.env("MAYFAIL_PRELOAD_LIB", place.join("libmayfail_preload.so"));
+        command
+    };
+    let cache = |variable: &str, place: &Path| {
+        let mut command = installed_runner(&dir);
+        command.env_remove("XDG_CACHE_HOME").env(variable, place);
+        command
+    };
+    let ways: [(&dyn Fn() -> Command, &str); 4] = [
+        (&|| named(&spaced), "(named by MAYFAIL_PRELOAD_LIB)"),
+        (&|| named(&colon), "(named by MAYFAIL_PRELOAD_LIB)"),
+        (
+            &|| cache("XDG_CACHE_HOME", &spaced),
+            "(the cache directory named by XDG_CACHE_HOME)",
+        ),
+        (
+            &|| cache("HOME", &spaced),
+            "(the cache directory named by HOME)",
+        ),
+    ];
+    for (command, origin) in ways {
+        for args in [
+            &["run", "--inject", EVERY_FAILURE, "--", "./program"][..],
+            &["run", "--preload", "--", "./program"],
+            &["sites", "--state", "walk.state", "--", "./program"],
+            &["sites", "--state", "walk.state", "--", "cargo", "--version"],
+        ] {
+            let output = bounded(command().args(args), 60);
+            let text = support::output_text(&output);
+            assert_eq!(output.status.code(), Some(2), "{origin} {args:?}: {text}");
+            assert_eq!(text.lines().count(), 1, "{origin} {args:?}: {text}");
+            assert!(
+                text.starts_with("mayfail: the preload library's path ")
+                    && text.contains(origin)
+                    && text.contains("holds a space or a colon"),
+                "{origin} {args:?}: {text}"
+            );
+            // Nothing ran, nothing was written.
+            let state = std::fs::read(dir.join("walk.state")).unwrap_or_default();
+            assert!(state.is_empty(), "{origin} {args:?}: it ran");
+            assert!(!dir.join("walk.log").exists(), "{origin} {args:?}: it ran");
+        }
+    }
+}

@@ -97,7 +97,6 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
         )));
     }
     let paths = args.files.paths()?;
-    let preload = args.preload.environment(&argv)?;
     let timeout = Duration::from_secs(args.timeout);
     let Some(state_text) = paths.state.to_str() else {
         return Err(Failure::bad_input(format!(
@@ -139,6 +138,9 @@ pub(crate) fn execute(args: SitesArgs, separator_given: bool) -> Result<i32, Fai
             u64::MAX
         )));
     };
+    // After the refusals above (finding the library may build it), before
+    // anything is written.
+    let preload = args.preload.environment(&argv)?;
     if state.len == 0 {
         state::append(&state_file, state::HEADER)
             .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
