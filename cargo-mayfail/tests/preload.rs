@@ -988,3 +988,131 @@ fn a_library_path_with_a_space_or_a_colon_is_refused_in_one_line_naming_its_vari
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// A project's own target runner.
+
+/// The host's triple, as `rustc -vV` names it.
+fn host_triple() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc).arg("-vV").output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_target_runner_of_the_project_is_refused_in_one_line_naming_where_it_is_set() {
+    require_library();
+    let host = host_triple();
+    let variable = format!(
+        "CARGO_TARGET_{}_RUNNER",
+        host.to_uppercase().replace(['-', '.'], "_")
+    );
+    let root = scratch("project-runner");
+    let deep = root.join("crate/src");
+    std::fs::create_dir_all(&deep).unwrap();
+    let home = root.join("cargo-home");
+    std::fs::create_dir_all(&home).unwrap();
+    // A package of its own, should a command run after all.
+    std::fs::write(
+        root.join("crate/Cargo.toml"),
+        "[package]\nname = \"runner-project\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(deep.join("lib.rs"), "").unwrap();
+    // (file, its text, the words the refusal must hold)
+    let host_runner = format!("[target.{host}]\nrunner = \"my-runner --flag\"\n");
+    let cases: Vec<(PathBuf, String, String)> = vec![
+        (
+            root.join(".cargo/config.toml"),
+            host_runner.clone(),
+            format!("sets target.{host}.runner"),
+        ),
+        (
+            root.join("crate/.cargo/config"),
+            "[target.'cfg(unix)']\nrunner = [\"wrapper\"]\n".to_owned(),
+            "sets target.'cfg(unix)'.runner, which may apply".to_owned(),
+        ),
+        (
+            home.join("config.toml"),
+            host_runner,
+            "cargo-home/config.toml sets".to_owned(),
+        ),
+        (
+            root.join(".cargo/config.toml"),
+            "[build]\ntarget = \"aarch64-unknown-linux-gnu\"\n\
+             [target.aarch64-unknown-linux-gnu]\nrunner = \"qemu-aarch64\"\n"
+                .to_owned(),
+            "sets target.aarch64-unknown-linux-gnu.runner".to_owned(),
+        ),
+    ];
+    let commands: [&[&str]; 3] = [
+        &["run", "--", "cargo", "test"],
+        &["sites", "--state", "walk.state", "--", "cargo", "test"],
+        &["test"],
+    ];
+    let refused = |command: &mut Command, says: &str, file: &Path| {
+        let output = bounded(command, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{says}: {text}");
+        assert_eq!(text.lines().count(), 1, "{says}: {text}");
+        assert!(text.contains(says), "{says}: {text}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains("would silently replace"), "{text}");
+        let state = std::fs::read(deep.join("walk.state")).unwrap_or_default();
+        assert!(state.is_empty(), "it ran: {text}");
+    };
+    let cargo_mayfail = |args: &[&str]| {
+        let mut command = Command::new(if args[0] == "test" {
+            CARGO_RUNNER
+        } else {
+            RUNNER
+        });
+        command
+            .current_dir(&deep)
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env("CARGO_HOME", &home)
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove(&variable)
+            .args(args);
+        command
+    };
+    for (file, text, says) in &cases {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+        for args in commands {
+            refused(&mut cargo_mayfail(args), says, file);
+        }
+        std::fs::remove_file(file).unwrap();
+    }
+
+    // The variable set already, and a runner given with --config.
+    for args in commands {
+        let mut command = cargo_mayfail(args);
+        command.env(&variable, "my-runner");
+        let output = bounded(&mut command, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(&format!("{variable} is already set")),
+            "{text}"
+        );
+    }
+    let option = format!("--config=target.{host}.runner=\"x\"");
+    let mut command = cargo_mayfail(&["run", "--", "cargo", "test", &option]);
+    refused(&mut command, "sets target.", Path::new("--config target."));
+
+    // A runner for another target only, or no runner: cargo runs.
+    std::fs::write(
+        root.join(".cargo/config.toml"),
+        "[target.aarch64-unknown-linux-gnu]\nrunner = \"qemu-aarch64\"\n",
+    )
+    .unwrap();
+    let output = bounded(&mut cargo_mayfail(&["run", "--", "cargo", "--version"]), 60);
+    let text = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("cargo "), "{text}");
+}

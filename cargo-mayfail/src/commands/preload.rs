@@ -21,6 +21,7 @@ use crate::failure::Failure;
 use crate::library_cache;
 use elf::{Elf, Unread};
 
+mod cargo_config;
 mod elf;
 use crate::process::shell_quote;
 
@@ -261,21 +262,56 @@ fn ld_preload(library: &Path) -> OsString {
 }
 
 /// `CARGO_TARGET_<TRIPLE>_RUNNER` and this program's `preload-run` as its
-/// value, for the target `argv` builds for (`--target`, else the host).
+/// value, for the target `argv` builds for (`--target`, else
+/// `CARGO_BUILD_TARGET`, else cargo's `build.target`, else the host). A
+/// runner the project already has for it (that variable, or one in cargo's
+/// configuration) would be replaced without a word: refused instead.
 fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
+    // One line, without the usage: the command line is not at fault.
+    let refuse = |what: String| Failure::PreloadLibrary {
+        message: format!(
+            "{what}: the preload library needs cargo's target runner for \
+             `cargo-mayfail preload-run`, and would silently replace that one; remove it for \
+             this command, or give --no-preload to `run` or `sites` (only test binaries that \
+             declare mayfail::MayFail are reached then)"
+        ),
+        code: crate::exit_codes::BAD_INPUT,
+    };
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::io("find the current directory", Path::new("."), e))?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let options: Vec<String> = config_arguments(argv).collect();
+    let config = cargo_config::Config::read(&cwd, cargo_home.as_deref(), &options)?;
     let triple = match target_argument(argv) {
         Some(triple) => triple,
-        None => host_triple()?,
+        None => match (std::env::var("CARGO_BUILD_TARGET"), &config.build_target) {
+            (Ok(triple), _) => triple,
+            (Err(_), Some((Some(triple), _))) => triple.clone(),
+            (Err(_), Some((None, file))) => {
+                return Err(refuse(format!(
+                    "{} sets build.target to several targets",
+                    file.display()
+                )));
+            }
+            (Err(_), None) => host_triple()?,
+        },
     };
     let variable = format!(
         "CARGO_TARGET_{}_RUNNER",
         triple.to_uppercase().replace(['-', '.'], "_")
     );
     if std::env::var_os(&variable).is_some() {
-        return Err(Failure::bad_input(format!(
-            "{variable} is already set: the preload library needs cargo's target runner; \
-             unset it, or give --no-preload"
-        )));
+        return Err(refuse(format!("{variable} is already set")));
+    }
+    if let Some((key, file)) = config.runner_for(&triple) {
+        let key = if key == &triple {
+            format!("target.{key}.runner")
+        } else {
+            format!("target.'{key}'.runner, which may apply to {triple},")
+        };
+        return Err(refuse(format!("{} sets {key}", file.display())));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::io("find this program", Path::new("/proc/self/exe"), e))?;
@@ -287,6 +323,25 @@ fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
         )));
     };
     Ok((variable, format!("{exe} preload-run")))
+}
+
+/// The values of `--config` in a cargo command line (before any `--`).
+fn config_arguments(argv: &[OsString]) -> impl Iterator<Item = String> + '_ {
+    let mut args = argv.iter().map(|a| a.to_string_lossy());
+    std::iter::from_fn(move || {
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                return None;
+            }
+            if arg == "--config" {
+                return Some(args.next().map(|v| v.into_owned()).unwrap_or_default());
+            }
+            if let Some(value) = arg.strip_prefix("--config=") {
+                return Some(value.to_owned());
+            }
+        }
+        None
+    })
 }
 
 /// The triple after `--target` in a cargo command line, if any.
