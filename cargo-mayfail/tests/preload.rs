@@ -1116,3 +1116,196 @@ fn a_target_runner_of_the_project_is_refused_in_one_line_naming_where_it_is_set(
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.starts_with("cargo "), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Replay lines of walks under the library.
+
+/// Runs a printed line with `bash -c` in `dir`, as a person would paste it:
+/// the runner's directory in `PATH` (as an installed runner is), the
+/// library named, no variable of ours set.
+fn paste(dir: &Path, line: &str, secs: u64) -> Output {
+    let runner_dir = Path::new(RUNNER).parent().unwrap().to_owned();
+    let path = std::env::join_paths(std::iter::once(runner_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    bounded(
+        Command::new("bash")
+            .args(["-c", line])
+            .current_dir(dir)
+            .env("PATH", path)
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD"),
+        secs,
+    )
+}
+
+/// The replay line of the site whose first frame starts with `function`
+/// in a walk's JSON report.
+fn replay_of(json: &Path, function: &str) -> String {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|site| {
+            site["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|f| f.starts_with(function))
+        })
+        .and_then(|site| site["replay"].as_str())
+        .unwrap_or_else(|| panic!("no site {function} in {report}"))
+        .to_owned()
+}
+
+/// What failed (`alloc of N bytes (align A)`) in each crash report of
+/// `text`, with the report's replay line.
+fn crash_replays(text: &str) -> Vec<(String, String)> {
+    let mut what = String::new();
+    let mut found = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("mayfail:   failed on purpose: ") {
+            what = rest.split(" on thread").next().unwrap().to_owned();
+        }
+        if let Some(replay) = line.strip_prefix("mayfail:   replay: ") {
+            found.push((what.clone(), replay.to_owned()));
+        }
+    }
+    found
+}
+
+/// Pastes each crash report's replay line: the same allocation fails
+/// again, and the process dies of `signal` again.
+fn assert_crash_replays(dir: &Path, reports: &[(String, String)], signal: i32) {
+    assert!(!reports.is_empty());
+    for (what, line) in reports {
+        assert!(line.starts_with("mayfail run --inject 'stack="), "{line}");
+        let output = paste(dir, line, 120);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(128 + signal), "{line}: {text}");
+        let again = crash_replays(&text);
+        assert_eq!(again.len(), 1, "{line}: {text}");
+        assert_eq!(&again[0].0, what, "{line}: {text}");
+        assert_eq!(&again[0].1, line, "{text}");
+    }
+}
+
+#[test]
+fn replay_lines_of_a_walk_under_the_library_fail_the_same_site_the_same_way() {
+    require_library();
+    // A C program with an argument that needs quoting: the crashed site
+    // crashes again, the handled one is handled again.
+    let dir = scratch("replay-c");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let walk = bounded(
+        runner(&dir).args(["sites", "--state", "walk.state", "--", "./program", "it's"]),
+        120,
+    );
+    assert_c_program_walked(&dir, "walk.state", &walk);
+    let crashed = replay_of(&dir.join("walk.json"), "unchecked");
+    let handled = replay_of(&dir.join("walk.json"), "checked");
+    let table = String::from_utf8_lossy(&walk.stdout).into_owned();
+    assert!(table.contains(&format!("replay: {crashed}")), "{table}");
+    for (line, code) in [(&crashed, 128 + libc::SIGSEGV), (&handled, 0)] {
+        assert!(line.contains(" run --inject stack="), "{line}");
+        assert!(line.ends_with(" -- ./program 'it'\\''s'"), "{line}");
+        let output = paste(&dir, line, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(code), "{line}: {text}");
+    }
+    // The crash reports' own lines, in the walk's output and in the
+    // replay's: through the runner, the same allocation, the same crash.
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    let logged = crash_replays(&log);
+    assert_eq!(logged.len(), 1, "{log}");
+    assert!(logged[0].0.starts_with("alloc of 200 bytes"), "{logged:?}");
+    assert_crash_replays(&dir, &logged, libc::SIGSEGV);
+    let replayed = support::output_text(&paste(&dir, &crashed, 60));
+    assert_eq!(crash_replays(&replayed), logged, "{replayed}");
+
+    // A Rust program whose push aborts: SIGABRT again.
+    let dir = scratch("replay-rust");
+    compile_rust(&dir, RUST_PROGRAM);
+    let walk = bounded(
+        runner(&dir).args(["sites", "--state", "walk.state", "--", "./program"]),
+        120,
+    );
+    let text = support::output_text(&walk);
+    assert_eq!(walk.status.code(), Some(1), "{text}");
+    let aborted = replay_of(&dir.join("walk.json"), "program::infallible");
+    let output = paste(&dir, &aborted, 60);
+    let text = support::output_text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(128 + libc::SIGABRT),
+        "{aborted}: {text}"
+    );
+    assert!(text.contains("memory allocation of"), "{aborted}: {text}");
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    assert_crash_replays(&dir, &crash_replays(&log), libc::SIGABRT);
+}
+
+#[test]
+fn replay_lines_of_a_cargo_walk_under_the_library_abort_the_same_test_binary_again() {
+    require_library();
+    let dir = scratch("replay-crate");
+    let target = dir.join("target");
+    let walk = bounded(
+        Command::new(RUNNER)
+            .current_dir(fixture_dir())
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD")
+            .env_remove("RUSTFLAGS")
+            .args(["sites", "--state"])
+            .arg(dir.join("walk.state"))
+            .args(["--", "cargo", "test", "--offline"]),
+        600,
+    );
+    let text = support::output_text(&walk);
+    assert_eq!(walk.status.code(), Some(1), "{text}");
+    let line = replay_of(&dir.join("walk.json"), "preload_fixture::infallible_list");
+    assert!(line.contains(" test --inject stack="), "{line}");
+    assert!(line.ends_with(" -- --offline"), "{line}");
+    // The replay: cargo runs the test binaries, the one that reached the
+    // site aborts again, and cargo says so.
+    let mut pasted = Command::new("bash");
+    let replay = |line: &str, pasted: &mut Command| {
+        let runner_dir = Path::new(RUNNER).parent().unwrap().to_owned();
+        let path = std::env::join_paths(std::iter::once(runner_dir).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
+        .unwrap();
+        bounded(
+            pasted
+                .args(["-c", line])
+                .current_dir(fixture_dir())
+                .env("PATH", path)
+                .env("CARGO_TARGET_DIR", &target)
+                .env("MAYFAIL_PRELOAD_LIB", library())
+                .env_remove("MAYFAIL_INJECT")
+                .env_remove("LD_PRELOAD")
+                .env_remove("RUSTFLAGS"),
+            600,
+        )
+    };
+    let output = replay(&line, &mut pasted);
+    let text = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(101), "{line}: {text}");
+    assert!(text.contains("SIGABRT"), "{line}: {text}");
+    assert!(
+        text.contains("preload_fixture::infallible_list"),
+        "{line}: {text}"
+    );
+    // The crash reports' lines name the test binary, through the runner.
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    let logged = crash_replays(&log);
+    assert!(
+        !logged.is_empty() && logged.iter().all(|(_, l)| l.contains("/deps/")),
+        "{logged:?}"
+    );
+    assert_crash_replays(&dir, &logged, libc::SIGABRT);
+}

@@ -238,7 +238,7 @@ pub(crate) fn environment(argv: &[OsString]) -> Result<(String, OsString), Failu
 /// The file a command's program names, as `execvp` finds it: a name with a
 /// slash as it is, any other the first executable file of that name in
 /// `PATH`.
-fn program_path(program: &OsStr) -> Option<PathBuf> {
+pub(crate) fn program_path(program: &OsStr) -> Option<PathBuf> {
     if program.as_encoded_bytes().contains(&b'/') {
         return Some(PathBuf::from(program));
     }

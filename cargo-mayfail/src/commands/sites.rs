@@ -32,7 +32,7 @@ const MAX_STATE_PATH: usize = 512;
                   run confirms a run that met new runtime stacks), or after --max-runs. Sites \
                   whose innermost frame outside std/alloc/core is in the Rust runtime, the test \
                   harness or libc are not counted (--all-stacks: counted). Replay a site with \
-                  MAYFAIL_INJECT='stack=ID' CMD (the report prints it).\n\n\
+                  mayfail run --inject stack=ID -- CMD (the report prints it).\n\n\
                   Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
                   aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
                   status not 0: a test failed), unknown (no fate recorded), handled (exit 0). \
