@@ -798,6 +798,19 @@ fn programs_that_do_not_declare_mayfail_run_under_the_library_without_being_aske
         .find(|s| s.2.starts_with("unchecked"))
         .unwrap_or_else(|| panic!("{sites:?}\n{text}"));
     assert_eq!(unchecked.1, "crashed", "{sites:?}");
+    // A script run as a program: no ELF file, the library all the same.
+    std::fs::write(dir.join("script"), "#!/bin/sh\nexec ./program\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("script"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let run = bounded(
+        runner(&dir).args(["run", "--inject", EVERY_FAILURE, "--", "./script"]),
+        60,
+    );
+    let text = support::output_text(&run);
+    assert_eq!(run.status.code(), Some(128 + libc::SIGSEGV), "{text}");
 
     // What each program sees: the library unless it declares MayFail, and
     // with --preload even then; never with --no-preload.
@@ -964,6 +977,25 @@ fn a_library_path_with_a_space_or_a_colon_is_refused_in_one_line_naming_its_vari
             "(the cache directory named by HOME)",
         ),
     ];
+    // The library next to a runner in such a directory.
+    let beside = spaced.join("mayfail");
+    std::fs::copy(RUNNER, &beside).unwrap();
+    let beside_runner = || {
+        let mut command = Command::new(&beside);
+        command
+            .current_dir(&dir)
+            .env_remove("MAYFAIL_PRELOAD_LIB")
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD");
+        command
+    };
+    let ways: Vec<(&dyn Fn() -> Command, &str)> = ways
+        .into_iter()
+        .chain([(
+            &beside_runner as &dyn Fn() -> Command,
+            "(next to this program)",
+        )])
+        .collect();
     for (command, origin) in ways {
         for args in [
             &["run", "--inject", EVERY_FAILURE, "--", "./program"][..],
