@@ -1,7 +1,10 @@
-//! The preload library in the runner: finding `libmayfail_preload.so`,
-//! putting only a cargo command's test binaries under it (cargo's
+//! The preload library in the runner: finding `libmayfail_preload.so` (at
+//! a path the loader can take), which commands go under it (by default
+//! every one but a program that declares `MayFail`, whose ELF file `elf`
+//! reads), putting only a cargo command's test binaries under it (cargo's
 //! `CARGO_TARGET_<TRIPLE>_RUNNER`, set to this program's hidden
-//! `preload-run` mode), and the limits checked before a binary runs.
+//! `preload-run` mode, unless the project has a runner of its own:
+//! `cargo_config`), and the limits checked before a binary runs.
 //!
 //! `preload-run BINARY ARGS...` checks the binary, then replaces itself with
 //! it, `LD_PRELOAD` naming the library: cargo sees the binary's own exit
@@ -19,11 +22,11 @@ use clap::Args;
 
 use crate::failure::Failure;
 use crate::library_cache;
+use crate::process::shell_quote;
 use elf::{Elf, Unread};
 
 mod cargo_config;
 mod elf;
-use crate::process::shell_quote;
 
 /// The library's file name.
 pub(crate) const LIBRARY: &str = "libmayfail_preload.so";
