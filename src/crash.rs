@@ -368,15 +368,26 @@ fn print_report(sig: libc::c_int, fault_address: usize, taken: &record::Taken) {
     unsafe { libc::alarm(0) };
 }
 
+/// Prints the command that fails the same allocation again. Under the
+/// preload library the command goes through the runner, `mayfail run
+/// --inject 'SPEC' -- CMD`, which puts it under the library again (a
+/// plain `MAYFAIL_INJECT=... CMD` would run it without); a program with
+/// mayfail of its own replays with `MAYFAIL_INJECT='SPEC' CMD`.
 fn print_replay(r: &record::Record) {
     let mut line = StackBuf::<4096>::new();
     let _ = write!(line, "mayfail:   replay: ");
+    // Around the spec, which is written inside single quotes.
+    let (before, after) = if under_preload_library() {
+        ("mayfail run --inject '", "' -- ")
+    } else {
+        ("MAYFAIL_INJECT='", "' ")
+    };
     // [sites] A failure of `sites=` or `stack=` mode replays by its stack id.
     if r.cause == Cause::Attributes
         && r.from_env
         && let Some(id) = REPLAY_STACK.get().and_then(|stack| stack())
     {
-        let _ = write!(line, "MAYFAIL_INJECT='stack={id:016x}' ");
+        let _ = write!(line, "{before}stack={id:016x}{after}");
         write_command_line(&mut line);
         sys::write_stderr(line.finish_line());
         return;
@@ -391,7 +402,7 @@ fn print_replay(r: &record::Record) {
         };
         let _ = write!(
             line,
-            "MAYFAIL_INJECT='nth={},thread={}{transient}' ",
+            "{before}nth={},thread={}{transient}{after}",
             r.number,
             Replayable(name)
         );
@@ -419,6 +430,17 @@ fn print_replay(r: &record::Record) {
         );
         sys::write_stderr(line.finish_line());
     }
+}
+
+/// Whether this process runs under the preload library: an entry of
+/// `LD_PRELOAD` (split where the loader splits it) names
+/// `libmayfail_preload.so`. Reads the environment without allocating.
+fn under_preload_library() -> bool {
+    sys::getenv(c"LD_PRELOAD").is_some_and(|value| {
+        value
+            .split(|&b| b == b' ' || b == b':')
+            .any(|entry| entry.rsplit(|&b| b == b'/').next() == Some(b"libmayfail_preload.so"))
+    })
 }
 
 /// The command line of this process, shell-quoted, read from

@@ -27,7 +27,7 @@ JSON report (schema_version 1), one object:
   counts          {crashed, aborted, hung, failed, unknown, handled}: sites
                   per outcome
   sites           one object per site, worst outcome first:
-    stack         the stack id, 16 hex digits (replay: MAYFAIL_INJECT=stack=ID)
+    stack         the stack id, 16 hex digits (replay: --inject stack=ID)
     outcome       crashed, aborted, hung, failed, unknown or handled
     detail        how the process ended: `SIGABRT`, `exit 101`...
     seen          processes that failed this site (more with --jobs)

@@ -19,9 +19,9 @@
 //! - `mayfail report [--state FILE]` prints the report of a state file again.
 //!
 //! A program that declares `mayfail::MayFail` as its global allocator is
-//! served by it; any other dynamically linked glibc program by the preload
-//! library (`mayfail-preload`), through cargo's target runner for cargo
-//! commands.
+//! served by it; any other dynamically linked glibc program (a script and
+//! what it runs too) by the preload library (`mayfail-preload`), by
+//! default, through cargo's target runner for cargo commands.
 //!
 //! ## Decisions of `sites`
 //!
@@ -113,8 +113,9 @@ pub enum Invocation {
     long_about = "Runs a program or a test suite under injected allocation failures and walks \
                   every allocation site of it. A program that declares mayfail::MayFail as its \
                   global allocator is reached as it is; any other dynamically linked glibc \
-                  program through the preload library (libmayfail_preload.so): cargo commands' \
-                  test binaries by default, other commands with --preload.",
+                  program through the preload library (libmayfail_preload.so), by default: \
+                  cargo commands' test binaries, scripts, any other program (--no-preload: \
+                  never).",
     after_help = exit_codes::HELP,
     subcommand_required = true,
     propagate_version = true

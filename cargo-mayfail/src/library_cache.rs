@@ -161,6 +161,8 @@ struct Build {
     manifest: String,
     /// `<cache>/mayfail/<version>-<hash>`.
     dir: PathBuf,
+    /// The variable that named the cache: `XDG_CACHE_HOME` or `HOME`.
+    variable: &'static str,
 }
 
 impl Build {
@@ -177,10 +179,15 @@ impl Build {
         if let Some(root) = &checkout {
             hash_checkout(&mut hash, root);
         }
-        let dir = cache_root()?
+        let (root, variable) = cache_root()?;
+        let dir = root
             .join("mayfail")
             .join(format!("{VERSION}-{:016x}", hash.0));
-        Ok(Build { manifest, dir })
+        Ok(Build {
+            manifest,
+            dir,
+            variable,
+        })
     }
 
     fn library(&self) -> PathBuf {
@@ -189,18 +196,18 @@ impl Build {
 }
 
 /// `$XDG_CACHE_HOME` (an absolute path; the XDG spec ignores others), else
-/// `$HOME/.cache`.
-fn cache_root() -> Result<PathBuf, Failure> {
+/// `$HOME/.cache`; with the variable's name.
+fn cache_root() -> Result<(PathBuf, &'static str), Failure> {
     let absolute = |name| {
         std::env::var_os(name)
             .map(PathBuf::from)
             .filter(|path| path.is_absolute())
     };
     if let Some(dir) = absolute("XDG_CACHE_HOME") {
-        return Ok(dir);
+        return Ok((dir, "XDG_CACHE_HOME"));
     }
     absolute("HOME")
-        .map(|home| home.join(".cache"))
+        .map(|home| (home.join(".cache"), "HOME"))
         .ok_or_else(|| {
             failure(
                 exit_codes::BAD_INPUT,
@@ -230,10 +237,18 @@ fn io_failure(action: &str, path: &Path, error: std::io::Error) -> Failure {
     )
 }
 
-/// The library in the cache, if it has been built (never builds it).
-pub(crate) fn cached() -> Option<PathBuf> {
-    let library = Build::new().ok()?.library();
-    library.is_file().then_some(library)
+/// The library in the cache, if it has been built (never builds it), and
+/// the variable that named the cache.
+pub(crate) fn cached() -> Option<(PathBuf, &'static str)> {
+    let build = Build::new().ok()?;
+    let library = build.library();
+    library.is_file().then_some((library, build.variable))
+}
+
+/// The directory the library is built in, and the variable that named it:
+/// checked before anything is built there.
+pub(crate) fn directory() -> Result<(PathBuf, &'static str), Failure> {
+    Build::new().map(|build| (build.dir, build.variable))
 }
 
 /// The library in the cache, built first if it is not there yet.

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use mayfail::state::{quote_command, quote_word};
 use serde::Serialize;
@@ -243,27 +244,74 @@ pub fn why_stopped(state: &State) -> String {
     }
 }
 
-/// The shell command that fails stack `id` again: `MAYFAIL_INJECT=stack=ID
-/// CMD ARGS...`, every word quoted by the library's shell quoter.
-pub fn replay_line(id: u64, argv: &[OsString]) -> String {
-    let value = format!("stack={}", StackId(id));
-    let mut line = format!("MAYFAIL_INJECT={}", quote_word(value.as_ref()));
-    if let Some((program, args)) = argv.split_first() {
-        let program = quote_word(program);
-        line.push(' ');
-        if program.contains('=') && !program.starts_with(['\'', '$']) {
-            // A bare `A=b` after an assignment would be one more assignment:
-            // quoted, it is the command. Bare words hold no quote.
-            let _ = write!(line, "'{program}'");
-        } else {
-            line.push_str(&program);
-        }
-        if !args.is_empty() {
-            line.push(' ');
-            line.push_str(&quote_command(args));
-        }
+/// How a printed command names this runner: by its name where `PATH`
+/// finds this very program under it, else by its path.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    /// `mayfail`, or the quoted path of this program.
+    pub plain: String,
+    /// `cargo mayfail` when cargo finds this program's `cargo-mayfail` in
+    /// `PATH`, else `plain`.
+    pub cargo: String,
+}
+
+impl Runner {
+    /// This program's names, looked up once.
+    pub fn this() -> &'static Runner {
+        static RUNNER: OnceLock<Runner> = OnceLock::new();
+        RUNNER.get_or_init(|| {
+            let exe = std::env::current_exe().ok();
+            let dir = exe.as_deref().and_then(Path::parent);
+            let same = |name: &str, file: &Path| {
+                crate::commands::preload::program_path(name.as_ref())
+                    .and_then(|found| found.canonicalize().ok())
+                    .zip(file.canonicalize().ok())
+                    .is_some_and(|(found, file)| found == file)
+            };
+            let mayfail = dir.map(|dir| dir.join("mayfail")).filter(|f| f.is_file());
+            let plain = match mayfail.as_deref().or(exe.as_deref()) {
+                Some(file) if same("mayfail", file) => "mayfail".to_owned(),
+                Some(file) => quote_word(file.as_os_str()),
+                None => "mayfail".to_owned(),
+            };
+            let cargo_mayfail = dir.map(|dir| dir.join("cargo-mayfail"));
+            let cargo = match cargo_mayfail {
+                Some(file) if same("cargo-mayfail", &file) => "cargo mayfail".to_owned(),
+                _ => plain.clone(),
+            };
+            Runner { plain, cargo }
+        })
     }
-    line
+}
+
+/// The shell command that fails stack `id` again, through the runner so
+/// that the command runs as in the walk (a program that does not declare
+/// `MayFail` under the preload library, a cargo command's test binaries
+/// through the target runner): `cargo mayfail test --inject stack=ID --
+/// ARGS` for a walk of `cargo test ARGS`, else `mayfail run --inject
+/// stack=ID -- CMD ARGS`; every word quoted by the library's shell quoter.
+pub fn replay_line(id: u64, argv: &[OsString], runner: &Runner) -> String {
+    let spec = format!("stack={}", StackId(id));
+    let spec = quote_word(spec.as_ref());
+    let cargo_test = argv.len() >= 2
+        && Path::new(&argv[0])
+            .file_name()
+            .is_some_and(|name| name == "cargo")
+        && argv[1] == "test";
+    if cargo_test {
+        let mut line = format!("{} test --inject {spec} --", runner.cargo);
+        if argv.len() > 2 {
+            line.push(' ');
+            line.push_str(&quote_command(&argv[2..]));
+        }
+        line
+    } else {
+        format!(
+            "{} run --inject {spec} -- {}",
+            runner.plain,
+            quote_command(argv)
+        )
+    }
 }
 
 /// A raw frame, `module+0xoffset`, as its module and offset (`?` is a
@@ -360,6 +408,7 @@ pub fn sites(state: &State) -> Vec<Site> {
                         .run(r.run)
                         .or(state.runs.last())
                         .map_or(&[][..], |run| &run.argv),
+                    Runner::this(),
                 ),
             }),
         }
@@ -645,15 +694,31 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_line_quotes_every_word_and_keeps_the_command_a_command() {
+    fn a_replay_line_runs_the_command_through_the_runner_every_word_quoted() {
+        let runner = Runner {
+            plain: "'/opt/my tools/mayfail'".to_owned(),
+            cargo: "cargo mayfail".to_owned(),
+        };
         let argv: Vec<OsString> = ["A=b", "x y", ""].iter().map(Into::into).collect();
         assert_eq!(
-            replay_line(0xab, &argv),
-            "MAYFAIL_INJECT=stack=00000000000000ab 'A=b' 'x y' ''"
+            replay_line(0xab, &argv, &runner),
+            "'/opt/my tools/mayfail' run --inject stack=00000000000000ab -- A=b 'x y' ''"
+        );
+        let argv: Vec<OsString> = ["cargo", "test", "--offline", "--", "--test-threads=1"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        assert_eq!(
+            replay_line(0xab, &argv, &runner),
+            "cargo mayfail test --inject stack=00000000000000ab -- --offline -- --test-threads=1"
         );
         assert_eq!(
-            replay_line(0xab, &["cargo".into()]),
-            "MAYFAIL_INJECT=stack=00000000000000ab cargo"
+            replay_line(0xab, &["/usr/bin/cargo".into(), "test".into()], &runner),
+            "cargo mayfail test --inject stack=00000000000000ab --"
+        );
+        assert_eq!(
+            replay_line(0xab, &["cargo".into(), "run".into()], &runner),
+            "'/opt/my tools/mayfail' run --inject stack=00000000000000ab -- cargo run"
         );
     }
 

@@ -739,3 +739,605 @@ fn a_setuid_program_is_out_of_reach_only_when_it_runs_as_another_user() {
          no failure is injected",
     );
 }
+
+// ---------------------------------------------------------------------------
+// The library by default: every program that does not declare `MayFail`.
+
+/// Prints `LD_PRELOAD` as the program sees it, or `(none)`.
+const PRINTS_PRELOAD: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    const char *preload = getenv("LD_PRELOAD");
+    printf("LD_PRELOAD=%s\n", preload ? preload : "(none)");
+    return 0;
+}
+"#;
+
+/// mayfail's ELF note, as a program that declares `MayFail` carries it.
+const MAYFAIL_NOTE: &str = r#"
+__asm__(".pushsection .note.mayfail,\"a\",@note\n.balign 4\n.long 8\n.long 4\n.long 1\n"
+        ".asciz \"mayfail\"\n.balign 4\n.long 1\n.popsection\n");
+"#;
+
+#[test]
+fn programs_that_do_not_declare_mayfail_run_under_the_library_without_being_asked() {
+    require_library();
+    // A C program: walked without --preload, its two sites found.
+    let dir = scratch("default-c");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let walk = bounded(
+        runner(&dir).args(["sites", "--state", "walk.state", "--", "./program"]),
+        120,
+    );
+    assert_c_program_walked(&dir, "walk.state", &walk);
+    let run = bounded(
+        runner(&dir).args(["run", "--inject", EVERY_FAILURE, "--", "./program"]),
+        60,
+    );
+    let text = support::output_text(&run);
+    assert_eq!(run.status.code(), Some(128 + libc::SIGSEGV), "{text}");
+
+    // A shell command: the shell is no MayFail program, nor is what it runs.
+    let walk = bounded(
+        runner(&dir).args([
+            "sites",
+            "--state",
+            "sh.state",
+            "--",
+            "sh",
+            "-c",
+            "./program",
+        ]),
+        120,
+    );
+    let text = support::output_text(&walk);
+    let sites = sites_in(&dir.join("sh.state"));
+    let unchecked = sites
+        .iter()
+        .find(|s| s.2.starts_with("unchecked"))
+        .unwrap_or_else(|| panic!("{sites:?}\n{text}"));
+    assert_eq!(unchecked.1, "crashed", "{sites:?}");
+    // A script run as a program: no ELF file, the library all the same.
+    std::fs::write(dir.join("script"), "#!/bin/sh\nexec ./program\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("script"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let run = bounded(
+        runner(&dir).args(["run", "--inject", EVERY_FAILURE, "--", "./script"]),
+        60,
+    );
+    let text = support::output_text(&run);
+    assert_eq!(run.status.code(), Some(128 + libc::SIGSEGV), "{text}");
+
+    // What each program sees: the library unless it declares MayFail, and
+    // with --preload even then; never with --no-preload.
+    let dir = scratch("default-choice");
+    compile_c(&dir, PRINTS_PRELOAD, &[]);
+    let noted = scratch("default-choice-noted");
+    compile_c(&noted, &format!("{MAYFAIL_NOTE}{PRINTS_PRELOAD}"), &[]);
+    let library = library().display().to_string();
+    for (dir, option, expected) in [
+        (&dir, None, library.as_str()),
+        (&dir, Some("--preload"), &library),
+        (&dir, Some("--no-preload"), "(none)"),
+        (&noted, None, "(none)"),
+        (&noted, Some("--preload"), &library),
+    ] {
+        let mut command = runner(dir);
+        command.arg("run").args(option).args(["--", "./program"]);
+        let output = bounded(&mut command, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(0), "{option:?}: {text}");
+        assert_eq!(
+            text.lines().find_map(|l| l.strip_prefix("LD_PRELOAD=")),
+            Some(expected),
+            "{} {option:?}: {text}",
+            dir.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ELF files the runner reads before it runs them.
+
+/// Sets the bytes at `at` in `path` to `value`.
+fn patch(path: &Path, at: usize, value: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at..at + value.len()].copy_from_slice(value);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn elf_files_with_odd_headers_are_run_or_refused_in_one_line_never_a_panic() {
+    use std::os::unix::fs::PermissionsExt;
+    require_library();
+    let dir = scratch("odd-elf");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let program = dir.join("program");
+    // Runs `name` (a copy of the program with `edit` made), with and
+    // without --preload: the status and the output.
+    let run = |name: &str, edit: &dyn Fn(&Path)| {
+        let copy = dir.join(name);
+        std::fs::copy(&program, &copy).unwrap();
+        edit(&copy);
+        ["--preload", "--no-preload"].map(|option| {
+            let output = bounded(
+                runner(&dir).args(["run", option, "--", &format!("./{name}")]),
+                60,
+            );
+            (output.status.code(), support::output_text(&output))
+        })
+    };
+
+    // An object file (no program headers, e_phentsize 0), and a program
+    // whose program header size is 0: the kernel refuses both.
+    let object = |path: &Path| {
+        let built = Command::new("cc")
+            .current_dir(&dir)
+            .args(["-c", "-o"])
+            .arg(path)
+            .arg("program.c")
+            .status()
+            .unwrap();
+        assert!(built.success());
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let no_program_header_size = |path: &Path| patch(path, 54, &[0, 0]);
+    for (name, edit) in [
+        ("object.o", &object as &dyn Fn(&Path)),
+        ("no-phentsize", &no_program_header_size),
+    ] {
+        for (code, text) in run(name, edit) {
+            assert_eq!(code, Some(126), "{name}: {text}");
+            assert_eq!(text.lines().count(), 1, "{name}: {text}");
+            assert!(
+                text.starts_with(&format!("mayfail: cannot execute ./{name}: ")),
+                "{name}: {text}"
+            );
+        }
+    }
+
+    // Section headers of size 0 or 1: the kernel runs the program, the
+    // runner reads no names from it.
+    for size in [0u8, 1] {
+        let name = format!("shentsize-{size}");
+        for (code, text) in run(&name, &|path| patch(path, 58, &[size, 0])) {
+            assert_eq!(code, Some(0), "{name}: {text}");
+            assert!(text.contains("checked"), "{name}: {text}");
+        }
+    }
+
+    // Another class or byte order: said in one line, not misread (a real
+    // one would not run here; what the kernel makes of these copies is
+    // its own business).
+    for (name, at, value, said) in [
+        (
+            "class32",
+            4,
+            1u8,
+            "mayfail: ./class32: a 32-bit ELF program: ",
+        ),
+        (
+            "big-endian",
+            5,
+            2,
+            "mayfail: ./big-endian: a big-endian ELF program: ",
+        ),
+    ] {
+        let [(code, text), (plain_code, _)] = run(name, &|path| patch(path, at, &[value]));
+        assert!(code.is_some_and(|c| c != 101), "{name}: {text}");
+        assert!(plain_code.is_some_and(|c| c != 101), "{name}");
+        assert_eq!(lines_with(&text, said), 1, "{name}: {text}");
+        assert_eq!(
+            lines_with(&text, "cannot be loaded into it, so no failure is injected"),
+            1,
+            "{name}: {text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A library path the loader cannot take.
+
+#[test]
+fn a_library_path_with_a_space_or_a_colon_is_refused_in_one_line_naming_its_variable() {
+    require_library();
+    let dir = scratch("spaced");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let spaced = dir.join("a dir");
+    std::fs::create_dir_all(&spaced).unwrap();
+    let colon = dir.join("a:dir");
+    std::fs::create_dir_all(&colon).unwrap();
+    for place in [&spaced, &colon] {
+        std::fs::copy(library(), place.join("libmayfail_preload.so")).unwrap();
+    }
+    // Each way to name the library, with the line that must name it.
+    let named = |place: &Path| {
+        let mut command = runner(&dir);
+        command.env("MAYFAIL_PRELOAD_LIB", place.join("libmayfail_preload.so"));
+        command
+    };
+    let cache = |variable: &str, place: &Path| {
+        let mut command = installed_runner(&dir);
+        command.env_remove("XDG_CACHE_HOME").env(variable, place);
+        command
+    };
+    let ways: [(&dyn Fn() -> Command, &str); 4] = [
+        (&|| named(&spaced), "(named by MAYFAIL_PRELOAD_LIB)"),
+        (&|| named(&colon), "(named by MAYFAIL_PRELOAD_LIB)"),
+        (
+            &|| cache("XDG_CACHE_HOME", &spaced),
+            "(the cache directory named by XDG_CACHE_HOME)",
+        ),
+        (
+            &|| cache("HOME", &spaced),
+            "(the cache directory named by HOME)",
+        ),
+    ];
+    // The library next to a runner in such a directory.
+    let beside = spaced.join("mayfail");
+    std::fs::copy(RUNNER, &beside).unwrap();
+    let beside_runner = || {
+        let mut command = Command::new(&beside);
+        command
+            .current_dir(&dir)
+            .env_remove("MAYFAIL_PRELOAD_LIB")
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD");
+        command
+    };
+    let ways: Vec<(&dyn Fn() -> Command, &str)> = ways
+        .into_iter()
+        .chain([(
+            &beside_runner as &dyn Fn() -> Command,
+            "(next to this program)",
+        )])
+        .collect();
+    for (command, origin) in ways {
+        for args in [
+            &["run", "--inject", EVERY_FAILURE, "--", "./program"][..],
+            &["run", "--preload", "--", "./program"],
+            &["sites", "--state", "walk.state", "--", "./program"],
+            &["sites", "--state", "walk.state", "--", "cargo", "--version"],
+        ] {
+            let output = bounded(command().args(args), 60);
+            let text = support::output_text(&output);
+            assert_eq!(output.status.code(), Some(2), "{origin} {args:?}: {text}");
+            assert_eq!(text.lines().count(), 1, "{origin} {args:?}: {text}");
+            assert!(
+                text.starts_with("mayfail: the preload library's path ")
+                    && text.contains(origin)
+                    && text.contains("holds a space or a colon"),
+                "{origin} {args:?}: {text}"
+            );
+            // Nothing ran, nothing was written.
+            let state = std::fs::read(dir.join("walk.state")).unwrap_or_default();
+            assert!(state.is_empty(), "{origin} {args:?}: it ran");
+            assert!(!dir.join("walk.log").exists(), "{origin} {args:?}: it ran");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A project's own target runner.
+
+/// The host's triple, as `rustc -vV` names it.
+fn host_triple() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc).arg("-vV").output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_target_runner_of_the_project_is_refused_in_one_line_naming_where_it_is_set() {
+    require_library();
+    let host = host_triple();
+    let variable = format!(
+        "CARGO_TARGET_{}_RUNNER",
+        host.to_uppercase().replace(['-', '.'], "_")
+    );
+    let root = scratch("project-runner");
+    let deep = root.join("crate/src");
+    std::fs::create_dir_all(&deep).unwrap();
+    let home = root.join("cargo-home");
+    std::fs::create_dir_all(&home).unwrap();
+    // A package of its own, should a command run after all.
+    std::fs::write(
+        root.join("crate/Cargo.toml"),
+        "[package]\nname = \"runner-project\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(deep.join("lib.rs"), "").unwrap();
+    // (file, its text, the words the refusal must hold)
+    let host_runner = format!("[target.{host}]\nrunner = \"my-runner --flag\"\n");
+    let cases: Vec<(PathBuf, String, String)> = vec![
+        (
+            root.join(".cargo/config.toml"),
+            host_runner.clone(),
+            format!("sets target.{host}.runner"),
+        ),
+        (
+            root.join("crate/.cargo/config"),
+            "[target.'cfg(unix)']\nrunner = [\"wrapper\"]\n".to_owned(),
+            "sets target.'cfg(unix)'.runner, which may apply".to_owned(),
+        ),
+        (
+            home.join("config.toml"),
+            host_runner,
+            "cargo-home/config.toml sets".to_owned(),
+        ),
+        (
+            root.join(".cargo/config.toml"),
+            "[build]\ntarget = \"aarch64-unknown-linux-gnu\"\n\
+             [target.aarch64-unknown-linux-gnu]\nrunner = \"qemu-aarch64\"\n"
+                .to_owned(),
+            "sets target.aarch64-unknown-linux-gnu.runner".to_owned(),
+        ),
+    ];
+    let commands: [&[&str]; 3] = [
+        &["run", "--", "cargo", "test"],
+        &["sites", "--state", "walk.state", "--", "cargo", "test"],
+        &["test"],
+    ];
+    let refused = |command: &mut Command, says: &str, file: &Path| {
+        let output = bounded(command, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{says}: {text}");
+        assert_eq!(text.lines().count(), 1, "{says}: {text}");
+        assert!(text.contains(says), "{says}: {text}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains("would silently replace"), "{text}");
+        let state = std::fs::read(deep.join("walk.state")).unwrap_or_default();
+        assert!(state.is_empty(), "it ran: {text}");
+    };
+    let cargo_mayfail = |args: &[&str]| {
+        let mut command = Command::new(if args[0] == "test" {
+            CARGO_RUNNER
+        } else {
+            RUNNER
+        });
+        command
+            .current_dir(&deep)
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env("CARGO_HOME", &home)
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove(&variable)
+            .args(args);
+        command
+    };
+    for (file, text, says) in &cases {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+        for args in commands {
+            refused(&mut cargo_mayfail(args), says, file);
+        }
+        std::fs::remove_file(file).unwrap();
+    }
+
+    // The variable set already, and a runner given with --config.
+    for args in commands {
+        let mut command = cargo_mayfail(args);
+        command.env(&variable, "my-runner");
+        let output = bounded(&mut command, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(&format!("{variable} is already set")),
+            "{text}"
+        );
+    }
+    let option = format!("--config=target.{host}.runner=\"x\"");
+    let mut command = cargo_mayfail(&["run", "--", "cargo", "test", &option]);
+    refused(&mut command, "sets target.", Path::new("--config target."));
+
+    // A runner for another target only, or no runner: cargo runs.
+    std::fs::write(
+        root.join(".cargo/config.toml"),
+        "[target.aarch64-unknown-linux-gnu]\nrunner = \"qemu-aarch64\"\n",
+    )
+    .unwrap();
+    let output = bounded(&mut cargo_mayfail(&["run", "--", "cargo", "--version"]), 60);
+    let text = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("cargo "), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// Replay lines of walks under the library.
+
+/// Runs a printed line with `bash -c` in `dir`, as a person would paste it:
+/// the runner's directory in `PATH` (as an installed runner is), the
+/// library named, no variable of ours set.
+fn paste(dir: &Path, line: &str, secs: u64) -> Output {
+    let runner_dir = Path::new(RUNNER).parent().unwrap().to_owned();
+    let path = std::env::join_paths(std::iter::once(runner_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    bounded(
+        Command::new("bash")
+            .args(["-c", line])
+            .current_dir(dir)
+            .env("PATH", path)
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD"),
+        secs,
+    )
+}
+
+/// The replay line of the site whose first frame starts with `function`
+/// in a walk's JSON report.
+fn replay_of(json: &Path, function: &str) -> String {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|site| {
+            site["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|f| f.starts_with(function))
+        })
+        .and_then(|site| site["replay"].as_str())
+        .unwrap_or_else(|| panic!("no site {function} in {report}"))
+        .to_owned()
+}
+
+/// What failed (`alloc of N bytes (align A)`) in each crash report of
+/// `text`, with the report's replay line.
+fn crash_replays(text: &str) -> Vec<(String, String)> {
+    let mut what = String::new();
+    let mut found = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("mayfail:   failed on purpose: ") {
+            what = rest.split(" on thread").next().unwrap().to_owned();
+        }
+        if let Some(replay) = line.strip_prefix("mayfail:   replay: ") {
+            found.push((what.clone(), replay.to_owned()));
+        }
+    }
+    found
+}
+
+/// Pastes each crash report's replay line: the same allocation fails
+/// again, and the process dies of `signal` again.
+fn assert_crash_replays(dir: &Path, reports: &[(String, String)], signal: i32) {
+    assert!(!reports.is_empty());
+    for (what, line) in reports {
+        assert!(line.starts_with("mayfail run --inject 'stack="), "{line}");
+        let output = paste(dir, line, 120);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(128 + signal), "{line}: {text}");
+        let again = crash_replays(&text);
+        assert_eq!(again.len(), 1, "{line}: {text}");
+        assert_eq!(&again[0].0, what, "{line}: {text}");
+        assert_eq!(&again[0].1, line, "{text}");
+    }
+}
+
+#[test]
+fn replay_lines_of_a_walk_under_the_library_fail_the_same_site_the_same_way() {
+    require_library();
+    // A C program with an argument that needs quoting: the crashed site
+    // crashes again, the handled one is handled again.
+    let dir = scratch("replay-c");
+    compile_c(&dir, C_PROGRAM, &[]);
+    let walk = bounded(
+        runner(&dir).args(["sites", "--state", "walk.state", "--", "./program", "it's"]),
+        120,
+    );
+    assert_c_program_walked(&dir, "walk.state", &walk);
+    let crashed = replay_of(&dir.join("walk.json"), "unchecked");
+    let handled = replay_of(&dir.join("walk.json"), "checked");
+    let table = String::from_utf8_lossy(&walk.stdout).into_owned();
+    assert!(table.contains(&format!("replay: {crashed}")), "{table}");
+    for (line, code) in [(&crashed, 128 + libc::SIGSEGV), (&handled, 0)] {
+        assert!(line.contains(" run --inject stack="), "{line}");
+        assert!(line.ends_with(" -- ./program 'it'\\''s'"), "{line}");
+        let output = paste(&dir, line, 60);
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(code), "{line}: {text}");
+    }
+    // The crash reports' own lines, in the walk's output and in the
+    // replay's: through the runner, the same allocation, the same crash.
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    let logged = crash_replays(&log);
+    assert_eq!(logged.len(), 1, "{log}");
+    assert!(logged[0].0.starts_with("alloc of 200 bytes"), "{logged:?}");
+    assert_crash_replays(&dir, &logged, libc::SIGSEGV);
+    let replayed = support::output_text(&paste(&dir, &crashed, 60));
+    assert_eq!(crash_replays(&replayed), logged, "{replayed}");
+
+    // A Rust program whose push aborts: SIGABRT again.
+    let dir = scratch("replay-rust");
+    compile_rust(&dir, RUST_PROGRAM);
+    let walk = bounded(
+        runner(&dir).args(["sites", "--state", "walk.state", "--", "./program"]),
+        120,
+    );
+    let text = support::output_text(&walk);
+    assert_eq!(walk.status.code(), Some(1), "{text}");
+    let aborted = replay_of(&dir.join("walk.json"), "program::infallible");
+    let output = paste(&dir, &aborted, 60);
+    let text = support::output_text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(128 + libc::SIGABRT),
+        "{aborted}: {text}"
+    );
+    assert!(text.contains("memory allocation of"), "{aborted}: {text}");
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    assert_crash_replays(&dir, &crash_replays(&log), libc::SIGABRT);
+}
+
+#[test]
+fn replay_lines_of_a_cargo_walk_under_the_library_abort_the_same_test_binary_again() {
+    require_library();
+    let dir = scratch("replay-crate");
+    let target = dir.join("target");
+    let walk = bounded(
+        Command::new(RUNNER)
+            .current_dir(fixture_dir())
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD")
+            .env_remove("RUSTFLAGS")
+            .args(["sites", "--state"])
+            .arg(dir.join("walk.state"))
+            .args(["--", "cargo", "test", "--offline"]),
+        600,
+    );
+    let text = support::output_text(&walk);
+    assert_eq!(walk.status.code(), Some(1), "{text}");
+    let line = replay_of(&dir.join("walk.json"), "preload_fixture::infallible_list");
+    assert!(line.contains(" test --inject stack="), "{line}");
+    assert!(line.ends_with(" -- --offline"), "{line}");
+    // The replay: cargo runs the test binaries, the one that reached the
+    // site aborts again, and cargo says so.
+    let mut pasted = Command::new("bash");
+    let replay = |line: &str, pasted: &mut Command| {
+        let runner_dir = Path::new(RUNNER).parent().unwrap().to_owned();
+        let path = std::env::join_paths(std::iter::once(runner_dir).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
+        .unwrap();
+        bounded(
+            pasted
+                .args(["-c", line])
+                .current_dir(fixture_dir())
+                .env("PATH", path)
+                .env("CARGO_TARGET_DIR", &target)
+                .env("MAYFAIL_PRELOAD_LIB", library())
+                .env_remove("MAYFAIL_INJECT")
+                .env_remove("LD_PRELOAD")
+                .env_remove("RUSTFLAGS"),
+            600,
+        )
+    };
+    let output = replay(&line, &mut pasted);
+    let text = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(101), "{line}: {text}");
+    assert!(text.contains("SIGABRT"), "{line}: {text}");
+    assert!(
+        text.contains("preload_fixture::infallible_list"),
+        "{line}: {text}"
+    );
+    // The crash reports' lines name the test binary, through the runner.
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    let logged = crash_replays(&log);
+    assert!(
+        !logged.is_empty() && logged.iter().all(|(_, l)| l.contains("/deps/")),
+        "{logged:?}"
+    );
+    assert_crash_replays(&dir, &logged, libc::SIGABRT);
+}

@@ -939,7 +939,14 @@ fn progress_on_a_stderr_that_is_not_a_terminal_is_plain_lines() {
     let state = dir.join("sites.state");
     // `true` twice for the baseline, then run 1 finds nothing, and no
     // process reported to the walk.
-    let out = run(&["sites", "--state", state.to_str().unwrap(), "--", "true"]);
+    let out = run(&[
+        "sites",
+        "--no-preload",
+        "--state",
+        state.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
     assert_eq!(out.code, Some(6), "{}", out.stderr);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{}", out.stderr);

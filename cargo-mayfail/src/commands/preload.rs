@@ -1,7 +1,10 @@
-//! The preload library in the runner: finding `libmayfail_preload.so`,
-//! putting only a cargo command's test binaries under it (cargo's
+//! The preload library in the runner: finding `libmayfail_preload.so` (at
+//! a path the loader can take), which commands go under it (by default
+//! every one but a program that declares `MayFail`, whose ELF file `elf`
+//! reads), putting only a cargo command's test binaries under it (cargo's
 //! `CARGO_TARGET_<TRIPLE>_RUNNER`, set to this program's hidden
-//! `preload-run` mode), and the limits checked before a binary runs.
+//! `preload-run` mode, unless the project has a runner of its own:
+//! `cargo_config`), and the limits checked before a binary runs.
 //!
 //! `preload-run BINARY ARGS...` checks the binary, then replaces itself with
 //! it, `LD_PRELOAD` naming the library: cargo sees the binary's own exit
@@ -10,7 +13,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +23,10 @@ use clap::Args;
 use crate::failure::Failure;
 use crate::library_cache;
 use crate::process::shell_quote;
+use elf::{Elf, Unread};
+
+mod cargo_config;
+mod elf;
 
 /// The library's file name.
 pub(crate) const LIBRARY: &str = "libmayfail_preload.so";
@@ -39,12 +46,40 @@ pub(crate) struct PreloadRunArgs {
     command: Vec<OsString>,
 }
 
+/// Why no library can be used.
+enum NoLibrary {
+    /// None was found, and none could be built: a command that may not
+    /// need it goes on without it.
+    Missing(Failure),
+    /// One is named at a path the loader cannot take: always a refusal.
+    Unloadable(Failure),
+}
+
+impl From<NoLibrary> for Failure {
+    fn from(reason: NoLibrary) -> Failure {
+        match reason {
+            NoLibrary::Missing(failure) | NoLibrary::Unloadable(failure) => failure,
+        }
+    }
+}
+
 /// The preload library, built first if need be: [`library`], else the one
 /// [`library_cache::ensure`] builds in the per-user cache. Called once,
 /// before a command starts: the build never happens in a walk's run.
 pub(crate) fn library_or_build() -> Result<PathBuf, Failure> {
-    match library() {
-        Err(_) if std::env::var_os(LIBRARY_VARIABLE).is_none() => library_cache::ensure(),
+    find_or_build().map_err(Failure::from)
+}
+
+fn find_or_build() -> Result<PathBuf, NoLibrary> {
+    match find() {
+        Err(NoLibrary::Missing(_)) if std::env::var_os(LIBRARY_VARIABLE).is_none() => {
+            let (directory, variable) = library_cache::directory().map_err(NoLibrary::Missing)?;
+            loadable(
+                &directory,
+                &format!("the cache directory named by {variable}"),
+            )?;
+            library_cache::ensure().map_err(NoLibrary::Missing)
+        }
         found => found,
     }
 }
@@ -54,31 +89,66 @@ pub(crate) fn library_or_build() -> Result<PathBuf, Failure> {
 /// it), else the one built in the per-user cache for this program (see
 /// [`library_cache`]).
 pub(crate) fn library() -> Result<PathBuf, Failure> {
+    find().map_err(Failure::from)
+}
+
+fn find() -> Result<PathBuf, NoLibrary> {
     if let Some(path) = std::env::var_os(LIBRARY_VARIABLE) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            std::path::absolute(&path)
-                .map_err(|e| Failure::io("find the preload library", &path, e))
-        } else {
-            Err(Failure::bad_input(format!(
+        if !path.is_file() {
+            return Err(NoLibrary::Missing(Failure::bad_input(format!(
                 "{LIBRARY_VARIABLE}={}: no such file",
                 path.display()
-            )))
-        };
+            ))));
+        }
+        let path = std::path::absolute(&path)
+            .map_err(|e| NoLibrary::Missing(Failure::io("find the preload library", &path, e)))?;
+        return loadable(&path, &format!("named by {LIBRARY_VARIABLE}"));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::io("find this program", Path::new("/proc/self/exe"), e))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        NoLibrary::Missing(Failure::io(
+            "find this program",
+            Path::new("/proc/self/exe"),
+            e,
+        ))
+    })?;
     let path = exe.with_file_name(LIBRARY);
     if path.is_file() {
-        return Ok(path);
+        return loadable(&path, "next to this program");
     }
-    library_cache::cached().ok_or_else(|| {
-        Failure::bad_input(format!(
+    match library_cache::cached() {
+        Some((library, variable)) => {
+            loadable(&library, &format!("built in the cache named by {variable}"))
+        }
+        None => Err(NoLibrary::Missing(Failure::bad_input(format!(
             "the preload library {} is missing: build it (cargo build -p mayfail-preload, in \
              the same profile) or name it with {LIBRARY_VARIABLE}=PATH",
             path.display()
-        ))
-    })
+        )))),
+    }
+}
+
+/// The bytes at which the dynamic loader splits `LD_PRELOAD`; it has no
+/// way to escape them.
+const LD_PRELOAD_SEPARATORS: [u8; 2] = [b' ', b':'];
+
+/// `path`, if the loader can take it in `LD_PRELOAD`; else the refusal,
+/// naming where the path came from (`origin`) and what to do.
+fn loadable(path: &Path, origin: &str) -> Result<PathBuf, NoLibrary> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if !bytes.iter().any(|b| LD_PRELOAD_SEPARATORS.contains(b)) {
+        return Ok(path.to_owned());
+    }
+    Err(NoLibrary::Unloadable(Failure::PreloadLibrary {
+        message: format!(
+            "the preload library's path {} ({origin}) holds a space or a colon, where the \
+             loader splits LD_PRELOAD: no library would be loaded and nothing injected; give \
+             a path without them: {LIBRARY_VARIABLE}=PATH, or XDG_CACHE_HOME=DIR for the \
+             library built at first use",
+            shell_quote(path.as_os_str())
+        ),
+        code: crate::exit_codes::BAD_INPUT,
+    }))
 }
 
 /// Whether `command` runs cargo: its preload goes through the target runner.
@@ -93,40 +163,60 @@ pub(crate) fn is_cargo(command: &[OsString]) -> bool {
 /// `--preload` and `--no-preload` of `run` and `sites`.
 #[derive(Args, Debug)]
 pub(crate) struct PreloadChoice {
-    /// Run CMD under the preload library with LD_PRELOAD (a cargo command's
-    /// test binaries run under it without this option)
+    /// Run CMD under the preload library even if it declares
+    /// mayfail::MayFail (without this option, a program that does not
+    /// declare it runs under the library: a C program, a script, a Rust
+    /// program on another allocator, a cargo command's test binaries)
     #[arg(long, conflicts_with = "no_preload")]
     preload: bool,
-    /// Do not use the preload library, not even for a cargo command (its
-    /// test binaries must then declare mayfail::MayFail themselves)
+    /// Do not use the preload library, not even for a cargo command (the
+    /// programs must then declare mayfail::MayFail themselves)
     #[arg(long)]
     no_preload: bool,
 }
 
 impl PreloadChoice {
-    /// The variable to set for `argv`, if the preload library is used.
+    /// The variable to set for `argv`, if the preload library is used: with
+    /// `--preload`, always; with `--no-preload`, never; by default, for
+    /// every command but a program that declares `MayFail` itself (its ELF
+    /// file carries mayfail's note).
     pub(crate) fn environment(
         &self,
         argv: &[OsString],
     ) -> Result<Option<(String, OsString)>, Failure> {
-        if self.no_preload || !(self.preload || is_cargo(argv)) {
+        if self.no_preload || !(self.preload || is_cargo(argv) || needs_library(&argv[0])) {
             return Ok(None);
         }
-        // A cargo command without `--preload`: the library is a bonus. Its
-        // test binaries that declare mayfail::MayFail work without it, so a
-        // library that is missing and cannot be built is one line, not a
-        // refusal.
-        if !self.preload
-            && let Err(missing) = library_or_build()
-        {
-            crate::progress::note!(
-                "mayfail: note: {missing}; test binaries that do not declare \
-                 mayfail::MayFail are not reached"
-            );
-            return Ok(None);
+        // Without `--preload`, the library is a bonus for a command that
+        // may run programs declaring mayfail::MayFail (a cargo command, a
+        // script): a library that is missing and cannot be built is one
+        // line, not a refusal.
+        if !self.preload {
+            match find_or_build() {
+                Ok(_) => {}
+                Err(NoLibrary::Missing(missing)) => {
+                    crate::progress::note!(
+                        "mayfail: note: {missing}; programs that do not declare \
+                         mayfail::MayFail are not reached"
+                    );
+                    return Ok(None);
+                }
+                Err(unloadable) => return Err(unloadable.into()),
+            }
         }
         environment(argv).map(Some)
     }
+}
+
+/// Whether `program` needs the preload library to be reached: it exists
+/// and is not a program that declares `MayFail` (a script, any other
+/// program). A program that cannot be found needs nothing: it will not
+/// run.
+fn needs_library(program: &OsStr) -> bool {
+    let Some(path) = program_path(program) else {
+        return false;
+    };
+    File::open(&path).is_ok_and(|file| !Elf::read(&file).is_ok_and(|elf| elf.mayfail))
 }
 
 /// The variable that puts `argv`'s program under the preload library: for
@@ -151,7 +241,7 @@ pub(crate) fn environment(argv: &[OsString]) -> Result<(String, OsString), Failu
 /// The file a command's program names, as `execvp` finds it: a name with a
 /// slash as it is, any other the first executable file of that name in
 /// `PATH`.
-fn program_path(program: &OsStr) -> Option<PathBuf> {
+pub(crate) fn program_path(program: &OsStr) -> Option<PathBuf> {
     if program.as_encoded_bytes().contains(&b'/') {
         return Some(PathBuf::from(program));
     }
@@ -175,21 +265,56 @@ fn ld_preload(library: &Path) -> OsString {
 }
 
 /// `CARGO_TARGET_<TRIPLE>_RUNNER` and this program's `preload-run` as its
-/// value, for the target `argv` builds for (`--target`, else the host).
+/// value, for the target `argv` builds for (`--target`, else
+/// `CARGO_BUILD_TARGET`, else cargo's `build.target`, else the host). A
+/// runner the project already has for it (that variable, or one in cargo's
+/// configuration) would be replaced without a word: refused instead.
 fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
+    // One line, without the usage: the command line is not at fault.
+    let refuse = |what: String| Failure::PreloadLibrary {
+        message: format!(
+            "{what}: the preload library needs cargo's target runner for \
+             `cargo-mayfail preload-run`, and would silently replace that one; remove it for \
+             this command, or give --no-preload to `run` or `sites` (only test binaries that \
+             declare mayfail::MayFail are reached then)"
+        ),
+        code: crate::exit_codes::BAD_INPUT,
+    };
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::io("find the current directory", Path::new("."), e))?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let options: Vec<String> = config_arguments(argv).collect();
+    let config = cargo_config::Config::read(&cwd, cargo_home.as_deref(), &options)?;
     let triple = match target_argument(argv) {
         Some(triple) => triple,
-        None => host_triple()?,
+        None => match (std::env::var("CARGO_BUILD_TARGET"), &config.build_target) {
+            (Ok(triple), _) => triple,
+            (Err(_), Some((Some(triple), _))) => triple.clone(),
+            (Err(_), Some((None, file))) => {
+                return Err(refuse(format!(
+                    "{} sets build.target to several targets",
+                    file.display()
+                )));
+            }
+            (Err(_), None) => host_triple()?,
+        },
     };
     let variable = format!(
         "CARGO_TARGET_{}_RUNNER",
         triple.to_uppercase().replace(['-', '.'], "_")
     );
     if std::env::var_os(&variable).is_some() {
-        return Err(Failure::bad_input(format!(
-            "{variable} is already set: the preload library needs cargo's target runner; \
-             unset it, or give --no-preload"
-        )));
+        return Err(refuse(format!("{variable} is already set")));
+    }
+    if let Some((key, file)) = config.runner_for(&triple) {
+        let key = if key == &triple {
+            format!("target.{key}.runner")
+        } else {
+            format!("target.'{key}'.runner, which may apply to {triple},")
+        };
+        return Err(refuse(format!("{} sets {key}", file.display())));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::io("find this program", Path::new("/proc/self/exe"), e))?;
@@ -201,6 +326,25 @@ fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
         )));
     };
     Ok((variable, format!("{exe} preload-run")))
+}
+
+/// The values of `--config` in a cargo command line (before any `--`).
+fn config_arguments(argv: &[OsString]) -> impl Iterator<Item = String> + '_ {
+    let mut args = argv.iter().map(|a| a.to_string_lossy());
+    std::iter::from_fn(move || {
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                return None;
+            }
+            if arg == "--config" {
+                return Some(args.next().map(|v| v.into_owned()).unwrap_or_default());
+            }
+            if let Some(value) = arg.strip_prefix("--config=") {
+                return Some(value.to_owned());
+            }
+        }
+        None
+    })
 }
 
 /// The triple after `--target` in a cargo command line, if any.
@@ -263,8 +407,23 @@ pub(crate) fn limits(binary: &Path) -> Vec<&'static str> {
     let Ok(file) = File::open(binary) else {
         return limits;
     };
-    let Some(elf) = Elf::read(&file) else {
-        return limits;
+    let elf = match Elf::read(&file) {
+        Ok(elf) => elf,
+        Err(Unread::ThirtyTwoBit) => {
+            limits.push(
+                "a 32-bit ELF program: the preload library, built for this machine's 64-bit \
+                 programs, cannot be loaded into it, so no failure is injected",
+            );
+            return limits;
+        }
+        Err(Unread::BigEndian) => {
+            limits.push(
+                "a big-endian ELF program: the preload library, built for this machine's \
+                 little-endian programs, cannot be loaded into it, so no failure is injected",
+            );
+            return limits;
+        }
+        Err(Unread::NotProgram | Unread::Malformed) => return limits,
     };
     if !elf.dynamic {
         limits.push(
@@ -310,79 +469,4 @@ fn on_nosuid(path: &Path) -> bool {
         libc::statvfs(name.as_ptr(), info.as_mut_ptr()) == 0
             && info.assume_init_ref().f_flag & libc::ST_NOSUID != 0
     }
-}
-
-/// What `limits` needs from an ELF file (64-bit, little-endian).
-struct Elf {
-    /// Has a `PT_INTERP` segment: loaded by the dynamic loader.
-    dynamic: bool,
-    /// Carries mayfail's note: has its own `MayFail`.
-    mayfail: bool,
-    /// The names in `.symtab` (empty when stripped).
-    names: Vec<u8>,
-}
-
-impl Elf {
-    fn read(file: &File) -> Option<Elf> {
-        let header = read_at(file, 0, 64)?;
-        if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
-            return None;
-        }
-        let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as u64;
-        let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
-        let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-        let (phoff, phentsize, phnum) = (
-            u64_at(&header, 32),
-            u16_at(&header, 54),
-            u16_at(&header, 56),
-        );
-        let (shoff, shentsize, shnum) = (
-            u64_at(&header, 40),
-            u16_at(&header, 58),
-            u16_at(&header, 60),
-        );
-        let programs = read_at(file, phoff, phentsize.checked_mul(phnum)?)?;
-        let mut dynamic = false;
-        for program in programs.chunks_exact(phentsize as usize) {
-            dynamic |= u32_at(program, 0) == 3; // PT_INTERP
-        }
-        let sections = read_at(file, shoff, shentsize.checked_mul(shnum)?).unwrap_or_default();
-        let sections: Vec<&[u8]> = sections.chunks_exact(shentsize.max(1) as usize).collect();
-        let mut mayfail = false;
-        let mut names = Vec::new();
-        for section in &sections {
-            let (kind, offset, size) =
-                (u32_at(section, 4), u64_at(section, 24), u64_at(section, 32));
-            if kind == 7 {
-                // SHT_NOTE: look for mayfail's owner name.
-                let notes = read_at(file, offset, size.min(1 << 16)).unwrap_or_default();
-                mayfail |= notes.windows(8).any(|w| w == b"mayfail\0");
-            }
-            if kind == 2 {
-                // SHT_SYMTAB: its string table is the section it links to.
-                let link = u32_at(section, 40) as usize;
-                if let Some(strings) = sections.get(link) {
-                    names =
-                        read_at(file, u64_at(strings, 24), u64_at(strings, 32)).unwrap_or_default();
-                }
-            }
-        }
-        Some(Elf {
-            dynamic,
-            mayfail,
-            names,
-        })
-    }
-
-    /// Whether a symbol name holds `needle` (mangled names hold the plain
-    /// one).
-    fn has_symbol(&self, needle: &[u8]) -> bool {
-        self.names.windows(needle.len()).any(|w| w == needle)
-    }
-}
-
-fn read_at(file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
-    let mut buffer = vec![0; usize::try_from(len).ok()?];
-    file.read_exact_at(&mut buffer, offset).ok()?;
-    Some(buffer)
 }

@@ -32,7 +32,7 @@ const MAX_STATE_PATH: usize = 512;
                   run confirms a run that met new runtime stacks), or after --max-runs. Sites \
                   whose innermost frame outside std/alloc/core is in the Rust runtime, the test \
                   harness or libc are not counted (--all-stacks: counted). Replay a site with \
-                  MAYFAIL_INJECT='stack=ID' CMD (the report prints it).\n\n\
+                  mayfail run --inject stack=ID -- CMD (the report prints it).\n\n\
                   Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
                   aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
                   status not 0: a test failed), unknown (no fate recorded), handled (exit 0, or \
@@ -120,7 +120,6 @@ pub(crate) fn execute(
     }
     let paths = args.files.paths()?;
     paths.refuse_collisions(std::slice::from_ref(&paths.state))?;
-    let preload = args.preload.environment(&argv)?;
     let timeout = Duration::from_secs(args.timeout);
     let Some(state_text) = paths.state.to_str() else {
         return Err(Failure::bad_input(format!(
@@ -197,6 +196,9 @@ pub(crate) fn execute(
             u64::MAX
         )));
     };
+    // After the refusals above (finding the library may build it), before
+    // anything is written.
+    let preload = args.preload.environment(&argv)?;
     if state.len == 0 {
         append_whole(&state_file, &paths, state::HEADER)?;
     }
