@@ -402,7 +402,9 @@ pub(crate) fn short_path(file: &Path, dir: Option<&Path>) -> String {
 /// can change, as `function (file:line) <- caller (file:line)`. Every
 /// function of the allocation machinery ([`is_machinery`]) is left out,
 /// inlined or not, wherever it is on the stack, so the same line makes the
-/// same site in debug and release builds; the walk ends at the sweep's
+/// same site in debug and release builds; so are the C library's functions
+/// the failed allocation was made in (`strdup`, `fopen`: the site is their
+/// caller's). The walk ends at the sweep's
 /// runner and at the test harness. The addresses must belong to this
 /// process (or to its parent before a fork, which has the same mappings).
 pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
@@ -414,8 +416,13 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
         if written >= depth || ended {
             break;
         }
+        if written == 0 && library_of(ip) == Library::Libc {
+            continue;
+        }
         resolve(ip, |frame| {
-            ended |= frame.is_sweep_runner() || frame.name.contains("__rust_begin_short_backtrace");
+            ended |= frame.is_sweep_runner()
+                || frame.name.contains("__rust_begin_short_backtrace")
+                || is_entry_point(frame.name);
             if ended || written >= depth || !frame.named || frame.is_machinery() {
                 return;
             }
@@ -516,11 +523,14 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
 pub(crate) enum Class {
     /// The program's own code, or a dependency's.
     User,
-    /// The Rust runtime, the test harness or the C library.
+    /// The Rust runtime, the test harness, or the C runtime's start-up,
+    /// exit and dynamic loader.
     Runtime,
 }
 
-/// Symbols of the Rust runtime, the test harness and libc's start-up.
+/// Symbols of the Rust runtime, the test harness and libc's start-up (in a
+/// program that links libc statically; a shared libc is judged by
+/// [`LIBC_MODULES`]).
 const RUNTIME_PREFIXES: [&str; 9] = [
     "test::",
     "<test::",
@@ -532,8 +542,8 @@ const RUNTIME_PREFIXES: [&str; 9] = [
     "rustc_demangle::",
     "__libc_",
 ];
-const RUNTIME_NAMES: [&str; 7] = [
-    "main",
+/// Entry points of processes and threads. Not `main`: see [`is_rust_main`].
+const RUNTIME_NAMES: [&str; 6] = [
     "_start",
     "start_thread",
     "clone",
@@ -544,24 +554,88 @@ const RUNTIME_NAMES: [&str; 7] = [
 /// Source paths of the standard library as shipped by rustup (remapped),
 /// its vendored dependencies, and a local toolchain's sources.
 const RUNTIME_FILES: [&str; 3] = ["/rustc/", "/rust/deps/", "/lib/rustlib/src/rust/"];
-/// Shared libraries of the C runtime.
-const RUNTIME_MODULES: [&str; 5] = ["libc.so", "ld-linux", "libgcc_s", "libpthread", "ld-musl"];
+/// Shared libraries of the C runtime that are never a caller's: the dynamic
+/// loader (start-up, `dlopen`, thread-local storage) and the unwinder.
+const RUNTIME_MODULES: [&str; 3] = ["ld-linux", "libgcc_s", "ld-musl"];
+/// The C library's shared objects. Their functions allocate on behalf of
+/// their caller (`strdup`, `asprintf`, `getline`, `fopen`, a stream's
+/// buffer): a frame there is skipped like the allocation machinery, and the
+/// caller decides. Start-up, exit and a thread's start end in an entry
+/// point ([`RUNTIME_NAMES`]) or in the loader, so they stay the runtime's.
+const LIBC_MODULES: [&str; 6] = [
+    "libc.so",
+    "libpthread",
+    "libdl.so",
+    "librt.so",
+    "libm.so",
+    "libresolv",
+];
+
+/// What a shared object is to a stack below the allocation machinery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Library {
+    /// The loader or the unwinder: the runtime.
+    Runtime,
+    /// The C library: allocates for its caller.
+    Libc,
+    /// Anything else: the program, a library it uses, or unknown.
+    Other,
+}
+
+/// What the module holding `ip` is (see [`Library`]).
+fn library_of(ip: usize) -> Library {
+    let Some(module) = locate(ip).0 else {
+        return Library::Other;
+    };
+    let name = module.name();
+    let listed = |list: &[&str]| list.iter().any(|m| name.starts_with(m.as_bytes()));
+    if listed(&RUNTIME_MODULES) {
+        Library::Runtime
+    } else if listed(&LIBC_MODULES) {
+        Library::Libc
+    } else {
+        Library::Other
+    }
+}
+
+/// Whether a function starts a process or a thread (libc's start-up, which
+/// calls a C program's `main`, or a thread's start): a call site ends there.
+fn is_entry_point(name: &str) -> bool {
+    name.starts_with("__libc_start") || RUNTIME_NAMES.contains(&name)
+}
+
+/// Whether a frame is std's `lang_start`, which the `main` rustc generates
+/// for a Rust program calls (by its path, or unqualified in std's file).
+fn is_lang_start(frame: &Frame<'_>) -> bool {
+    frame.name.starts_with("std::rt::lang_start")
+        || (frame.name.starts_with("lang_start") && frame.file.is_some_and(is_machinery_file))
+}
+
+/// Whether a frame named `main` is the C-ABI `main` rustc generates for a
+/// Rust program (the runtime's: it calls `std::rt::lang_start`), told by
+/// the frame it called, `after_lang_start`. A C program's `main`, a Rust
+/// program's own `fn main` named without its crate path
+/// (`debug = "line-tables-only"`) and a `#[no_mangle] main` are the user's.
+fn is_rust_main(frame: &Frame<'_>, after_lang_start: bool) -> bool {
+    frame.name == "main" && after_lang_start
+}
 
 /// Decided by the innermost frame below the allocation machinery (the
-/// unwinder, mayfail, the global allocator shims, std, alloc, core): the
-/// program's own code (or a dependency's) makes it a site.
+/// unwinder, mayfail, the global allocator shims, std, alloc, core) and the
+/// C library (which allocates for its caller): the program's own code (or
+/// a dependency's) makes it a site; the Rust runtime, the test harness, the
+/// loader and the entry points of processes and threads do not.
 pub(crate) fn classify(frames: &[usize]) -> Class {
     let mut below_machinery = false;
     let mut any_named = false;
+    let mut after_lang_start = false;
     for &ip in frames {
-        let (module, _) = locate(ip);
-        if below_machinery
-            && let Some(m) = module
-            && RUNTIME_MODULES
-                .iter()
-                .any(|r| m.name().starts_with(r.as_bytes()))
-        {
-            return Class::Runtime;
+        if below_machinery {
+            match library_of(ip) {
+                Library::Runtime => return Class::Runtime,
+                Library::Libc => continue,
+                Library::Other => {}
+            }
         }
         let mut verdict = None;
         resolve(ip, |frame| {
@@ -570,6 +644,8 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
             }
             any_named = true;
             let name = frame.name;
+            let called_lang_start = after_lang_start;
+            after_lang_start = is_lang_start(frame);
             if frame.is_machinery() {
                 below_machinery = true;
                 return;
@@ -583,14 +659,17 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
                 .is_some_and(|f| RUNTIME_FILES.iter().any(|r| f.contains(r)));
             let runtime = runtime_file
                 || RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
-                || RUNTIME_NAMES.contains(&name);
+                || RUNTIME_NAMES.contains(&name)
+                || is_rust_main(frame, called_lang_start);
             verdict = Some(if runtime { Class::Runtime } else { Class::User });
         });
         if let Some(verdict) = verdict {
             return verdict;
         }
     }
-    // No symbols at all (a stripped program): cannot tell, count it.
+    // Only machinery, libc and unnamed frames (a thread's start, a stack
+    // deeper than the walk): the runtime's. No symbols at all (a stripped
+    // program): cannot tell, count it.
     if any_named {
         Class::Runtime
     } else {
@@ -712,6 +791,49 @@ mod tests {
             registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
             Some("foo-2d")
         );
+    }
+
+    #[test]
+    fn only_the_main_that_calls_lang_start_is_the_runtimes() {
+        fn frame<'a>(name: &'a str, file: &'a str) -> Frame<'a> {
+            Frame {
+                name,
+                named: true,
+                file: Some(Path::new(file)),
+                line: Some(1),
+            }
+        }
+        let rt = "/rustc/0123abcd/library/std/src/rt.rs";
+        assert!(is_lang_start(&frame("std::rt::lang_start::<()>", rt)));
+        assert!(is_lang_start(&frame("std::rt::lang_start_internal", rt)));
+        assert!(is_lang_start(&frame("lang_start<()>", rt)));
+        assert!(!is_lang_start(&frame(
+            "lang_start_engine",
+            "/work/app/src/main.rs"
+        )));
+        // rustc's C-ABI `main` calls lang_start; a C program's `main`, and a
+        // Rust `fn main` named without its path, call something else.
+        assert!(is_rust_main(&frame("main", ""), true));
+        assert!(!is_rust_main(&frame("main", "/work/c/program.c"), false));
+        assert!(!is_rust_main(
+            &frame("main", "/work/app/src/main.rs"),
+            false
+        ));
+        assert!(!is_rust_main(
+            &frame("app::main", "/work/app/src/main.rs"),
+            true
+        ));
+        for name in [
+            "__libc_start_call_main",
+            "__libc_start_main_impl",
+            "_start",
+            "start_thread",
+        ] {
+            assert!(is_entry_point(name), "{name}");
+        }
+        for name in ["main", "__GI___strdup", "copy"] {
+            assert!(!is_entry_point(name), "{name}");
+        }
     }
 
     #[test]

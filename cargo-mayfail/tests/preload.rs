@@ -140,7 +140,15 @@ fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_
     let text = support::output_text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join("walk.state"));
-    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    // The two mallocs, and stdout's buffer, which `puts` allocates for its
+    // caller and does without when that fails.
+    assert_eq!(sites.len(), 3, "{sites:?}\n{text}");
+    assert!(
+        sites.iter().any(|s| s.2.starts_with("checked (")
+            && s.2.contains("program.c:14")
+            && s.1 == "handled"),
+        "{sites:?}"
+    );
     let checked = sites.iter().find(|s| s.2.starts_with("checked")).unwrap();
     assert_eq!(checked.1, "handled", "{sites:?}");
     assert!(checked.2.contains("program.c:8"), "{sites:?}");
@@ -183,12 +191,13 @@ fn building_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The walk of [`C_PROGRAM`]: its two sites, handled and crashed.
+/// The walk of [`C_PROGRAM`]: its two mallocs, handled and crashed, and
+/// stdout's buffer.
 fn assert_c_program_walked(dir: &Path, state: &str, output: &Output) {
     let text = support::output_text(output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join(state));
-    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    assert_eq!(sites.len(), 3, "{sites:?}\n{text}");
     let checked = sites.iter().find(|s| s.2.starts_with("checked")).unwrap();
     assert_eq!(checked.1, "handled", "{sites:?}");
     let unchecked = sites.iter().find(|s| s.2.starts_with("unchecked")).unwrap();
@@ -738,4 +747,103 @@ fn a_setuid_program_is_out_of_reach_only_when_it_runs_as_another_user() {
         "setuid or setgid to another user or group: the loader ignores LD_PRELOAD for it, so \
          no failure is injected",
     );
+}
+
+/// A C program whose allocations are in `main` and in the C library's
+/// functions that allocate for their caller. Each line that allocates is
+/// named in [`LIBC_CALLERS_LINES`].
+const LIBC_CALLERS: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+__attribute__((noinline)) static char *copy(const char *s) {
+    char *d = strdup(s);
+    d[0] = 'X';
+    return d;
+}
+
+__attribute__((noinline)) static int format(void) {
+    char *p = NULL;
+    if (asprintf(&p, "%d", 42) < 0) return 0;
+    free(p);
+    return 0;
+}
+
+__attribute__((noinline)) static int read_line(void) {
+    FILE *f = fopen("/proc/self/cmdline", "r");
+    if (f == NULL) return 0;
+    char *line = NULL;
+    size_t size = 0;
+    getline(&line, &size, f);
+    free(line);
+    fclose(f);
+    return 0;
+}
+
+int main(void) {
+    char *text = malloc(64);
+    text[0] = 'a';
+    free(copy("hello"));
+    format();
+    read_line();
+    fprintf(stderr, "%s\n", text);
+    return 0;
+}
+"#;
+
+/// Where [`LIBC_CALLERS`] allocates: (site's first function and line, its
+/// outcome).
+const LIBC_CALLERS_LINES: [(&str, &str); 5] = [
+    ("main (program.c:31)", "crashed"),
+    ("copy (program.c:7)", "crashed"),
+    ("format (program.c:14)", "handled"),
+    ("read_line (program.c:20)", "handled"),
+    ("read_line (program.c:24)", "handled"),
+];
+
+#[test]
+fn a_c_programs_main_and_the_callers_of_libcs_allocating_functions_are_sites() {
+    require_library();
+    let dir = scratch("allocating-for-callers");
+    compile_c(&dir, LIBC_CALLERS, &[]);
+    let output = bounded(
+        runner(&dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        120,
+    );
+    let text = support::output_text(&output);
+    let sites = sites_in(&dir.join("walk.state"));
+    for (place, outcome) in LIBC_CALLERS_LINES {
+        let found: Vec<_> = sites
+            .iter()
+            .filter(|s| s.2.starts_with(place.split(" (").next().unwrap()))
+            .filter(|s| {
+                s.2.contains(place.split(" (").nth(1).unwrap().trim_end_matches(')'))
+            })
+            .collect();
+        assert!(!found.is_empty(), "no site {place}: {sites:?}\n{text}");
+        assert!(
+            found.iter().all(|s| s.1 == outcome),
+            "{place} should be {outcome}: {found:?}"
+        );
+    }
+    // A site is its caller's: no frame of libc's, nor its start-up.
+    for (_, _, place) in &sites {
+        assert!(
+            !place.contains("libc") && !place.contains("strdup") && !place.contains("./libio"),
+            "{place}"
+        );
+    }
+    assert!(
+        text.contains("stacks of the runtime (") && !text.contains("Rust runtime and test harness"),
+        "{text}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{text}");
 }
