@@ -847,3 +847,96 @@ fn a_c_programs_main_and_the_callers_of_libcs_allocating_functions_are_sites() {
     );
     assert_eq!(output.status.code(), Some(1), "{text}");
 }
+
+/// A C++ program allocating through `std::vector`, `std::map`,
+/// `std::string` and `new[]`; none of it checks (an uncaught `bad_alloc`
+/// aborts).
+const CPP_PROGRAM: &str = r#"#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace app {
+struct Cache {
+    std::map<int, std::string> entries;
+    void insert(int key);
+};
+
+void Cache::insert(int key) {
+    entries[key] = "a value long enough to need memory of its own, not the small buffer";
+}
+}  // namespace app
+
+__attribute__((noinline)) static void grow(std::vector<int> &v) {
+    v.push_back(1);
+}
+
+int main() {
+    std::vector<int> v;
+    grow(v);
+    app::Cache cache;
+    cache.insert(7);
+    int *p = new int[4];
+    p[0] = 1;
+    std::fprintf(stderr, "%d %zu\n", v[0] + p[0], cache.entries.size());
+    delete[] p;
+    return 0;
+}
+"#;
+
+#[test]
+fn a_cpp_programs_sites_are_its_own_functions_demangled_not_the_cpp_librarys() {
+    require_library();
+    for (opt, sites_expected) in [
+        (
+            "-O0",
+            &[
+                "grow (program.cpp:18) <- main (program.cpp:23)",
+                "app::Cache::insert(int) (program.cpp:13) <- main (program.cpp:25)",
+                "main (program.cpp:26)",
+            ][..],
+        ),
+        (
+            "-O2",
+            &[
+                "grow (program.cpp:18) <- main (program.cpp:23)",
+                "main (program.cpp:26)",
+            ][..],
+        ),
+    ] {
+        let dir = scratch(&format!("cpp-program{opt}"));
+        support::compile_cpp(&dir, CPP_PROGRAM, &[opt]);
+        let output = bounded(
+            runner(&dir).args([
+                "sites",
+                "--preload",
+                "--state",
+                "walk.state",
+                "--",
+                "./program",
+            ]),
+            120,
+        );
+        let text = support::output_text(&output);
+        let sites = sites_in(&dir.join("walk.state"));
+        // Paths as the state file has them, absolute: compare without the
+        // directory.
+        let shown: Vec<String> = sites
+            .iter()
+            .map(|s| s.2.replace(&format!("{}/", dir.display()), ""))
+            .collect();
+        for expected in sites_expected {
+            assert!(
+                shown.iter().any(|s| s == expected),
+                "{opt}: no site {expected:?} in {shown:#?}\n{text}"
+            );
+        }
+        for (site, (_, outcome, _)) in shown.iter().zip(&sites) {
+            for machinery in ["_Z", "operator new", "std::", "__gnu_cxx", "allocator"] {
+                assert!(!site.contains(machinery), "{opt}: {site}");
+            }
+            assert_eq!(outcome, "aborted", "{opt}: {site}");
+        }
+        assert_eq!(output.status.code(), Some(1), "{text}");
+    }
+}
