@@ -940,3 +940,90 @@ fn a_cpp_programs_sites_are_its_own_functions_demangled_not_the_cpp_librarys() {
         assert_eq!(output.status.code(), Some(1), "{text}");
     }
 }
+
+/// A C program that, when its allocation fails, probes memory with its own
+/// `SIGSEGV` handler, as GCs and JITs do: `sigsetjmp` before the read,
+/// `siglongjmp` out of the handler; a signal sent with `raise` is only
+/// counted. With an argument,
+/// the handler gives up on faults instead (it resets the default action
+/// and returns, so the read faults again and kills the process).
+const PROBING_PROGRAM: &str = r#"#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static sigjmp_buf probe_env;
+static volatile int raised;
+static int give_up;
+
+static void on_segv(int sig, siginfo_t *info, void *context) {
+    (void)context;
+    if (info->si_code <= 0) { raised++; return; }
+    if (give_up) { signal(sig, SIG_DFL); return; }
+    siglongjmp(probe_env, 1);
+}
+
+__attribute__((noinline)) static int readable(volatile char *p) {
+    if (sigsetjmp(probe_env, 1)) return 0;
+    (void)*p;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    (void)argv;
+    give_up = argc > 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, NULL);
+    char *text = malloc(100);
+    if (text != NULL) {
+        free(text);
+        return 0;
+    }
+    int found = 0;
+    for (int i = 0; i < 3; i++) found += readable((volatile char *)(long)(16 * i));
+    raise(SIGSEGV);
+    fprintf(stderr, "no memory; readable %d, raised %d\n", found, raised);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_program_that_handles_sigsegv_itself_is_handled_and_crashed_only_when_it_dies_of_it() {
+    require_library();
+    for (args, outcome) in [(&[][..], "handled"), (&["give-up"][..], "crashed")] {
+        let dir = scratch(&format!("probing-{outcome}"));
+        compile_c(&dir, PROBING_PROGRAM, &[]);
+        let output = bounded(
+            runner(&dir)
+                .args([
+                    "sites",
+                    "--preload",
+                    "--state",
+                    "walk.state",
+                    "--",
+                    "./program",
+                ])
+                .args(args),
+            120,
+        );
+        let text = support::output_text(&output);
+        let sites = sites_in(&dir.join("walk.state"));
+        let malloc = sites
+            .iter()
+            .find(|s| s.2.starts_with("main (") && s.2.contains("program.c:33"))
+            .unwrap_or_else(|| panic!("no site at program.c:33: {sites:?}\n{text}"));
+        assert_eq!(malloc.1, outcome, "{sites:?}\n{text}");
+        let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+        let reported = log.contains("mayfail: the process crashed");
+        assert_eq!(reported, outcome == "crashed", "{log}");
+        if outcome == "handled" {
+            assert!(log.contains("no memory; readable 0, raised 1"), "{log}");
+            assert_eq!(output.status.code(), Some(0), "{text}");
+        }
+    }
+}
