@@ -885,3 +885,96 @@ fn a_crash_report_names_the_thread_in_full() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Output on the error path, under libtest's output capture.
+
+/// A logger that prints each record with `eprintln!`, as a test's logger
+/// does so that the harness captures it.
+struct PrintingLogger;
+
+impl log::Log for PrintingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("[{}] {}", record.level(), record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reserves a buffer; on failure, says so in the way `how` names, with a
+/// line long enough to grow any buffer it lands in, and returns the error.
+#[inline(never)]
+fn reserve_or_say(how: &str) -> Result<usize, TryReserveError> {
+    let mut buffer: Vec<u8> = Vec::new();
+    if let Err(e) = buffer.try_reserve(64) {
+        let line = "could not reserve the buffer; carrying on without it, as a well-behaved \
+                    caller does after a failed allocation";
+        match how {
+            "println" => println!("{line}: {e}"),
+            "eprintln" => eprintln!("{line}: {e}"),
+            "log" => log::warn!("{line}: {e}"),
+            "write" => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{line}: {e}");
+            }
+            _ => unreachable!("{how}"),
+        }
+        return Err(e);
+    }
+    Ok(buffer.capacity())
+}
+
+const SAYING: [&str; 4] = ["println", "eprintln", "log", "write"];
+
+/// In a rerun under the harness's capture: each way of printing on the
+/// error path, swept.
+#[test]
+fn printing_on_the_error_path_swept() {
+    if !in_rerun() {
+        return;
+    }
+    let _ = log::set_logger(&PrintingLogger);
+    log::set_max_level(log::LevelFilter::Warn);
+    for how in SAYING {
+        // Twice: the first run's prints may start the buffers.
+        for _ in 0..2 {
+            let report = quick().name(how).run(|| reserve_or_say(how));
+            assert_eq!(report.allocations(), 1, "{how}: {report}");
+            assert!(report.is_handled(), "{how}: {report}");
+        }
+    }
+}
+
+/// What the harness captures (libtest's buffer of a test's output, which
+/// grows on every print) or std buffers (stdout's line writer) is neither
+/// the operation's nor a leak of it: under the default capture (no
+/// `--nocapture`) an error path that prints, logs or writes to stdout is
+/// handled, as it is with `--nocapture`.
+#[test]
+fn output_on_the_error_path_is_no_leak_under_the_harness_capture() {
+    if in_rerun() {
+        return;
+    }
+    for capture in [true, false] {
+        let mut args = vec![
+            "printing_on_the_error_path_swept",
+            "--exact",
+            "--test-threads=1",
+        ];
+        if !capture {
+            args.push("--nocapture");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(&args)
+            .env("MAYFAIL_SWEEP_TEST_CHILD", "1")
+            .env_remove("MAYFAIL_SWEEP_POINT")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_rerun_passed(&out);
+    }
+}

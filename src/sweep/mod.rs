@@ -136,7 +136,8 @@ impl Sweep {
     /// is `leaked` only if the live set grows again, by the bytes it reports.
     /// What the error path keeps once per thread or per process (a logger's
     /// buffer grown by its first warning, a "last error" slot replaced) is
-    /// not a leak.
+    /// not a leak; nor is what it prints into the test harness's output
+    /// capture, in which each child makes room (1 MiB) before the run.
     pub fn warm_up(mut self, warm_up: bool) -> Sweep {
         self.warm_up = warm_up;
         self
