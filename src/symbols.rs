@@ -573,8 +573,9 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
     site
 }
 
-/// Prints a backtrace of `frames` to stderr, allocation machinery trimmed
-/// from the top, at most [`PRINTED_FRAMES`] frames, ending at the test
+/// Prints a backtrace of `frames` to stderr, allocation machinery (and the
+/// C library's functions that allocated for their caller) trimmed from the
+/// top, at most [`PRINTED_FRAMES`] frames, ending at the test
 /// harness. Resolving allocates: the caller holds the in-reclaim mark.
 pub(crate) fn write_backtrace(frames: &[usize]) {
     sys::write_stderr(
@@ -585,6 +586,11 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
     for &ip in frames {
         if printed >= PRINTED_FRAMES {
             break;
+        }
+        // The C library's functions the allocation was made in (`strdup`)
+        // are trimmed with the machinery: their caller is the site.
+        if trimming && library_of(ip) == Library::Libc {
+            continue;
         }
         // One return address may stand for several inlined functions,
         // innermost first: keep up to four, with whether each is machinery.

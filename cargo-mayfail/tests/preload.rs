@@ -845,6 +845,10 @@ fn a_c_programs_main_and_the_callers_of_libcs_allocating_functions_are_sites() {
         text.contains("stacks of the runtime (") && !text.contains("Rust runtime and test harness"),
         "{text}"
     );
+    // The crash report of `strdup`'s failure starts its backtrace at its
+    // caller too.
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    assert!(log.contains("trimmed):\n    0: copy\n"), "{log}");
     assert_eq!(output.status.code(), Some(1), "{text}");
 }
 
