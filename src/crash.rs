@@ -16,8 +16,8 @@
 //! maps the page and returns) lives on, and nothing is reported. Only when
 //! the process is going to die of the signal after all (the handler left the
 //! default action behind, as std's does for a fault outside a guard page;
-//! an abort; a handler that calls ours as its "previous") are the site's
-//! fate and the report written.
+//! `abort`, which goes on to the default action; a handler that calls ours
+//! as its "previous") are the site's fate and the report written.
 //!
 //! The report's first part (what failed, where in the thread's sequence, the
 //! replay line) is written with raw `write(2)` from stack buffers. Only then
@@ -335,14 +335,14 @@ fn is_function(action: &libc::sigaction) -> bool {
 }
 
 /// Whether the process is going to die of `sig` now that the program's own
-/// handler returned: an abort goes on to the default action once handlers
-/// return (`abort` resets it and raises again); a fault re-executes, and a
+/// handler returned: `abort` goes on to the default action once handlers
+/// return (it resets it and raises again); a fault re-executes, and a
 /// signal the handler raised again is delivered, under the disposition the
 /// handler left, which kills when it is the default (std's handler resets
 /// it so for a fault outside a guard page) or ignoring a fault. While a
 /// handler is still installed, the signal is that handler's again.
 fn dies_after_handler(sig: libc::c_int, sent: bool) -> bool {
-    if sig == libc::SIGABRT {
+    if sig == libc::SIGABRT && raised_by_abort() {
         return true;
     }
     if is_function(&disposition(sig)) {
@@ -355,6 +355,27 @@ fn dies_after_handler(sig: libc::c_int, sent: bool) -> bool {
     let mut pending: libc::sigset_t = unsafe { core::mem::zeroed() };
     // SAFETY: `pending` is valid; sigismember only reads it.
     unsafe { libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, sig) == 1 }
+}
+
+/// Whether the signal being handled was raised by `abort` (rather than by a
+/// `raise` or `kill` of the program's, which it may handle and live on):
+/// `abort` is among the first frames below the signal frame, by the name
+/// the loader knows it by. Does not allocate.
+fn raised_by_abort() -> bool {
+    let mut frames = [0usize; 32];
+    let depth = symbols::walk(&mut frames);
+    frames[..depth].iter().any(|&ip| {
+        // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
+        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+        // SAFETY: any address may be asked about; `info` is writable. A
+        // return address points just past its call: step back into it.
+        let found =
+            unsafe { libc::dladdr(ip.wrapping_sub(1) as *const libc::c_void, &mut info) } != 0;
+        // SAFETY: a NUL-terminated name owned by the loader, if any.
+        found
+            && !info.dli_sname.is_null()
+            && unsafe { core::ffi::CStr::from_ptr(info.dli_sname) }.to_bytes() == b"abort"
+    })
 }
 
 /// Calls the program's own handler for `sig` as the kernel would have:

@@ -1045,3 +1045,88 @@ fn a_fault_the_program_handles_itself_is_no_crash_and_one_it_gives_up_on_is() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// Aborts the program's own `SIGABRT` handler saw.
+static ABORTS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn counting_abort_handler(_sig: libc::c_int) {
+    ABORTS_SEEN.fetch_add(1, SeqCst);
+}
+
+/// The child: the program's counting `SIGABRT` handler, installed before
+/// injection starts or after; an injected failure; then `raise(SIGABRT)`,
+/// which the handler handles, or `abort()` (`PROBE_ABORT`), which goes on
+/// to kill the process once the handler returns.
+#[test]
+fn handled_abort_probe() {
+    if !is_child() {
+        return;
+    }
+    let before = std::env::var("PROBE_ORDER").unwrap_or_default() == "before";
+    let install = || {
+        // SAFETY: an all-zero sigaction is valid; the handler is filled in.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            let handler: extern "C" fn(libc::c_int) = counting_abort_handler;
+            action.sa_sigaction = handler as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+    };
+    if before {
+        install();
+    }
+    mayfail::configure_injection("task-filter=Y,times=-1").unwrap();
+    if !before {
+        install();
+    }
+    assert!(mayfail::make_it_fail(|| Vec::<u8>::new().try_reserve(8)).is_err());
+    if std::env::var_os("PROBE_ABORT").is_some() {
+        std::process::abort();
+    }
+    // SAFETY: raise has no preconditions; the handler above takes it.
+    unsafe { libc::raise(libc::SIGABRT) };
+    assert_eq!(ABORTS_SEEN.load(SeqCst), 1);
+    eprintln!("raised");
+}
+
+/// A `SIGABRT` the program raises and handles itself is no abort: no
+/// report, the process lives on. `abort()` under the same handler still
+/// ends the process, after mayfail's report.
+#[test]
+fn an_abort_signal_the_program_handles_is_no_abort_and_abort_still_is() {
+    if is_child() {
+        return;
+    }
+    let mut problems = Vec::new();
+    for order in ["before", "after"] {
+        for aborts in [false, true] {
+            let mut env = vec![("MAYFAIL_INJECT", None), ("PROBE_ORDER", Some(order))];
+            if aborts {
+                env.push(("PROBE_ABORT", Some("1")));
+            }
+            let run = run_child("handled_abort_probe", &env);
+            let reported = run
+                .stderr
+                .contains("mayfail: the process is aborting after an injected allocation failure");
+            let fine = if aborts {
+                run.signal == Some(libc::SIGABRT) && reported
+            } else {
+                run.code == Some(0) && !reported && run.stderr.contains("raised")
+            };
+            if !fine {
+                problems.push(format!(
+                    "handler installed {order} mayfail's, abort() {aborts}: signal {:?}, exit \
+                     code {:?}, report printed {reported}\n{}",
+                    run.signal,
+                    run.code,
+                    run.stderr.trim_end()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
