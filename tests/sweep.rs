@@ -986,8 +986,8 @@ fn output_on_the_error_path_is_no_leak_under_the_harness_capture() {
 
 /// The files of a workspace of two packages; `app` has a sweep that aborts
 /// in each kind of target: its library, a binary of the same name, an
-/// integration test with a dash in its name, an example, a bench and a
-/// doctest.
+/// integration test with a dash in its name (through a helper of the
+/// library), an example, a bench and a doctest.
 const REPLAY_FIXTURE: [(&str, &str); 10] = [
     (
         "Cargo.toml",
@@ -1012,6 +1012,8 @@ const REPLAY_FIXTURE: [(&str, &str); 10] = [
          //! ```\n\n\
          #[global_allocator]\n\
          static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();\n\n\
+         /// Sweeps `collect`, for a test elsewhere.\n\
+         pub fn sweep_collect() {\n    mayfail::sweep(|| collect(10)).assert_handled();\n}\n\n\
          /// `Vec::push`: std aborts when it cannot allocate.\n\
          pub fn collect(n: u32) -> Vec<u32> {\n    let mut ids = Vec::new();\n    \
          for i in 0..n {\n        ids.push(i);\n    }\n    ids\n}\n\n\
@@ -1026,7 +1028,7 @@ const REPLAY_FIXTURE: [(&str, &str); 10] = [
     ),
     (
         "app/tests/sweep-it.rs",
-        "#[test]\nfn it_sweep() {\n    mayfail::sweep(|| app::collect(10)).assert_handled();\n}\n",
+        "#[test]\nfn it_sweep() {\n    app::sweep_collect();\n}\n",
     ),
     (
         "app/examples/ex.rs",

@@ -17,10 +17,11 @@ pub(super) struct Caller {
     /// through its own functions (`test::run_test`...), which a thread the
     /// test spawned does not have on its stack.
     pub(super) on_test_thread: bool,
-    /// The source file of the sweep's caller: the first function on the
-    /// stack outside mayfail and std.
+    /// The source file of the test (or doctest) that started the sweep:
+    /// the outermost function with a file on the stack outside mayfail,
+    /// std and the harness, whichever helper it called the sweep through.
     pub(super) file: Option<PathBuf>,
-    /// The caller's line in it.
+    /// Its line in that file.
     pub(super) line: Option<u32>,
 }
 
@@ -33,8 +34,12 @@ impl Caller {
         for &ip in &frames[..depth] {
             symbols::resolve(ip, |frame| {
                 caller.on_test_thread |= frame.name.starts_with("test::");
-                if caller.file.is_none() && frame.named && !frame.is_machinery() {
-                    caller.file = frame.file.map(Path::to_path_buf);
+                if !caller.on_test_thread
+                    && frame.named
+                    && !frame.is_machinery()
+                    && let Some(file) = frame.file
+                {
+                    caller.file = Some(file.to_path_buf());
                     caller.line = frame.line;
                 }
             });
