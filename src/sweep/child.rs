@@ -235,7 +235,7 @@ impl Sweep {
 
 /// Room made in the buffer the test harness captures output into, before
 /// the operation's blocks are tracked.
-const OUTPUT_ROOM: usize = 1 << 20;
+const OUTPUT_ROOM: usize = 256 << 10;
 
 /// Zero bytes (valid UTF-8) to print: read-only, never touched but to copy.
 static FILLER: [u8; OUTPUT_ROOM] = [0; OUTPUT_ROOM];

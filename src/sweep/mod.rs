@@ -137,7 +137,7 @@ impl Sweep {
     /// What the error path keeps once per thread or per process (a logger's
     /// buffer grown by its first warning, a "last error" slot replaced) is
     /// not a leak; nor is what it prints into the test harness's output
-    /// capture, in which each child makes room (1 MiB) before the run.
+    /// capture, in which each child makes room (256 KiB) before the run.
     pub fn warm_up(mut self, warm_up: bool) -> Sweep {
         self.warm_up = warm_up;
         self
