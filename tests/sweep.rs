@@ -923,6 +923,10 @@ fn reserve_or_say(how: &str) -> Result<usize, TryReserveError> {
                 use std::io::Write;
                 let _ = writeln!(std::io::stdout(), "{line}: {e}");
             }
+            "println and leak" => {
+                println!("{line}: {e}");
+                std::mem::forget(vec![0u8; 100]);
+            }
             _ => unreachable!("{how}"),
         }
         return Err(e);
@@ -949,6 +953,14 @@ fn printing_on_the_error_path_swept() {
             assert!(report.is_handled(), "{how}: {report}");
         }
     }
+    // A leak on the same path is still one.
+    let how = "println and leak";
+    let report = quick().name(how).run(|| reserve_or_say(how));
+    assert_eq!(report.count(Outcome::Leaked), 1, "{report}");
+    assert!(
+        report.points()[0].detail.contains("100 bytes in 1 blocks"),
+        "{report}"
+    );
 }
 
 /// What the harness captures (libtest's buffer of a test's output, which
