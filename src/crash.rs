@@ -250,9 +250,8 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, context: *
     // calling called us back, a handler that replaced ours called us as its
     // "previous" (it does not handle this signal): hand over to the one
     // found at install time, never back to the caller, or the two would
-    // pass the signal to each other for ever.
-    // Where this call's frame is, to tell a call back (deeper) from a
-    // fresh signal.
+    // pass the signal to each other for ever. Where this call's frame is
+    // tells a call back (deeper on the same stack) from a fresh signal.
     let frame = core::hint::black_box(&index) as *const usize as usize;
     let called_back = !disposition_is(sig, our_handler()) || Calling::is_call_back(context, frame);
     let slot = if called_back {
