@@ -7,8 +7,17 @@
 //! `SIGABRT`, `SIGSEGV` and `SIGBUS` are installed; when the thread that got
 //! the injected failure then aborts (or faults near address zero: a likely
 //! unchecked null), the handler prints the report to stderr, then hands the
-//! signal to the handler that was there before (std's stack-overflow handler,
-//! or the default action), so the process still dies of the same signal.
+//! signal to the handler that was there before (the default action, mostly),
+//! so the process still dies of the same signal.
+//!
+//! A handler the program installed itself, before mayfail's or after it, is
+//! called first, as the kernel would have: a program that handles the signal
+//! (a GC's or a JIT's probe of memory that jumps back out, a handler that
+//! maps the page and returns) lives on, and nothing is reported. Only when
+//! the process is going to die of the signal after all (the handler left the
+//! default action behind, as std's does for a fault outside a guard page;
+//! `abort`, which goes on to the default action; a handler that calls ours
+//! as its "previous") are the site's fate and the report written.
 //!
 //! The report's first part (what failed, where in the thread's sequence, the
 //! replay line) is written with raw `write(2)` from stack buffers. Only then
@@ -23,7 +32,7 @@
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicUsize,
+    AtomicBool, AtomicI32, AtomicU8, AtomicUsize,
     Ordering::{Acquire, Relaxed, Release},
 };
 
@@ -222,7 +231,7 @@ pub(crate) fn reassert_handlers() {
     }
 }
 
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let index = SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
     // A fault the kernel raised has a positive `si_code` (SEGV_MAPERR...);
     // one sent with kill, raise or tgkill has SI_USER, SI_TKILL or
@@ -236,6 +245,53 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
         // SAFETY: as above; for a kernel-raised fault `si_addr` is the address.
         unsafe { (*info).si_addr() as usize }
     };
+    // Who to hand over to: the handler that was there before ours. If our
+    // handler is not the installed one, or the program's handler we are
+    // calling called us back, a handler that replaced ours called us as its
+    // "previous" (it does not handle this signal): hand over to the one
+    // found at install time, never back to the caller, or the two would
+    // pass the signal to each other for ever. Where this call's frame is
+    // tells a call back (deeper on the same stack) from a fresh signal.
+    let frame = core::hint::black_box(&index) as *const usize as usize;
+    let called_back = !disposition_is(sig, our_handler()) || Calling::is_call_back(context, frame);
+    let slot = if called_back {
+        0
+    } else {
+        HAND_OVER[index].load(Acquire)
+    };
+    // SAFETY: published slots are never written again (see `Saved`).
+    let target = unsafe { &(*SAVED.0.get())[index][slot] };
+    if !called_back && is_function(target) {
+        // The program handles this signal itself (a GC's or a JIT's probe
+        // of memory, a handler that jumps back out): let it, and say
+        // nothing unless the process is going to die of the signal after
+        // all. A handler that jumps out never comes back here.
+        call_program_handler(target, sig, info, context, frame);
+        if dies_after_handler(sig, sent) {
+            report_fatal(sig, fault_address, sent);
+        }
+        return;
+    }
+    report_fatal(sig, fault_address, sent);
+    // Hand over: install the handler that was there before (the default
+    // action, mostly), and let the signal happen again (a fault
+    // re-executes; an abort is raised again, pending until this handler
+    // returns).
+    // SAFETY: `target` is a valid sigaction.
+    unsafe {
+        libc::sigaction(sig, target, core::ptr::null_mut());
+        // A fault happens again when the faulting instruction re-executes; a
+        // sent signal (an abort is one) would not: send it again.
+        if sig == libc::SIGABRT || sent {
+            libc::raise(sig);
+        }
+    }
+}
+
+/// What a process that dies of `sig` leaves: the fate of the site it failed
+/// (`sites` mode), the abort's stack for a sweep's parent, and the report.
+/// Written first, without allocating.
+fn report_fatal(sig: libc::c_int, fault_address: usize, sent: bool) {
     // [sites] The fate of the site this process failed in `sites` mode.
     if let Some(hook) = ON_FATAL_SIGNAL.get() {
         hook(sig, fault_address);
@@ -254,29 +310,174 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _context: 
     {
         print_report(sig, fault_address, &taken);
     }
-    // Hand over to what was there before: install it, and let the signal
-    // happen again (a fault re-executes; an abort is raised again, pending
-    // until this handler returns). If our handler is not the installed one,
-    // a handler that replaced ours called us as its "previous": hand over to
-    // the one found at install time, never back to the caller, or the two
-    // would pass the signal to each other for ever.
+}
+
+/// Whether the disposition of `sig` is now the handler at `handler` (or
+/// `SIG_DFL`, `SIG_IGN`).
+fn disposition_is(sig: libc::c_int, handler: usize) -> bool {
+    disposition(sig).sa_sigaction == handler
+}
+
+/// The disposition of `sig` now.
+fn disposition(sig: libc::c_int) -> libc::sigaction {
     // SAFETY: an all-zero sigaction is valid; sigaction fills it.
     let mut current: libc::sigaction = unsafe { core::mem::zeroed() };
     // SAFETY: reads the current action into `current`.
     unsafe { libc::sigaction(sig, core::ptr::null(), &mut current) };
-    let slot = if current.sa_sigaction == our_handler() {
-        HAND_OVER[index].load(Acquire)
+    current
+}
+
+/// Whether an action runs a function (neither the default action nor
+/// ignoring the signal).
+fn is_function(action: &libc::sigaction) -> bool {
+    action.sa_sigaction != libc::SIG_DFL && action.sa_sigaction != libc::SIG_IGN
+}
+
+/// Whether the process is going to die of `sig` now that the program's own
+/// handler returned: `abort` goes on to the default action once handlers
+/// return (it resets it and raises again); a fault re-executes, and a
+/// signal the handler raised again is delivered, under the disposition the
+/// handler left, which kills when it is the default (std's handler resets
+/// it so for a fault outside a guard page) or ignoring a fault. While a
+/// handler is still installed, the signal is that handler's again.
+fn dies_after_handler(sig: libc::c_int, sent: bool) -> bool {
+    if sig == libc::SIGABRT && raised_by_abort() {
+        return true;
+    }
+    if is_function(&disposition(sig)) {
+        return false;
+    }
+    if !sent {
+        return true;
+    }
+    // SAFETY: an all-zero sigset is valid storage; sigpending fills it.
+    let mut pending: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `pending` is valid; sigismember only reads it.
+    unsafe { libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, sig) == 1 }
+}
+
+/// Whether the signal being handled was raised by `abort` (rather than by a
+/// `raise` or `kill` of the program's, which it may handle and live on):
+/// `abort` is among the first frames below the signal frame, by the name
+/// the loader knows it by. Does not allocate.
+fn raised_by_abort() -> bool {
+    let mut frames = [0usize; 32];
+    let depth = symbols::walk(&mut frames);
+    frames[..depth].iter().any(|&ip| {
+        // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
+        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+        // SAFETY: any address may be asked about; `info` is writable. A
+        // return address points just past its call: step back into it.
+        let found =
+            unsafe { libc::dladdr(ip.wrapping_sub(1) as *const libc::c_void, &mut info) } != 0;
+        // SAFETY: a NUL-terminated name owned by the loader, if any.
+        found
+            && !info.dli_sname.is_null()
+            && unsafe { core::ffi::CStr::from_ptr(info.dli_sname) }.to_bytes() == b"abort"
+    })
+}
+
+/// Calls the program's own handler for `sig` as the kernel would have:
+/// with its mask added to the blocked signals, its disposition reset first
+/// if it asked for `SA_RESETHAND`, and the thread registered meanwhile (see
+/// [`Calling`]).
+fn call_program_handler(
+    target: &libc::sigaction,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+    frame: usize,
+) {
+    let _calling = Calling::enter(context, frame);
+    // SAFETY: an all-zero sigset is valid storage for the old mask.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `target.sa_mask` is a valid sigset; `old` receives the mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &target.sa_mask, &mut old) };
+    if target.sa_flags & libc::SA_RESETHAND != 0 {
+        // SAFETY: an all-zero sigaction is the default action.
+        let default: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: `default` is a valid sigaction.
+        unsafe { libc::sigaction(sig, &default, core::ptr::null_mut()) };
+    }
+    if target.sa_flags & libc::SA_SIGINFO != 0 {
+        type Action = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+        // SAFETY: with SA_SIGINFO, `sa_sigaction` is a three-argument
+        // handler, not SIG_DFL nor SIG_IGN (checked by the caller).
+        let handler = unsafe { core::mem::transmute::<usize, Action>(target.sa_sigaction) };
+        handler(sig, info, context);
     } else {
-        0
-    };
-    // SAFETY: published slots are never written again (see `Saved`).
-    unsafe {
-        let target = &(*SAVED.0.get())[index][slot];
-        libc::sigaction(sig, target, core::ptr::null_mut());
-        // A fault happens again when the faulting instruction re-executes; a
-        // sent signal (an abort is one) would not: send it again.
-        if sig == libc::SIGABRT || sent {
-            libc::raise(sig);
+        type Handler = extern "C" fn(libc::c_int);
+        // SAFETY: without SA_SIGINFO, `sa_sigaction` is a one-argument
+        // handler, not SIG_DFL nor SIG_IGN (checked by the caller).
+        let handler = unsafe { core::mem::transmute::<usize, Handler>(target.sa_sigaction) };
+        handler(sig);
+    }
+    // SAFETY: `old` is the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+}
+
+/// The threads running a program's handler called from ours: if that
+/// handler calls ours back as its "previous" handler, the signal is not the
+/// program's to handle. A fixed table without allocation or thread-locals,
+/// one slot per thread: its kernel id, the context the kernel passed (the
+/// program's handler passes it on when it calls back) and where our
+/// handler's frame was. A handler that jumps out never unregisters: a later
+/// signal is a fresh delivery, not a call back, when its context or its
+/// frame differ (a call back runs deeper on the same stack, with the same
+/// context).
+struct Calling(Option<usize>);
+
+const CALLING_SLOTS: usize = 32;
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_THREAD: AtomicI32 = AtomicI32::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const NOWHERE: AtomicUsize = AtomicUsize::new(0);
+static CALLING: [AtomicI32; CALLING_SLOTS] = [NO_THREAD; CALLING_SLOTS];
+static CALLING_CONTEXT: [AtomicUsize; CALLING_SLOTS] = [NOWHERE; CALLING_SLOTS];
+static CALLING_FRAME: [AtomicUsize; CALLING_SLOTS] = [NOWHERE; CALLING_SLOTS];
+
+impl Calling {
+    /// Registers this thread as calling the program's handler with
+    /// `context`, from our handler's frame at `frame`. Not registered if
+    /// every slot belongs to a live thread.
+    fn enter(context: *mut libc::c_void, frame: usize) -> Calling {
+        let tid = sys::gettid();
+        let pid = sys::getpid();
+        let own = CALLING.iter().position(|s| s.load(Relaxed) == tid);
+        let slot = own.or_else(|| {
+            CALLING.iter().position(|s| {
+                let holder = s.load(Relaxed);
+                // A free slot, or one left by a thread that has ended.
+                // SAFETY: tgkill with signal 0 only checks that the thread
+                // exists.
+                let free =
+                    holder == 0 || unsafe { libc::syscall(libc::SYS_tgkill, pid, holder, 0) } != 0;
+                free && s.compare_exchange(holder, tid, Relaxed, Relaxed).is_ok()
+            })
+        });
+        if let Some(slot) = slot {
+            CALLING_CONTEXT[slot].store(context as usize, Relaxed);
+            CALLING_FRAME[slot].store(frame, Relaxed);
+        }
+        Calling(slot)
+    }
+
+    /// Whether this call of our handler, with `context` and its frame at
+    /// `frame`, is the program's handler calling us back.
+    fn is_call_back(context: *mut libc::c_void, frame: usize) -> bool {
+        let tid = sys::gettid();
+        CALLING.iter().enumerate().any(|(slot, s)| {
+            s.load(Relaxed) == tid
+                && CALLING_CONTEXT[slot].load(Relaxed) == context as usize
+                && frame < CALLING_FRAME[slot].load(Relaxed)
+        })
+    }
+}
+
+impl Drop for Calling {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            CALLING_FRAME[slot].store(0, Relaxed);
         }
     }
 }

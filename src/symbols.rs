@@ -1,8 +1,11 @@
 //! Stacks and their names: walking the current stack without allocating,
 //! the table of loaded modules (so an address can be named relative to its
-//! file), resolving addresses to functions and lines, and classifying a
-//! frame as allocation machinery (mayfail, std, alloc, core), the runtime
-//! (test harness, libc start-up) or the user's code.
+//! file), resolving addresses to functions and lines (C++ names demangled
+//! by the process's own C++ runtime), and classifying a frame as allocation
+//! machinery (mayfail, std, alloc, core, the C++ standard library, the C
+//! library's functions that allocate for their caller), the runtime (the
+//! Rust runtime, the test harness, the loader, libc's start-up and exit) or
+//! the user's code.
 //!
 //! Used by the crash report, the sweep and the site walk. Walking and
 //! locating never allocate, lock or panic; resolving and classifying
@@ -198,7 +201,9 @@ fn is_machinery_file(file: &Path) -> bool {
     if file.starts_with(OWN_SOURCES) || file.starts_with(PRELOAD_SOURCES) {
         return true;
     }
-    if file.contains("/rust/deps/") {
+    // std's vendored dependencies; the C++ standard library's headers
+    // (a function inlined from them may be named without its namespace).
+    if file.contains("/rust/deps/") || file.contains("/include/c++/") {
         return true;
     }
     if RUNTIME_FILES.iter().any(|r| file.contains(r)) {
@@ -227,13 +232,19 @@ pub(crate) struct Frame<'a> {
     pub(crate) file: Option<&'a Path>,
     /// Its line, if known.
     pub(crate) line: Option<u32>,
+    /// Whether its symbol is a C++ one (Itanium mangling).
+    pub(crate) cpp: bool,
+    /// Whether it is the C++ standard library's (see [`is_cpp_library`]).
+    pub(crate) cpp_library: bool,
 }
 
 impl Frame<'_> {
-    /// Whether it is allocation machinery: by its crate path
-    /// ([`is_machinery`]), or for a name without one, by its file.
+    /// Whether it is allocation machinery: the C++ standard library's, by
+    /// its mangled name; by its crate path ([`is_machinery`]); or for a name
+    /// without one, by its file.
     pub(crate) fn is_machinery(&self) -> bool {
-        is_machinery(self.name)
+        self.cpp_library
+            || is_machinery(self.name)
             || (is_unqualified(self.name) && self.file.is_some_and(is_machinery_file))
     }
 
@@ -256,9 +267,28 @@ impl Frame<'_> {
 pub(crate) fn resolve(ip: usize, mut f: impl FnMut(&Frame<'_>)) {
     backtrace::resolve(ip as *mut c_void, |symbol| {
         let mut text = StackBuf::<512>::new();
+        let mut demangled = StackBuf::<512>::new();
+        let (mut cpp, mut cpp_library) = (false, false);
         let named = match symbol.name() {
-            Some(name) => write!(text, "{name:#}").is_ok(),
+            Some(name) => {
+                let named = write!(text, "{name:#}").is_ok();
+                // Left mangled by Rust's demangler: a C++ symbol.
+                let raw = name.as_bytes();
+                if text.as_bytes().starts_with(b"_Z") || raw.starts_with(b"__cxa_") {
+                    cpp = true;
+                    cpp_library = is_cpp_library(raw);
+                    if !demangle_cpp(raw, &mut demangled) {
+                        demangled = StackBuf::new();
+                    }
+                }
+                named
+            }
             None => text.write_str("<unknown>").is_err(),
+        };
+        let text = if demangled.as_bytes().is_empty() {
+            &text
+        } else {
+            &demangled
         };
         // A name cut inside a character keeps its whole characters.
         let bytes = text.as_bytes();
@@ -271,8 +301,105 @@ pub(crate) fn resolve(ip: usize, mut f: impl FnMut(&Frame<'_>)) {
             named,
             file: symbol.filename(),
             line: symbol.lineno(),
+            cpp,
+            cpp_library,
         });
     });
+}
+
+/// Whether a C++ symbol (Itanium mangling, `_Z...`) is the C++ standard
+/// library's allocation machinery: `operator new` and `operator delete`
+/// (`_Znwm`, `_Znam`...), a function of namespace `std` (`St`, or one of
+/// the abbreviations `Sa` for `std::allocator`, `Sb`, `Ss`, `Si`, `So`,
+/// `Sd` for the strings and streams) or `__gnu_cxx`, whatever its
+/// qualifiers, or of a local entity (a lambda) inside one; and the C++
+/// runtime's `__cxa_` functions (`__cxa_allocate_exception` allocates a
+/// `throw`'s exception). `std::vector<T>::_M_realloc_insert`,
+/// `std::__new_allocator<T>::allocate`, `std::allocator_traits` and
+/// `std::__cxx11::basic_string<...>::_M_create` all are: the user's
+/// function that called them is the site.
+fn is_cpp_library(mangled: &[u8]) -> bool {
+    if mangled.starts_with(b"__cxa_") {
+        return true;
+    }
+    let Some(mut rest) = mangled.strip_prefix(b"_Z") else {
+        return false;
+    };
+    // A local entity belongs to its enclosing function, which comes next.
+    rest = rest.strip_prefix(b"Z").unwrap_or(rest);
+    if [&b"nw"[..], b"na", b"dl", b"da"]
+        .iter()
+        .any(|op| rest.starts_with(op))
+    {
+        return true;
+    }
+    if let Some(nested) = rest.strip_prefix(b"N") {
+        rest = nested;
+    }
+    // CV and reference qualifiers of a member function; internal linkage.
+    while let [b'r' | b'V' | b'K' | b'R' | b'O' | b'L', tail @ ..] = rest {
+        rest = tail;
+    }
+    matches!(
+        rest,
+        [b'S', b't' | b'a' | b'b' | b's' | b'i' | b'o' | b'd', ..]
+    ) || rest.starts_with(b"9__gnu_cxx")
+}
+
+/// The C++ runtime's demangler, `char *__cxa_demangle(const char *mangled,
+/// char *buffer, size_t *length, int *status)` (Itanium C++ ABI).
+type CxaDemangle = unsafe extern "C" fn(
+    *const core::ffi::c_char,
+    *mut core::ffi::c_char,
+    *mut usize,
+    *mut core::ffi::c_int,
+) -> *mut core::ffi::c_char;
+
+/// Writes the demangled form of the C++ symbol `mangled` into `out`
+/// (`std::vector<int, std::allocator<int> >::push_back(int const&)`), with
+/// the C++ runtime's `__cxa_demangle`, looked up in the process: every C++
+/// program has loaded one. `false`, and nothing written, if there is none
+/// or it cannot demangle the name. Allocates (the demangler returns a
+/// `malloc`'d string): only where resolving does, under the in-reclaim
+/// mark.
+fn demangle_cpp<const N: usize>(mangled: &[u8], out: &mut StackBuf<N>) -> bool {
+    let mut c_name = [0u8; 1024];
+    if mangled.len() >= c_name.len() || mangled.contains(&0) {
+        return false;
+    }
+    c_name[..mangled.len()].copy_from_slice(mangled);
+    // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the loaded
+    // objects in their usual order.
+    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_demangle".as_ptr()) };
+    if symbol.is_null() {
+        return false;
+    }
+    // SAFETY: `__cxa_demangle` has this signature in the Itanium C++ ABI,
+    // which every C++ runtime on this platform follows.
+    let demangle = unsafe { core::mem::transmute::<*mut c_void, CxaDemangle>(symbol) };
+    let mut status: core::ffi::c_int = -1;
+    // SAFETY: a NUL-terminated name; no buffer and no length, so the
+    // demangler allocates the result; a valid status slot.
+    let text = unsafe {
+        demangle(
+            c_name.as_ptr().cast(),
+            core::ptr::null_mut(),
+            core::ptr::null_mut(),
+            &mut status,
+        )
+    };
+    if text.is_null() {
+        return false;
+    }
+    // SAFETY: on success, a NUL-terminated string, ours until freed below.
+    let demangled = unsafe { core::ffi::CStr::from_ptr(text) };
+    let written = match demangled.to_str() {
+        Ok(name) if status == 0 => out.write_str(name).is_ok(),
+        _ => false,
+    };
+    // SAFETY: the demangler allocated `text` with `malloc`; freed once.
+    unsafe { libc::free(text.cast()) };
+    written
 }
 
 /// Symbols of std's path from a failed allocation to the abort, innermost
@@ -402,7 +529,9 @@ pub(crate) fn short_path(file: &Path, dir: Option<&Path>) -> String {
 /// can change, as `function (file:line) <- caller (file:line)`. Every
 /// function of the allocation machinery ([`is_machinery`]) is left out,
 /// inlined or not, wherever it is on the stack, so the same line makes the
-/// same site in debug and release builds; the walk ends at the sweep's
+/// same site in debug and release builds; so are the C library's functions
+/// the failed allocation was made in (`strdup`, `fopen`: the site is their
+/// caller's). The walk ends at the sweep's
 /// runner and at the test harness. The addresses must belong to this
 /// process (or to its parent before a fork, which has the same mappings).
 pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
@@ -414,8 +543,13 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
         if written >= depth || ended {
             break;
         }
+        if written == 0 && library_of(ip) == Library::Libc {
+            continue;
+        }
         resolve(ip, |frame| {
-            ended |= frame.is_sweep_runner() || frame.name.contains("__rust_begin_short_backtrace");
+            ended |= frame.is_sweep_runner()
+                || frame.name.contains("__rust_begin_short_backtrace")
+                || is_entry_point(frame.name);
             if ended || written >= depth || !frame.named || frame.is_machinery() {
                 return;
             }
@@ -439,8 +573,9 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
     site
 }
 
-/// Prints a backtrace of `frames` to stderr, allocation machinery trimmed
-/// from the top, at most [`PRINTED_FRAMES`] frames, ending at the test
+/// Prints a backtrace of `frames` to stderr, allocation machinery (and the
+/// C library's functions that allocated for their caller) trimmed from the
+/// top, at most [`PRINTED_FRAMES`] frames, ending at the test
 /// harness. Resolving allocates: the caller holds the in-reclaim mark.
 pub(crate) fn write_backtrace(frames: &[usize]) {
     sys::write_stderr(
@@ -451,6 +586,11 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
     for &ip in frames {
         if printed >= PRINTED_FRAMES {
             break;
+        }
+        // The C library's functions the allocation was made in (`strdup`)
+        // are trimmed with the machinery: their caller is the site.
+        if trimming && library_of(ip) == Library::Libc {
+            continue;
         }
         // One return address may stand for several inlined functions,
         // innermost first: keep up to four, with whether each is machinery.
@@ -516,11 +656,14 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
 pub(crate) enum Class {
     /// The program's own code, or a dependency's.
     User,
-    /// The Rust runtime, the test harness or the C library.
+    /// The Rust runtime, the test harness, or the C runtime's start-up,
+    /// exit and dynamic loader.
     Runtime,
 }
 
-/// Symbols of the Rust runtime, the test harness and libc's start-up.
+/// Symbols of the Rust runtime, the test harness and libc's start-up (in a
+/// program that links libc statically; a shared libc is judged by
+/// [`LIBC_MODULES`]).
 const RUNTIME_PREFIXES: [&str; 9] = [
     "test::",
     "<test::",
@@ -532,8 +675,8 @@ const RUNTIME_PREFIXES: [&str; 9] = [
     "rustc_demangle::",
     "__libc_",
 ];
-const RUNTIME_NAMES: [&str; 7] = [
-    "main",
+/// Entry points of processes and threads. Not `main`: see [`is_rust_main`].
+const RUNTIME_NAMES: [&str; 6] = [
     "_start",
     "start_thread",
     "clone",
@@ -544,24 +687,93 @@ const RUNTIME_NAMES: [&str; 7] = [
 /// Source paths of the standard library as shipped by rustup (remapped),
 /// its vendored dependencies, and a local toolchain's sources.
 const RUNTIME_FILES: [&str; 3] = ["/rustc/", "/rust/deps/", "/lib/rustlib/src/rust/"];
-/// Shared libraries of the C runtime.
-const RUNTIME_MODULES: [&str; 5] = ["libc.so", "ld-linux", "libgcc_s", "libpthread", "ld-musl"];
+/// Shared libraries of the C runtime that are never a caller's: the dynamic
+/// loader (start-up, `dlopen`, thread-local storage) and the unwinder.
+const RUNTIME_MODULES: [&str; 3] = ["ld-linux", "libgcc_s", "ld-musl"];
+/// The C and C++ libraries' shared objects. Their functions allocate on
+/// behalf of their caller (`strdup`, `asprintf`, `getline`, `fopen`, a
+/// stream's buffer, `operator new`): a frame there is skipped like the
+/// allocation machinery, and the caller decides. Start-up, exit and a
+/// thread's start end in an entry point ([`RUNTIME_NAMES`]) or in the
+/// loader (which runs the libraries' constructors), so they stay the
+/// runtime's.
+const LIBC_MODULES: [&str; 9] = [
+    "libc.so",
+    "libpthread",
+    "libdl.so",
+    "librt.so",
+    "libm.so",
+    "libresolv",
+    "libstdc++",
+    "libc++",
+    "libc++abi",
+];
+
+/// What a shared object is to a stack below the allocation machinery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Library {
+    /// The loader or the unwinder: the runtime.
+    Runtime,
+    /// The C or C++ library: allocates for its caller.
+    Libc,
+    /// Anything else: the program, a library it uses, or unknown.
+    Other,
+}
+
+/// What the module holding `ip` is (see [`Library`]).
+fn library_of(ip: usize) -> Library {
+    let Some(module) = locate(ip).0 else {
+        return Library::Other;
+    };
+    let name = module.name();
+    let listed = |list: &[&str]| list.iter().any(|m| name.starts_with(m.as_bytes()));
+    if listed(&RUNTIME_MODULES) {
+        Library::Runtime
+    } else if listed(&LIBC_MODULES) {
+        Library::Libc
+    } else {
+        Library::Other
+    }
+}
+
+/// Whether a function starts a process or a thread (libc's start-up, which
+/// calls a C program's `main`, or a thread's start): a call site ends there.
+fn is_entry_point(name: &str) -> bool {
+    name.starts_with("__libc_start") || RUNTIME_NAMES.contains(&name)
+}
+
+/// Whether a frame is std's `lang_start`, which the `main` rustc generates
+/// for a Rust program calls (by its path, or unqualified in std's file).
+fn is_lang_start(frame: &Frame<'_>) -> bool {
+    frame.name.starts_with("std::rt::lang_start")
+        || (frame.name.starts_with("lang_start") && frame.file.is_some_and(is_machinery_file))
+}
+
+/// Whether a frame named `main` is the C-ABI `main` rustc generates for a
+/// Rust program (the runtime's: it calls `std::rt::lang_start`), told by
+/// the frame it called, `after_lang_start`. A C program's `main`, a Rust
+/// program's own `fn main` named without its crate path
+/// (`debug = "line-tables-only"`) and a `#[no_mangle] main` are the user's.
+fn is_rust_main(frame: &Frame<'_>, after_lang_start: bool) -> bool {
+    frame.name == "main" && after_lang_start
+}
 
 /// Decided by the innermost frame below the allocation machinery (the
-/// unwinder, mayfail, the global allocator shims, std, alloc, core): the
-/// program's own code (or a dependency's) makes it a site.
+/// unwinder, mayfail, the global allocator shims, std, alloc, core) and the
+/// C library (which allocates for its caller): the program's own code (or
+/// a dependency's) makes it a site; the Rust runtime, the test harness, the
+/// loader and the entry points of processes and threads do not.
 pub(crate) fn classify(frames: &[usize]) -> Class {
     let mut below_machinery = false;
     let mut any_named = false;
+    let mut after_lang_start = false;
     for &ip in frames {
-        let (module, _) = locate(ip);
-        if below_machinery
-            && let Some(m) = module
-            && RUNTIME_MODULES
-                .iter()
-                .any(|r| m.name().starts_with(r.as_bytes()))
-        {
-            return Class::Runtime;
+        if below_machinery {
+            match library_of(ip) {
+                Library::Runtime => return Class::Runtime,
+                Library::Libc => continue,
+                Library::Other => {}
+            }
         }
         let mut verdict = None;
         resolve(ip, |frame| {
@@ -570,6 +782,8 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
             }
             any_named = true;
             let name = frame.name;
+            let called_lang_start = after_lang_start;
+            after_lang_start = is_lang_start(frame);
             if frame.is_machinery() {
                 below_machinery = true;
                 return;
@@ -581,16 +795,21 @@ pub(crate) fn classify(frames: &[usize]) -> Class {
                 .file
                 .and_then(|f| f.to_str())
                 .is_some_and(|f| RUNTIME_FILES.iter().any(|r| f.contains(r)));
-            let runtime = runtime_file
-                || RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
-                || RUNTIME_NAMES.contains(&name);
+            // A C++ namespace `test` is no test harness.
+            let runtime_name = !frame.cpp
+                && (RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
+                    || RUNTIME_NAMES.contains(&name)
+                    || is_rust_main(frame, called_lang_start));
+            let runtime = runtime_file || runtime_name;
             verdict = Some(if runtime { Class::Runtime } else { Class::User });
         });
         if let Some(verdict) = verdict {
             return verdict;
         }
     }
-    // No symbols at all (a stripped program): cannot tell, count it.
+    // Only machinery, libc and unnamed frames (a thread's start, a stack
+    // deeper than the walk): the runtime's. No symbols at all (a stripped
+    // program): cannot tell, count it.
     if any_named {
         Class::Runtime
     } else {
@@ -655,6 +874,8 @@ mod tests {
                 named: true,
                 file: Some(Path::new(file)),
                 line: Some(1),
+                cpp: false,
+                cpp_library: false,
             }
         }
         // Machinery: mayfail's own sources, std's, a registry crate of the
@@ -712,6 +933,84 @@ mod tests {
             registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
             Some("foo-2d")
         );
+    }
+
+    #[test]
+    fn the_cpp_librarys_allocation_machinery_is_told_by_its_mangled_name() {
+        for name in [
+            "_Znwm",
+            "_Znam",
+            "_ZnwmRKSt9nothrow_t",
+            "_ZnwmSt11align_val_t",
+            "_ZNSt15__new_allocatorIiE8allocateEmPKv",
+            "_ZNSt16allocator_traitsISaIiEE8allocateERS0_m",
+            "_ZNSt6vectorIiSaIiEE17_M_realloc_insertIJRKiEEEvN9__gnu_cxx17__normal_iteratorIPiS1_EEDpOT_",
+            "_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE9_M_createERmm",
+            "_ZNKSt6vectorIiSaIiEE12_M_check_lenEmPKc",
+            "_ZN9__gnu_cxx13new_allocatorIiE8allocateEmPKv",
+            "_ZNSaIcEC1Ev",
+            "_ZSt4moveIRiEONSt16remove_referenceIT_E4typeEOS2_",
+            "_ZZNSt6vectorIiSaIiEE9push_backERKiENKUlvE_clEv",
+            "__cxa_allocate_exception",
+        ] {
+            assert!(is_cpp_library(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "_ZN3app5Cache6insertEi",
+            "_ZL4growRSt6vectorIiSaIiEE",
+            "_Z4growRSt6vectorIiSaIiEE",
+            "_ZZ4mainENKUliE_clEi",
+            "_ZN4test3runEv",
+            "main",
+            "_ZN5alloc7raw_vec11finish_grow17h0123456789abcdefE",
+        ] {
+            assert!(!is_cpp_library(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_main_that_calls_lang_start_is_the_runtimes() {
+        fn frame<'a>(name: &'a str, file: &'a str) -> Frame<'a> {
+            Frame {
+                name,
+                named: true,
+                file: Some(Path::new(file)),
+                line: Some(1),
+                cpp: false,
+                cpp_library: false,
+            }
+        }
+        let rt = "/rustc/0123abcd/library/std/src/rt.rs";
+        assert!(is_lang_start(&frame("std::rt::lang_start::<()>", rt)));
+        assert!(is_lang_start(&frame("std::rt::lang_start_internal", rt)));
+        assert!(is_lang_start(&frame("lang_start<()>", rt)));
+        assert!(!is_lang_start(&frame(
+            "lang_start_engine",
+            "/work/app/src/main.rs"
+        )));
+        // rustc's C-ABI `main` calls lang_start; a C program's `main`, and a
+        // Rust `fn main` named without its path, call something else.
+        assert!(is_rust_main(&frame("main", ""), true));
+        assert!(!is_rust_main(&frame("main", "/work/c/program.c"), false));
+        assert!(!is_rust_main(
+            &frame("main", "/work/app/src/main.rs"),
+            false
+        ));
+        assert!(!is_rust_main(
+            &frame("app::main", "/work/app/src/main.rs"),
+            true
+        ));
+        for name in [
+            "__libc_start_call_main",
+            "__libc_start_main_impl",
+            "_start",
+            "start_thread",
+        ] {
+            assert!(is_entry_point(name), "{name}");
+        }
+        for name in ["main", "__GI___strdup", "copy"] {
+            assert!(!is_entry_point(name), "{name}");
+        }
     }
 
     #[test]

@@ -878,3 +878,255 @@ fn a_crash_under_a_chaining_handler_installed_later_still_kills_the_process() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+// ---------------------------------------------------------------------------
+// A program that handles SIGSEGV itself (a GC's or a JIT's probe of memory).
+
+/// The page the probe faults on, below the first MiB, where a fault after
+/// an injected failure is taken for an unchecked null.
+static PROBE_PAGE: AtomicUsize = AtomicUsize::new(0);
+/// Faults the program's own handler saw.
+static PROBE_FAULTS: AtomicUsize = AtomicUsize::new(0);
+/// Whether the program's handler gives up (resets the default action and
+/// returns, as std's does for a fault outside a guard page).
+static PROBE_GIVES_UP: AtomicBool = AtomicBool::new(false);
+
+/// The program's handler: makes the probed page readable and returns, so
+/// the read re-executes and succeeds; or gives up.
+fn probe_fault(address: usize) {
+    PROBE_FAULTS.fetch_add(1, SeqCst);
+    let page = PROBE_PAGE.load(SeqCst);
+    if PROBE_GIVES_UP.load(SeqCst) || !(page..page + 4096).contains(&address) {
+        // SAFETY: an all-zero sigaction is the default action.
+        unsafe {
+            let default: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGSEGV, &default, std::ptr::null_mut());
+        }
+        return;
+    }
+    // SAFETY: the page is ours, mapped by `map_probe_page`.
+    unsafe { libc::mprotect(page as *mut libc::c_void, 4096, libc::PROT_READ) };
+}
+
+extern "C" fn probe_action(_sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    probe_fault(unsafe { (*info).si_addr() } as usize);
+}
+
+extern "C" fn probe_handler(_sig: libc::c_int) {
+    probe_fault(PROBE_PAGE.load(SeqCst));
+}
+
+/// Installs the program's SIGSEGV handler, with `SA_SIGINFO` or without.
+fn install_probe_handler(siginfo: bool) {
+    // SAFETY: an all-zero sigaction is valid; the handler is filled in.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        if siginfo {
+            let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                probe_action;
+            action.sa_sigaction = handler as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+        } else {
+            let handler: extern "C" fn(libc::c_int) = probe_handler;
+            action.sa_sigaction = handler as usize;
+        }
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGSEGV, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
+/// Maps an inaccessible page below the first MiB.
+fn map_probe_page() -> usize {
+    for at in (0x1_0000..0x10_0000).step_by(0x1_0000).rev() {
+        // SAFETY: a fresh anonymous mapping where nothing is mapped (the
+        // kernel refuses rather than replaces).
+        let page = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if page as usize == at {
+            return at;
+        }
+    }
+    panic!("no page below the first MiB could be mapped");
+}
+
+/// Reads the probed page, protecting it again first, so that each probe
+/// faults.
+#[inline(never)]
+fn probe() -> u8 {
+    let page = PROBE_PAGE.load(SeqCst);
+    // SAFETY: the page is ours.
+    unsafe {
+        libc::mprotect(page as *mut libc::c_void, 4096, libc::PROT_NONE);
+        std::ptr::read_volatile(page as *const u8)
+    }
+}
+
+/// The child: the program's handler goes in before injection starts
+/// (`PROBE_ORDER=before`: mayfail's handler hands over to it) or after
+/// (`after`: an injected failure puts mayfail's back in front), then an
+/// injected failure, then three probes that fault.
+#[test]
+fn handled_fault_probe() {
+    if !is_child() {
+        return;
+    }
+    let siginfo = std::env::var("PROBE_SIGINFO").unwrap_or_default() == "1";
+    let before = std::env::var("PROBE_ORDER").unwrap_or_default() == "before";
+    PROBE_GIVES_UP.store(std::env::var("PROBE_GIVES_UP").is_ok(), SeqCst);
+    PROBE_PAGE.store(map_probe_page(), SeqCst);
+    if before {
+        install_probe_handler(siginfo);
+    }
+    mayfail::configure_injection("task-filter=Y,times=-1").unwrap();
+    if !before {
+        install_probe_handler(siginfo);
+    }
+    assert!(mayfail::make_it_fail(|| Vec::<u8>::new().try_reserve(8)).is_err());
+    let mut sum = 0u32;
+    for _ in 0..3 {
+        sum += u32::from(probe());
+    }
+    assert_eq!(sum, 0);
+    assert_eq!(PROBE_FAULTS.load(SeqCst), 3);
+    eprintln!("probed");
+}
+
+/// A fault the program's own handler recovers from is no crash: no report,
+/// and the process lives on, whether that handler was installed before
+/// mayfail's or after, with `SA_SIGINFO` or without. One that gives up still
+/// kills the process with the signal, after mayfail's report.
+#[test]
+fn a_fault_the_program_handles_itself_is_no_crash_and_one_it_gives_up_on_is() {
+    if is_child() {
+        return;
+    }
+    let mut problems = Vec::new();
+    for order in ["before", "after"] {
+        for siginfo in ["0", "1"] {
+            for gives_up in [false, true] {
+                let mut env = vec![
+                    ("MAYFAIL_INJECT", None),
+                    ("PROBE_ORDER", Some(order)),
+                    ("PROBE_SIGINFO", Some(siginfo)),
+                ];
+                if gives_up {
+                    env.push(("PROBE_GIVES_UP", Some("1")));
+                }
+                let run = run_child("handled_fault_probe", &env);
+                let reported = run.stderr.contains("mayfail: the process crashed");
+                let fine = if gives_up {
+                    run.signal == Some(libc::SIGSEGV) && reported
+                } else {
+                    run.code == Some(0) && !reported && run.stderr.contains("probed")
+                };
+                if !fine {
+                    problems.push(format!(
+                        "handler installed {order} mayfail's, SA_SIGINFO {siginfo}, gives up \
+                         {gives_up}: signal {:?}, exit code {:?}, report printed {reported}\n{}",
+                        run.signal,
+                        run.code,
+                        run.stderr.trim_end()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// Aborts the program's own `SIGABRT` handler saw.
+static ABORTS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn counting_abort_handler(_sig: libc::c_int) {
+    ABORTS_SEEN.fetch_add(1, SeqCst);
+}
+
+/// The child: the program's counting `SIGABRT` handler, installed before
+/// injection starts or after; an injected failure; then `raise(SIGABRT)`,
+/// which the handler handles, or `abort()` (`PROBE_ABORT`), which goes on
+/// to kill the process once the handler returns.
+#[test]
+fn handled_abort_probe() {
+    if !is_child() {
+        return;
+    }
+    let before = std::env::var("PROBE_ORDER").unwrap_or_default() == "before";
+    let install = || {
+        // SAFETY: an all-zero sigaction is valid; the handler is filled in.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            let handler: extern "C" fn(libc::c_int) = counting_abort_handler;
+            action.sa_sigaction = handler as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+    };
+    if before {
+        install();
+    }
+    mayfail::configure_injection("task-filter=Y,times=-1").unwrap();
+    if !before {
+        install();
+    }
+    assert!(mayfail::make_it_fail(|| Vec::<u8>::new().try_reserve(8)).is_err());
+    if std::env::var_os("PROBE_ABORT").is_some() {
+        std::process::abort();
+    }
+    // SAFETY: raise has no preconditions; the handler above takes it.
+    unsafe { libc::raise(libc::SIGABRT) };
+    assert_eq!(ABORTS_SEEN.load(SeqCst), 1);
+    eprintln!("raised");
+}
+
+/// A `SIGABRT` the program raises and handles itself is no abort: no
+/// report, the process lives on. `abort()` under the same handler still
+/// ends the process, after mayfail's report.
+#[test]
+fn an_abort_signal_the_program_handles_is_no_abort_and_abort_still_is() {
+    if is_child() {
+        return;
+    }
+    let mut problems = Vec::new();
+    for order in ["before", "after"] {
+        for aborts in [false, true] {
+            let mut env = vec![("MAYFAIL_INJECT", None), ("PROBE_ORDER", Some(order))];
+            if aborts {
+                env.push(("PROBE_ABORT", Some("1")));
+            }
+            let run = run_child("handled_abort_probe", &env);
+            let reported = run
+                .stderr
+                .contains("mayfail: the process is aborting after an injected allocation failure");
+            let fine = if aborts {
+                run.signal == Some(libc::SIGABRT) && reported
+            } else {
+                run.code == Some(0) && !reported && run.stderr.contains("raised")
+            };
+            if !fine {
+                problems.push(format!(
+                    "handler installed {order} mayfail's, abort() {aborts}: signal {:?}, exit \
+                     code {:?}, report printed {reported}\n{}",
+                    run.signal,
+                    run.code,
+                    run.stderr.trim_end()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -135,7 +135,7 @@ fn vec_push_aborts_and_the_report_names_the_function() {
     );
     assert!(
         site.replay
-            .starts_with("MAYFAIL_SWEEP_POINT=1 cargo test --test sweep -- --exact ")
+            .starts_with("MAYFAIL_SWEEP_POINT=1 cargo test -p mayfail --test sweep -- --exact ")
     );
     let text = report.to_string();
     assert!(text.contains("aborted"), "{text}");
@@ -704,6 +704,8 @@ fn replay_lines_survive_the_shell() {
             [
                 format!("{name}:2").as_str(),
                 "test",
+                "-p",
+                "mayfail",
                 "--test",
                 "sweep",
                 "--",
@@ -884,4 +886,254 @@ fn a_crash_report_names_the_thread_in_full() {
         stderr.contains("on thread 'a-thread-name-longer-than-fifteen-bytes' (tid"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Output on the error path, under libtest's output capture.
+
+/// A logger that prints each record with `eprintln!`, as a test's logger
+/// does so that the harness captures it.
+struct PrintingLogger;
+
+impl log::Log for PrintingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("[{}] {}", record.level(), record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reserves a buffer; on failure, says so in the way `how` names, with a
+/// line long enough to grow any buffer it lands in, and returns the error.
+#[inline(never)]
+fn reserve_or_say(how: &str) -> Result<usize, TryReserveError> {
+    let mut buffer: Vec<u8> = Vec::new();
+    if let Err(e) = buffer.try_reserve(64) {
+        let line = "could not reserve the buffer; carrying on without it, as a well-behaved \
+                    caller does after a failed allocation";
+        match how {
+            "println" => println!("{line}: {e}"),
+            "eprintln" => eprintln!("{line}: {e}"),
+            "log" => log::warn!("{line}: {e}"),
+            "write" => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{line}: {e}");
+            }
+            "println and leak" => {
+                println!("{line}: {e}");
+                std::mem::forget(vec![0u8; 100]);
+            }
+            _ => unreachable!("{how}"),
+        }
+        return Err(e);
+    }
+    Ok(buffer.capacity())
+}
+
+const SAYING: [&str; 4] = ["println", "eprintln", "log", "write"];
+
+/// In a rerun under the harness's capture: each way of printing on the
+/// error path, swept.
+#[test]
+fn printing_on_the_error_path_swept() {
+    if !in_rerun() {
+        return;
+    }
+    let _ = log::set_logger(&PrintingLogger);
+    log::set_max_level(log::LevelFilter::Warn);
+    for how in SAYING {
+        // Twice: the first run's prints may start the buffers.
+        for _ in 0..2 {
+            let report = quick().name(how).run(|| reserve_or_say(how));
+            assert_eq!(report.allocations(), 1, "{how}: {report}");
+            assert!(report.is_handled(), "{how}: {report}");
+        }
+    }
+    // A leak on the same path is still one.
+    let how = "println and leak";
+    let report = quick().name(how).run(|| reserve_or_say(how));
+    assert_eq!(report.count(Outcome::Leaked), 1, "{report}");
+    assert!(
+        report.points()[0].detail.contains("100 bytes in 1 blocks"),
+        "{report}"
+    );
+}
+
+/// What the harness captures (libtest's buffer of a test's output, which
+/// grows on every print) or std buffers (stdout's line writer) is neither
+/// the operation's nor a leak of it: under the default capture (no
+/// `--nocapture`) an error path that prints, logs or writes to stdout is
+/// handled, as it is with `--nocapture`.
+#[test]
+fn output_on_the_error_path_is_no_leak_under_the_harness_capture() {
+    if in_rerun() {
+        return;
+    }
+    for capture in [true, false] {
+        let mut args = vec![
+            "printing_on_the_error_path_swept",
+            "--exact",
+            "--test-threads=1",
+        ];
+        if !capture {
+            args.push("--nocapture");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(&args)
+            .env("MAYFAIL_SWEEP_TEST_CHILD", "1")
+            .env_remove("MAYFAIL_SWEEP_POINT")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_rerun_passed(&out);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Replay lines that cargo runs: the package and the target holding the test.
+
+/// The files of a workspace of two packages; `app` has a sweep that aborts
+/// in each kind of target: its library, a binary of the same name, an
+/// integration test with a dash in its name (through a helper of the
+/// library), an example, a bench and a doctest.
+const REPLAY_FIXTURE: [(&str, &str); 10] = [
+    (
+        "Cargo.toml",
+        "[workspace]\nmembers = [\"app\", \"other\"]\nresolver = \"3\"\n",
+    ),
+    (
+        "other/Cargo.toml",
+        "[package]\nname = \"other\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+    ),
+    ("other/src/lib.rs", "//! Nothing to test.\n"),
+    (
+        "app/Cargo.toml",
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+         [dependencies]\nmayfail = { path = \"MAYFAIL_DIR\" }\n",
+    ),
+    (
+        "app/src/lib.rs",
+        "//! A crate whose `collect` cannot report a failure.\n\
+         //!\n\
+         //! ```\n\
+         //! mayfail::sweep(|| app::collect(10)).assert_handled();\n\
+         //! ```\n\n\
+         #[global_allocator]\n\
+         static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();\n\n\
+         /// Sweeps `collect`, for a test elsewhere.\n\
+         pub fn sweep_collect() {\n    mayfail::sweep(|| collect(10)).assert_handled();\n}\n\n\
+         /// `Vec::push`: std aborts when it cannot allocate.\n\
+         pub fn collect(n: u32) -> Vec<u32> {\n    let mut ids = Vec::new();\n    \
+         for i in 0..n {\n        ids.push(i);\n    }\n    ids\n}\n\n\
+         #[cfg(test)]\nmod tests {\n    #[test]\n    fn lib_sweep() {\n        \
+         mayfail::sweep(|| super::collect(10)).assert_handled();\n    }\n}\n",
+    ),
+    (
+        "app/src/main.rs",
+        "use app::collect;\n\nfn main() {\n    println!(\"{}\", collect(3).len());\n}\n\n\
+         #[cfg(test)]\nmod tests {\n    #[test]\n    fn bin_sweep() {\n        \
+         mayfail::sweep(|| super::collect(10)).assert_handled();\n    }\n}\n",
+    ),
+    (
+        "app/tests/sweep-it.rs",
+        "#[test]\nfn it_sweep() {\n    app::sweep_collect();\n}\n",
+    ),
+    (
+        "app/examples/ex.rs",
+        "fn main() {}\n\n#[test]\nfn example_sweep() {\n    \
+         mayfail::sweep(|| app::collect(10)).assert_handled();\n}\n",
+    ),
+    (
+        "app/benches/speed.rs",
+        "#[test]\nfn bench_sweep() {\n    mayfail::sweep(|| app::collect(10)).assert_handled();\n}\n",
+    ),
+    ("app/README.md", "A fixture.\n"),
+];
+
+/// Runs `cargo` with `args` (or `bash -c line`) in the replay fixture, its
+/// target directory kept across runs.
+fn in_replay_fixture(dir: &std::path::Path, command: &mut std::process::Command) -> String {
+    let out = command
+        .current_dir(dir)
+        .env(
+            "CARGO_TARGET_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay-fixture-target"),
+        )
+        .env("CARGO_NET_OFFLINE", "true")
+        .env("CARGO", env!("CARGO"))
+        .env_remove("MAYFAIL_SWEEP_POINT")
+        .env_remove("MAYFAIL_INJECT")
+        .env_remove("MAYFAIL_SWEEP_TEST_CHILD")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Each failing sweep's replay line names its package and the target that
+/// holds its test, so that, run with `bash -c` in the workspace, it runs
+/// that test alone and it aborts at the same point again, with the crash
+/// report.
+#[test]
+fn replay_lines_name_the_package_and_the_target_that_hold_the_test() {
+    if in_rerun() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay-fixture");
+    let _ = std::fs::remove_dir_all(&dir);
+    for (path, text) in REPLAY_FIXTURE {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            path,
+            text.replace("MAYFAIL_DIR", env!("CARGO_MANIFEST_DIR")),
+        )
+        .unwrap();
+    }
+    let cargo = || {
+        let mut command = std::process::Command::new(env!("CARGO"));
+        command.args(["test", "--workspace", "--no-fail-fast"]);
+        command
+    };
+    let mut output = in_replay_fixture(&dir, cargo().arg("--all-targets"));
+    output += &in_replay_fixture(&dir, cargo().arg("--doc"));
+    let lines: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.split_once("replay: MAYFAIL_SWEEP_POINT=").map(|(_, l)| l))
+        .collect();
+    for (target, test) in [
+        ("--lib", "tests::lib_sweep"),
+        ("--bin app", "tests::bin_sweep"),
+        ("--test sweep-it", "it_sweep"),
+        ("--example ex", "example_sweep"),
+        ("--bench speed", "bench_sweep"),
+        ("--doc", "(line 3)"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| format!("{l} ").contains(&format!(" -p app {target} ")))
+            .map(|l| format!("MAYFAIL_SWEEP_POINT={l}"))
+            .unwrap_or_else(|| panic!("no replay line with {target}:\n{output}"));
+        // A doctest's name is rustdoc's: the line may pick it by its fence.
+        assert!(target == "--doc" || line.contains(test), "{line}");
+        let replayed =
+            in_replay_fixture(&dir, std::process::Command::new("bash").args(["-c", &line]));
+        assert!(
+            replayed.contains("running 1 test")
+                && replayed.contains(test)
+                && replayed.contains(
+                    "mayfail: the process is aborting after an injected allocation failure"
+                )
+                && replayed.contains("app::collect"),
+            "{line}\n{replayed}"
+        );
+    }
 }

@@ -439,7 +439,8 @@ pub fn table(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "  {} stacks of the Rust runtime and test harness were not counted as sites",
+        "  {} stacks of the runtime (the Rust runtime, a test harness, the C runtime's start-up, \
+         exit and loader) were not counted as sites",
         s.runtime_stacks
     );
     if !s.handled_exit.is_empty() {
@@ -575,8 +576,8 @@ pub fn html(s: &Summary) -> String {
     let _ = writeln!(
         out,
         "<p>Each site is a distinct call stack whose allocation was failed once, in a run of \
-         its own; its outcome is how that process ended. {} stacks of the Rust runtime and test \
-         harness were not counted.</p>",
+         its own; its outcome is how that process ended. {} stacks of the runtime (the Rust \
+         runtime, a test harness, the C runtime's start-up, exit and loader) were not counted.</p>",
         s.runtime_stacks
     );
     if !s.unattributed.is_empty() {

@@ -140,7 +140,15 @@ fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_
     let text = support::output_text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join("walk.state"));
-    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    // The two mallocs, and stdout's buffer, which `puts` allocates for its
+    // caller and does without when that fails.
+    assert_eq!(sites.len(), 3, "{sites:?}\n{text}");
+    assert!(
+        sites.iter().any(|s| s.2.starts_with("checked (")
+            && s.2.contains("program.c:14")
+            && s.1 == "handled"),
+        "{sites:?}"
+    );
     let checked = sites.iter().find(|s| s.2.starts_with("checked")).unwrap();
     assert_eq!(checked.1, "handled", "{sites:?}");
     assert!(checked.2.contains("program.c:8"), "{sites:?}");
@@ -183,12 +191,13 @@ fn building_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The walk of [`C_PROGRAM`]: its two sites, handled and crashed.
+/// The walk of [`C_PROGRAM`]: its two mallocs, handled and crashed, and
+/// stdout's buffer.
 fn assert_c_program_walked(dir: &Path, state: &str, output: &Output) {
     let text = support::output_text(output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join(state));
-    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    assert_eq!(sites.len(), 3, "{sites:?}\n{text}");
     let checked = sites.iter().find(|s| s.2.starts_with("checked")).unwrap();
     assert_eq!(checked.1, "handled", "{sites:?}");
     let unchecked = sites.iter().find(|s| s.2.starts_with("unchecked")).unwrap();
@@ -738,6 +747,289 @@ fn a_setuid_program_is_out_of_reach_only_when_it_runs_as_another_user() {
         "setuid or setgid to another user or group: the loader ignores LD_PRELOAD for it, so \
          no failure is injected",
     );
+}
+
+/// A C program whose allocations are in `main` and in the C library's
+/// functions that allocate for their caller. Each line that allocates is
+/// named in [`LIBC_CALLERS_LINES`].
+const LIBC_CALLERS: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+__attribute__((noinline)) static char *copy(const char *s) {
+    char *d = strdup(s);
+    d[0] = 'X';
+    return d;
+}
+
+__attribute__((noinline)) static int format(void) {
+    char *p = NULL;
+    if (asprintf(&p, "%d", 42) < 0) return 0;
+    free(p);
+    return 0;
+}
+
+__attribute__((noinline)) static int read_line(void) {
+    FILE *f = fopen("/proc/self/cmdline", "r");
+    if (f == NULL) return 0;
+    char *line = NULL;
+    size_t size = 0;
+    getline(&line, &size, f);
+    free(line);
+    fclose(f);
+    return 0;
+}
+
+int main(void) {
+    char *text = malloc(64);
+    text[0] = 'a';
+    free(copy("hello"));
+    format();
+    read_line();
+    fprintf(stderr, "%s\n", text);
+    return 0;
+}
+"#;
+
+/// Where [`LIBC_CALLERS`] allocates: (site's first function and line, its
+/// outcome).
+const LIBC_CALLERS_LINES: [(&str, &str); 5] = [
+    ("main (program.c:31)", "crashed"),
+    ("copy (program.c:7)", "crashed"),
+    ("format (program.c:14)", "handled"),
+    ("read_line (program.c:20)", "handled"),
+    ("read_line (program.c:24)", "handled"),
+];
+
+#[test]
+fn a_c_programs_main_and_the_callers_of_libcs_allocating_functions_are_sites() {
+    require_library();
+    let dir = scratch("allocating-for-callers");
+    compile_c(&dir, LIBC_CALLERS, &[]);
+    let output = bounded(
+        runner(&dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        120,
+    );
+    let text = support::output_text(&output);
+    let sites = sites_in(&dir.join("walk.state"));
+    for (place, outcome) in LIBC_CALLERS_LINES {
+        let found: Vec<_> = sites
+            .iter()
+            .filter(|s| s.2.starts_with(place.split(" (").next().unwrap()))
+            .filter(|s| {
+                s.2.contains(place.split(" (").nth(1).unwrap().trim_end_matches(')'))
+            })
+            .collect();
+        assert!(!found.is_empty(), "no site {place}: {sites:?}\n{text}");
+        assert!(
+            found.iter().all(|s| s.1 == outcome),
+            "{place} should be {outcome}: {found:?}"
+        );
+    }
+    // A site is its caller's: no frame of libc's, nor its start-up.
+    for (_, _, place) in &sites {
+        assert!(
+            !place.contains("libc") && !place.contains("strdup") && !place.contains("./libio"),
+            "{place}"
+        );
+    }
+    assert!(
+        text.contains("stacks of the runtime (") && !text.contains("Rust runtime and test harness"),
+        "{text}"
+    );
+    // The crash report of `strdup`'s failure starts its backtrace at its
+    // caller too.
+    let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+    assert!(log.contains("trimmed):\n    0: copy\n"), "{log}");
+    assert_eq!(output.status.code(), Some(1), "{text}");
+}
+
+/// A C++ program allocating through `std::vector`, `std::map`,
+/// `std::string` and `new[]`; none of it checks (an uncaught `bad_alloc`
+/// aborts).
+const CPP_PROGRAM: &str = r#"#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace app {
+struct Cache {
+    std::map<int, std::string> entries;
+    void insert(int key);
+};
+
+void Cache::insert(int key) {
+    entries[key] = "a value long enough to need memory of its own, not the small buffer";
+}
+}  // namespace app
+
+__attribute__((noinline)) static void grow(std::vector<int> &v) {
+    v.push_back(1);
+}
+
+int main() {
+    std::vector<int> v;
+    grow(v);
+    app::Cache cache;
+    cache.insert(7);
+    int *p = new int[4];
+    p[0] = 1;
+    std::fprintf(stderr, "%d %zu\n", v[0] + p[0], cache.entries.size());
+    delete[] p;
+    return 0;
+}
+"#;
+
+#[test]
+fn a_cpp_programs_sites_are_its_own_functions_demangled_not_the_cpp_librarys() {
+    require_library();
+    for (opt, sites_expected) in [
+        (
+            "-O0",
+            &[
+                "grow (program.cpp:18) <- main (program.cpp:23)",
+                "app::Cache::insert(int) (program.cpp:13) <- main (program.cpp:25)",
+                "main (program.cpp:26)",
+            ][..],
+        ),
+        (
+            "-O2",
+            &[
+                "grow (program.cpp:18) <- main (program.cpp:23)",
+                "main (program.cpp:26)",
+            ][..],
+        ),
+    ] {
+        let dir = scratch(&format!("cpp-program{opt}"));
+        support::compile_cpp(&dir, CPP_PROGRAM, &[opt]);
+        let output = bounded(
+            runner(&dir).args([
+                "sites",
+                "--preload",
+                "--state",
+                "walk.state",
+                "--",
+                "./program",
+            ]),
+            120,
+        );
+        let text = support::output_text(&output);
+        let sites = sites_in(&dir.join("walk.state"));
+        // Paths as the state file has them, absolute: compare without the
+        // directory.
+        let shown: Vec<String> = sites
+            .iter()
+            .map(|s| s.2.replace(&format!("{}/", dir.display()), ""))
+            .collect();
+        for expected in sites_expected {
+            assert!(
+                shown.iter().any(|s| s == expected),
+                "{opt}: no site {expected:?} in {shown:#?}\n{text}"
+            );
+        }
+        for (site, (_, outcome, _)) in shown.iter().zip(&sites) {
+            for machinery in ["_Z", "operator new", "std::", "__gnu_cxx", "allocator"] {
+                assert!(!site.contains(machinery), "{opt}: {site}");
+            }
+            assert_eq!(outcome, "aborted", "{opt}: {site}");
+        }
+        assert_eq!(output.status.code(), Some(1), "{text}");
+    }
+}
+
+/// A C program that, when its allocation fails, probes memory with its own
+/// `SIGSEGV` handler, as GCs and JITs do: `sigsetjmp` before the read,
+/// `siglongjmp` out of the handler; a signal sent with `raise` is only
+/// counted. With an argument,
+/// the handler gives up on faults instead (it resets the default action
+/// and returns, so the read faults again and kills the process).
+const PROBING_PROGRAM: &str = r#"#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static sigjmp_buf probe_env;
+static volatile int raised;
+static int give_up;
+
+static void on_segv(int sig, siginfo_t *info, void *context) {
+    (void)context;
+    if (info->si_code <= 0) { raised++; return; }
+    if (give_up) { signal(sig, SIG_DFL); return; }
+    siglongjmp(probe_env, 1);
+}
+
+__attribute__((noinline)) static int readable(volatile char *p) {
+    if (sigsetjmp(probe_env, 1)) return 0;
+    (void)*p;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    (void)argv;
+    give_up = argc > 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, NULL);
+    char *text = malloc(100);
+    if (text != NULL) {
+        free(text);
+        return 0;
+    }
+    int found = 0;
+    for (int i = 0; i < 3; i++) found += readable((volatile char *)(long)(16 * i));
+    raise(SIGSEGV);
+    fprintf(stderr, "no memory; readable %d, raised %d\n", found, raised);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_program_that_handles_sigsegv_itself_is_handled_and_crashed_only_when_it_dies_of_it() {
+    require_library();
+    for (args, outcome) in [(&[][..], "handled"), (&["give-up"][..], "crashed")] {
+        let dir = scratch(&format!("probing-{outcome}"));
+        compile_c(&dir, PROBING_PROGRAM, &[]);
+        let output = bounded(
+            runner(&dir)
+                .args([
+                    "sites",
+                    "--preload",
+                    "--state",
+                    "walk.state",
+                    "--",
+                    "./program",
+                ])
+                .args(args),
+            120,
+        );
+        let text = support::output_text(&output);
+        let sites = sites_in(&dir.join("walk.state"));
+        let malloc = sites
+            .iter()
+            .find(|s| s.2.starts_with("main (") && s.2.contains("program.c:33"))
+            .unwrap_or_else(|| panic!("no site at program.c:33: {sites:?}\n{text}"));
+        assert_eq!(malloc.1, outcome, "{sites:?}\n{text}");
+        let log = std::fs::read_to_string(dir.join("walk.log")).unwrap();
+        let reported = log.contains("mayfail: the process crashed");
+        assert_eq!(reported, outcome == "crashed", "{log}");
+        if outcome == "handled" {
+            assert!(log.contains("no memory; readable 0, raised 1"), "{log}");
+            assert_eq!(output.status.code(), Some(0), "{text}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

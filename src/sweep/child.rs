@@ -159,6 +159,7 @@ impl Sweep {
                 exit_child(0);
             }
         }
+        make_room_for_output();
         let tracking = track::start();
         // The run's failures start a record of their own (the parent's probe
         // left one behind).
@@ -229,6 +230,47 @@ impl Sweep {
             bytes.saturating_sub(first_bytes),
             blocks.saturating_sub(first_blocks),
         ))
+    }
+}
+
+/// Room made in the buffer the test harness captures output into, before
+/// the operation's blocks are tracked.
+const OUTPUT_ROOM: usize = 256 << 10;
+
+/// Zero bytes (valid UTF-8) to print: read-only, never touched but to copy.
+static FILLER: [u8; OUTPUT_ROOM] = [0; OUTPUT_ROOM];
+
+/// In the child, before tracking: makes room in the buffers that output
+/// goes through, so that what the operation prints does not grow them while
+/// its blocks are tracked. Under libtest's capture (no `--nocapture`),
+/// `print!` and `eprint!` (and a logger that uses them) append to the
+/// test's capture buffer, a `Vec<u8>` the harness owns: without room, it
+/// grows on every failing run, which the leak rule would blame on the
+/// operation. Its contents are this child's and are never shown, so
+/// [`OUTPUT_ROOM`] bytes are written, then one more: a `Vec` grown to the
+/// exact length a write needs doubles on the next byte, leaving at least
+/// `OUTPUT_ROOM` bytes free. Whether the byte grew it is counted with the
+/// thread's countdown; a buffer that had room already is written again, a
+/// few times at most. Without capture the bytes go to `/dev/null` through
+/// stdout's line writer, which sends a write that large straight through
+/// without buffering it (it is set up here, too, if it was not yet).
+fn make_room_for_output() {
+    let Ok(filler) = core::str::from_utf8(&FILLER) else {
+        return;
+    };
+    for _ in 0..4 {
+        configure::fail_nth(u64::MAX);
+        print!("{filler}");
+        let after_room = configure::fail_nth_pending();
+        print!("\0");
+        let after_byte = configure::fail_nth_pending();
+        configure::fail_nth(0);
+        let (room_grew, byte_grew) = (after_room != u64::MAX, after_byte != after_room);
+        // Grown by the byte: the room is there. Grown by neither: the
+        // output is not captured.
+        if byte_grew || !room_grew {
+            return;
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 //! the allocator except [`on_injected`], which writes one line to the pipe.
 
 mod child;
+mod replay;
 mod report;
 mod watch;
 
@@ -28,9 +29,8 @@ use std::time::{Duration, Instant};
 use crate::Outcome;
 use crate::configure;
 use crate::scope::{self, Mode};
-use crate::symbols;
-use crate::text::ShellWord;
 use child::{mayfail_is_global, warm_symbols};
+use replay::Caller;
 pub use report::{Point, Site, SweepReport};
 use watch::{ChildSignal, Ended, MAX_ALLOCATIONS, Run};
 
@@ -136,7 +136,8 @@ impl Sweep {
     /// is `leaked` only if the live set grows again, by the bytes it reports.
     /// What the error path keeps once per thread or per process (a logger's
     /// buffer grown by its first warning, a "last error" slot replaced) is
-    /// not a leak.
+    /// not a leak; nor is what it prints into the test harness's output
+    /// capture, in which each child makes room (256 KiB) before the run.
     pub fn warm_up(mut self, warm_up: bool) -> Sweep {
         self.warm_up = warm_up;
         self
@@ -221,7 +222,7 @@ impl Sweep {
             return report;
         }
         let _waitable = ChildSignal::take();
-        let on_test_thread = on_test_thread();
+        let caller = Caller::find();
         let baseline = self.run_children(f, &[0]).pop();
         match baseline {
             Some(Run {
@@ -241,7 +242,7 @@ impl Sweep {
         }
         if report.baseline.is_none() {
             self.sweep_points(f, &mut report);
-            report.sites = self.group(&report.points, on_test_thread);
+            report.sites = self.group(&report.points, &caller);
         }
         report.elapsed = start.elapsed();
         report
@@ -350,7 +351,7 @@ impl Sweep {
         report
     }
 
-    fn group(&self, points: &[Point], on_test_thread: bool) -> Vec<Site> {
+    fn group(&self, points: &[Point], caller: &Caller) -> Vec<Site> {
         let mut by_site: BTreeMap<&str, Vec<Point>> = BTreeMap::new();
         for p in points {
             by_site.entry(p.site.as_str()).or_default().push(p.clone());
@@ -370,7 +371,7 @@ impl Sweep {
                 Site {
                     site: site.to_owned(),
                     worst,
-                    replay: self.replay_line(n, on_test_thread),
+                    replay: self.replay_line(n, caller),
                     points,
                 }
             })
@@ -379,50 +380,14 @@ impl Sweep {
         sites
     }
 
-    /// `MAYFAIL_SWEEP_POINT=n cargo test --test file -- --exact name` on a
-    /// test's thread, or the process's own command line elsewhere (a thread
-    /// the test spawned is named, but not after a test).
-    fn replay_line(&self, n: u64, on_test_thread: bool) -> String {
+    /// The command that replays point `n` of this sweep alone: see
+    /// [`replay::replay_line`].
+    fn replay_line(&self, n: u64, caller: &Caller) -> String {
         let point = match &self.name {
             Some(name) => format!("{name}:{n}"),
             None => n.to_string(),
         };
-        let thread = std::thread::current();
-        let test = thread
-            .name()
-            .filter(|&name| on_test_thread && name != "main");
-        let exe = std::env::current_exe().ok();
-        let stem = exe
-            .as_deref()
-            .and_then(|p| p.file_stem())
-            .and_then(|s| s.to_str())
-            .map(|s| s.rsplit_once('-').map_or(s, |(stem, _)| stem).to_owned());
-        match (test, stem) {
-            (Some(test), Some(stem)) => {
-                let package = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
-                let target = if stem == package.replace('-', "_") {
-                    "--lib".to_owned()
-                } else {
-                    format!("--test {stem}")
-                };
-                format!(
-                    "MAYFAIL_SWEEP_POINT={} cargo test {target} -- --exact {}",
-                    ShellWord(point.as_bytes()),
-                    ShellWord(test.as_bytes())
-                )
-            }
-            _ => {
-                use std::os::unix::ffi::OsStrExt;
-                let args: Vec<String> = std::env::args_os()
-                    .map(|arg| ShellWord(arg.as_bytes()).to_string())
-                    .collect();
-                format!(
-                    "MAYFAIL_SWEEP_POINT={} {}",
-                    ShellWord(point.as_bytes()),
-                    args.join(" ")
-                )
-            }
-        }
+        replay::replay_line(&point, caller)
     }
 }
 
@@ -444,22 +409,4 @@ fn refused_here() -> Option<&'static str> {
         );
     }
     None
-}
-
-/// Whether the current thread runs a libtest test: libtest calls each test
-/// through its own functions (`test::run_test`...), which a thread the test
-/// spawned does not have on its stack.
-fn on_test_thread() -> bool {
-    let mut frames = [0usize; symbols::MAX_FRAMES];
-    let depth = symbols::walk(&mut frames);
-    let mut found = false;
-    for &ip in &frames[..depth] {
-        symbols::resolve(ip, |frame| {
-            found |= frame.name.starts_with("test::");
-        });
-        if found {
-            break;
-        }
-    }
-    found
 }

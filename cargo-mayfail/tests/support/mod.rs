@@ -88,3 +88,17 @@ pub fn output_text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// Compiles the C++ `source` into `dir/program` with `g++ -g` and `flags`.
+pub fn compile_cpp(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
+    std::fs::write(dir.join("program.cpp"), source).unwrap();
+    let built = Command::new("g++")
+        .current_dir(dir)
+        .arg("-g")
+        .args(flags)
+        .args(["-o", "program", "program.cpp"])
+        .status()
+        .expect("g++ runs");
+    assert!(built.success(), "g++ {flags:?} failed");
+    dir.join("program")
+}
