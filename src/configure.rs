@@ -10,7 +10,10 @@
 //! message) but never from inside the allocator.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU8, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 
 use crate::crash;
 use crate::engaged;
@@ -125,28 +128,47 @@ fn holds_arm() -> bool {
 /// Gives the thread's arm back when it exits with a countdown still running
 /// (or exhausted): otherwise the engaged word would stay raised for a thread
 /// that no longer exists, and every allocation of the process would take
-/// the engaged path from then on. A thread-local with a destructor, touched
-/// only here, from the public API (never inside the allocator): its
-/// registration may allocate. The destructor reads the allocator's
-/// thread-local state, which has no destructor and outlives it.
+/// the engaged path from then on. A `pthread` key's destructor, which glibc
+/// runs after the thread's `thread_local!` destructors: a countdown armed
+/// as the thread's body ends still fires in those (they allocate like any
+/// code). Called only from the public API, never inside the allocator:
+/// creating the key and setting its value may allocate.
 fn release_at_thread_exit() {
-    struct Release;
-    impl Drop for Release {
-        fn drop(&mut self) {
-            if holds_arm() {
-                scope::replace_fail_nth(0);
-                scope::set_persistent(false);
-                engaged::disarm_thread();
-            }
+    unsafe extern "C" fn release(_: *mut core::ffi::c_void) {
+        if holds_arm() {
+            scope::replace_fail_nth(0);
+            scope::set_persistent(false);
+            engaged::disarm_thread();
         }
     }
-    thread_local! {
-        static RELEASE: Release = const { Release };
+    /// The key plus one (0: not created yet).
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+    let mut key = KEY.load(Acquire);
+    if key == 0 {
+        let mut created: libc::pthread_key_t = 0;
+        // SAFETY: `created` is a valid out-pointer; the destructor is an
+        // `extern "C"` function of the type glibc calls, which touches only
+        // atomics and the thread's destructor-free state.
+        if unsafe { libc::pthread_key_create(&mut created, Some(release)) } != 0 {
+            return;
+        }
+        key = created as usize + 1;
+        if let Err(first) = KEY.compare_exchange(0, key, AcqRel, Acquire) {
+            // Another thread created one first: use that one.
+            // SAFETY: `created` was created just above and never set.
+            unsafe { libc::pthread_key_delete(created) };
+            key = first;
+        }
     }
-    // Fails only while the thread is already being torn down; its arm is
-    // then not taken either (see `fail_nth`'s caller contract: nothing
-    // arms from a thread-local destructor on purpose).
-    let _ = RELEASE.try_with(|_| {});
+    // Any non-null value makes glibc call the destructor at thread exit.
+    // SAFETY: the key was created by `pthread_key_create` and is never
+    // deleted once published; the value is never dereferenced.
+    unsafe {
+        libc::pthread_setspecific(
+            (key - 1) as libc::pthread_key_t,
+            core::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+        )
+    };
     release_in_forked_children();
 }
 
