@@ -28,8 +28,10 @@
 //! the crash report does); `frames` are the raw `module+offset` addresses.
 //! The fate comes from the crash module's `SIGABRT`/`SIGSEGV`/`SIGBUS`
 //! handler or from a glibc `on_exit` handler (exit 0: handled, else: failed).
-//! A new stack whose innermost frame outside std/alloc/core/mayfail belongs
-//! to the Rust runtime, the test harness or libc is not a site: it passes
+//! A new stack whose innermost frame outside the allocation machinery
+//! (std, alloc, core, mayfail, and the C and C++ libraries' functions that
+//! allocate for their caller) belongs to the Rust runtime, a test harness,
+//! the loader or libc's start-up and exit is not a site: it passes
 //! and is appended as a `runtime` line so that later runs skip it without
 //! resolving it again (`sites-all=Y` counts those too). Once the process has
 //! failed its site, `times` reaches 0 and no stack is walked any more.

@@ -29,9 +29,12 @@ const MAX_STATE_PATH: usize = 512;
                   again; in each process the first allocation whose call stack is new fails, \
                   once, and the site and how the process ended are kept in the state file. \
                   Stops when a run fails no new site and meets no new stack at all (one more \
-                  run confirms a run that met new runtime stacks), or after --max-runs. Sites \
-                  whose innermost frame outside std/alloc/core is in the Rust runtime, the test \
-                  harness or libc are not counted (--all-stacks: counted). Replay a site with \
+                  run confirms a run that met new runtime stacks), or after --max-runs. Stacks \
+                  whose innermost frame outside the allocation machinery (std, alloc, core, \
+                  libc's and libstdc++'s allocating functions) is in the Rust runtime, a test \
+                  harness, the loader or libc's start-up and exit are not counted \
+                  (--all-stacks: counted); a C program's main and the callers of libc's \
+                  allocating functions are sites. Replay a site with \
                   mayfail run --inject stack=ID -- CMD (the report prints it).\n\n\
                   Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
                   aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
@@ -71,7 +74,8 @@ pub(crate) struct SitesArgs {
     inject: Option<String>,
     #[command(flatten)]
     preload: super::preload::PreloadChoice,
-    /// Count stacks of the Rust runtime, the test harness and libc as sites
+    /// Count stacks of the Rust runtime, a test harness, the loader and libc's
+    /// start-up and exit as sites
     #[arg(long)]
     all_stacks: bool,
     /// Walk shard K of N only: new stacks are split into N parts by stack
