@@ -26,7 +26,8 @@ use crate::config::{self, Defaults};
 use crate::engaged;
 #[cfg(feature = "inject")]
 use crate::inject;
-use crate::policy;
+use crate::limit;
+use crate::policy::{self, Cause};
 use crate::request::{Request, Verdict};
 use crate::reserve;
 use crate::startup;
@@ -113,6 +114,36 @@ impl<A> MayFail<A> {
         self
     }
 
+    /// Compiles in a heap limit (see [`set_limit`](crate::set_limit)):
+    /// allocations that would take the bytes live through `MayFail` past
+    /// it are treated as nulls from the inner allocator, so that the
+    /// reclaimers run before the kernel's OOM killer would. `MAYFAIL_LIMIT`
+    /// and [`set_limit`](crate::set_limit) override it.
+    ///
+    /// ```
+    /// use mayfail::{Limit, MayFail};
+    /// use std::alloc::System;
+    ///
+    /// #[global_allocator]
+    /// static GLOBAL: MayFail<System> = MayFail::system().with_limit(Limit::Percent(80));
+    /// # fn main() {}
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a percentage is outside 1 to 100; in a `static` initialiser this
+    /// is a compile-time error.
+    pub const fn with_limit(mut self, limit: crate::Limit) -> Self {
+        if let crate::Limit::Percent(p) = limit {
+            assert!(
+                p >= 1 && p <= 100,
+                "MayFail::with_limit takes a percentage from 1 to 100"
+            );
+        }
+        self.defaults.limit = crate::limit::encode(limit);
+        self
+    }
+
     /// The wrapped allocator.
     pub const fn inner(&self) -> &A {
         &self.inner
@@ -152,21 +183,35 @@ macro_rules! when_engaged {
 }
 
 /// Tells the sweep's leak tracking that `$ptr` is being freed, while a
-/// sweep's child tracks blocks: the only reason `dealloc` leaves its success
+/// sweep's child tracks blocks, and the heap limit's count that `$size`
+/// bytes are, while it counts: the only reasons `dealloc` leaves its success
 /// path. On x86-64 the whole test is one `asm!` statement: `test byte ptr
-/// [rip+WORD], TRACKING` and a `jz` over an out-of-line call, so the success
+/// [rip+WORD], TRACKING|LIMITED` and a `jz` over the rest, so the success
 /// path is those two instructions and the compiler sees no branch and no
 /// call (what it inlines `dealloc` into stays within its inlining budget).
-/// Elsewhere (and under Miri), a relaxed load, a branch and a call.
+/// While the limit counts in place (the word's low byte is exactly
+/// `LIMITED|LIMIT_LANE`), the rest adds `$size` to the thread's freed count
+/// from the thread pointer and calls out of line only when the count passes
+/// its batch (see `limit`). Elsewhere (and under Miri), a relaxed load, a
+/// branch and a call.
 macro_rules! forget_if_tracking {
-    ($ptr:expr) => {{
+    ($ptr:expr, $size:expr) => {{
         let ptr: *mut u8 = $ptr;
+        let size: usize = $size;
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         let mut ptr = ptr;
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         // SAFETY: the instructions read the low byte of the aligned atomic
         // `ENGAGED` (the flag bits, little-endian; a static: always mapped)
-        // as a relaxed load does. While the flag is set they move the stack
+        // as a relaxed load does. While the limit counts in place they read
+        // `STATE_OFFSET` (an aligned atomic static, a relaxed load): it is
+        // set, before `LIMIT_LANE` ever is, to where every thread's state
+        // lies from its thread pointer (see `scope::STATE_OFFSET`), a
+        // `const` thread-local that lives as long as the thread; they add
+        // `size` to its `freed` field (an aligned `Cell<i64>` only this
+        // thread writes, through copies: no reference to it is alive) in
+        // one instruction, as `limit::uncharge` does through the cell.
+        // Otherwise, and when that sum turns negative, they move the stack
         // pointer past the 128-byte red zone and call `forget_freed_thunk`,
         // which aligns the stack itself, keeps `rdi` (the pointer, an in-out
         // operand) and clobbers no more than the C ABI's caller-saved
@@ -183,25 +228,115 @@ macro_rules! forget_if_tracking {
         // stops there (nothing there takes one).
         unsafe {
             core::arch::asm!(
-                "test byte ptr [rip + {word}], {flag}",
+                "test byte ptr [rip + {word}], {flags}",
                 "jz 2f",
+                "cmp byte ptr [rip + {word}], {lane}",
+                "jne 3f",
+                "mov rax, qword ptr [rip + {offset}]",
+                "add qword ptr fs:[rax + {freed}], rsi",
+                "jns 2f",
+                "3:",
                 "lea rsp, [rsp - 128]",
                 "call {thunk}",
                 "lea rsp, [rsp + 128]",
                 "2:",
                 word = sym crate::engaged::ENGAGED,
-                flag = const crate::engaged::TRACKING,
+                flags = const crate::engaged::TRACKING | crate::engaged::LIMITED,
+                lane = const crate::engaged::LIMITED | crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                freed = const crate::scope::FREED_AT,
                 thunk = sym forget_freed_thunk,
                 inout("rdi") ptr,
+                inout("rsi") size => _,
                 clobber_abi("C"),
                 options(nostack),
             );
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::is_set(engaged::TRACKING) {
-            forget_freed(ptr);
+        if engaged::is_set(engaged::TRACKING | engaged::LIMITED) {
+            forget_freed(ptr, size);
         }
         ptr
+    }};
+}
+
+/// Charges an allocation of `$size` bytes to the heap limit's count in
+/// place, while it counts in place and nothing else engages (the word is
+/// exactly `LIMITED|LIMIT_LANE`): subtracts `$size` from the thread's
+/// credit, found from the thread pointer, and passes unless that borrows
+/// (the engaged path then undoes the subtraction and charges out of line,
+/// see `limit`). Otherwise, the injection fast lane (`pass_in_place!`).
+/// One `asm!` statement on x86-64; elsewhere (and under Miri) `false`, and
+/// the out-of-line engaged path charges.
+macro_rules! charge_or_pass_in_place {
+    ($size:expr) => {{
+        #[allow(unused_mut)]
+        let mut pass = false;
+        #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+        // SAFETY: as for `pass_in_place!`, whose instructions follow the
+        // label 3; before it, the instructions read `ENGAGED` and
+        // `STATE_OFFSET` (aligned atomic statics, relaxed loads). The word
+        // is `LIMITED|LIMIT_LANE` only once `STATE_OFFSET` holds where
+        // every thread's state lies from its thread pointer (see
+        // `scope::STATE_OFFSET`); they subtract the size from the state's
+        // `credit` (an aligned `Cell<u64>` only this thread writes, through
+        // copies: no reference to it is alive) in one instruction, as
+        // `limit::charge` does through the cell. No stack; the flags and
+        // two scratch registers clobbered.
+        unsafe {
+            core::arch::asm!(
+                "cmp dword ptr [rip + {word}], {lane}",
+                "jne 3f",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{state} + {credit}], {size}",
+                "jae {pass}",
+                "jmp 2f",
+                "3:",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "test {state}, {state}",
+                "jz 2f",
+                "add {state}, qword ptr fs:[0]",
+                "mov {generation:e}, dword ptr [rip + {generation_word}]",
+                "cmp dword ptr [{state} + {key}], {generation:e}",
+                "jne 2f",
+                "sub qword ptr [{state} + {passes}], 1",
+                "jns {pass}",
+                "2:",
+                word = sym crate::engaged::ENGAGED,
+                lane = const crate::engaged::LIMITED | crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                credit = const crate::scope::CREDIT_AT,
+                size = in(reg) $size,
+                generation_word = sym crate::engaged::GENERATION,
+                state = out(reg) _,
+                generation = out(reg) _,
+                key = const crate::scope::PASS_KEY_AT,
+                passes = const crate::scope::PASSES_AT,
+                pass = label { pass = true; },
+                options(nostack),
+            );
+        }
+        #[cfg(all(target_arch = "x86_64", not(miri), not(feature = "inject")))]
+        // SAFETY: as above, without the injection fast lane.
+        unsafe {
+            core::arch::asm!(
+                "cmp dword ptr [rip + {word}], {lane}",
+                "jne 2f",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{state} + {credit}], {size}",
+                "jae {pass}",
+                "2:",
+                word = sym crate::engaged::ENGAGED,
+                lane = const crate::engaged::LIMITED | crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                credit = const crate::scope::CREDIT_AT,
+                size = in(reg) $size,
+                state = out(reg) _,
+                pass = label { pass = true; },
+                options(nostack),
+            );
+        }
+        pass
     }};
 }
 
@@ -327,33 +462,59 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// untouched).
     #[inline(always)]
     unsafe fn slow(&self, layout: Layout, request: Request, engaged: bool) -> *mut u8 {
+        let in_place = !matches!(request, Request::Realloc { .. });
         if !engaged {
+            // The limit's in-place lane charged what the inner allocator
+            // refused: the policy charges each attempt itself.
+            if in_place && limit::lane_on() {
+                limit::uncharge(layout.size());
+            }
             // SAFETY: the caller's contract.
-            return unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            };
+            return unsafe { self.after_null(layout, request, Cause::Null) };
+        }
+        if in_place && limit::counting() {
+            limit::undo_lane(layout.size());
         }
         if quick_pass() {
             // SAFETY: the caller's contract; the fast lane's null goes to the
-            // retry policy as any other.
+            // retry policy as any other. (No pass is taken while the limit
+            // counts: see `scope::grant`.)
             let block = unsafe { request.attempt(&self.inner, layout) };
             if !block.is_null() {
                 return block;
             }
             // SAFETY: the same request, still valid.
-            return unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            };
+            return unsafe { self.after_null(layout, request, Cause::Null) };
         }
         // SAFETY: the caller's contract.
         unsafe { self.serve_engaged(layout, request) }
     }
 
+    /// The retry policy, for this allocator.
+    ///
+    /// # Safety
+    ///
+    /// As for `policy::after_null`.
+    #[inline(always)]
+    unsafe fn after_null(&self, layout: Layout, request: Request, cause: Cause) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            policy::after_null(
+                self.address(),
+                &self.inner,
+                &self.defaults,
+                layout,
+                request,
+                cause,
+            )
+        }
+    }
+
     /// The engaged path: the first allocations of the process (read the
     /// environment), and every allocation while injection is on, a thread
-    /// has a fail-nth countdown or a sweep's child tracks blocks, once the
-    /// fast lane (an allocation the injection decision already let pass,
-    /// see `quick_pass`) has declined it.
+    /// has a fail-nth countdown, a sweep's child tracks blocks or the heap
+    /// limit counts out of line, once the fast lanes (see `quick_pass` and
+    /// `charge_or_pass_in_place!`) have declined it.
     ///
     /// # Safety
     ///
@@ -368,31 +529,12 @@ impl<A: GlobalAlloc> MayFail<A> {
         #[cfg(not(feature = "inject"))]
         let verdict = Verdict::Pass;
         let block = match verdict {
-            Verdict::Pass => {
-                // SAFETY: forwarded under the caller's contract.
-                let block = unsafe { request.attempt(&self.inner, layout) };
-                if block.is_null() {
-                    // SAFETY: the same request, still valid: a failed
-                    // realloc left its block untouched.
-                    unsafe {
-                        policy::after_null(
-                            self.address(),
-                            &self.inner,
-                            &self.defaults,
-                            layout,
-                            request,
-                        )
-                    }
-                } else {
-                    block
-                }
-            }
+            // SAFETY: forwarded under the caller's contract.
+            Verdict::Pass => unsafe { self.serve_counted(layout, request) },
             Verdict::Fail => core::ptr::null_mut(),
             // SAFETY: the same request; the inner allocator was not called,
             // so a realloc's block is untouched.
-            Verdict::Transient => unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            },
+            Verdict::Transient => unsafe { self.after_null(layout, request, Cause::Null) },
         };
         if block.is_null() {
             return block;
@@ -407,24 +549,70 @@ impl<A: GlobalAlloc> MayFail<A> {
         }
         block
     }
+
+    /// Serves a request the injection let pass: charged to the heap limit's
+    /// count first while it counts (over the limit, the retry policy takes
+    /// over as for a null), then the inner allocator, then the policy if
+    /// that returned null.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Request::attempt`].
+    #[inline(always)]
+    unsafe fn serve_counted(&self, layout: Layout, request: Request) -> *mut u8 {
+        let (charge, refund) = if limit::counting() {
+            let (old, new, realloc) = match request {
+                Request::Realloc { new_size, .. } => (layout.size(), new_size, true),
+                _ => (0, layout.size(), false),
+            };
+            let (charge, refund) = limit::delta(old, new, realloc);
+            if let Err(over) = limit::charge(charge, limit::exempt()) {
+                // SAFETY: the inner allocator was not called: a realloc's
+                // block is untouched.
+                return unsafe { self.after_null(layout, request, Cause::Limit { over }) };
+            }
+            (charge, refund)
+        } else {
+            (0, 0)
+        };
+        // SAFETY: forwarded under the caller's contract.
+        let block = unsafe { request.attempt(&self.inner, layout) };
+        if block.is_null() {
+            if charge > 0 {
+                limit::uncharge(charge);
+            }
+            // SAFETY: the same request, still valid: a failed realloc left
+            // its block untouched.
+            return unsafe { self.after_null(layout, request, Cause::Null) };
+        }
+        if refund > 0 {
+            limit::uncharge(refund);
+        }
+        block
+    }
 }
 
-/// A block is being freed while a sweep's child tracks blocks: it is no
-/// longer the operation's.
+/// A block of `size` bytes is being freed while a sweep's child tracks
+/// blocks (it is no longer the operation's) or while the heap limit counts
+/// (out of line, or its in-place count passed its batch).
 #[cold]
 #[inline(never)]
-extern "C" fn forget_freed(ptr: *mut u8) {
+extern "C" fn forget_freed(ptr: *mut u8, size: usize) {
     #[cfg(feature = "sweep")]
     if track::on() {
         track::forget(ptr as usize);
     }
     #[cfg(not(feature = "sweep"))]
     let _ = ptr;
+    if limit::counting() {
+        limit::freed_out_of_line(size);
+    }
 }
 
 /// The call `forget_if_tracking!` makes from the middle of `dealloc`, where
 /// the stack may be misaligned: it saves `rdi` (the pointer, which the caller
-/// still needs) and aligns the stack for `forget_freed`, a C-ABI function
+/// still needs; `rsi`, the size, is passed on) and aligns the stack for
+/// `forget_freed`, a C-ABI function
 /// that clobbers only caller-saved registers and never unwinds (a panic in an
 /// `extern "C"` function aborts).
 #[cfg(all(target_arch = "x86_64", not(miri)))]
@@ -454,7 +642,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut engaged = false;
         when_engaged!({
-            engaged = !pass_in_place!();
+            engaged = !charge_or_pass_in_place!(layout.size());
         });
         let mut block = core::ptr::null_mut();
         if !engaged {
@@ -472,7 +660,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let mut engaged = false;
         when_engaged!({
-            engaged = !pass_in_place!();
+            engaged = !charge_or_pass_in_place!(layout.size());
         });
         let mut block = core::ptr::null_mut();
         if !engaged {
@@ -507,7 +695,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let ptr = forget_if_tracking!(ptr);
+        let ptr = forget_if_tracking!(ptr, layout.size());
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }

@@ -3,7 +3,8 @@
 //! Non-zero while allocations must take the engaged (out-of-line) path:
 //! until the environment has been read ([`NOT_STARTED`]), while injection is
 //! on ([`INJECTING`]), while a sweep's child tracks blocks ([`TRACKING`]),
-//! and while any thread has a fail-nth countdown (counted in units of
+//! while a heap limit counts bytes ([`LIMITED`], [`LIMIT_LANE`]), and while
+//! any thread has a fail-nth countdown (counted in units of
 //! [`ARMED_THREAD`]). It sits alone on its cache line: it is written only
 //! when one of those states changes, never per allocation.
 //!
@@ -21,6 +22,14 @@ pub(crate) const NOT_STARTED: u32 = 1;
 pub(crate) const INJECTING: u32 = 2;
 /// Set while a sweep's child tracks blocks: frees take the engaged path too.
 pub(crate) const TRACKING: u32 = 4;
+/// Set while a heap limit counts the bytes allocated (see `limit`): every
+/// allocation is charged and every free credited, in place or out of line.
+pub(crate) const LIMITED: u32 = 8;
+/// Set with [`LIMITED`] where the in-place lanes of `alloc.rs` can charge
+/// (x86-64, mayfail linked into the executable: `scope::STATE_OFFSET`).
+/// An allocation takes the lane only when the word is exactly
+/// `LIMITED | LIMIT_LANE`; a free, when its low byte is.
+pub(crate) const LIMIT_LANE: u32 = 16;
 /// Added once per thread with a running fail-nth countdown.
 pub(crate) const ARMED_THREAD: u32 = 1 << 8;
 
@@ -39,6 +48,12 @@ pub(crate) static ENGAGED: Word = Word(AtomicU32::new(NOT_STARTED));
 #[inline(always)]
 pub(crate) fn engaged() -> bool {
     ENGAGED.0.load(Relaxed) != 0
+}
+
+/// The word as it is now.
+#[inline(always)]
+pub(crate) fn word() -> u32 {
+    ENGAGED.0.load(Relaxed)
 }
 
 /// Whether `flag` is set.

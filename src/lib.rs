@@ -7,6 +7,8 @@
 //!   [`DEFAULT_STALL_MS`].
 //! - Scopes: [`nofail`], [`noretry`], [`nowarn`] and their guard forms
 //!   ([`ScopeGuard`]); [`in_reclaim`].
+//! - The heap limit: [`set_limit`] / [`limit`], [`Limit`],
+//!   [`MayFail::with_limit`], `MAYFAIL_LIMIT`.
 //! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`].
 //! - Counters: [`stats`], [`Stats`].
 //! - Fault injection (feature `inject`): [`configure_injection`] (its
@@ -85,6 +87,7 @@ mod text;
 
 mod backoff;
 mod config;
+mod limit;
 mod reclaim;
 mod report;
 mod reserve;
@@ -133,6 +136,7 @@ pub use crate::configure::{
     ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
     fail_nth_pending,
 };
+pub use crate::limit::{Limit, limit, set_limit};
 pub use crate::outcome::{Outcome, UnknownOutcome};
 pub use crate::reclaim::{
     MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,

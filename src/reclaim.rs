@@ -111,6 +111,7 @@ pub fn remove_reclaimer(f: Reclaimer) -> bool {
 /// Runs every registered reclaimer once, in slot order; returns the bytes
 /// they said they freed. Must be called under the "in reclaim" guard.
 pub(crate) fn run(wanted: usize) -> usize {
+    bump(&COUNTERS.reclaim_passes);
     let mut freed = 0usize;
     for (index, slot) in TABLE.iter().enumerate() {
         let raw = slot.load(Relaxed);

@@ -89,6 +89,7 @@ pub fn run_child<K: AsRef<OsStr>, V: AsRef<OsStr>>(name: &str, env: &[(K, Option
         .env_remove("MAYFAIL_RETRIES")
         .env_remove("MAYFAIL_SMALL")
         .env_remove("MAYFAIL_STALL_MS")
+        .env_remove("MAYFAIL_LIMIT")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
