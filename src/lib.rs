@@ -8,7 +8,8 @@
 //! - Scopes: [`nofail`], [`noretry`], [`nowarn`] and their guard forms
 //!   ([`ScopeGuard`]); [`in_reclaim`].
 //! - The heap limit: [`set_limit`] / [`limit`], [`Limit`],
-//!   [`MayFail::with_limit`], `MAYFAIL_LIMIT`.
+//!   [`MayFail::with_limit`], [`set_limit_headroom`] / [`limit_headroom`],
+//!   `MAYFAIL_LIMIT`, `MAYFAIL_LIMIT_HEADROOM`.
 //! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`].
 //! - Counters: [`stats`], [`Stats`].
 //! - Fault injection (feature `inject`): [`configure_injection`] (its
@@ -73,6 +74,7 @@ compile_error!(
 
 // The layers, bottom up (docs/ARCHITECTURE.md): leaves first, then the knobs
 // and the retry policy, then injection and what registers with it.
+mod cgroup;
 mod engaged;
 #[cfg(feature = "inject")]
 mod hash;
@@ -136,7 +138,10 @@ pub use crate::configure::{
     ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
     fail_nth_pending,
 };
-pub use crate::limit::{Limit, limit, set_limit};
+pub use crate::limit::{
+    DEFAULT_HEADROOM_PERCENT, Limit, MIN_HEADROOM, limit, limit_headroom, set_limit,
+    set_limit_headroom,
+};
 pub use crate::outcome::{Outcome, UnknownOutcome};
 pub use crate::reclaim::{
     MAX_RECLAIMERS, Reclaimer, ReclaimersFull, add_reclaimer, remove_reclaimer,

@@ -61,6 +61,12 @@ pub enum Limit {
     /// A percentage, 1 to 100, of the process's memory cgroup limit, or of
     /// the machine's RAM where no cgroup limits it (`MAYFAIL_LIMIT=90%`).
     Percent(u8),
+    /// The process's memory cgroup limit (v2: the smaller of `memory.max`
+    /// and `memory.high`; v1: `memory.limit_in_bytes`; the smallest along
+    /// its ancestors), less the headroom for what is not heap (see
+    /// [`set_limit_headroom`]); the machine's RAM less the headroom where no
+    /// cgroup limits the process (`MAYFAIL_LIMIT=cgroup`).
+    Cgroup,
 }
 
 /// The largest limit in bytes: larger values mean the same.
@@ -69,6 +75,7 @@ const MAX_BYTES: u64 = 1 << 60;
 const KIND_NONE: u64 = 1;
 const KIND_BYTES: u64 = 2;
 const KIND_PERCENT: u64 = 3;
+const KIND_CGROUP: u64 = 4;
 
 /// A limit as one word (0: unset), for the layers.
 pub(crate) const fn encode(limit: Limit) -> u64 {
@@ -83,6 +90,7 @@ pub(crate) const fn encode(limit: Limit) -> u64 {
             (b << 3) | KIND_BYTES
         }
         Limit::Percent(p) => ((p as u64) << 3) | KIND_PERCENT,
+        Limit::Cgroup => KIND_CGROUP,
     }
 }
 
@@ -92,6 +100,7 @@ fn decode(word: u64) -> Option<Limit> {
         KIND_NONE => Some(Limit::None),
         KIND_BYTES => Some(Limit::Bytes(value as usize)),
         KIND_PERCENT => Some(Limit::Percent(value as u8)),
+        KIND_CGROUP => Some(Limit::Cgroup),
         _ => None,
     }
 }
@@ -103,13 +112,30 @@ struct Layers {
     user: AtomicU64,
     env: AtomicU64,
     default: AtomicU64,
+    /// The headroom's layers ([`set_limit_headroom`],
+    /// `MAYFAIL_LIMIT_HEADROOM`), as `Bytes` or `Percent` words.
+    headroom_user: AtomicU64,
+    headroom_env: AtomicU64,
+    /// When the cgroup's limit was last read (`sys::now_ns`).
+    read_ns: AtomicU64,
 }
 
 static LAYERS: Layers = Layers {
     user: AtomicU64::new(0),
     env: AtomicU64::new(0),
     default: AtomicU64::new(0),
+    headroom_user: AtomicU64::new(0),
+    headroom_env: AtomicU64::new(0),
+    read_ns: AtomicU64::new(0),
 };
+
+/// The default headroom under a cgroup limit: this percentage of the
+/// limit, and at least [`MIN_HEADROOM`] bytes, for what the cgroup is
+/// charged besides the heap (code, stacks, page cache, the allocator's own
+/// overhead and fragmentation).
+pub const DEFAULT_HEADROOM_PERCENT: u8 = 10;
+/// The smallest default headroom, in bytes: 16 MiB.
+pub const MIN_HEADROOM: usize = 16 << 20;
 
 /// Whether the count is on: allocations are charged, frees credited.
 #[inline]
@@ -188,6 +214,17 @@ fn read_env_once() {
     if ENV_READ.swap(1, Relaxed) != 0 {
         return;
     }
+    if let Some(value) = sys::getenv(c"MAYFAIL_LIMIT_HEADROOM") {
+        match parse_headroom(value) {
+            Ok(headroom) => LAYERS.headroom_env.store(encode(headroom), Relaxed),
+            Err(()) => report::bad_env(
+                "MAYFAIL_LIMIT_HEADROOM",
+                value,
+                HEADROOM_ACCEPTED,
+                format_args!("{DEFAULT_HEADROOM_PERCENT}% of the cgroup's limit, at least 16M"),
+            ),
+        }
+    }
     if let Some(value) = sys::getenv(c"MAYFAIL_LIMIT") {
         match parse_limit(value) {
             Ok(limit) => LAYERS.env.store(encode(limit), Relaxed),
@@ -206,7 +243,58 @@ fn read_env_once() {
 
 const LIMIT_ACCEPTED: &str = "a size in bytes with an optional K, M or G suffix (512M), a \
                               percentage from 1% to 100% of the memory cgroup's limit (else of \
-                              RAM), or none";
+                              RAM), cgroup (the cgroup's limit less the headroom), or none";
+const HEADROOM_ACCEPTED: &str = "a size in bytes with an optional K, M or G suffix (64M), or a \
+                                 percentage from 0% to 99% of the cgroup's limit";
+
+/// `MAYFAIL_LIMIT_HEADROOM`: `BYTES[K|M|G]` or `N%` (0 to 99).
+pub(crate) fn parse_headroom(s: &[u8]) -> Result<Limit, ()> {
+    let s = s.trim_ascii();
+    if let Some(digits) = s.strip_suffix(b"%") {
+        let n = crate::text::parse_u64(digits).ok_or(())?;
+        return if n < 100 {
+            Ok(Limit::Percent(n as u8))
+        } else {
+            Err(())
+        };
+    }
+    crate::config::parse_bytes(s).map(Limit::Bytes)
+}
+
+/// Sets the headroom that [`Limit::Cgroup`] leaves under the cgroup's limit
+/// for what is not heap, in bytes, over `MAYFAIL_LIMIT_HEADROOM` and the
+/// default ([`DEFAULT_HEADROOM_PERCENT`] of the limit, at least
+/// [`MIN_HEADROOM`]). The limit in force is worked out again at once.
+pub fn set_limit_headroom(bytes: usize) {
+    crate::config::read_env_once();
+    read_env_once();
+    LAYERS
+        .headroom_user
+        .store(encode(Limit::Bytes(bytes)), Relaxed);
+    resolve();
+}
+
+/// The headroom in force under a cgroup limit of `cgroup` bytes.
+fn headroom(cgroup: u64) -> u64 {
+    let word = [&LAYERS.headroom_user, &LAYERS.headroom_env]
+        .iter()
+        .map(|layer| layer.load(Relaxed))
+        .find(|&w| w != 0);
+    match word.and_then(decode) {
+        Some(Limit::Bytes(b)) => b as u64,
+        Some(Limit::Percent(p)) => cgroup / 100 * p as u64,
+        _ => (cgroup / 100 * DEFAULT_HEADROOM_PERCENT as u64).max(MIN_HEADROOM as u64),
+    }
+}
+
+/// The headroom [`Limit::Cgroup`] leaves under the process's cgroup limit
+/// (or RAM), in bytes.
+pub fn limit_headroom() -> usize {
+    crate::config::read_env_once();
+    read_env_once();
+    let base = crate::cgroup::memory_limit().unwrap_or_else(ram);
+    usize::try_from(headroom(base)).unwrap_or(usize::MAX)
+}
 
 /// `MAYFAIL_LIMIT`: `BYTES[K|M|G]`, `N%` (1 to 100) or `none`; surrounding
 /// blanks allowed. A limit of 0 bytes is refused: nothing could be
@@ -215,6 +303,9 @@ pub(crate) fn parse_limit(s: &[u8]) -> Result<Limit, ()> {
     let s = s.trim_ascii();
     if s.eq_ignore_ascii_case(b"none") {
         return Ok(Limit::None);
+    }
+    if s.eq_ignore_ascii_case(b"cgroup") {
+        return Ok(Limit::Cgroup);
     }
     if let Some(digits) = s.strip_suffix(b"%") {
         let n = crate::text::parse_u64(digits).ok_or(())?;
@@ -252,12 +343,35 @@ fn resolve() {
     let bytes = match decode(word).unwrap_or(Limit::None) {
         Limit::None => u64::MAX,
         Limit::Bytes(b) => b as u64,
-        Limit::Percent(p) => (ram() / 100).saturating_mul(p as u64),
+        Limit::Percent(p) => {
+            let base = read_cgroup().unwrap_or_else(ram);
+            (base / 100).saturating_mul(p as u64)
+        }
+        Limit::Cgroup => {
+            let base = read_cgroup().unwrap_or_else(ram);
+            base.saturating_sub(headroom(base)).max(1)
+        }
     };
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     HEAP.limit.store(bytes, Relaxed);
     if bytes != usize::MAX {
         count();
+    }
+}
+
+/// The cgroup's limit, noting when it was read.
+fn read_cgroup() -> Option<u64> {
+    LAYERS.read_ns.store(sys::now_ns().max(1), Relaxed);
+    crate::cgroup::memory_limit()
+}
+
+/// On a limit hit: reads the cgroup's limit again if the limit depends on
+/// it and it was last read more than a second ago, so that a container
+/// whose limit changes is followed.
+pub(crate) fn refresh_if_due() {
+    let read = LAYERS.read_ns.load(Relaxed);
+    if read != 0 && sys::now_ns().saturating_sub(read) >= 1_000_000_000 {
+        resolve();
     }
 }
 
@@ -487,6 +601,13 @@ mod tests {
         assert_eq!(parse_limit(b"100%"), Ok(Limit::Percent(100)));
         assert_eq!(parse_limit(b"none"), Ok(Limit::None));
         assert_eq!(parse_limit(b"NONE"), Ok(Limit::None));
+        assert_eq!(parse_limit(b"cgroup"), Ok(Limit::Cgroup));
+        assert_eq!(parse_headroom(b"64M"), Ok(Limit::Bytes(64 << 20)));
+        assert_eq!(parse_headroom(b"0"), Ok(Limit::Bytes(0)));
+        assert_eq!(parse_headroom(b"20%"), Ok(Limit::Percent(20)));
+        for bad in [&b"100%"[..], b"x", b"-1", b""] {
+            assert_eq!(parse_headroom(bad), Err(()));
+        }
         for bad in [
             &b""[..],
             b"0",
@@ -517,6 +638,7 @@ mod tests {
             Limit::Bytes(512 << 20),
             Limit::Percent(1),
             Limit::Percent(100),
+            Limit::Cgroup,
         ] {
             assert_eq!(decode(encode(limit)), Some(limit));
         }

@@ -146,6 +146,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         Cause::Null => 0,
         Cause::Limit { over } => {
             bump(&COUNTERS.limit_hits);
+            limit::refresh_if_due();
             over
         }
     };

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use common::{ChildRun, is_child, run_child_with};
+use common::{ChildRun, MemoryCgroup, is_child, run_child_in, run_child_with};
 use mayfail::{Limit, MayFail, stats};
 
 #[global_allocator]
@@ -404,4 +404,148 @@ fn the_variable_takes_every_documented_form_and_refuses_the_rest() {
             "{bad}: {lines}"
         );
     }
+}
+
+/// A memory cgroup for a test, or `None` with the reason printed.
+fn cgroup(name: &str, limit: Option<u64>, parent: Option<&MemoryCgroup>) -> Option<MemoryCgroup> {
+    match MemoryCgroup::create(name, limit, parent) {
+        Ok(cgroup) => Some(cgroup),
+        Err(why) => {
+            println!("skipped: no memory cgroup ({why})");
+            None
+        }
+    }
+}
+
+/// The limit a child sees in `cgroup` with these variables.
+fn limit_seen(cgroup: Option<&MemoryCgroup>, env: &[(&str, &str)]) -> Option<u64> {
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|&(k, v)| (k, Some(v))).collect();
+    let run = run_child_in("child_limit_in_force", &env, cgroup);
+    run.assert_success();
+    assert!(run.mayfail_lines().is_empty(), "{}", run.stderr);
+    let shown = run
+        .stdout
+        .lines()
+        .find_map(|l| l.split_once("LIMIT ").map(|(_, rest)| rest.to_owned()))
+        .unwrap();
+    shown
+        .strip_prefix("Some(")
+        .map(|n| n.trim_end_matches(')').parse().unwrap())
+}
+
+/// The default headroom under a limit of `base` bytes.
+fn default_headroom(base: u64) -> u64 {
+    (base / 100 * 10).max(16 << 20)
+}
+
+#[test]
+fn the_cgroup_limit_is_read_less_the_headroom() {
+    if is_child() {
+        return;
+    }
+    let Some(limited) = cgroup("mayfail-limit", Some(256 << 20), None) else {
+        return;
+    };
+    let base = 256u64 << 20;
+    let cg = Some(&limited);
+    assert_eq!(
+        limit_seen(cg, &[("MAYFAIL_LIMIT", "cgroup")]),
+        Some(base - default_headroom(base))
+    );
+    assert_eq!(
+        limit_seen(
+            cg,
+            &[
+                ("MAYFAIL_LIMIT", "cgroup"),
+                ("MAYFAIL_LIMIT_HEADROOM", "64M")
+            ]
+        ),
+        Some(base - (64 << 20))
+    );
+    assert_eq!(
+        limit_seen(
+            cg,
+            &[
+                ("MAYFAIL_LIMIT", "cgroup"),
+                ("MAYFAIL_LIMIT_HEADROOM", "20%")
+            ]
+        ),
+        Some(base - base / 100 * 20)
+    );
+    assert_eq!(
+        limit_seen(cg, &[("MAYFAIL_LIMIT", "50%")]),
+        Some(base / 100 * 50)
+    );
+    // A cgroup without a limit of its own under one with: the ancestor's.
+    let Some(inner) = cgroup("inner", None, Some(&limited)) else {
+        return;
+    };
+    assert_eq!(
+        limit_seen(Some(&inner), &[("MAYFAIL_LIMIT", "cgroup")]),
+        Some(base - default_headroom(base))
+    );
+    drop(inner);
+    // Without a cgroup limit: the machine's RAM less the headroom.
+    let Some(unlimited) = cgroup("mayfail-unlimited", None, None) else {
+        return;
+    };
+    // SAFETY: an all-zero sysinfo is valid for the call to fill.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable.
+    assert_eq!(unsafe { libc::sysinfo(&mut info) }, 0);
+    let ram = info.totalram as u64 * info.mem_unit as u64;
+    assert_eq!(
+        limit_seen(Some(&unlimited), &[("MAYFAIL_LIMIT", "cgroup")]),
+        Some(ram - default_headroom(ram))
+    );
+}
+
+#[test]
+fn child_follows_a_changed_cgroup_limit() {
+    if !is_child() {
+        return;
+    }
+    let dir = std::env::var("MAYFAIL_TEST_CGROUP").unwrap();
+    let file = std::env::var("MAYFAIL_TEST_CGROUP_FILE").unwrap();
+    let before = mayfail::limit().unwrap();
+    let mut held = Vec::new();
+    fill_until_refused(&mut held);
+    // The container's limit is raised; the next hit, a second after the
+    // last reading, reads it again.
+    std::fs::write(
+        std::path::Path::new(&dir).join(file),
+        (512u64 << 20).to_string(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut more: Vec<u8> = Vec::new();
+    assert!(more.try_reserve_exact(1 << 20).is_ok());
+    let after = mayfail::limit().unwrap();
+    assert!(after > before, "{before} -> {after}");
+    println!("FOLLOWED {before} {after}");
+}
+
+#[test]
+fn a_changed_cgroup_limit_is_read_again_on_the_next_hit() {
+    if is_child() {
+        return;
+    }
+    let Some(limited) = cgroup("mayfail-change", Some(128 << 20), None) else {
+        return;
+    };
+    let file = if limited.version == 2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let dir = limited.dir.to_str().unwrap();
+    let env = [
+        ("MAYFAIL_LIMIT", Some("cgroup")),
+        ("MAYFAIL_RETRIES", Some("0")),
+        ("MAYFAIL_TEST_CGROUP", Some(dir)),
+        ("MAYFAIL_TEST_CGROUP_FILE", Some(file)),
+    ];
+    let run = run_child_in("child_follows_a_changed_cgroup_limit", &env, Some(&limited));
+    run.assert_success();
+    assert!(run.stdout.contains("FOLLOWED"), "{}", run.stdout);
 }
