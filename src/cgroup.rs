@@ -1,4 +1,5 @@
-//! The process's memory cgroup and its limit (Linux, cgroup v1 or v2).
+//! The process's memory cgroup: its limit, and the file that reports its
+//! memory pressure (Linux, cgroup v1 or v2).
 //!
 //! The process's cgroup comes from `/proc/self/cgroup`: the v1 line whose
 //! controllers include `memory`, else the v2 line (`0::/path`). Where that
@@ -23,14 +24,14 @@ pub(crate) struct Path {
 }
 
 impl Path {
-    const fn new() -> Path {
+    pub(crate) const fn new() -> Path {
         Path {
             buf: [0; 1024],
             len: 0,
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) -> bool {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> bool {
         if self.len + bytes.len() >= self.buf.len() || bytes.contains(&0) {
             return false;
         }
@@ -64,7 +65,7 @@ fn open(path: *const libc::c_char) -> Option<i32> {
 /// Calls `f` on each line of the file at `path` (without its newline) until
 /// it returns `false`; lines longer than the buffer are skipped. `false` if
 /// the file cannot be opened.
-fn for_each_line(path: *const libc::c_char, mut f: impl FnMut(&[u8]) -> bool) -> bool {
+pub(crate) fn for_each_line(path: *const libc::c_char, mut f: impl FnMut(&[u8]) -> bool) -> bool {
     let Some(fd) = open(path) else {
         return false;
     };
@@ -245,6 +246,24 @@ pub(crate) fn memory_limit() -> Option<u64> {
         }
     }
     smallest
+}
+
+/// The path of the pressure file for the process's memory: the cgroup's
+/// `memory.pressure` on cgroup v2, else `/proc/pressure/memory`.
+pub(crate) fn pressure_file() -> Path {
+    if let Some((mut dir, _, Version::V2)) = own_dir() {
+        let len = dir.len;
+        if dir.push(b"/memory.pressure") {
+            // SAFETY: `dir` is NUL-terminated.
+            if unsafe { libc::access(dir.as_c_ptr(), libc::R_OK) } == 0 {
+                return dir;
+            }
+        }
+        dir.truncate(len);
+    }
+    let mut path = Path::new();
+    path.push(b"/proc/pressure/memory");
+    path
 }
 
 #[cfg(test)]

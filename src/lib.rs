@@ -89,6 +89,7 @@ mod text;
 
 mod backoff;
 mod config;
+mod kswapd;
 mod limit;
 mod reclaim;
 mod report;
@@ -139,8 +140,8 @@ pub use crate::configure::{
     fail_nth_pending,
 };
 pub use crate::limit::{
-    DEFAULT_HEADROOM_PERCENT, Limit, MIN_HEADROOM, limit, limit_headroom, set_limit,
-    set_limit_headroom,
+    DEFAULT_HEADROOM_PERCENT, DEFAULT_SOFT_PERCENT, Limit, MIN_HEADROOM, limit, limit_headroom,
+    set_limit, set_limit_headroom,
 };
 pub use crate::outcome::{Outcome, UnknownOutcome};
 pub use crate::reclaim::{

@@ -36,7 +36,7 @@
 //! Nothing here allocates or takes a lock; the shared words are written
 //! with relaxed atomic adds on the slow path only.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::engaged;
 use crate::report;
@@ -118,6 +118,15 @@ struct Layers {
     headroom_env: AtomicU64,
     /// When the cgroup's limit was last read (`sys::now_ns`).
     read_ns: AtomicU64,
+    /// The soft mark, a percentage of the limit (`MAYFAIL_LIMIT_SOFT`;
+    /// 0: off), and the mark in force in bytes (`u64::MAX`: none).
+    soft_percent: AtomicU64,
+    soft_bytes: AtomicU64,
+    /// The background reclaimer's `eventfd` (-1: none), written when the
+    /// count passes the soft mark.
+    wake_fd: AtomicI32,
+    /// Set from the wake-up until the background reclaimer has run.
+    soft_pending: AtomicBool,
 }
 
 static LAYERS: Layers = Layers {
@@ -127,7 +136,15 @@ static LAYERS: Layers = Layers {
     headroom_user: AtomicU64::new(0),
     headroom_env: AtomicU64::new(0),
     read_ns: AtomicU64::new(0),
+    soft_percent: AtomicU64::new(DEFAULT_SOFT_PERCENT as u64),
+    soft_bytes: AtomicU64::new(u64::MAX),
+    wake_fd: AtomicI32::new(-1),
+    soft_pending: AtomicBool::new(false),
 };
+
+/// The default soft mark: reclaim starts in the background when the count
+/// passes this percentage of the limit.
+pub const DEFAULT_SOFT_PERCENT: u8 = 90;
 
 /// The default headroom under a cgroup limit: this percentage of the
 /// limit, and at least [`MIN_HEADROOM`] bytes, for what the cgroup is
@@ -222,6 +239,22 @@ fn read_env_once() {
                 value,
                 HEADROOM_ACCEPTED,
                 format_args!("{DEFAULT_HEADROOM_PERCENT}% of the cgroup's limit, at least 16M"),
+            ),
+        }
+    }
+    if let Some(value) = sys::getenv(c"MAYFAIL_LIMIT_SOFT") {
+        let trimmed = value.trim_ascii();
+        let percent = trimmed
+            .strip_suffix(b"%")
+            .and_then(crate::text::parse_u64)
+            .filter(|&p| p <= 100);
+        match percent {
+            Some(p) => LAYERS.soft_percent.store(p, Relaxed),
+            None => report::bad_env(
+                "MAYFAIL_LIMIT_SOFT",
+                value,
+                "a percentage of the heap limit from 0% (off) to 100% (90%)",
+                format_args!("{DEFAULT_SOFT_PERCENT}%"),
             ),
         }
     }
@@ -352,6 +385,12 @@ fn resolve() {
             base.saturating_sub(headroom(base)).max(1)
         }
     };
+    let soft = match LAYERS.soft_percent.load(Relaxed) {
+        0 => u64::MAX,
+        p if bytes != u64::MAX => bytes / 100 * p,
+        _ => u64::MAX,
+    };
+    LAYERS.soft_bytes.store(soft, Relaxed);
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     HEAP.limit.store(bytes, Relaxed);
     if bytes != usize::MAX {
@@ -509,7 +548,41 @@ fn reserve(bytes: u64, exempt: bool) -> Result<(), usize> {
         bump(&COUNTERS.limit_exceeded);
     }
     HEAP.peak.fetch_max(total, Relaxed);
+    if total > 0 && total as u64 > LAYERS.soft_bytes.load(Relaxed) {
+        wake_background();
+    }
     Ok(())
+}
+
+/// The count passed the soft mark: wakes the background reclaimer, once
+/// until it has run, with a write to its `eventfd` (no lock, never blocks).
+fn wake_background() {
+    let fd = LAYERS.wake_fd.load(Relaxed);
+    if fd < 0 || LAYERS.soft_pending.swap(true, Relaxed) {
+        return;
+    }
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to the eventfd; a full
+    // counter (never, in practice) makes it fail with EAGAIN, harmlessly.
+    unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+/// Where the background reclaimer listens (`eventfd`), set once it runs.
+pub(crate) fn set_wake_fd(fd: i32) {
+    LAYERS.wake_fd.store(fd, Relaxed);
+}
+
+/// The soft mark's work, for the background reclaimer: how many bytes the
+/// count is above the soft mark (0: none), and clears the wake-up.
+pub(crate) fn above_soft_mark() -> u64 {
+    LAYERS.soft_pending.store(false, Relaxed);
+    let total = HEAP.total.load(Relaxed);
+    let soft = LAYERS.soft_bytes.load(Relaxed);
+    if total > 0 && soft != u64::MAX {
+        (total as u64).saturating_sub(soft)
+    } else {
+        0
+    }
 }
 
 /// Gives `bytes` back to the shared total.

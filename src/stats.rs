@@ -36,6 +36,12 @@ pub struct Stats {
     /// Passes over the reclaimers: after a null or a limit hit, above the
     /// soft mark, or on memory pressure.
     pub reclaim_passes: u64,
+    /// Reclaim passes the background reclaimer ran because the heap count
+    /// passed the soft mark (see `MAYFAIL_LIMIT_SOFT`).
+    pub soft_reclaims: u64,
+    /// Reclaim passes the background reclaimer ran because the kernel
+    /// reported memory pressure (PSI, see `MAYFAIL_PRESSURE`).
+    pub pressure_reclaims: u64,
     /// Allocations that found the heap limit in their way (each counted
     /// once, however many retries followed).
     pub limit_hits: u64,
@@ -68,6 +74,10 @@ impl Stats {
                 .saturating_sub(earlier.reclaimer_panics),
             injected: self.injected.saturating_sub(earlier.injected),
             reclaim_passes: self.reclaim_passes.saturating_sub(earlier.reclaim_passes),
+            soft_reclaims: self.soft_reclaims.saturating_sub(earlier.soft_reclaims),
+            pressure_reclaims: self
+                .pressure_reclaims
+                .saturating_sub(earlier.pressure_reclaims),
             limit_hits: self.limit_hits.saturating_sub(earlier.limit_hits),
             limit_exceeded: self.limit_exceeded.saturating_sub(earlier.limit_exceeded),
             limit: self.limit,
@@ -90,6 +100,8 @@ pub(crate) struct Counters {
     pub(crate) reclaim_passes: AtomicU64,
     pub(crate) limit_hits: AtomicU64,
     pub(crate) limit_exceeded: AtomicU64,
+    pub(crate) soft_reclaims: AtomicU64,
+    pub(crate) pressure_reclaims: AtomicU64,
 }
 
 pub(crate) static COUNTERS: Counters = Counters {
@@ -104,6 +116,8 @@ pub(crate) static COUNTERS: Counters = Counters {
     reclaim_passes: AtomicU64::new(0),
     limit_hits: AtomicU64::new(0),
     limit_exceeded: AtomicU64::new(0),
+    soft_reclaims: AtomicU64::new(0),
+    pressure_reclaims: AtomicU64::new(0),
 };
 
 /// The heap limit's figures (see `limit`), on a line of their own: the
@@ -159,6 +173,8 @@ pub fn stats() -> Stats {
         reclaim_passes: c.reclaim_passes.load(Relaxed),
         limit_hits: c.limit_hits.load(Relaxed),
         limit_exceeded: c.limit_exceeded.load(Relaxed),
+        soft_reclaims: c.soft_reclaims.load(Relaxed),
+        pressure_reclaims: c.pressure_reclaims.load(Relaxed),
         limit: match HEAP.limit.load(Relaxed) {
             usize::MAX => None,
             bytes => Some(bytes as u64),

@@ -107,7 +107,9 @@ fn in_a_memory_cgroup_system_is_oom_killed_and_mayfail_serves_every_request() {
     assert_eq!(figure(&limited, "failed"), 0);
     let limit = figure(&limited, "limit");
     assert!(limit < CGROUP_LIMIT && limit > CGROUP_LIMIT / 2, "{limit}");
-    assert!(figure(&limited, "limit_hits") > 0);
+    // The reclaimer ran before an allocation failed: in the background
+    // above the soft mark, or on a limit hit.
+    assert!(figure(&limited, "limit_hits") + figure(&limited, "soft_reclaims") > 0);
     assert!(figure(&limited, "reclaim_passes") > 0);
     assert!(figure(&limited, "reclaimer_runs") > 0);
     assert!(figure(&limited, "heap_peak") <= limit);

@@ -158,9 +158,14 @@ fn the_reclaimers_run_on_a_limit_hit_and_every_request_is_served() {
     if is_child() {
         return;
     }
+    // The background reclaimer off: every reclaim here follows a hit.
     for run in both_paths(
         "child_serves_a_cache_larger_than_the_limit",
-        &[("MAYFAIL_LIMIT", "64M")],
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "0%"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
     ) {
         assert!(run.stdout.contains("SERVED"), "{}", run.stdout);
     }
@@ -223,7 +228,14 @@ fn large_requests_get_reclaim_rounds_while_reclaim_makes_progress() {
     if is_child() {
         return;
     }
-    for run in both_paths("child_large_requests", &[("MAYFAIL_RETRIES", "0")]) {
+    for run in both_paths(
+        "child_large_requests",
+        &[
+            ("MAYFAIL_RETRIES", "0"),
+            ("MAYFAIL_LIMIT_SOFT", "0%"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    ) {
         assert!(run.stdout.contains("LARGE-OK"), "{}", run.stdout);
     }
 }
@@ -548,4 +560,181 @@ fn a_changed_cgroup_limit_is_read_again_on_the_next_hit() {
     let run = run_child_in("child_follows_a_changed_cgroup_limit", &env, Some(&limited));
     run.assert_success();
     assert!(run.stdout.contains("FOLLOWED"), "{}", run.stdout);
+}
+
+/// The thread the reclaimer last ran on.
+static RECLAIMED_ON: AtomicU64 = AtomicU64::new(0);
+
+fn drop_oldest_half_noting_the_thread(wanted: usize) -> usize {
+    // SAFETY: gettid has no preconditions.
+    RECLAIMED_ON.store(unsafe { libc::gettid() } as u64, SeqCst);
+    drop_oldest_half(wanted)
+}
+
+/// Waits up to 5 s for `done`.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn child_soft_mark() {
+    if !is_child() {
+        return;
+    }
+    mayfail::add_reclaimer(drop_oldest_half_noting_the_thread).unwrap();
+    let before = stats();
+    // 36 MiB of responses under a 64 MiB limit whose soft mark is 50 %.
+    for i in 0..(36 * MIB / (16 << 10)) {
+        CACHE.lock().unwrap().push_back(vec![i as u8; 16 << 10]);
+    }
+    assert!(
+        wait_for(|| stats().soft_reclaims > before.soft_reclaims),
+        "no reclaim above the soft mark: {:?}",
+        stats()
+    );
+    let s = stats().since(&before);
+    assert_eq!((s.limit_hits, s.failed), (0, 0), "{s:?}");
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() } as u64;
+    let on = RECLAIMED_ON.load(SeqCst);
+    assert!(
+        on != 0 && on != me,
+        "the reclaimer ran on the allocating thread"
+    );
+    println!("SOFT-OK {s:?}");
+}
+
+#[test]
+fn above_the_soft_mark_the_reclaimers_run_in_the_background_before_anything_fails() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with(
+        "child_soft_mark",
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "50%"),
+            ("MAYFAIL_RETRIES", "0"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("SOFT-OK"), "{}", run.stdout);
+    // Off: no background reclaim.
+    let run = run_child_with(
+        "child_soft_mark",
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "0%"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    );
+    assert_ne!(run.code, Some(0), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("no reclaim above the soft mark"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn pressure_text(total_us: u64) -> String {
+    format!(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total={total_us}\n\
+         full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
+}
+
+#[test]
+fn child_pressure() {
+    if !is_child() {
+        return;
+    }
+    let file = std::env::var("MAYFAIL_PRESSURE_FILE").unwrap();
+    mayfail::add_reclaimer(drop_oldest_half_noting_the_thread).unwrap();
+    for i in 0..64 {
+        CACHE.lock().unwrap().push_back(vec![i as u8; 16 << 10]);
+    }
+    // Stalls below the trigger's 150 ms within a window: nothing.
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::write(&file, pressure_text(1_000 + 100_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(stats().pressure_reclaims, 0, "{:?}", stats());
+    // 400 ms stalled: one pass.
+    std::fs::write(&file, pressure_text(1_000 + 100_000 + 400_000)).unwrap();
+    assert!(wait_for(|| stats().pressure_reclaims > 0), "{:?}", stats());
+    assert!(CACHE.lock().unwrap().len() <= 32);
+    println!("PRESSURE-OK");
+}
+
+#[test]
+fn memory_pressure_runs_the_reclaimers_in_the_background() {
+    if is_child() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mayfail-psi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("memory.pressure");
+    std::fs::write(&file, pressure_text(1_000)).unwrap();
+    let file = file.to_str().unwrap();
+    let run = run_child_with(
+        "child_pressure",
+        &[
+            ("MAYFAIL_PRESSURE_FILE", file),
+            ("MAYFAIL_PRESSURE", "some 150000 500000"),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("PRESSURE-OK"), "{}", run.stdout);
+    // Off, the same stall does nothing.
+    std::fs::write(file, pressure_text(1_000)).unwrap();
+    let run = run_child_with(
+        "child_pressure",
+        &[("MAYFAIL_PRESSURE_FILE", file), ("MAYFAIL_PRESSURE", "off")],
+    );
+    assert_ne!(run.code, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_kernel_pressure_trigger_is_set_where_the_kernel_takes_one() {
+    if is_child() {
+        return;
+    }
+    // Whether this kernel takes triggers on /proc/pressure/memory: then the
+    // background reclaimer holds one open (its descriptor shows it).
+    let takes = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/pressure/memory")
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"some 150000 1000000"))
+        .is_ok();
+    let run = run_child_with("child_holds_a_trigger", &[]);
+    run.assert_success();
+    assert_eq!(run.stdout.contains("TRIGGER-HELD"), takes, "{}", run.stdout);
+    println!("kernel triggers: {takes}");
+}
+
+#[test]
+fn child_holds_a_trigger() {
+    if !is_child() {
+        return;
+    }
+    mayfail::add_reclaimer(drop_oldest_half).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let held = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("pressure/memory"))
+        });
+    if held {
+        println!("TRIGGER-HELD");
+    }
 }

@@ -119,12 +119,13 @@ pub fn report(served: u64) -> String {
     let s = mayfail::stats();
     format!(
         "served={served} cached={} peak_rss={} heap_peak={} limit={} limit_hits={} \
-         reclaim_passes={} reclaimer_runs={} dropped={} failed={}",
+         soft_reclaims={} reclaim_passes={} reclaimer_runs={} dropped={} failed={}",
         CACHE.lock().unwrap().len(),
         peak_rss(),
         s.heap_peak,
         s.limit.map_or("none".to_owned(), |l| l.to_string()),
         s.limit_hits,
+        s.soft_reclaims,
         s.reclaim_passes,
         RECLAIMER_RUNS.load(Relaxed),
         DROPPED.load(Relaxed),
