@@ -139,6 +139,8 @@ pub use crate::configure::{
     ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
     fail_nth_pending,
 };
+#[doc(hidden)]
+pub use crate::limit::__count_usable;
 pub use crate::limit::{
     DEFAULT_HEADROOM_PERCENT, DEFAULT_SOFT_PERCENT, Limit, MIN_HEADROOM, limit, limit_headroom,
     set_limit, set_limit_headroom,

@@ -654,6 +654,26 @@ extern "C" fn thread_exit(_value: *mut libc::c_void) {
     });
 }
 
+/// For `mayfail-preload`, whose frees can name only a block's usable size
+/// (`malloc_usable_size`): after the engine served a request of `asked`
+/// bytes with a block whose usable size is `usable()`, the heap limit's count
+/// is corrected to the usable size, so that the block's free takes off
+/// what its allocation put on. Nothing while the limit does not count. Not
+/// part of the API.
+#[doc(hidden)]
+pub fn __count_usable(asked: usize, usable: impl FnOnce() -> usize) {
+    if !counting() {
+        return;
+    }
+    let usable = usable();
+    if usable > asked {
+        // The block is there already: the correction may pass the limit.
+        let _ = charge(usable - asked, true);
+    } else if asked > usable {
+        uncharge(asked - usable);
+    }
+}
+
 /// Whether the in-place lane would take an allocation now (the word is
 /// exactly the limit's bits).
 #[inline]
