@@ -14,9 +14,12 @@
 //! `scope::take_pass`) is let through in place on x86-64: one `asm!`
 //! statement finds the thread's pass from the thread pointer, takes it, and
 //! the success path goes on to the inner allocator as when idle.
+//! With a heap limit (see `limit`), an allocation is charged to the
+//! thread's credit and a free to its freed count in place on x86-64, from
+//! the thread pointer, in the same `asm!` statements.
 //! Everything else is out of line, behind one call per operation: the
 //! engaged path here, the retry policy in `policy`, the injection decision
-//! in `inject`.
+//! in `inject`, the limit's count in `limit`.
 
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
@@ -182,113 +185,172 @@ macro_rules! when_engaged {
     };
 }
 
-/// Tells the sweep's leak tracking that `$ptr` is being freed, while a
-/// sweep's child tracks blocks, and the heap limit's count that `$size`
-/// bytes are, while it counts: the only reasons `dealloc` leaves its success
-/// path. On x86-64 the whole test is one `asm!` statement: `test byte ptr
-/// [rip+WORD], TRACKING|LIMITED` and a `jz` over the rest, so the success
-/// path is those two instructions and the compiler sees no branch and no
-/// call (what it inlines `dealloc` into stays within its inlining budget).
-/// While the limit counts in place (the word's low byte is exactly
-/// `LIMITED|LIMIT_LANE`), the rest adds `$size` to the thread's freed count
-/// from the thread pointer and calls out of line only when the count passes
-/// its batch (see `limit`). Elsewhere (and under Miri), a relaxed load, a
-/// branch and a call.
-macro_rules! forget_if_tracking {
-    ($ptr:expr, $size:expr) => {{
-        let ptr: *mut u8 = $ptr;
-        let size: usize = $size;
+/// [`when_engaged!`] for an allocation of `$size` bytes, which the heap
+/// limit's in-place lane counts: on x86-64 one `asm!` statement compares the
+/// word with `LIMIT_LANE` (`cmp dword ptr [rip+WORD], 1`): below, it is
+/// zero and the success path goes on (the same two instructions as
+/// `when_engaged!`); above, `$engaged` runs; equal, the lane subtracts
+/// `$size` from the thread's credit, found from the thread pointer, and the
+/// success path goes on unless that borrows (then `$engaged` runs, and the
+/// engaged path undoes the subtraction and charges out of line: see
+/// `limit`). Elsewhere (and under Miri), as `when_engaged!`: the engaged
+/// path charges.
+macro_rules! when_engaged_charging {
+    ($size:expr, $engaged:block) => {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
-        let mut ptr = ptr;
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        // SAFETY: the instructions read the low byte of the aligned atomic
-        // `ENGAGED` (the flag bits, little-endian; a static: always mapped)
-        // as a relaxed load does. While the limit counts in place they read
-        // `STATE_OFFSET` (an aligned atomic static, a relaxed load): it is
-        // set, before `LIMIT_LANE` ever is, to where every thread's state
-        // lies from its thread pointer (see `scope::STATE_OFFSET`), a
-        // `const` thread-local that lives as long as the thread; they add
-        // `size` to its `freed` field (an aligned `Cell<i64>` only this
-        // thread writes, through copies: no reference to it is alive) in
-        // one instruction, as `limit::uncharge` does through the cell.
-        // Otherwise, and when that sum turns negative, they move the stack
-        // pointer past the 128-byte red zone and call `forget_freed_thunk`,
-        // which aligns the stack itself, keeps `rdi` (the pointer, an in-out
-        // operand) and clobbers no more than the C ABI's caller-saved
-        // registers (`clobber_abi`; the flags too); then they restore the
-        // stack pointer. `nostack` is kept so that the compiler need not
-        // align the stack on the success path; what it lets the compiler
-        // assume holds in effect: the return address and the thunk's frame
-        // are written only below the red zone, where the x86-64 System V
-        // ABI lets nothing live (a signal frame may land there at any
-        // time), never inside it or above the stack pointer. The thunk
-        // neither unwinds nor touches the caller's memory. It has no unwind
-        // information, and the caller's own is off by the moved stack
-        // pointer while it runs: a backtrace taken inside `forget_freed`
-        // stops there (nothing there takes one).
+        // SAFETY: the instructions read `ENGAGED` and, when it is exactly
+        // `LIMIT_LANE`, `STATE_OFFSET` (aligned atomic statics, always
+        // mapped, without a lock prefix: relaxed loads). `LIMIT_LANE` is set
+        // only once `STATE_OFFSET` holds where every thread's state lies from
+        // its thread pointer (see `scope::STATE_OFFSET`), a `const`
+        // thread-local that lives as long as the thread; they subtract the
+        // size from its `credit` field (an aligned `Cell<u64>` only this
+        // thread writes, through copies: no reference to it is alive) in one
+        // instruction, as `limit::charge` does through the cell. No stack;
+        // the flags and one scratch register clobbered. The label block
+        // leaves the function.
         unsafe {
             core::arch::asm!(
-                "test byte ptr [rip + {word}], {flags}",
-                "jz 2f",
-                "cmp byte ptr [rip + {word}], {lane}",
-                "jne 3f",
-                "mov rax, qword ptr [rip + {offset}]",
-                "add qword ptr fs:[rax + {freed}], rsi",
-                "jns 2f",
-                "3:",
-                "lea rsp, [rsp - 128]",
-                "call {thunk}",
-                "lea rsp, [rsp + 128]",
+                "cmp dword ptr [rip + {word}], {lane}",
+                "jb 2f",
+                "jne {engaged}",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{state} + {credit}], {size}",
+                "jb {engaged}",
                 "2:",
                 word = sym crate::engaged::ENGAGED,
-                flags = const crate::engaged::TRACKING | crate::engaged::LIMITED,
-                lane = const crate::engaged::LIMITED | crate::engaged::LIMIT_LANE,
+                lane = const crate::engaged::LIMIT_LANE,
                 offset = sym crate::scope::STATE_OFFSET,
-                freed = const crate::scope::FREED_AT,
-                thunk = sym forget_freed_thunk,
-                inout("rdi") ptr,
-                inout("rsi") size => _,
-                clobber_abi("C"),
+                credit = const crate::scope::CREDIT_AT,
+                size = in(reg) $size,
+                state = out(reg) _,
+                engaged = label $engaged,
                 options(nostack),
             );
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::is_set(engaged::TRACKING | engaged::LIMITED) {
-            forget_freed(ptr, size);
+        if engaged::engaged() $engaged
+    };
+}
+
+/// Tells the sweep's leak tracking that `$ptr` is being freed, while a
+/// sweep's child tracks blocks, and the heap limit's count that `$size`
+/// bytes are, while it counts: the only reasons `dealloc` leaves its success
+/// path (the word's low byte). On x86-64 the whole test is one `asm!`
+/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jb` over the
+/// rest, so the success path is those two instructions and the compiler
+/// sees no branch and no call (what it inlines `dealloc` into stays within
+/// its inlining budget); the size is an operand, in `rsi`. While the limit
+/// counts in place (the low byte is exactly `LIMIT_LANE`), the rest adds
+/// `$size` to the thread's freed count from the thread pointer and calls out
+/// of line only when the count passes its batch (see `limit`); above it, it
+/// calls out of line. Elsewhere (and under Miri), a relaxed load, a branch
+/// and a call.
+macro_rules! forget_if_tracking {
+    ($ptr:expr, $size:expr) => {{
+        let ptr: *mut u8 = $ptr;
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        let mut ptr = ptr;
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        // SAFETY: the instructions read the low byte of the aligned atomic
+        // `ENGAGED` (the flags frees care about, little-endian; a static:
+        // always mapped) as a relaxed load does, and jump; they write no
+        // memory and use no stack.
+        unsafe {
+            core::arch::asm!(
+                "cmp byte ptr [rip + {word}], {lane}",
+                "jae {busy}",
+                word = sym crate::engaged::ENGAGED,
+                lane = const crate::engaged::LIMIT_LANE,
+                busy = label {
+                    // SAFETY: the instructions read the low byte of
+                    // `ENGAGED` again, as above. While the limit counts in
+                    // place (the byte is exactly `LIMIT_LANE`) they read
+                    // `STATE_OFFSET` (an aligned atomic static, a relaxed
+                    // load): it is set, before `LIMIT_LANE` ever is, to
+                    // where every thread's state lies from its thread
+                    // pointer (see `scope::STATE_OFFSET`), a `const`
+                    // thread-local that lives as long as the thread; they
+                    // add the size to its `freed` field (an aligned
+                    // `Cell<i64>` only this thread writes, through copies:
+                    // no reference to it is alive) in one instruction, as
+                    // `limit::uncharge` does through the cell. Otherwise
+                    // (the byte is above `LIMIT_LANE`), and when that sum
+                    // turns negative, they move the stack pointer past the
+                    // 128-byte red zone and call `forget_freed_thunk`, which
+                    // aligns the stack itself, keeps `rdi` (the pointer, an
+                    // in-out operand), passes `rsi` (the size) on, and
+                    // clobbers no more than the C ABI's caller-saved
+                    // registers (`clobber_abi`; the flags too); then they
+                    // restore the stack pointer. `nostack` is kept so that
+                    // the compiler need not align the stack for them; what
+                    // it lets the compiler assume holds in effect: the
+                    // return address and the thunk's frame are written only
+                    // below the red zone, where the x86-64 System V ABI lets
+                    // nothing live (a signal frame may land there at any
+                    // time), never inside it or above the stack pointer. The
+                    // thunk neither unwinds nor touches the caller's memory.
+                    // It has no unwind information, and the caller's own is
+                    // off by the moved stack pointer while it runs: a
+                    // backtrace taken inside `forget_freed` stops there
+                    // (nothing there takes one).
+                    unsafe {
+                        core::arch::asm!(
+                            "cmp byte ptr [rip + {word}], {lane}",
+                            "jne 3f",
+                            "mov rax, qword ptr [rip + {offset}]",
+                            "add qword ptr fs:[rax + {freed}], rsi",
+                            "jns 2f",
+                            "3:",
+                            "lea rsp, [rsp - 128]",
+                            "call {thunk}",
+                            "lea rsp, [rsp + 128]",
+                            "2:",
+                            word = sym crate::engaged::ENGAGED,
+                            lane = const crate::engaged::LIMIT_LANE,
+                            offset = sym crate::scope::STATE_OFFSET,
+                            freed = const crate::scope::FREED_AT,
+                            thunk = sym forget_freed_thunk,
+                            inout("rdi") ptr,
+                            inout("rsi") $size => _,
+                            clobber_abi("C"),
+                            options(nostack),
+                        );
+                    }
+                },
+                options(nostack),
+            );
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        if engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE) {
+            forget_freed(ptr, $size);
         }
         ptr
     }};
 }
 
-/// Charges an allocation of `$size` bytes to the heap limit's count in
-/// place, while it counts in place and nothing else engages (the word is
-/// exactly `LIMITED|LIMIT_LANE`): subtracts `$size` from the thread's
-/// credit, found from the thread pointer, and passes unless that borrows
-/// (the engaged path then undoes the subtraction and charges out of line,
-/// see `limit`). Otherwise, the injection fast lane (`pass_in_place!`).
-/// One `asm!` statement on x86-64; elsewhere (and under Miri) `false`, and
-/// the out-of-line engaged path charges.
-macro_rules! charge_or_pass_in_place {
-    ($size:expr) => {{
+/// [`charge_or_pass_in_place!`] for a `realloc` from `$old` to `$new`
+/// bytes: while the heap limit counts in place and nothing else engages,
+/// a growth subtracts `$new - $old` from the thread's credit and passes
+/// unless that borrows (the engaged path then undoes it); a shrink goes out
+/// of line, where its bytes are given back once the inner allocator has
+/// shrunk the block. Otherwise, the injection fast lane.
+macro_rules! grow_or_pass_in_place {
+    ($old:expr, $new:expr) => {{
         #[allow(unused_mut)]
         let mut pass = false;
         #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
-        // SAFETY: as for `pass_in_place!`, whose instructions follow the
-        // label 3; before it, the instructions read `ENGAGED` and
-        // `STATE_OFFSET` (aligned atomic statics, relaxed loads). The word
-        // is `LIMITED|LIMIT_LANE` only once `STATE_OFFSET` holds where
-        // every thread's state lies from its thread pointer (see
-        // `scope::STATE_OFFSET`); they subtract the size from the state's
-        // `credit` (an aligned `Cell<u64>` only this thread writes, through
-        // copies: no reference to it is alive) in one instruction, as
-        // `limit::charge` does through the cell. No stack; the flags and
-        // two scratch registers clobbered.
+        // SAFETY: as for `charge_or_pass_in_place!`; the growth is worked
+        // out in a scratch register first.
         unsafe {
             core::arch::asm!(
                 "cmp dword ptr [rip + {word}], {lane}",
                 "jne 3f",
-                "mov {state}, qword ptr [rip + {offset}]",
-                "sub qword ptr fs:[{state} + {credit}], {size}",
+                "mov {state}, {new}",
+                "sub {state}, {old}",
+                "jb 2f",
+                "mov {generation}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{generation} + {credit}], {state}",
                 "jae {pass}",
                 "jmp 2f",
                 "3:",
@@ -303,10 +365,11 @@ macro_rules! charge_or_pass_in_place {
                 "jns {pass}",
                 "2:",
                 word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMITED | crate::engaged::LIMIT_LANE,
+                lane = const crate::engaged::LIMIT_LANE,
                 offset = sym crate::scope::STATE_OFFSET,
                 credit = const crate::scope::CREDIT_AT,
-                size = in(reg) $size,
+                old = in(reg) $old,
+                new = in(reg) $new,
                 generation_word = sym crate::engaged::GENERATION,
                 state = out(reg) _,
                 generation = out(reg) _,
@@ -322,16 +385,21 @@ macro_rules! charge_or_pass_in_place {
             core::arch::asm!(
                 "cmp dword ptr [rip + {word}], {lane}",
                 "jne 2f",
-                "mov {state}, qword ptr [rip + {offset}]",
-                "sub qword ptr fs:[{state} + {credit}], {size}",
+                "mov {state}, {new}",
+                "sub {state}, {old}",
+                "jb 2f",
+                "mov {scratch}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{scratch} + {credit}], {state}",
                 "jae {pass}",
                 "2:",
                 word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMITED | crate::engaged::LIMIT_LANE,
+                lane = const crate::engaged::LIMIT_LANE,
                 offset = sym crate::scope::STATE_OFFSET,
                 credit = const crate::scope::CREDIT_AT,
-                size = in(reg) $size,
+                old = in(reg) $old,
+                new = in(reg) $new,
                 state = out(reg) _,
+                scratch = out(reg) _,
                 pass = label { pass = true; },
                 options(nostack),
             );
@@ -462,18 +530,23 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// untouched).
     #[inline(always)]
     unsafe fn slow(&self, layout: Layout, request: Request, engaged: bool) -> *mut u8 {
-        let in_place = !matches!(request, Request::Realloc { .. });
+        // What the limit's in-place lane charges for this request: the size,
+        // or a realloc's growth (a shrink never passes in place).
+        let in_place = match request {
+            Request::Realloc { new_size, .. } => new_size.saturating_sub(layout.size()),
+            _ => layout.size(),
+        };
         if !engaged {
-            // The limit's in-place lane charged what the inner allocator
-            // refused: the policy charges each attempt itself.
-            if in_place && limit::lane_on() {
-                limit::uncharge(layout.size());
+            // The lane charged what the inner allocator refused: the policy
+            // charges each attempt itself.
+            if limit::lane_on() {
+                limit::uncharge(in_place);
             }
             // SAFETY: the caller's contract.
             return unsafe { self.after_null(layout, request, Cause::Null) };
         }
-        if in_place && limit::counting() {
-            limit::undo_lane(layout.size());
+        if limit::counting() {
+            limit::undo_lane(in_place);
         }
         if quick_pass() {
             // SAFETY: the caller's contract; the fast lane's null goes to the
@@ -514,7 +587,7 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// environment), and every allocation while injection is on, a thread
     /// has a fail-nth countdown, a sweep's child tracks blocks or the heap
     /// limit counts out of line, once the fast lanes (see `quick_pass` and
-    /// `charge_or_pass_in_place!`) have declined it.
+    /// `when_engaged_charging!`) have declined it.
     ///
     /// # Safety
     ///
@@ -641,8 +714,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut engaged = false;
-        when_engaged!({
-            engaged = !charge_or_pass_in_place!(layout.size());
+        when_engaged_charging!(layout.size(), {
+            engaged = !pass_in_place!();
         });
         let mut block = core::ptr::null_mut();
         if !engaged {
@@ -659,8 +732,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let mut engaged = false;
-        when_engaged!({
-            engaged = !charge_or_pass_in_place!(layout.size());
+        when_engaged_charging!(layout.size(), {
+            engaged = !pass_in_place!();
         });
         let mut block = core::ptr::null_mut();
         if !engaged {
@@ -678,7 +751,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let mut engaged = false;
         when_engaged!({
-            engaged = !pass_in_place!();
+            engaged = !grow_or_pass_in_place!(layout.size(), new_size);
         });
         let mut block = core::ptr::null_mut();
         if !engaged {

@@ -157,7 +157,7 @@ pub const MIN_HEADROOM: usize = 16 << 20;
 /// Whether the count is on: allocations are charged, frees credited.
 #[inline]
 pub(crate) fn counting() -> bool {
-    engaged::is_set(engaged::LIMITED)
+    engaged::is_set(engaged::LIMITED | engaged::LIMIT_LANE)
 }
 
 /// The limit in force, in bytes (`None`: no limit).
@@ -429,11 +429,12 @@ fn count() {
     if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
         let _ = EXIT_KEY.compare_exchange(u32::MAX, key, Relaxed, Relaxed);
     }
-    let mut flags = engaged::LIMITED;
-    if lane_possible() {
-        flags |= engaged::LIMIT_LANE;
-    }
-    engaged::set(flags, true);
+    let flag = if lane_possible() {
+        engaged::LIMIT_LANE
+    } else {
+        engaged::LIMITED
+    };
+    engaged::set(flag, true);
 }
 
 /// Whether the in-place lanes can reach every thread's share.
@@ -675,10 +676,10 @@ pub fn __count_usable(asked: usize, usable: impl FnOnce() -> usize) {
 }
 
 /// Whether the in-place lane would take an allocation now (the word is
-/// exactly the limit's bits).
+/// exactly the lane's bit).
 #[inline]
 pub(crate) fn lane_on() -> bool {
-    engaged::word() == engaged::LIMITED | engaged::LIMIT_LANE
+    engaged::word() == engaged::LIMIT_LANE
 }
 
 #[cfg(test)]

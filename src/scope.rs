@@ -348,7 +348,7 @@ fn grant(generation: u32, passes: u64, then_due: bool, precounted: bool) {
     // that read, the generation has moved on since and the key never
     // matches; if before, the flag is seen here.
     // Nor while the heap limit counts: a pass would skip the count.
-    let key = if engaged::is_set(engaged::TRACKING | engaged::LIMITED) {
+    let key = if engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE) {
         0
     } else {
         generation

@@ -98,6 +98,11 @@ fn in_a_memory_cgroup_system_is_oom_killed_and_mayfail_serves_every_request() {
     // MayFail without a limit: the same, the reclaimer never runs.
     let unlimited = service("global", None, Some(&cgroup));
     assert_eq!(exit_status(&unlimited), 137, "{unlimited:?}");
+    println!(
+        "MayFail without a limit: exit {}, served about {} of {REQUESTS}",
+        exit_status(&unlimited),
+        served_so_far(&unlimited)
+    );
     // MayFail with the cgroup's limit: every request served.
     let kills = cgroup.oom_kills();
     let limited = service("global", Some("cgroup"), Some(&cgroup));

@@ -98,7 +98,7 @@ pub fn peak_rss() -> u64 {
 }
 
 /// Serves `requests` requests, caching every response, and returns the
-/// number served. Prints progress every 8192 requests.
+/// number served. Prints progress every 1024 requests.
 pub fn serve(requests: u64, heap: Heap) -> u64 {
     mayfail::add_reclaimer(drop_oldest_half).expect("a reclaimer slot");
     let mut served = 0;
@@ -106,7 +106,7 @@ pub fn serve(requests: u64, heap: Heap) -> u64 {
         let response = Response::new(n, heap);
         CACHE.lock().unwrap().push_back(response);
         served += 1;
-        if served % 8192 == 0 {
+        if served % 1024 == 0 {
             println!("served {served}");
         }
     }
