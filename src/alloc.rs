@@ -14,9 +14,12 @@
 //! `scope::take_pass`) is let through in place on x86-64: one `asm!`
 //! statement finds the thread's pass from the thread pointer, takes it, and
 //! the success path goes on to the inner allocator as when idle.
+//! With a heap limit (see `limit`), an allocation is charged to the
+//! thread's credit and a free to its freed count in place on x86-64, from
+//! the thread pointer, in the same `asm!` statements.
 //! Everything else is out of line, behind one call per operation: the
 //! engaged path here, the retry policy in `policy`, the injection decision
-//! in `inject`.
+//! in `inject`, the limit's count in `limit`.
 
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
@@ -26,7 +29,8 @@ use crate::config::{self, Defaults};
 use crate::engaged;
 #[cfg(feature = "inject")]
 use crate::inject;
-use crate::policy;
+use crate::limit;
+use crate::policy::{self, Cause};
 use crate::request::{Request, Verdict};
 use crate::reserve;
 use crate::startup;
@@ -113,6 +117,36 @@ impl<A> MayFail<A> {
         self
     }
 
+    /// Compiles in a heap limit (see [`set_limit`](crate::set_limit)):
+    /// allocations that would take the bytes live through `MayFail` past
+    /// it are treated as nulls from the inner allocator, so that the
+    /// reclaimers run before the kernel's OOM killer would. `MAYFAIL_LIMIT`
+    /// and [`set_limit`](crate::set_limit) override it.
+    ///
+    /// ```
+    /// use mayfail::{Limit, MayFail};
+    /// use std::alloc::System;
+    ///
+    /// #[global_allocator]
+    /// static GLOBAL: MayFail<System> = MayFail::system().with_limit(Limit::Percent(80));
+    /// # fn main() {}
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a percentage is outside 1 to 100; in a `static` initialiser this
+    /// is a compile-time error.
+    pub const fn with_limit(mut self, limit: crate::Limit) -> Self {
+        if let crate::Limit::Percent(p) = limit {
+            assert!(
+                p >= 1 && p <= 100,
+                "MayFail::with_limit takes a percentage from 1 to 100"
+            );
+        }
+        self.defaults.limit = crate::limit::encode(limit);
+        self
+    }
+
     /// The wrapped allocator.
     pub const fn inner(&self) -> &A {
         &self.inner
@@ -151,57 +185,226 @@ macro_rules! when_engaged {
     };
 }
 
+/// [`when_engaged!`] for an allocation of `$size` bytes, which the heap
+/// limit's in-place lane counts: on x86-64 one `asm!` statement compares the
+/// word with `LIMIT_LANE` (`cmp dword ptr [rip+WORD], 1`): below, it is
+/// zero and the success path goes on (the same two instructions as
+/// `when_engaged!`); above, `$engaged` runs; equal, the lane subtracts
+/// `$size` from the thread's credit, found from the thread pointer, and the
+/// success path goes on unless that borrows (then `$engaged` runs, and the
+/// engaged path undoes the subtraction and charges out of line: see
+/// `limit`). Elsewhere (and under Miri), as `when_engaged!`: the engaged
+/// path charges.
+macro_rules! when_engaged_charging {
+    ($size:expr, $engaged:block) => {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        // SAFETY: the instructions read `ENGAGED` and, when it is exactly
+        // `LIMIT_LANE`, `STATE_OFFSET` (aligned atomic statics, always
+        // mapped, without a lock prefix: relaxed loads). `LIMIT_LANE` is set
+        // only once `STATE_OFFSET` holds where every thread's state lies from
+        // its thread pointer (see `scope::STATE_OFFSET`), a `const`
+        // thread-local that lives as long as the thread; they subtract the
+        // size from its `credit` field (an aligned `Cell<u64>` only this
+        // thread writes, through copies: no reference to it is alive) in one
+        // instruction, as `limit::charge` does through the cell. No stack;
+        // the flags and one scratch register clobbered. The label block
+        // leaves the function.
+        unsafe {
+            core::arch::asm!(
+                "cmp dword ptr [rip + {word}], {lane}",
+                "jb 2f",
+                "jne {engaged}",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{state} + {credit}], {size}",
+                "jb {engaged}",
+                "2:",
+                word = sym crate::engaged::ENGAGED,
+                lane = const crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                credit = const crate::scope::CREDIT_AT,
+                size = in(reg) $size,
+                state = out(reg) _,
+                engaged = label $engaged,
+                options(nostack),
+            );
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        if engaged::engaged() $engaged
+    };
+}
+
 /// Tells the sweep's leak tracking that `$ptr` is being freed, while a
-/// sweep's child tracks blocks: the only reason `dealloc` leaves its success
-/// path. On x86-64 the whole test is one `asm!` statement: `test byte ptr
-/// [rip+WORD], TRACKING` and a `jz` over an out-of-line call, so the success
-/// path is those two instructions and the compiler sees no branch and no
-/// call (what it inlines `dealloc` into stays within its inlining budget).
-/// Elsewhere (and under Miri), a relaxed load, a branch and a call.
+/// sweep's child tracks blocks, and the heap limit's count that `$size`
+/// bytes are, while it counts: the only reasons `dealloc` leaves its success
+/// path (the word's low byte). On x86-64 the whole test is one `asm!`
+/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jb` over the
+/// rest, so the success path is those two instructions and the compiler
+/// sees no branch and no call (what it inlines `dealloc` into stays within
+/// its inlining budget); the size is an operand, in `rsi`. While the limit
+/// counts in place (the low byte is exactly `LIMIT_LANE`), the rest adds
+/// `$size` to the thread's freed count from the thread pointer and calls out
+/// of line only when the count passes its batch (see `limit`); above it, it
+/// calls out of line. Elsewhere (and under Miri), a relaxed load, a branch
+/// and a call.
 macro_rules! forget_if_tracking {
-    ($ptr:expr) => {{
+    ($ptr:expr, $size:expr) => {{
         let ptr: *mut u8 = $ptr;
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         let mut ptr = ptr;
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         // SAFETY: the instructions read the low byte of the aligned atomic
-        // `ENGAGED` (the flag bits, little-endian; a static: always mapped)
-        // as a relaxed load does. While the flag is set they move the stack
-        // pointer past the 128-byte red zone and call `forget_freed_thunk`,
-        // which aligns the stack itself, keeps `rdi` (the pointer, an in-out
-        // operand) and clobbers no more than the C ABI's caller-saved
-        // registers (`clobber_abi`; the flags too); then they restore the
-        // stack pointer. `nostack` is kept so that the compiler need not
-        // align the stack on the success path; what it lets the compiler
-        // assume holds in effect: the return address and the thunk's frame
-        // are written only below the red zone, where the x86-64 System V
-        // ABI lets nothing live (a signal frame may land there at any
-        // time), never inside it or above the stack pointer. The thunk
-        // neither unwinds nor touches the caller's memory. It has no unwind
-        // information, and the caller's own is off by the moved stack
-        // pointer while it runs: a backtrace taken inside `forget_freed`
-        // stops there (nothing there takes one).
+        // `ENGAGED` (the flags frees care about, little-endian; a static:
+        // always mapped) as a relaxed load does, and jump; they write no
+        // memory and use no stack.
         unsafe {
             core::arch::asm!(
-                "test byte ptr [rip + {word}], {flag}",
-                "jz 2f",
-                "lea rsp, [rsp - 128]",
-                "call {thunk}",
-                "lea rsp, [rsp + 128]",
-                "2:",
+                "cmp byte ptr [rip + {word}], {lane}",
+                "jae {busy}",
                 word = sym crate::engaged::ENGAGED,
-                flag = const crate::engaged::TRACKING,
-                thunk = sym forget_freed_thunk,
-                inout("rdi") ptr,
-                clobber_abi("C"),
+                lane = const crate::engaged::LIMIT_LANE,
+                busy = label {
+                    // SAFETY: the instructions read the low byte of
+                    // `ENGAGED` again, as above. While the limit counts in
+                    // place (the byte is exactly `LIMIT_LANE`) they read
+                    // `STATE_OFFSET` (an aligned atomic static, a relaxed
+                    // load): it is set, before `LIMIT_LANE` ever is, to
+                    // where every thread's state lies from its thread
+                    // pointer (see `scope::STATE_OFFSET`), a `const`
+                    // thread-local that lives as long as the thread; they
+                    // add the size to its `freed` field (an aligned
+                    // `Cell<i64>` only this thread writes, through copies:
+                    // no reference to it is alive) in one instruction, as
+                    // `limit::uncharge` does through the cell. Otherwise
+                    // (the byte is above `LIMIT_LANE`), and when that sum
+                    // turns negative, they move the stack pointer past the
+                    // 128-byte red zone and call `forget_freed_thunk`, which
+                    // aligns the stack itself, keeps `rdi` (the pointer, an
+                    // in-out operand), passes `rsi` (the size) on, and
+                    // clobbers no more than the C ABI's caller-saved
+                    // registers (`clobber_abi`; the flags too); then they
+                    // restore the stack pointer. `nostack` is kept so that
+                    // the compiler need not align the stack for them; what
+                    // it lets the compiler assume holds in effect: the
+                    // return address and the thunk's frame are written only
+                    // below the red zone, where the x86-64 System V ABI lets
+                    // nothing live (a signal frame may land there at any
+                    // time), never inside it or above the stack pointer. The
+                    // thunk neither unwinds nor touches the caller's memory.
+                    // It has no unwind information, and the caller's own is
+                    // off by the moved stack pointer while it runs: a
+                    // backtrace taken inside `forget_freed` stops there
+                    // (nothing there takes one).
+                    unsafe {
+                        core::arch::asm!(
+                            "cmp byte ptr [rip + {word}], {lane}",
+                            "jne 3f",
+                            "mov rax, qword ptr [rip + {offset}]",
+                            "add qword ptr fs:[rax + {freed}], rsi",
+                            "jns 2f",
+                            "3:",
+                            "lea rsp, [rsp - 128]",
+                            "call {thunk}",
+                            "lea rsp, [rsp + 128]",
+                            "2:",
+                            word = sym crate::engaged::ENGAGED,
+                            lane = const crate::engaged::LIMIT_LANE,
+                            offset = sym crate::scope::STATE_OFFSET,
+                            freed = const crate::scope::FREED_AT,
+                            thunk = sym forget_freed_thunk,
+                            inout("rdi") ptr,
+                            inout("rsi") $size => _,
+                            clobber_abi("C"),
+                            options(nostack),
+                        );
+                    }
+                },
                 options(nostack),
             );
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::is_set(engaged::TRACKING) {
-            forget_freed(ptr);
+        if engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE) {
+            forget_freed(ptr, $size);
         }
         ptr
+    }};
+}
+
+/// [`charge_or_pass_in_place!`] for a `realloc` from `$old` to `$new`
+/// bytes: while the heap limit counts in place and nothing else engages,
+/// a growth subtracts `$new - $old` from the thread's credit and passes
+/// unless that borrows (the engaged path then undoes it); a shrink goes out
+/// of line, where its bytes are given back once the inner allocator has
+/// shrunk the block. Otherwise, the injection fast lane.
+macro_rules! grow_or_pass_in_place {
+    ($old:expr, $new:expr) => {{
+        #[allow(unused_mut)]
+        let mut pass = false;
+        #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+        // SAFETY: as for `charge_or_pass_in_place!`; the growth is worked
+        // out in a scratch register first.
+        unsafe {
+            core::arch::asm!(
+                "cmp dword ptr [rip + {word}], {lane}",
+                "jne 3f",
+                "mov {state}, {new}",
+                "sub {state}, {old}",
+                "jb 2f",
+                "mov {generation}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{generation} + {credit}], {state}",
+                "jae {pass}",
+                "jmp 2f",
+                "3:",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "test {state}, {state}",
+                "jz 2f",
+                "add {state}, qword ptr fs:[0]",
+                "mov {generation:e}, dword ptr [rip + {generation_word}]",
+                "cmp dword ptr [{state} + {key}], {generation:e}",
+                "jne 2f",
+                "sub qword ptr [{state} + {passes}], 1",
+                "jns {pass}",
+                "2:",
+                word = sym crate::engaged::ENGAGED,
+                lane = const crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                credit = const crate::scope::CREDIT_AT,
+                old = in(reg) $old,
+                new = in(reg) $new,
+                generation_word = sym crate::engaged::GENERATION,
+                state = out(reg) _,
+                generation = out(reg) _,
+                key = const crate::scope::PASS_KEY_AT,
+                passes = const crate::scope::PASSES_AT,
+                pass = label { pass = true; },
+                options(nostack),
+            );
+        }
+        #[cfg(all(target_arch = "x86_64", not(miri), not(feature = "inject")))]
+        // SAFETY: as above, without the injection fast lane.
+        unsafe {
+            core::arch::asm!(
+                "cmp dword ptr [rip + {word}], {lane}",
+                "jne 2f",
+                "mov {state}, {new}",
+                "sub {state}, {old}",
+                "jb 2f",
+                "mov {scratch}, qword ptr [rip + {offset}]",
+                "sub qword ptr fs:[{scratch} + {credit}], {state}",
+                "jae {pass}",
+                "2:",
+                word = sym crate::engaged::ENGAGED,
+                lane = const crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                credit = const crate::scope::CREDIT_AT,
+                old = in(reg) $old,
+                new = in(reg) $new,
+                state = out(reg) _,
+                scratch = out(reg) _,
+                pass = label { pass = true; },
+                options(nostack),
+            );
+        }
+        pass
     }};
 }
 
@@ -327,33 +530,64 @@ impl<A: GlobalAlloc> MayFail<A> {
     /// untouched).
     #[inline(always)]
     unsafe fn slow(&self, layout: Layout, request: Request, engaged: bool) -> *mut u8 {
+        // What the limit's in-place lane charges for this request: the size,
+        // or a realloc's growth (a shrink never passes in place).
+        let in_place = match request {
+            Request::Realloc { new_size, .. } => new_size.saturating_sub(layout.size()),
+            _ => layout.size(),
+        };
         if !engaged {
+            // The lane charged what the inner allocator refused: the policy
+            // charges each attempt itself.
+            if limit::lane_on() {
+                limit::uncharge(in_place);
+            }
             // SAFETY: the caller's contract.
-            return unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            };
+            return unsafe { self.after_null(layout, request, Cause::Null) };
+        }
+        if limit::counting() {
+            limit::undo_lane(in_place);
         }
         if quick_pass() {
             // SAFETY: the caller's contract; the fast lane's null goes to the
-            // retry policy as any other.
+            // retry policy as any other. (No pass is taken while the limit
+            // counts: see `scope::grant`.)
             let block = unsafe { request.attempt(&self.inner, layout) };
             if !block.is_null() {
                 return block;
             }
             // SAFETY: the same request, still valid.
-            return unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            };
+            return unsafe { self.after_null(layout, request, Cause::Null) };
         }
         // SAFETY: the caller's contract.
         unsafe { self.serve_engaged(layout, request) }
     }
 
+    /// The retry policy, for this allocator.
+    ///
+    /// # Safety
+    ///
+    /// As for `policy::after_null`.
+    #[inline(always)]
+    unsafe fn after_null(&self, layout: Layout, request: Request, cause: Cause) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            policy::after_null(
+                self.address(),
+                &self.inner,
+                &self.defaults,
+                layout,
+                request,
+                cause,
+            )
+        }
+    }
+
     /// The engaged path: the first allocations of the process (read the
     /// environment), and every allocation while injection is on, a thread
-    /// has a fail-nth countdown or a sweep's child tracks blocks, once the
-    /// fast lane (an allocation the injection decision already let pass,
-    /// see `quick_pass`) has declined it.
+    /// has a fail-nth countdown, a sweep's child tracks blocks or the heap
+    /// limit counts out of line, once the fast lanes (see `quick_pass` and
+    /// `when_engaged_charging!`) have declined it.
     ///
     /// # Safety
     ///
@@ -368,31 +602,12 @@ impl<A: GlobalAlloc> MayFail<A> {
         #[cfg(not(feature = "inject"))]
         let verdict = Verdict::Pass;
         let block = match verdict {
-            Verdict::Pass => {
-                // SAFETY: forwarded under the caller's contract.
-                let block = unsafe { request.attempt(&self.inner, layout) };
-                if block.is_null() {
-                    // SAFETY: the same request, still valid: a failed
-                    // realloc left its block untouched.
-                    unsafe {
-                        policy::after_null(
-                            self.address(),
-                            &self.inner,
-                            &self.defaults,
-                            layout,
-                            request,
-                        )
-                    }
-                } else {
-                    block
-                }
-            }
+            // SAFETY: forwarded under the caller's contract.
+            Verdict::Pass => unsafe { self.serve_counted(layout, request) },
             Verdict::Fail => core::ptr::null_mut(),
             // SAFETY: the same request; the inner allocator was not called,
             // so a realloc's block is untouched.
-            Verdict::Transient => unsafe {
-                policy::after_null(self.address(), &self.inner, &self.defaults, layout, request)
-            },
+            Verdict::Transient => unsafe { self.after_null(layout, request, Cause::Null) },
         };
         if block.is_null() {
             return block;
@@ -407,24 +622,70 @@ impl<A: GlobalAlloc> MayFail<A> {
         }
         block
     }
+
+    /// Serves a request the injection let pass: charged to the heap limit's
+    /// count first while it counts (over the limit, the retry policy takes
+    /// over as for a null), then the inner allocator, then the policy if
+    /// that returned null.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Request::attempt`].
+    #[inline(always)]
+    unsafe fn serve_counted(&self, layout: Layout, request: Request) -> *mut u8 {
+        let (charge, refund) = if limit::counting() {
+            let (old, new, realloc) = match request {
+                Request::Realloc { new_size, .. } => (layout.size(), new_size, true),
+                _ => (0, layout.size(), false),
+            };
+            let (charge, refund) = limit::delta(old, new, realloc);
+            if let Err(over) = limit::charge(charge, limit::exempt()) {
+                // SAFETY: the inner allocator was not called: a realloc's
+                // block is untouched.
+                return unsafe { self.after_null(layout, request, Cause::Limit { over }) };
+            }
+            (charge, refund)
+        } else {
+            (0, 0)
+        };
+        // SAFETY: forwarded under the caller's contract.
+        let block = unsafe { request.attempt(&self.inner, layout) };
+        if block.is_null() {
+            if charge > 0 {
+                limit::uncharge(charge);
+            }
+            // SAFETY: the same request, still valid: a failed realloc left
+            // its block untouched.
+            return unsafe { self.after_null(layout, request, Cause::Null) };
+        }
+        if refund > 0 {
+            limit::uncharge(refund);
+        }
+        block
+    }
 }
 
-/// A block is being freed while a sweep's child tracks blocks: it is no
-/// longer the operation's.
+/// A block of `size` bytes is being freed while a sweep's child tracks
+/// blocks (it is no longer the operation's) or while the heap limit counts
+/// (out of line, or its in-place count passed its batch).
 #[cold]
 #[inline(never)]
-extern "C" fn forget_freed(ptr: *mut u8) {
+extern "C" fn forget_freed(ptr: *mut u8, size: usize) {
     #[cfg(feature = "sweep")]
     if track::on() {
         track::forget(ptr as usize);
     }
     #[cfg(not(feature = "sweep"))]
     let _ = ptr;
+    if limit::counting() {
+        limit::freed_out_of_line(size);
+    }
 }
 
 /// The call `forget_if_tracking!` makes from the middle of `dealloc`, where
 /// the stack may be misaligned: it saves `rdi` (the pointer, which the caller
-/// still needs) and aligns the stack for `forget_freed`, a C-ABI function
+/// still needs; `rsi`, the size, is passed on) and aligns the stack for
+/// `forget_freed`, a C-ABI function
 /// that clobbers only caller-saved registers and never unwinds (a panic in an
 /// `extern "C"` function aborts).
 #[cfg(all(target_arch = "x86_64", not(miri)))]
@@ -453,7 +714,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut engaged = false;
-        when_engaged!({
+        when_engaged_charging!(layout.size(), {
             engaged = !pass_in_place!();
         });
         let mut block = core::ptr::null_mut();
@@ -471,7 +732,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let mut engaged = false;
-        when_engaged!({
+        when_engaged_charging!(layout.size(), {
             engaged = !pass_in_place!();
         });
         let mut block = core::ptr::null_mut();
@@ -490,7 +751,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let mut engaged = false;
         when_engaged!({
-            engaged = !pass_in_place!();
+            engaged = !grow_or_pass_in_place!(layout.size(), new_size);
         });
         let mut block = core::ptr::null_mut();
         if !engaged {
@@ -507,7 +768,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MayFail<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let ptr = forget_if_tracking!(ptr);
+        let ptr = forget_if_tracking!(ptr, layout.size());
         // SAFETY: the caller's contract for `dealloc`; blocks come from `inner`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }

@@ -41,6 +41,8 @@ pub(crate) struct Defaults {
     pub(crate) retries: isize,
     pub(crate) small_limit: usize,
     pub(crate) stall_ms: u64,
+    /// The heap limit, encoded by `limit::encode` (0: none compiled in).
+    pub(crate) limit: u64,
 }
 
 impl Defaults {
@@ -48,6 +50,7 @@ impl Defaults {
         retries: DEFAULT_RETRIES,
         small_limit: DEFAULT_SMALL_LIMIT,
         stall_ms: DEFAULT_STALL_MS,
+        limit: 0,
     };
 }
 

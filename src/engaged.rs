@@ -3,7 +3,8 @@
 //! Non-zero while allocations must take the engaged (out-of-line) path:
 //! until the environment has been read ([`NOT_STARTED`]), while injection is
 //! on ([`INJECTING`]), while a sweep's child tracks blocks ([`TRACKING`]),
-//! and while any thread has a fail-nth countdown (counted in units of
+//! while a heap limit counts bytes ([`LIMIT_LANE`], [`LIMITED`]), and while
+//! any thread has a fail-nth countdown (counted in units of
 //! [`ARMED_THREAD`]). It sits alone on its cache line: it is written only
 //! when one of those states changes, never per allocation.
 //!
@@ -15,14 +16,26 @@ use core::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
-/// Set until the first allocation has read the environment.
-pub(crate) const NOT_STARTED: u32 = 1;
-/// Set while injection by attributes is on.
-pub(crate) const INJECTING: u32 = 2;
+// The low byte holds what `dealloc` must see (its test is `cmp byte ptr
+// [WORD], LIMIT_LANE`: below is idle, equal is the limit's in-place lane);
+// the reasons only allocations care about sit above it.
+
+/// Set while a heap limit counts in place (see `limit`): allocations and
+/// frees are counted by the in-place lanes of `alloc.rs` when the word
+/// (for a free, its low byte) is exactly this bit. Set only where they can
+/// (x86-64, mayfail linked into the executable: `scope::STATE_OFFSET`).
+pub(crate) const LIMIT_LANE: u32 = 1;
 /// Set while a sweep's child tracks blocks: frees take the engaged path too.
-pub(crate) const TRACKING: u32 = 4;
+pub(crate) const TRACKING: u32 = 2;
+/// Set while a heap limit counts out of line (where the lanes cannot):
+/// every allocation and free is counted on the engaged path.
+pub(crate) const LIMITED: u32 = 4;
+/// Set until the first allocation has read the environment.
+pub(crate) const NOT_STARTED: u32 = 1 << 8;
+/// Set while injection by attributes is on.
+pub(crate) const INJECTING: u32 = 1 << 9;
 /// Added once per thread with a running fail-nth countdown.
-pub(crate) const ARMED_THREAD: u32 = 1 << 8;
+pub(crate) const ARMED_THREAD: u32 = 1 << 16;
 
 /// The word, alone on its cache line (written only when one of the states
 /// above changes, never per allocation).
@@ -39,6 +52,12 @@ pub(crate) static ENGAGED: Word = Word(AtomicU32::new(NOT_STARTED));
 #[inline(always)]
 pub(crate) fn engaged() -> bool {
     ENGAGED.0.load(Relaxed) != 0
+}
+
+/// The word as it is now.
+#[inline(always)]
+pub(crate) fn word() -> u32 {
+    ENGAGED.0.load(Relaxed)
 }
 
 /// Whether `flag` is set.

@@ -7,6 +7,9 @@
 //!   [`DEFAULT_STALL_MS`].
 //! - Scopes: [`nofail`], [`noretry`], [`nowarn`] and their guard forms
 //!   ([`ScopeGuard`]); [`in_reclaim`].
+//! - The heap limit: [`set_limit`] / [`limit`], [`Limit`],
+//!   [`MayFail::with_limit`], [`set_limit_headroom`] / [`limit_headroom`],
+//!   `MAYFAIL_LIMIT`, `MAYFAIL_LIMIT_HEADROOM`.
 //! - Reclaimers: [`add_reclaimer`], [`remove_reclaimer`], [`Reclaimer`].
 //! - Counters: [`stats`], [`Stats`].
 //! - Fault injection (feature `inject`): [`configure_injection`] (its
@@ -71,6 +74,7 @@ compile_error!(
 
 // The layers, bottom up (docs/ARCHITECTURE.md): leaves first, then the knobs
 // and the retry policy, then injection and what registers with it.
+mod cgroup;
 mod engaged;
 #[cfg(feature = "inject")]
 mod hash;
@@ -85,6 +89,8 @@ mod text;
 
 mod backoff;
 mod config;
+mod kswapd;
+mod limit;
 mod reclaim;
 mod report;
 mod reserve;
@@ -132,6 +138,12 @@ pub use crate::config::{
 pub use crate::configure::{
     ConfigError, check_injection, configure_injection, disable_injection, fail_nth,
     fail_nth_pending,
+};
+#[doc(hidden)]
+pub use crate::limit::__count_usable;
+pub use crate::limit::{
+    DEFAULT_HEADROOM_PERCENT, DEFAULT_SOFT_PERCENT, Limit, MIN_HEADROOM, limit, limit_headroom,
+    set_limit, set_limit_headroom,
 };
 pub use crate::outcome::{Outcome, UnknownOutcome};
 pub use crate::reclaim::{

@@ -163,34 +163,6 @@ pub(crate) fn locate(ip: usize) -> (Option<Module>, usize) {
     (None, 0)
 }
 
-/// Whether `addr` lies in the program's executable (the file holding its
-/// entry point), as the loader knows it. `false` when the loader cannot
-/// tell (a static executable).
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-pub(crate) fn in_executable(addr: usize) -> bool {
-    // SAFETY: reads the auxiliary vector the kernel passed; 0 if absent.
-    let entry = unsafe { libc::getauxval(libc::AT_ENTRY) } as usize;
-    match (file_base(entry), file_base(addr)) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// The load address of the file holding `addr`, asked of the loader.
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-fn file_base(addr: usize) -> Option<usize> {
-    if addr == 0 {
-        return None;
-    }
-    // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: any address may be asked about; `info` is writable.
-    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 || info.dli_fbase.is_null() {
-        return None;
-    }
-    Some(info.dli_fbase as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,7 @@ use core::ptr;
 
 use crate::backoff::Backoff;
 use crate::config::{self, Defaults};
+use crate::limit;
 use crate::reclaim;
 use crate::report;
 use crate::request::Request;
@@ -40,6 +41,22 @@ use crate::reserve;
 use crate::scope::{self, Mode, ReclaimGuard};
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
+
+/// Why the slow path runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The inner allocator returned null (or injection failed the attempt).
+    Null,
+    /// The request would have taken the heap limit's count `over` bytes
+    /// past the limit; the inner allocator was not asked.
+    Limit { over: usize },
+}
+
+/// How many rounds of reclaim a large request (above the small limit)
+/// over the heap limit gets, as long as each round frees something: the
+/// kernel's memory cgroup reclaims for allocations of every order before it
+/// fails a charge (`MAX_RECLAIM_RETRIES`).
+pub(crate) const LARGE_LIMIT_ROUNDS: usize = 16;
 
 /// How many retries a failed request gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,10 +118,14 @@ fn curable_limit() -> usize {
     usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
-/// Handles a null from the inner allocator for `request`: retries according
-/// to the policy, returns the block or null. `owner` is the address of the
-/// `MayFail` value whose slow path this is (see `reserve`), `defaults` its
-/// compiled defaults.
+/// Handles a null from the inner allocator for `request`, or a request
+/// over the heap limit (`cause`): retries according to the policy, returns
+/// the block or null. While the heap limit counts, every attempt is charged
+/// first, and one over the limit fails as a null would. A large request
+/// over the limit, which the knob would fail at once, gets up to
+/// [`LARGE_LIMIT_ROUNDS`] rounds, while the reclaimers free something.
+/// `owner` is the address of the `MayFail` value whose slow path this is
+/// (see `reserve`), `defaults` its compiled defaults.
 ///
 /// # Safety
 ///
@@ -118,8 +139,17 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     defaults: &Defaults,
     layout: Layout,
     request: Request,
+    cause: Cause,
 ) -> *mut u8 {
     let mode = scope::mode();
+    let mut over = match cause {
+        Cause::Null => 0,
+        Cause::Limit { over } => {
+            bump(&COUNTERS.limit_hits);
+            limit::refresh_if_due();
+            over
+        }
+    };
     let Some(_reclaiming) = ReclaimGuard::enter() else {
         // A failure inside our own slow path (a reclaimer, the logger):
         // never retried, never recursing.
@@ -134,15 +164,25 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     let mut retries: u64 = 0;
     let mut stalled = false;
     let mut checked_curable = false;
+    let counting = limit::counting();
+    let (charge, refund) = match request {
+        Request::Realloc { new_size, .. } => limit::delta(layout.size(), new_size, true),
+        _ => limit::delta(0, size, false),
+    };
+    let mut large_rounds = 0usize;
     loop {
         // The knob is read again on every round, so that a stalled process
         // can be rescued by `set_retries` from another thread.
-        let budget = budget(
+        let small_limit = config::current_small_limit(defaults);
+        let mut budget = budget(
             mode,
             footprint,
             config::current_retries(defaults),
-            config::current_small_limit(defaults),
+            small_limit,
         );
+        if over > 0 && mode == Mode::Normal && footprint > small_limit {
+            budget = Budget::Limited(LARGE_LIMIT_ROUNDS);
+        }
         let allowed = match budget {
             Budget::None => false,
             Budget::Limited(n) => retries < n as u64,
@@ -157,16 +197,43 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
             }
             checked_curable = true;
         }
-        if reclaim::run(size) == 0 {
+        // Nothing larger than the limit itself ever fits under it.
+        if over > 0 && limit::bytes().is_some_and(|l| charge > l) {
+            break;
+        }
+        let large_over = over > 0 && budget == Budget::Limited(LARGE_LIMIT_ROUNDS);
+        let freed = reclaim::run(if over > 0 { over } else { size });
+        if freed == 0 && !large_over {
             backoff.next_pause().wait();
         } else {
             backoff.reset();
+        }
+        if large_over {
+            large_rounds += 1;
         }
         retries += 1;
         bump(&COUNTERS.retries);
         let block = if scope::exhausted() {
             // A sweep's persistent mode: this attempt fails too.
             ptr::null_mut()
+        } else if counting {
+            match limit::charge(charge, mode == Mode::NoFail) {
+                Err(still_over) => {
+                    over = still_over;
+                    ptr::null_mut()
+                }
+                Ok(()) => {
+                    over = 0;
+                    // SAFETY: as below.
+                    let block = unsafe { request.attempt(inner, layout) };
+                    if block.is_null() {
+                        limit::uncharge(charge);
+                    } else if refund > 0 {
+                        limit::uncharge(refund);
+                    }
+                    block
+                }
+            }
         } else {
             // SAFETY: same operation, same arguments as the call that failed;
             // on failure a realloc leaves `ptr` untouched, so it is still live.
@@ -176,13 +243,25 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
             bump(&COUNTERS.recovered);
             return block;
         }
+        // A large request over the limit stops once reclaim stops freeing.
+        if large_over && (freed == 0 || large_rounds >= LARGE_LIMIT_ROUNDS) && over > 0 {
+            break;
+        }
         if !stalled {
             let threshold = config::current_stall_ms(defaults);
             let stalled_ms = sys::now_ns().saturating_sub(start) / 1_000_000;
             if threshold != 0 && stalled_ms >= threshold {
                 stalled = true;
                 bump(&COUNTERS.stalls);
-                report::stall(size, align, retries, stalled_ms, mode == Mode::NoFail);
+                let limit = if over > 0 { limit::bytes() } else { None };
+                report::stall(
+                    size,
+                    align,
+                    retries,
+                    stalled_ms,
+                    mode == Mode::NoFail,
+                    limit,
+                );
             }
         }
     }

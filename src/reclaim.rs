@@ -3,8 +3,9 @@
 //!
 //! The table is a fixed array of atomic slots, so registering never
 //! allocates and running never locks. Reclaimers run on the failing thread,
-//! under its "in reclaim" mark, between two attempts; several threads may run
-//! them at once. A reclaimer that panics is caught, counted as having freed
+//! under its "in reclaim" mark, between two attempts, and on the background
+//! reclaimer's thread (`kswapd`: above the heap limit's soft mark, on memory
+//! pressure); several threads may run them at once. A reclaimer that panics is caught, counted as having freed
 //! nothing, reported once and removed from the table: its own state may be
 //! broken, and leaving it in place would print a panic message on every retry.
 //!
@@ -17,6 +18,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::kswapd;
 use crate::report;
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
@@ -56,6 +58,9 @@ impl std::error::Error for ReclaimersFull {}
 /// Registers `f` to be called between retries of a failed allocation, with
 /// the number of bytes wanted; it returns how many bytes it freed. Does not
 /// allocate. Registering a function that is already registered does nothing.
+/// The first call also starts mayfail's background reclaimer, which calls
+/// the reclaimers when the heap limit's count passes its soft mark and when
+/// the kernel reports memory pressure (see [`set_limit`](crate::set_limit)).
 ///
 /// A reclaimer runs on whichever thread failed, possibly on several threads
 /// at once, while that thread may hold any lock of the program: take locks
@@ -73,6 +78,7 @@ impl std::error::Error for ReclaimersFull {}
 pub fn add_reclaimer(f: Reclaimer) -> Result<(), ReclaimersFull> {
     let wanted = f as usize;
     watchdog::start();
+    kswapd::start(run);
     if TABLE.iter().any(|slot| slot.load(Relaxed) == wanted) {
         return Ok(());
     }
@@ -111,6 +117,7 @@ pub fn remove_reclaimer(f: Reclaimer) -> bool {
 /// Runs every registered reclaimer once, in slot order; returns the bytes
 /// they said they freed. Must be called under the "in reclaim" guard.
 pub(crate) fn run(wanted: usize) -> usize {
+    bump(&COUNTERS.reclaim_passes);
     let mut freed = 0usize;
     for (index, slot) in TABLE.iter().enumerate() {
         let raw = slot.load(Relaxed);

@@ -53,11 +53,12 @@ pub(crate) fn stall(
     retries: u64,
     stalled_ms: u64,
     nofail: bool,
+    limit: Option<usize>,
 ) -> bool {
     if !STALL_LIMIT.allow(SECOND_NS) {
         return false;
     }
-    let mut line = StackBuf::<320>::new();
+    let mut line = StackBuf::<400>::new();
     let _ = write!(
         line,
         "mayfail: allocation of {size} bytes (align {align}) stalled for {}.{:03} s after \
@@ -65,6 +66,13 @@ pub(crate) fn stall(
         stalled_ms / 1000,
         stalled_ms % 1000,
     );
+    if let Some(limit) = limit {
+        let _ = write!(
+            line,
+            "it is over the heap limit of {limit} bytes (MAYFAIL_LIMIT, mayfail::set_limit) \
+             and waits for the reclaimers or other threads to free memory; ",
+        );
+    }
     let _ = line.write_str(if nofail {
         "it is inside a nofail scope and retries until memory is freed"
     } else {

@@ -72,7 +72,30 @@ struct ThreadState {
     /// configuration `counters_generation` (see [`with_counters`]).
     counters: Cell<Counters>,
     counters_generation: Cell<u32>,
+    /// The thread's share of the heap limit's count (see `limit`).
+    limit: LimitCells,
 }
+
+/// What a thread keeps of the heap limit's count (see `limit`): bytes it
+/// may still allocate without touching the shared total, and bytes it freed
+/// since it last folded them in. The in-place lanes of `alloc.rs` write
+/// them from the thread pointer on x86-64 ([`CREDIT_AT`], [`FREED_AT`]).
+pub(crate) struct LimitCells {
+    /// Bytes this thread may still allocate. The in-place lane subtracts a
+    /// request's size and passes unless that borrows; a borrow leaves the
+    /// difference wrapped (above `i64::MAX`) for the slow path to undo.
+    pub(crate) credit: Cell<u64>,
+    /// [`FREED_START`] plus the bytes freed since the last fold: the lane
+    /// adds a block's size and leaves its success path when the sum turns
+    /// negative, i.e. once more than `limit::BATCH` bytes were freed.
+    pub(crate) freed: Cell<i64>,
+    /// Whether the thread's exit hands its share back (see `limit`).
+    pub(crate) registered: Cell<bool>,
+}
+
+/// Where a thread's freed count starts: it turns negative (the lane's
+/// `js`) once more than 64 KiB were added to it.
+pub(crate) const FREED_START: i64 = i64::MAX - (64 << 10);
 
 /// A thread's running counters of the injection attributes: each thread
 /// counts its own, so no allocation writes shared memory, and a thread's
@@ -115,9 +138,30 @@ thread_local! {
                 salt: 0,
             }),
             counters_generation: Cell::new(0),
+            limit: LimitCells {
+                credit: Cell::new(0),
+                freed: Cell::new(FREED_START),
+                registered: Cell::new(false),
+            },
         }
     };
 }
+
+/// Runs `f` on this thread's share of the heap limit's count; `None` once
+/// the thread-local is gone (thread teardown).
+pub(crate) fn with_limit_cells<R>(f: impl FnOnce(&LimitCells) -> R) -> Option<R> {
+    STATE.try_with(|s| f(&s.limit)).ok()
+}
+
+/// Where the thread's limit credit (`u64`) lies in its state, for the
+/// in-place lane (see [`STATE_OFFSET`]).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+pub(crate) const CREDIT_AT: usize =
+    core::mem::offset_of!(ThreadState, limit) + core::mem::offset_of!(LimitCells, credit);
+/// Where the thread's freed count (`i64`) lies in its state.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+pub(crate) const FREED_AT: usize =
+    core::mem::offset_of!(ThreadState, limit) + core::mem::offset_of!(LimitCells, freed);
 
 /// What the current scope asks of a failed allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,16 +260,16 @@ pub(crate) const PASSES_AT: usize = core::mem::offset_of!(ThreadState, passes);
 /// (one opened with `dlopen`), at no fixed offset: the offset is set only
 /// when mayfail is linked into the executable. Otherwise the in-place lane
 /// stays off and the out-of-line engaged path takes the passes.
-#[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 pub(crate) static STATE_OFFSET: core::sync::atomic::AtomicIsize =
     core::sync::atomic::AtomicIsize::new(0);
 
 /// Sets [`STATE_OFFSET`] if mayfail is linked into the executable. Once per
 /// process, at start-up (asks the loader: takes its lock).
-#[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 pub(crate) fn find_state_offset() {
     use core::sync::atomic::Ordering::Release;
-    if !crate::modules::in_executable(find_state_offset as *const () as usize) {
+    if !in_executable(find_state_offset as *const () as usize) {
         return;
     }
     let Ok(state) = STATE.try_with(|s| s as *const ThreadState as usize) else {
@@ -242,6 +286,36 @@ pub(crate) fn find_state_offset() {
         );
     }
     STATE_OFFSET.store(state.wrapping_sub(thread_pointer) as isize, Release);
+}
+
+/// Whether `addr` lies in the program's executable (the file holding its
+/// entry point), as the loader knows it. `false` when the loader cannot
+/// tell (a static executable).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn in_executable(addr: usize) -> bool {
+    // SAFETY: reads the auxiliary vector the kernel passed; 0 if absent.
+    let entry = unsafe { libc::getauxval(libc::AT_ENTRY) } as usize;
+    match (file_base(entry), file_base(addr)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The load address of the file holding `addr`, asked of the loader.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn file_base(addr: usize) -> Option<usize> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: an all-zero Dl_info is valid; dladdr fills it or fails.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: any address may be asked about; `info` is writable.
+    if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0
+        || info.dli_fbase.is_null()
+    {
+        return None;
+    }
+    Some(info.dli_fbase as usize)
 }
 
 /// Records that the next `passes` allocations of this thread pass without a
@@ -273,7 +347,8 @@ fn grant(generation: u32, passes: u64, then_due: bool, precounted: bool) {
     // `generation` was read (acquire) before: if tracking started after
     // that read, the generation has moved on since and the key never
     // matches; if before, the flag is seen here.
-    let key = if engaged::is_set(engaged::TRACKING) {
+    // Nor while the heap limit counts: a pass would skip the count.
+    let key = if engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE) {
         0
     } else {
         generation

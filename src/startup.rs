@@ -1,6 +1,7 @@
 //! The first allocation's work: register the allocator's compiled defaults,
 //! read the environment (`MAYFAIL_RETRIES`, `MAYFAIL_SMALL`,
-//! `MAYFAIL_STALL_MS`, and `MAYFAIL_INJECT` with the `inject` feature), then
+//! `MAYFAIL_STALL_MS`, `MAYFAIL_LIMIT`, and `MAYFAIL_INJECT` with the
+//! `inject` feature), start the heap limit's count if a limit is set, then
 //! take the "not started" reason off the engaged word.
 //!
 //! Runs inside the allocator, on its engaged path: it never allocates or
@@ -59,10 +60,12 @@ fn start_once(defaults: &Defaults) {
     // model linker-defined statics; nothing there reads the note.)
     #[cfg(not(miri))]
     core::hint::black_box(&raw const mayfail_note_engine);
-    #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     crate::scope::find_state_offset();
     config::register_defaults(defaults);
     config::read_env_once();
+    // After the state offset: whether the limit's in-place lanes can run.
+    crate::limit::start(defaults.limit);
     #[cfg(feature = "inject")]
     let injection_read = crate::configure::read_env_once();
     #[cfg(not(feature = "inject"))]

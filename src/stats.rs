@@ -1,10 +1,11 @@
 //! Counters of what the slow path did.
 //!
-//! Written only on the slow path (after the inner allocator returned null),
-//! with relaxed atomic adds, on cache lines apart from the knobs the hot path
+//! Written only on the slow path (after the inner allocator returned null,
+//! or when a thread's share of the heap limit's count runs out), with
+//! relaxed atomic adds, on cache lines apart from the knobs the hot path
 //! reads. Reading them never allocates.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// A snapshot of mayfail's counters, from [`stats`]. All fields count events
 /// since the process started; use [`Stats::since`] for the events between two
@@ -32,10 +33,34 @@ pub struct Stats {
     /// Allocations failed on purpose by fault injection (attributes or
     /// fail-nth).
     pub injected: u64,
+    /// Passes over the reclaimers: after a null or a limit hit, above the
+    /// soft mark, or on memory pressure.
+    pub reclaim_passes: u64,
+    /// Reclaim passes the background reclaimer ran because the heap count
+    /// passed the soft mark (see `MAYFAIL_LIMIT_SOFT`).
+    pub soft_reclaims: u64,
+    /// Reclaim passes the background reclaimer ran because the kernel
+    /// reported memory pressure (PSI, see `MAYFAIL_PRESSURE`).
+    pub pressure_reclaims: u64,
+    /// Allocations that found the heap limit in their way (each counted
+    /// once, however many retries followed).
+    pub limit_hits: u64,
+    /// Allocations let past the heap limit: inside `nofail`, or mayfail's
+    /// own slow path.
+    pub limit_exceeded: u64,
+    /// The heap limit in force, in bytes (`None`: no limit).
+    pub limit: Option<u64>,
+    /// Bytes counted against the heap limit now: the bytes live through
+    /// `MayFail` plus up to 128 KiB per thread that the threads hold (see
+    /// [`set_limit`](crate::set_limit)); 0 until a limit is first set.
+    pub heap_bytes: u64,
+    /// The highest `heap_bytes` seen.
+    pub heap_peak: u64,
 }
 
 impl Stats {
-    /// The events counted between `earlier` and `self`.
+    /// The events counted between `earlier` and `self` (the limit and the
+    /// heap's figures are `self`'s).
     pub fn since(&self, earlier: &Stats) -> Stats {
         Stats {
             retries: self.retries.saturating_sub(earlier.retries),
@@ -48,6 +73,16 @@ impl Stats {
                 .reclaimer_panics
                 .saturating_sub(earlier.reclaimer_panics),
             injected: self.injected.saturating_sub(earlier.injected),
+            reclaim_passes: self.reclaim_passes.saturating_sub(earlier.reclaim_passes),
+            soft_reclaims: self.soft_reclaims.saturating_sub(earlier.soft_reclaims),
+            pressure_reclaims: self
+                .pressure_reclaims
+                .saturating_sub(earlier.pressure_reclaims),
+            limit_hits: self.limit_hits.saturating_sub(earlier.limit_hits),
+            limit_exceeded: self.limit_exceeded.saturating_sub(earlier.limit_exceeded),
+            limit: self.limit,
+            heap_bytes: self.heap_bytes,
+            heap_peak: self.heap_peak,
         }
     }
 }
@@ -62,6 +97,11 @@ pub(crate) struct Counters {
     pub(crate) reclaimed_bytes: AtomicU64,
     pub(crate) reclaimer_panics: AtomicU64,
     pub(crate) injected: AtomicU64,
+    pub(crate) reclaim_passes: AtomicU64,
+    pub(crate) limit_hits: AtomicU64,
+    pub(crate) limit_exceeded: AtomicU64,
+    pub(crate) soft_reclaims: AtomicU64,
+    pub(crate) pressure_reclaims: AtomicU64,
 }
 
 pub(crate) static COUNTERS: Counters = Counters {
@@ -73,6 +113,32 @@ pub(crate) static COUNTERS: Counters = Counters {
     reclaimed_bytes: AtomicU64::new(0),
     reclaimer_panics: AtomicU64::new(0),
     injected: AtomicU64::new(0),
+    reclaim_passes: AtomicU64::new(0),
+    limit_hits: AtomicU64::new(0),
+    limit_exceeded: AtomicU64::new(0),
+    soft_reclaims: AtomicU64::new(0),
+    pressure_reclaims: AtomicU64::new(0),
+};
+
+/// The heap limit's figures (see `limit`), on a line of their own: the
+/// limit in force is read by every refill of a thread's share, the total
+/// written by it.
+#[repr(align(128))]
+pub(crate) struct Heap {
+    /// The limit in force, in bytes (`usize::MAX`: none).
+    pub(crate) limit: AtomicUsize,
+    /// Bytes live through `MayFail` plus every thread's credit and
+    /// unfolded frees. Signed: frees of blocks allocated before the count
+    /// started can take it below zero.
+    pub(crate) total: AtomicI64,
+    /// The highest `total` seen.
+    pub(crate) peak: AtomicI64,
+}
+
+pub(crate) static HEAP: Heap = Heap {
+    limit: AtomicUsize::new(usize::MAX),
+    total: AtomicI64::new(0),
+    peak: AtomicI64::new(0),
 };
 
 /// Adds one to a counter.
@@ -104,5 +170,16 @@ pub fn stats() -> Stats {
         reclaimed_bytes: c.reclaimed_bytes.load(Relaxed),
         reclaimer_panics: c.reclaimer_panics.load(Relaxed),
         injected: c.injected.load(Relaxed),
+        reclaim_passes: c.reclaim_passes.load(Relaxed),
+        limit_hits: c.limit_hits.load(Relaxed),
+        limit_exceeded: c.limit_exceeded.load(Relaxed),
+        soft_reclaims: c.soft_reclaims.load(Relaxed),
+        pressure_reclaims: c.pressure_reclaims.load(Relaxed),
+        limit: match HEAP.limit.load(Relaxed) {
+            usize::MAX => None,
+            bytes => Some(bytes as u64),
+        },
+        heap_bytes: HEAP.total.load(Relaxed).max(0) as u64,
+        heap_peak: HEAP.peak.load(Relaxed).max(0) as u64,
     }
 }

@@ -10,7 +10,9 @@
 //! - The aligned functions: the size and the (checked, adjusted) alignment.
 //! - `free(p)`, `realloc(p, n)`: the size of a C block is not known, so the
 //!   old layout is `malloc_usable_size(p)` with alignment 1. [`Glibc`]
-//!   ignores it (glibc knows its blocks); the engine uses only the new size.
+//!   ignores it (glibc knows its blocks); the heap limit's count
+//!   (`MAYFAIL_LIMIT`) takes it off, and every block served is counted at
+//!   its usable size too, once the engine has served it.
 //!
 //! Every failure returns null (or `ENOMEM` from `posix_memalign`) with
 //! `errno` set to `ENOMEM`, including the failures the engine injects;
@@ -52,6 +54,18 @@ fn checked(block: *mut u8) -> *mut c_void {
     }
 }
 
+/// [`checked`], for a block the engine served for `asked` bytes: the heap
+/// limit's count (`MAYFAIL_LIMIT`) is corrected to the block's usable size,
+/// which is what its `free` can name.
+#[inline]
+fn counted(block: *mut u8, asked: usize) -> *mut c_void {
+    if !block.is_null() {
+        // SAFETY: a live block of glibc's malloc, just returned.
+        mayfail::__count_usable(asked, || unsafe { libc::malloc_usable_size(block.cast()) });
+    }
+    checked(block)
+}
+
 /// The layout the engine is given for a live C block (see the module's
 /// docs).
 ///
@@ -81,7 +95,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     };
     // SAFETY: the engine forwards the layout to `Glibc`, which accepts any
     // size, zero included (see `Glibc`).
-    checked(unsafe { ENGINE.alloc(layout) })
+    counted(unsafe { ENGINE.alloc(layout) }, size)
 }
 
 /// C's `free`.
@@ -119,7 +133,7 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
         return out_of_memory();
     };
     // SAFETY: as for `malloc`.
-    checked(unsafe { ENGINE.alloc_zeroed(layout) })
+    counted(unsafe { ENGINE.alloc_zeroed(layout) }, layout.size())
 }
 
 /// C's `realloc`: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)` frees
@@ -149,7 +163,10 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: the caller's contract; `size` is non-zero and at most
     // isize::MAX, which alignment 1 never rounds past; `Glibc` reallocates
     // the block, whatever the old layout says.
-    checked(unsafe { ENGINE.realloc(ptr.cast(), layout_of(ptr), size) })
+    counted(
+        unsafe { ENGINE.realloc(ptr.cast(), layout_of(ptr), size) },
+        size,
+    )
 }
 
 /// C's `reallocarray`: `realloc(ptr, count * size)`, or null with `ENOMEM`
@@ -177,7 +194,7 @@ fn aligned(align: usize, size: usize) -> *mut c_void {
     };
     // SAFETY: as for `malloc`; `Glibc` serves alignments above
     // MALLOC_ALIGNMENT with glibc's memalign.
-    checked(unsafe { ENGINE.alloc(layout) })
+    counted(unsafe { ENGINE.alloc(layout) }, size)
 }
 
 /// C's `posix_memalign`: `EINVAL` unless `align` is a power of two and a

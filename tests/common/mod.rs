@@ -83,12 +83,29 @@ pub fn deadline_secs(secs: u64) -> Duration {
 /// with `env` added (a value of `None` removes the variable). The child is
 /// killed after 60 s (scaled by [`slowdown`]).
 pub fn run_child<K: AsRef<OsStr>, V: AsRef<OsStr>>(name: &str, env: &[(K, Option<V>)]) -> ChildRun {
+    run_child_in(name, env, None)
+}
+
+/// [`run_child`], the child inside `cgroup` when one is given.
+pub fn run_child_in<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    name: &str,
+    env: &[(K, Option<V>)],
+    cgroup: Option<&MemoryCgroup>,
+) -> ChildRun {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    if let Some(cgroup) = cgroup {
+        cgroup.enter_on_exec(&mut cmd);
+    }
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, "1")
         .env_remove("MAYFAIL_RETRIES")
         .env_remove("MAYFAIL_SMALL")
         .env_remove("MAYFAIL_STALL_MS")
+        .env_remove("MAYFAIL_LIMIT")
+        .env_remove("MAYFAIL_LIMIT_HEADROOM")
+        .env_remove("MAYFAIL_LIMIT_SOFT")
+        .env_remove("MAYFAIL_PRESSURE")
+        .env_remove("MAYFAIL_PRESSURE_FILE")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -244,4 +261,119 @@ pub fn free(ptr: *mut u8, size: usize) {
     assert!(!ptr.is_null());
     // SAFETY: `ptr` came from `alloc(size)`.
     unsafe { std::alloc::dealloc(ptr, std::alloc::Layout::from_size_align(size, 8).unwrap()) }
+}
+
+/// A memory cgroup made for a test (cgroup v2, else the v1 memory
+/// hierarchy), removed when dropped. Needs root.
+pub struct MemoryCgroup {
+    pub dir: std::path::PathBuf,
+    pub version: u8,
+    procs: std::ffi::CString,
+}
+
+impl MemoryCgroup {
+    /// A new cgroup `name` (under `parent`, else at the hierarchy's root)
+    /// limited to `limit` bytes (`None`: unlimited), without swap; `Err`
+    /// says why none could be made.
+    pub fn create(
+        name: &str,
+        limit: Option<u64>,
+        parent: Option<&MemoryCgroup>,
+    ) -> Result<MemoryCgroup, String> {
+        let v2_root = std::path::Path::new("/sys/fs/cgroup");
+        let v2 = std::fs::read_to_string(v2_root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (base, version) = if v2 {
+            (v2_root.to_path_buf(), 2)
+        } else if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            (std::path::PathBuf::from("/sys/fs/cgroup/memory"), 1)
+        } else {
+            return Err("no memory cgroup hierarchy is mounted".into());
+        };
+        let base = parent.map_or(base, |p| p.dir.clone());
+        if version == 2 {
+            let _ = std::fs::write(base.join("cgroup.subtree_control"), "+memory");
+        }
+        let dir = base.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let procs = std::ffi::CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        let cgroup = MemoryCgroup {
+            dir,
+            version,
+            procs,
+        };
+        if version == 2 {
+            let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
+        }
+        if let Some(limit) = limit {
+            let file = if version == 2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            std::fs::write(cgroup.dir.join(file), limit.to_string())
+                .map_err(|e| format!("write {file}: {e}"))?;
+        }
+        Ok(cgroup)
+    }
+
+    /// Makes `cmd`'s process join the cgroup before it runs the program.
+    pub fn enter_on_exec(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = self.procs.clone();
+        // SAFETY: the closure runs between fork and exec and calls only
+        // open, write and close, which are async-signal-safe; it allocates
+        // nothing (the path was made before the fork).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+
+    /// What the kernel recorded of the cgroup's OOM kills (v2 `oom_kill`
+    /// in `memory.events`, v1 `oom_kill` in `memory.oom_control`).
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.version == 2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Its processes have exited; a cgroup directory is removed with rmdir.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("could not remove the cgroup {}", self.dir.display());
+    }
 }
