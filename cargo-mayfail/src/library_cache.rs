@@ -56,7 +56,10 @@ const LOCK: &str = include_str!("../preload/Cargo.lock");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The library's file name.
-const LIBRARY: &str = crate::commands::preload::LIBRARY;
+/// The library's file name.
+pub(crate) const LIBRARY: &str = "libmayfail_preload.so";
+/// Names the library's path instead of the one next to this program.
+pub(crate) const LIBRARY_VARIABLE: &str = "MAYFAIL_PRELOAD_LIB";
 
 /// The `mayfail` checkout this program was built from, if it is still
 /// there: its directory holds the manifest of the package `mayfail`.
@@ -223,7 +226,7 @@ fn failure(code: i32, what: String) -> Failure {
             "cannot build the preload library: {what}; build it from mayfail's repository \
              (cargo build --release -p mayfail-preload) and name it with \
              {}=PATH",
-            crate::commands::preload::LIBRARY_VARIABLE
+            LIBRARY_VARIABLE
         ),
         code,
     }

@@ -146,3 +146,21 @@ pub(crate) fn quoted(command: &[OsString]) -> String {
 pub(crate) fn shell_quote(arg: &OsStr) -> String {
     mayfail::state::quote_word(arg)
 }
+
+/// The file a command's program names, as `execvp` finds it: a name with a
+/// slash as it is, any other the first executable file of that name in
+/// `PATH`.
+pub(crate) fn program_path(program: &OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    if program.as_encoded_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|file| {
+            file.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}

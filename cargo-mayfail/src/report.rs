@@ -263,7 +263,7 @@ impl Runner {
             let exe = std::env::current_exe().ok();
             let dir = exe.as_deref().and_then(Path::parent);
             let same = |name: &str, file: &Path| {
-                crate::commands::preload::program_path(name.as_ref())
+                crate::process::program_path(name.as_ref())
                     .and_then(|found| found.canonicalize().ok())
                     .zip(file.canonicalize().ok())
                     .is_some_and(|(found, file)| found == file)

@@ -13,7 +13,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,16 +21,13 @@ use clap::Args;
 
 use crate::failure::Failure;
 use crate::library_cache;
-use crate::process::shell_quote;
+use crate::process::{program_path, shell_quote};
 use elf::{Elf, Unread};
 
 mod cargo_config;
 mod elf;
 
-/// The library's file name.
-pub(crate) const LIBRARY: &str = "libmayfail_preload.so";
-/// Names the library's path instead of the one next to this program.
-pub(crate) const LIBRARY_VARIABLE: &str = "MAYFAIL_PRELOAD_LIB";
+pub(crate) use crate::library_cache::{LIBRARY, LIBRARY_VARIABLE};
 
 /// Runs BINARY with the preload library (used as cargo's target runner)
 #[derive(Args, Debug)]
@@ -236,22 +232,6 @@ pub(crate) fn environment(argv: &[OsString]) -> Result<(String, OsString), Failu
         }
         Ok(("LD_PRELOAD".to_owned(), ld_preload(&library)))
     }
-}
-
-/// The file a command's program names, as `execvp` finds it: a name with a
-/// slash as it is, any other the first executable file of that name in
-/// `PATH`.
-pub(crate) fn program_path(program: &OsStr) -> Option<PathBuf> {
-    if program.as_encoded_bytes().contains(&b'/') {
-        return Some(PathBuf::from(program));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|file| {
-            file.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// `LD_PRELOAD` with the library first, then whatever was there.
