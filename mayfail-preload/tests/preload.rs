@@ -206,3 +206,236 @@ fn a_program_with_its_own_mayfail_injects_once_and_the_library_steps_aside() {
         "{out}"
     );
 }
+
+/// A program linked with jemalloc: its blocks come from jemalloc's
+/// `malloc` (through the library) and from jemalloc's own `mallocx`, and
+/// each is freed, resized and measured by the other's functions.
+const JEMALLOC_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void *mallocx(size_t size, int flags);
+void dallocx(void *ptr, int flags);
+
+int main(void) {
+    int failed = 0;
+    for (int i = 0; i < 1000; i++) {
+        char *p = malloc(100 + i);
+        if (p == NULL) { if (errno != ENOMEM) return 3; failed++; continue; }
+        memset(p, 1, 100 + i);
+        if (malloc_usable_size(p) < (size_t)(100 + i)) return 4;
+        char *q = realloc(p, 5000 + i);
+        if (q == NULL) { failed++; q = p; }
+        free(q);
+        void *a = aligned_alloc(256, 512);
+        if (a == NULL) failed++;
+        else if ((uintptr_t)a & 255) return 5;
+        free(a);
+        void *x = mallocx(64, 0);
+        if (x == NULL) return 6;
+        free(x);
+        void *y = calloc(8, 8);
+        if (y == NULL) failed++;
+        else dallocx(y, 0);
+    }
+    printf("jemalloc program done, failures seen: %d\n", failed);
+    return 0;
+}
+"#;
+
+/// The number after `failures seen: ` in a run's output.
+fn failures_seen(out: &str) -> u64 {
+    out.split("failures seen: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"))
+}
+
+#[test]
+fn a_program_linked_with_jemalloc_is_served_over_jemalloc_and_injected() {
+    let Some(jemalloc) = support::jemalloc("a_program_linked_with_jemalloc_is_served") else {
+        return;
+    };
+    let dir = scratch("jemalloc-linked");
+    let program = support::compile_c_named(
+        &dir,
+        "program",
+        JEMALLOC_PROGRAM,
+        &["-O1", jemalloc.to_str().unwrap()],
+    );
+    let output = preloaded(&mut Command::new(&program), None, 60);
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert_eq!(failures_seen(&out), 0, "{out}");
+    // Injected failures reach it: the engine serves its calls.
+    let output = preloaded(
+        &mut Command::new(&program),
+        Some("probability=10,times=-1,seed=3"),
+        60,
+    );
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(failures_seen(&out) > 0, "{out}");
+    assert!(!out.contains("mayfail-preload:"), "{out}");
+}
+
+const PLAIN_PROGRAM: &str = r#"
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    int failed = 0;
+    for (int i = 0; i < 200; i++) {
+        char *p = malloc(64 + i);
+        if (p == NULL) { failed++; continue; }
+        if (malloc_usable_size(p) < (size_t)(64 + i)) return 4;
+        free(p);
+    }
+    printf("failures seen: %d\n", failed);
+    return 0;
+}
+"#;
+
+#[test]
+fn jemalloc_preloaded_after_the_library_is_served_and_before_it_is_said_in_one_line() {
+    let Some(jemalloc) = support::jemalloc("jemalloc_preloaded_after_the_library") else {
+        return;
+    };
+    let dir = scratch("jemalloc-preloaded");
+    let program = compile_c(&dir, PLAIN_PROGRAM);
+    let inject = "probability=50,times=-1,seed=5";
+    // After the library: the library's malloc is the program's, jemalloc
+    // the one it wraps.
+    let both = format!("{} {}", library().display(), jemalloc.display());
+    let mut command = Command::new(&program);
+    command
+        .env("LD_PRELOAD", &both)
+        .env("MAYFAIL_INJECT", inject);
+    let output = support::finish_within(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        60,
+    );
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(failures_seen(&out) > 0, "{out}");
+    // Before it: jemalloc's malloc is every call's, nothing reaches the
+    // library, and one line says so.
+    let both = format!("{} {}", jemalloc.display(), library().display());
+    let mut command = Command::new(&program);
+    command
+        .env("LD_PRELOAD", &both)
+        .env("MAYFAIL_INJECT", inject);
+    let output = support::finish_within(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        60,
+    );
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert_eq!(failures_seen(&out), 0, "{out}");
+    assert_eq!(
+        out.matches(
+            "mayfail-preload: this program's malloc is libjemalloc.so.2's, not the preload \
+             library's: nothing here is reached and no failure is injected\n"
+        )
+        .count(),
+        1,
+        "{out}"
+    );
+}
+
+/// A malloc of its own in a shared library the program links with, without
+/// `memalign` or `malloc_usable_size`: blocks carved from one arena, each
+/// after a header that holds its size.
+const PARTIAL_MALLOC: &str = r#"
+#include <stddef.h>
+#include <string.h>
+static _Alignas(16) char arena[1 << 22];
+static size_t used;
+void *malloc(size_t size) {
+    size_t need = 16 + ((size + 15) & ~(size_t)15);
+    size_t at = __atomic_fetch_add(&used, need, __ATOMIC_RELAXED);
+    if (at + need > sizeof arena) return NULL;
+    *(size_t *)(arena + at) = size;
+    return arena + at + 16;
+}
+void free(void *p) { (void)p; }
+void *calloc(size_t n, size_t size) {
+    void *p = malloc(n * size);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+void *realloc(void *p, size_t size) {
+    void *q = malloc(size);
+    if (p && q) {
+        size_t old = *(size_t *)((char *)p - 16);
+        memcpy(q, p, old < size ? old : size);
+    }
+    return q;
+}
+"#;
+
+#[test]
+fn a_malloc_without_the_functions_the_engine_needs_is_passed_untouched_and_said_in_one_line() {
+    let dir = scratch("partial-malloc");
+    support::compile_c_named(
+        &dir,
+        "libpartial.so",
+        PARTIAL_MALLOC,
+        &["-O1", "-shared", "-fPIC", "-Wl,-soname,libpartial.so"],
+    );
+    let program = support::compile_c_named(
+        &dir,
+        "program",
+        r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    int failed = 0;
+    for (int i = 0; i < 100; i++) {
+        char *p = malloc(32);
+        if (p == NULL) { failed++; continue; }
+        strcpy(p, "partial");
+        p = realloc(p, 64);
+        if (p == NULL || strcmp(p, "partial") != 0) return 3;
+        free(p);
+    }
+    printf("failures seen: %d\n", failed);
+    return 0;
+}
+"#,
+        &["-O1", "-L.", "-lpartial", "-Wl,-rpath,$ORIGIN"],
+    );
+    let output = preloaded(
+        &mut Command::new(&program),
+        Some("probability=100,times=-1"),
+        60,
+    );
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert_eq!(failures_seen(&out), 0, "{out}");
+    assert_eq!(
+        out.matches(
+            "mayfail-preload: the malloc this program is linked with (libpartial.so) has no \
+             memalign of its own: its calls are passed to it untouched and no failure is \
+             injected\n"
+        )
+        .count(),
+        1,
+        "{out}"
+    );
+}
