@@ -439,3 +439,172 @@ int main(void) {
         "{out}"
     );
 }
+
+/// A program that allocates once (which starts the engine: it opens the
+/// state file), rids itself of the descriptors it has (the engine's among
+/// them) in the way its argument names, opens a data file of its own and
+/// allocates at a new stack of its own code, writing what it saw into the
+/// data file with `write(2)` (stdio would allocate: more sites).
+const DESCRIPTORS_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+__attribute__((noinline)) static void warm_up(void) {
+    char *volatile block = malloc(10);
+    free(block);
+}
+
+__attribute__((noinline)) static int allocate(int data) {
+    char *block = malloc(100);
+    const char *seen = block == NULL ? "handled\n" : "served\n";
+    free(block);
+    return write(data, seen, strlen(seen)) > 0 ? 0 : 4;
+}
+
+int main(int argc, char **argv) {
+    const char *how = argc > 1 ? argv[1] : "";
+    warm_up();
+    if (strcmp(how, "close") == 0) {
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+    } else if (strcmp(how, "closefrom") == 0) {
+        closefrom(3);
+    } else if (strcmp(how, "close_range") == 0) {
+        if (close_range(3, ~0U, 0) != 0) return 2;
+    }
+    int data = open("data.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (data < 0) return 3;
+    if (strcmp(how, "dup2") == 0) {
+        /* Its own file over every other open descriptor. */
+        for (int fd = 3; fd < 4096; fd++)
+            if (fd != data && fcntl(fd, F_GETFD) != -1) dup2(data, fd);
+    }
+    if (write(data, "data\n", 5) != 5) return 4;
+    int status = allocate(data);
+    close(data);
+    return status;
+}
+"#;
+
+/// Runs [`DESCRIPTORS_PROGRAM`] with `how` under a site walk's first run
+/// (`sites=walk.state`, letting the warm-up's site pass) and checks that the walk's lines went to the state
+/// file and the program's to its data file, whatever it did to its
+/// descriptors.
+fn assert_state_file_kept_apart(how: &str) {
+    let dir = scratch(&format!("descriptors-{how}"));
+    let program = compile_c(&dir, DESCRIPTORS_PROGRAM);
+    let state = dir.join("walk.state");
+    let output = preloaded(
+        Command::new(&program).arg(how).current_dir(&dir),
+        Some(&format!("sites={},sites-skip=1", state.display())),
+        60,
+    );
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{how}: {out}");
+    let data = std::fs::read_to_string(dir.join("data.txt")).unwrap();
+    assert_eq!(data, "data\nhandled\n", "{how}: the program's data file");
+    let walk = std::fs::read_to_string(&state).unwrap();
+    let sites: Vec<&str> = walk.lines().filter(|l| l.starts_with("site\t")).collect();
+    assert_eq!(sites.len(), 1, "{how}: {walk}");
+    assert!(sites[0].contains("allocate"), "{how}: {walk}");
+    assert_eq!(
+        walk.lines()
+            .filter(|l| l.starts_with("fate\t") && l.contains("\thandled\texit 0"))
+            .count(),
+        1,
+        "{how}: {walk}"
+    );
+}
+
+#[test]
+fn a_program_that_closes_its_descriptors_keeps_its_files_and_the_walk_its_state_file() {
+    for how in ["close", "closefrom", "close_range", "dup2", "none"] {
+        assert_state_file_kept_apart(how);
+    }
+}
+
+/// The child side of the next test (this test binary declares `MayFail`):
+/// rids itself of its descriptors as `MAYFAIL_DESCRIPTORS_CHILD` says,
+/// opens a data file and allocates at a new stack of its own, without
+/// allocating before that (read with `getenv`, no `String`).
+#[test]
+fn child_that_rids_itself_of_its_descriptors() {
+    // SAFETY: a NUL-terminated name; nothing sets the environment here.
+    let how = unsafe { libc::getenv(c"MAYFAIL_DESCRIPTORS_CHILD".as_ptr()) };
+    if how.is_null() {
+        return;
+    }
+    // SAFETY: a NUL-terminated string of the environment.
+    let how = unsafe { std::ffi::CStr::from_ptr(how) }.to_bytes();
+    if how == b"close" {
+        for fd in 3..1024 {
+            // SAFETY: closing descriptors this test does not use.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let mut data = std::fs::File::create("data.txt").unwrap();
+    if how == b"dup2" {
+        use std::os::fd::AsRawFd;
+        let own = data.as_raw_fd();
+        for fd in 3..4096 {
+            // SAFETY: putting the data file over every other open number.
+            unsafe {
+                if fd != own && libc::fcntl(fd, libc::F_GETFD) != -1 {
+                    libc::dup2(own, fd);
+                }
+            }
+        }
+    }
+    use std::io::Write;
+    data.write_all(b"data\n").unwrap();
+    let failed = allocate_at_a_new_stack();
+    data.write_all(if failed { b"handled\n" } else { b"served\n" })
+        .unwrap();
+}
+
+#[inline(never)]
+fn allocate_at_a_new_stack() -> bool {
+    let mut block: Vec<u8> = Vec::new();
+    block.try_reserve(1000).is_err()
+}
+
+#[test]
+fn a_program_with_mayfail_that_rids_itself_of_its_descriptors_keeps_its_files_apart() {
+    let exe = std::env::current_exe().unwrap();
+    for how in ["close", "dup2", "none"] {
+        let dir = scratch(&format!("own-mayfail-descriptors-{how}"));
+        let state = dir.join("walk.state");
+        let output = support::finish_within(
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "child_that_rids_itself_of_its_descriptors",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .current_dir(&dir)
+                .env("MAYFAIL_DESCRIPTORS_CHILD", how)
+                .env("MAYFAIL_INJECT", format!("sites={}", state.display()))
+                .env_remove("LD_PRELOAD")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            60,
+        );
+        let out = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(0), "{how}: {out}");
+        let data = std::fs::read_to_string(dir.join("data.txt")).unwrap();
+        assert_eq!(data, "data\nhandled\n", "{how}: the program's data file");
+        let walk = std::fs::read_to_string(&state).unwrap();
+        let sites: Vec<&str> = walk.lines().filter(|l| l.starts_with("site\t")).collect();
+        assert_eq!(sites.len(), 1, "{how}: {walk}");
+        assert!(
+            sites[0].contains("allocate_at_a_new_stack"),
+            "{how}: {walk}"
+        );
+    }
+}
