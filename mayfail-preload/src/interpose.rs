@@ -31,8 +31,23 @@ use mayfail::MayFail;
 use crate::gate;
 use crate::inner::{self, Inner, MALLOC_ALIGNMENT};
 
-/// The engine.
-static ENGINE: MayFail<Inner> = MayFail::new(Inner);
+/// The engine: its retry knob's default is 0 (see [`DEFAULT_RETRIES`]).
+static ENGINE: MayFail<Inner> = MayFail::new(Inner).with_retries(DEFAULT_RETRIES);
+
+/// The library's default for the retry knob: 0, a real failure returns
+/// null at once, as it does without the library. `MAYFAIL_RETRIES` still
+/// sets it (`-1` retries until memory is freed, `N` at most `N` times).
+///
+/// Why not the crate's `-1`: the callers here are C code, and C's contract
+/// is that `malloc` returns null when there is no memory. C programs check
+/// for it (or crash where they do not, which is what a walk finds); they
+/// register no reclaimer, so a thread that retries waits for memory that
+/// only the process itself could free: a program that fills a
+/// `RLIMIT_AS` with `malloc` until it returns null would hang for ever
+/// instead of stopping. A count `N` would only delay the same null by the
+/// backoff's pauses. Injected failures are final whatever the knob
+/// (except `transient=Y` ones), so walks and sweeps do not depend on it.
+pub const DEFAULT_RETRIES: isize = 0;
 
 /// Sets `errno` to `ENOMEM` and returns null.
 #[cold]

@@ -11,7 +11,10 @@
 //! reads the environment works as in a program that declares `MayFail`
 //! itself: `MAYFAIL_RETRIES` and the other knobs, `MAYFAIL_INJECT` with all
 //! its attributes, the `sites=` walk of `cargo mayfail sites`, the crash
-//! report and its replay line. A Rust program on the default allocator
+//! report and its replay line; one default differs: the retry knob's is 0
+//! ([`interpose::DEFAULT_RETRIES`]: C expects null from `malloc` when there
+//! is no memory), which `MAYFAIL_RETRIES` still overrides. A Rust program
+//! on the default allocator
 //! (`System`) allocates through `malloc`, so it is reached unmodified; so is
 //! C code, and glibc's own internal allocations.
 //!

@@ -608,3 +608,73 @@ fn a_program_with_mayfail_that_rids_itself_of_its_descriptors_keeps_its_files_ap
         );
     }
 }
+
+/// A C program that caps its own address space and calls `malloc` until it
+/// returns null, then says how far it got.
+const FILL_PROGRAM: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+int main(void) {
+    struct rlimit limit = { 256 << 20, 256 << 20 };
+    if (setrlimit(RLIMIT_AS, &limit) != 0) return 2;
+    unsigned long blocks = 0;
+    while (malloc(1000) != NULL) blocks++;
+    printf("null after %lu blocks, errno %s\n", blocks, errno == ENOMEM ? "ENOMEM" : "other");
+    return 0;
+}
+"#;
+
+#[test]
+fn a_c_program_that_fills_its_address_space_gets_null_and_the_retry_knob_still_applies() {
+    let dir = scratch("fill");
+    let program = compile_c(&dir, FILL_PROGRAM);
+    // The library's default: a real failure is null at once, as in C.
+    let output = preloaded(&mut Command::new(&program), None, 60);
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("errno ENOMEM"), "{out}");
+    // A count still applies: null after that many retries.
+    let output = preloaded(Command::new(&program).env("MAYFAIL_RETRIES", "2"), None, 60);
+    let out = support::output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("errno ENOMEM"), "{out}");
+    // -1 asks for retries until memory is freed: nothing frees any, so it
+    // stalls, and the stall line says what to set.
+    let mut child = Command::new(&program)
+        .env("LD_PRELOAD", library())
+        .env("MAYFAIL_RETRIES", "-1")
+        .env("MAYFAIL_STALL_MS", "300")
+        .env_remove("MAYFAIL_INJECT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("stalled for"))
+    });
+    let started = std::time::Instant::now();
+    while !reader.is_finished() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = reader.join().unwrap().expect("a stall line");
+    assert!(still_running, "{line}");
+    assert!(
+        line.contains(
+            "it retries until memory is freed: MAYFAIL_RETRIES=N in the environment (at most \
+             N retries; 0: fail at once) lets it fail"
+        ),
+        "{line}"
+    );
+}
