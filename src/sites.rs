@@ -61,7 +61,8 @@
 //! What runs inside the allocator here never allocates, except symbol
 //! resolution for a new stack, which runs under the in-reclaim mark (its
 //! allocations are served, never injected) and holds the `backtrace` crate's
-//! lock while it allocates. Nothing here panics.
+//! lock while it allocates (a fork waits for it: see `symbols`). Nothing
+//! here panics.
 
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;

@@ -678,3 +678,189 @@ fn a_c_program_that_fills_its_address_space_gets_null_and_the_retry_knob_still_a
         "{line}"
     );
 }
+
+/// Threads that meet new stacks all the time (each a chain of calls ending
+/// in glibc's `strdup`, a new site of the program's: resolved to be
+/// classified, then let pass by `sites-skip`) while the main thread forks
+/// 200 children, each of which meets new stacks of its own. A child that
+/// has not ended after 3 s counts as hung: it is killed and the program
+/// stops there; `alarm` ends any child the parent could not.
+const FORK_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void chain(unsigned n, int depth);
+__attribute__((noinline)) static void left(unsigned n, int depth) { chain(n, depth); __asm__ volatile(""); }
+__attribute__((noinline)) static void right(unsigned n, int depth) { chain(n, depth); __asm__ volatile(""); }
+/* A new stack for every `n` below 2^depth. */
+__attribute__((noinline)) static void chain(unsigned n, int depth) {
+    if (depth == 0) { free(strdup("new stack")); return; }
+    if (n & 1) left(n >> 1, depth - 1); else right(n >> 1, depth - 1);
+    __asm__ volatile("");
+}
+
+static volatile int stop;
+
+static void *meet_new_stacks(void *arg) {
+    unsigned n = (unsigned)(size_t)arg << 20;
+    while (!stop) chain(n++, 20);
+    return NULL;
+}
+
+int main(void) {
+    pthread_t threads[2];
+    for (size_t i = 0; i < 2; i++) pthread_create(&threads[i], NULL, meet_new_stacks, (void *)(i + 1));
+    int hung = 0;
+    for (unsigned c = 0; c < 200 && !hung; c++) {
+        pid_t pid = fork();
+        if (pid < 0) return 2;
+        if (pid == 0) {
+            alarm(20);
+            for (unsigned n = 0; n < 2; n++) chain((1u << 30) + (c << 4) + n, 20);
+            _exit(0);
+        }
+        int status = 0;
+        for (int waited = 0; waitpid(pid, &status, WNOHANG) == 0; waited++) {
+            if (waited == 300) { kill(pid, SIGKILL); waitpid(pid, &status, 0); hung++; break; }
+            usleep(10000);
+        }
+    }
+    stop = 1;
+    for (size_t i = 0; i < 2; i++) pthread_join(threads[i], NULL);
+    printf("children hung: %d\n", hung);
+    return hung != 0;
+}
+"#;
+
+#[test]
+fn children_forked_while_other_threads_resolve_new_stacks_never_hang() {
+    let dir = scratch("fork-while-resolving");
+    let program = compile_c(&dir, FORK_PROGRAM);
+    let state = dir.join("walk.state");
+    let output = preloaded(
+        Command::new(&program).current_dir(&dir),
+        Some(&format!("sites={},sites-skip=1000000000", state.display())),
+        120,
+    );
+    let out = support::output_text(&output);
+    assert!(out.contains("children hung: 0"), "{out}");
+    assert_eq!(output.status.code(), Some(0), "{out}");
+}
+
+/// The child side of the next test (this test binary declares `MayFail`):
+/// the same race in a Rust program, whose new stacks are its own (let pass
+/// by `sites-skip`, resolved all the same to be classified).
+#[test]
+fn child_that_forks_while_threads_resolve() {
+    if std::env::var_os("MAYFAIL_FORK_CHILD").is_none() {
+        return;
+    }
+    #[inline(never)]
+    fn chain(n: u64, depth: u32) -> usize {
+        if depth == 0 {
+            return std::hint::black_box(Vec::<u8>::with_capacity(24)).capacity();
+        }
+        if n & 1 == 1 {
+            left(n >> 1, depth - 1)
+        } else {
+            right(n >> 1, depth - 1)
+        }
+    }
+    #[inline(never)]
+    fn left(n: u64, depth: u32) -> usize {
+        chain(n, depth) + 1
+    }
+    #[inline(never)]
+    fn right(n: u64, depth: u32) -> usize {
+        chain(n, depth) + 2
+    }
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let threads: Vec<_> = (1..=2u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut n = i << 20;
+                while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    chain(n, 20);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut hung = 0;
+    for c in 0..200u64 {
+        // SAFETY: the child only allocates (glibc's malloc is fork-safe,
+        // and so must the engine be) and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: plain calls in the child, which ends with `_exit`.
+            unsafe {
+                libc::alarm(20);
+                chain((1 << 30) + (c << 4), 20);
+                chain((1 << 30) + (c << 4) + 1, 20);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        let mut waited = 0;
+        // SAFETY: waiting for our own child.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            waited += 1;
+            if waited == 300 {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                hung += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if hung != 0 {
+            break;
+        }
+    }
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    println!("children hung: {hung}");
+}
+
+#[test]
+fn a_program_with_mayfail_forking_while_its_threads_resolve_new_stacks_never_hangs() {
+    let exe = std::env::current_exe().unwrap();
+    let dir = scratch("own-mayfail-fork");
+    let state = dir.join("walk.state");
+    let output = support::finish_within(
+        Command::new(&exe)
+            .args([
+                "--exact",
+                "child_that_forks_while_threads_resolve",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MAYFAIL_FORK_CHILD", "1")
+            .env(
+                "MAYFAIL_INJECT",
+                format!("sites={},sites-skip=1000000000", state.display()),
+            )
+            .env_remove("LD_PRELOAD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        120,
+    );
+    let out = support::output_text(&output);
+    assert!(out.contains("children hung: 0"), "{out}");
+    assert_eq!(output.status.code(), Some(0), "{out}");
+}
