@@ -58,7 +58,7 @@ pub(crate) fn stall(
     if !STALL_LIMIT.allow(SECOND_NS) {
         return false;
     }
-    let mut line = StackBuf::<400>::new();
+    let mut line = StackBuf::<512>::new();
     let _ = write!(
         line,
         "mayfail: allocation of {size} bytes (align {align}) stalled for {}.{:03} s after \
@@ -76,8 +76,9 @@ pub(crate) fn stall(
     let _ = line.write_str(if nofail {
         "it is inside a nofail scope and retries until memory is freed"
     } else {
-        "it retries until memory is freed: set MAYFAIL_RETRIES=N or call \
-         mayfail::set_retries(N) to let it fail"
+        "it retries until memory is freed: MAYFAIL_RETRIES=N in the environment (at most N \
+         retries; 0: fail at once) lets it fail, as does mayfail::set_retries(N) in Rust code; \
+         MAYFAIL_STALL_MS=MS sets when this is said"
     });
     write_stderr(line.finish_line());
     true

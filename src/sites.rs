@@ -23,6 +23,13 @@
 //! runtime\t<id>
 //! ```
 //!
+//! The state file's descriptor sits at a high number, out of the way of
+//! the files the program opens, and every write first checks with `fstat`
+//! (device and inode) that the number still refers to the state file: a
+//! program that closes its inherited descriptors (`closefrom`, a loop up to
+//! 1024) or `dup2`s its own files over them keeps its files to itself, and
+//! the state file is opened again by its path.
+//!
 //! `where` is the site's first frames outside std, alloc and mayfail,
 //! resolved in the failing process right then (under the in-reclaim mark, as
 //! the crash report does); `frames` are the raw `module+offset` addresses.
@@ -54,7 +61,8 @@
 //! What runs inside the allocator here never allocates, except symbol
 //! resolution for a new stack, which runs under the in-reclaim mark (its
 //! allocations are served, never injected) and holds the `backtrace` crate's
-//! lock while it allocates. Nothing here panics.
+//! lock while it allocates (a fork waits for it: see `symbols`). Nothing
+//! here panics.
 
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
@@ -83,8 +91,15 @@ const SITES: u8 = 1;
 const STACK: u8 = 2;
 
 static MODE: AtomicU8 = AtomicU8::new(OFF);
-/// The state file, open for appending (`-1`: none).
+/// The state file, open for appending (`-1`: none), at a high number
+/// ([`sys::move_descriptor_high`]), and the identity of the file it was
+/// opened on: the program may close the number, or reuse it for a file of
+/// its own, so every write checks it first ([`state_fd`]).
 static FD: AtomicI32 = AtomicI32::new(-1);
+static FILE_DEVICE: AtomicU64 = AtomicU64::new(0);
+static FILE_INODE: AtomicU64 = AtomicU64::new(0);
+/// The state file's path, NUL-terminated, to open it again.
+static PATH: [AtomicU8; MAX_SITES_PATH + 1] = [const { AtomicU8::new(0) }; MAX_SITES_PATH + 1];
 /// `stack` mode: the id to match.
 static WANTED: AtomicU64 = AtomicU64::new(0);
 /// `sites` mode: new sites still to let pass (`sites-skip`).
@@ -242,6 +257,11 @@ pub(crate) fn install(spec: &Spec) -> bool {
             0o644,
         )
     };
+    let fd = if fd < 0 {
+        fd
+    } else {
+        sys::move_descriptor_high(fd)
+    };
     if fd < 0 || !load_known(c_path) {
         let mut line = StackBuf::<700>::new();
         let _ = write!(
@@ -265,10 +285,21 @@ pub(crate) fn install(spec: &Spec) -> bool {
     // A reconfiguration keeps the descriptor's number, which a thread may be
     // writing to right now: `dup2` makes it refer to the new file at once,
     // so such a write lands whole in one file or the other, never in a
-    // closed or reused descriptor.
+    // closed or reused descriptor. Unless the number is no longer ours.
     let old = FD.load(Relaxed);
+    let old_is_ours = old >= 0 && sys::file_id(old) == Some(state_file_id());
+    for (byte, &c) in PATH.iter().zip(c_path.to_bytes_with_nul()) {
+        byte.store(c, Relaxed);
+    }
+    let Some(id) = sys::file_id(fd) else {
+        // SAFETY: `fd` is open and ours.
+        unsafe { libc::close(fd) };
+        return false;
+    };
+    FILE_DEVICE.store(id.device, Relaxed);
+    FILE_INODE.store(id.inode, Relaxed);
     // SAFETY: `fd` and `old` are open descriptors of ours.
-    if old >= 0 && unsafe { libc::dup3(fd, old, libc::O_CLOEXEC) } == old {
+    if old_is_ours && unsafe { libc::dup3(fd, old, libc::O_CLOEXEC) } == old {
         // SAFETY: `fd` is open and ours; `old` now refers to its file.
         unsafe { libc::close(fd) };
     } else {
@@ -304,8 +335,62 @@ fn failed_stack() -> Option<u64> {
     }
 }
 
-fn append(line: &[u8]) {
+/// The identity of the state file [`FD`] was opened on.
+fn state_file_id() -> sys::FileId {
+    sys::FileId {
+        device: FILE_DEVICE.load(Relaxed),
+        inode: FILE_INODE.load(Relaxed),
+    }
+}
+
+/// The state file's descriptor, checked to be still ours, or opened again
+/// (`-1` if it cannot be). Async-signal-safe, no allocation.
+fn state_fd() -> c_int {
     let fd = FD.load(Relaxed);
+    if fd < 0 || sys::file_id(fd) == Some(state_file_id()) {
+        return fd;
+    }
+    // The program closed the number, or put a file of its own there (it
+    // closed its inherited descriptors, or `dup2`ed over them): leave the
+    // number to it and open the file again.
+    let mut path = [0u8; MAX_SITES_PATH + 1];
+    for (c, byte) in path.iter_mut().zip(&PATH) {
+        *c = byte.load(Relaxed);
+    }
+    let Ok(path) = CStr::from_bytes_until_nul(&path) else {
+        return -1;
+    };
+    // SAFETY: a NUL-terminated path; the descriptor is kept for the process.
+    let reopened = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
+        )
+    };
+    if reopened < 0 {
+        return -1;
+    }
+    let reopened = sys::move_descriptor_high(reopened);
+    let Some(id) = sys::file_id(reopened) else {
+        // SAFETY: `reopened` is open and ours.
+        unsafe { libc::close(reopened) };
+        return -1;
+    };
+    FILE_DEVICE.store(id.device, Relaxed);
+    FILE_INODE.store(id.inode, Relaxed);
+    match FD.compare_exchange(fd, reopened, Relaxed, Relaxed) {
+        Ok(_) => reopened,
+        Err(now) => {
+            // Another thread opened it again first.
+            // SAFETY: `reopened` is open and ours.
+            unsafe { libc::close(reopened) };
+            now
+        }
+    }
+}
+
+fn append(line: &[u8]) {
+    let fd = state_fd();
     if fd >= 0 {
         // One write: O_APPEND makes it land whole at the end of the file.
         // SAFETY: the pointer and length describe `line`.

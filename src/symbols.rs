@@ -11,10 +11,14 @@
 //! locating never allocate, lock or panic; resolving and classifying
 //! allocate (the `backtrace` crate) and take that crate's lock, so callers
 //! run them under the in-reclaim mark, never from a signal handler before
-//! the report's first lines are out.
+//! the report's first lines are out. A fork waits for the address being
+//! resolved (`pthread_atfork`), so no child starts with that lock held.
 
 use core::ffi::c_void;
 use core::fmt::Write;
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::path::Path;
 
 pub(crate) use crate::modules::{build_modules, locate, modules};
@@ -265,6 +269,7 @@ impl Frame<'_> {
 /// and takes its lock while it resolves, so callers hold the in-reclaim mark
 /// and never run it from a signal handler before the report's first lines.
 pub(crate) fn resolve(ip: usize, mut f: impl FnMut(&Frame<'_>)) {
+    let _resolving = Resolving::enter();
     backtrace::resolve(ip as *mut c_void, |symbol| {
         let mut text = StackBuf::<512>::new();
         let mut demangled = StackBuf::<512>::new();
@@ -400,6 +405,101 @@ fn demangle_cpp<const N: usize>(mangled: &[u8], out: &mut StackBuf<N>) -> bool {
     // SAFETY: the demangler allocated `text` with `malloc`; freed once.
     unsafe { libc::free(text.cast()) };
     written
+}
+
+// ---------------------------------------------------------------------------
+// Resolving and fork.
+
+/// The thread (kernel id) resolving an address now, or 0. While a thread
+/// resolves, the `backtrace` crate's lock is held and its caches change; a
+/// fork then would give the child that lock held by a thread it does not
+/// have, and the child's first resolution (inside `malloc`, at its first
+/// new stack) would wait for ever. So a fork waits for the resolution in
+/// progress to end (the `pthread_atfork` handlers below), and a resolution
+/// waits for a fork in progress. Held for one address at a time, never
+/// across a call back into the caller's code.
+static RESOLVER: AtomicI32 = AtomicI32::new(0);
+/// Whether the fork handlers are registered.
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+/// Whether the fork in progress took [`RESOLVER`] (rather than finding its
+/// own thread resolving).
+static FORK_TOOK: AtomicBool = AtomicBool::new(false);
+/// Forks waiting for [`RESOLVER`]: resolutions let them go first, so that
+/// threads that resolve one address after another do not starve a fork.
+static FORKS_WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// The calling thread's turn to resolve; dropping it ends the turn.
+struct Resolving {
+    taken: bool,
+}
+
+impl Resolving {
+    fn enter() -> Resolving {
+        if !FORK_HANDLERS.swap(true, Relaxed) {
+            // SAFETY: the handlers are `extern "C"` functions that live as
+            // long as the process (or this library), and touch only atomics.
+            // Registering may allocate: callers hold the in-reclaim mark.
+            unsafe {
+                libc::pthread_atfork(
+                    Some(before_fork),
+                    Some(after_fork),
+                    Some(after_fork_in_child),
+                )
+            };
+        }
+        Resolving {
+            taken: take_resolver(false),
+        }
+    }
+}
+
+impl Drop for Resolving {
+    fn drop(&mut self) {
+        if self.taken {
+            RESOLVER.store(0, Release);
+        }
+    }
+}
+
+/// Waits until no other thread resolves (and, unless `forking`, no fork
+/// waits) and takes the turn; `false` if the calling thread already has it.
+fn take_resolver(forking: bool) -> bool {
+    let me = sys::gettid();
+    let mut backoff = crate::backoff::Backoff::new();
+    loop {
+        let owner = RESOLVER.load(Relaxed);
+        if owner == me {
+            return false;
+        }
+        if owner == 0
+            && (forking || FORKS_WAITING.load(Relaxed) == 0)
+            && RESOLVER.compare_exchange(0, me, Acquire, Relaxed).is_ok()
+        {
+            return true;
+        }
+        backoff.next_pause().wait();
+    }
+}
+
+/// Before a fork: wait for the resolution in progress, and hold off others.
+extern "C" fn before_fork() {
+    FORKS_WAITING.fetch_add(1, Relaxed);
+    FORK_TOOK.store(take_resolver(true), Relaxed);
+    FORKS_WAITING.fetch_sub(1, Relaxed);
+}
+
+/// After a fork, in the parent: resolutions may go on.
+extern "C" fn after_fork() {
+    if FORK_TOOK.load(Relaxed) {
+        RESOLVER.store(0, Release);
+    }
+}
+
+/// After a fork, in the child: its only thread is the one that forked, and
+/// no resolution was in progress.
+extern "C" fn after_fork_in_child() {
+    FORKS_WAITING.store(0, Relaxed);
+    RESOLVER.store(0, Release);
 }
 
 /// Symbols of std's path from a failed allocation to the abort, innermost

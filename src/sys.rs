@@ -195,3 +195,57 @@ pub(crate) fn call_on_exit(function: extern "C" fn(status: c_int, arg: *mut c_vo
     // takes no argument we pass.
     unsafe { on_exit(function, ptr::null_mut()) };
 }
+
+/// A file's identity: its device and inode numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub(crate) device: u64,
+    pub(crate) inode: u64,
+}
+
+/// The identity of the file open at `fd`, or `None` if `fd` is not open.
+/// Async-signal-safe.
+pub(crate) fn file_id(fd: c_int) -> Option<FileId> {
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is writable; fstat of any number is safe.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are narrower on some targets
+    Some(FileId {
+        device: st.st_dev as u64,
+        inode: st.st_ino as u64,
+    })
+}
+
+/// Moves a descriptor of ours out of the way of the program's own: to the
+/// first free number from three quarters of the descriptor limit (at most
+/// 3072) up, close-on-exec, closing `fd`. A program that opens files gets
+/// the lowest free numbers, and one that closes "all" its descriptors
+/// usually closes a low range. Returns `fd` itself if it cannot be moved.
+/// Async-signal-safe.
+pub(crate) fn move_descriptor_high(fd: c_int) -> c_int {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(4096) as c_int
+    } else {
+        1024
+    };
+    let base = soft / 4 * 3;
+    if base <= fd {
+        return fd;
+    }
+    // SAFETY: duplicating an open descriptor of ours to a free number.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+    if moved < 0 {
+        return fd;
+    }
+    // SAFETY: `fd` is ours and now duplicated.
+    unsafe { libc::close(fd) };
+    moved
+}

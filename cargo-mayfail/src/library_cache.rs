@@ -39,11 +39,12 @@ use crate::failure::Failure;
 use crate::process::shell_quote;
 
 /// mayfail-preload's sources: (file name under `src/`, text).
-const SOURCES: [(&str, &str); 5] = [
+const SOURCES: [(&str, &str); 6] = [
     ("lib.rs", include_str!("../preload/src/lib.rs")),
+    ("elf.rs", include_str!("../preload/src/elf.rs")),
     ("exports.rs", include_str!("../preload/src/exports.rs")),
     ("gate.rs", include_str!("../preload/src/gate.rs")),
-    ("glibc.rs", include_str!("../preload/src/glibc.rs")),
+    ("inner.rs", include_str!("../preload/src/inner.rs")),
     ("interpose.rs", include_str!("../preload/src/interpose.rs")),
 ];
 

@@ -1633,3 +1633,132 @@ fn replay_lines_of_a_cargo_walk_under_the_library_abort_the_same_test_binary_aga
     );
     assert_crash_replays(&dir, &logged, libc::SIGABRT);
 }
+
+#[test]
+fn a_walk_of_a_c_program_linked_with_jemalloc_finds_its_sites_over_jemalloc() {
+    let Some(jemalloc) = support::jemalloc("a_walk_of_a_c_program_linked_with_jemalloc") else {
+        return;
+    };
+    require_library();
+    let dir = scratch("jemalloc-walk");
+    support::compile_c_named(
+        &dir,
+        "program",
+        C_PROGRAM,
+        &["-O0", jemalloc.to_str().unwrap()],
+    );
+    let walk = bounded(
+        runner(&dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        120,
+    );
+    assert_c_program_walked(&dir, "walk.state", &walk);
+    // Without injection it runs as it does without the library.
+    let run = bounded(
+        runner(&dir).args(["run", "--preload", "--", "./program"]),
+        60,
+    );
+    let text = support::output_text(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}");
+    assert_eq!(text, "checked\nu\n");
+}
+
+/// A C program that allocates (which starts the engine: it opens the state
+/// file), closes every descriptor it has but the standard ones, then opens
+/// its data file and allocates again: its two sites are walked, and its
+/// file holds only what it wrote (with `write(2)`: stdio would allocate).
+const CLOSING_PROGRAM: &str = r#"
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+__attribute__((noinline)) static void warm_up(void) {
+    char *volatile block = malloc(10);
+    free(block);
+}
+
+__attribute__((noinline)) static int allocate(int data) {
+    char *block = malloc(100);
+    const char *seen = block == NULL ? "handled\n" : "served\n";
+    free(block);
+    return write(data, seen, strlen(seen)) > 0 ? 0 : 4;
+}
+
+int main(void) {
+    warm_up();
+    for (int fd = 3; fd < 1024; fd++) close(fd);
+    int data = open("data.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (data < 0) return 3;
+    int status = allocate(data);
+    close(data);
+    return status;
+}
+"#;
+
+#[test]
+fn a_walk_of_a_program_that_closes_its_descriptors_finds_its_sites_and_leaves_its_file_alone() {
+    require_library();
+    let dir = scratch("closing");
+    compile_c(&dir, CLOSING_PROGRAM, &[]);
+    let walk = bounded(
+        runner(&dir).args([
+            "sites",
+            "--preload",
+            "--state",
+            "walk.state",
+            "--",
+            "./program",
+        ]),
+        120,
+    );
+    let text = support::output_text(&walk);
+    assert_eq!(walk.status.code(), Some(0), "{text}");
+    let mut sites = sites_in(&dir.join("walk.state"));
+    sites.sort_by(|a, b| a.2.cmp(&b.2));
+    assert_eq!(sites.len(), 2, "{sites:?}\n{text}");
+    assert!(sites[0].2.starts_with("allocate"), "{sites:?}");
+    assert!(sites[1].2.starts_with("warm_up"), "{sites:?}");
+    assert!(sites.iter().all(|s| s.1 == "handled"), "{sites:?}");
+    // The last run (all sites known, nothing failed) wrote it.
+    let data = std::fs::read_to_string(dir.join("data.txt")).unwrap();
+    assert_eq!(data, "served\n");
+}
+
+#[test]
+fn mayfail_run_leaves_a_c_program_the_null_it_expects_when_memory_runs_out() {
+    require_library();
+    let dir = scratch("run-fill");
+    compile_c(
+        &dir,
+        r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+int main(void) {
+    alarm(30); /* a program that retries for ever must not outlive the test */
+    struct rlimit limit = { 256 << 20, 256 << 20 };
+    if (setrlimit(RLIMIT_AS, &limit) != 0) return 2;
+    unsigned long blocks = 0;
+    while (malloc(1000) != NULL) blocks++;
+    printf("null after %s blocks\n", blocks > 1000 ? "many" : "few");
+    return 0;
+}
+"#,
+        &[],
+    );
+    let run = bounded(
+        runner(&dir).args(["run", "--preload", "--", "./program"]),
+        60,
+    );
+    let text = support::output_text(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}");
+    assert_eq!(text, "null after many blocks\n");
+}

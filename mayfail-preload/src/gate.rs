@@ -4,28 +4,34 @@
 //!
 //! - the library's constructor has run. Before it, the dynamic loader and
 //!   the start-up of the libraries loaded before this one allocate; those
-//!   calls go straight to glibc, so the engine never starts before the
-//!   environment is in place;
+//!   calls go straight to the wrapped implementation ([`inner`]), so the
+//!   engine never starts before the environment is in place;
 //! - the process has no mayfail of its own (see below);
 //! - the calling thread is not already inside the engine. The engine's own
 //!   work can reach `malloc` again: the unwinder and the dynamic loader
 //!   while a stack is walked or resolved, the symbol tables read for a
 //!   report, thread-local storage set up for a new thread, a logger. Those
-//!   calls are served by glibc directly, as the engine would serve them
+//!   calls are served by the wrapped implementation directly, as the
+//!   engine would serve them
 //!   under its in-reclaim mark (never injected), so nothing recurses.
 //!
 //! A program that has mayfail linked in (it declares `MayFail` as its global
 //! allocator) carries mayfail's ELF note (owner `mayfail`, type 1). When the
 //! constructor finds that note in any object loaded with the program, that
 //! program's own `MayFail` is the one that injects, counts and reports: this
-//! library passes every call to glibc and says so in one line when
+//! library passes every call to the implementation it wraps and says so in
+//! one line when
 //! `MAYFAIL_INJECT` is set. (Both engines at work would fail, count and
 //! report some allocations twice, and the program's scopes and `fail_nth`
 //! would not steer the outer one.)
 //!
 //! Also said in one line when `MAYFAIL_INJECT` is set: a program whose
 //! `malloc` is not this library's (it defines its own, as a program linked
-//! with jemalloc's or mimalloc's override does), which nothing here reaches.
+//! statically with mimalloc's override does, or whose `LD_PRELOAD` names
+//! another malloc before this library), which nothing here reaches; and an
+//! implementation after this library (one the program is linked with) that
+//! lacks one of the functions the engine needs from it (see [`inner`]): its
+//! calls are then passed to it untouched.
 //! A static program, or a setuid one that runs as another user, never loads
 //! this library at all: the runner (`cargo mayfail`) checks for those
 //! before it runs them, and a walk that no allocation reached says so.
@@ -33,8 +39,10 @@
 //! Never allocates, locks or panics.
 
 use core::cell::Cell;
-use core::ffi::{c_char, c_int, c_void};
+use core::ffi::{CStr, c_char, c_int, c_void};
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use crate::inner;
 
 /// Set by the constructor when the engine may serve calls.
 static ENGINE_ON: AtomicBool = AtomicBool::new(false);
@@ -91,18 +99,67 @@ extern "C" fn start(_argc: c_int, _argv: *const *const c_char, _env: *const *con
         if injecting {
             say(
                 b"mayfail-preload: this program has mayfail linked in: its own MayFail injects; \
-                  C allocations are passed to glibc untouched\n",
+                  C allocations are passed to the malloc it is linked with untouched\n",
             );
         }
         return;
     }
-    if injecting && !malloc_is_ours() {
-        say(
-            b"mayfail-preload: this program's malloc is its own, not the preload library's: \
-              nothing here is reached and no failure is injected\n",
+    if let Err((object, missing)) = inner::whole() {
+        if injecting {
+            let mut line = Line::new();
+            line.push(b"mayfail-preload: the malloc this program is linked with (");
+            line.push(object.to_bytes());
+            line.push(b") has no ");
+            line.push(missing.to_bytes());
+            line.push(
+                b" of its own: its calls are passed to it untouched and no failure is injected\n",
+            );
+            say(line.bytes());
+        }
+        return;
+    }
+    if injecting && let Some(other) = malloc_not_ours() {
+        let mut line = Line::new();
+        line.push(b"mayfail-preload: this program's malloc is ");
+        if other.is_empty() {
+            line.push(b"its own");
+        } else {
+            line.push(other.to_bytes());
+            line.push(b"'s");
+        }
+        line.push(
+            b", not the preload library's: nothing here is reached and no failure is injected\n",
         );
+        say(line.bytes());
     }
     ENGINE_ON.store(true, Relaxed);
+}
+
+/// A message assembled on the stack (the engine is off: nothing may
+/// allocate through it yet).
+struct Line {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line {
+            bytes: [0; 512],
+            len: 0,
+        }
+    }
+
+    /// Appends what fits.
+    fn push(&mut self, part: &[u8]) {
+        let take = part.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + take].copy_from_slice(&part[..take]);
+        self.len += take;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Writes one line to stderr.
@@ -112,14 +169,15 @@ fn say(line: &[u8]) {
     let _ = unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
 
-/// Whether the global `malloc` (the one every object's calls are bound to)
-/// is this library's.
-fn malloc_is_ours() -> bool {
-    // SAFETY: dlsym with a NUL-terminated name; RTLD_DEFAULT searches the
-    // global scope in the order calls are bound. The engine is not on yet,
-    // so anything dlsym allocates goes to glibc.
-    let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr()) };
-    found.is_null() || core::ptr::eq(found, crate::exports::malloc as *const c_void)
+/// The object whose `malloc` every call is bound to, if it is not this
+/// library. (Not `dlsym`: this library's own reference to its exported
+/// `malloc` is bound through the global scope too, so comparing with it
+/// would always agree.)
+fn malloc_not_ours() -> Option<&'static CStr> {
+    let first = crate::elf::first_definition(c"malloc", start as *const c_void)?;
+    // SAFETY: a NUL-terminated name mapped as long as its object is loaded
+    // (the object that defines the program's malloc stays).
+    (!first.in_this).then(|| unsafe { CStr::from_ptr(first.object_name) })
 }
 
 /// mayfail's ELF note: owner, type and the format version it describes.

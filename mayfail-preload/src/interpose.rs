@@ -1,25 +1,27 @@
 //! The C functions' semantics, as glibc gives them, around the engine.
 //!
 //! Every call first asks the [`gate`] whether the engine may
-//! serve it; if not, glibc's own function serves it. The engine is one
-//! `static` [`MayFail`] over [`Glibc`]. The [`Layout`] it is handed:
+//! serve it; if not, the wrapped implementation's own function serves it
+//! ([`inner`]: glibc's, or the one the program is linked with). The engine
+//! is one `static` [`MayFail`] over [`Inner`]. The [`Layout`] it is handed:
 //!
 //! - `malloc(n)`, `calloc`: size `n` (the product for `calloc`), alignment
-//!   1; glibc aligns every block to `MALLOC_ALIGNMENT` anyway. A size of
-//!   zero is passed as zero: [`Glibc`] serves it as `malloc(0)` does.
+//!   1; `malloc` aligns every block to `MALLOC_ALIGNMENT` anyway. A size of
+//!   zero is passed as zero: [`Inner`] serves it as `malloc(0)` does.
 //! - The aligned functions: the size and the (checked, adjusted) alignment.
 //! - `free(p)`, `realloc(p, n)`: the size of a C block is not known, so the
-//!   old layout is `malloc_usable_size(p)` with alignment 1. [`Glibc`]
-//!   ignores it (glibc knows its blocks); the heap limit's count
-//!   (`MAYFAIL_LIMIT`) takes it off, and every block served is counted at
-//!   its usable size too, once the engine has served it.
+//!   old layout is the implementation's `malloc_usable_size(p)` with
+//!   alignment 1. [`Inner`] ignores it (the implementation knows its
+//!   blocks); the heap limit's count (`MAYFAIL_LIMIT`) takes it off, and
+//!   every block served is counted at its usable size too, once the engine
+//!   has served it.
 //!
 //! Every failure returns null (or `ENOMEM` from `posix_memalign`) with
 //! `errno` set to `ENOMEM`, including the failures the engine injects;
 //! sizes above `isize::MAX` fail so without reaching the engine, as they
 //! do in glibc. `realloc(p, 0)` frees `p` and returns null, leaving `errno`
 //! alone, as glibc does. `malloc_usable_size` is not interposed: the blocks
-//! are glibc's, so glibc's own answer is the right one.
+//! are the wrapped implementation's, so its own answer is the right one.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::{c_int, c_void};
@@ -27,10 +29,25 @@ use core::ffi::{c_int, c_void};
 use mayfail::MayFail;
 
 use crate::gate;
-use crate::glibc::{self, Glibc, MALLOC_ALIGNMENT};
+use crate::inner::{self, Inner, MALLOC_ALIGNMENT};
 
-/// The engine.
-static ENGINE: MayFail<Glibc> = MayFail::new(Glibc);
+/// The engine: its retry knob's default is 0 (see [`DEFAULT_RETRIES`]).
+static ENGINE: MayFail<Inner> = MayFail::new(Inner).with_retries(DEFAULT_RETRIES);
+
+/// The library's default for the retry knob: 0, a real failure returns
+/// null at once, as it does without the library. `MAYFAIL_RETRIES` still
+/// sets it (`-1` retries until memory is freed, `N` at most `N` times).
+///
+/// Why not the crate's `-1`: the callers here are C code, and C's contract
+/// is that `malloc` returns null when there is no memory. C programs check
+/// for it (or crash where they do not, which is what a walk finds); they
+/// register no reclaimer, so a thread that retries waits for memory that
+/// only the process itself could free: a program that fills a
+/// `RLIMIT_AS` with `malloc` until it returns null would hang for ever
+/// instead of stopping. A count `N` would only delay the same null by the
+/// backoff's pauses. Injected failures are final whatever the knob
+/// (except `transient=Y` ones), so walks and sweeps do not depend on it.
+pub const DEFAULT_RETRIES: isize = 0;
 
 /// Sets `errno` to `ENOMEM` and returns null.
 #[cold]
@@ -60,8 +77,8 @@ fn checked(block: *mut u8) -> *mut c_void {
 #[inline]
 fn counted(block: *mut u8, asked: usize) -> *mut c_void {
     if !block.is_null() {
-        // SAFETY: a live block of glibc's malloc, just returned.
-        mayfail::__count_usable(asked, || unsafe { libc::malloc_usable_size(block.cast()) });
+        // SAFETY: a live block of the wrapped implementation, just returned.
+        mayfail::__count_usable(asked, || unsafe { inner::usable_size(block.cast()) });
     }
     checked(block)
 }
@@ -71,11 +88,11 @@ fn counted(block: *mut u8, asked: usize) -> *mut c_void {
 ///
 /// # Safety
 ///
-/// `ptr` is a live block of glibc's malloc.
+/// `ptr` is a live block of the wrapped implementation.
 #[inline]
 unsafe fn layout_of(ptr: *mut c_void) -> Layout {
     // SAFETY: the caller's contract.
-    let size = unsafe { libc::malloc_usable_size(ptr) };
+    let size = unsafe { inner::usable_size(ptr) };
     // A block's usable size is below isize::MAX; alignment 1 never rounds.
     Layout::from_size_align(size, 1).unwrap_or(Layout::new::<u8>())
 }
@@ -87,14 +104,14 @@ unsafe fn layout_of(ptr: *mut c_void) -> Layout {
 /// None beyond C's.
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     let Some(_inside) = gate::enter() else {
-        // SAFETY: glibc's malloc takes any size.
-        return unsafe { glibc::__libc_malloc(size) };
+        // SAFETY: malloc takes any size.
+        return unsafe { inner::malloc(size) };
     };
     let Ok(layout) = Layout::from_size_align(size, 1) else {
         return out_of_memory();
     };
-    // SAFETY: the engine forwards the layout to `Glibc`, which accepts any
-    // size, zero included (see `Glibc`).
+    // SAFETY: the engine forwards the layout to `Inner`, which accepts any
+    // size, zero included (see `Inner`).
     counted(unsafe { ENGINE.alloc(layout) }, size)
 }
 
@@ -108,10 +125,10 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
         return;
     }
     let Some(_inside) = gate::enter() else {
-        // SAFETY: the caller's contract; every block is glibc's.
-        return unsafe { glibc::__libc_free(ptr) };
+        // SAFETY: the caller's contract; every block is the implementation's.
+        return unsafe { inner::free(ptr) };
     };
-    // SAFETY: the caller's contract; `Glibc` frees the block, whatever the
+    // SAFETY: the caller's contract; `Inner` frees the block, whatever the
     // layout says.
     unsafe { ENGINE.dealloc(ptr.cast(), layout_of(ptr)) }
 }
@@ -123,8 +140,8 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 /// None beyond C's.
 pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
     let Some(_inside) = gate::enter() else {
-        // SAFETY: glibc's calloc checks the product itself.
-        return unsafe { glibc::__libc_calloc(count, size) };
+        // SAFETY: calloc checks the product itself.
+        return unsafe { inner::calloc(count, size) };
     };
     let Some(layout) = count
         .checked_mul(size)
@@ -154,14 +171,14 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     }
     let Some(_inside) = gate::enter() else {
-        // SAFETY: the caller's contract; every block is glibc's.
-        return unsafe { glibc::__libc_realloc(ptr, size) };
+        // SAFETY: the caller's contract; every block is the implementation's.
+        return unsafe { inner::realloc(ptr, size) };
     };
     if size > isize::MAX as usize {
         return out_of_memory();
     }
     // SAFETY: the caller's contract; `size` is non-zero and at most
-    // isize::MAX, which alignment 1 never rounds past; `Glibc` reallocates
+    // isize::MAX, which alignment 1 never rounds past; `Inner` reallocates
     // the block, whatever the old layout says.
     counted(
         unsafe { ENGINE.realloc(ptr.cast(), layout_of(ptr), size) },
@@ -186,14 +203,14 @@ pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usiz
 /// A block of `size` bytes aligned to `align`, a power of two.
 fn aligned(align: usize, size: usize) -> *mut c_void {
     let Some(_inside) = gate::enter() else {
-        // SAFETY: glibc's memalign takes any power-of-two alignment.
-        return unsafe { glibc::__libc_memalign(align, size) };
+        // SAFETY: memalign takes any power-of-two alignment.
+        return unsafe { inner::memalign(align, size) };
     };
     let Ok(layout) = Layout::from_size_align(size, align) else {
         return out_of_memory();
     };
-    // SAFETY: as for `malloc`; `Glibc` serves alignments above
-    // MALLOC_ALIGNMENT with glibc's memalign.
+    // SAFETY: as for `malloc`; `Inner` serves alignments above
+    // MALLOC_ALIGNMENT with memalign.
     counted(unsafe { ENGINE.alloc(layout) }, size)
 }
 

@@ -18,7 +18,9 @@ use crate::failure::Failure;
     after_help = "Example: mayfail run --inject probability=1,times=5 -- cargo test"
 )]
 pub(crate) struct RunArgs {
-    /// MAYFAIL_RETRIES for CMD: -1 (retry forever), 0 (never) or a count N
+    /// MAYFAIL_RETRIES for CMD: -1 (retry forever), 0 (never) or a count N.
+    /// Unset by default: CMD keeps its own default, that of the MayFail it
+    /// declares (-1 unless it chose), 0 under the preload library (C's null)
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = super::retries)]
     retries: Option<i64>,
     /// MAYFAIL_INJECT for CMD: comma-separated key=value pairs

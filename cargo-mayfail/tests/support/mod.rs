@@ -102,3 +102,39 @@ pub fn compile_cpp(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
     assert!(built.success(), "g++ {flags:?} failed");
     dir.join("program")
 }
+
+/// The full path of Debian's `libjemalloc.so.2` as the C compiler finds it
+/// (`.ci/run` installs the package), or `None` when it is absent outside CI.
+/// Absent with `CI=true`, the test fails instead: nothing may be skipped in
+/// CI.
+pub fn jemalloc(test: &str) -> Option<PathBuf> {
+    let found = Command::new("cc")
+        .arg("-print-file-name=libjemalloc.so.2")
+        .output()
+        .ok()
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|path| path.is_absolute() && path.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none_or(|ci| ci != "true"),
+            "{test}: libjemalloc.so.2 is missing (Debian's libjemalloc2, which .ci/run installs)"
+        );
+        eprintln!("{test}: SKIPPED: libjemalloc.so.2 is missing (apt-get install libjemalloc2)");
+    }
+    found
+}
+
+/// Compiles `source` into `dir/name` with `cc -g` and `flags` (after the
+/// source, so libraries named there resolve its symbols).
+pub fn compile_c_named(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let file = format!("{name}.c");
+    std::fs::write(dir.join(&file), source).unwrap();
+    let built = Command::new("cc")
+        .current_dir(dir)
+        .args(["-g", "-o", name, &file])
+        .args(flags)
+        .status()
+        .expect("cc runs");
+    assert!(built.success(), "cc {name} {flags:?} failed");
+    dir.join(name)
+}

@@ -1,0 +1,1 @@
+../../../mayfail-preload/src/elf.rs

@@ -1,0 +1,1 @@
+../../../mayfail-preload/src/inner.rs
