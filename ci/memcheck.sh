@@ -15,8 +15,10 @@
 #    forked children are checked too), without leak checking: a forked child
 #    ends with _exit while the blocks of threads that do not exist in it are
 #    still allocated, which valgrind reports as lost. Skipped: its test that
-#    exhausts memory under RLIMIT_AS (see 4), and its crash tests, whose
-#    children write through null on purpose.
+#    exhausts memory under RLIMIT_AS (see 4), its crash tests, whose
+#    children write through null on purpose, and its tests of programs that
+#    handle a fault themselves, whose children read unmapped memory on
+#    purpose.
 # 3. The library's unit tests, with --leak-check=full.
 # 4. examples/pressure.rs (the demo), the parent process only: each child
 #    caps its own address space with RLIMIT_AS and fills it, and under
@@ -109,7 +111,8 @@ step stress env MAYFAIL_STRESS_SECS="$SECS" \
 step odd_contexts "${VALGRIND[@]}" --leak-check=no --trace-children=yes \
     --log-file="$OUT/odd_contexts.%p.log" "$ODD" \
     --skip signals_during_backoff_sleeps_under_real_exhaustion_change_nothing \
-    --skip chained_crash_probe --skip a_crash_under_a_chaining_handler
+    --skip chained_crash_probe --skip a_crash_under_a_chaining_handler \
+    --skip a_fault_the_program_handles_itself --skip an_abort_signal_the_program_handles
 
 step unit_tests "${VALGRIND[@]}" --leak-check=full --errors-for-leak-kinds=definite \
     --log-file="$OUT/unit_tests.%p.log" "$LIB"
