@@ -16,7 +16,7 @@ pub(crate) const SCHEMA: &str = "\
 JSON report (schema_version 2), one object:
   schema_version  2; raised by any change that could break a reader
                   (2: classes, bugs, scope; a site's class, blamed, chain,
-                  fallible and baselined)
+                  fallible, panic and baselined)
   command         the command walked, quoted for a shell
   state           the state file's absolute path
   runs            runs recorded in the state file (baseline excluded)
@@ -45,6 +45,8 @@ JSON report (schema_version 2), one object:
                   infallibly, or one formatting a panic's message), failed
                   (a test failed) or handled
     fallible      the fallible function an abort is blamed on, or null
+    panic         true when the allocation formats or boxes a panic's
+                  message: the function that panicked did not allocate
     baselined     true when a bug site is in --baseline
     detail        how the process ended: `SIGABRT`, `exit 101`...
     seen          processes that failed this site (more with --jobs)
@@ -111,6 +113,7 @@ struct SiteEntry<'a> {
     outcome: Outcome,
     class: &'static str,
     fallible: Option<&'a str>,
+    panic: bool,
     baselined: bool,
     detail: &'a str,
     seen: usize,
@@ -133,6 +136,7 @@ impl<'a> SiteEntry<'a> {
             outcome: site.outcome,
             class: class.name(),
             fallible: site.fallible_frame().map(|f| f.function.as_str()),
+            panic: site.panic,
             baselined: class.is_bug() && !summary.view.gates(site),
             detail: &site.detail,
             seen: site.seen,

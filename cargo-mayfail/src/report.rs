@@ -552,8 +552,13 @@ pub fn table(s: &Summary) -> String {
         let mut tops: Vec<(usize, String)> = groups
             .iter()
             .map(|g| {
-                let shown = s.sites[g[0]].shown(s.view.scope);
-                (g.len(), shown.first().map(shown_frame).unwrap_or_default())
+                let site = &s.sites[g[0]];
+                let top = site
+                    .shown(s.view.scope)
+                    .first()
+                    .map(shown_frame)
+                    .unwrap_or_default();
+                (g.len(), panic_of(site, top))
             })
             .collect();
         tops.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -570,6 +575,16 @@ pub fn table(s: &Summary) -> String {
         }
     }
     out
+}
+
+/// A blamed frame as a report names it: for an allocation that serves a
+/// panic, the panic's message, not the function (which did not allocate).
+fn panic_of(site: &Site, top: String) -> String {
+    if site.panic {
+        format!("the panic message of {top}")
+    } else {
+        top
+    }
 }
 
 /// Places listed under a collapsed class.
@@ -594,7 +609,7 @@ fn write_site_rows(out: &mut String, s: &Summary, site: &Site, pad: &str) {
                 "  {:<20} {:>4}  {}",
                 class.name(),
                 site.seen,
-                shown_frame(frame)
+                panic_of(site, shown_frame(frame))
             );
         } else {
             let _ = writeln!(out, "{pad}<- {}", shown_frame(frame));
@@ -750,6 +765,7 @@ pub fn html(s: &Summary) -> String {
                 .first()
                 .map(shown_frame)
                 .unwrap_or_default();
+            let top = panic_of(first, top);
             let _ = writeln!(
                 out,
                 "<tr class=\"site\" data-class=\"{0}\" data-outcome=\"{1}\"><td><span \

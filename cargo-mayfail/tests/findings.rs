@@ -97,6 +97,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         // one failure per process finds its error path handled.
         ("handled", "findings_fixture::reserve_checked"),
         ("handled", "findings_fixture::try_copy_with_message"),
+        // std formats and boxes the panic's message: three allocations,
+        // each marked as the panic's.
+        ("infallible", "findings_fixture::first_byte"),
+        ("infallible", "findings_fixture::first_byte"),
+        ("infallible", "findings_fixture::first_byte"),
         ("infallible", "findings_fixture::push_one"),
     ];
     let expected: Vec<(String, String)> = expected
@@ -112,7 +117,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         .unwrap();
     assert_eq!(fallible["fallible"], "findings_fixture::try_duplicate");
     assert_eq!(report["bugs"], 2);
-    assert_eq!(report["classes"]["infallible"], 1);
+    assert_eq!(report["classes"]["infallible"], 4);
+    for site in report["sites"].as_array().unwrap() {
+        let panicked = site["blamed"][0]["function"] == "findings_fixture::first_byte";
+        assert_eq!(site["panic"], panicked, "{site:#}");
+    }
 
     // The table: bugs listed, the rest collapsed to counts with top lines.
     assert!(out.contains("bugs: 2 not in the baseline"), "{out}");
@@ -121,7 +130,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         "{out}"
     );
     assert!(
-        out.contains("infallible: 1 site in 1 place (--show all lists them)"),
+        out.contains("infallible: 4 sites in 2 places (--show all lists them)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("3  the panic message of findings_fixture::first_byte (src/lib.rs:"),
         "{out}"
     );
     assert!(
@@ -143,7 +156,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     let errors: Vec<String> = validator.iter_errors(&log).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:#?}\n{log:#}");
     let results = log["runs"][0]["results"].as_array().unwrap();
-    assert_eq!(results.len(), 5, "{log:#}");
+    assert_eq!(results.len(), 8, "{log:#}");
     let level_of = |rule: &str| {
         results
             .iter()
@@ -153,7 +166,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     };
     assert_eq!(level_of("crashed"), ["error"]);
     assert_eq!(level_of("fallible-api-aborted"), ["error"]);
-    assert_eq!(level_of("infallible"), ["note"]);
+    assert_eq!(level_of("infallible"), ["note"; 4]);
     for result in results {
         let artifact = &result["locations"][0]["physicalLocation"]["artifactLocation"];
         assert_eq!(artifact["uri"], "src/lib.rs", "{result:#}");

@@ -401,7 +401,7 @@ impl Summary {
                 .first()
                 .map(|f| (f.function.clone(), f.location.clone().unwrap_or_default()))
                 .unwrap_or_default();
-            (site.class(), !inside, top)
+            (site.class(), !inside, site.panic, top)
         };
         order.sort_by_cached_key(|i| (key(i), self.sites[*i].first_run, self.sites[*i].id));
         let mut groups: Vec<Vec<usize>> = Vec::new();

@@ -95,6 +95,11 @@ fn result(summary: &Summary, site: &Site, root: &str) -> sarif::Result {
     let top = shown
         .first()
         .map_or("an unnamed function", |f| f.function.as_str());
+    let top = if site.panic {
+        format!("the panic message of {top}")
+    } else {
+        top.to_owned()
+    };
     let mut text = format!(
         "{}: {} failed in {top} ({}; {}).",
         class.name(),
