@@ -951,6 +951,65 @@ mod tests {
         );
     }
 
+    fn site(id: u64, outcome: Outcome, place: &str) -> Site {
+        Site {
+            id,
+            outcome,
+            detail: "SIGABRT".to_owned(),
+            seen: 1,
+            first_run: id,
+            what: "alloc of 8 bytes (align 8)".to_owned(),
+            thread: "main".to_owned(),
+            binary: "prog".to_owned(),
+            frames: frames(place),
+            raw_frames: format!("prog+{id:#x}"),
+            replay: format!("mayfail run --inject stack={id:016x} -- prog"),
+            panic: false,
+            chain: frames(place),
+        }
+    }
+
+    #[test]
+    fn the_html_page_lists_bugs_first_filters_them_and_stays_small_for_many_aborts() {
+        let mut summary = Summary::default();
+        for id in 1..=2000u64 {
+            let place = format!("prog::push{} (src/a.rs:{})", id % 5, id % 5);
+            summary.sites.push(site(id, Outcome::Aborted, &place));
+        }
+        summary
+            .sites
+            .push(site(9999, Outcome::Crashed, "prog::write (src/b.rs:7)"));
+        let page = html(&summary);
+        assert!(page.len() < 40_000, "{} bytes", page.len());
+        for control in [
+            "<select id=\"class\">",
+            "<select id=\"outcome\">",
+            "<input id=\"q\"",
+        ] {
+            assert!(page.contains(control), "{control}");
+        }
+        assert!(!page.contains(" src=") && !page.contains("http"));
+        let crashed = page
+            .find("id=\"stack-000000000000270f\"")
+            .expect("the bug's row");
+        let collapsed = page.find("400 sites here").expect("a collapsed group");
+        assert!(crashed < collapsed, "bugs first");
+        // The table: the bug row by row, the aborts as counts.
+        let text = table(&summary);
+        assert!(
+            text.contains("infallible: 2000 sites in 5 places"),
+            "{text}"
+        );
+        assert!(text.contains("stack 000000000000270f"), "{text}");
+        assert!(!text.contains("stack 0000000000000001"), "{text}");
+
+        summary.view.show = Show::All;
+        let page = html(&summary);
+        assert_eq!(page.matches("<tr class=\"site\" id=\"stack-").count(), 2001);
+        // Rows of one group are told apart: here by their raw frame.
+        assert!(table(&summary).contains("told apart by raw frame #1"));
+    }
+
     #[test]
     fn html_escapes_what_it_must() {
         assert_eq!(

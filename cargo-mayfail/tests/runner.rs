@@ -798,8 +798,8 @@ fn the_top_level_help_lists_the_exit_codes() {
     let out = run(&["--help"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     for line in [
-        "0    every site found was handled",
-        "1    unhandled sites found",
+        "0    no bug site outside --baseline",
+        "1    bug sites found that --baseline does not list",
         "2    bad input",
         "3    I/O error",
         "127    the command was not found",

@@ -37,9 +37,13 @@ const MAX_STATE_PATH: usize = 512;
                   allocating functions are sites. Replay a site with \
                   mayfail run --inject stack=ID -- CMD (the report prints it).\n\n\
                   Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
-                  aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
-                  status not 0: a test failed), unknown (no fate recorded), handled (exit 0, or \
-                  a status given to --handled-exit). A process of a run that ends badly with no \
+                  aborted (SIGABRT), hung (--timeout), failed (exit status not 0: a test \
+                  failed), unknown (no fate recorded), handled (exit 0, or a status given to \
+                  --handled-exit). Classes, bugs first: crashed, fallible-api-aborted (aborted \
+                  below a try_* function of the code, the test excluded), error-path-aborted, \
+                  hung, leaked, unknown; then infallible (aborted at an allocation std makes \
+                  infallibly, or formatting a panic's message), failed, handled. Only bug \
+                  sites that --baseline does not list set the exit status. A process of a run that ends badly with no \
                   site to blame (a timeout before any site, a child that died) is listed apart \
                   as unattributed, and the walk is not all handled. CMD runs with \
                   RUST_BACKTRACE=0. CMD's output is appended to the state file with .log; the \
