@@ -310,8 +310,9 @@ pub(crate) struct FindingsArgs {
     /// relative to the current directory (the workspace root)
     #[arg(long, value_name = "FILE")]
     sarif: Option<PathBuf>,
-    /// Known sites (a file written by --write-baseline): they are reported
-    /// but do not set the exit status; only bug sites not in it do
+    /// Known sites (a file written by --write-baseline; not the runs
+    /// without injection that --no-baseline skips): they are reported but
+    /// do not set the exit status; only bug sites not in it do
     #[arg(long, value_name = "FILE")]
     baseline: Option<PathBuf>,
     /// Write the bug sites of this report to FILE as a baseline
