@@ -18,7 +18,7 @@
 //! `O_APPEND` `write(2)`:
 //!
 //! ```text
-//! site\t<id>\t<pid>\t<what failed>\t<thread>\t<binary>\t<where>\t<frames>
+//! site\t<id>\t<pid>\t<what failed>\t<thread>\t<binary>\t<where>\t<frames>\t<facts>\t<chain>
 //! fate\t<id>\t<pid>\t<aborted|crashed|handled|failed>\t<detail>
 //! runtime\t<id>
 //! ```
@@ -32,7 +32,12 @@
 //!
 //! `where` is the site's first frames outside std, alloc and mayfail,
 //! resolved in the failing process right then (under the in-reclaim mark, as
-//! the crash report does); `frames` are the raw `module+offset` addresses.
+//! the crash report does); `frames` are the raw `module+offset` addresses;
+//! `facts` is `panic` when the allocation formats or boxes a panic's payload
+//! (std's panic machinery lies between it and the first user frame), else
+//! `-`; `chain` is the same frames as `where`, up to the test harness or
+//! the thread's start (at most 16), from which the runner tells a fallible
+//! API, a dependency's frame and the test.
 //! The fate comes from the crash module's `SIGABRT`/`SIGSEGV`/`SIGBUS`
 //! handler or from a glibc `on_exit` handler (exit 0: handled, else: failed).
 //! A new stack whose innermost frame outside the allocation machinery
@@ -85,6 +90,11 @@ use crate::text::{Clean, Shown, StackBuf};
 const MAX_FRAMES: usize = symbols::MAX_FRAMES;
 /// Frames of `where` in a site line.
 const WHERE_FRAMES: usize = 3;
+/// Frames of the call chain in a site line: enough to reach the test.
+const CHAIN_FRAMES: usize = 16;
+/// The longest call chain written, in bytes (a longer one is cut at a
+/// frame's end).
+const CHAIN_BYTES: usize = 3072;
 
 const OFF: u8 = 0;
 const SITES: u8 = 1;
@@ -448,12 +458,25 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
 // The site line.
 
 fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
-    // Resolving allocates and needs stack: on a thread of its own.
-    let mut place = String::new();
+    // Resolving allocates and needs stack: on a thread of its own. The line
+    // is built in memory allocated under the in-reclaim mark too (served,
+    // never injected).
+    let mut chain = String::new();
+    let mut panic = false;
     symbols::on_big_stack(&mut || {
-        place = symbols::site_of(frames, WHERE_FRAMES, symbols::Paths::Full)
+        chain = symbols::site_of(frames, CHAIN_FRAMES, symbols::Paths::Full);
+        panic = symbols::serves_panic(frames);
     });
-    let mut line = StackBuf::<4096>::new();
+    // `where`: the chain's first frames.
+    let place = match chain.match_indices(" <- ").nth(WHERE_FRAMES - 1) {
+        Some((at, _)) => &chain[..at],
+        None => chain.as_str(),
+    };
+    let mut cut = chain.len();
+    while cut > CHAIN_BYTES {
+        cut = chain[..cut].rfind(" <- ").unwrap_or(0);
+    }
+    let mut line = String::with_capacity(512 + cut + frames.len() * 48);
     let pid = sys::getpid();
     let _ = write!(
         line,
@@ -481,7 +504,13 @@ fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
             Clean(name)
         );
     }
-    append(line.finish_line());
+    let _ = writeln!(
+        line,
+        "\t{}\t{}",
+        if panic { "panic" } else { "-" },
+        Clean(&chain.as_bytes()[..cut]),
+    );
+    append(line.as_bytes());
 }
 
 // ---------------------------------------------------------------------------

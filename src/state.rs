@@ -10,7 +10,7 @@
 //! mayfail-sites\t1                                  header (format version)
 //! baseline\t<ms>\t<status>                         a run without injection
 //! run\t<n>\t<copies>\t<unix ms>\t<command>         a run starts
-//! site\t<id>\t<pid>\t<what>\t<thread>\t<binary>\t<where>\t<frames>
+//! site\t<id>\t<pid>\t<what>\t<thread>\t<binary>\t<where>\t<frames>\t<facts>\t<chain>
 //! fate\t<id>\t<pid>\t<outcome>\t<detail>
 //! runtime\t<id>                                    a stack of the runtime: not a site
 //! retry\t<id>                                      an interrupted site: fail it again
@@ -23,7 +23,11 @@
 //! A stack id is 16 lowercase hex digits, never all zeros nor all `f`. The
 //! program under test writes `site`, `fate`, `runtime` and `other-shard`
 //! lines, the runner the others. The last three kinds came later: files
-//! without them read as before. [`parse_line`] reads any line; the program under test reads
+//! without them read as before; so did a site's `facts` (`panic`: the
+//! allocation serves a panic's message or payload; `-`: nothing) and
+//! `chain` (its frames outside the allocation machinery up to the test
+//! harness, `where`'s format): a site line without them reads with both
+//! empty. [`parse_line`] reads any line; the program under test reads
 //! only each line's kind and id, without allocating.
 //!
 //! ```
@@ -96,6 +100,13 @@ pub enum Line<'a> {
         place: &'a str,
         /// The raw frames, `module+offset`, comma-separated.
         frames: &'a str,
+        /// What the failing process knew of the site: `panic` (the
+        /// allocation serves a panic's message or payload) or `-`; empty in
+        /// a line written before this field existed.
+        facts: &'a str,
+        /// Its frames outside the allocation machinery up to the test
+        /// harness, as `place` writes them; empty in an older line.
+        chain: &'a str,
     },
     /// How the process that failed a site ended.
     Fate {
@@ -210,7 +221,7 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
             how,
         },
         ("site", &[site_id, pid, what, thread, binary, place, ref rest @ ..])
-            if rest.len() <= 1 =>
+            if rest.len() <= 3 && rest.len() != 2 =>
         {
             Line::Site {
                 id: id(site_id)?,
@@ -220,6 +231,8 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
                 binary,
                 place,
                 frames: rest.first().copied().unwrap_or(""),
+                facts: rest.get(1).copied().unwrap_or(""),
+                chain: rest.get(2).copied().unwrap_or(""),
             }
         }
         ("fate", &[site_id, pid, outcome, detail]) => Line::Fate {
@@ -356,8 +369,28 @@ mod tests {
                 binary: "prog",
                 place: "f (a.rs:1)",
                 frames: "prog+0x10",
+                facts: "",
+                chain: "",
             })
         );
+        // The facts and the chain, written since: an older line reads
+        // with both empty (above), a newer one with them.
+        let newer = format!("{site}\tpanic\tf (a.rs:1) <- g (b.rs:2)");
+        assert_eq!(
+            parse_line(&newer),
+            Ok(Line::Site {
+                id: 0xab,
+                pid: 7,
+                what: "alloc of 8 bytes (align 8)",
+                thread: "main",
+                binary: "prog",
+                place: "f (a.rs:1)",
+                frames: "prog+0x10",
+                facts: "panic",
+                chain: "f (a.rs:1) <- g (b.rs:2)",
+            })
+        );
+        assert!(parse_line(&format!("{site}\tpanic")).is_err());
         assert_eq!(parse_line(HEADER), Ok(Line::Header));
         assert_eq!(
             parse_line("end\t3\t120\tdone"),

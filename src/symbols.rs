@@ -673,6 +673,41 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
     site
 }
 
+/// Functions of std's panic machinery: an allocation made below one of
+/// them formats or boxes a panic's payload for the function that panicked.
+const PANIC_FRAMES: [&str; 5] = [
+    "core::panicking::",
+    "std::panicking::",
+    "std::panic::",
+    "rust_begin_unwind",
+    "begin_panic",
+];
+
+/// Whether the allocation of `frames` serves a panic (its message or its
+/// payload): a frame of std's panic machinery lies between it and the
+/// first function outside the allocation machinery. The function that
+/// panicked did not itself allocate.
+pub(crate) fn serves_panic(frames: &[usize]) -> bool {
+    let mut panic = false;
+    let mut user = false;
+    for &ip in frames {
+        if panic || user {
+            break;
+        }
+        resolve(ip, |frame| {
+            if panic || user || !frame.named {
+                return;
+            }
+            if PANIC_FRAMES.iter().any(|p| frame.name.contains(p)) {
+                panic = true;
+            } else if !frame.is_machinery() {
+                user = true;
+            }
+        });
+    }
+    panic
+}
+
 /// Prints a backtrace of `frames` to stderr, allocation machinery (and the
 /// C library's functions that allocated for their caller) trimmed from the
 /// top, at most [`PRINTED_FRAMES`] frames, ending at the test

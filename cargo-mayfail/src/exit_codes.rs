@@ -5,17 +5,21 @@
 //! codes here only for what happens before the command starts (bad input,
 //! command not found, cannot execute).
 
-/// `sites`: every site that was found was handled (its process exited 0,
-/// or with a status `--handled-exit` declares), and every process of every
-/// run that ended badly had a site to blame. `report`: the report was
-/// printed and written.
+/// `sites`: no site found is a bug (crashed, fallible-api-aborted,
+/// error-path-aborted, hung, leaked, unknown) that `--baseline` does not
+/// list, and every process of every run that ended badly had a site to
+/// blame. Sites that aborted at an infallible allocation, failed a test or
+/// were handled do not count. `report`: the report was printed and written
+/// (and, with `--baseline`, no bug site lies outside the baseline).
 pub const SUCCESS: i32 = 0;
 
-/// `sites`: at least one site was not handled (crashed, aborted, hung,
-/// failed or unknown): the report lists them, worst first. Or a process a
-/// run started ended badly (killed by `--timeout`, a status not declared
-/// handled, a signal) with no site to blame: the report lists those runs
-/// apart, as `unattributed`.
+/// `sites`: at least one site is a bug (crashed, fallible-api-aborted,
+/// error-path-aborted, hung, leaked or unknown) that `--baseline` does not
+/// list: the report lists them first. Or a process a run started ended
+/// badly (killed by `--timeout`, a status not declared handled, a signal)
+/// with no site to blame: the report lists those runs apart, as
+/// `unattributed`. `report --baseline FILE`: a bug site outside the
+/// baseline.
 pub const UNHANDLED_SITES: i32 = 1;
 
 /// Bad input: an unknown subcommand or option, a value out of range, a
@@ -77,9 +81,11 @@ pub const INTERRUPTED: i32 = 130;
 /// The exit-code table of the top-level `--help`.
 pub(crate) const HELP: &str = "\
 Exit status:
-    0    every site found was handled (report: done)
-    1    unhandled sites found: crashed, aborted, hung, failed or unknown, or
-         a run's process ended badly with no site to blame (unattributed)
+    0    no bug site outside --baseline (report: done)
+    1    bug sites found that --baseline does not list: crashed,
+         fallible-api-aborted, error-path-aborted, hung, leaked or unknown
+         (infallible aborts, failed tests and handled sites do not count);
+         or a run's process ended badly with no site to blame (unattributed)
     2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked
@@ -97,8 +103,11 @@ mod tests {
     #[test]
     fn the_help_table_lists_every_code_with_its_number() {
         for (code, words) in [
-            (SUCCESS, "every site found was handled"),
-            (UNHANDLED_SITES, "unhandled sites found"),
+            (SUCCESS, "no bug site outside --baseline"),
+            (
+                UNHANDLED_SITES,
+                "bug sites found that --baseline does not list",
+            ),
             (BAD_INPUT, "bad input"),
             (IO_ERROR, "I/O error"),
             (

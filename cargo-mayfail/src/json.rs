@@ -4,16 +4,19 @@
 
 use serde::Serialize;
 
+use crate::findings::{Class, Scope};
 use crate::report::{Frame, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId};
 
 /// The `schema_version` of the reports written now.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// The schema, as `report --help` prints it.
 pub(crate) const SCHEMA: &str = "\
-JSON report (schema_version 1), one object:
-  schema_version  1; raised by any change that could break a reader
+JSON report (schema_version 2), one object:
+  schema_version  2; raised by any change that could break a reader
+                  (2: classes, bugs, scope; a site's class, blamed, chain,
+                  fallible, panic and baselined)
   command         the command walked, quoted for a shell
   state           the state file's absolute path
   runs            runs recorded in the state file (baseline excluded)
@@ -26,9 +29,25 @@ JSON report (schema_version 1), one object:
                   were met and not counted as sites
   counts          {crashed, aborted, hung, failed, unknown, handled}: sites
                   per outcome
+  classes         {crashed, fallible-api-aborted, error-path-aborted, hung,
+                  leaked, unknown, infallible, failed, handled}: sites per
+                  class; the first six are bugs
+  bugs            bug sites not in --baseline: the exit status is 1 when
+                  this is not 0
+  scope           crate, workspace or all: what `blamed` is (--scope)
   sites           one object per site, worst outcome first:
     stack         the stack id, 16 hex digits (replay: --inject stack=ID)
     outcome       crashed, aborted, hung, failed, unknown or handled
+    class         what the site is: crashed, fallible-api-aborted (aborted
+                  below a try_* function of the code, the test's own
+                  frame excluded), error-path-aborted, hung, leaked,
+                  unknown, infallible (aborted at an allocation std makes
+                  infallibly, or one formatting a panic's message), failed
+                  (a test failed) or handled
+    fallible      the fallible function an abort is blamed on, or null
+    panic         true when the allocation formats or boxes a panic's
+                  message: the function that panicked did not allocate
+    baselined     true when a bug site is in --baseline
     detail        how the process ended: `SIGABRT`, `exit 101`...
     seen          processes that failed this site (more with --jobs)
     first_run     the run that first failed it
@@ -37,6 +56,11 @@ JSON report (schema_version 1), one object:
     thread        the name of the thread that failed it
     frames        [{function, location}]: its first frames in user code,
                   innermost first; location is `file:line` or null
+    blamed        [{function, location}]: the first frames from the one the
+                  site is blamed on under --scope
+    chain         [{function, location}]: every frame outside the
+                  allocation machinery up to the test (empty when the
+                  process did not write them)
     raw_frames    the raw `module+offset` return addresses, comma-separated
                   (`?` for a module the process could not name)
     replay        a shell command that fails this site again, every word
@@ -62,6 +86,9 @@ struct Report<'a> {
     last_run_ms: Option<u64>,
     runtime_stacks: usize,
     counts: Counts,
+    classes: std::collections::BTreeMap<&'static str, usize>,
+    bugs: usize,
+    scope: &'static str,
     sites: Vec<SiteEntry<'a>>,
     unattributed: &'a [Unattributed],
     handled_exit: Vec<u8>,
@@ -84,6 +111,10 @@ struct SiteEntry<'a> {
     stack: String,
     #[serde(serialize_with = "outcome_name")]
     outcome: Outcome,
+    class: &'static str,
+    fallible: Option<&'a str>,
+    panic: bool,
+    baselined: bool,
     detail: &'a str,
     seen: usize,
     first_run: u64,
@@ -91,15 +122,22 @@ struct SiteEntry<'a> {
     binary: &'a str,
     thread: &'a str,
     frames: &'a [Frame],
+    blamed: &'a [Frame],
+    chain: &'a [Frame],
     raw_frames: &'a str,
     replay: &'a str,
 }
 
 impl<'a> SiteEntry<'a> {
-    fn new(site: &'a Site) -> Self {
+    fn new(site: &'a Site, summary: &Summary) -> Self {
+        let class = site.class();
         SiteEntry {
             stack: StackId(site.id).to_string(),
             outcome: site.outcome,
+            class: class.name(),
+            fallible: site.fallible_frame().map(|f| f.function.as_str()),
+            panic: site.panic,
+            baselined: class.is_bug() && !summary.view.gates(site),
             detail: &site.detail,
             seen: site.seen,
             first_run: site.first_run,
@@ -107,6 +145,8 @@ impl<'a> SiteEntry<'a> {
             binary: &site.binary,
             thread: &site.thread,
             frames: &site.frames,
+            blamed: site.shown(summary.view.scope),
+            chain: &site.chain,
             raw_frames: &site.raw_frames,
             replay: &site.replay,
         }
@@ -133,7 +173,21 @@ pub(crate) fn render(summary: &Summary) -> String {
             unknown: summary.count(Outcome::Unknown),
             handled: summary.count(Outcome::Handled),
         },
-        sites: summary.sites.iter().map(SiteEntry::new).collect(),
+        classes: Class::ALL
+            .iter()
+            .map(|&c| (c.name(), summary.class_count(c)))
+            .collect(),
+        bugs: summary.gating(),
+        scope: match summary.view.scope {
+            Scope::Crate => "crate",
+            Scope::Workspace => "workspace",
+            Scope::All => "all",
+        },
+        sites: summary
+            .sites
+            .iter()
+            .map(|site| SiteEntry::new(site, summary))
+            .collect(),
         unattributed: &summary.unattributed,
         handled_exit: mayfail::state::parse_exit_codes(&summary.handled_exit).unwrap_or_default(),
     };
@@ -178,6 +232,8 @@ mod tests {
                 }],
                 raw_frames: "t+0x1".to_owned(),
                 replay: "MAYFAIL_INJECT='stack=00000000000000ab' cargo test".to_owned(),
+                panic: false,
+                chain: Vec::new(),
             }],
             unattributed: vec![Unattributed {
                 run: 2,
@@ -186,13 +242,17 @@ mod tests {
                 detail: "killed after 1 s".to_owned(),
             }],
             handled_exit: "1,7".to_owned(),
+            view: Default::default(),
         };
         let value: serde_json::Value = serde_json::from_str(&render(&summary)).unwrap();
-        assert_eq!(value["schema_version"], 1);
+        assert_eq!(value["schema_version"], 2);
+        assert_eq!(value["classes"]["infallible"], 1);
+        assert_eq!(value["bugs"], 0);
         assert_eq!(value["counts"]["aborted"], 1);
         let site = &value["sites"][0];
         assert_eq!(site["stack"], "00000000000000ab");
         assert_eq!(site["outcome"], "aborted");
+        assert_eq!(site["class"], "infallible");
         assert_eq!(site["frames"][0]["function"], "f \"quoted\"");
         assert!(site["frames"][0]["location"].is_null());
         assert_eq!(value["unattributed"][0]["outcome"], "hung");

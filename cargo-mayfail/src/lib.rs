@@ -72,6 +72,7 @@
 mod commands;
 pub mod exit_codes;
 mod failure;
+mod findings;
 mod json;
 mod library_cache;
 mod process;

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use mayfail::state::{quote_command, quote_word};
 use serde::Serialize;
 
+use crate::findings::{Class, Show};
 use crate::state::{Outcome, StackId, State};
 
 /// One frame of a site's `where`: `function (file:line)`.
@@ -63,6 +64,11 @@ pub struct Site {
     pub frames: Vec<Frame>,
     pub raw_frames: String,
     pub replay: String,
+    /// The allocation served a panic's message or payload.
+    pub panic: bool,
+    /// Its frames up to the test (empty when the process did not write
+    /// them): what its class and blamed frame are read from.
+    pub chain: Vec<Frame>,
 }
 
 /// What the report says about a whole walk.
@@ -82,6 +88,8 @@ pub struct Summary {
     pub unattributed: Vec<Unattributed>,
     /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
     pub handled_exit: String,
+    /// How the sites are read: shown, blamed, baselined.
+    pub view: crate::findings::View,
 }
 
 /// A process a run started that ended badly with no site to blame.
@@ -175,6 +183,7 @@ pub fn summarize(state: &State, path: &Path) -> Summary {
             })
             .collect(),
         handled_exit: state.handled_exit_text(),
+        view: Default::default(),
     }
 }
 
@@ -363,21 +372,13 @@ pub fn seconds(ms: u64) -> String {
 
 /// Splits `f (a.rs:1) <- g (b.rs:2)` into frames.
 fn frames(place: &str) -> Vec<Frame> {
-    place
-        .split(" <- ")
-        .map(
-            |frame| match frame.strip_suffix(')').and_then(|f| f.rsplit_once(" (")) {
-                Some((function, location)) => Frame {
-                    function: function.to_owned(),
-                    location: Some(location.to_owned()),
-                },
-                None => Frame {
-                    function: frame.to_owned(),
-                    location: None,
-                },
-            },
-        )
-        .collect()
+    if place.is_empty() {
+        return vec![Frame {
+            function: String::new(),
+            location: None,
+        }];
+    }
+    crate::findings::frames_of(place)
 }
 
 /// Merges the records of `state` by stack id, worst first. A site's replay
@@ -402,6 +403,8 @@ pub fn sites(state: &State) -> Vec<Site> {
                 binary: r.binary.clone(),
                 frames: frames(&r.place),
                 raw_frames: r.frames.clone(),
+                panic: r.panic,
+                chain: crate::findings::frames_of(&r.chain),
                 replay: replay_line(
                     r.id,
                     state
@@ -431,7 +434,7 @@ pub fn table(s: &Summary) -> String {
         s.sites.len(),
         s.runs,
         seconds(s.elapsed_ms),
-        s.counts(),
+        s.class_counts(),
         s.stopped
     );
     if let Some(cost) = s.cost() {
@@ -471,51 +474,162 @@ pub fn table(s: &Summary) -> String {
     if s.sites.is_empty() {
         return out;
     }
+    let baselined = s
+        .sites
+        .iter()
+        .filter(|site| site.class().is_bug() && !s.view.gates(site))
+        .count();
     let _ = writeln!(
         out,
-        "  {:<8} {:>4}  site (first frames in user code)",
-        "outcome", "seen"
-    );
-    let pad = " ".repeat(17);
-    let telling = telling_frames(&s.sites);
-    for (site, telling) in s.sites.iter().zip(&telling) {
-        for (i, frame) in site.frames.iter().enumerate() {
-            let location = frame
-                .location
-                .as_deref()
-                .map(|l| format!(" ({})", short_location(l)))
-                .unwrap_or_default();
-            if i == 0 {
-                let _ = writeln!(
-                    out,
-                    "  {:<8} {:>4}  {}{location}",
-                    site.outcome.name(),
-                    site.seen,
-                    frame.function
-                );
-            } else {
-                let _ = writeln!(out, "{pad}  <- {}{location}", frame.function);
-            }
+        "  bugs: {} not in the baseline{}",
+        s.gating(),
+        if baselined > 0 {
+            format!(", {baselined} in it")
+        } else {
+            String::new()
         }
-        for (index, frame) in telling {
-            let (module, offset) = raw_frame(frame);
+    );
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>4}  site (first frames in user code)",
+        "class", "seen"
+    );
+    let pad = " ".repeat(29);
+    let raw_telling = telling_frames(&s.sites);
+    let groups = s.groups();
+    let mut collapsed: Vec<(Class, Vec<&[usize]>)> = Vec::new();
+    for group in &groups {
+        let class = s.sites[group[0]].class();
+        if s.view.show == Show::Bugs && !class.is_bug() {
+            match collapsed.last_mut() {
+                Some((c, groups)) if *c == class => groups.push(group),
+                _ => collapsed.push((class, vec![group])),
+            }
+            continue;
+        }
+        for &index in group {
+            let site = &s.sites[index];
+            write_site_rows(&mut out, s, site, &pad);
+            match crate::findings::telling_frame(s, group, index) {
+                Some(frame) => {
+                    let _ = writeln!(out, "{pad}(told apart by: {})", shown_frame(frame));
+                }
+                None => {
+                    for (at, frame) in &raw_telling[index] {
+                        let (module, offset) = raw_frame(frame);
+                        let _ = writeln!(
+                            out,
+                            "{pad}(told apart by raw frame #{}: offset {offset} in {module})",
+                            at + 1
+                        );
+                    }
+                }
+            }
             let _ = writeln!(
                 out,
-                "{pad}  (told apart by raw frame #{}: offset {offset} in {module})",
-                index + 1
+                "{pad}{}; {} in {}; stack {}",
+                site.detail,
+                site.what,
+                site.binary,
+                StackId(site.id)
             );
+            let _ = writeln!(out, "{pad}replay: {}", site.replay);
         }
+    }
+    for (class, groups) in collapsed {
+        let count: usize = groups.iter().map(|g| g.len()).sum();
         let _ = writeln!(
             out,
-            "{pad}{}; {} in {}; stack {}",
-            site.detail,
-            site.what,
-            site.binary,
-            StackId(site.id)
+            "  {}: {count} site{} in {} place{} (--show all lists them)",
+            class.name(),
+            if count == 1 { "" } else { "s" },
+            groups.len(),
+            if groups.len() == 1 { "" } else { "s" },
         );
-        let _ = writeln!(out, "{pad}replay: {}", site.replay);
+        if class == Class::Handled {
+            continue;
+        }
+        let mut tops: Vec<(usize, String)> = groups
+            .iter()
+            .map(|g| {
+                let site = &s.sites[g[0]];
+                let top = site
+                    .shown(s.view.scope)
+                    .first()
+                    .map(shown_frame)
+                    .unwrap_or_default();
+                (g.len(), panic_of(site, top))
+            })
+            .collect();
+        tops.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (n, top) in tops.iter().take(TOP_LINES) {
+            let _ = writeln!(out, "  {:<20} {n:>4}  {top}", "");
+        }
+        if tops.len() > TOP_LINES {
+            let _ = writeln!(
+                out,
+                "  {:<20}       ... {} more",
+                "",
+                tops.len() - TOP_LINES
+            );
+        }
     }
     out
+}
+
+/// A blamed frame as a report names it: for an allocation that serves a
+/// panic, the panic's message, not the function (which did not allocate).
+fn panic_of(site: &Site, top: String) -> String {
+    if site.panic {
+        format!("the panic message of {top}")
+    } else {
+        top
+    }
+}
+
+/// Places listed under a collapsed class.
+const TOP_LINES: usize = 5;
+
+/// `function (file:line)`, the file shortened.
+fn shown_frame(frame: &Frame) -> String {
+    match &frame.location {
+        Some(l) => format!("{} ({})", frame.function, short_location(l)),
+        None => frame.function.clone(),
+    }
+}
+
+/// A site's class, seen and shown frames, and what it is blamed on.
+fn write_site_rows(out: &mut String, s: &Summary, site: &Site, pad: &str) {
+    let class = site.class();
+    let (_, inside) = site.blamed(s.view.scope);
+    for (i, frame) in site.shown(s.view.scope).iter().enumerate() {
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>4}  {}",
+                class.name(),
+                site.seen,
+                panic_of(site, shown_frame(frame))
+            );
+        } else {
+            let _ = writeln!(out, "{pad}<- {}", shown_frame(frame));
+        }
+    }
+    if let Some(fallible) = site.fallible_frame() {
+        let _ = writeln!(out, "{pad}fallible API: {}", fallible.function);
+    }
+    if site.panic {
+        let _ = writeln!(
+            out,
+            "{pad}(the allocation formats a panic's message: the function that panicked does not allocate)"
+        );
+    }
+    if !inside {
+        let _ = writeln!(out, "{pad}(wholly outside --scope: in dependencies)");
+    }
+    if class.is_bug() && !s.view.gates(site) {
+        let _ = writeln!(out, "{pad}(in the baseline)");
+    }
 }
 
 fn html_escape(s: &str) -> String {
@@ -533,10 +647,18 @@ fn html_escape(s: &str) -> String {
     out
 }
 
-/// A self-contained HTML page: no scripts, no external resources.
+/// A self-contained HTML page: no external resources; one small inline
+/// script filters the rows by class, outcome and text. Bugs come first;
+/// with `--show bugs` the other classes are one row per group (class and
+/// blamed frame), which bounds the page's size by the places, not the
+/// sites.
 pub fn html(s: &Summary) -> String {
     let mut out = String::new();
-    let title = format!("mayfail sites: {} sites ({})", s.sites.len(), s.counts());
+    let title = format!(
+        "mayfail sites: {} sites ({})",
+        s.sites.len(),
+        s.class_counts()
+    );
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -598,68 +720,174 @@ pub fn html(s: &Summary) -> String {
         }
         let _ = writeln!(out, "</ul>");
     }
+    let mut classes = String::new();
+    for class in Class::ALL {
+        let n = s.class_count(class);
+        if n > 0 {
+            let _ = write!(
+                classes,
+                "<option value=\"{0}\">{0} ({n})</option>",
+                class.name()
+            );
+        }
+    }
+    let mut outcomes = String::new();
+    for outcome in Outcome::ALL {
+        let n = s.count(outcome);
+        if n > 0 {
+            let _ = write!(
+                outcomes,
+                "<option value=\"{0}\">{0} ({n})</option>",
+                outcome.name()
+            );
+        }
+    }
     let _ = writeln!(
         out,
-        "<table>\n<thead><tr><th>outcome</th><th>seen</th><th>site (first frames in user code)</th>\
+        "<p>{} bug site(s) not in the baseline. Filter: <select id=\"class\"><option value=\"\">\
+         every class</option>{classes}</select> <select id=\"outcome\"><option value=\"\">\
+         every outcome</option>{outcomes}</select> <input id=\"q\" type=\"search\" \
+         placeholder=\"search functions, files, stacks\"></p>",
+        s.gating()
+    );
+    let _ = writeln!(
+        out,
+        "<table>\n<thead><tr><th>class</th><th>seen</th><th>site (first frames in user code)</th>\
          <th>failed allocation</th><th>replay</th></tr></thead>\n<tbody>"
     );
-    for site in &s.sites {
-        let mut raw = String::new();
-        for (i, frame) in site
-            .raw_frames
-            .split(',')
-            .filter(|f| !f.is_empty())
-            .enumerate()
-        {
-            let (module, offset) = raw_frame(frame);
-            let _ = write!(
-                raw,
-                "<tr><td>#{}</td><td>{}</td><td>{}</td></tr>",
-                i + 1,
-                html_escape(module),
-                html_escape(offset)
+    for group in s.groups() {
+        let first = &s.sites[group[0]];
+        let class = first.class();
+        if s.view.show == Show::Bugs && !class.is_bug() {
+            let seen: usize = group.iter().map(|&i| s.sites[i].seen).sum();
+            let top = first
+                .shown(s.view.scope)
+                .first()
+                .map(shown_frame)
+                .unwrap_or_default();
+            let top = panic_of(first, top);
+            let _ = writeln!(
+                out,
+                "<tr class=\"site\" data-class=\"{0}\" data-outcome=\"{1}\"><td><span \
+                 class=\"outcome {1}\">{0}</span></td><td>{seen}</td><td><code>{2}</code><br>{3} \
+                 site{4} here (--show all lists them)</td><td></td><td></td></tr>",
+                class.name(),
+                first.outcome.name(),
+                html_escape(&top),
+                group.len(),
+                if group.len() == 1 { "" } else { "s" },
             );
+            continue;
         }
-        let mut frames = String::new();
-        for (i, f) in site.frames.iter().enumerate() {
-            let _ = write!(
-                frames,
-                "{}<code>{}</code>",
-                if i == 0 { "" } else { "<br>&larr; " },
-                html_escape(&f.function)
-            );
-            if let Some(location) = &f.location {
-                let _ = write!(
-                    frames,
-                    " <span class=\"loc\">{}</span>",
-                    html_escape(&short_location(location))
-                );
-            }
+        for &index in &group {
+            html_site_row(&mut out, s, &group, index);
         }
-        let _ = writeln!(
-            out,
-            "<tr id=\"stack-{:016x}\"><td><span class=\"outcome {}\">{}</span><br>{}</td>\
-             <td>{}</td><td>{}<br>stack <code>{:016x}</code><details><summary>raw frames \
-             (module, offset)</summary><table class=\"frames\">{}</table></details></td>\
-             <td>{}<br>in <code>{}</code>, thread <code>{}</code>, run {}</td>\
-             <td><pre class=\"replay\">{}</pre></td></tr>",
-            site.id,
-            site.outcome.name(),
-            site.outcome.name(),
-            html_escape(&site.detail),
-            site.seen,
-            frames,
-            site.id,
+    }
+    let _ = writeln!(
+        out,
+        "</tbody>\n</table>\n<script>\n\
+         (function () {{\n\
+         var c = document.getElementById('class'), o = document.getElementById('outcome'),\n\
+             q = document.getElementById('q');\n\
+         function apply() {{\n\
+           var rows = document.querySelectorAll('tr.site'), t = q.value.toLowerCase();\n\
+           for (var i = 0; i < rows.length; i++) {{\n\
+             var r = rows[i];\n\
+             var ok = (!c.value || r.dataset.class === c.value) &&\n\
+                      (!o.value || r.dataset.outcome === o.value) &&\n\
+                      (!t || r.textContent.toLowerCase().indexOf(t) >= 0);\n\
+             r.style.display = ok ? '' : 'none';\n\
+           }}\n\
+         }}\n\
+         c.onchange = o.onchange = apply; q.oninput = apply;\n\
+         }})();\n\
+         </script>\n</body>\n</html>"
+    );
+    out
+}
+
+/// Raw frames listed per site in the HTML page.
+const HTML_RAW_FRAMES: usize = 16;
+
+/// One site's row of the HTML page.
+fn html_site_row(out: &mut String, s: &Summary, group: &[usize], index: usize) {
+    let site = &s.sites[index];
+    let class = site.class();
+    let mut raw = String::new();
+    for (i, frame) in site
+        .raw_frames
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .take(HTML_RAW_FRAMES)
+        .enumerate()
+    {
+        let (module, offset) = raw_frame(frame);
+        let _ = write!(
             raw,
-            html_escape(&site.what),
-            html_escape(&site.binary),
-            html_escape(&site.thread),
-            site.first_run,
-            html_escape(&site.replay)
+            "<tr><td>#{}</td><td>{}</td><td>{}</td></tr>",
+            i + 1,
+            html_escape(module),
+            html_escape(offset)
         );
     }
-    let _ = writeln!(out, "</tbody>\n</table>\n</body>\n</html>");
-    out
+    let mut frames = String::new();
+    for (i, f) in site.shown(s.view.scope).iter().enumerate() {
+        let _ = write!(
+            frames,
+            "{}<code>{}</code>",
+            if i == 0 { "" } else { "<br>&larr; " },
+            html_escape(&f.function)
+        );
+        if let Some(location) = &f.location {
+            let _ = write!(
+                frames,
+                " <span class=\"loc\">{}</span>",
+                html_escape(&short_location(location))
+            );
+        }
+    }
+    if let Some(frame) = crate::findings::telling_frame(s, group, index) {
+        let _ = write!(
+            frames,
+            "<br>told apart by <code>{}</code>",
+            html_escape(&shown_frame(frame))
+        );
+    }
+    if let Some(fallible) = site.fallible_frame() {
+        let _ = write!(
+            frames,
+            "<br>fallible API: <code>{}</code>",
+            html_escape(&fallible.function)
+        );
+    }
+    if class.is_bug() && !s.view.gates(site) {
+        frames.push_str("<br>(in the baseline)");
+    }
+    let _ = writeln!(
+        out,
+        "<tr class=\"site\" id=\"stack-{:016x}\" data-class=\"{}\" data-outcome=\"{}\"><td>\
+         <span class=\"outcome {}\">{}</span><br>{}: {}</td>\
+         <td>{}</td><td>{}<br>stack <code>{:016x}</code><details><summary>raw frames \
+         (module, offset)</summary><table class=\"frames\">{}</table></details></td>\
+         <td>{}<br>in <code>{}</code>, thread <code>{}</code>, run {}</td>\
+         <td><pre class=\"replay\">{}</pre></td></tr>",
+        site.id,
+        class.name(),
+        site.outcome.name(),
+        site.outcome.name(),
+        class.name(),
+        site.outcome.name(),
+        html_escape(&site.detail),
+        site.seen,
+        frames,
+        site.id,
+        raw,
+        html_escape(&site.what),
+        html_escape(&site.binary),
+        html_escape(&site.thread),
+        site.first_run,
+        html_escape(&site.replay)
+    );
 }
 
 #[cfg(test)]
@@ -721,6 +949,65 @@ mod tests {
             replay_line(0xab, &["cargo".into(), "run".into()], &runner),
             "'/opt/my tools/mayfail' run --inject stack=00000000000000ab -- cargo run"
         );
+    }
+
+    fn site(id: u64, outcome: Outcome, place: &str) -> Site {
+        Site {
+            id,
+            outcome,
+            detail: "SIGABRT".to_owned(),
+            seen: 1,
+            first_run: id,
+            what: "alloc of 8 bytes (align 8)".to_owned(),
+            thread: "main".to_owned(),
+            binary: "prog".to_owned(),
+            frames: frames(place),
+            raw_frames: format!("prog+{id:#x}"),
+            replay: format!("mayfail run --inject stack={id:016x} -- prog"),
+            panic: false,
+            chain: frames(place),
+        }
+    }
+
+    #[test]
+    fn the_html_page_lists_bugs_first_filters_them_and_stays_small_for_many_aborts() {
+        let mut summary = Summary::default();
+        for id in 1..=2000u64 {
+            let place = format!("prog::push{} (src/a.rs:{})", id % 5, id % 5);
+            summary.sites.push(site(id, Outcome::Aborted, &place));
+        }
+        summary
+            .sites
+            .push(site(9999, Outcome::Crashed, "prog::write (src/b.rs:7)"));
+        let page = html(&summary);
+        assert!(page.len() < 40_000, "{} bytes", page.len());
+        for control in [
+            "<select id=\"class\">",
+            "<select id=\"outcome\">",
+            "<input id=\"q\"",
+        ] {
+            assert!(page.contains(control), "{control}");
+        }
+        assert!(!page.contains(" src=") && !page.contains("http"));
+        let crashed = page
+            .find("id=\"stack-000000000000270f\"")
+            .expect("the bug's row");
+        let collapsed = page.find("400 sites here").expect("a collapsed group");
+        assert!(crashed < collapsed, "bugs first");
+        // The table: the bug row by row, the aborts as counts.
+        let text = table(&summary);
+        assert!(
+            text.contains("infallible: 2000 sites in 5 places"),
+            "{text}"
+        );
+        assert!(text.contains("stack 000000000000270f"), "{text}");
+        assert!(!text.contains("stack 0000000000000001"), "{text}");
+
+        summary.view.show = Show::All;
+        let page = html(&summary);
+        assert_eq!(page.matches("<tr class=\"site\" id=\"stack-").count(), 2001);
+        // Rows of one group are told apart: here by their raw frame.
+        assert!(table(&summary).contains("told apart by raw frame #1"));
     }
 
     #[test]

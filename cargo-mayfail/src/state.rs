@@ -4,7 +4,7 @@
 //! mayfail-sites\t1                                   header (format version)
 //! baseline\t<ms>\t<status>                          a run without injection
 //! run\t<n>\t<copies>\t<unix ms>\t<command>          a run starts
-//! site\t<id>\t<pid>\t<what>\t<thread>\t<binary>\t<where>\t<frames>
+//! site\t<id>\t<pid>\t<what>\t<thread>\t<binary>\t<where>\t<frames>\t<facts>\t<chain>
 //! fate\t<id>\t<pid>\t<outcome>\t<detail>
 //! runtime\t<id>                                     a stack of the runtime: not a site
 //! retry\t<id>                                       an interrupted site: fail it again
@@ -71,6 +71,12 @@ pub struct Record {
     /// `function (file:line) <- caller (file:line) <- ...`
     pub place: String,
     pub frames: String,
+    /// The allocation serves a panic's message or payload (`facts` holds
+    /// `panic`).
+    pub panic: bool,
+    /// Its frames outside the allocation machinery up to the test harness,
+    /// `place`'s format (empty in a line of an older writer).
+    pub chain: String,
     /// Set once a `fate` line for (id, pid) is read.
     pub fate: Option<(Outcome, String)>,
     /// A later `retry` line asks for this site again.
@@ -247,6 +253,8 @@ impl State {
                     binary,
                     place,
                     frames,
+                    facts,
+                    chain,
                 } => state.records.push(Record {
                     id,
                     pid,
@@ -257,6 +265,8 @@ impl State {
                     binary: binary.to_owned(),
                     place: place.to_owned(),
                     frames: frames.to_owned(),
+                    panic: facts.split(',').any(|fact| fact == "panic"),
+                    chain: chain.to_owned(),
                     fate: None,
                     retried: false,
                 }),

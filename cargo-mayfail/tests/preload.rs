@@ -452,7 +452,8 @@ fn a_crate_that_knows_nothing_of_mayfail_is_walked_through_cargo_test_and_only_i
         !infallible.is_empty() && infallible.iter().all(|o| *o == "aborted"),
         "{sites:?}"
     );
-    assert_eq!(output.status.code(), Some(1), "{text}");
+    // Aborts at infallible allocations only: no bug, exit 0.
+    assert_eq!(output.status.code(), Some(0), "{text}");
 }
 
 #[test]
@@ -941,7 +942,8 @@ fn a_cpp_programs_sites_are_its_own_functions_demangled_not_the_cpp_librarys() {
             }
             assert_eq!(outcome, "aborted", "{opt}: {site}");
         }
-        assert_eq!(output.status.code(), Some(1), "{text}");
+        // Aborts at infallible allocations only: no bug, exit 0.
+        assert_eq!(output.status.code(), Some(0), "{text}");
     }
 }
 
@@ -1557,7 +1559,8 @@ fn replay_lines_of_a_walk_under_the_library_fail_the_same_site_the_same_way() {
         120,
     );
     let text = support::output_text(&walk);
-    assert_eq!(walk.status.code(), Some(1), "{text}");
+    // Aborts at infallible allocations only: no bug, exit 0.
+    assert_eq!(walk.status.code(), Some(0), "{text}");
     let aborted = replay_of(&dir.join("walk.json"), "program::infallible");
     let output = paste(&dir, &aborted, 60);
     let text = support::output_text(&output);
@@ -1590,7 +1593,8 @@ fn replay_lines_of_a_cargo_walk_under_the_library_abort_the_same_test_binary_aga
         600,
     );
     let text = support::output_text(&walk);
-    assert_eq!(walk.status.code(), Some(1), "{text}");
+    // Aborts at infallible allocations only: no bug, exit 0.
+    assert_eq!(walk.status.code(), Some(0), "{text}");
     let line = replay_of(&dir.join("walk.json"), "preload_fixture::infallible_list");
     assert!(line.contains(" test --inject stack="), "{line}");
     assert!(line.ends_with(" -- --offline"), "{line}");

@@ -23,11 +23,16 @@ pub(crate) struct ReportArgs {
     /// and --html, or next to --state
     #[arg(value_name = "STATE")]
     merge: Vec<PathBuf>,
+    #[command(flatten)]
+    findings: crate::findings::FindingsArgs,
 }
 
-/// Renders the report; exits 0.
+/// Renders the report; exits 0, or 1 with --baseline when a bug site is
+/// not in the baseline.
 pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
     let paths = args.files.paths()?;
+    let view = args.findings.view()?;
+    let gate = view.baseline.is_some();
     let sources = if args.merge.is_empty() {
         vec![paths.state.clone()]
     } else {
@@ -54,7 +59,13 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
     } else {
         crate::report::merge(summaries)
     };
+    let summary = crate::report::Summary { view, ..summary };
     super::sites::write_reports(&summary, &paths)?;
+    args.findings.write(&summary)?;
     crate::progress::print_text(&crate::report::table(&summary));
-    Ok(exit_codes::SUCCESS)
+    Ok(if gate && summary.gating() > 0 {
+        exit_codes::UNHANDLED_SITES
+    } else {
+        exit_codes::SUCCESS
+    })
 }

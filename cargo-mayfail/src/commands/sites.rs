@@ -37,9 +37,13 @@ const MAX_STATE_PATH: usize = 512;
                   allocating functions are sites. Replay a site with \
                   mayfail run --inject stack=ID -- CMD (the report prints it).\n\n\
                   Outcomes, worst first: crashed (SIGSEGV/SIGBUS: likely an unchecked null), \
-                  aborted (SIGABRT: an infallible allocation), hung (--timeout), failed (exit \
-                  status not 0: a test failed), unknown (no fate recorded), handled (exit 0, or \
-                  a status given to --handled-exit). A process of a run that ends badly with no \
+                  aborted (SIGABRT), hung (--timeout), failed (exit status not 0: a test \
+                  failed), unknown (no fate recorded), handled (exit 0, or a status given to \
+                  --handled-exit). Classes, bugs first: crashed, fallible-api-aborted (aborted \
+                  below a try_* function of the code, the test excluded), error-path-aborted, \
+                  hung, leaked, unknown; then infallible (aborted at an allocation std makes \
+                  infallibly, or formatting a panic's message), failed, handled. Only bug \
+                  sites that --baseline does not list set the exit status. A process of a run that ends badly with no \
                   site to blame (a timeout before any site, a child that died) is listed apart \
                   as unattributed, and the walk is not all handled. CMD runs with \
                   RUST_BACKTRACE=0. CMD's output is appended to the state file with .log; the \
@@ -48,8 +52,9 @@ const MAX_STATE_PATH: usize = 512;
     after_help = "Example: mayfail sites -- cargo test --no-fail-fast\n\
                   As a cargo subcommand: cargo mayfail sites (walks `cargo test`), cargo mayfail \
                   sites -- --no-fail-fast (walks `cargo test --no-fail-fast`).\n\
-                  Exit status: 0 every site handled, 1 not (or a run's process ended badly \
-                  with no site to blame), 2 bad input, 3 I/O error, 4 CMD fails without \
+                  Exit status: 0 no bug site (crashed, fallible-api-aborted, \
+                  error-path-aborted, hung, leaked, unknown) outside --baseline, 1 one or more \
+                  (or a run's process ended badly with no site to blame), 2 bad input, 3 I/O error, 4 CMD fails without \
                   injection, 5 the state file is in use by another walk, 6 no allocation \
                   reached the preload library or MayFail, 127 CMD not found, 130 interrupted \
                   (the state file stays consistent: run again to resume).\n\
@@ -98,6 +103,8 @@ pub(crate) struct SitesArgs {
     /// that begin with an option are arguments of `cargo test`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
+    #[command(flatten)]
+    findings: crate::findings::FindingsArgs,
 }
 
 /// Walks the sites; returns [`exit_codes::SUCCESS`] if every site was
@@ -112,6 +119,7 @@ pub(crate) fn execute(
     } else {
         super::command_to_run(args.command, separator_given)?
     };
+    let view = args.findings.view()?;
     if let Some(arg) = argv
         .iter()
         .find(|arg| arg.as_encoded_bytes().iter().any(|b| b"\t\n\r".contains(b)))
@@ -374,8 +382,12 @@ pub(crate) fn execute(
     drop(progress);
 
     let state = walker.load()?;
-    let summary = report::summarize(&state, &paths.state);
+    let summary = report::Summary {
+        view,
+        ..report::summarize(&state, &paths.state)
+    };
     write_reports(&summary, &paths)?;
+    args.findings.write(&summary)?;
     crate::progress::print_text(&report::table(&summary));
     crate::progress::say!(
         "  reports: {} {}; state: {}; output of the runs: {}",
@@ -416,8 +428,9 @@ pub(crate) fn execute(
         }
         return Ok(exit_codes::NOTHING_REACHED);
     }
-    let all_handled = summary.sites.iter().all(|s| s.outcome == Outcome::Handled)
-        && state.unattributed.is_empty();
+    // Bug classes not in the baseline set the status; so does a process
+    // with no site to blame.
+    let all_handled = summary.gating() == 0 && state.unattributed.is_empty();
     Ok(if all_handled {
         exit_codes::SUCCESS
     } else {

@@ -1,0 +1,525 @@
+//! What a walk's sites mean: each site's class (a bug, or the language's
+//! design), the frame it is blamed on (`--scope`), which rows a report
+//! lists (`--show`), the baseline of known sites (`--baseline`,
+//! `--write-baseline`), the SARIF file (`--sarif`) and the exit status that
+//! follows from them. The options are one set, shared by `sites` and
+//! `report`.
+//!
+//! A class comes from the site's outcome and the facts its process wrote
+//! (its call chain up to the test, and whether the allocation served a
+//! panic), never from the runner guessing at addresses.
+
+pub(crate) mod baseline;
+pub(crate) mod sarif;
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::failure::Failure;
+use crate::report::{Frame, Site, Summary};
+use crate::state::Outcome;
+
+/// What a site is, bugs first. The first six are bugs: each sets the exit
+/// status of a walk unless a baseline lists the site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// The process died of `SIGSEGV` or `SIGBUS`: most likely a null
+    /// pointer used unchecked.
+    Crashed,
+    /// The process aborted and a fallible function of the code under test
+    /// lies between the test and the failed allocation ([`is_fallible`]):
+    /// an API that promises to report failure did not.
+    FallibleApiAborted,
+    /// The process aborted while a fallible function was on its error path
+    /// (building its error after a failure it had handled). Defined for
+    /// error-path exploration, which fails a second allocation once the
+    /// first one was handled; a walk that fails one allocation per process
+    /// does not assign it yet.
+    ErrorPathAborted,
+    /// The process was killed by `--timeout`.
+    Hung,
+    /// The process handled the failure but leaked memory. Defined for a
+    /// walk that can tell; none does yet.
+    Leaked,
+    /// The process left no fate: the walk could not look.
+    Unknown,
+    /// The process aborted at an allocation std makes infallibly
+    /// (`Vec::push`, `to_string`, formatting a panic's message): the
+    /// language's design, not a finding.
+    Infallible,
+    /// A test failed: the failure reached an assertion (an `Err` unwrapped
+    /// or asserted on), or the process exited with a status not declared
+    /// handled.
+    Failed,
+    /// The process exited 0 (or with a status `--handled-exit` declares).
+    Handled,
+}
+
+impl Class {
+    /// Every class, in report order.
+    pub const ALL: [Class; 9] = [
+        Class::Crashed,
+        Class::FallibleApiAborted,
+        Class::ErrorPathAborted,
+        Class::Hung,
+        Class::Leaked,
+        Class::Unknown,
+        Class::Infallible,
+        Class::Failed,
+        Class::Handled,
+    ];
+
+    /// Its name in the table, the JSON, the HTML and the baseline.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Crashed => "crashed",
+            Class::FallibleApiAborted => "fallible-api-aborted",
+            Class::ErrorPathAborted => "error-path-aborted",
+            Class::Hung => "hung",
+            Class::Leaked => "leaked",
+            Class::Unknown => "unknown",
+            Class::Infallible => "infallible",
+            Class::Failed => "failed",
+            Class::Handled => "handled",
+        }
+    }
+
+    /// The class named `name`.
+    pub fn from_name(name: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether it is a bug: listed in full, and it sets the exit status.
+    pub fn is_bug(self) -> bool {
+        self < Class::Infallible
+    }
+}
+
+/// Registry crates that are test frameworks: a frame of theirs is never
+/// the code under test, and a site whose innermost frame is theirs is
+/// blamed on their caller (`--scope crate`, `workspace`).
+const TEST_FRAMEWORKS: [&str; 6] = [
+    "proptest",
+    "quickcheck",
+    "criterion",
+    "rstest",
+    "arbitrary",
+    "libfuzzer-sys",
+];
+
+/// Splits `f (a.rs:1) <- g (b.rs:2)` into frames.
+pub fn frames_of(place: &str) -> Vec<Frame> {
+    if place.is_empty() {
+        return Vec::new();
+    }
+    place
+        .split(" <- ")
+        .map(
+            |frame| match frame.strip_suffix(')').and_then(|f| f.rsplit_once(" (")) {
+                Some((function, location)) => Frame {
+                    function: function.to_owned(),
+                    location: Some(location.to_owned()),
+                },
+                None => Frame {
+                    function: frame.to_owned(),
+                    location: None,
+                },
+            },
+        )
+        .collect()
+}
+
+/// The last segment of a function's path, generics and closures left out:
+/// `<a::B<T> as c::D>::try_push::{{closure}}` is `try_push`.
+fn last_segment(function: &str) -> String {
+    let mut depth = 0usize;
+    let mut cut = String::new();
+    for c in function.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth > 0 => depth -= 1,
+            _ if depth == 0 => cut.push(c),
+            _ => {}
+        }
+    }
+    cut.rsplit("::")
+        .find(|s| !s.is_empty() && !s.starts_with('{'))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The rule for a fallible function: its name (the last segment of its
+/// path) is `try_*` or `try`. Functions that return `Result` or `Option`
+/// without saying so in their name are not told: the walk's frames carry
+/// names and lines, not return types.
+pub fn is_fallible(function: &str) -> bool {
+    let name = last_segment(function);
+    name == "try" || name.starts_with("try_")
+}
+
+/// The registry crate a frame's file belongs to (`.../registry/src/<index>/
+/// <name>-<version>/...`), or `None` for a local file or std's.
+pub fn registry_crate(location: &str) -> Option<&str> {
+    let at = location.find("/registry/src/")?;
+    let rest = &location[at + "/registry/src/".len()..];
+    let rest = &rest[rest.find('/')? + 1..];
+    let dir = &rest[..rest.find('/')?];
+    dir.match_indices('-').find_map(|(i, _)| {
+        let version = &dir[i + 1..];
+        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
+        (digits > 0 && version.as_bytes().get(digits) == Some(&b'.')).then(|| &dir[..i])
+    })
+}
+
+fn is_test_framework(frame: &Frame) -> bool {
+    frame
+        .location
+        .as_deref()
+        .and_then(registry_crate)
+        .is_some_and(|krate| {
+            TEST_FRAMEWORKS
+                .iter()
+                .any(|t| t.replace('-', "_") == krate.replace('-', "_"))
+        })
+}
+
+/// Whether a frame's file is the workspace's: not in cargo's registry or
+/// git checkouts, not std's.
+fn is_local(frame: &Frame) -> bool {
+    frame.location.as_deref().is_some_and(|l| {
+        !l.contains("/registry/src/")
+            && !l.contains("/git/checkouts/")
+            && !l.starts_with("/rustc/")
+            && !l.contains("/lib/rustlib/src/")
+    })
+}
+
+/// The frames of the chain between the allocation and the test: the
+/// test's own frame (the chain's outermost, after the harness's closures
+/// that call it) and test frameworks' frames left out.
+fn between(chain: &[Frame]) -> &[Frame] {
+    let mut end = chain.len();
+    while end > 0 && last_segment_is_closure(&chain[end - 1].function) {
+        end -= 1;
+    }
+    &chain[..end.saturating_sub(1)]
+}
+
+fn last_segment_is_closure(function: &str) -> bool {
+    function.ends_with("{{closure}}") || function.ends_with('}')
+}
+
+impl Site {
+    /// Its class, from its outcome and facts (see [`Class`]).
+    pub fn class(&self) -> Class {
+        match self.outcome {
+            Outcome::Crashed => Class::Crashed,
+            Outcome::Hung => Class::Hung,
+            Outcome::Failed => Class::Failed,
+            Outcome::Handled => Class::Handled,
+            Outcome::Aborted if self.fallible_frame().is_some() => Class::FallibleApiAborted,
+            Outcome::Aborted => Class::Infallible,
+            // `unknown`, and any outcome a newer writer may add: not looked.
+            _ => Class::Unknown,
+        }
+    }
+
+    /// The innermost fallible function ([`is_fallible`]) between the
+    /// allocation and the test, test frameworks' frames excluded. An
+    /// allocation that serves a panic's message has none: the function that
+    /// panicked did not allocate.
+    pub fn fallible_frame(&self) -> Option<&Frame> {
+        if self.panic {
+            return None;
+        }
+        between(&self.chain)
+            .iter()
+            .find(|f| !is_test_framework(f) && is_fallible(&f.function))
+    }
+
+    /// The site's frames from the one it is blamed on under `scope`, and
+    /// whether that frame is the scope's (`false`: none is, the site lies
+    /// wholly outside it and is grouped apart).
+    pub fn blamed(&self, scope: Scope) -> (&[Frame], bool) {
+        let chain: &[Frame] = if self.chain.is_empty() {
+            &self.frames
+        } else {
+            &self.chain
+        };
+        let at = match scope {
+            Scope::All => Some(0),
+            Scope::Crate => chain.iter().position(|f| !is_test_framework(f)),
+            Scope::Workspace => chain.iter().position(is_local),
+        };
+        match at {
+            Some(at) => (&chain[at..], true),
+            None => (chain, chain.is_empty()),
+        }
+    }
+
+    /// The frames a report shows: [`Site::blamed`]'s first three.
+    pub fn shown(&self, scope: Scope) -> &[Frame] {
+        let (frames, _) = self.blamed(scope);
+        &frames[..frames.len().min(3)]
+    }
+}
+
+/// Which sites a report lists row by row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Show {
+    /// The bug classes row by row; infallible and failed sites as counts
+    /// with their top lines; handled as a count
+    #[default]
+    Bugs,
+    /// Every site row by row
+    All,
+}
+
+/// Which frame a site is blamed on (and grouped by).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    /// The innermost frame outside test frameworks (proptest, quickcheck,
+    /// criterion, rstest, arbitrary, libfuzzer-sys): the crate's own frame
+    /// or the test that called the framework
+    #[default]
+    Crate,
+    /// The innermost frame in the workspace's files (not cargo's registry
+    /// or git checkouts): a site wholly in dependencies is grouped apart
+    Workspace,
+    /// The innermost frame outside the allocation machinery, whoever's
+    All,
+}
+
+/// The options of `sites` and `report` about findings.
+#[derive(Args, Debug, Default)]
+pub(crate) struct FindingsArgs {
+    /// Rows the table and the HTML report list one by one: bugs (crashed,
+    /// fallible-api-aborted, error-path-aborted, hung, leaked, unknown; the
+    /// other classes as counts with their top lines) or all
+    #[arg(long, value_enum, default_value_t = Show::Bugs)]
+    show: Show,
+    /// The frame a site is blamed on and grouped by: crate (the innermost
+    /// frame outside test frameworks such as proptest and quickcheck),
+    /// workspace (the innermost in the workspace's files; sites wholly in
+    /// dependencies grouped apart) or all (the innermost frame)
+    #[arg(long, value_enum, default_value_t = Scope::Crate)]
+    scope: Scope,
+    /// Write a SARIF 2.1.0 file: one result per site, level error for the
+    /// bug classes, note for infallible, warning for failed; locations
+    /// relative to the current directory (the workspace root)
+    #[arg(long, value_name = "FILE")]
+    sarif: Option<PathBuf>,
+    /// Known sites (a file written by --write-baseline; not the runs
+    /// without injection that --no-baseline skips): they are reported but
+    /// do not set the exit status; only bug sites not in it do
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// Write the bug sites of this report to FILE as a baseline
+    #[arg(long, value_name = "FILE")]
+    write_baseline: Option<PathBuf>,
+}
+
+/// How a report is read: the options, and the baseline loaded.
+#[derive(Debug, Default)]
+pub struct View {
+    pub show: Show,
+    pub scope: Scope,
+    pub baseline: Option<baseline::Baseline>,
+}
+
+impl View {
+    /// Whether `site` is a bug that sets the exit status: a bug class, not
+    /// in the baseline.
+    pub fn gates(&self, site: &Site) -> bool {
+        site.class().is_bug() && !self.baseline.as_ref().is_some_and(|b| b.contains(site))
+    }
+}
+
+impl FindingsArgs {
+    /// Reads the baseline, if one is given: before a walk, so that a bad
+    /// file is said at once.
+    pub(crate) fn view(&self) -> Result<View, Failure> {
+        let baseline = match &self.baseline {
+            Some(path) => Some(baseline::Baseline::read(path)?),
+            None => None,
+        };
+        Ok(View {
+            show: self.show,
+            scope: self.scope,
+            baseline,
+        })
+    }
+
+    /// Writes the SARIF file and the baseline asked for.
+    pub(crate) fn write(&self, summary: &Summary) -> Result<(), Failure> {
+        if let Some(path) = &self.sarif {
+            let text = sarif::render(summary);
+            std::fs::write(path, text).map_err(|e| Failure::io("write", path, e))?;
+        }
+        if let Some(path) = &self.write_baseline {
+            let text = baseline::Baseline::of(summary).render();
+            std::fs::write(path, text).map_err(|e| Failure::io("write", path, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// Sites per class.
+    pub fn class_count(&self, class: Class) -> usize {
+        self.sites.iter().filter(|s| s.class() == class).count()
+    }
+
+    /// The bug sites that set the exit status (not in the baseline).
+    pub fn gating(&self) -> usize {
+        self.sites.iter().filter(|s| self.view.gates(s)).count()
+    }
+
+    /// `1 crashed, 2 infallible`
+    pub fn class_counts(&self) -> String {
+        let parts: Vec<String> = Class::ALL
+            .iter()
+            .map(|&c| (c, self.class_count(c)))
+            .filter(|&(_, n)| n > 0)
+            .map(|(c, n)| format!("{n} {}", c.name()))
+            .collect();
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// The sites grouped by class and blamed frame, in report order: each
+    /// group's sites, by index into `sites`.
+    pub fn groups(&self) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.sites.len()).collect();
+        let key = |i: &usize| {
+            let site = &self.sites[*i];
+            let (frames, inside) = site.blamed(self.view.scope);
+            let top = frames
+                .first()
+                .map(|f| (f.function.clone(), f.location.clone().unwrap_or_default()))
+                .unwrap_or_default();
+            (site.class(), !inside, site.panic, top)
+        };
+        order.sort_by_cached_key(|i| (key(i), self.sites[*i].first_run, self.sites[*i].id));
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut last = None;
+        for i in order {
+            let k = key(&i);
+            if last.as_ref() == Some(&k) {
+                groups.last_mut().expect("a group").push(i);
+            } else {
+                groups.push(vec![i]);
+                last = Some(k);
+            }
+        }
+        groups
+    }
+}
+
+/// For each site of a group, the first frame of its chain (from the blamed
+/// one) that no other site of the group has at that place: what tells
+/// rows that look alike apart. `None` where the chains say nothing more
+/// (the raw frames then tell).
+pub fn telling_frame<'a>(summary: &'a Summary, group: &[usize], index: usize) -> Option<&'a Frame> {
+    if group.len() < 2 {
+        return None;
+    }
+    let scope = summary.view.scope;
+    let (own, _) = summary.sites[index].blamed(scope);
+    let same = |a: &Frame, b: &Frame| a.function == b.function && a.location == b.location;
+    (0..own.len()).find_map(|at| {
+        let unique = group.iter().filter(|&&o| o != index).all(|&o| {
+            let (theirs, _) = summary.sites[o].blamed(scope);
+            theirs.get(at).is_none_or(|t| !same(t, &own[at]))
+        });
+        let differs_from_some = group.iter().filter(|&&o| o != index).any(|&o| {
+            let (theirs, _) = summary.sites[o].blamed(scope);
+            theirs.get(at).is_none_or(|t| !same(t, &own[at]))
+        });
+        (at > 0 && (unique || differs_from_some)).then(|| &own[at])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(outcome: Outcome, chain: &str, panic: bool) -> Site {
+        Site {
+            id: 1,
+            outcome,
+            detail: String::new(),
+            seen: 1,
+            first_run: 1,
+            what: String::new(),
+            thread: String::new(),
+            binary: String::new(),
+            frames: frames_of(chain),
+            raw_frames: String::new(),
+            replay: String::new(),
+            panic,
+            chain: frames_of(chain),
+        }
+    }
+
+    #[test]
+    fn fallible_names_are_told_by_their_last_segment() {
+        assert!(is_fallible("c::try_to_compact_string"));
+        assert!(is_fallible("<a::B<T> as c::D>::try_push"));
+        assert!(is_fallible("a::B<T>::try_from_slice::{{closure}}"));
+        assert!(is_fallible("a::try"));
+        assert!(!is_fallible("a::retry_push"));
+        assert!(!is_fallible("a::try_x::inner"));
+        assert!(!is_fallible("<a::TryFoo as b::C>::push"));
+    }
+
+    #[test]
+    fn an_abort_below_a_fallible_function_of_the_code_is_a_bug_and_the_test_is_not_one() {
+        let under = "f::copy (src/lib.rs:3) <- f::try_copy (src/lib.rs:9) <- f::tests::t (src/lib.rs:20) <- f::tests::t::{{closure}} (src/lib.rs:19)";
+        assert_eq!(
+            site(Outcome::Aborted, under, false).class(),
+            Class::FallibleApiAborted
+        );
+        // The same abort, formatting a panic's message: the language's.
+        assert_eq!(
+            site(Outcome::Aborted, under, true).class(),
+            Class::Infallible
+        );
+        // A test named try_*: not the code under test.
+        let test = "f::push (src/lib.rs:3) <- f::tests::try_push (src/lib.rs:20) <- f::tests::try_push::{{closure}} (src/lib.rs:19)";
+        assert_eq!(
+            site(Outcome::Aborted, test, false).class(),
+            Class::Infallible
+        );
+        // A test framework's try_*: neither.
+        let framework = "f::push (src/lib.rs:3) <- proptest::test_runner::TestRunner::try_run (/h/.cargo/registry/src/i-1/proptest-1.5.0/src/r.rs:1) <- f::tests::t (src/lib.rs:20)";
+        assert_eq!(
+            site(Outcome::Aborted, framework, false).class(),
+            Class::Infallible
+        );
+        assert_eq!(site(Outcome::Crashed, test, false).class(), Class::Crashed);
+        assert!(Class::Unknown.is_bug() && !Class::Infallible.is_bug());
+    }
+
+    #[test]
+    fn a_site_inside_a_test_framework_is_blamed_on_its_caller_by_scope() {
+        let chain = "proptest::strategy::gen (/h/.cargo/registry/src/i-1/proptest-1.5.0/src/s.rs:4) <- serde::de::x (/h/.cargo/registry/src/i-1/serde-1.0.1/src/d.rs:2) <- f::tests::t (/w/src/lib.rs:20)";
+        let s = site(Outcome::Aborted, chain, false);
+        assert_eq!(
+            s.blamed(Scope::All).0[0].function,
+            "proptest::strategy::gen"
+        );
+        assert_eq!(s.blamed(Scope::Crate).0[0].function, "serde::de::x");
+        assert_eq!(s.blamed(Scope::Workspace).0[0].function, "f::tests::t");
+        let deps = site(
+            Outcome::Aborted,
+            "serde::de::x (/h/.cargo/registry/src/i-1/serde-1.0.1/src/d.rs:2)",
+            false,
+        );
+        assert!(!deps.blamed(Scope::Workspace).1);
+    }
+}
