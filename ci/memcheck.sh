@@ -5,8 +5,8 @@
 #
 # Usage: ci/memcheck.sh
 # Environment: MEMCHECK_SECS (default 15) is the stress test's duration:
-# under valgrind its threads may do nothing for several seconds while the
-# first report resolves symbols, and it must reach 1000 operations.
+# on a loaded machine its threads have done no operation at all after 6 s
+# under valgrind (start-up), and the test needs 1000.
 # Time on a 2-core machine: about 1 minute once the debug build exists (plus
 # its build, about a minute from cold). Logs: target/memcheck/.
 #
