@@ -27,7 +27,10 @@
 //! at most [`BATCH`] of credit and folds its frees once they pass
 //! [`BATCH`]), so the limit may refuse an allocation up to 128 KiB per
 //! thread early; it never lets the live bytes pass it. A thread hands its
-//! share back when it exits (a `pthread` key's destructor). Blocks allocated
+//! share back when it exits (a `pthread` key's destructor), registered the
+//! first time it comes to hold one: its first charge from the total or its
+//! first free (a thread's freed count starts where any free leaves the
+//! in-place lane, so that threads which only free are registered too). Blocks allocated
 //! before the count started (a limit first set at run time) are not in the
 //! total but their frees are taken off it, which can only make it lower.
 //! Once on, the count stays on for the rest of the process (also when the
@@ -40,7 +43,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::
 
 use crate::engaged;
 use crate::report;
-use crate::scope::{self, FREED_START, LimitCells, Mode};
+use crate::scope::{self, FREED_FRESH, FREED_START, LimitCells, Mode};
 use crate::stats::{COUNTERS, HEAP, bump};
 use crate::sys;
 
@@ -517,10 +520,18 @@ pub(crate) fn undo_lane(size: usize) {
     });
 }
 
-/// Takes the thread's unfolded frees.
+/// Takes the thread's unfolded frees, and makes its exit hand its share
+/// back from now on: whatever it takes becomes the thread's credit or goes
+/// back to the shared total.
 fn take_freed(cells: &LimitCells) -> u64 {
+    let start = if cells.registered.get() {
+        FREED_START
+    } else {
+        FREED_FRESH
+    };
     let freed = cells.freed.replace(FREED_START);
-    freed.wrapping_sub(FREED_START) as u64
+    register_exit(cells);
+    freed.wrapping_sub(start) as u64
 }
 
 /// Leaves the thread `credit`, giving what passes [`BATCH`] back to the
@@ -645,12 +656,15 @@ fn register_exit(cells: &LimitCells) {
 }
 
 /// The exit key's destructor: the thread's credit and unfolded frees go
-/// back to the shared total.
+/// back to the shared total, and the thread starts afresh (a later
+/// destructor's free registers the hand-back again: the C library runs the
+/// keys' destructors again while any is set).
 extern "C" fn thread_exit(_value: *mut libc::c_void) {
     let _ = scope::with_limit_cells(|cells| {
         let share = settled_credit(cells).saturating_add(take_freed(cells));
         cells.credit.set(0);
         cells.registered.set(false);
+        cells.freed.set(FREED_FRESH);
         release(share);
     });
 }

@@ -283,6 +283,47 @@ fn exiting_threads_hand_their_share_back() {
 }
 
 #[test]
+fn child_free_only_threads_hand_their_share_back() {
+    if !is_child() {
+        return;
+    }
+    mayfail::set_limit(Limit::Bytes(256 * MIB));
+    let before = stats().heap_bytes;
+    // 200 threads that only free what this thread allocated, in 1000-byte
+    // blocks: half free 120 KB each (their frees fold into credit), half
+    // 30 KB (their frees stay unfolded). Each exit hands that share back.
+    for round in 0..25 {
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let n = if (round + i) % 2 == 0 { 120 } else { 30 };
+                let blocks: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; 1000]).collect();
+                std::thread::spawn(move || drop(blocks))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    let after = stats().heap_bytes;
+    // Without the hand-back the count would grow by the 15 MB freed.
+    assert!(
+        after <= before + 2 * SLACK_PER_THREAD as u64,
+        "the count grew from {before} to {after} with nothing more live"
+    );
+    println!("FREE-ONLY-OK count from {before} to {after}");
+}
+
+#[test]
+fn threads_that_only_free_hand_their_share_back() {
+    if is_child() {
+        return;
+    }
+    for run in both_paths("child_free_only_threads_hand_their_share_back", &[]) {
+        assert!(run.stdout.contains("FREE-ONLY-OK"), "{}", run.stdout);
+    }
+}
+
+#[test]
 fn child_reallocs_are_counted() {
     if !is_child() {
         return;
