@@ -26,13 +26,18 @@
 //! frees: at most 128 KiB per thread above the bytes live (a thread holds
 //! at most [`BATCH`] of credit and folds its frees once they pass
 //! [`BATCH`]), so the limit may refuse an allocation up to 128 KiB per
-//! thread early; it never lets the live bytes pass it. A thread hands its
-//! share back when it exits (a `pthread` key's destructor), registered the
-//! first time it comes to hold one: its first charge from the total or its
-//! first free (a thread's freed count starts where any free leaves the
-//! in-place lane, so that threads which only free are registered too). Blocks allocated
-//! before the count started (a limit first set at run time) are not in the
-//! total but their frees are taken off it, which can only make it lower.
+//! thread early. A thread hands its share back when it exits (a `pthread`
+//! key's destructor), registered the first time it comes to hold one: its
+//! first charge from the total or its first free (a thread's freed count
+//! starts where any free leaves the in-place lane, so that threads which
+//! only free are registered too).
+//!
+//! Blocks allocated before the count started (a limit first set at run
+//! time; under the preload library, blocks from before its constructor)
+//! are not in the total, and the total never goes below 0: their frees
+//! take off at most what it holds. The live bytes pass the limit by at most
+//! the size of such blocks freed after the count started; without them,
+//! never.
 //! Once on, the count stays on for the rest of the process (also when the
 //! limit is taken away), so that it stays right.
 //!
@@ -182,8 +187,10 @@ pub(crate) fn bytes() -> Option<usize> {
 /// and the compiled default ([`MayFail::with_limit`](crate::MayFail::with_limit)).
 /// Takes effect at once. The first limit set starts the count of the bytes
 /// live through `MayFail` (see [`stats`](crate::stats)); blocks allocated
-/// before it are not counted. `Limit::None` takes the limit away; the count
-/// goes on.
+/// before it are not counted, and their frees take the count down to 0 at
+/// most, so the bytes live may pass the limit by at most the size of such
+/// blocks freed later. `Limit::None` takes the limit away; the count goes
+/// on.
 ///
 /// A percentage outside 1 to 100 is refused with one line on stderr and the
 /// limit keeps its value.
@@ -554,7 +561,7 @@ fn reserve(bytes: u64, exempt: bool) -> Result<(), usize> {
     if total > 0 && total as u64 > limit {
         let over = total as u64 - limit;
         if !exempt {
-            HEAP.total.fetch_sub(add, Relaxed);
+            release(add as u64);
             return Err(usize::try_from(over).unwrap_or(usize::MAX));
         }
         bump(&COUNTERS.limit_exceeded);
@@ -597,10 +604,23 @@ pub(crate) fn above_soft_mark() -> u64 {
     }
 }
 
-/// Gives `bytes` back to the shared total.
+/// Gives `bytes` back to the shared total, which never goes below 0: the
+/// frees of blocks allocated before the count started were never added to
+/// it, and taking them off would leave room under the limit for as many
+/// bytes again. Counting too many is the safe direction.
 fn release(bytes: u64) {
     let bytes = bytes.min(i64::MAX as u64 / 2) as i64;
-    HEAP.total.fetch_sub(bytes, Relaxed);
+    let mut total = HEAP.total.load(Relaxed);
+    loop {
+        let after = total.saturating_sub(bytes).max(0);
+        match HEAP
+            .total
+            .compare_exchange_weak(total, after, Relaxed, Relaxed)
+        {
+            Ok(_) => return,
+            Err(now) => total = now,
+        }
+    }
 }
 
 /// Credits `bytes` freed (or given back by a shrinking realloc, or charged

@@ -324,6 +324,49 @@ fn threads_that_only_free_hand_their_share_back() {
 }
 
 #[test]
+fn child_frees_from_before_the_count() {
+    if !is_child() {
+        return;
+    }
+    // 64 MiB allocated before the count starts, in one block and in 16 KiB
+    // blocks, half of each freed whole, half shrunk by reallocs.
+    let big = vec![1u8; 32 * MIB];
+    let mut shrunk = vec![1u8; 16 * MIB];
+    let small: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 16 << 10]).collect();
+    mayfail::set_limit(Limit::Bytes(32 * MIB));
+    drop(big);
+    drop(small);
+    shrunk.truncate(4096);
+    shrunk.shrink_to_fit();
+    let s = stats();
+    assert!(s.heap_bytes < 1 << 62, "the count went negative: {s:?}");
+    let mut kept = Vec::with_capacity(8192);
+    fill_until_refused(&mut kept);
+    let held = kept.len() * (16 << 10);
+    let counted = stats().heap_bytes as usize;
+    drop(kept);
+    assert!(
+        held <= 32 * MIB,
+        "held {held} bytes under a 32 MiB limit after freeing 64 MiB from before the count"
+    );
+    assert!(counted >= held, "{held} bytes held, {counted} counted");
+    println!("BEFORE-COUNT-OK held={held}");
+}
+
+#[test]
+fn frees_of_blocks_from_before_the_count_leave_the_limit_holding() {
+    if is_child() {
+        return;
+    }
+    for run in both_paths(
+        "child_frees_from_before_the_count",
+        &[("MAYFAIL_RETRIES", "0")],
+    ) {
+        assert!(run.stdout.contains("BEFORE-COUNT-OK"), "{}", run.stdout);
+    }
+}
+
+#[test]
 fn child_reallocs_are_counted() {
     if !is_child() {
         return;
