@@ -38,6 +38,9 @@ use crate::text::{StackBuf, parse_u64};
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 
+/// The thread's stack.
+const STACK_BYTES: usize = 128 << 10;
+
 /// At most this many passes per soft-mark wake-up.
 const SOFT_PASSES: usize = 16;
 
@@ -88,34 +91,19 @@ pub(crate) fn parse_trigger(s: &[u8]) -> Result<Option<Trigger>, ()> {
     }))
 }
 
-/// Starts the thread once per process: a bare POSIX thread, created inside
-/// a `noretry` scope, as the watchdog's. `run` is one pass over the
+/// Starts the thread once per process: a bare POSIX thread with every
+/// signal blocked, created inside a `noretry` scope, as the watchdog's. `run` is one pass over the
 /// reclaimers (`reclaim::run`).
 pub(crate) fn start(run: fn(usize) -> usize) {
     if STARTED.swap(true, Relaxed) {
         return;
     }
     let _noretry = crate::scope::noretry_guard();
-    // SAFETY: an all-zero pthread_t and attribute object are valid storage
-    // for the calls below to initialise.
-    let (mut thread, mut attr): (libc::pthread_t, libc::pthread_attr_t) =
-        unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
-    // SAFETY: `attr` is initialised before use and destroyed after;
-    // `entry` never unwinds and runs for the rest of the process; the new
-    // thread is detached. The argument is a function pointer, which lives
-    // for the whole program.
-    let created = unsafe {
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setstacksize(&mut attr, 128 << 10);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        let rc = libc::pthread_create(&mut thread, &attr, entry, run as *mut libc::c_void);
-        libc::pthread_attr_destroy(&mut attr);
-        rc == 0
-    };
-    if created {
-        // SAFETY: `thread` was just created; the name fits the kernel's 16 bytes.
-        unsafe { libc::pthread_setname_np(thread, c"mayfail-reclaim".as_ptr()) };
-    } else {
+    // SAFETY: `entry` never unwinds and runs for the rest of the process;
+    // the argument is a function pointer, which lives for the whole
+    // program.
+    let created = unsafe { sys::spawn_detached(entry, run as *mut libc::c_void, STACK_BYTES) };
+    if !created {
         STARTED.store(false, Relaxed);
     }
 }
@@ -123,6 +111,7 @@ pub(crate) fn start(run: fn(usize) -> usize) {
 extern "C" fn entry(arg: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: `start` passed a `fn(usize) -> usize` as the argument.
     let run: fn(usize) -> usize = unsafe { core::mem::transmute(arg) };
+    sys::name_this_thread(c"mayfail-reclaim");
     // Nothing in `serve` panics (reclaimers run under `catch_unwind`);
     // should it, the thread stops instead of unwinding into C.
     let _ = std::panic::catch_unwind(|| serve(run));

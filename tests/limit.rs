@@ -822,3 +822,97 @@ fn child_holds_a_trigger() {
         println!("TRIGGER-HELD");
     }
 }
+
+/// Blocks or unblocks SIGTERM in the calling thread.
+fn mask_sigterm(how: libc::c_int) {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        assert_eq!(libc::pthread_sigmask(how, &set, std::ptr::null_mut()), 0);
+    }
+}
+
+/// In a forked process (this thread alone): starts mayfail's background
+/// threads with SIGTERM open, then blocks it, as a program that waits for
+/// it in one thread does, and sends it to the process twice: left pending
+/// while no thread of the program takes it, then taken by `sigwait`.
+/// Returns the exit code.
+fn sigterm_waiter() -> i32 {
+    mayfail::add_reclaimer(drop_oldest_half).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    mask_sigterm(libc::SIG_BLOCK);
+    // SAFETY: kill and getpid have no memory preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: the set is initialised before use; `pending` is writable.
+    let pending = unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        libc::sigismember(&pending, libc::SIGTERM) == 1
+    };
+    if !pending {
+        return 3;
+    }
+    let waiter = std::thread::spawn(|| {
+        // SAFETY: the set is initialised before use; `sig` is writable.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let mut sig = 0;
+            // The pending one, then the second.
+            for _ in 0..2 {
+                if libc::sigwait(&set, &mut sig) != 0 || sig != libc::SIGTERM {
+                    return false;
+                }
+            }
+            true
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: as above.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    if waiter.join().unwrap() { 0 } else { 4 }
+}
+
+#[test]
+fn child_sigterm_waiter() {
+    if !is_child() {
+        return;
+    }
+    // SAFETY: the forked process runs `sigterm_waiter` on this thread
+    // alone and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = sigterm_waiter();
+        // SAFETY: ends the forked process without running the parent's
+        // exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the program waiting for SIGTERM did not get it: {}",
+        if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exit code {}", libc::WEXITSTATUS(status))
+        }
+    );
+    println!("SIGNALS-OK");
+}
+
+#[test]
+fn mayfail_s_background_threads_take_no_signal_meant_for_the_program() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with("child_sigterm_waiter", &[]);
+    run.assert_success();
+    assert!(run.stdout.contains("SIGNALS-OK"), "{}", run.stdout);
+}
