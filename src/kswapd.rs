@@ -20,7 +20,9 @@
 //! nothing (at most 16 passes per wake-up). On pressure it runs one pass,
 //! asking for an eighth of the counted heap (at least 1 MiB). Reclaimers run
 //! on this thread under the "in reclaim" mark, as on a failing one: their
-//! own allocations are served, never retried, and may pass the limit.
+//! own allocations are served, never retried, and may pass the limit. Its
+//! stack is 2 MiB, a `std` thread's default, and it takes no signal (all
+//! are blocked in it).
 //!
 //! The thread allocates nothing itself while it waits or reads the files
 //! (stack buffers); it runs in a `noretry` scope should anything it calls
@@ -38,8 +40,10 @@ use crate::text::{StackBuf, parse_u64};
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 
-/// The thread's stack.
-const STACK_BYTES: usize = 128 << 10;
+/// The thread's stack: the reclaimers run on it, so as large as a `std`
+/// thread's by default, 2 MiB (reserved address space, mostly never
+/// touched).
+const STACK_BYTES: usize = 2 << 20;
 
 /// At most this many passes per soft-mark wake-up.
 const SOFT_PASSES: usize = 16;

@@ -916,3 +916,49 @@ fn mayfail_s_background_threads_take_no_signal_meant_for_the_program() {
     run.assert_success();
     assert!(run.stdout.contains("SIGNALS-OK"), "{}", run.stdout);
 }
+
+/// A reclaimer that uses 512 KiB of stack (a deep parse, a large buffer)
+/// before it drops the oldest half of the cache.
+#[inline(never)]
+fn reclaim_on_a_deep_stack(wanted: usize) -> usize {
+    let mut scratch = [0u8; 512 << 10];
+    std::hint::black_box(&mut scratch);
+    RECLAIMED_ON.store(u64::from(scratch[wanted % scratch.len()]) + 1, SeqCst);
+    drop_oldest_half(wanted)
+}
+
+#[test]
+fn child_deep_stack_reclaimer() {
+    if !is_child() {
+        return;
+    }
+    mayfail::add_reclaimer(reclaim_on_a_deep_stack).unwrap();
+    let before = stats();
+    for i in 0..(36 * MIB / (16 << 10)) {
+        CACHE.lock().unwrap().push_back(vec![i as u8; 16 << 10]);
+    }
+    assert!(
+        wait_for(|| stats().soft_reclaims > before.soft_reclaims && RECLAIMED_ON.load(SeqCst) != 0),
+        "no reclaim above the soft mark: {:?}",
+        stats()
+    );
+    println!("DEEP-STACK-OK");
+}
+
+#[test]
+fn the_background_reclaimer_has_a_full_stack() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with(
+        "child_deep_stack_reclaimer",
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "50%"),
+            ("MAYFAIL_RETRIES", "0"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("DEEP-STACK-OK"), "{}", run.stdout);
+}
