@@ -734,6 +734,16 @@ fn pressure_text(total_us: u64) -> String {
     )
 }
 
+/// Writes a pressure file as the kernel shows one: whole at every read (a
+/// temporary file renamed over it), so that a read never lands between the
+/// truncation and the write and finds no total.
+fn write_pressure(file: impl AsRef<std::path::Path>, total_us: u64) {
+    let file = file.as_ref();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, pressure_text(total_us)).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 #[test]
 fn child_pressure() {
     if !is_child() {
@@ -746,11 +756,11 @@ fn child_pressure() {
     }
     // Stalls below the trigger's 150 ms within a window: nothing.
     std::thread::sleep(Duration::from_millis(700));
-    std::fs::write(&file, pressure_text(1_000 + 100_000)).unwrap();
+    write_pressure(&file, 1_000 + 100_000);
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(stats().pressure_reclaims, 0, "{:?}", stats());
     // 400 ms stalled: one pass.
-    std::fs::write(&file, pressure_text(1_000 + 100_000 + 400_000)).unwrap();
+    write_pressure(&file, 1_000 + 100_000 + 400_000);
     assert!(wait_for(|| stats().pressure_reclaims > 0), "{:?}", stats());
     assert!(CACHE.lock().unwrap().len() <= 32);
     println!("PRESSURE-OK");
@@ -764,7 +774,7 @@ fn memory_pressure_runs_the_reclaimers_in_the_background() {
     let dir = std::env::temp_dir().join(format!("mayfail-psi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("memory.pressure");
-    std::fs::write(&file, pressure_text(1_000)).unwrap();
+    write_pressure(&file, 1_000);
     let file = file.to_str().unwrap();
     let run = run_child_with(
         "child_pressure",
@@ -776,7 +786,7 @@ fn memory_pressure_runs_the_reclaimers_in_the_background() {
     run.assert_success();
     assert!(run.stdout.contains("PRESSURE-OK"), "{}", run.stdout);
     // Off, the same stall does nothing.
-    std::fs::write(file, pressure_text(1_000)).unwrap();
+    write_pressure(file, 1_000);
     let run = run_child_with(
         "child_pressure",
         &[("MAYFAIL_PRESSURE_FILE", file), ("MAYFAIL_PRESSURE", "off")],
