@@ -29,7 +29,7 @@
 //! allocate.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
 use crate::cgroup;
 use crate::limit;
@@ -103,12 +103,44 @@ pub(crate) fn start(run: fn(usize) -> usize) {
         return;
     }
     let _noretry = crate::scope::noretry_guard();
+    forget_in_forked_children();
     // SAFETY: `entry` never unwinds and runs for the rest of the process;
     // the argument is a function pointer, which lives for the whole
     // program.
     let created = unsafe { sys::spawn_detached(entry, run as *mut libc::c_void, STACK_BYTES) };
     if !created {
         STARTED.store(false, Relaxed);
+    }
+}
+
+/// The pressure trigger's descriptor while the thread holds one (-1:
+/// none), for a forked child to close.
+static TRIGGER_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// A forked child has no copy of the thread: it forgets the parent's
+/// (its `eventfd`, its trigger's descriptor, the wake-up), so that its
+/// allocations never wake the parent's thread and its next
+/// [`add_reclaimer`](crate::add_reclaimer) starts a thread of its own.
+/// Registered once, with `pthread_atfork`, when the thread is first
+/// started (outside the allocator: registering may allocate).
+fn forget_in_forked_children() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn in_child() {
+        limit::forget_wake_fd();
+        let fd = TRIGGER_FD.swap(-1, Relaxed);
+        if fd >= 0 {
+            // SAFETY: the child's copy of the parent's descriptor, closed
+            // once (the swap above took it).
+            unsafe { libc::close(fd) };
+        }
+        STARTED.store(false, Relaxed);
+    }
+    // Miri models no fork, and no `pthread_atfork`.
+    if !REGISTERED.swap(true, Relaxed) && !cfg!(miri) {
+        // SAFETY: registers a child handler that is an `extern "C" fn`
+        // taking nothing, safe to run in a forked child (atomics and
+        // `close` only); no prepare or parent handler.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     }
 }
 
@@ -181,6 +213,7 @@ fn serve(run: fn(usize) -> usize) {
         let pressure = match &mut watch {
             Watch::Kernel(fd) => {
                 if fds[1].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                    TRIGGER_FD.store(-1, Relaxed);
                     // SAFETY: the descriptor was opened by `open_watch`.
                     unsafe { libc::close(*fd) };
                     watch = Watch::None;
@@ -285,6 +318,7 @@ fn open_watch() -> Watch {
         // SAFETY: writes `bytes` to the open descriptor.
         let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if written == bytes.len() as isize {
+            TRIGGER_FD.store(fd, Relaxed);
             return Watch::Kernel(fd);
         }
     }

@@ -591,6 +591,20 @@ pub(crate) fn set_wake_fd(fd: i32) {
     LAYERS.wake_fd.store(fd, Relaxed);
 }
 
+/// In a forked child, which has no background reclaimer: forgets (and
+/// closes) the parent's `eventfd`, so that the child's allocations never
+/// wake the parent's thread, and clears the wake-up, so that a reclaimer
+/// the child starts is woken.
+pub(crate) fn forget_wake_fd() {
+    let fd = LAYERS.wake_fd.swap(-1, Relaxed);
+    if fd >= 0 {
+        // SAFETY: the child's copy of the parent's eventfd, closed once
+        // (the swap above took it).
+        unsafe { libc::close(fd) };
+    }
+    LAYERS.soft_pending.store(false, Relaxed);
+}
+
 /// The soft mark's work, for the background reclaimer: how many bytes the
 /// count is above the soft mark (0: none), and clears the wake-up.
 pub(crate) fn above_soft_mark() -> u64 {

@@ -91,11 +91,30 @@ pub(crate) fn start() {
         return;
     }
     let _noretry = crate::scope::noretry_guard();
+    restart_in_forked_children();
     // SAFETY: `watch_entry` never unwinds, runs for the rest of the process
     // and takes no argument.
     let created = unsafe { sys::spawn_detached(watch_entry, core::ptr::null_mut(), 128 << 10) };
     if !created {
         STARTED.store(false, Relaxed);
+    }
+}
+
+/// A forked child has no copy of the thread: its next
+/// [`add_reclaimer`](crate::add_reclaimer) starts one of its own.
+/// Registered once, with `pthread_atfork`, when the thread is first started
+/// (outside the allocator: registering may allocate).
+fn restart_in_forked_children() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn in_child() {
+        STARTED.store(false, Relaxed);
+    }
+    // Miri models no fork, and no `pthread_atfork`.
+    if !REGISTERED.swap(true, Relaxed) && !cfg!(miri) {
+        // SAFETY: registers a child handler that is an `extern "C" fn`
+        // taking nothing, safe to run in a forked child (one atomic store);
+        // no prepare or parent handler.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     }
 }
 

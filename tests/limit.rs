@@ -972,3 +972,86 @@ fn the_background_reclaimer_has_a_full_stack() {
     run.assert_success();
     assert!(run.stdout.contains("DEEP-STACK-OK"), "{}", run.stdout);
 }
+
+/// A reclaimer that finds nothing to free: the count stays above the soft
+/// mark.
+fn frees_nothing(_wanted: usize) -> usize {
+    0
+}
+
+/// In a forked process: its count (the parent's) is above the soft mark;
+/// its next `add_reclaimer` starts a background reclaimer of its own, which
+/// its allocations wake. Returns the exit code.
+fn forked_soft_mark() -> i32 {
+    let before = stats().soft_reclaims;
+    mayfail::add_reclaimer(frees_nothing).unwrap();
+    for _ in 0..500 {
+        // Past the thread's credit: each takes from the shared total.
+        drop(std::hint::black_box(vec![1u8; MIB]));
+        if stats().soft_reclaims > before {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    3
+}
+
+#[test]
+fn child_forks_above_the_soft_mark() {
+    if !is_child() {
+        return;
+    }
+    mayfail::add_reclaimer(frees_nothing).unwrap();
+    // 36 MiB kept under a 64 MiB limit whose soft mark is 50 %: one pass,
+    // which frees nothing; the count stays above the mark.
+    for i in 0..(36 * MIB / (16 << 10)) {
+        CACHE.lock().unwrap().push_back(vec![i as u8; 16 << 10]);
+    }
+    assert!(wait_for(|| stats().soft_reclaims > 0), "{:?}", stats());
+    std::thread::sleep(Duration::from_millis(200));
+    let passes = stats().soft_reclaims;
+    // SAFETY: the forked process runs `forked_soft_mark` on this thread
+    // alone and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = forked_soft_mark();
+        // SAFETY: ends the forked process without running the parent's
+        // exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    std::thread::sleep(Duration::from_millis(200));
+    let woken = stats().soft_reclaims - passes;
+    // Room for a failure's backtrace.
+    CACHE.lock().unwrap().clear();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child got no background reclaim of its own (status {status:#x}); \
+         the parent's thread ran {woken} passes meanwhile"
+    );
+    assert_eq!(
+        woken, 0,
+        "the forked child's allocations woke the parent's reclaimer"
+    );
+    println!("FORK-OK");
+}
+
+#[test]
+fn a_forked_child_wakes_a_background_reclaimer_of_its_own_not_its_parent_s() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with(
+        "child_forks_above_the_soft_mark",
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "50%"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("FORK-OK"), "{}", run.stdout);
+}
