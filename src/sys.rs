@@ -3,7 +3,8 @@
 //! background threads, the address-space limit, signal names and glibc's
 //! exit hook.
 //!
-//! A leaf: it depends on nothing else in the crate. Every function here may
+//! A leaf: it depends on nothing else in the crate. Every function here but
+//! [`spawn_detached`] (which creates a thread, outside the allocator) may
 //! run inside the allocator or a signal handler, so none allocates, locks or
 //! panics.
 
@@ -258,6 +259,9 @@ pub(crate) fn move_descriptor_high(fd: c_int) -> c_int {
 /// around `pthread_create`, so the thread has it from its first
 /// instruction; the caller's mask is restored after. `false` when the
 /// thread could not be created.
+///
+/// May allocate (the C library's thread set-up): never called inside the
+/// allocator.
 ///
 /// # Safety
 ///
