@@ -20,14 +20,16 @@
 //! nothing (at most 16 passes per wake-up). On pressure it runs one pass,
 //! asking for an eighth of the counted heap (at least 1 MiB). Reclaimers run
 //! on this thread under the "in reclaim" mark, as on a failing one: their
-//! own allocations are served, never retried, and may pass the limit.
+//! own allocations are served, never retried, and may pass the limit. Its
+//! stack is 2 MiB, a `std` thread's default, and it takes no signal (all
+//! are blocked in it).
 //!
 //! The thread allocates nothing itself while it waits or reads the files
 //! (stack buffers); it runs in a `noretry` scope should anything it calls
 //! allocate.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
 use crate::cgroup;
 use crate::limit;
@@ -37,6 +39,11 @@ use crate::sys;
 use crate::text::{StackBuf, parse_u64};
 
 static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The thread's stack: the reclaimers run on it, so as large as a `std`
+/// thread's by default, 2 MiB (reserved address space, mostly never
+/// touched).
+const STACK_BYTES: usize = 2 << 20;
 
 /// At most this many passes per soft-mark wake-up.
 const SOFT_PASSES: usize = 16;
@@ -88,41 +95,59 @@ pub(crate) fn parse_trigger(s: &[u8]) -> Result<Option<Trigger>, ()> {
     }))
 }
 
-/// Starts the thread once per process: a bare POSIX thread, created inside
-/// a `noretry` scope, as the watchdog's. `run` is one pass over the
+/// Starts the thread once per process: a bare POSIX thread with every
+/// signal blocked, created inside a `noretry` scope, as the watchdog's. `run` is one pass over the
 /// reclaimers (`reclaim::run`).
 pub(crate) fn start(run: fn(usize) -> usize) {
     if STARTED.swap(true, Relaxed) {
         return;
     }
     let _noretry = crate::scope::noretry_guard();
-    // SAFETY: an all-zero pthread_t and attribute object are valid storage
-    // for the calls below to initialise.
-    let (mut thread, mut attr): (libc::pthread_t, libc::pthread_attr_t) =
-        unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
-    // SAFETY: `attr` is initialised before use and destroyed after;
-    // `entry` never unwinds and runs for the rest of the process; the new
-    // thread is detached. The argument is a function pointer, which lives
-    // for the whole program.
-    let created = unsafe {
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setstacksize(&mut attr, 128 << 10);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        let rc = libc::pthread_create(&mut thread, &attr, entry, run as *mut libc::c_void);
-        libc::pthread_attr_destroy(&mut attr);
-        rc == 0
-    };
-    if created {
-        // SAFETY: `thread` was just created; the name fits the kernel's 16 bytes.
-        unsafe { libc::pthread_setname_np(thread, c"mayfail-reclaim".as_ptr()) };
-    } else {
+    forget_in_forked_children();
+    // SAFETY: `entry` never unwinds and runs for the rest of the process;
+    // the argument is a function pointer, which lives for the whole
+    // program.
+    let created = unsafe { sys::spawn_detached(entry, run as *mut libc::c_void, STACK_BYTES) };
+    if !created {
         STARTED.store(false, Relaxed);
+    }
+}
+
+/// The pressure trigger's descriptor while the thread holds one (-1:
+/// none), for a forked child to close.
+static TRIGGER_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// A forked child has no copy of the thread: it forgets the parent's
+/// (its `eventfd`, its trigger's descriptor, the wake-up), so that its
+/// allocations never wake the parent's thread and its next
+/// [`add_reclaimer`](crate::add_reclaimer) starts a thread of its own.
+/// Registered once, with `pthread_atfork`, when the thread is first
+/// started (outside the allocator: registering may allocate).
+fn forget_in_forked_children() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn in_child() {
+        limit::forget_wake_fd();
+        let fd = TRIGGER_FD.swap(-1, Relaxed);
+        if fd >= 0 {
+            // SAFETY: the child's copy of the parent's descriptor, closed
+            // once (the swap above took it).
+            unsafe { libc::close(fd) };
+        }
+        STARTED.store(false, Relaxed);
+    }
+    // Miri models no fork, and no `pthread_atfork`.
+    if !REGISTERED.swap(true, Relaxed) && !cfg!(miri) {
+        // SAFETY: registers a child handler that is an `extern "C" fn`
+        // taking nothing, safe to run in a forked child (atomics and
+        // `close` only); no prepare or parent handler.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     }
 }
 
 extern "C" fn entry(arg: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: `start` passed a `fn(usize) -> usize` as the argument.
     let run: fn(usize) -> usize = unsafe { core::mem::transmute(arg) };
+    sys::name_this_thread(c"mayfail-reclaim");
     // Nothing in `serve` panics (reclaimers run under `catch_unwind`);
     // should it, the thread stops instead of unwinding into C.
     let _ = std::panic::catch_unwind(|| serve(run));
@@ -188,6 +213,7 @@ fn serve(run: fn(usize) -> usize) {
         let pressure = match &mut watch {
             Watch::Kernel(fd) => {
                 if fds[1].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                    TRIGGER_FD.store(-1, Relaxed);
                     // SAFETY: the descriptor was opened by `open_watch`.
                     unsafe { libc::close(*fd) };
                     watch = Watch::None;
@@ -292,6 +318,7 @@ fn open_watch() -> Watch {
         // SAFETY: writes `bytes` to the open descriptor.
         let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if written == bytes.len() as isize {
+            TRIGGER_FD.store(fd, Relaxed);
             return Watch::Kernel(fd);
         }
     }

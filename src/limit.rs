@@ -26,10 +26,18 @@
 //! frees: at most 128 KiB per thread above the bytes live (a thread holds
 //! at most [`BATCH`] of credit and folds its frees once they pass
 //! [`BATCH`]), so the limit may refuse an allocation up to 128 KiB per
-//! thread early; it never lets the live bytes pass it. A thread hands its
-//! share back when it exits (a `pthread` key's destructor). Blocks allocated
-//! before the count started (a limit first set at run time) are not in the
-//! total but their frees are taken off it, which can only make it lower.
+//! thread early. A thread hands its share back when it exits (a `pthread`
+//! key's destructor), registered the first time it comes to hold one: its
+//! first charge from the total or its first free (a thread's freed count
+//! starts where any free leaves the in-place lane, so that threads which
+//! only free are registered too).
+//!
+//! Blocks allocated before the count started (a limit first set at run
+//! time; under the preload library, blocks from before its constructor)
+//! are not in the total, and the total never goes below 0: their frees
+//! take off at most what it holds. The live bytes pass the limit by at most
+//! the size of such blocks freed after the count started; without them,
+//! never.
 //! Once on, the count stays on for the rest of the process (also when the
 //! limit is taken away), so that it stays right.
 //!
@@ -40,7 +48,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::
 
 use crate::engaged;
 use crate::report;
-use crate::scope::{self, FREED_START, LimitCells, Mode};
+use crate::scope::{self, FREED_FRESH, FREED_START, LimitCells, Mode};
 use crate::stats::{COUNTERS, HEAP, bump};
 use crate::sys;
 
@@ -179,8 +187,10 @@ pub(crate) fn bytes() -> Option<usize> {
 /// and the compiled default ([`MayFail::with_limit`](crate::MayFail::with_limit)).
 /// Takes effect at once. The first limit set starts the count of the bytes
 /// live through `MayFail` (see [`stats`](crate::stats)); blocks allocated
-/// before it are not counted. `Limit::None` takes the limit away; the count
-/// goes on.
+/// before it are not counted, and their frees take the count down to 0 at
+/// most, so the bytes live may pass the limit by at most the size of such
+/// blocks freed later. `Limit::None` takes the limit away; the count goes
+/// on.
 ///
 /// A percentage outside 1 to 100 is refused with one line on stderr and the
 /// limit keeps its value.
@@ -517,10 +527,18 @@ pub(crate) fn undo_lane(size: usize) {
     });
 }
 
-/// Takes the thread's unfolded frees.
+/// Takes the thread's unfolded frees, and makes its exit hand its share
+/// back from now on: whatever it takes becomes the thread's credit or goes
+/// back to the shared total.
 fn take_freed(cells: &LimitCells) -> u64 {
+    let start = if cells.registered.get() {
+        FREED_START
+    } else {
+        FREED_FRESH
+    };
     let freed = cells.freed.replace(FREED_START);
-    freed.wrapping_sub(FREED_START) as u64
+    register_exit(cells);
+    freed.wrapping_sub(start) as u64
 }
 
 /// Leaves the thread `credit`, giving what passes [`BATCH`] back to the
@@ -543,7 +561,7 @@ fn reserve(bytes: u64, exempt: bool) -> Result<(), usize> {
     if total > 0 && total as u64 > limit {
         let over = total as u64 - limit;
         if !exempt {
-            HEAP.total.fetch_sub(add, Relaxed);
+            release(add as u64);
             return Err(usize::try_from(over).unwrap_or(usize::MAX));
         }
         bump(&COUNTERS.limit_exceeded);
@@ -573,6 +591,20 @@ pub(crate) fn set_wake_fd(fd: i32) {
     LAYERS.wake_fd.store(fd, Relaxed);
 }
 
+/// In a forked child, which has no background reclaimer: forgets (and
+/// closes) the parent's `eventfd`, so that the child's allocations never
+/// wake the parent's thread, and clears the wake-up, so that a reclaimer
+/// the child starts is woken.
+pub(crate) fn forget_wake_fd() {
+    let fd = LAYERS.wake_fd.swap(-1, Relaxed);
+    if fd >= 0 {
+        // SAFETY: the child's copy of the parent's eventfd, closed once
+        // (the swap above took it).
+        unsafe { libc::close(fd) };
+    }
+    LAYERS.soft_pending.store(false, Relaxed);
+}
+
 /// The soft mark's work, for the background reclaimer: how many bytes the
 /// count is above the soft mark (0: none), and clears the wake-up.
 pub(crate) fn above_soft_mark() -> u64 {
@@ -586,10 +618,23 @@ pub(crate) fn above_soft_mark() -> u64 {
     }
 }
 
-/// Gives `bytes` back to the shared total.
+/// Gives `bytes` back to the shared total, which never goes below 0: the
+/// frees of blocks allocated before the count started were never added to
+/// it, and taking them off would leave room under the limit for as many
+/// bytes again. Counting too many is the safe direction.
 fn release(bytes: u64) {
     let bytes = bytes.min(i64::MAX as u64 / 2) as i64;
-    HEAP.total.fetch_sub(bytes, Relaxed);
+    let mut total = HEAP.total.load(Relaxed);
+    loop {
+        let after = total.saturating_sub(bytes).max(0);
+        match HEAP
+            .total
+            .compare_exchange_weak(total, after, Relaxed, Relaxed)
+        {
+            Ok(_) => return,
+            Err(now) => total = now,
+        }
+    }
 }
 
 /// Credits `bytes` freed (or given back by a shrinking realloc, or charged
@@ -645,12 +690,15 @@ fn register_exit(cells: &LimitCells) {
 }
 
 /// The exit key's destructor: the thread's credit and unfolded frees go
-/// back to the shared total.
+/// back to the shared total, and the thread starts afresh (a later
+/// destructor's free registers the hand-back again: the C library runs the
+/// keys' destructors again while any is set).
 extern "C" fn thread_exit(_value: *mut libc::c_void) {
     let _ = scope::with_limit_cells(|cells| {
         let share = settled_credit(cells).saturating_add(take_freed(cells));
         cells.credit.set(0);
         cells.registered.set(false);
+        cells.freed.set(FREED_FRESH);
         release(share);
     });
 }

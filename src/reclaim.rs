@@ -60,7 +60,9 @@ impl std::error::Error for ReclaimersFull {}
 /// allocate. Registering a function that is already registered does nothing.
 /// The first call also starts mayfail's background reclaimer, which calls
 /// the reclaimers when the heap limit's count passes its soft mark and when
-/// the kernel reports memory pressure (see [`set_limit`](crate::set_limit)).
+/// the kernel reports memory pressure (see [`set_limit`](crate::set_limit));
+/// in a forked child, which has no copy of that thread, the first call
+/// there starts one of its own.
 ///
 /// A reclaimer runs on whichever thread failed, possibly on several threads
 /// at once, while that thread may hold any lock of the program: take locks

@@ -87,15 +87,24 @@ pub(crate) struct LimitCells {
     pub(crate) credit: Cell<u64>,
     /// [`FREED_START`] plus the bytes freed since the last fold: the lane
     /// adds a block's size and leaves its success path when the sum turns
-    /// negative, i.e. once more than `limit::BATCH` bytes were freed.
+    /// negative, i.e. once more than `limit::BATCH` bytes were freed. Until
+    /// the thread's exit hands its share back (`registered`), it starts at
+    /// [`FREED_FRESH`] instead, so that the thread's first free leaves the
+    /// success path and registers the hand-back.
     pub(crate) freed: Cell<i64>,
-    /// Whether the thread's exit hands its share back (see `limit`).
+    /// Whether the thread's exit hands its share back (see `limit`); the
+    /// freed count counts from [`FREED_START`] once it does, from
+    /// [`FREED_FRESH`] before.
     pub(crate) registered: Cell<bool>,
 }
 
-/// Where a thread's freed count starts: it turns negative (the lane's
-/// `js`) once more than 64 KiB were added to it.
+/// Where a registered thread's freed count starts: it turns negative (the
+/// lane's `js`) once more than 64 KiB were added to it.
 pub(crate) const FREED_START: i64 = i64::MAX - (64 << 10);
+
+/// Where a thread's freed count starts before its exit hands its share
+/// back: any free turns it negative.
+pub(crate) const FREED_FRESH: i64 = i64::MAX;
 
 /// A thread's running counters of the injection attributes: each thread
 /// counts its own, so no allocation writes shared memory, and a thread's
@@ -140,7 +149,7 @@ thread_local! {
             counters_generation: Cell::new(0),
             limit: LimitCells {
                 credit: Cell::new(0),
-                freed: Cell::new(FREED_START),
+                freed: Cell::new(FREED_FRESH),
                 registered: Cell::new(false),
             },
         }

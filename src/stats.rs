@@ -128,8 +128,8 @@ pub(crate) struct Heap {
     /// The limit in force, in bytes (`usize::MAX`: none).
     pub(crate) limit: AtomicUsize,
     /// Bytes live through `MayFail` plus every thread's credit and
-    /// unfolded frees. Signed: frees of blocks allocated before the count
-    /// started can take it below zero.
+    /// unfolded frees. Never below 0: frees of blocks allocated before the
+    /// count started take it down to 0 at most (see `limit`).
     pub(crate) total: AtomicI64,
     /// The highest `total` seen.
     pub(crate) peak: AtomicI64,
@@ -179,7 +179,8 @@ pub fn stats() -> Stats {
             usize::MAX => None,
             bytes => Some(bytes as u64),
         },
-        heap_bytes: HEAP.total.load(Relaxed).max(0) as u64,
-        heap_peak: HEAP.peak.load(Relaxed).max(0) as u64,
+        // Never negative: the limit's count stops at 0 (see `limit`).
+        heap_bytes: HEAP.total.load(Relaxed) as u64,
+        heap_peak: HEAP.peak.load(Relaxed) as u64,
     }
 }

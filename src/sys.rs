@@ -1,8 +1,10 @@
 //! The operating-system calls the rest of the crate shares: clocks,
 //! anonymous mappings, the environment, `errno`, raw writes, thread names,
-//! the address-space limit, signal names and glibc's exit hook.
+//! background threads, the address-space limit, signal names and glibc's
+//! exit hook.
 //!
-//! A leaf: it depends on nothing else in the crate. Every function here may
+//! A leaf: it depends on nothing else in the crate. Every function here but
+//! [`spawn_detached`] (which creates a thread, outside the allocator) may
 //! run inside the allocator or a signal handler, so none allocates, locks or
 //! panics.
 
@@ -248,4 +250,55 @@ pub(crate) fn move_descriptor_high(fd: c_int) -> c_int {
     // SAFETY: `fd` is ours and now duplicated.
     unsafe { libc::close(fd) };
     moved
+}
+
+/// Starts a detached POSIX thread running `entry(arg)` on a stack of
+/// `stack` bytes, with every signal blocked in it: mayfail's background
+/// threads never take a signal meant for the process (one that the program
+/// blocks in its own threads to wait for it with `sigwait`). The mask is set
+/// around `pthread_create`, so the thread has it from its first
+/// instruction; the caller's mask is restored after. `false` when the
+/// thread could not be created.
+///
+/// May allocate (the C library's thread set-up): never called inside the
+/// allocator.
+///
+/// # Safety
+///
+/// `entry` must never unwind, and `arg` must stay valid for as long as it
+/// uses it.
+pub(crate) unsafe fn spawn_detached(
+    entry: extern "C" fn(*mut c_void) -> *mut c_void,
+    arg: *mut c_void,
+    stack: usize,
+) -> bool {
+    // SAFETY: all-zero pthread_t, attribute and signal sets are valid
+    // storage for the calls below to initialise.
+    let (mut thread, mut attr, mut all, mut old): (
+        libc::pthread_t,
+        libc::pthread_attr_t,
+        libc::sigset_t,
+        libc::sigset_t,
+    ) = unsafe { core::mem::zeroed() };
+    // SAFETY: `attr` is initialised before use and destroyed after; the
+    // sets are valid and writable; the thread is detached, so nobody joins
+    // it; the caller vouches for `entry` and `arg`. None of these calls
+    // unwinds.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, stack);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let rc = libc::pthread_create(&mut thread, &attr, entry, arg);
+        libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        rc == 0
+    }
+}
+
+/// Names the calling thread (at most [`KERNEL_NAME_BYTES`] bytes).
+pub(crate) fn name_this_thread(name: &CStr) {
+    // SAFETY: names the calling thread, alive; `name` is NUL-terminated.
+    unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
 }

@@ -80,8 +80,8 @@ impl Running {
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 
-/// Starts the watchdog thread once per process. It is a bare POSIX thread,
-/// created inside a `noretry` scope: `add_reclaimer` may run while memory is
+/// Starts the watchdog thread once per process. It is a bare POSIX thread
+/// with every signal blocked, created inside a `noretry` scope: `add_reclaimer` may run while memory is
 /// exhausted, and then creating it fails cleanly (no std thread handle whose
 /// allocation would abort) and a later `add_reclaimer` tries again. Without
 /// it, the stalled thread's own warning still covers every stall but a
@@ -91,30 +91,35 @@ pub(crate) fn start() {
         return;
     }
     let _noretry = crate::scope::noretry_guard();
-    // SAFETY: an all-zero pthread_t and attribute object are valid storage
-    // for the calls below to initialise.
-    let (mut thread, mut attr): (libc::pthread_t, libc::pthread_attr_t) =
-        unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
-    // SAFETY: `attr` is initialised before use and destroyed after;
-    // `watch_entry` never unwinds and runs for the rest of the process; the
-    // new thread is detached, so nobody joins it.
-    let created = unsafe {
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setstacksize(&mut attr, 128 << 10);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        let rc = libc::pthread_create(&mut thread, &attr, watch_entry, core::ptr::null_mut());
-        libc::pthread_attr_destroy(&mut attr);
-        rc == 0
-    };
-    if created {
-        // SAFETY: `thread` was just created; the name fits the kernel's 16 bytes.
-        unsafe { libc::pthread_setname_np(thread, c"mayfail-watch".as_ptr()) };
-    } else {
+    restart_in_forked_children();
+    // SAFETY: `watch_entry` never unwinds, runs for the rest of the process
+    // and takes no argument.
+    let created = unsafe { sys::spawn_detached(watch_entry, core::ptr::null_mut(), 128 << 10) };
+    if !created {
         STARTED.store(false, Relaxed);
     }
 }
 
+/// A forked child has no copy of the thread: its next
+/// [`add_reclaimer`](crate::add_reclaimer) starts one of its own.
+/// Registered once, with `pthread_atfork`, when the thread is first started
+/// (outside the allocator: registering may allocate).
+fn restart_in_forked_children() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn in_child() {
+        STARTED.store(false, Relaxed);
+    }
+    // Miri models no fork, and no `pthread_atfork`.
+    if !REGISTERED.swap(true, Relaxed) && !cfg!(miri) {
+        // SAFETY: registers a child handler that is an `extern "C" fn`
+        // taking nothing, safe to run in a forked child (one atomic store);
+        // no prepare or parent handler.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    }
+}
+
 extern "C" fn watch_entry(_arg: *mut libc::c_void) -> *mut libc::c_void {
+    sys::name_this_thread(c"mayfail-watch");
     // Nothing in `watch` panics; should it, the thread stops instead of
     // unwinding into C.
     let _ = std::panic::catch_unwind(watch);

@@ -283,6 +283,90 @@ fn exiting_threads_hand_their_share_back() {
 }
 
 #[test]
+fn child_free_only_threads_hand_their_share_back() {
+    if !is_child() {
+        return;
+    }
+    mayfail::set_limit(Limit::Bytes(256 * MIB));
+    let before = stats().heap_bytes;
+    // 200 threads that only free what this thread allocated, in 1000-byte
+    // blocks: half free 120 KB each (their frees fold into credit), half
+    // 30 KB (their frees stay unfolded). Each exit hands that share back.
+    for round in 0..25 {
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let n = if (round + i) % 2 == 0 { 120 } else { 30 };
+                let blocks: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; 1000]).collect();
+                std::thread::spawn(move || drop(blocks))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    let after = stats().heap_bytes;
+    // Without the hand-back the count would grow by the 15 MB freed.
+    assert!(
+        after <= before + 2 * SLACK_PER_THREAD as u64,
+        "the count grew from {before} to {after} with nothing more live"
+    );
+    println!("FREE-ONLY-OK count from {before} to {after}");
+}
+
+#[test]
+fn threads_that_only_free_hand_their_share_back() {
+    if is_child() {
+        return;
+    }
+    for run in both_paths("child_free_only_threads_hand_their_share_back", &[]) {
+        assert!(run.stdout.contains("FREE-ONLY-OK"), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn child_frees_from_before_the_count() {
+    if !is_child() {
+        return;
+    }
+    // 64 MiB allocated before the count starts, in one block and in 16 KiB
+    // blocks, half of each freed whole, half shrunk by reallocs.
+    let big = vec![1u8; 32 * MIB];
+    let mut shrunk = vec![1u8; 16 * MIB];
+    let small: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 16 << 10]).collect();
+    mayfail::set_limit(Limit::Bytes(32 * MIB));
+    drop(big);
+    drop(small);
+    shrunk.truncate(4096);
+    shrunk.shrink_to_fit();
+    let s = stats();
+    assert!(s.heap_bytes < 1 << 62, "the count went negative: {s:?}");
+    let mut kept = Vec::with_capacity(8192);
+    fill_until_refused(&mut kept);
+    let held = kept.len() * (16 << 10);
+    let counted = stats().heap_bytes as usize;
+    drop(kept);
+    assert!(
+        held <= 32 * MIB,
+        "held {held} bytes under a 32 MiB limit after freeing 64 MiB from before the count"
+    );
+    assert!(counted >= held, "{held} bytes held, {counted} counted");
+    println!("BEFORE-COUNT-OK held={held}");
+}
+
+#[test]
+fn frees_of_blocks_from_before_the_count_leave_the_limit_holding() {
+    if is_child() {
+        return;
+    }
+    for run in both_paths(
+        "child_frees_from_before_the_count",
+        &[("MAYFAIL_RETRIES", "0")],
+    ) {
+        assert!(run.stdout.contains("BEFORE-COUNT-OK"), "{}", run.stdout);
+    }
+}
+
+#[test]
 fn child_reallocs_are_counted() {
     if !is_child() {
         return;
@@ -650,6 +734,16 @@ fn pressure_text(total_us: u64) -> String {
     )
 }
 
+/// Writes a pressure file as the kernel shows one: whole at every read (a
+/// temporary file renamed over it), so that a read never lands between the
+/// truncation and the write and finds no total.
+fn write_pressure(file: impl AsRef<std::path::Path>, total_us: u64) {
+    let file = file.as_ref();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, pressure_text(total_us)).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 #[test]
 fn child_pressure() {
     if !is_child() {
@@ -662,11 +756,11 @@ fn child_pressure() {
     }
     // Stalls below the trigger's 150 ms within a window: nothing.
     std::thread::sleep(Duration::from_millis(700));
-    std::fs::write(&file, pressure_text(1_000 + 100_000)).unwrap();
+    write_pressure(&file, 1_000 + 100_000);
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(stats().pressure_reclaims, 0, "{:?}", stats());
     // 400 ms stalled: one pass.
-    std::fs::write(&file, pressure_text(1_000 + 100_000 + 400_000)).unwrap();
+    write_pressure(&file, 1_000 + 100_000 + 400_000);
     assert!(wait_for(|| stats().pressure_reclaims > 0), "{:?}", stats());
     assert!(CACHE.lock().unwrap().len() <= 32);
     println!("PRESSURE-OK");
@@ -680,7 +774,7 @@ fn memory_pressure_runs_the_reclaimers_in_the_background() {
     let dir = std::env::temp_dir().join(format!("mayfail-psi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("memory.pressure");
-    std::fs::write(&file, pressure_text(1_000)).unwrap();
+    write_pressure(&file, 1_000);
     let file = file.to_str().unwrap();
     let run = run_child_with(
         "child_pressure",
@@ -692,7 +786,7 @@ fn memory_pressure_runs_the_reclaimers_in_the_background() {
     run.assert_success();
     assert!(run.stdout.contains("PRESSURE-OK"), "{}", run.stdout);
     // Off, the same stall does nothing.
-    std::fs::write(file, pressure_text(1_000)).unwrap();
+    write_pressure(file, 1_000);
     let run = run_child_with(
         "child_pressure",
         &[("MAYFAIL_PRESSURE_FILE", file), ("MAYFAIL_PRESSURE", "off")],
@@ -737,4 +831,227 @@ fn child_holds_a_trigger() {
     if held {
         println!("TRIGGER-HELD");
     }
+}
+
+/// Blocks or unblocks SIGTERM in the calling thread.
+fn mask_sigterm(how: libc::c_int) {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        assert_eq!(libc::pthread_sigmask(how, &set, std::ptr::null_mut()), 0);
+    }
+}
+
+/// In a forked process (this thread alone): starts mayfail's background
+/// threads with SIGTERM open, then blocks it, as a program that waits for
+/// it in one thread does, and sends it to the process twice: left pending
+/// while no thread of the program takes it, then taken by `sigwait`.
+/// Returns the exit code.
+fn sigterm_waiter() -> i32 {
+    mayfail::add_reclaimer(drop_oldest_half).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    mask_sigterm(libc::SIG_BLOCK);
+    // SAFETY: kill and getpid have no memory preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: the set is initialised before use; `pending` is writable.
+    let pending = unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        libc::sigismember(&pending, libc::SIGTERM) == 1
+    };
+    if !pending {
+        return 3;
+    }
+    let waiter = std::thread::spawn(|| {
+        // SAFETY: the set is initialised before use; `sig` is writable.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let mut sig = 0;
+            // The pending one, then the second.
+            for _ in 0..2 {
+                if libc::sigwait(&set, &mut sig) != 0 || sig != libc::SIGTERM {
+                    return false;
+                }
+            }
+            true
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: as above.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    if waiter.join().unwrap() { 0 } else { 4 }
+}
+
+#[test]
+fn child_sigterm_waiter() {
+    if !is_child() {
+        return;
+    }
+    // SAFETY: the forked process runs `sigterm_waiter` on this thread
+    // alone and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = sigterm_waiter();
+        // SAFETY: ends the forked process without running the parent's
+        // exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the program waiting for SIGTERM did not get it: {}",
+        if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exit code {}", libc::WEXITSTATUS(status))
+        }
+    );
+    println!("SIGNALS-OK");
+}
+
+#[test]
+fn mayfail_s_background_threads_take_no_signal_meant_for_the_program() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with("child_sigterm_waiter", &[]);
+    run.assert_success();
+    assert!(run.stdout.contains("SIGNALS-OK"), "{}", run.stdout);
+}
+
+/// A reclaimer that uses 512 KiB of stack (a deep parse, a large buffer)
+/// before it drops the oldest half of the cache.
+#[inline(never)]
+fn reclaim_on_a_deep_stack(wanted: usize) -> usize {
+    let mut scratch = [0u8; 512 << 10];
+    std::hint::black_box(&mut scratch);
+    RECLAIMED_ON.store(u64::from(scratch[wanted % scratch.len()]) + 1, SeqCst);
+    drop_oldest_half(wanted)
+}
+
+#[test]
+fn child_deep_stack_reclaimer() {
+    if !is_child() {
+        return;
+    }
+    mayfail::add_reclaimer(reclaim_on_a_deep_stack).unwrap();
+    let before = stats();
+    for i in 0..(36 * MIB / (16 << 10)) {
+        CACHE.lock().unwrap().push_back(vec![i as u8; 16 << 10]);
+    }
+    assert!(
+        wait_for(|| stats().soft_reclaims > before.soft_reclaims && RECLAIMED_ON.load(SeqCst) != 0),
+        "no reclaim above the soft mark: {:?}",
+        stats()
+    );
+    println!("DEEP-STACK-OK");
+}
+
+#[test]
+fn the_background_reclaimer_has_a_full_stack() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with(
+        "child_deep_stack_reclaimer",
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "50%"),
+            ("MAYFAIL_RETRIES", "0"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("DEEP-STACK-OK"), "{}", run.stdout);
+}
+
+/// A reclaimer that finds nothing to free: the count stays above the soft
+/// mark.
+fn frees_nothing(_wanted: usize) -> usize {
+    0
+}
+
+/// In a forked process: its count (the parent's) is above the soft mark;
+/// its next `add_reclaimer` starts a background reclaimer of its own, which
+/// its allocations wake. Returns the exit code.
+fn forked_soft_mark() -> i32 {
+    let before = stats().soft_reclaims;
+    mayfail::add_reclaimer(frees_nothing).unwrap();
+    for _ in 0..500 {
+        // Past the thread's credit: each takes from the shared total.
+        drop(std::hint::black_box(vec![1u8; MIB]));
+        if stats().soft_reclaims > before {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    3
+}
+
+#[test]
+fn child_forks_above_the_soft_mark() {
+    if !is_child() {
+        return;
+    }
+    mayfail::add_reclaimer(frees_nothing).unwrap();
+    // 36 MiB kept under a 64 MiB limit whose soft mark is 50 %: one pass,
+    // which frees nothing; the count stays above the mark.
+    for i in 0..(36 * MIB / (16 << 10)) {
+        CACHE.lock().unwrap().push_back(vec![i as u8; 16 << 10]);
+    }
+    assert!(wait_for(|| stats().soft_reclaims > 0), "{:?}", stats());
+    std::thread::sleep(Duration::from_millis(200));
+    let passes = stats().soft_reclaims;
+    // SAFETY: the forked process runs `forked_soft_mark` on this thread
+    // alone and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = forked_soft_mark();
+        // SAFETY: ends the forked process without running the parent's
+        // exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    std::thread::sleep(Duration::from_millis(200));
+    let woken = stats().soft_reclaims - passes;
+    // Room for a failure's backtrace.
+    CACHE.lock().unwrap().clear();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child got no background reclaim of its own (status {status:#x}); \
+         the parent's thread ran {woken} passes meanwhile"
+    );
+    assert_eq!(
+        woken, 0,
+        "the forked child's allocations woke the parent's reclaimer"
+    );
+    println!("FORK-OK");
+}
+
+#[test]
+fn a_forked_child_wakes_a_background_reclaimer_of_its_own_not_its_parent_s() {
+    if is_child() {
+        return;
+    }
+    let run = run_child_with(
+        "child_forks_above_the_soft_mark",
+        &[
+            ("MAYFAIL_LIMIT", "64M"),
+            ("MAYFAIL_LIMIT_SOFT", "50%"),
+            ("MAYFAIL_PRESSURE", "off"),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("FORK-OK"), "{}", run.stdout);
 }
