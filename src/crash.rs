@@ -11,9 +11,11 @@
 //! so the process still dies of the same signal.
 //!
 //! A handler the program installed itself, before mayfail's or after it, is
-//! called first, as the kernel would have: a program that handles the signal
-//! (a GC's or a JIT's probe of memory that jumps back out, a handler that
-//! maps the page and returns) lives on, and nothing is reported. Only when
+//! called first, as the kernel would have (with the mask the kernel would
+//! give it, `SA_NODEFER` and `SA_RESETHAND` honoured): a program that
+//! handles the signal (a GC's or a JIT's probe of memory that jumps back
+//! out, a handler that maps the page and returns) lives on, and nothing is
+//! reported. Only when
 //! the process is going to die of the signal after all (the handler left the
 //! default action behind, as std's does for a fault outside a guard page;
 //! `abort`, which goes on to the default action; a handler that calls ours
@@ -378,9 +380,9 @@ fn raised_by_abort() -> bool {
 }
 
 /// Calls the program's own handler for `sig` as the kernel would have:
-/// with its mask added to the blocked signals, its disposition reset first
-/// if it asked for `SA_RESETHAND`, and the thread registered meanwhile (see
-/// [`Calling`]).
+/// with the mask the kernel gives a handler (see [`handler_mask`]), its
+/// disposition reset first if it asked for `SA_RESETHAND`, and the thread
+/// registered meanwhile (see [`Calling`]).
 fn call_program_handler(
     target: &libc::sigaction,
     sig: libc::c_int,
@@ -391,8 +393,9 @@ fn call_program_handler(
     let _calling = Calling::enter(context, frame);
     // SAFETY: an all-zero sigset is valid storage for the old mask.
     let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `target.sa_mask` is a valid sigset; `old` receives the mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &target.sa_mask, &mut old) };
+    let mask = handler_mask(target, sig);
+    // SAFETY: `mask` is a valid sigset; `old` receives the mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, &mut old) };
     if target.sa_flags & libc::SA_RESETHAND != 0 {
         // SAFETY: an all-zero sigaction is the default action.
         let default: libc::sigaction = unsafe { core::mem::zeroed() };
@@ -414,6 +417,36 @@ fn call_program_handler(
     }
     // SAFETY: `old` is the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+}
+
+/// The mask the kernel runs the handler `target` of `sig` with: the mask at
+/// the signal, plus the handler's `sa_mask`, plus `sig` itself unless the
+/// handler asked for `SA_NODEFER` (Linux does not take `SA_RESETHAND` for
+/// it). Ours runs without `SA_NODEFER` and with an empty `sa_mask`, so the
+/// mask now is the one at the signal plus `sig`, which was not blocked
+/// then (a blocked signal is not delivered; a blocked fault kills). A
+/// handler that asked for `SA_NODEFER` and jumps out with `_longjmp` or
+/// `siglongjmp(env, 0)`, which leave the mask as it is, must not leave
+/// `sig` blocked behind it: the next fault would kill the process without
+/// calling any handler. Does not allocate.
+fn handler_mask(target: &libc::sigaction, sig: libc::c_int) -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is valid storage; pthread_sigmask fills it.
+    let mut mask: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: reads the current mask into `mask`; `sig` and `s` are signal
+    // numbers, and both sets are valid.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut mask);
+        libc::sigdelset(&mut mask, sig);
+        for s in 1..=64 {
+            if libc::sigismember(&target.sa_mask, s) == 1 {
+                libc::sigaddset(&mut mask, s);
+            }
+        }
+        if target.sa_flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut mask, sig);
+        }
+    }
+    mask
 }
 
 /// The threads running a program's handler called from ours: if that
