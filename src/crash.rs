@@ -35,7 +35,7 @@ use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicU8, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
 use crate::hook::Hook;
@@ -290,10 +290,21 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, context: *
     }
 }
 
+/// The process that wrote its fatal report (0: none yet), so that it is
+/// written once: a program's handler that calls ours back as its
+/// "previous" makes [`on_signal`] reach [`report_fatal`] twice for one
+/// signal, in the call back and once that handler returns. A forked child
+/// has a pid of its own, and its own report.
+static REPORTED_BY: AtomicI32 = AtomicI32::new(0);
+
 /// What a process that dies of `sig` leaves: the fate of the site it failed
 /// (`sites` mode), the abort's stack for a sweep's parent, and the report.
-/// Written first, without allocating.
+/// Written first, without allocating; once per process.
 fn report_fatal(sig: libc::c_int, fault_address: usize, sent: bool) {
+    let pid = sys::getpid();
+    if REPORTED_BY.swap(pid, AcqRel) == pid {
+        return;
+    }
     // [sites] The fate of the site this process failed in `sites` mode.
     if let Some(hook) = ON_FATAL_SIGNAL.get() {
         hook(sig, fault_address);
@@ -701,5 +712,59 @@ fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
     let args = buf[..len].strip_suffix(&[0]).unwrap_or(&buf[..len]);
     for (i, arg) in args.split(|&b| b == 0).enumerate() {
         let _ = write!(line, "{}{}", if i == 0 { "" } else { " " }, ShellWord(arg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static FATES: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_fate(_sig: libc::c_int, _fault_address: usize) {
+        FATES.fetch_add(1, Relaxed);
+    }
+
+    /// Runs `body` in a forked child and returns its exit code.
+    fn in_child(body: fn() -> i32) -> i32 {
+        // SAFETY: the child only touches atomics and calls async-signal-safe
+        // functions before `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child without running the parent's exit code.
+            unsafe { libc::_exit(body()) };
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is writable.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// A program's handler that calls ours back makes the handler reach the
+    /// report twice for one signal: it is written once, and a child forked
+    /// after it writes its own.
+    #[test]
+    fn a_process_writes_its_fatal_report_once_and_a_forked_child_its_own() {
+        let code = in_child(|| {
+            ON_FATAL_SIGNAL.set(Some(count_fate));
+            report_fatal(libc::SIGSEGV, 0, false);
+            report_fatal(libc::SIGSEGV, 0, false);
+            let first = FATES.load(Relaxed) as i32;
+            let forked = in_child(|| {
+                report_fatal(libc::SIGABRT, 0, false);
+                report_fatal(libc::SIGABRT, 0, false);
+                FATES.load(Relaxed) as i32
+            });
+            first * 10 + forked
+        });
+        assert_eq!(
+            code,
+            12,
+            "reports: parent {}, forked child's total {}",
+            code / 10,
+            code % 10
+        );
     }
 }
