@@ -61,8 +61,10 @@
 //! What runs inside the allocator here never allocates, except symbol
 //! resolution for a new stack, which runs under the in-reclaim mark (its
 //! allocations are served, never injected) and holds the `backtrace` crate's
-//! lock while it allocates (a fork waits for it: see `symbols`). Nothing
-//! here panics.
+//! lock while it allocates (a fork waits for it: see `symbols`). It never
+//! waits for a fork in progress: a new stack met while another thread forks
+//! passes unresolved and unrecorded (not failed), and is met again later.
+//! Nothing here panics.
 
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
@@ -156,9 +158,27 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     };
     // Resolving symbols needs a large stack (the allocating thread's may be
     // small): it runs on a thread of its own, which catches panics. No
-    // thread, or a panic: counted as a site.
+    // thread, or a panic: counted as a site. The site's place is resolved
+    // there too, if it may be failed. A fork in progress makes resolution
+    // give up rather than wait (see `symbols`): the stack then passes,
+    // unrecorded, to be met again later.
     let mut class = Class::User;
-    symbols::on_big_stack(&mut || class = symbols::classify(frames));
+    let mut place = String::new();
+    let mut resolved = true;
+    symbols::on_big_stack(&mut || {
+        resolved = symbols::never_waiting_for_fork(|| {
+            class = symbols::classify(frames);
+            if (ALL.load(Relaxed) || class != Class::Runtime)
+                && SKIP.load(Relaxed) == 0
+                && FAILED_ID.load(Relaxed) == 0
+            {
+                place = symbols::site_of(frames, WHERE_FRAMES, symbols::Paths::Full);
+            }
+        });
+    });
+    if !resolved {
+        return StackCheck::Pass;
+    }
     if !ALL.load(Relaxed) && class == Class::Runtime {
         if KNOWN.insert(id, 0, false) == Inserted::New {
             let mut line = StackBuf::<40>::new();
@@ -181,7 +201,15 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
         return StackCheck::Pass;
     }
     FAILED_PID.store(sys::getpid(), Relaxed);
-    write_site(id, frames, op, size, align);
+    if place.is_empty() {
+        // Another thread's skip or failure was still pending above.
+        symbols::on_big_stack(&mut || {
+            symbols::never_waiting_for_fork(|| {
+                place = symbols::site_of(frames, WHERE_FRAMES, symbols::Paths::Full);
+            });
+        });
+    }
+    write_site(id, frames, &place, op, size, align);
     StackCheck::Fail
 }
 
@@ -447,12 +475,8 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
 // ---------------------------------------------------------------------------
 // The site line.
 
-fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
-    // Resolving allocates and needs stack: on a thread of its own.
-    let mut place = String::new();
-    symbols::on_big_stack(&mut || {
-        place = symbols::site_of(frames, WHERE_FRAMES, symbols::Paths::Full)
-    });
+/// Appends the site line of stack `id`, `place` its resolved first frames.
+fn write_site(id: u64, frames: &[usize], place: &str, op: Op, size: usize, align: usize) {
     let mut line = StackBuf::<4096>::new();
     let pid = sys::getpid();
     let _ = write!(
