@@ -1137,3 +1137,59 @@ fn replay_lines_name_the_package_and_the_target_that_hold_the_test() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// An operation that takes its inherited descriptors for its own.
+
+/// Makes every inherited descriptor but `own` (and stdin, stdout, stderr)
+/// refer to `own` (`dup2`), or closes them, as a program that cleans up its
+/// descriptors does; then writes one line to `own` and builds an index.
+fn take_descriptors(own: i32, close: bool) -> Result<Vec<String>, TryReserveError> {
+    for fd in 3..4096 {
+        // SAFETY: F_GETFD only asks whether the number is open.
+        if fd == own || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            continue;
+        }
+        // SAFETY: the child's own descriptors, taken on purpose.
+        unsafe {
+            if close {
+                libc::close(fd);
+            } else {
+                libc::dup2(own, fd);
+            }
+        }
+    }
+    // SAFETY: `own` is open; the buffer is valid.
+    unsafe { libc::write(own, b"own\n".as_ptr().cast(), 4) };
+    build_index(&["alpha", "beta", "gamma"])
+}
+
+/// A sweep's child talks to its parent through a pipe: an operation that
+/// `dup2`s its own file over its inherited descriptors gets only its own
+/// lines in its file, one that closes them all still lets the child report,
+/// and the report is the same as without either.
+#[test]
+fn an_operation_that_takes_its_inherited_descriptors_keeps_its_file_and_the_report() {
+    for close in [false, true] {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("own-descriptors-{close}-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let own = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let report = quick().run(|| take_descriptors(own, close));
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !written.is_empty() && written.lines().all(|l| l == "own"),
+            "close {close}: {written:?}"
+        );
+        report.assert_handled();
+        assert_eq!(report.allocations(), 4, "close {close}\n{report}");
+        assert_eq!(report.points().len(), 4, "close {close}\n{report}");
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+    }
+}
