@@ -61,7 +61,7 @@ fn start_once(defaults: &Defaults) {
     #[cfg(not(miri))]
     core::hint::black_box(&raw const mayfail_note_engine);
     // Likewise for the constructor that registers the fork handlers.
-    #[cfg(feature = "inject")]
+    #[cfg(all(feature = "inject", not(miri)))]
     core::hint::black_box(&raw const crate::symbols::FORK_HANDLERS_AT_START);
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     crate::scope::find_state_offset();

@@ -455,7 +455,8 @@ thread_local! {
 /// injection is configured through the API, when a sweep starts, and by
 /// this crate's constructor when `MAYFAIL_INJECT` is set.
 pub(crate) fn register_fork_handlers() {
-    if !FORK_HANDLERS.swap(true, Relaxed) {
+    // Miri models no fork, and no `pthread_atfork`.
+    if !FORK_HANDLERS.swap(true, Relaxed) && !cfg!(miri) {
         // SAFETY: the handlers are `extern "C"` functions that live as long
         // as the process (or this library), and touch only atomics.
         unsafe {
@@ -473,10 +474,12 @@ pub(crate) fn register_fork_handlers() {
 /// injection it asks for is installed later by the first allocation,
 /// inside the allocator, where registering is not safe. Referred to by the
 /// start-up, so that the linker keeps it.
+#[cfg(not(miri))]
 #[used]
 #[unsafe(link_section = ".init_array")]
 pub(crate) static FORK_HANDLERS_AT_START: extern "C" fn() = fork_handlers_at_start;
 
+#[cfg(not(miri))]
 extern "C" fn fork_handlers_at_start() {
     if sys::getenv(c"MAYFAIL_INJECT").is_some() {
         register_fork_handlers();
