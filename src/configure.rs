@@ -51,6 +51,8 @@ impl std::error::Error for ConfigError {}
 
 #[doc = include_str!("../docs/injection-grammar.md")]
 pub fn configure_injection(spec: &str) -> Result<(), ConfigError> {
+    // Outside the allocator: see `symbols::register_fork_handlers`.
+    crate::symbols::register_fork_handlers();
     let parsed = spec::parse(spec.as_bytes()).map_err(|e| ConfigError::new(&e))?;
     if install(&parsed, Origin::Api) {
         Ok(())
@@ -106,6 +108,7 @@ pub fn disable_injection() {
 /// assert_eq!(mayfail::fail_nth_pending(), 0); // it fired
 /// ```
 pub fn fail_nth(n: u64) {
+    crate::symbols::register_fork_handlers();
     crash::install_handlers();
     if n != 0 {
         release_at_thread_exit();

@@ -11,9 +11,11 @@
 //! so the process still dies of the same signal.
 //!
 //! A handler the program installed itself, before mayfail's or after it, is
-//! called first, as the kernel would have: a program that handles the signal
-//! (a GC's or a JIT's probe of memory that jumps back out, a handler that
-//! maps the page and returns) lives on, and nothing is reported. Only when
+//! called first, as the kernel would have (with the mask the kernel would
+//! give it, `SA_NODEFER` and `SA_RESETHAND` honoured): a program that
+//! handles the signal (a GC's or a JIT's probe of memory that jumps back
+//! out, a handler that maps the page and returns) lives on, and nothing is
+//! reported. Only when
 //! the process is going to die of the signal after all (the handler left the
 //! default action behind, as std's does for a fault outside a guard page;
 //! `abort`, which goes on to the default action; a handler that calls ours
@@ -33,7 +35,7 @@ use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicU8, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
 use crate::hook::Hook;
@@ -288,10 +290,21 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, context: *
     }
 }
 
+/// The process that wrote its fatal report (0: none yet), so that it is
+/// written once: a program's handler that calls ours back as its
+/// "previous" makes [`on_signal`] reach [`report_fatal`] twice for one
+/// signal, in the call back and once that handler returns. A forked child
+/// has a pid of its own, and its own report.
+static REPORTED_BY: AtomicI32 = AtomicI32::new(0);
+
 /// What a process that dies of `sig` leaves: the fate of the site it failed
 /// (`sites` mode), the abort's stack for a sweep's parent, and the report.
-/// Written first, without allocating.
+/// Written first, without allocating; once per process.
 fn report_fatal(sig: libc::c_int, fault_address: usize, sent: bool) {
+    let pid = sys::getpid();
+    if REPORTED_BY.swap(pid, AcqRel) == pid {
+        return;
+    }
     // [sites] The fate of the site this process failed in `sites` mode.
     if let Some(hook) = ON_FATAL_SIGNAL.get() {
         hook(sig, fault_address);
@@ -378,9 +391,9 @@ fn raised_by_abort() -> bool {
 }
 
 /// Calls the program's own handler for `sig` as the kernel would have:
-/// with its mask added to the blocked signals, its disposition reset first
-/// if it asked for `SA_RESETHAND`, and the thread registered meanwhile (see
-/// [`Calling`]).
+/// with the mask the kernel gives a handler (see [`handler_mask`]), its
+/// disposition reset first if it asked for `SA_RESETHAND`, and the thread
+/// registered meanwhile (see [`Calling`]).
 fn call_program_handler(
     target: &libc::sigaction,
     sig: libc::c_int,
@@ -391,8 +404,9 @@ fn call_program_handler(
     let _calling = Calling::enter(context, frame);
     // SAFETY: an all-zero sigset is valid storage for the old mask.
     let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `target.sa_mask` is a valid sigset; `old` receives the mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &target.sa_mask, &mut old) };
+    let mask = handler_mask(target, sig);
+    // SAFETY: `mask` is a valid sigset; `old` receives the mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, &mut old) };
     if target.sa_flags & libc::SA_RESETHAND != 0 {
         // SAFETY: an all-zero sigaction is the default action.
         let default: libc::sigaction = unsafe { core::mem::zeroed() };
@@ -414,6 +428,36 @@ fn call_program_handler(
     }
     // SAFETY: `old` is the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+}
+
+/// The mask the kernel runs the handler `target` of `sig` with: the mask at
+/// the signal, plus the handler's `sa_mask`, plus `sig` itself unless the
+/// handler asked for `SA_NODEFER` (Linux does not take `SA_RESETHAND` for
+/// it). Ours runs without `SA_NODEFER` and with an empty `sa_mask`, so the
+/// mask now is the one at the signal plus `sig`, which was not blocked
+/// then (a blocked signal is not delivered; a blocked fault kills). A
+/// handler that asked for `SA_NODEFER` and jumps out with `_longjmp` or
+/// `siglongjmp(env, 0)`, which leave the mask as it is, must not leave
+/// `sig` blocked behind it: the next fault would kill the process without
+/// calling any handler. Does not allocate.
+fn handler_mask(target: &libc::sigaction, sig: libc::c_int) -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is valid storage; pthread_sigmask fills it.
+    let mut mask: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: reads the current mask into `mask`; `sig` and `s` are signal
+    // numbers, and both sets are valid.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut mask);
+        libc::sigdelset(&mut mask, sig);
+        for s in 1..=64 {
+            if libc::sigismember(&target.sa_mask, s) == 1 {
+                libc::sigaddset(&mut mask, s);
+            }
+        }
+        if target.sa_flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut mask, sig);
+        }
+    }
+    mask
 }
 
 /// The threads running a program's handler called from ours: if that
@@ -668,5 +712,59 @@ fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
     let args = buf[..len].strip_suffix(&[0]).unwrap_or(&buf[..len]);
     for (i, arg) in args.split(|&b| b == 0).enumerate() {
         let _ = write!(line, "{}{}", if i == 0 { "" } else { " " }, ShellWord(arg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static FATES: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_fate(_sig: libc::c_int, _fault_address: usize) {
+        FATES.fetch_add(1, Relaxed);
+    }
+
+    /// Runs `body` in a forked child and returns its exit code.
+    fn in_child(body: fn() -> i32) -> i32 {
+        // SAFETY: the child only touches atomics and calls async-signal-safe
+        // functions before `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child without running the parent's exit code.
+            unsafe { libc::_exit(body()) };
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is writable.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// A program's handler that calls ours back makes the handler reach the
+    /// report twice for one signal: it is written once, and a child forked
+    /// after it writes its own.
+    #[test]
+    fn a_process_writes_its_fatal_report_once_and_a_forked_child_its_own() {
+        let code = in_child(|| {
+            ON_FATAL_SIGNAL.set(Some(count_fate));
+            report_fatal(libc::SIGSEGV, 0, false);
+            report_fatal(libc::SIGSEGV, 0, false);
+            let first = FATES.load(Relaxed) as i32;
+            let forked = in_child(|| {
+                report_fatal(libc::SIGABRT, 0, false);
+                report_fatal(libc::SIGABRT, 0, false);
+                FATES.load(Relaxed) as i32
+            });
+            first * 10 + forked
+        });
+        assert_eq!(
+            code,
+            12,
+            "reports: parent {}, forked child's total {}",
+            code / 10,
+            code % 10
+        );
     }
 }

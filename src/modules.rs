@@ -9,7 +9,10 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_int, c_void};
-use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 const MAX_MODULES: usize = 128;
 const MODULE_NAME: usize = 96;
@@ -57,36 +60,63 @@ struct Modules {
     list: UnsafeCell<[Module; MAX_MODULES]>,
 }
 
-// SAFETY: written only by the thread that wins `MODULES_STATE` (0 -> 1),
-// read only after it stored 2.
+// SAFETY: written only by the thread that wins `MODULES_STATE` (to
+// building, by its process), read only after it stored `BUILT`.
 unsafe impl Sync for Modules {}
 
 static MODULES: Modules = Modules {
     count: UnsafeCell::new(0),
     list: UnsafeCell::new([Module::EMPTY; MAX_MODULES]),
 };
-static MODULES_STATE: AtomicU8 = AtomicU8::new(0);
+/// `NOT_BUILT`, `BUILT`, or the pid of the process whose thread is
+/// building the table (shifted left by one bit, the low bit set). A child
+/// forked while a thread of its parent was building inherits that state
+/// with nobody to finish it: the parent's pid tells it so, and the child
+/// builds the table again, never waiting for it.
+static MODULES_STATE: AtomicU64 = AtomicU64::new(NOT_BUILT);
+const NOT_BUILT: u64 = 0;
+const BUILT: u64 = 2;
+
+/// The state of a table being built by a thread of process `pid`.
+fn building_by(pid: c_int) -> u64 {
+    (u64::from(pid as u32) << 1) | 1
+}
 
 pub(crate) fn modules() -> &'static [Module] {
-    if MODULES_STATE.load(core::sync::atomic::Ordering::Acquire) != 2 {
+    if MODULES_STATE.load(Acquire) != BUILT {
         return &[];
     }
-    // SAFETY: complete and never written again once the state is 2.
+    // SAFETY: complete and never written again once the state is `BUILT`.
     unsafe { &(&*MODULES.list.get())[..*MODULES.count.get()] }
 }
 
-/// Lists the loaded modules' executable segments, once per process.
+/// Lists the loaded modules' executable segments, once per process (and
+/// again in a child forked while its parent was listing them). A thread
+/// that finds another one of its process listing does not wait: until the
+/// table is complete, addresses are located with `dladdr`.
 pub(crate) fn build_modules() {
-    if MODULES_STATE
-        .compare_exchange(0, 1, Relaxed, Relaxed)
-        .is_err()
+    let mine = building_by(crate::sys::getpid());
+    let state = MODULES_STATE.load(Relaxed);
+    let ours_to_build = match state {
+        BUILT => false,
+        NOT_BUILT => true,
+        // Left by a parent that was building when this process forked.
+        building => building != mine,
+    };
+    if !ours_to_build
+        || MODULES_STATE
+            .compare_exchange(state, mine, Relaxed, Relaxed)
+            .is_err()
     {
         return;
     }
-    // SAFETY: the callback only reads what the loader passes and writes the
-    // table, which no one reads before the state becomes 2.
-    unsafe { libc::dl_iterate_phdr(Some(add_module), core::ptr::null_mut()) };
-    MODULES_STATE.store(2, core::sync::atomic::Ordering::Release);
+    // SAFETY: only the thread that won the state above writes the table,
+    // and no one reads it before the state becomes `BUILT`.
+    unsafe {
+        *MODULES.count.get() = 0;
+        libc::dl_iterate_phdr(Some(add_module), core::ptr::null_mut());
+    }
+    MODULES_STATE.store(BUILT, Release);
 }
 
 unsafe extern "C" fn add_module(
@@ -166,6 +196,28 @@ pub(crate) fn locate(ip: usize) -> (Option<Module>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child forked while a thread of its parent was listing the modules
+    /// lists them itself, rather than going without for ever.
+    #[test]
+    fn a_child_forked_while_the_modules_were_being_listed_lists_them_again() {
+        // SAFETY: the child only touches atomics, lists the modules (the
+        // loader's lock, which fork leaves usable) and ends with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // As the parent's state was when it forked: its pid, building.
+            MODULES_STATE.store(building_by(crate::sys::getpid() - 1), Relaxed);
+            build_modules();
+            let listed = modules().iter().any(|m| m.main);
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(i32::from(!listed)) };
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: `pid` is our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 
     #[test]
     fn module_names_drop_the_directory() {

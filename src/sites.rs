@@ -66,8 +66,10 @@
 //! What runs inside the allocator here never allocates, except symbol
 //! resolution for a new stack, which runs under the in-reclaim mark (its
 //! allocations are served, never injected) and holds the `backtrace` crate's
-//! lock while it allocates (a fork waits for it: see `symbols`). Nothing
-//! here panics.
+//! lock while it allocates (a fork waits for it: see `symbols`). It never
+//! waits for a fork in progress: a new stack met while another thread forks
+//! passes unresolved and unrecorded (not failed), and is met again later.
+//! Nothing here panics.
 
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
@@ -166,9 +168,29 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     };
     // Resolving symbols needs a large stack (the allocating thread's may be
     // small): it runs on a thread of its own, which catches panics. No
-    // thread, or a panic: counted as a site.
+    // thread, or a panic: counted as a site. The site's place is resolved
+    // there too, if it may be failed. A fork in progress makes resolution
+    // give up rather than wait (see `symbols`): the stack then passes,
+    // unrecorded, to be met again later.
     let mut class = Class::User;
-    symbols::on_big_stack(&mut || class = symbols::classify(frames));
+    let mut chain = String::new();
+    let mut panic = false;
+    let mut resolved = true;
+    symbols::on_big_stack(&mut || {
+        resolved = symbols::never_waiting_for_fork(|| {
+            class = symbols::classify(frames);
+            if (ALL.load(Relaxed) || class != Class::Runtime)
+                && SKIP.load(Relaxed) == 0
+                && FAILED_ID.load(Relaxed) == 0
+            {
+                chain = symbols::site_of(frames, CHAIN_FRAMES, symbols::Paths::Full);
+                panic = symbols::serves_panic(frames);
+            }
+        });
+    });
+    if !resolved {
+        return StackCheck::Pass;
+    }
     if !ALL.load(Relaxed) && class == Class::Runtime {
         if KNOWN.insert(id, 0, false) == Inserted::New {
             let mut line = StackBuf::<40>::new();
@@ -191,7 +213,16 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
         return StackCheck::Pass;
     }
     FAILED_PID.store(sys::getpid(), Relaxed);
-    write_site(id, frames, op, size, align);
+    if chain.is_empty() {
+        // Another thread's skip or failure was still pending above.
+        symbols::on_big_stack(&mut || {
+            symbols::never_waiting_for_fork(|| {
+                chain = symbols::site_of(frames, CHAIN_FRAMES, symbols::Paths::Full);
+                panic = symbols::serves_panic(frames);
+            });
+        });
+    }
+    write_site(id, frames, &chain, panic, op, size, align);
     StackCheck::Fail
 }
 
@@ -457,20 +488,23 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
 // ---------------------------------------------------------------------------
 // The site line.
 
-fn write_site(id: u64, frames: &[usize], op: Op, size: usize, align: usize) {
-    // Resolving allocates and needs stack: on a thread of its own. The line
-    // is built in memory allocated under the in-reclaim mark too (served,
-    // never injected).
-    let mut chain = String::new();
-    let mut panic = false;
-    symbols::on_big_stack(&mut || {
-        chain = symbols::site_of(frames, CHAIN_FRAMES, symbols::Paths::Full);
-        panic = symbols::serves_panic(frames);
-    });
+/// Appends the site line of stack `id`: `chain` its resolved frames up to
+/// the test, `panic` whether the allocation serves a panic's message. The
+/// line is built in memory allocated under the in-reclaim mark (served,
+/// never injected).
+fn write_site(
+    id: u64,
+    frames: &[usize],
+    chain: &str,
+    panic: bool,
+    op: Op,
+    size: usize,
+    align: usize,
+) {
     // `where`: the chain's first frames.
     let place = match chain.match_indices(" <- ").nth(WHERE_FRAMES - 1) {
         Some((at, _)) => &chain[..at],
-        None => chain.as_str(),
+        None => chain,
     };
     let mut cut = chain.len();
     while cut > CHAIN_BYTES {

@@ -60,6 +60,9 @@ fn start_once(defaults: &Defaults) {
     // model linker-defined statics; nothing there reads the note.)
     #[cfg(not(miri))]
     core::hint::black_box(&raw const mayfail_note_engine);
+    // Likewise for the constructor that registers the fork handlers.
+    #[cfg(all(feature = "inject", not(miri)))]
+    core::hint::black_box(&raw const crate::symbols::FORK_HANDLERS_AT_START);
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     crate::scope::find_state_offset();
     config::register_defaults(defaults);

@@ -12,8 +12,11 @@
 //! allocate (the `backtrace` crate) and take that crate's lock, so callers
 //! run them under the in-reclaim mark, never from a signal handler before
 //! the report's first lines are out. A fork waits for the address being
-//! resolved (`pthread_atfork`), so no child starts with that lock held.
+//! resolved (`pthread_atfork`), so no child starts with that lock held; a
+//! resolution for the allocator never waits for a fork (it gives up, and
+//! the new stack passes unrecorded).
 
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::fmt::Write;
 use core::sync::atomic::{
@@ -269,7 +272,9 @@ impl Frame<'_> {
 /// and takes its lock while it resolves, so callers hold the in-reclaim mark
 /// and never run it from a signal handler before the report's first lines.
 pub(crate) fn resolve(ip: usize, mut f: impl FnMut(&Frame<'_>)) {
-    let _resolving = Resolving::enter();
+    let Some(_resolving) = Resolving::enter() else {
+        return;
+    };
     backtrace::resolve(ip as *mut c_void, |symbol| {
         let mut text = StackBuf::<512>::new();
         let mut demangled = StackBuf::<512>::new();
@@ -415,18 +420,82 @@ fn demangle_cpp<const N: usize>(mangled: &[u8], out: &mut StackBuf<N>) -> bool {
 /// fork then would give the child that lock held by a thread it does not
 /// have, and the child's first resolution (inside `malloc`, at its first
 /// new stack) would wait for ever. So a fork waits for the resolution in
-/// progress to end (the `pthread_atfork` handlers below), and a resolution
-/// waits for a fork in progress. Held for one address at a time, never
-/// across a call back into the caller's code.
+/// progress to end (the `pthread_atfork` handlers below, registered by
+/// [`register_fork_handlers`] outside the allocator), and holds the turn
+/// until it is done. A resolution outside the allocator waits for a fork in
+/// progress; one the allocator asked for (see [`never_waiting_for_fork`])
+/// never does: the forking thread may be running another prepare handler
+/// that waits for a lock the allocating thread holds, so it gives up at
+/// once and its new stack passes unrecorded, to be met again later. Held
+/// for one address at a time, never across a call back into the caller's
+/// code.
 static RESOLVER: AtomicI32 = AtomicI32::new(0);
 /// Whether the fork handlers are registered.
 static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
 /// Whether the fork in progress took [`RESOLVER`] (rather than finding its
 /// own thread resolving).
 static FORK_TOOK: AtomicBool = AtomicBool::new(false);
-/// Forks waiting for [`RESOLVER`]: resolutions let them go first, so that
-/// threads that resolve one address after another do not starve a fork.
-static FORKS_WAITING: AtomicUsize = AtomicUsize::new(0);
+/// Forks in progress (from their prepare handler to their parent handler):
+/// resolutions let them go first, so that threads that resolve one address
+/// after another do not starve a fork.
+static FORKS_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while the thread resolves for the allocator: it must not wait
+    /// for a fork in progress.
+    static NO_FORK_WAIT: Cell<bool> = const { Cell::new(false) };
+    /// Set when a resolution of the thread gave up for a fork in progress.
+    static GAVE_UP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Registers the fork handlers, once per process. `pthread_atfork` may
+/// allocate and takes the C library's fork-handler lock, which a fork holds
+/// while it runs prepare handlers: so never from inside the allocator (a
+/// prepare handler that allocates would take that lock twice). Called when
+/// injection is configured through the API, when a sweep starts, and by
+/// this crate's constructor when `MAYFAIL_INJECT` is set.
+pub(crate) fn register_fork_handlers() {
+    // Miri models no fork, and no `pthread_atfork`.
+    if !FORK_HANDLERS.swap(true, Relaxed) && !cfg!(miri) {
+        // SAFETY: the handlers are `extern "C"` functions that live as long
+        // as the process (or this library), and touch only atomics.
+        unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork),
+                Some(after_fork_in_child),
+            )
+        };
+    }
+}
+
+/// This crate's constructor (in the executable, or in the preload library):
+/// registers the fork handlers if `MAYFAIL_INJECT` is set, since the
+/// injection it asks for is installed later by the first allocation,
+/// inside the allocator, where registering is not safe. Referred to by the
+/// start-up, so that the linker keeps it.
+#[cfg(not(miri))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+pub(crate) static FORK_HANDLERS_AT_START: extern "C" fn() = fork_handlers_at_start;
+
+#[cfg(not(miri))]
+extern "C" fn fork_handlers_at_start() {
+    if sys::getenv(c"MAYFAIL_INJECT").is_some() {
+        register_fork_handlers();
+    }
+}
+
+/// Runs `f`, whose resolutions (on this thread) never wait for a fork in
+/// progress: they give up, and `f` sees no names for those addresses.
+/// Returns whether none gave up. For the allocator's resolutions.
+pub(crate) fn never_waiting_for_fork(f: impl FnOnce()) -> bool {
+    let _ = NO_FORK_WAIT.try_with(|flag| flag.set(true));
+    let _ = GAVE_UP.try_with(|flag| flag.set(false));
+    f();
+    let _ = NO_FORK_WAIT.try_with(|flag| flag.set(false));
+    !GAVE_UP.try_with(Cell::get).unwrap_or(false)
+}
 
 /// The calling thread's turn to resolve; dropping it ends the turn.
 struct Resolving {
@@ -434,22 +503,15 @@ struct Resolving {
 }
 
 impl Resolving {
-    fn enter() -> Resolving {
-        if !FORK_HANDLERS.swap(true, Relaxed) {
-            // SAFETY: the handlers are `extern "C"` functions that live as
-            // long as the process (or this library), and touch only atomics.
-            // Registering may allocate: callers hold the in-reclaim mark.
-            unsafe {
-                libc::pthread_atfork(
-                    Some(before_fork),
-                    Some(after_fork),
-                    Some(after_fork_in_child),
-                )
-            };
+    /// The turn, or `None` if the thread must not wait for the fork in
+    /// progress.
+    fn enter() -> Option<Resolving> {
+        let no_wait = NO_FORK_WAIT.try_with(Cell::get).unwrap_or(false);
+        let taken = take_resolver(false, no_wait);
+        if taken.is_none() {
+            let _ = GAVE_UP.try_with(|flag| flag.set(true));
         }
-        Resolving {
-            taken: take_resolver(false),
-        }
+        Some(Resolving { taken: taken? })
     }
 }
 
@@ -461,21 +523,27 @@ impl Drop for Resolving {
     }
 }
 
-/// Waits until no other thread resolves (and, unless `forking`, no fork
-/// waits) and takes the turn; `false` if the calling thread already has it.
-fn take_resolver(forking: bool) -> bool {
+/// Waits until no other thread resolves (and, unless `forking`, no fork is
+/// in progress) and takes the turn: `Some(false)` if the calling thread
+/// already has it, `None` if a fork is in progress and `no_wait` forbids
+/// waiting for it.
+fn take_resolver(forking: bool, no_wait: bool) -> Option<bool> {
     let me = sys::gettid();
     let mut backoff = crate::backoff::Backoff::new();
     loop {
         let owner = RESOLVER.load(Relaxed);
         if owner == me {
-            return false;
+            return Some(false);
+        }
+        let fork_in_progress = !forking && FORKS_IN_PROGRESS.load(Acquire) != 0;
+        if fork_in_progress && no_wait {
+            return None;
         }
         if owner == 0
-            && (forking || FORKS_WAITING.load(Relaxed) == 0)
+            && !fork_in_progress
             && RESOLVER.compare_exchange(0, me, Acquire, Relaxed).is_ok()
         {
-            return true;
+            return Some(true);
         }
         backoff.next_pause().wait();
     }
@@ -483,9 +551,8 @@ fn take_resolver(forking: bool) -> bool {
 
 /// Before a fork: wait for the resolution in progress, and hold off others.
 extern "C" fn before_fork() {
-    FORKS_WAITING.fetch_add(1, Relaxed);
-    FORK_TOOK.store(take_resolver(true), Relaxed);
-    FORKS_WAITING.fetch_sub(1, Relaxed);
+    FORKS_IN_PROGRESS.fetch_add(1, Release);
+    FORK_TOOK.store(take_resolver(true, false) == Some(true), Relaxed);
 }
 
 /// After a fork, in the parent: resolutions may go on.
@@ -493,12 +560,13 @@ extern "C" fn after_fork() {
     if FORK_TOOK.load(Relaxed) {
         RESOLVER.store(0, Release);
     }
+    FORKS_IN_PROGRESS.fetch_sub(1, Release);
 }
 
 /// After a fork, in the child: its only thread is the one that forked, and
 /// no resolution was in progress.
 extern "C" fn after_fork_in_child() {
-    FORKS_WAITING.store(0, Relaxed);
+    FORKS_IN_PROGRESS.store(0, Relaxed);
     RESOLVER.store(0, Release);
 }
 

@@ -1046,6 +1046,147 @@ fn a_fault_the_program_handles_itself_is_no_crash_and_one_it_gives_up_on_is() {
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
+/// The second page a nested probe reads from inside the handler.
+static NESTED_PAGE: AtomicUsize = AtomicUsize::new(0);
+/// Faults the nested-probe handler saw, and how many times `SIGUSR2` (in its
+/// `sa_mask`) was not blocked while it ran.
+static NESTED_FAULTS: AtomicUsize = AtomicUsize::new(0);
+static NESTED_MASK_MISSED: AtomicUsize = AtomicUsize::new(0);
+/// Whether the nested-probe handler asks for `SA_RESETHAND` too.
+static NESTED_RESETHAND: AtomicBool = AtomicBool::new(false);
+
+/// A handler with `SA_NODEFER` that probes memory itself: a fault on the
+/// probe page reads the nested page, which faults again inside the handler
+/// (delivered only because `SIGSEGV` is not blocked), then both pages are
+/// made readable. With `SA_RESETHAND` too, it installs itself again.
+extern "C" fn nested_probe_action(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _: *mut libc::c_void,
+) {
+    NESTED_FAULTS.fetch_add(1, SeqCst);
+    if NESTED_RESETHAND.load(SeqCst) {
+        install_nested_probe_handler();
+    }
+    // SAFETY: an all-zero sigset is valid storage; pthread_sigmask fills it.
+    let blocked_usr2 = unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        libc::sigismember(&mask, libc::SIGUSR2) == 1
+    };
+    if !blocked_usr2 {
+        NESTED_MASK_MISSED.fetch_add(1, SeqCst);
+    }
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let address = unsafe { (*info).si_addr() } as usize;
+    let (probe, nested) = (PROBE_PAGE.load(SeqCst), NESTED_PAGE.load(SeqCst));
+    // SAFETY: both pages are ours, mapped by the probe below.
+    unsafe {
+        if (nested..nested + 4096).contains(&address) {
+            libc::mprotect(nested as *mut libc::c_void, 4096, libc::PROT_READ);
+        } else if (probe..probe + 4096).contains(&address) {
+            std::ptr::read_volatile(nested as *const u8);
+            libc::mprotect(probe as *mut libc::c_void, 4096, libc::PROT_READ);
+        } else {
+            let default: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGSEGV, &default, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Installs [`nested_probe_action`] for `SIGSEGV`, with `SA_NODEFER`,
+/// `SIGUSR2` in its mask, and `SA_RESETHAND` if asked for.
+fn install_nested_probe_handler() {
+    // SAFETY: an all-zero sigaction is valid; the handler is filled in.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            nested_probe_action;
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        if NESTED_RESETHAND.load(SeqCst) {
+            action.sa_flags |= libc::SA_RESETHAND;
+        }
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaddset(&mut action.sa_mask, libc::SIGUSR2);
+        libc::sigaction(libc::SIGSEGV, &action, std::ptr::null_mut());
+    }
+}
+
+/// The child: the nested-probe handler goes in before injection starts or
+/// after it, then an injected failure, then three probes, each faulting
+/// twice (once in the handler).
+#[test]
+fn nested_fault_probe() {
+    if !is_child() {
+        return;
+    }
+    let before = std::env::var("PROBE_ORDER").unwrap_or_default() == "before";
+    NESTED_RESETHAND.store(std::env::var_os("PROBE_RESETHAND").is_some(), SeqCst);
+    PROBE_PAGE.store(map_probe_page(), SeqCst);
+    // SAFETY: a fresh anonymous mapping.
+    let nested = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(nested, libc::MAP_FAILED);
+    NESTED_PAGE.store(nested as usize, SeqCst);
+    if before {
+        install_nested_probe_handler();
+    }
+    mayfail::configure_injection("task-filter=Y,times=-1").unwrap();
+    if !before {
+        install_nested_probe_handler();
+    }
+    assert!(mayfail::make_it_fail(|| Vec::<u8>::new().try_reserve(8)).is_err());
+    for _ in 0..3 {
+        // SAFETY: the page is ours; the probe protects it again.
+        unsafe { libc::mprotect(nested, 4096, libc::PROT_NONE) };
+        assert_eq!(probe(), 0);
+    }
+    assert_eq!(NESTED_FAULTS.load(SeqCst), 6);
+    assert_eq!(NESTED_MASK_MISSED.load(SeqCst), 0);
+    eprintln!("probed");
+}
+
+/// A handler that asks for `SA_NODEFER` runs with its signal unblocked, as
+/// the kernel runs it, also when mayfail's handler (installed without it)
+/// calls it: a fault inside it is delivered to it again rather than killing
+/// the process, and a handler that jumps out leaves nothing blocked. Its
+/// `sa_mask` is blocked meanwhile. With `SA_RESETHAND` as well.
+#[test]
+fn a_handler_with_sa_nodefer_handles_faults_inside_itself_after_an_injected_failure() {
+    if is_child() {
+        return;
+    }
+    let mut problems = Vec::new();
+    for order in ["before", "after"] {
+        for resethand in [false, true] {
+            let mut env = vec![("MAYFAIL_INJECT", None), ("PROBE_ORDER", Some(order))];
+            if resethand {
+                env.push(("PROBE_RESETHAND", Some("1")));
+            }
+            let run = run_child("nested_fault_probe", &env);
+            if run.code != Some(0) || !run.stderr.contains("probed") {
+                problems.push(format!(
+                    "handler installed {order} mayfail's, SA_RESETHAND {resethand}: signal \
+                     {:?}, exit code {:?}\n{}",
+                    run.signal,
+                    run.code,
+                    run.stderr.trim_end()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
 /// Aborts the program's own `SIGABRT` handler saw.
 static ABORTS_SEEN: AtomicUsize = AtomicUsize::new(0);
 

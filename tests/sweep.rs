@@ -999,8 +999,9 @@ fn output_on_the_error_path_is_no_leak_under_the_harness_capture() {
 /// The files of a workspace of two packages; `app` has a sweep that aborts
 /// in each kind of target: its library, a binary of the same name, an
 /// integration test with a dash in its name (through a helper of the
-/// library), an example, a bench and a doctest.
-const REPLAY_FIXTURE: [(&str, &str); 10] = [
+/// library), an example, a bench and doctests: two whose fences are on the
+/// same line of two files, and one on a method.
+const REPLAY_FIXTURE: [(&str, &str); 11] = [
     (
         "Cargo.toml",
         "[workspace]\nmembers = [\"app\", \"other\"]\nresolver = \"3\"\n",
@@ -1022,6 +1023,7 @@ const REPLAY_FIXTURE: [(&str, &str); 10] = [
          //! ```\n\
          //! mayfail::sweep(|| app::collect(10)).assert_handled();\n\
          //! ```\n\n\
+         pub mod more;\n\n\
          #[global_allocator]\n\
          static GLOBAL: mayfail::MayFail<std::alloc::System> = mayfail::MayFail::system();\n\n\
          /// Sweeps `collect`, for a test elsewhere.\n\
@@ -1050,6 +1052,24 @@ const REPLAY_FIXTURE: [(&str, &str); 10] = [
     (
         "app/benches/speed.rs",
         "#[test]\nfn bench_sweep() {\n    mayfail::sweep(|| app::collect(10)).assert_handled();\n}\n",
+    ),
+    (
+        "app/src/more.rs",
+        "//! More of the same.\n\
+         //!\n\
+         //! ```\n\
+         //! mayfail::sweep(|| app::collect(10)).assert_handled();\n\
+         //! ```\n\n\
+         /// A holder.\n\
+         pub struct Holder;\n\n\
+         impl Holder {\n    \
+         /// Sweeps again.\n    \
+         ///\n    \
+         /// ```\n    \
+         /// mayfail::sweep(|| app::collect(10)).assert_handled();\n    \
+         /// ```\n    \
+         pub fn again() {}\n\
+         }\n",
     ),
     ("app/README.md", "A fixture.\n"),
 ];
@@ -1109,31 +1129,109 @@ fn replay_lines_name_the_package_and_the_target_that_hold_the_test() {
         .lines()
         .filter_map(|l| l.split_once("replay: MAYFAIL_SWEEP_POINT=").map(|(_, l)| l))
         .collect();
+    let replay =
+        |line: &str| in_replay_fixture(&dir, std::process::Command::new("bash").args(["-c", line]));
+    let aborted = |replayed: &str| {
+        replayed.contains("running 1 test")
+            && replayed
+                .contains("mayfail: the process is aborting after an injected allocation failure")
+            && replayed.contains("app::collect")
+    };
     for (target, test) in [
         ("--lib", "tests::lib_sweep"),
         ("--bin app", "tests::bin_sweep"),
         ("--test sweep-it", "it_sweep"),
         ("--example ex", "example_sweep"),
         ("--bench speed", "bench_sweep"),
-        ("--doc", "(line 3)"),
     ] {
         let line = lines
             .iter()
             .find(|l| format!("{l} ").contains(&format!(" -p app {target} ")))
             .map(|l| format!("MAYFAIL_SWEEP_POINT={l}"))
             .unwrap_or_else(|| panic!("no replay line with {target}:\n{output}"));
-        // A doctest's name is rustdoc's: the line may pick it by its fence.
-        assert!(target == "--doc" || line.contains(test), "{line}");
-        let replayed =
-            in_replay_fixture(&dir, std::process::Command::new("bash").args(["-c", &line]));
+        let replayed = replay(&line);
         assert!(
-            replayed.contains("running 1 test")
-                && replayed.contains(test)
-                && replayed.contains(
-                    "mayfail: the process is aborting after an injected allocation failure"
-                )
-                && replayed.contains("app::collect"),
+            aborted(&replayed) && replayed.contains(test),
             "{line}\n{replayed}"
         );
+    }
+    // Each doctest's line runs that doctest alone, though two have their
+    // fences on the same line of two files.
+    let mut doctests = Vec::new();
+    for line in lines.iter().filter(|l| l.contains(" -p app --doc")) {
+        let line = format!("MAYFAIL_SWEEP_POINT={line}");
+        let replayed = replay(&line);
+        assert!(aborted(&replayed), "{line}\n{replayed}");
+        let ran = replayed
+            .lines()
+            .find_map(|l| l.strip_prefix("test app/")?.split_once(" ... "))
+            .map(|(name, _)| name.to_owned());
+        doctests.extend(ran);
+    }
+    doctests.sort();
+    assert_eq!(
+        doctests,
+        [
+            "src/lib.rs - (line 3)",
+            "src/more.rs - more (line 3)",
+            "src/more.rs - more::Holder::again (line 13)",
+        ],
+        "{output}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// An operation that takes its inherited descriptors for its own.
+
+/// Makes every inherited descriptor but `own` (and stdin, stdout, stderr)
+/// refer to `own` (`dup2`), or closes them, as a program that cleans up its
+/// descriptors does; then writes one line to `own` and builds an index.
+fn take_descriptors(own: i32, close: bool) -> Result<Vec<String>, TryReserveError> {
+    for fd in 3..4096 {
+        // SAFETY: F_GETFD only asks whether the number is open.
+        if fd == own || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            continue;
+        }
+        // SAFETY: the child's own descriptors, taken on purpose.
+        unsafe {
+            if close {
+                libc::close(fd);
+            } else {
+                libc::dup2(own, fd);
+            }
+        }
+    }
+    // SAFETY: `own` is open; the buffer is valid.
+    unsafe { libc::write(own, b"own\n".as_ptr().cast(), 4) };
+    build_index(&["alpha", "beta", "gamma"])
+}
+
+/// A sweep's child talks to its parent through a pipe: an operation that
+/// `dup2`s its own file over its inherited descriptors gets only its own
+/// lines in its file, one that closes them all still lets the child report,
+/// and the report is the same as without either.
+#[test]
+fn an_operation_that_takes_its_inherited_descriptors_keeps_its_file_and_the_report() {
+    for close in [false, true] {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("own-descriptors-{close}-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let own = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let report = quick().run(|| take_descriptors(own, close));
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !written.is_empty() && written.lines().all(|l| l == "own"),
+            "close {close}: {written:?}"
+        );
+        report.assert_handled();
+        assert_eq!(report.allocations(), 4, "close {close}\n{report}");
+        assert_eq!(report.points().len(), 4, "close {close}\n{report}");
+        drop(file);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -1766,3 +1766,99 @@ int main(void) {
     assert_eq!(run.status.code(), Some(0), "{text}");
     assert_eq!(text, "null after many blocks\n");
 }
+
+// ---------------------------------------------------------------------------
+// Handlers that jump out without restoring the signal mask.
+
+/// A C program that probes three unreadable addresses with its own
+/// `SIGSEGV` handler, which jumps out without restoring the signal mask, as
+/// memory probes and JIT or GC recovery do, after an injected failure of
+/// its `malloc(123)` (which puts mayfail's handler in front of the
+/// program's). The handler asks for `SA_NODEFER`, so the kernel never
+/// blocks `SIGSEGV` while it runs and the jump leaves nothing blocked. The
+/// argument picks the jump: `longjmp` (`setjmp` and `_longjmp`), `sigjmp0`
+/// (`sigsetjmp(env, 0)` and `siglongjmp`) or `resethand` (`_longjmp`, with
+/// `SA_RESETHAND` too: the handler installs itself again each time).
+const JUMPING_PROGRAM: &str = r#"#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static jmp_buf env;
+static sigjmp_buf sigenv;
+static const char *how;
+static volatile int faults;
+
+static void install(void);
+
+static void on_segv(int sig) {
+    (void)sig;
+    faults++;
+    if (strcmp(how, "resethand") == 0) install();
+    if (strcmp(how, "sigjmp0") == 0) siglongjmp(sigenv, 1);
+    _longjmp(env, 1);
+}
+
+static void install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_segv;
+    sa.sa_flags = SA_NODEFER;
+    if (strcmp(how, "resethand") == 0) sa.sa_flags |= SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, NULL);
+}
+
+__attribute__((noinline)) static int readable(volatile char *p) {
+    if (strcmp(how, "sigjmp0") == 0) {
+        if (sigsetjmp(sigenv, 0)) return 0;
+    } else if (_setjmp(env)) {
+        return 0;
+    }
+    (void)*p;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    how = argc > 1 ? argv[1] : "longjmp";
+    install();
+    char *text = malloc(123);
+    int found = 0;
+    for (int i = 0; i < 3; i++) found += readable((volatile char *)(long)(16 * i));
+    fprintf(stderr, "malloc %s; readable %d, faults %d\n", text ? "served" : "failed", found, faults);
+    free(text);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_handler_that_asks_for_sa_nodefer_and_jumps_out_recovers_every_fault_after_an_injected_failure()
+{
+    require_library();
+    let dir = scratch("jumping-handler");
+    compile_c(&dir, JUMPING_PROGRAM, &[]);
+    let mut problems = Vec::new();
+    for how in ["longjmp", "sigjmp0", "resethand"] {
+        let output = bounded(
+            runner(&dir).args([
+                "run",
+                "--preload",
+                "--inject",
+                "probability=100,times=-1,min-size=123,max-size=123",
+                "--",
+                "./program",
+                how,
+            ]),
+            60,
+        );
+        let text = support::output_text(&output);
+        if output.status.code() != Some(0)
+            || !text.contains("malloc failed; readable 0, faults 3")
+            || text.contains("mayfail: the process crashed")
+        {
+            problems.push(format!("{how}: {:?}\n{text}", output.status));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -864,3 +864,203 @@ fn a_program_with_mayfail_forking_while_its_threads_resolve_new_stacks_never_han
     assert!(out.contains("children hung: 0"), "{out}");
     assert_eq!(output.status.code(), Some(0), "{out}");
 }
+
+/// A thread that holds the program's lock while it meets new stacks, and a
+/// fork prepare handler of the program's, registered before any
+/// allocation, that takes the same lock: the main thread forks 100
+/// children meanwhile. A fork that waits for the lock while mayfail's
+/// prepare handler holds the resolver's turn, and the thread waiting for
+/// that turn with the lock held, would never end: `alarm` ends the program
+/// then.
+const FORK_LOCK_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void chain(unsigned n, int depth);
+__attribute__((noinline)) static void left(unsigned n, int depth) { chain(n, depth); __asm__ volatile(""); }
+__attribute__((noinline)) static void right(unsigned n, int depth) { chain(n, depth); __asm__ volatile(""); }
+__attribute__((noinline)) static void chain(unsigned n, int depth) {
+    if (depth == 0) { free(strdup("new stack")); return; }
+    if (n & 1) left(n >> 1, depth - 1); else right(n >> 1, depth - 1);
+    __asm__ volatile("");
+}
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static void prepare(void) { pthread_mutex_lock(&lock); }
+static void release(void) { pthread_mutex_unlock(&lock); }
+
+static volatile int stop;
+
+static void *meet_new_stacks_locked(void *arg) {
+    unsigned n = (unsigned)(size_t)arg << 20;
+    while (!stop) {
+        pthread_mutex_lock(&lock);
+        for (int i = 0; i < 4; i++) chain(n++, 20);
+        pthread_mutex_unlock(&lock);
+    }
+    return NULL;
+}
+
+int main(void) {
+    alarm(60);
+    pthread_atfork(prepare, release, release);
+    pthread_t threads[2];
+    for (size_t i = 0; i < 2; i++) pthread_create(&threads[i], NULL, meet_new_stacks_locked, (void *)(i + 1));
+    for (unsigned c = 0; c < 100; c++) {
+        pid_t pid = fork();
+        if (pid < 0) return 2;
+        if (pid == 0) {
+            chain((1u << 30) + c, 20);
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 3;
+    }
+    stop = 1;
+    for (size_t i = 0; i < 2; i++) pthread_join(threads[i], NULL);
+    printf("forked 100 children\n");
+    return 0;
+}
+"#;
+
+#[test]
+fn a_fork_whose_prepare_handler_waits_for_a_lock_held_by_a_thread_meeting_new_stacks_never_hangs() {
+    let dir = scratch("fork-lock");
+    let program = compile_c(&dir, FORK_LOCK_PROGRAM);
+    let state = dir.join("walk.state");
+    let output = preloaded(
+        Command::new(&program).current_dir(&dir),
+        Some(&format!("sites={},sites-skip=1000000000", state.display())),
+        120,
+    );
+    let out = support::output_text(&output);
+    assert!(out.contains("forked 100 children"), "{out}");
+    assert_eq!(output.status.code(), Some(0), "{out}");
+}
+
+static FORK_LOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The program's lock, taken by its fork prepare handler.
+static mut PROGRAM_LOCK: libc::pthread_mutex_t = libc::PTHREAD_MUTEX_INITIALIZER;
+
+extern "C" fn take_program_lock() {
+    // SAFETY: a static mutex, initialised.
+    unsafe { libc::pthread_mutex_lock(&raw mut PROGRAM_LOCK) };
+}
+
+extern "C" fn release_program_lock() {
+    // SAFETY: the forking thread took it in `take_program_lock`.
+    unsafe { libc::pthread_mutex_unlock(&raw mut PROGRAM_LOCK) };
+}
+
+/// The child side of the next test: the same in a Rust program that
+/// registers its prepare handler first and configures the site walk after
+/// (so mayfail's prepare handler runs first at a fork, holding the
+/// resolver's turn while the program's waits for its lock).
+#[test]
+fn child_that_forks_while_a_locked_thread_resolves() {
+    if std::env::var_os("MAYFAIL_FORK_LOCK_CHILD").is_none() {
+        return;
+    }
+    // SAFETY: alarm has no preconditions; it ends a hung process.
+    unsafe { libc::alarm(60) };
+    #[inline(never)]
+    fn chain(n: u64, depth: u32) -> usize {
+        if depth == 0 {
+            return std::hint::black_box(Vec::<u8>::with_capacity(24)).capacity();
+        }
+        if n & 1 == 1 {
+            left(n >> 1, depth - 1)
+        } else {
+            right(n >> 1, depth - 1)
+        }
+    }
+    #[inline(never)]
+    fn left(n: u64, depth: u32) -> usize {
+        chain(n, depth) + 1
+    }
+    #[inline(never)]
+    fn right(n: u64, depth: u32) -> usize {
+        chain(n, depth) + 2
+    }
+    // SAFETY: the handlers are `extern "C"` functions living as long as the
+    // process.
+    unsafe {
+        libc::pthread_atfork(
+            Some(take_program_lock),
+            Some(release_program_lock),
+            Some(release_program_lock),
+        )
+    };
+    let state = std::env::var("MAYFAIL_FORK_LOCK_CHILD").unwrap();
+    mayfail::configure_injection(&format!("sites={state},sites-skip=1000000000")).unwrap();
+    let threads: Vec<_> = (1..=2u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut n = i << 20;
+                while !FORK_LOCK.load(std::sync::atomic::Ordering::Relaxed) {
+                    take_program_lock();
+                    for _ in 0..4 {
+                        chain(n, 20);
+                        n += 1;
+                    }
+                    release_program_lock();
+                }
+            })
+        })
+        .collect();
+    for c in 0..100u64 {
+        // SAFETY: the child only allocates and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            chain((1 << 30) + c, 20);
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+    FORK_LOCK.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    println!("forked 100 children");
+}
+
+#[test]
+fn a_program_with_mayfail_whose_prepare_handler_waits_for_a_lock_held_by_a_resolving_thread_never_hangs()
+ {
+    let exe = std::env::current_exe().unwrap();
+    let dir = scratch("own-mayfail-fork-lock");
+    let state = dir.join("walk.state");
+    let output = support::finish_within(
+        Command::new(&exe)
+            .args([
+                "--exact",
+                "child_that_forks_while_a_locked_thread_resolves",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MAYFAIL_FORK_LOCK_CHILD", &state)
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("LD_PRELOAD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        120,
+    );
+    let out = support::output_text(&output);
+    assert!(out.contains("forked 100 children"), "{out}");
+    assert_eq!(output.status.code(), Some(0), "{out}");
+}

@@ -11,7 +11,12 @@
 //! arms `fail_nth` itself, a forked process writing to the pipe) is reported
 //! as such rather than believed. Only the sweep's own child speaks the
 //! protocol: a process the operation forks inherits the pipe and the
-//! countdown, and stays silent.
+//! countdown, and stays silent. The child keeps its end of the pipe at a
+//! high descriptor number and checks before every write (device and inode)
+//! that the number is still the pipe; if the operation closed it or put a
+//! file of its own there, the child opens the pipe again through the
+//! parent's read end (`/proc/PID/fd/N`), so the operation's files stay its
+//! own and the parent still hears from the child.
 //!
 //! The parent owns its children's lifetimes: `SIGCHLD` is set back to its
 //! default for the sweep's duration if the process ignores it (otherwise the
@@ -22,15 +27,22 @@
 use std::any::Any;
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
 
 use super::Sweep;
 use super::watch::{Child, Ended, Run, poll_children};
 use crate::text::StackBuf;
 use crate::{configure, crash, inject, record, symbols, sys, track};
 
-/// In a sweep's child: the pipe to the parent (`-1` elsewhere).
+/// In a sweep's child: the pipe to the parent (`-1` elsewhere), at a high
+/// number (see [`pipe_fd`]).
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
+/// In a sweep's child: the pipe's identity (device and inode), and where to
+/// open it again: the parent's pid and its number for the read end.
+static PIPE_DEVICE: AtomicU64 = AtomicU64::new(0);
+static PIPE_INODE: AtomicU64 = AtomicU64::new(0);
+static PARENT_PID: AtomicI32 = AtomicI32::new(0);
+static PARENT_READ_FD: AtomicI32 = AtomicI32::new(-1);
 /// In a sweep's child: its pid. A process the operation forks has another
 /// one, and must not speak the protocol.
 static CHILD_PID: AtomicI32 = AtomicI32::new(0);
@@ -100,6 +112,7 @@ impl Sweep {
             return None;
         }
         let [read, write] = fds;
+        let parent = sys::getpid();
         // SAFETY: fork has no preconditions; the child only runs `child_main`
         // and exits without returning.
         let pid = unsafe { libc::fork() };
@@ -114,6 +127,8 @@ impl Sweep {
         if pid == 0 {
             // SAFETY: `read` is open in the child too.
             unsafe { libc::close(read) };
+            PARENT_PID.store(parent, Relaxed);
+            PARENT_READ_FD.store(read, Relaxed);
             self.child_main(f, n, write);
         }
         // SAFETY: `write` is the child's end; `read` becomes non-blocking.
@@ -139,6 +154,14 @@ impl Sweep {
         }
         quiet_backtraces();
         CHILD_PID.store(me, Relaxed);
+        // Out of the way of the operation's own descriptors.
+        let fd = sys::move_descriptor_high(fd);
+        let id = sys::file_id(fd).unwrap_or(sys::FileId {
+            device: 0,
+            inode: 0,
+        });
+        PIPE_DEVICE.store(id.device, Relaxed);
+        PIPE_INODE.store(id.inode, Relaxed);
         CHILD_FD.store(fd, Relaxed);
         FIRED.store(false, Relaxed);
         PROBING.store(false, Relaxed);
@@ -152,10 +175,7 @@ impl Sweep {
             let warm = catch_unwind(AssertUnwindSafe(|| drop(f())));
             leave_unless(me);
             if let Err(payload) = warm {
-                send(
-                    fd,
-                    &format!("PANICKED\t0\t-\t{}\n", panic_message(&*payload)),
-                );
+                send(&format!("PANICKED\t0\t-\t{}\n", panic_message(&*payload)));
                 exit_child(0);
             }
         }
@@ -194,7 +214,7 @@ impl Sweep {
             }
             Err(payload) => format!("PANICKED\t{fired}\t{left}\t{}\n", panic_message(&*payload)),
         };
-        send(fd, &message);
+        send(&message);
         exit_child(0)
     }
 }
@@ -321,8 +341,61 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     text.replace(['\n', '\t'], " ")
 }
 
-fn send(fd: i32, text: &str) {
-    sys::write_fd(fd, text.as_bytes());
+fn send(text: &str) {
+    let fd = pipe_fd();
+    if fd >= 0 {
+        sys::write_fd(fd, text.as_bytes());
+    }
+}
+
+/// The pipe to the parent, checked to be still the pipe (device and
+/// inode), or opened again through the parent's read end
+/// (`/proc/PID/fd/N`); `-1` if it cannot be. An operation that closes its
+/// inherited descriptors or `dup2`s its own files over them keeps its files
+/// to itself, and the parent still hears from the child. Async-signal-safe,
+/// no allocation.
+fn pipe_fd() -> i32 {
+    let fd = CHILD_FD.load(Relaxed);
+    let pipe = sys::FileId {
+        device: PIPE_DEVICE.load(Relaxed),
+        inode: PIPE_INODE.load(Relaxed),
+    };
+    if fd < 0 || sys::file_id(fd) == Some(pipe) {
+        return fd;
+    }
+    let mut path = StackBuf::<64>::new();
+    let _ = write!(
+        path,
+        "/proc/{}/fd/{}\0",
+        PARENT_PID.load(Relaxed),
+        PARENT_READ_FD.load(Relaxed)
+    );
+    // SAFETY: a NUL-terminated path in `path`.
+    let opened = unsafe {
+        libc::open(
+            path.as_bytes().as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if opened < 0 {
+        return -1;
+    }
+    if sys::file_id(opened) != Some(pipe) {
+        // SAFETY: `opened` is ours.
+        unsafe { libc::close(opened) };
+        return -1;
+    }
+    let opened = sys::move_descriptor_high(opened);
+    if CHILD_FD
+        .compare_exchange(fd, opened, Relaxed, Relaxed)
+        .is_err()
+    {
+        // Another thread opened it again first.
+        // SAFETY: `opened` is ours.
+        unsafe { libc::close(opened) };
+        return CHILD_FD.load(Relaxed);
+    }
+    opened
 }
 
 /// Observes every injected failure in a sweep's child: tells the parent
@@ -330,8 +403,10 @@ fn send(fd: i32, text: &str) {
 /// allocations are counted too (the parent compares the totals). Runs
 /// inside the allocator: never allocates.
 fn on_injected(_verbose: u8) {
-    let fd = CHILD_FD.load(Relaxed);
-    if fd < 0 || PROBING.load(Relaxed) || sys::getpid() != CHILD_PID.load(Relaxed) {
+    if CHILD_FD.load(Relaxed) < 0
+        || PROBING.load(Relaxed)
+        || sys::getpid() != CHILD_PID.load(Relaxed)
+    {
         return;
     }
     if FIRED.swap(true, Relaxed) {
@@ -346,13 +421,16 @@ fn on_injected(_verbose: u8) {
     record::write_frames(&mut line);
     let _ = line.write_str("\tFAILED\t");
     record::write_failure(&mut line);
-    crate::sys::write_fd(fd, line.finish_line());
+    let fd = pipe_fd();
+    if fd >= 0 {
+        crate::sys::write_fd(fd, line.finish_line());
+    }
 }
 
 /// In a sweep's child, from the signal handler of an abort: tells the parent
 /// the abort's stack (raw addresses, resolved there). Never allocates.
 fn on_abort() {
-    let fd = CHILD_FD.load(Relaxed);
+    let fd = pipe_fd();
     if fd < 0 || sys::getpid() != CHILD_PID.load(Relaxed) {
         return;
     }

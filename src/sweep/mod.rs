@@ -174,6 +174,7 @@ impl Sweep {
     /// environment, runs point `n` alone, in this process: the replay of a
     /// report line.
     pub fn run<R>(&self, f: impl Fn() -> R) -> SweepReport {
+        crate::symbols::register_fork_handlers();
         // Before anything allocates: the caller's countdown must not fire
         // on the sweep's own allocations.
         let saved = configure::fail_nth_pending();

@@ -1,8 +1,9 @@
 //! The command a sweep's report prints to replay a point: under cargo, the
-//! `cargo test` line that runs the same test alone (its package, its target
-//! and its name); elsewhere, the process's own command line. Runs in the
+//! `cargo test` line that runs the same test alone (its package, its
+//! profile, its target and its name); elsewhere, the process's own command line. Runs in the
 //! parent, never inside the allocator.
 
+use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -68,26 +69,27 @@ pub(super) fn replay_line(point: &str, caller: &Caller) -> String {
     )
 }
 
-/// `cargo test -p PACKAGE TARGET -- --exact TEST` for a sweep on a libtest
-/// test's thread, `cargo test -p PACKAGE --doc -- FILTER` in a doctest;
-/// `None` when the process was not started by cargo (no `CARGO_PKG_NAME`)
+/// `cargo test -p PACKAGE [PROFILE] TARGET -- --exact TEST` for a sweep on
+/// a libtest test's thread, `cargo test -p PACKAGE [PROFILE] --doc -- WORDS`
+/// in a doctest (see [`doctest_args`]); `None` when the process was not started by cargo (no `CARGO_PKG_NAME`)
 /// or the sweep runs on a thread the test spawned.
 fn cargo_test(caller: &Caller) -> Option<String> {
     let package = std::env::var("CARGO_PKG_NAME").ok()?;
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
     let package_word = ShellWord(package.as_bytes());
     if in_doctest() {
-        let filter = match (&caller.file, caller.line, &manifest_dir) {
-            (Some(file), Some(line), Some(dir)) => doctest_filter(file, line as usize, dir),
-            _ => None,
-        };
-        return Some(match filter {
-            Some(filter) => format!(
-                "cargo test -p {package_word} --doc -- {}",
-                ShellWord(filter.as_bytes())
-            ),
-            None => format!("cargo test -p {package_word} --doc"),
-        });
+        let profile = profile_option(None);
+        let args = merged_doctests()
+            .and_then(|(names, ours)| doctest_args(&names, ours))
+            .or_else(|| Some(vec![doctest_file(caller, manifest_dir.as_deref())?]));
+        let mut line = format!("cargo test -p {package_word}{profile} --doc");
+        if let Some(args) = args {
+            line.push_str(" --");
+            for arg in args {
+                let _ = write!(line, " {}", ShellWord(arg.as_bytes()));
+            }
+        }
+        return Some(line);
     }
     let thread = std::thread::current();
     let test = thread
@@ -100,10 +102,34 @@ fn cargo_test(caller: &Caller) -> Option<String> {
         manifest_dir.as_deref(),
         &package,
     );
+    let profile = profile_option(Some(&exe));
     Some(format!(
-        "cargo test -p {package_word} {target} -- --exact {}",
+        "cargo test -p {package_word}{profile} {target} -- --exact {}",
         ShellWord(test.as_bytes())
     ))
+}
+
+/// The cargo option that picks the profile the test binary `exe` was built
+/// with (with a leading space), told by the directory cargo put it in:
+/// `target/debug/deps` (none), `target/release/deps` (`--release`), else
+/// `target/NAME/deps` (`--profile NAME`). A doctest's binary is rustdoc's,
+/// elsewhere: there the build's debug assertions tell a release build
+/// (`--release`), unless the profile turned them on. Features, and a
+/// `--target`, cannot be told from inside the process: the guide says so.
+fn profile_option(exe: Option<&Path>) -> String {
+    let profile_dir = exe
+        .and_then(Path::parent)
+        .filter(|dir| dir.file_name().is_some_and(|name| name == "deps"))
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str());
+    match profile_dir {
+        Some("debug") => String::new(),
+        Some("release") => " --release".to_owned(),
+        Some(name) => format!(" --profile {}", ShellWord(name.as_bytes())),
+        None if cfg!(debug_assertions) => String::new(),
+        None => " --release".to_owned(),
+    }
 }
 
 /// Whether this process is a doctest rustdoc runs: rustdoc tells it in
@@ -195,33 +221,150 @@ fn spelt_as_file(stem: &str, dir: Option<&Path>) -> String {
         .to_owned()
 }
 
-/// The libtest filter that picks one doctest: rustdoc names each after its
-/// file, its item and the line of its opening fence (`src/lib.rs -
-/// parse (line 12)`), and maps the doctest's lines back onto its file, so
-/// the fence is the last one at or above the caller's line. `None` if the
-/// file cannot be read.
-fn doctest_filter(file: &Path, line: usize, manifest_dir: &Path) -> Option<String> {
-    let source = std::fs::read_to_string(manifest_dir.join(file)).ok()?;
-    let fence = source
-        .lines()
-        .take(line)
-        .enumerate()
-        .filter(|(_, text)| {
-            let text = text.trim_start();
-            let doc = ["///", "//!"]
-                .iter()
-                .find_map(|marker| text.strip_prefix(marker))
-                .unwrap_or(text);
-            doc.trim_start().starts_with("```")
+/// The doctests of this process's binary when rustdoc merged the
+/// package's doctests into one (edition 2024), and which of them this
+/// process runs: rustdoc runs each in a process of its own, numbered by
+/// `RUSTDOC_DOCTEST_RUN_NB_TEST`, and the source of its runner, next to
+/// the binary, names them in that order (`mod __doctest_N` with a
+/// `new_doctest("NAME", ...)`). That source is rustdoc's own and may
+/// change: when it cannot be read so, `None`.
+fn merged_doctests() -> Option<(Vec<String>, usize)> {
+    let number: usize = std::env::var("RUSTDOC_DOCTEST_RUN_NB_TEST")
+        .ok()?
+        .parse()
+        .ok()?;
+    let exe = std::env::current_exe().ok()?;
+    let runner = std::fs::read_dir(exe.parent()?)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("doctest_runner") && name.ends_with(".rs"))
+        })?;
+    let source = std::fs::read_to_string(runner).ok()?;
+    let mut names = Vec::new();
+    for i in 0.. {
+        let module = format!("mod __doctest_{i} {{");
+        let Some(at) = source.find(&module) else {
+            break;
+        };
+        let after = &source[at + module.len()..];
+        let call = &after[after.find("new_doctest(")? + "new_doctest(".len()..];
+        names.push(quoted_string(call.trim_start())?);
+    }
+    (number < names.len()).then_some((names, number))
+}
+
+/// The string literal at the start of `text`, unescaped (`\"`, `\\`).
+fn quoted_string(text: &str) -> Option<String> {
+    let mut chars = text.strip_prefix('"')?.chars();
+    let mut name = String::new();
+    loop {
+        match chars.next()? {
+            '"' => return Some(name),
+            '\\' => name.push(chars.next()?),
+            c => name.push(c),
+        }
+    }
+}
+
+/// The libtest arguments that run only `names[ours]` of the doctests
+/// `names`. `cargo test --doc -- ARGS` hands ARGS to rustdoc, which splits
+/// them at white space, and rustdoc names doctests `FILE - ITEM (line N)`:
+/// so no argument can hold a whole name, and `--exact` cannot be used.
+/// Filters match any part of a name, skips exclude: a word of its name as
+/// the filter, and for each other doctest that word matches, a `--skip`
+/// with a word of that one's name that is not part of ours. The choice
+/// with the fewest skips; `None` if no word picks it alone.
+fn doctest_args(names: &[String], ours: usize) -> Option<Vec<String>> {
+    let name = &names[ours];
+    name.split_whitespace()
+        .filter_map(|filter| {
+            let mut args = vec![filter.to_owned()];
+            for (i, other) in names.iter().enumerate() {
+                if i == ours || !other.contains(filter) {
+                    continue;
+                }
+                let skip = other.split_whitespace().find(|word| !name.contains(word))?;
+                args.extend(["--skip".to_owned(), skip.to_owned()]);
+            }
+            Some(args)
         })
-        .map(|(i, _)| i + 1)
-        .last()?;
-    Some(format!("(line {fence})"))
+        .min_by_key(Vec::len)
+}
+
+/// The file of the doctest this process runs, relative to the package, as
+/// a filter that runs the doctests of that file: rustdoc says it in the
+/// environment of a doctest it runs as a binary of its own
+/// (`UNSTABLE_RUSTDOC_TEST_PATH`), else the caller's file tells it.
+fn doctest_file(caller: &Caller, manifest_dir: Option<&Path>) -> Option<String> {
+    let file = std::env::var_os("UNSTABLE_RUSTDOC_TEST_PATH")
+        .map(PathBuf::from)
+        .or_else(|| caller.file.clone())?;
+    let file = match manifest_dir {
+        Some(dir) => file
+            .strip_prefix(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or(file),
+        None => file,
+    };
+    let file = file.to_str()?;
+    let usable = (file.ends_with(".rs") || file.ends_with(".md"))
+        && !file.contains(char::is_whitespace)
+        && !file.starts_with('/');
+    usable.then(|| file.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Doctests are picked by words of their names, never a whole name
+    /// (rustdoc splits the arguments at white space): a file's word where
+    /// it alone has doctests, else skips for the others it matches.
+    #[test]
+    fn a_doctest_is_picked_by_words_of_its_name() {
+        let names: Vec<String> = [
+            "src/lib.rs - (line 3)",
+            "src/lib.rs - (line 13)",
+            "src/more.rs - more (line 3)",
+            "src/more.rs - more::Holder::again (line 13)",
+            "src/one.rs - one (line 7)",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let args = |ours| doctest_args(&names, ours).unwrap().join(" ");
+        assert_eq!(args(4), "src/one.rs");
+        assert_eq!(args(3), "more::Holder::again");
+        // "src/lib.rs - (line 3)": every word of it is in another's name
+        // too, but those have words of their own to skip.
+        for ours in 0..names.len() {
+            let args = doctest_args(&names, ours).unwrap();
+            let (filter, skips) = (&args[0], args[1..].iter().skip(1).step_by(2));
+            let skips: Vec<&String> = skips.collect();
+            let ran: Vec<usize> = (0..names.len())
+                .filter(|&i| {
+                    names[i].contains(filter.as_str())
+                        && !skips.iter().any(|s| names[i].contains(s.as_str()))
+                })
+                .collect();
+            assert_eq!(ran, [ours], "{args:?}");
+            assert!(args.iter().all(|a| !a.contains(char::is_whitespace)));
+        }
+    }
+
+    #[test]
+    fn the_profile_is_told_by_the_binarys_directory() {
+        let option = |path: &str| profile_option(Some(Path::new(path)));
+        assert_eq!(option("/w/target/debug/deps/app-0123abcd"), "");
+        assert_eq!(option("/w/target/release/deps/app-0123abcd"), " --release");
+        assert_eq!(
+            option("/w/target/x86_64-unknown-linux-gnu/fast/deps/app-0123abcd"),
+            " --profile fast"
+        );
+    }
 
     #[test]
     fn the_target_is_told_by_the_callers_file() {
