@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::report::{Frame, Site, Summary, Unattributed};
+use crate::report::{Frame, LeftOut, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId};
 
 /// The `schema_version` of the reports written now.
@@ -41,13 +41,18 @@ JSON report (schema_version 1), one object:
                   (`?` for a module the process could not name)
     replay        a shell command that fails this site again, every word
                   quoted for a POSIX shell (bytes that are not UTF-8 in
-                  bash's $'\\xNN' form)
+                  bash's $'\\xNN' form); a per-test walk's runs its test alone
+    test          the test whose process failed it (`package lib name`,
+                  `package test:target name`), or null (a whole-command run)
   unattributed    one object per process a run started that ended badly with
                   no site to blame (a timeout before any site, a non-zero
                   status when no site failed): {run, pid, outcome, detail}; the
                   walk is not all handled while any is listed
   handled_exit    exit statuses counted as handled besides 0 (--handled-exit),
-                  e.g. [1, 7]; empty for none";
+                  e.g. [1, 7]; empty for none
+  left_out        one object per test that fails or times out without
+                  injection, left out of a per-test walk: {test, detail}; the
+                  walk is not all handled while any is listed";
 
 /// The whole report.
 #[derive(Serialize)]
@@ -65,6 +70,7 @@ struct Report<'a> {
     sites: Vec<SiteEntry<'a>>,
     unattributed: &'a [Unattributed],
     handled_exit: Vec<u8>,
+    left_out: &'a [LeftOut],
 }
 
 /// Sites per outcome, worst first.
@@ -93,6 +99,7 @@ struct SiteEntry<'a> {
     frames: &'a [Frame],
     raw_frames: &'a str,
     replay: &'a str,
+    test: Option<&'a str>,
 }
 
 impl<'a> SiteEntry<'a> {
@@ -109,6 +116,7 @@ impl<'a> SiteEntry<'a> {
             frames: &site.frames,
             raw_frames: &site.raw_frames,
             replay: &site.replay,
+            test: site.test.as_deref(),
         }
     }
 }
@@ -136,6 +144,7 @@ pub(crate) fn render(summary: &Summary) -> String {
         sites: summary.sites.iter().map(SiteEntry::new).collect(),
         unattributed: &summary.unattributed,
         handled_exit: mayfail::state::parse_exit_codes(&summary.handled_exit).unwrap_or_default(),
+        left_out: &summary.left_out,
     };
     let mut text = serde_json::to_string_pretty(&report)
         .expect("a report of strings and numbers always serializes");
@@ -178,6 +187,7 @@ mod tests {
                 }],
                 raw_frames: "t+0x1".to_owned(),
                 replay: "MAYFAIL_INJECT='stack=00000000000000ab' cargo test".to_owned(),
+                test: Some("p lib tests::t".to_owned()),
             }],
             unattributed: vec![Unattributed {
                 run: 2,
@@ -186,6 +196,10 @@ mod tests {
                 detail: "killed after 1 s".to_owned(),
             }],
             handled_exit: "1,7".to_owned(),
+            left_out: vec![LeftOut {
+                test: "p lib tests::u".to_owned(),
+                detail: "exit 101".to_owned(),
+            }],
         };
         let value: serde_json::Value = serde_json::from_str(&render(&summary)).unwrap();
         assert_eq!(value["schema_version"], 1);
@@ -197,9 +211,12 @@ mod tests {
         assert!(site["frames"][0]["location"].is_null());
         assert_eq!(value["unattributed"][0]["outcome"], "hung");
         assert_eq!(value["handled_exit"], serde_json::json!([1, 7]));
+        assert_eq!(site["test"], "p lib tests::t");
+        assert_eq!(value["left_out"][0]["detail"], "exit 101");
         let fields = value.as_object().unwrap().keys();
         let site_fields = site.as_object().unwrap().keys();
-        for field in fields.chain(site_fields) {
+        let left_fields = value["left_out"][0].as_object().unwrap().keys();
+        for field in fields.chain(site_fields).chain(left_fields) {
             assert!(
                 SCHEMA.contains(&format!("  {field} ")),
                 "{field} is not described in the schema"

@@ -62,6 +62,8 @@ pub struct Site {
     pub frames: Vec<Frame>,
     pub raw_frames: String,
     pub replay: String,
+    /// The test whose process first failed it (per-test walks).
+    pub test: Option<String>,
 }
 
 /// What the report says about a whole walk.
@@ -79,8 +81,17 @@ pub struct Summary {
     /// Processes of runs that ended badly with no site to blame: the walk
     /// is not all handled while any is listed.
     pub unattributed: Vec<Unattributed>,
+    /// Tests that fail without injection, left out of the walk.
+    pub left_out: Vec<LeftOut>,
     /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
     pub handled_exit: String,
+}
+
+/// A test that fails without injection, left out of a per-test walk.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeftOut {
+    pub test: String,
+    pub detail: String,
 }
 
 /// A process a run started that ended badly with no site to blame.
@@ -146,9 +157,10 @@ impl Summary {
 /// the state file alone. Its time is every recorded run's, summed.
 pub fn summarize(state: &State, path: &Path) -> Summary {
     Summary {
+        // The first run's: a per-test walk's later runs walk its doctests.
         command: state
             .runs
-            .last()
+            .first()
             .map_or_else(String::new, |r| r.command.clone()),
         state: path.display().to_string(),
         runs: state.runs.len() as u64,
@@ -174,6 +186,14 @@ pub fn summarize(state: &State, path: &Path) -> Summary {
             })
             .collect(),
         handled_exit: state.handled_exit_text(),
+        left_out: state
+            .left_out
+            .iter()
+            .map(|(test, detail)| LeftOut {
+                test: test.display(),
+                detail: detail.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -202,6 +222,7 @@ pub fn merge(summaries: Vec<Summary>) -> Summary {
         merged.last_run_ms = merged.last_run_ms.max(s.last_run_ms);
         merged.runtime_stacks += s.runtime_stacks;
         merged.unattributed.extend(s.unattributed);
+        merged.left_out.extend(s.left_out);
         if merged.handled_exit.is_empty() {
             merged.handled_exit = s.handled_exit;
         }
@@ -233,6 +254,7 @@ pub fn why_stopped(state: &State) -> String {
             last.number
         ),
         Some("interrupted") => "interrupted (resume with the same command)".to_owned(),
+        Some(WALKED) => "every test ran to its end with no new site".to_owned(),
         Some("done") if !found_new && last.runtime_stacks == 0 => {
             "a run found no new site".to_owned()
         }
@@ -242,6 +264,9 @@ pub fn why_stopped(state: &State) -> String {
             .to_owned(),
     }
 }
+
+/// The `how` of a per-test walk's run that walked every test to its end.
+pub const WALKED: &str = "walked";
 
 /// The shell command that fails stack `id` again: `MAYFAIL_INJECT=stack=ID
 /// CMD ARGS...`, every word quoted by the library's shell quoter.
@@ -354,13 +379,18 @@ pub fn sites(state: &State) -> Vec<Site> {
                 binary: r.binary.clone(),
                 frames: frames(&r.place),
                 raw_frames: r.frames.clone(),
-                replay: replay_line(
-                    r.id,
-                    state
+                replay: {
+                    let walked = state
                         .run(r.run)
                         .or(state.runs.last())
-                        .map_or(&[][..], |run| &run.argv),
-                ),
+                        .map_or(&[][..], |run| &run.argv);
+                    match &r.test {
+                        // Runs that test alone.
+                        Some(test) => replay_line(r.id, &test.replay_command(walked)),
+                        None => replay_line(r.id, walked),
+                    }
+                },
+                test: r.test.as_ref().map(crate::state::Test::display),
             }),
         }
     }
@@ -418,6 +448,17 @@ pub fn table(s: &Summary) -> String {
             );
         }
     }
+    if !s.left_out.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} test{} fail without injection and were left out of the walk (not all handled):",
+            s.left_out.len(),
+            if s.left_out.len() == 1 { "" } else { "s" }
+        );
+        for left in &s.left_out {
+            let _ = writeln!(out, "    {}: {}", left.test, left.detail);
+        }
+    }
     if s.sites.is_empty() {
         return out;
     }
@@ -463,6 +504,9 @@ pub fn table(s: &Summary) -> String {
             site.binary,
             StackId(site.id)
         );
+        if let Some(test) = &site.test {
+            let _ = writeln!(out, "{pad}test: {test}");
+        }
         let _ = writeln!(out, "{pad}replay: {}", site.replay);
     }
     out
