@@ -15,7 +15,8 @@ pub const SUCCESS: i32 = 0;
 /// failed or unknown): the report lists them, worst first. Or a process a
 /// run started ended badly (killed by `--timeout`, a status not declared
 /// handled, a signal) with no site to blame: the report lists those runs
-/// apart, as `unattributed`.
+/// apart, as `unattributed`. Or, with the per-test engine, a test failed or
+/// timed out without injection and was left out of the walk (`left_out`).
 pub const UNHANDLED_SITES: i32 = 1;
 
 /// Bad input: an unknown subcommand or option, a value out of range, a
@@ -79,7 +80,8 @@ pub(crate) const HELP: &str = "\
 Exit status:
     0    every site found was handled (report: done)
     1    unhandled sites found: crashed, aborted, hung, failed or unknown, or
-         a run's process ended badly with no site to blame (unattributed)
+         a run's process ended badly with no site to blame (unattributed), or
+         a test failed without injection and was left out (left_out)
     2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked

@@ -772,6 +772,33 @@ fn lock_holder(meta: &std::fs::Metadata) -> Option<u32> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_test_replays_alone_with_the_walk_s_build_arguments() {
+        let words = |text: &str| -> Vec<OsString> { text.split(' ').map(OsString::from).collect() };
+        let test = Test {
+            package: "thin-vec".to_owned(),
+            kind: "lib".to_owned(),
+            target: "thin_vec".to_owned(),
+            name: "tests::drain".to_owned(),
+        };
+        let walked =
+            words("cargo test --offline --workspace -p other --features=x --lib -- --skip y");
+        assert_eq!(
+            test.replay_command(&walked),
+            words("cargo test --offline --features=x -p thin-vec --lib -- --exact tests::drain")
+        );
+        let integration = Test {
+            kind: "test".to_owned(),
+            target: "it".to_owned(),
+            ..test.clone()
+        };
+        assert_eq!(
+            integration.replay_command(&words("cargo test --test=it")),
+            words("cargo test -p thin-vec --test it -- --exact tests::drain")
+        );
+        assert_eq!(integration.display(), "thin-vec test:it tests::drain");
+    }
+
     fn load_text(text: &str) -> Result<State, StateError> {
         let dir = std::env::temp_dir().join(format!("mayfail-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -25,9 +25,16 @@ const MAX_STATE_PATH: usize = 512;
 /// once, in a run of its own, and reports how the process ended
 #[derive(Args, Debug)]
 #[command(
-    long_about = "Walks every allocation site of CMD (e.g. `cargo test`). Runs CMD again and \
-                  again; in each process the first allocation whose call stack is new fails, \
-                  once, and the site and how the process ended are kept in the state file. \
+    long_about = "Walks every allocation site of CMD (e.g. `cargo test`). In each process the \
+                  first allocation whose call stack is new fails, once, and the site and how \
+                  the process ended are kept in the state file.\n\n\
+                  --engine tests (the default for `cargo test`): builds the test binaries once, \
+                  lists their tests and runs each test in processes of its own (--jobs at \
+                  once, default the number of CPUs) until a process of it fails no new site; \
+                  a test that fails or times out without injection is left out and reported; \
+                  sites name their test and replay it alone; doctests are then walked as \
+                  `cargo test --doc ARGS` with the runs engine; --shard splits the tests.\n\n\
+                  --engine runs (any other command): runs CMD again and again. \
                   Stops when a run fails no new site and meets no new stack at all (one more \
                   run confirms a run that met new runtime stacks), or after --max-runs. Sites \
                   whose innermost frame outside std/alloc/core is in the Rust runtime, the test \

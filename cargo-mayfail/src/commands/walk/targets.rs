@@ -381,3 +381,46 @@ pub(crate) fn describe(binaries: &[Binary]) -> String {
     parts.sort();
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<OsString> {
+        text.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_cargo_test_command_splits_at_its_separator() {
+        let split = CargoTest::split(&words("cargo test --offline -- --skip slow"));
+        assert_eq!(split.cargo, words("--offline"));
+        assert_eq!(split.harness, words("--skip slow"));
+        assert!(!split.chooses_targets());
+        assert!(CargoTest::split(&words("cargo test --test=it")).chooses_targets());
+        assert!(CargoTest::split(&words("cargo test --lib")).chooses_targets());
+        let doc = doctest_command(&split);
+        assert_eq!(doc, words("cargo test --doc --offline -- --skip slow"));
+    }
+
+    #[test]
+    fn shards_split_the_tests_into_disjoint_parts_that_cover_them_all() {
+        let tests: Vec<Test> = (0..200)
+            .map(|i| Test {
+                package: "p".to_owned(),
+                kind: "lib".to_owned(),
+                target: "p".to_owned(),
+                name: format!("tests::t{i}"),
+            })
+            .collect();
+        let mut counts = [0usize; 3];
+        for test in &tests {
+            let shards: Vec<usize> = (1..=3)
+                .filter(|k| in_shard(test, Some(&format!("{k}/3"))))
+                .collect();
+            assert_eq!(shards.len(), 1, "{test:?} is in {shards:?}");
+            counts[shards[0] - 1] += 1;
+            assert!(in_shard(test, None));
+        }
+        assert!(counts.iter().all(|&n| n > 40), "{counts:?}");
+    }
+}
