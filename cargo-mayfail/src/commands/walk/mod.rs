@@ -50,11 +50,24 @@ pub(crate) struct Walked {
     pub(crate) test: Test,
 }
 
+/// What [`prepare`] found: the binaries, the tests to walk, and whether
+/// there are doctests.
+struct Prepared {
+    binaries: Vec<Binary>,
+    tests: Vec<Walked>,
+    doctests: bool,
+}
+
 /// Walks the tests of `setup`'s `cargo test` command, then its doctests.
 pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
     let command = CargoTest::split(&setup.argv);
     let mut progress = Progress::on_stderr();
-    let Some((binaries, tests, doctests)) = prepare(args, setup, &command, &progress)? else {
+    let Some(Prepared {
+        binaries,
+        tests,
+        doctests,
+    }) = prepare(args, setup, &command, &progress)?
+    else {
         return Ok(exit_codes::BASELINE_FAILED);
     };
     if interrupted() {
@@ -92,7 +105,7 @@ fn prepare(
     setup: &Setup,
     command: &CargoTest,
     progress: &Progress,
-) -> Result<Option<(Vec<Binary>, Vec<Walked>, bool)>, Failure> {
+) -> Result<Option<Prepared>, Failure> {
     progress.line(&format!(
         "building once: cargo test --no-run {}",
         targets::shown(&command.cargo)
@@ -112,6 +125,34 @@ fn prepare(
     }
     let state = setup.load()?;
     retry_strays(setup, &state)?;
+    let mut tests = to_walk(setup, &binaries, command, &state)?;
+    progress.line(&format!(
+        "{} test binaries: {}; {} tests to walk{}",
+        binaries.len(),
+        targets::describe(&binaries),
+        tests.len(),
+        setup
+            .shard
+            .as_ref()
+            .map_or(String::new(), |s| format!(" in shard {s}"))
+    ));
+    if !args.no_baseline && !tests.is_empty() {
+        tests = baseline(setup, &binaries, tests, command, progress, &state)?;
+    }
+    Ok(Some(Prepared {
+        binaries,
+        tests,
+        doctests: built.doctests,
+    }))
+}
+
+/// The tests of this shard the state file has not seen to their end.
+fn to_walk(
+    setup: &Setup,
+    binaries: &[Binary],
+    command: &CargoTest,
+    state: &crate::state::State,
+) -> Result<Vec<Walked>, Failure> {
     let mut tests = Vec::new();
     for (index, binary) in binaries.iter().enumerate() {
         let names = targets::list(binary, command).map_err(Failure::bad_input)?;
@@ -127,20 +168,7 @@ fn prepare(
             }
         }
     }
-    progress.line(&format!(
-        "{} test binaries: {}; {} tests to walk{}",
-        binaries.len(),
-        targets::describe(&binaries),
-        tests.len(),
-        setup
-            .shard
-            .as_ref()
-            .map_or(String::new(), |s| format!(" in shard {s}"))
-    ));
-    if !args.no_baseline && !tests.is_empty() {
-        tests = baseline(setup, &binaries, tests, command, progress, &state)?;
-    }
-    Ok(Some((binaries, tests, built.doctests)))
+    Ok(tests)
 }
 
 fn targets_preload(library: &std::path::Path, binary: &Binary) -> Option<OsString> {
