@@ -73,7 +73,7 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
     if interrupted() {
         return sites::finish(setup, true);
     }
-    let jobs = args.jobs.map_or_else(default_jobs, |j| j as usize);
+    let jobs = jobs(args);
     let Some(run) = setup.load()?.next_run() else {
         return Err(Failure::bad_input(
             "no run number is left in the state file",
@@ -137,7 +137,15 @@ fn prepare(
             .map_or(String::new(), |s| format!(" in shard {s}"))
     ));
     if !args.no_baseline && !tests.is_empty() {
-        tests = baseline(setup, &binaries, tests, command, progress, &state)?;
+        tests = baseline(
+            setup,
+            &binaries,
+            tests,
+            command,
+            progress,
+            &state,
+            jobs(args),
+        )?;
     }
     Ok(Some(Prepared {
         binaries,
@@ -197,10 +205,11 @@ fn baseline(
     command: &CargoTest,
     progress: &Progress,
     state: &crate::state::State,
+    jobs: usize,
 ) -> Result<Vec<Walked>, Failure> {
     progress.baseline_started();
     let started = Instant::now();
-    let mut pool = Pool::new(setup, default_jobs());
+    let mut pool = Pool::new(setup, jobs);
     let mut used: Vec<usize> = tests.iter().map(|t| t.binary).collect();
     used.dedup();
     let mut whole = Vec::new();
@@ -292,6 +301,11 @@ fn walk_doctests(
     }
     sites::walk_runs(&walker, &setup.spec(true), 1, args.max_runs, progress)?;
     Ok(None)
+}
+
+/// `--jobs`, or its default.
+fn jobs(args: &SitesArgs) -> usize {
+    args.jobs.map_or_else(default_jobs, |j| j as usize)
 }
 
 /// `--jobs` when not given: the number of CPUs, fewer if the memory
