@@ -2535,7 +2535,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
     let state = dir.join("walk.state");
     let started = Instant::now();
     let out = ran(walk_runner()
-        .args(["sites", "--timeout", "3", "--jobs", "2", "--state"])
+        .args(["sites", "--timeout", "5", "--jobs", "2", "--state"])
         .arg(&state)
         .args(["--", "cargo", "test", "--offline"])
         .output()
@@ -2567,7 +2567,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
             ),
             (
                 "walk_fixture lib tests::hangs_anyway".to_owned(),
-                "killed after 3 s".to_owned()
+                "killed after 5 s".to_owned()
             ),
         ],
         "{json}"

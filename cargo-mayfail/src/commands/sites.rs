@@ -167,7 +167,7 @@ fn walk_whole(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
     let walker = setup.walker(&setup.argv, preload)?;
     let mut progress = Progress::on_stderr();
     if !args.no_baseline
-        && let Some(code) = baseline(&walker, &mut progress)?
+        && let Some(code) = baseline(&walker, &mut progress, 2)?
     {
         return Ok(code);
     }
@@ -395,17 +395,23 @@ fn refuse_other_walk(
     Ok(())
 }
 
-/// Runs the command twice without injection, keeping the faster (the first
-/// also warms caches up, as the runs under injection will be), and records
-/// it. Returns the exit code to stop with, if the walk must stop.
-pub(crate) fn baseline(walker: &Walker, progress: &mut Progress) -> Result<Option<i32>, Failure> {
+/// Runs the command `times` without injection (twice: the first also warms
+/// caches up, as the runs under injection will be), keeping the fastest,
+/// and records it. Returns the exit code to stop with, if the walk must
+/// stop.
+pub(crate) fn baseline(
+    walker: &Walker,
+    progress: &mut Progress,
+    times: u32,
+) -> Result<Option<i32>, Failure> {
     progress.line(&format!(
-        "run 0 (baseline, no injection, twice): {}",
+        "run 0 (baseline, no injection{}): {}",
+        if times == 2 { ", twice" } else { "" },
         walker.display
     ));
     progress.baseline_started();
     let mut fastest: Option<Batch> = None;
-    for _ in 0..2 {
+    for _ in 0..times.max(1) {
         let batch = walker.run_batch(0, &[None])?;
         let stop = !batch.passed();
         if fastest

@@ -294,11 +294,13 @@ fn walk_doctests(
     let preload = args.preload.environment(&argv)?;
     let walker = setup.walker(&argv, preload)?;
     if !args.no_baseline
-        && let Some(code) = sites::baseline(&walker, progress)?
+        && let Some(code) = sites::baseline(&walker, progress, 1)?
     {
         // Said by the baseline; the tests' walk stands.
         return Ok(Some(code));
     }
+    // One copy: copies of `cargo test --doc` wait for each other on
+    // cargo's lock of the build directory.
     sites::walk_runs(&walker, &setup.spec(true), 1, args.max_runs, progress)?;
     Ok(None)
 }
