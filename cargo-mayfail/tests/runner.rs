@@ -247,7 +247,10 @@ fn walk_the_fixture_with(engine: &str) {
     let text = std::fs::read_to_string(&state).unwrap();
     if engine == "tests" {
         assert_eq!(runs, 1, "{text}");
-        assert_eq!(text.matches("\ntest\t").count(), 10, "{text}");
+        // A process per site and one more per test; copies of a test
+        // under way when cores are idle may add a few.
+        let processes = text.matches("\ntest\t").count();
+        assert!((10..=16).contains(&processes), "{processes}: {text}");
         assert_eq!(text.matches("\ntested\t").count(), 5, "{text}");
     } else {
         assert!((6..=8).contains(&runs), "{runs} runs");

@@ -10,6 +10,12 @@
 //! others skip them instead of resolving them again. Processes of
 //! different tests may still fail the same new stack at once: the report
 //! merges a site's processes, and the worst outcome stands.
+//!
+//! When no queued test can start and a core is idle (the last tests of a
+//! walk, with many sites each), a test under way gets more copies at once,
+//! copy k letting its first k new stacks pass (`sites-skip=k`): a test's
+//! walk is complete when all the copies of a round end without failing a
+//! new stack.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
@@ -240,6 +246,8 @@ pub(crate) struct Scheduler<'a> {
     warm: Vec<bool>,
     /// Per binary: its processes under way.
     busy: Vec<usize>,
+    /// Per test: its copies under way since it left the queue.
+    rounds: Vec<Round>,
     sites: usize,
     processes: usize,
 }
@@ -271,6 +279,7 @@ impl<'a> Scheduler<'a> {
             },
             warm: vec![false; binaries.len()],
             busy: vec![0; binaries.len()],
+            rounds: Vec::new(),
             sites: 0,
             processes: 0,
         })
@@ -293,13 +302,26 @@ impl<'a> Scheduler<'a> {
         // Reads from here: the run's lines.
         self.tail.offset = self.setup.state_file.metadata().map_or(0, |m| m.len());
         let mut queue: VecDeque<usize> = (0..tests.len()).collect();
+        self.rounds = (0..tests.len()).map(|_| Round::default()).collect();
         loop {
             self.fill(&tests, &mut queue)?;
             let Some((index, pid, ended)) = self.pool.wait_any() else {
                 break;
             };
-            if self.settle(&tests[index], pid, ended, progress)? && !interrupted() {
+            let settled = self.settle(&tests[index], pid, ended, progress)?;
+            let round = &mut self.rounds[index];
+            round.live -= 1;
+            round.found |= settled == Settled::Site;
+            round.interrupted |= settled == Settled::Interrupted;
+            if round.live > 0 {
+                continue;
+            }
+            let round = std::mem::take(round);
+            if round.found && !interrupted() {
                 queue.push_back(index);
+            } else if !round.found && !round.interrupted {
+                let test = tests[index].test.fields();
+                self.setup.append(&format!("tested\t{test}"))?;
             }
         }
         // What the processes left behind dies before the run's end line.
@@ -318,39 +340,63 @@ impl<'a> Scheduler<'a> {
         Ok(())
     }
 
-    /// Starts processes while there is room and a test whose binary may
-    /// start one.
+    /// Starts processes while there is room: a queued test whose binary may
+    /// start one, else one more copy of a test under way (copy k lets its
+    /// first k new stacks pass and fails the next one, `sites-skip=k`), so
+    /// that a test with many sites does not leave cores idle at the end.
     fn fill(&mut self, tests: &[Walked], queue: &mut VecDeque<usize>) -> Result<(), Failure> {
         while !self.pool.is_full() && !interrupted() {
             let ready = queue.iter().position(|&i| {
                 let binary = tests[i].binary;
                 self.warm[binary] || self.busy[binary] == 0
             });
-            let Some(at) = ready else {
-                return Ok(());
+            let index = match ready {
+                Some(at) => queue.remove(at).expect("a position in the queue"),
+                None => match self.widest_round(tests) {
+                    Some(index) => index,
+                    None => return Ok(()),
+                },
             };
-            let index = queue.remove(at).expect("a position in the queue");
             let walked = &tests[index];
             let binary = &self.binaries[walked.binary];
             let mut command = binary.command(&targets::run_alone(&walked.test.name, self.command));
-            command.env("MAYFAIL_INJECT", &self.spec);
+            let round = &mut self.rounds[index];
+            let spec = match round.started {
+                0 => self.spec.clone(),
+                k => format!("{},sites-skip={k}", self.spec),
+            };
+            command.env("MAYFAIL_INJECT", spec);
             self.pool.spawn(command, index)?;
+            round.started += 1;
+            round.live += 1;
             self.busy[walked.binary] += 1;
             self.processes += 1;
         }
         Ok(())
     }
 
+    /// A test under way that may take one more copy: its binary's runtime
+    /// stacks known, fewer copies than processes at once; the one with the
+    /// fewest copies.
+    fn widest_round(&self, tests: &[Walked]) -> Option<usize> {
+        (0..tests.len())
+            .filter(|&i| {
+                let round = &self.rounds[i];
+                round.live > 0 && round.started < self.pool.jobs && self.warm[tests[i].binary]
+            })
+            .min_by_key(|&i| self.rounds[i].started)
+    }
+
     /// Records how a test's process ended: its test, the fate of a site it
-    /// failed without writing one, and whether the test's walk goes on (it
-    /// failed a site) or is complete. Returns whether to run it again.
+    /// failed without writing one, and, if it failed none but ended badly,
+    /// an `unattributed` line.
     fn settle(
         &mut self,
         walked: &Walked,
         pid: u32,
         ended: Ended,
         progress: &Progress,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Settled, Failure> {
         self.busy[walked.binary] -= 1;
         self.warm[walked.binary] = true;
         self.tail.read(self.setup)?;
@@ -372,7 +418,7 @@ impl<'a> Scheduler<'a> {
         self.tail.fates.retain(|&(_, p)| p != pid);
         self.setup.append(&format!("test\t{pid}\t{test}"))?;
         if matches!(ended, Ended::Interrupted) {
-            return Ok(false);
+            return Ok(Settled::Interrupted);
         }
         if !failed.is_empty() {
             self.sites += failed.len();
@@ -382,7 +428,7 @@ impl<'a> Scheduler<'a> {
                 StackId(failed[0]),
                 ended.describe(self.setup.timeout)
             ));
-            return Ok(true);
+            return Ok(Settled::Site);
         }
         if !ended.passed(&self.setup.handled_exit) {
             // It passed without injection: it ended badly with no site to blame.
@@ -398,7 +444,27 @@ impl<'a> Scheduler<'a> {
                 walked.test.display()
             ));
         }
-        self.setup.append(&format!("tested\t{test}"))?;
-        Ok(false)
+        Ok(Settled::Nothing)
     }
+}
+
+/// What a test's process did (see [`Scheduler::settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    /// It failed a new site: the test's walk goes on.
+    Site,
+    /// It failed none.
+    Nothing,
+    /// It was interrupted.
+    Interrupted,
+}
+
+/// A test's copies since it last left the queue. The test's walk is
+/// complete when a round's copies all end without failing a new site.
+#[derive(Clone, Copy, Debug, Default)]
+struct Round {
+    started: usize,
+    live: usize,
+    found: bool,
+    interrupted: bool,
 }
