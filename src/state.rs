@@ -18,16 +18,22 @@
 //! unattributed\t<n>\t<pid>\t<outcome>\t<detail>     a process of run n ended badly, no site to blame
 //! other-shard\t<pid>                               the process met stacks of other shards
 //! handled-exit\t<codes>                            exit statuses that count as handled (1,7)
+//! test\t<pid>\t<package>\t<kind>\t<target>\t<name>   process pid ran test name alone (written once it ended)
+//! tested\t<package>\t<kind>\t<target>\t<name>        every stack of the test is walked
+//! left-out\t<package>\t<kind>\t<target>\t<name>\t<detail>  the test fails without injection
 //! ```
 //!
 //! A stack id is 16 lowercase hex digits, never all zeros nor all `f`. The
 //! program under test writes `site`, `fate`, `runtime` and `other-shard`
-//! lines, the runner the others. The last three kinds came later: files
-//! without them read as before; so did a site's `facts` (`panic`: the
-//! allocation serves a panic's message or payload; `-`: nothing) and
-//! `chain` (its frames outside the allocation machinery up to the test
-//! harness, `where`'s format): a site line without them reads with both
-//! empty. [`parse_line`] reads any line; the program under test reads
+//! lines, the runner the others. The later kinds (unattributed, other-shard,
+//! handled-exit, test, tested, left-out) came after the first: files without
+//! them read as before; so did a site's `facts` (`panic`: the allocation
+//! serves a panic's message or payload; `-`: nothing) and `chain` (its frames
+//! outside the allocation machinery up to the test harness, `where`'s
+//! format): a site line without them reads with both empty. A test is named
+//! by its cargo package, its target's kind (`lib`, `bin`, `test`, `example`,
+//! `bench`) and name, and its full name in the test harness (`module::test`);
+//! none holds a tab. [`parse_line`] reads any line; the program under test reads
 //! only each line's kind and id, without allocating.
 //!
 //! ```
@@ -152,6 +158,40 @@ pub enum Line<'a> {
         /// The statuses, from 1 to 255, comma-separated (`1,7`).
         codes: &'a str,
     },
+    /// The process `pid` ran one test alone and has ended: the sites it
+    /// wrote before this line were reached by that test.
+    Test {
+        /// The process the runner started.
+        pid: u32,
+        /// The test.
+        test: TestName<'a>,
+    },
+    /// Every stack of a test is walked: a process of it failed no new site.
+    Tested {
+        /// The test.
+        test: TestName<'a>,
+    },
+    /// A test that fails or exceeds the timeout without any injection: left
+    /// out of the walk.
+    LeftOut {
+        /// The test.
+        test: TestName<'a>,
+        /// How it ended (`exit 101`, `killed after 600 s`).
+        detail: &'a str,
+    },
+}
+
+/// A test of a cargo package's test binary, as the state file names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TestName<'a> {
+    /// The cargo package.
+    pub package: &'a str,
+    /// The kind of its target: `lib`, `bin`, `test`, `example`, `bench`.
+    pub kind: &'a str,
+    /// The target's name.
+    pub target: &'a str,
+    /// The test's full name in the harness (`module::test`).
+    pub name: &'a str,
 }
 
 /// Reads the statuses of a `handled-exit` line (or of the runner's
@@ -255,9 +295,43 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
         ("handled-exit", &[codes]) if parse_exit_codes(codes).is_some() => {
             Line::HandledExit { codes }
         }
+        ("test", &[pid, package, kind, target, name]) if filled(&[package, kind, target, name]) => {
+            Line::Test {
+                pid: pid.parse().map_err(|_| bad())?,
+                test: TestName {
+                    package,
+                    kind,
+                    target,
+                    name,
+                },
+            }
+        }
+        ("tested", &[package, kind, target, name]) if filled(&[package, kind, target, name]) => {
+            Line::Tested {
+                test: TestName {
+                    package,
+                    kind,
+                    target,
+                    name,
+                },
+            }
+        }
+        ("left-out", &[package, kind, target, name, detail])
+            if filled(&[package, kind, target, name]) =>
+        {
+            Line::LeftOut {
+                test: TestName {
+                    package,
+                    kind,
+                    target,
+                    name,
+                },
+                detail,
+            }
+        }
         (
             "baseline" | "run" | "end" | "site" | "fate" | "runtime" | "retry" | "unattributed"
-            | "other-shard" | "handled-exit",
+            | "other-shard" | "handled-exit" | "test" | "tested" | "left-out",
             _,
         ) => {
             return Err(bad());
@@ -269,6 +343,11 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
             });
         }
     })
+}
+
+/// Whether every field holds something.
+fn filled(fields: &[&str]) -> bool {
+    fields.iter().all(|f| !f.is_empty())
 }
 
 /// Parses a stack id: exactly 16 hex digits, not all zeros nor all `f`.
@@ -426,7 +505,32 @@ mod tests {
             parse_line("handled-exit\t1,7"),
             Ok(Line::HandledExit { codes: "1,7" })
         );
+        let test = TestName {
+            package: "thin-vec",
+            kind: "lib",
+            target: "thin_vec",
+            name: "tests::drain",
+        };
+        assert_eq!(
+            parse_line("test\t12\tthin-vec\tlib\tthin_vec\ttests::drain"),
+            Ok(Line::Test { pid: 12, test })
+        );
+        assert_eq!(
+            parse_line("tested\tthin-vec\tlib\tthin_vec\ttests::drain"),
+            Ok(Line::Tested { test })
+        );
+        assert_eq!(
+            parse_line("left-out\tthin-vec\tlib\tthin_vec\ttests::drain\texit 101"),
+            Ok(Line::LeftOut {
+                test,
+                detail: "exit 101"
+            })
+        );
         for bad in [
+            "test\tx\tp\tlib\tt\tn",
+            "test\t1\tp\tlib\tt",
+            "tested\tp\t\tt\tn",
+            "left-out\tp\tlib\tt\tn",
             "handled-exit\t0",
             "handled-exit\t1,,2",
             "handled-exit\t256",

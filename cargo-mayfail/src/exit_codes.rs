@@ -18,8 +18,9 @@ pub const SUCCESS: i32 = 0;
 /// list: the report lists them first. Or a process a run started ended
 /// badly (killed by `--timeout`, a status not declared handled, a signal)
 /// with no site to blame: the report lists those runs apart, as
-/// `unattributed`. `report --baseline FILE`: a bug site outside the
-/// baseline.
+/// `unattributed`. Or, with the per-test engine, a test failed or timed out
+/// without injection and was left out of the walk (`left_out`).
+/// `report --baseline FILE`: a bug site outside the baseline.
 pub const UNHANDLED_SITES: i32 = 1;
 
 /// Bad input: an unknown subcommand or option, a value out of range, a
@@ -85,7 +86,8 @@ Exit status:
     1    bug sites found that --baseline does not list: crashed,
          fallible-api-aborted, error-path-aborted, hung, leaked or unknown
          (infallible aborts, failed tests and handled sites do not count);
-         or a run's process ended badly with no site to blame (unattributed)
+         or a run's process ended badly with no site to blame (unattributed);
+         or a test failed without injection and was left out (left_out)
     2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::findings::{Class, Scope};
-use crate::report::{Frame, Site, Summary, Unattributed};
+use crate::report::{Frame, LeftOut, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId};
 
 /// The `schema_version` of the reports written now.
@@ -65,13 +65,18 @@ JSON report (schema_version 2), one object:
                   (`?` for a module the process could not name)
     replay        a shell command that fails this site again, every word
                   quoted for a POSIX shell (bytes that are not UTF-8 in
-                  bash's $'\\xNN' form)
+                  bash's $'\\xNN' form); a per-test walk's runs its test alone
+    test          the test whose process failed it (`package lib name`,
+                  `package test:target name`), or null (a whole-command run)
   unattributed    one object per process a run started that ended badly with
                   no site to blame (a timeout before any site, a non-zero
                   status when no site failed): {run, pid, outcome, detail}; the
                   walk is not all handled while any is listed
   handled_exit    exit statuses counted as handled besides 0 (--handled-exit),
-                  e.g. [1, 7]; empty for none";
+                  e.g. [1, 7]; empty for none
+  left_out        one object per test that fails or times out without
+                  injection, left out of a per-test walk: {test, detail}; the
+                  walk is not all handled while any is listed";
 
 /// The whole report.
 #[derive(Serialize)]
@@ -92,6 +97,7 @@ struct Report<'a> {
     sites: Vec<SiteEntry<'a>>,
     unattributed: &'a [Unattributed],
     handled_exit: Vec<u8>,
+    left_out: &'a [LeftOut],
 }
 
 /// Sites per outcome, worst first.
@@ -126,6 +132,7 @@ struct SiteEntry<'a> {
     chain: &'a [Frame],
     raw_frames: &'a str,
     replay: &'a str,
+    test: Option<&'a str>,
 }
 
 impl<'a> SiteEntry<'a> {
@@ -149,6 +156,7 @@ impl<'a> SiteEntry<'a> {
             chain: &site.chain,
             raw_frames: &site.raw_frames,
             replay: &site.replay,
+            test: site.test.as_deref(),
         }
     }
 }
@@ -190,6 +198,7 @@ pub(crate) fn render(summary: &Summary) -> String {
             .collect(),
         unattributed: &summary.unattributed,
         handled_exit: mayfail::state::parse_exit_codes(&summary.handled_exit).unwrap_or_default(),
+        left_out: &summary.left_out,
     };
     let mut text = serde_json::to_string_pretty(&report)
         .expect("a report of strings and numbers always serializes");
@@ -234,6 +243,7 @@ mod tests {
                 replay: "MAYFAIL_INJECT='stack=00000000000000ab' cargo test".to_owned(),
                 panic: false,
                 chain: Vec::new(),
+                test: Some("p lib tests::t".to_owned()),
             }],
             unattributed: vec![Unattributed {
                 run: 2,
@@ -243,6 +253,10 @@ mod tests {
             }],
             handled_exit: "1,7".to_owned(),
             view: Default::default(),
+            left_out: vec![LeftOut {
+                test: "p lib tests::u".to_owned(),
+                detail: "exit 101".to_owned(),
+            }],
         };
         let value: serde_json::Value = serde_json::from_str(&render(&summary)).unwrap();
         assert_eq!(value["schema_version"], 2);
@@ -257,9 +271,12 @@ mod tests {
         assert!(site["frames"][0]["location"].is_null());
         assert_eq!(value["unattributed"][0]["outcome"], "hung");
         assert_eq!(value["handled_exit"], serde_json::json!([1, 7]));
+        assert_eq!(site["test"], "p lib tests::t");
+        assert_eq!(value["left_out"][0]["detail"], "exit 101");
         let fields = value.as_object().unwrap().keys();
         let site_fields = site.as_object().unwrap().keys();
-        for field in fields.chain(site_fields) {
+        let left_fields = value["left_out"][0].as_object().unwrap().keys();
+        for field in fields.chain(site_fields).chain(left_fields) {
             assert!(
                 SCHEMA.contains(&format!("  {field} ")),
                 "{field} is not described in the schema"

@@ -69,6 +69,8 @@ pub struct Site {
     /// Its frames up to the test (empty when the process did not write
     /// them): what its class and blamed frame are read from.
     pub chain: Vec<Frame>,
+    /// The test whose process first failed it (per-test walks).
+    pub test: Option<String>,
 }
 
 /// What the report says about a whole walk.
@@ -86,10 +88,19 @@ pub struct Summary {
     /// Processes of runs that ended badly with no site to blame: the walk
     /// is not all handled while any is listed.
     pub unattributed: Vec<Unattributed>,
+    /// Tests that fail without injection, left out of the walk.
+    pub left_out: Vec<LeftOut>,
     /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
     pub handled_exit: String,
     /// How the sites are read: shown, blamed, baselined.
     pub view: crate::findings::View,
+}
+
+/// A test that fails without injection, left out of a per-test walk.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeftOut {
+    pub test: String,
+    pub detail: String,
 }
 
 /// A process a run started that ended badly with no site to blame.
@@ -155,9 +166,10 @@ impl Summary {
 /// the state file alone. Its time is every recorded run's, summed.
 pub fn summarize(state: &State, path: &Path) -> Summary {
     Summary {
+        // The first run's: a per-test walk's later runs walk its doctests.
         command: state
             .runs
-            .last()
+            .first()
             .map_or_else(String::new, |r| r.command.clone()),
         state: path.display().to_string(),
         runs: state.runs.len() as u64,
@@ -184,6 +196,14 @@ pub fn summarize(state: &State, path: &Path) -> Summary {
             .collect(),
         handled_exit: state.handled_exit_text(),
         view: Default::default(),
+        left_out: state
+            .left_out
+            .iter()
+            .map(|(test, detail)| LeftOut {
+                test: test.display(),
+                detail: detail.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -212,6 +232,7 @@ pub fn merge(summaries: Vec<Summary>) -> Summary {
         merged.last_run_ms = merged.last_run_ms.max(s.last_run_ms);
         merged.runtime_stacks += s.runtime_stacks;
         merged.unattributed.extend(s.unattributed);
+        merged.left_out.extend(s.left_out);
         if merged.handled_exit.is_empty() {
             merged.handled_exit = s.handled_exit;
         }
@@ -243,6 +264,7 @@ pub fn why_stopped(state: &State) -> String {
             last.number
         ),
         Some("interrupted") => "interrupted (resume with the same command)".to_owned(),
+        Some(WALKED) => "every test ran to its end with no new site".to_owned(),
         Some("done") if !found_new && last.runtime_stacks == 0 => {
             "a run found no new site".to_owned()
         }
@@ -252,6 +274,9 @@ pub fn why_stopped(state: &State) -> String {
             .to_owned(),
     }
 }
+
+/// The `how` of a per-test walk's run that walked every test to its end.
+pub const WALKED: &str = "walked";
 
 /// How a printed command names this runner: by its name where `PATH`
 /// finds this very program under it, else by its path.
@@ -405,14 +430,20 @@ pub fn sites(state: &State) -> Vec<Site> {
                 raw_frames: r.frames.clone(),
                 panic: r.panic,
                 chain: crate::findings::frames_of(&r.chain),
-                replay: replay_line(
-                    r.id,
-                    state
+                replay: {
+                    let walked = state
                         .run(r.run)
                         .or(state.runs.last())
-                        .map_or(&[][..], |run| &run.argv),
-                    Runner::this(),
-                ),
+                        .map_or(&[][..], |run| &run.argv);
+                    match &r.test {
+                        // Runs that test alone.
+                        Some(test) => {
+                            replay_line(r.id, &test.replay_command(walked), Runner::this())
+                        }
+                        None => replay_line(r.id, walked, Runner::this()),
+                    }
+                },
+                test: r.test.as_ref().map(crate::state::Test::display),
             }),
         }
     }
@@ -469,6 +500,17 @@ pub fn table(s: &Summary) -> String {
                 u.detail,
                 u.pid
             );
+        }
+    }
+    if !s.left_out.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} test{} fail without injection and were left out of the walk (not all handled):",
+            s.left_out.len(),
+            if s.left_out.len() == 1 { "" } else { "s" }
+        );
+        for left in &s.left_out {
+            let _ = writeln!(out, "    {}: {}", left.test, left.detail);
         }
     }
     if s.sites.is_empty() {
@@ -533,6 +575,9 @@ pub fn table(s: &Summary) -> String {
                 site.binary,
                 StackId(site.id)
             );
+            if let Some(test) = &site.test {
+                let _ = writeln!(out, "{pad}test: {test}");
+            }
             let _ = writeln!(out, "{pad}replay: {}", site.replay);
         }
     }
@@ -966,6 +1011,7 @@ mod tests {
             replay: format!("mayfail run --inject stack={id:016x} -- prog"),
             panic: false,
             chain: frames(place),
+            test: None,
         }
     }
 

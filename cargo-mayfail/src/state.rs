@@ -12,7 +12,16 @@
 //! unattributed\t<n>\t<pid>\t<outcome>\t<detail>      a process of run n ended badly, no site to blame
 //! other-shard\t<pid>                                the process met stacks of other shards
 //! handled-exit\t<codes>                             exit statuses that count as handled (1,7)
+//! test\t<pid>\t<package>\t<kind>\t<target>\t<name>    process pid ran that test alone (written once it ended)
+//! tested\t<package>\t<kind>\t<target>\t<name>         every stack of the test is walked
+//! left-out\t<package>\t<kind>\t<target>\t<name>\t<detail>  the test fails without injection: not walked
 //! ```
+//!
+//! The last three come from the per-test engine (`--engine tests`): the
+//! runner writes a `test` line once the process it started for one test
+//! has ended, so every `site` line that process wrote comes before it, and
+//! a later process with the same pid comes after it: the sites of pid P
+//! not yet given a test belong to the next `test` line of P.
 //!
 //! Processes under test write `site`, `fate`, `runtime` and `other-shard`
 //! lines (each with one `O_APPEND` write), the runner the others. A `fate`
@@ -81,7 +90,118 @@ pub struct Record {
     pub fate: Option<(Outcome, String)>,
     /// A later `retry` line asks for this site again.
     pub retried: bool,
+    /// The test whose process failed it (per-test walks).
+    pub test: Option<Test>,
 }
+
+/// A test of a cargo test binary, owned (see `mayfail::state::TestName`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Test {
+    pub package: String,
+    pub kind: String,
+    pub target: String,
+    pub name: String,
+}
+
+impl Test {
+    pub fn from_line(test: &mayfail::state::TestName<'_>) -> Test {
+        Test {
+            package: test.package.to_owned(),
+            kind: test.kind.to_owned(),
+            target: test.target.to_owned(),
+            name: test.name.to_owned(),
+        }
+    }
+
+    /// The fields of its state lines, tab-separated.
+    pub fn fields(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}",
+            self.package, self.kind, self.target, self.name
+        )
+    }
+
+    /// `thin-vec lib tests::drain`, `thin-vec test:integration tests::x`.
+    pub fn display(&self) -> String {
+        if self.kind == "lib" {
+            format!("{} lib {}", self.package, self.name)
+        } else {
+            format!(
+                "{} {}:{} {}",
+                self.package, self.kind, self.target, self.name
+            )
+        }
+    }
+
+    /// The cargo arguments that select its target: `--lib`, `--test NAME`...
+    pub fn target_selector(&self) -> Vec<String> {
+        match self.kind.as_str() {
+            "lib" | "proc-macro" => vec!["--lib".to_owned()],
+            kind => vec![format!("--{kind}"), self.target.clone()],
+        }
+    }
+
+    /// The command that runs this test alone, from `cargo test ARGS`: the
+    /// arguments before `--` that build what was walked (features,
+    /// profile, target), without those that choose packages or targets,
+    /// then `-p PACKAGE`, its target, and `-- --exact NAME`.
+    pub fn replay_command(&self, walked: &[OsString]) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = Vec::new();
+        let mut words = walked.iter();
+        let mut skip_value = false;
+        for word in words.by_ref() {
+            if skip_value {
+                skip_value = false;
+                continue;
+            }
+            let text = word.to_string_lossy();
+            if text == "--" {
+                break;
+            }
+            if SELECTORS_WITH_VALUE.contains(&text.as_ref()) {
+                skip_value = true;
+                continue;
+            }
+            let selector = SELECTORS.contains(&text.as_ref())
+                || SELECTORS_WITH_VALUE
+                    .iter()
+                    .any(|s| text.starts_with(&format!("{s}=")));
+            if !selector {
+                argv.push(word.clone());
+            }
+        }
+        argv.extend(["-p".into(), self.package.clone().into()]);
+        argv.extend(self.target_selector().into_iter().map(OsString::from));
+        argv.extend(["--".into(), "--exact".into(), self.name.clone().into()]);
+        argv
+    }
+}
+
+/// `cargo test` arguments that choose packages or targets, alone...
+const SELECTORS: [&str; 11] = [
+    "--workspace",
+    "--all",
+    "--lib",
+    "--bins",
+    "--tests",
+    "--examples",
+    "--benches",
+    "--all-targets",
+    "--doc",
+    "--no-run",
+    "--no-fail-fast",
+];
+
+/// ...and with a value.
+const SELECTORS_WITH_VALUE: [&str; 7] = [
+    "-p",
+    "--package",
+    "--exclude",
+    "--bin",
+    "--test",
+    "--example",
+    "--bench",
+];
 
 /// One `run` line and its `end`.
 #[derive(Clone, Debug)]
@@ -120,6 +240,12 @@ pub struct State {
     pub other_shard: usize,
     /// Exit statuses counted as handled besides 0 (`handled-exit`), sorted.
     pub handled_exit: Vec<u8>,
+    /// Tests whose walk is complete (`tested`).
+    pub tested: std::collections::BTreeSet<Test>,
+    /// Tests that fail without injection, and how (`left-out`).
+    pub left_out: Vec<(Test, String)>,
+    /// Processes of the per-test engine (`test` lines).
+    pub test_processes: usize,
     /// Bytes read: where the next run's lines start (a line cut short at
     /// the end excluded).
     pub len: u64,
@@ -269,6 +395,7 @@ impl State {
                     chain: chain.to_owned(),
                     fate: None,
                     retried: false,
+                    test: None,
                 }),
                 Line::Fate {
                     id,
@@ -303,6 +430,26 @@ impl State {
                     detail: detail.to_owned(),
                 }),
                 Line::OtherShard { .. } => state.other_shard += 1,
+                Line::Test { pid, test } => {
+                    let test = Test::from_line(&test);
+                    for record in state
+                        .records
+                        .iter_mut()
+                        .filter(|r| r.pid == pid && r.test.is_none())
+                    {
+                        record.test = Some(test.clone());
+                    }
+                    state.test_processes += 1;
+                }
+                Line::Tested { test } => {
+                    state.tested.insert(Test::from_line(&test));
+                }
+                Line::LeftOut { test, detail } => {
+                    let test = Test::from_line(&test);
+                    if !state.left_out.iter().any(|(t, _)| *t == test) {
+                        state.left_out.push((test, detail.to_owned()));
+                    }
+                }
                 Line::HandledExit { codes } => {
                     state.handled_exit =
                         mayfail::state::parse_exit_codes(codes).unwrap_or_default();
@@ -634,6 +781,33 @@ fn lock_holder(meta: &std::fs::Metadata) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_replays_alone_with_the_walk_s_build_arguments() {
+        let words = |text: &str| -> Vec<OsString> { text.split(' ').map(OsString::from).collect() };
+        let test = Test {
+            package: "thin-vec".to_owned(),
+            kind: "lib".to_owned(),
+            target: "thin_vec".to_owned(),
+            name: "tests::drain".to_owned(),
+        };
+        let walked =
+            words("cargo test --offline --workspace -p other --features=x --lib -- --skip y");
+        assert_eq!(
+            test.replay_command(&walked),
+            words("cargo test --offline --features=x -p thin-vec --lib -- --exact tests::drain")
+        );
+        let integration = Test {
+            kind: "test".to_owned(),
+            target: "it".to_owned(),
+            ..test.clone()
+        };
+        assert_eq!(
+            integration.replay_command(&words("cargo test --test=it")),
+            words("cargo test -p thin-vec --test it -- --exact tests::drain")
+        );
+        assert_eq!(integration.display(), "thin-vec test:it tests::drain");
+    }
 
     fn load_text(text: &str) -> Result<State, StateError> {
         let dir = std::env::temp_dir().join(format!("mayfail-state-{}", std::process::id()));

@@ -1597,7 +1597,11 @@ fn replay_lines_of_a_cargo_walk_under_the_library_abort_the_same_test_binary_aga
     assert_eq!(walk.status.code(), Some(0), "{text}");
     let line = replay_of(&dir.join("walk.json"), "preload_fixture::infallible_list");
     assert!(line.contains(" test --inject stack="), "{line}");
-    assert!(line.ends_with(" -- --offline"), "{line}");
+    // The per-test engine's line runs the test that reached the site alone.
+    assert!(
+        line.contains(" -- --offline ") && line.contains(" -- --exact "),
+        "{line}"
+    );
     // The replay: cargo runs the test binaries, the one that reached the
     // site aborts again, and cargo says so.
     let mut pasted = Command::new("bash");

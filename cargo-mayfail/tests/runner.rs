@@ -194,11 +194,21 @@ fn runs_in(state: &Path) -> usize {
 #[test]
 fn every_site_of_a_cargo_test_suite_is_found_with_its_outcome_and_replays() {
     fixture_binary();
-    let dir = scratch("cargo_test");
+    for engine in ["tests", "runs"] {
+        walk_the_fixture_with(engine);
+    }
+}
+
+/// Walks the fixture's `cargo test` with `engine`: every site, with its
+/// outcome, replayed.
+fn walk_the_fixture_with(engine: &str) {
+    let dir = scratch(&format!("cargo_test_{engine}"));
     let state = dir.join("sites.state");
     let started = Instant::now();
     let out = run(&[
         "sites",
+        "--engine",
+        engine,
         "--state",
         state.to_str().unwrap(),
         "--show",
@@ -211,7 +221,16 @@ fn every_site_of_a_cargo_test_suite_is_found_with_its_outcome_and_replays() {
     ]);
     println!("{}{}({:.1?})", out.stderr, out.stdout, started.elapsed());
     assert_eq!(out.code, Some(1), "not every site was handled: exit 1");
-    assert!(out.stdout.contains("stopped: a run found no new site"));
+    let stopped = if engine == "tests" {
+        "every test ran to its end with no new site"
+    } else {
+        "a run found no new site"
+    };
+    assert!(
+        out.stdout.contains(&format!("stopped: {stopped}")),
+        "{}",
+        out.stdout
+    );
 
     // Each site of the fixture, with the right outcome, failed once.
     let json = std::fs::read_to_string(dir.join("sites.json")).unwrap();
@@ -223,12 +242,23 @@ fn every_site_of_a_cargo_test_suite_is_found_with_its_outcome_and_replays() {
         order,
         ["crashed", "aborted", "failed", "handled", "handled"]
     );
-    // One run per site, plus one or two that find nothing new: std's own
-    // start-up stacks are not sites.
+    // `runs`: one run per site, plus one or two that find nothing new:
+    // std's own start-up stacks are not sites. `tests`: one run, a process
+    // per site and one more per test.
     let runs = runs_in(&state);
-    assert!((6..=8).contains(&runs), "{runs} runs");
+    let text = std::fs::read_to_string(&state).unwrap();
+    if engine == "tests" {
+        assert_eq!(runs, 1, "{text}");
+        // A process per site and one more per test; copies of a test
+        // under way when cores are idle may add a few.
+        let processes = text.matches("\ntest\t").count();
+        assert!((10..=16).contains(&processes), "{processes}: {text}");
+        assert_eq!(text.matches("\ntested\t").count(), 5, "{text}");
+    } else {
+        assert!((6..=8).contains(&runs), "{runs} runs");
+    }
     let report = report_of(&json);
-    assert_eq!(report["stopped"], "a run found no new site");
+    assert_eq!(report["stopped"], stopped);
     assert_eq!(report["counts"]["handled"], 2);
     assert_eq!(report["counts"]["crashed"], 1);
     // cargo's own failures are its test binaries' sites: none unattributed.
@@ -297,7 +327,16 @@ fn a_state_file_resumes_where_it_stopped_and_known_sites_are_not_failed_again() 
         "--",
         binary,
     ]);
-    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    // Two runs: an infallible abort, then a crash or a failed test (the
+    // fixture's tests run on threads of their own, in any order): only the
+    // crash is a bug.
+    let crashed = first.stderr.contains("new site (crashed)");
+    assert_eq!(
+        first.code,
+        Some(if crashed { 1 } else { 0 }),
+        "{}",
+        first.stderr
+    );
     assert!(
         first.stdout.contains("stopped: not finished")
             && first.stderr.contains("mayfail: --max-runs 2 reached"),
@@ -2096,6 +2135,7 @@ fn a_shard_that_meets_only_other_shards_stacks_was_reached_and_exits_0() {
     let dir = scratch("empty_shard");
     // A million shards: the few hundred stacks of the fixture leave shard 1
     // empty but for a chance of a few in ten thousand.
+    // Shards of stacks: the `runs` engine (`tests` shards tests).
     let cargo_test = ["cargo", "test", "--offline", "-q"];
     let quiet = quiet_program();
     for (name, command) in [
@@ -2108,6 +2148,8 @@ fn a_shard_that_meets_only_other_shards_stacks_was_reached_and_exits_0() {
         let state = dir.join(format!("{name}.state"));
         let mut args = vec![
             "sites",
+            "--engine",
+            "runs",
             "--no-baseline",
             "--shard",
             "1/1000000",
@@ -2423,4 +2465,326 @@ fn a_line_cut_short_by_a_full_disk_is_dropped_and_the_walk_resumes_with_the_rest
         "left after the header and padding: {:?}",
         after.get(text.len()..)
     );
+}
+
+// ---------------------------------------------------------------------------
+// The per-test engine, on `tests/fixtures/walk_fixture`.
+
+fn walk_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/walk_fixture")
+}
+
+/// The runner in the walk fixture's directory, its own target directory.
+fn walk_runner() -> Command {
+    let mut command = runner();
+    command.current_dir(walk_fixture_dir()).env(
+        "CARGO_TARGET_DIR",
+        fixture_target().with_file_name("walk-fixture"),
+    );
+    command
+}
+
+/// The walk fixture's sites: (outcome, function, test), sorted.
+fn walk_fixture_sites(json: &str) -> Vec<(String, String, String)> {
+    let report = report_of(json);
+    let mut sites: Vec<(String, String, String)> = report["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        // The 2024 edition's doctest runner's own sites are rustdoc's.
+        .filter(|s| {
+            !s["frames"][0]["function"]
+                .as_str()
+                .unwrap()
+                .starts_with("doctest_runner")
+        })
+        .map(|s| {
+            (
+                s["outcome"].as_str().unwrap().to_owned(),
+                s["frames"][0]["function"].as_str().unwrap().to_owned(),
+                s["test"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    sites.sort();
+    sites
+}
+
+/// Every site of the walk fixture, its outcome and the test that reached
+/// it (none for the doctest's: the doctests are walked as a whole).
+fn walk_fixture_expected() -> Vec<(String, String, String)> {
+    let mut expected: Vec<(String, String, String)> = [
+        (
+            "aborted",
+            "walk_fixture::push_one",
+            "walk_fixture lib tests::three_mixed",
+        ),
+        (
+            "failed",
+            "walk_fixture::reserve_or_panic",
+            "walk_fixture lib tests::three_mixed",
+        ),
+        ("handled", "walk_fixture::doc_checked", ""),
+        (
+            "handled",
+            "walk_fixture::first_checked",
+            "walk_fixture lib tests::two_handled",
+        ),
+        (
+            "handled",
+            "walk_fixture::integration_checked",
+            "walk_fixture test:integration reaches_one",
+        ),
+        (
+            "handled",
+            "walk_fixture::second_checked",
+            "walk_fixture lib tests::two_handled",
+        ),
+        (
+            "handled",
+            "walk_fixture::third_checked",
+            "walk_fixture lib tests::three_mixed",
+        ),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+    .collect();
+    expected.sort();
+    expected
+}
+
+#[test]
+fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_alone() {
+    let dir = scratch("per_test");
+    let state = dir.join("walk.state");
+    let started = Instant::now();
+    let out = ran(walk_runner()
+        .args(["sites", "--timeout", "5", "--jobs", "2", "--state"])
+        .arg(&state)
+        .args(["--", "cargo", "test", "--offline"])
+        .output()
+        .unwrap());
+    println!("{}{}({:.1?})", out.stderr, out.stdout, started.elapsed());
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
+    assert_eq!(walk_fixture_sites(&json), walk_fixture_expected(), "{json}");
+    // Each test that fails or hangs without injection: said once, left out.
+    let report = report_of(&json);
+    let mut left_out: Vec<(String, String)> = report["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["test"].as_str().unwrap().to_owned(),
+                l["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    left_out.sort();
+    assert_eq!(
+        left_out,
+        [
+            (
+                "walk_fixture lib tests::fails_anyway".to_owned(),
+                "exit 101".to_owned()
+            ),
+            (
+                "walk_fixture lib tests::hangs_anyway".to_owned(),
+                "killed after 5 s".to_owned()
+            ),
+        ],
+        "{json}"
+    );
+    assert_eq!(
+        out.stderr
+            .matches("fails_anyway fails without injection")
+            .count(),
+        1
+    );
+    assert!(
+        out.stdout
+            .contains("2 tests fail without injection and were left out")
+    );
+    // The state file: a `test` line per process, a `tested` line per test.
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(text.matches("\ntested\t").count(), 3, "{text}");
+    assert!(
+        !text.contains("ignored_site"),
+        "an ignored test is not walked: {text}"
+    );
+    // A per-test replay runs its test alone and fails its site again; the
+    // doctest's runs the doctests.
+    let replay = |function: &str| {
+        let site = report["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frames"][0]["function"] == function)
+            .unwrap();
+        let replay = site["replay"].as_str().unwrap().to_owned();
+        let output = Command::new("bash")
+            .args(["-c", &replay])
+            .current_dir(walk_fixture_dir())
+            .env(
+                "CARGO_TARGET_DIR",
+                fixture_target().with_file_name("walk-fixture"),
+            )
+            .env_remove("MAYFAIL_INJECT")
+            .output()
+            .unwrap();
+        (replay, output)
+    };
+    let (line, output) = replay("walk_fixture::push_one");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        line.contains("-p walk_fixture --lib -- --exact tests::three_mixed"),
+        "{line}"
+    );
+    assert!(
+        !output.status.success() && text.contains("running 1 test"),
+        "{line}: {text}"
+    );
+    assert!(
+        text.contains("SIGABRT") || text.contains("signal: 6"),
+        "{line}: {text}"
+    );
+    let (line, output) = replay("walk_fixture::integration_checked");
+    assert!(
+        line.contains("--test integration -- --exact reaches_one"),
+        "{line}"
+    );
+    assert!(output.status.success(), "{line}");
+    let (line, _) = replay("walk_fixture::doc_checked");
+    assert!(
+        line.contains(" test --inject stack=") && line.ends_with(" -- --doc --offline"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_interrupted_per_test_walk_resumes_and_finds_the_same_sites() {
+    let dir = scratch("per_test_resume");
+    let state = dir.join("walk.state");
+    let walk = || {
+        let mut command = walk_runner();
+        command
+            .args([
+                "sites",
+                "--timeout",
+                "3",
+                "--jobs",
+                "1",
+                "--no-baseline",
+                "--state",
+            ])
+            .arg(&state)
+            .args([
+                "--",
+                "cargo",
+                "test",
+                "--offline",
+                "--lib",
+                "--",
+                "--skip",
+                "anyway",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let mut child = walk().spawn().unwrap();
+    // Interrupted once a test's walk is complete and another's under way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        let done = text.matches("\ntest\t").count() >= 3;
+        if done || Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: the child is ours and not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let first = ran(child.wait_with_output().unwrap());
+    assert_eq!(first.code, Some(130), "{}", first.stderr);
+    let second = ran(walk().output().unwrap());
+    // Infallible, failed and handled sites only: no bug.
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
+    let found = walk_fixture_sites(&json);
+    let expected: Vec<_> = walk_fixture_expected()
+        .into_iter()
+        .filter(|(_, _, test)| test.contains(" lib "))
+        .collect();
+    assert_eq!(found, expected, "{}{json}", first.stderr);
+    // No test's walk was completed twice, nor a site failed twice.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut tested: Vec<&str> = text.lines().filter(|l| l.starts_with("tested\t")).collect();
+    let all = tested.len();
+    tested.sort();
+    tested.dedup();
+    assert_eq!(tested.len(), all, "{text}");
+    assert!(sites_of(&json).iter().all(|s| s.seen == 1), "{json}");
+}
+
+#[test]
+fn shards_split_the_tests_and_their_merged_report_is_the_whole_walk() {
+    let dir = scratch("per_test_shards");
+    let mut states = Vec::new();
+    let mut tests: Vec<Vec<String>> = Vec::new();
+    for k in 1..=2 {
+        let state = dir.join(format!("shard{k}.state"));
+        let out = ran(walk_runner()
+            .args(["sites", "--timeout", "3", "--no-baseline", "--shard"])
+            .arg(format!("{k}/2"))
+            .arg("--state")
+            .arg(&state)
+            .args([
+                "--",
+                "cargo",
+                "test",
+                "--offline",
+                "--lib",
+                "--",
+                "--skip",
+                "anyway",
+            ])
+            .output()
+            .unwrap());
+        assert!(matches!(out.code, Some(0 | 1)), "{}", out.stderr);
+        let text = std::fs::read_to_string(&state).unwrap();
+        tests.push(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("tested\t"))
+                .map(str::to_owned)
+                .collect(),
+        );
+        states.push(state);
+    }
+    // Each test in one shard: together, the two of the library.
+    let mut all: Vec<&String> = tests.iter().flatten().collect();
+    all.sort();
+    assert_eq!(all.len(), 2, "{tests:?}");
+    all.dedup();
+    assert_eq!(all.len(), 2, "{tests:?}");
+    let merged = dir.join("merged.state");
+    let out = ran(walk_runner()
+        .arg("report")
+        .arg("--state")
+        .arg(&merged)
+        .args(&states)
+        .output()
+        .unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let json = std::fs::read_to_string(dir.join("merged.json")).unwrap();
+    let expected: Vec<_> = walk_fixture_expected()
+        .into_iter()
+        .filter(|(_, _, test)| test.contains(" lib "))
+        .collect();
+    assert_eq!(walk_fixture_sites(&json), expected, "{json}");
 }

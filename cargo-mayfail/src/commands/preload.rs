@@ -215,6 +215,45 @@ fn needs_library(program: &OsStr) -> bool {
     File::open(&path).is_ok_and(|file| !Elf::read(&file).is_ok_and(|elf| elf.mayfail))
 }
 
+impl PreloadChoice {
+    /// The preload library for test binaries run directly (the per-test
+    /// engine), chosen as for a cargo command: `None` with `--no-preload`,
+    /// or when it is missing and cannot be built (said in one line).
+    pub(crate) fn library_for_tests(&self) -> Result<Option<PathBuf>, Failure> {
+        if self.no_preload {
+            return Ok(None);
+        }
+        match find_or_build() {
+            Ok(library) => Ok(Some(library)),
+            Err(NoLibrary::Missing(missing)) if !self.preload => {
+                crate::progress::note!(
+                    "mayfail: note: {missing}; test binaries that do not declare \
+                     mayfail::MayFail are not reached"
+                );
+                Ok(None)
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// `LD_PRELOAD` for a test binary run directly: `None` if it declares
+/// `MayFail` (its allocator reports to the walk itself), else the library,
+/// after one line on stderr for each of its [`limits`].
+pub(crate) fn binary_preload(library: &Path, binary: &Path) -> Option<OsString> {
+    let declares = File::open(binary)
+        .ok()
+        .and_then(|file| Elf::read(&file).ok())
+        .is_some_and(|elf| elf.mayfail);
+    if declares {
+        return None;
+    }
+    for limit in limits(binary) {
+        crate::progress::note!("mayfail: {}: {limit}", shell_quote(binary.as_os_str()));
+    }
+    Some(ld_preload(library))
+}
+
 /// The variable that puts `argv`'s program under the preload library: for
 /// cargo, its test binaries through the target runner (`preload-run` checks
 /// each one); for any other program, `LD_PRELOAD` on it, after one line on

@@ -25,9 +25,16 @@ const MAX_STATE_PATH: usize = 512;
 /// once, in a run of its own, and reports how the process ended
 #[derive(Args, Debug)]
 #[command(
-    long_about = "Walks every allocation site of CMD (e.g. `cargo test`). Runs CMD again and \
-                  again; in each process the first allocation whose call stack is new fails, \
-                  once, and the site and how the process ended are kept in the state file. \
+    long_about = "Walks every allocation site of CMD (e.g. `cargo test`). In each process the \
+                  first allocation whose call stack is new fails, once, and the site and how \
+                  the process ended are kept in the state file.\n\n\
+                  --engine tests (the default for `cargo test`): builds the test binaries once, \
+                  lists their tests and runs each test in processes of its own (--jobs at \
+                  once, default the number of CPUs) until a process of it fails no new site; \
+                  a test that fails or times out without injection is left out and reported; \
+                  sites name their test and replay it alone; doctests are then walked as \
+                  `cargo test --doc ARGS` with the runs engine; --shard splits the tests.\n\n\
+                  --engine runs (any other command): runs CMD again and again. \
                   Stops when a run fails no new site and meets no new stack at all (one more \
                   run confirms a run that met new runtime stacks), or after --max-runs. Stacks \
                   whose innermost frame outside the allocation machinery (std, alloc, core, \
@@ -54,7 +61,8 @@ const MAX_STATE_PATH: usize = 512;
                   sites -- --no-fail-fast (walks `cargo test --no-fail-fast`).\n\
                   Exit status: 0 no bug site (crashed, fallible-api-aborted, \
                   error-path-aborted, hung, leaked, unknown) outside --baseline, 1 one or more \
-                  (or a run's process ended badly with no site to blame), 2 bad input, 3 I/O error, 4 CMD fails without \
+                  (or a run's process ended badly with no site to blame, or a test was left \
+                  out), 2 bad input, 3 I/O error, 4 CMD fails without \
                   injection, 5 the state file is in use by another walk, 6 no allocation \
                   reached the preload library or MayFail, 127 CMD not found, 130 interrupted \
                   (the state file stays consistent: run again to resume).\n\
@@ -63,22 +71,29 @@ const MAX_STATE_PATH: usize = 512;
 pub(crate) struct SitesArgs {
     #[command(flatten)]
     files: StateFiles,
-    /// At most N runs this time
+    /// How to walk: `tests` (the default for `cargo test`) runs each test of
+    /// every test binary in processes of its own; `runs` (the default for
+    /// any other command) runs the whole command again and again
+    #[arg(long, value_name = "ENGINE")]
+    pub(crate) engine: Option<Engine>,
+    /// At most N runs this time (`tests`: of the doctests' walk)
     #[arg(long, value_name = "N", default_value = "1000", value_parser = super::at_least_one)]
-    max_runs: u64,
-    /// N copies of CMD at once per run (at most 1024); copy k lets the first k
-    /// new sites pass and fails the next one, so a deterministic CMD yields up
-    /// to N sites per run
-    #[arg(long, value_name = "N", default_value = "1", value_parser = super::jobs)]
-    jobs: u64,
-    /// A run taking longer is killed; its site is 'hung'
+    pub(crate) max_runs: u64,
+    /// Processes at once (at most 1024). `tests`: N tests at once [default:
+    /// the number of CPUs, fewer if memory is short]. `runs`: N copies of
+    /// CMD per run [default: 1]; copy k lets the first k new sites pass and
+    /// fails the next one, so a deterministic CMD yields up to N sites per run
+    #[arg(long, value_name = "N", value_parser = super::jobs)]
+    pub(crate) jobs: Option<u64>,
+    /// A run (`tests`: a test's process) taking longer is killed; its site
+    /// is 'hung'
     #[arg(long, value_name = "SECS", default_value = "600", value_parser = super::at_least_one)]
-    timeout: u64,
+    pub(crate) timeout: u64,
     /// More MAYFAIL_INJECT attributes (after=N, thread=NAME...)
     #[arg(long, value_name = "SPEC", value_parser = super::injection_spec)]
     inject: Option<String>,
     #[command(flatten)]
-    preload: super::preload::PreloadChoice,
+    pub(crate) preload: super::preload::PreloadChoice,
     /// Count stacks of the Rust runtime, a test harness, the loader and libc's
     /// start-up and exit as sites
     #[arg(long)]
@@ -97,14 +112,45 @@ pub(crate) struct SitesArgs {
     /// Do not run CMD without injection first (twice: it must pass, and the
     /// faster time is the cost baseline)
     #[arg(long)]
-    no_baseline: bool,
+    pub(crate) no_baseline: bool,
     /// The command to walk and its arguments, after `--`. As `cargo mayfail
     /// sites`: `cargo test` when no command is given, and words after `--`
     /// that begin with an option are arguments of `cargo test`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
     #[command(flatten)]
-    findings: crate::findings::FindingsArgs,
+    pub(crate) findings: crate::findings::FindingsArgs,
+}
+
+/// Which engine walks the command (`--engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Engine {
+    /// `cargo test` only: builds once, lists the tests of every test binary
+    /// and runs each test in processes of its own, --jobs at once, each
+    /// failing its first new site; doctests then as `runs` does
+    Tests,
+    /// Runs the whole command again and again, each process failing its
+    /// first new site, until a run finds nothing new
+    Runs,
+}
+
+impl Engine {
+    /// The engine for `argv`: `--engine` if given (`tests` only for a
+    /// `cargo test` command), else `tests` for `cargo test` without
+    /// `--doc`, `runs` for anything else.
+    fn choose(given: Option<Engine>, argv: &[OsString]) -> Result<Engine, Failure> {
+        let tests = super::walk::walks_tests(argv);
+        match given {
+            Some(Engine::Tests) if !tests => Err(Failure::bad_input(format!(
+                "--engine tests walks a `cargo test` command (without --doc), not `{}`: give \
+                 --engine runs, or no --engine",
+                quoted(argv)
+            ))),
+            Some(engine) => Ok(engine),
+            None if tests => Ok(Engine::Tests),
+            None => Ok(Engine::Runs),
+        }
+    }
 }
 
 /// Walks the sites; returns [`exit_codes::SUCCESS`] if every site was
@@ -115,24 +161,187 @@ pub(crate) fn execute(
     as_cargo: bool,
 ) -> Result<i32, Failure> {
     let argv = if as_cargo {
-        cargo_command(args.command)
+        cargo_command(args.command.clone())
     } else {
-        super::command_to_run(args.command, separator_given)?
+        super::command_to_run(args.command.clone(), separator_given)?
     };
-    let view = args.findings.view()?;
-    if let Some(arg) = argv
+    // Checked before anything runs (a baseline file that cannot be read).
+    args.findings.view()?;
+    let engine = Engine::choose(args.engine, &argv)?;
+    let setup = Setup::open(&args, argv)?;
+    match engine {
+        Engine::Runs => walk_whole(&args, &setup),
+        Engine::Tests => super::walk::execute(&args, &setup),
+    }
+}
+
+/// The old engine on the whole command: a baseline, the runs, the report.
+fn walk_whole(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
+    let preload = setup.preload.clone();
+    let walker = setup.walker(&setup.argv, preload)?;
+    let mut progress = Progress::on_stderr();
+    if !args.no_baseline
+        && let Some(code) = baseline(&walker, &mut progress, 2)?
+    {
+        return Ok(code);
+    }
+    let jobs = args.jobs.unwrap_or(1);
+    walk_runs(
+        &walker,
+        &setup.spec(true),
+        jobs,
+        args.max_runs,
+        &mut progress,
+    )?;
+    drop(progress);
+    finish(args, setup, walker.preload.is_some())
+}
+
+/// What every engine shares: the command, its files, what its processes
+/// run with. Opening it checks the input, opens and locks the state file
+/// and writes its header.
+pub(crate) struct Setup {
+    pub(crate) argv: Vec<OsString>,
+    pub(crate) display: String,
+    pub(crate) paths: Paths,
+    /// Open for appending and locked until the walk ends.
+    pub(crate) state_file: File,
+    pub(crate) log: File,
+    pub(crate) timeout: Duration,
+    /// Exit statuses that count as handled besides 0.
+    pub(crate) handled_exit: Vec<u8>,
+    /// `sites=STATE`, `sites-all=Y` and `--inject`'s attributes.
+    spec: String,
+    /// The variable that puts the command under the preload library (for a
+    /// cargo command, its target runner), if it is used.
+    pub(crate) preload: Option<(String, OsString)>,
+    pub(crate) shard: Option<String>,
+}
+
+impl Setup {
+    fn open(args: &SitesArgs, argv: Vec<OsString>) -> Result<Setup, Failure> {
+        refuse_line_breaks(&argv)?;
+        let paths = args.files.paths()?;
+        paths.refuse_collisions(std::slice::from_ref(&paths.state))?;
+        let spec = walk_spec(args, &paths)?;
+        // Held until the walk ends; nothing runs before it is open for writing.
+        let state_file = super::open_state(&paths.state, Access::Walk)?;
+        let state = super::load(&state_file, &paths.state)?;
+        if state.torn.is_some() {
+            // Read whole but for its last line, which goes: the walk goes on.
+            drop_torn_tail(&state_file, &paths)?;
+        }
+        let handled_exit = args.handled_exit.clone().unwrap_or_default();
+        refuse_other_walk(&state, &paths, &argv, &handled_exit)?;
+        if state.next_run().is_none() {
+            return Err(Failure::bad_input(format!(
+                "the state file {} already holds run {}: no run number is left after it; move \
+                 it away to start afresh",
+                paths.state.display(),
+                u64::MAX
+            )));
+        }
+        // After the refusals above (finding the library may build it),
+        // before anything is written: a library path the loader cannot take
+        // and a project's own target runner are refused with nothing run.
+        let preload = args.preload.environment(&argv)?;
+        if state.len == 0 {
+            append_whole(&state_file, &paths, state::HEADER)?;
+        }
+        if state.runs.is_empty() && state.handled_exit.is_empty() && !handled_exit.is_empty() {
+            append_whole(
+                &state_file,
+                &paths,
+                &format!("handled-exit\t{handled_exit}"),
+            )?;
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.log)
+            .map_err(|e| Failure::io("write", &paths.log, e))?;
+        process::catch_interrupts();
+        process::adopt_orphans();
+        Ok(Setup {
+            display: quoted(&argv),
+            argv,
+            paths,
+            state_file,
+            log,
+            timeout: Duration::from_secs(args.timeout),
+            handled_exit: mayfail::state::parse_exit_codes(&handled_exit).unwrap_or_default(),
+            spec,
+            shard: args.shard.clone(),
+            preload,
+        })
+    }
+
+    /// `MAYFAIL_INJECT` of a process in sites mode; with `sites-shard` if
+    /// `shard_stacks` (the `runs` engine shards stacks, `tests` shards tests).
+    pub(crate) fn spec(&self, shard_stacks: bool) -> String {
+        match (&self.shard, shard_stacks) {
+            (Some(shard), true) => format!("{},sites-shard={shard}", self.spec),
+            _ => self.spec.clone(),
+        }
+    }
+
+    /// A walker of `command` (this walk's, or its doctests').
+    pub(crate) fn walker<'a>(
+        &'a self,
+        command: &'a [OsString],
+        preload: Option<(String, OsString)>,
+    ) -> Result<Walker<'a>, Failure> {
+        Ok(Walker {
+            command,
+            preload,
+            display: quoted(command),
+            paths: &self.paths,
+            state: &self.state_file,
+            log: self
+                .log
+                .try_clone()
+                .map_err(|e| Failure::io("write", &self.paths.log, e))?,
+            timeout: self.timeout,
+            handled_exit: self.handled_exit.clone(),
+        })
+    }
+
+    /// Appends a line of the runner's while processes may be writing: a
+    /// line they have under way may look cut short, so nothing is cut off.
+    pub(crate) fn append(&self, line: &str) -> Result<(), Failure> {
+        append_whole(&self.state_file, &self.paths, line)
+    }
+
+    /// Appends a line of the runner's when no process is under way (see
+    /// [`Walker::record`]).
+    pub(crate) fn record(&self, line: &str) -> Result<(), Failure> {
+        drop_torn_tail(&self.state_file, &self.paths)?;
+        append_whole(&self.state_file, &self.paths, line)
+    }
+
+    pub(crate) fn load(&self) -> Result<State, Failure> {
+        drop_torn_tail(&self.state_file, &self.paths)?;
+        super::load(&self.state_file, &self.paths.state)
+    }
+}
+
+/// Refuses an argument the state file cannot keep on its `run` line.
+fn refuse_line_breaks(argv: &[OsString]) -> Result<(), Failure> {
+    match argv
         .iter()
         .find(|arg| arg.as_encoded_bytes().iter().any(|b| b"\t\n\r".contains(b)))
     {
-        return Err(Failure::bad_input(format!(
+        Some(arg) => Err(Failure::bad_input(format!(
             "the argument {} holds a tab or a line break: the state file keeps the command on \
              one line, so it cannot be walked",
             shell_quote(arg)
-        )));
+        ))),
+        None => Ok(()),
     }
-    let paths = args.files.paths()?;
-    paths.refuse_collisions(std::slice::from_ref(&paths.state))?;
-    let timeout = Duration::from_secs(args.timeout);
+}
+
+/// `sites=STATE` with `--all-stacks` and `--inject`, checked by the library.
+fn walk_spec(args: &SitesArgs, paths: &Paths) -> Result<String, Failure> {
     let Some(state_text) = paths.state.to_str() else {
         return Err(Failure::bad_input(format!(
             "--state {}: the path must be valid UTF-8",
@@ -148,28 +357,34 @@ pub(crate) fn execute(
     if args.all_stacks {
         spec.push_str(",sites-all=Y");
     }
-    if let Some(shard) = &args.shard {
-        spec.push_str(",sites-shard=");
-        spec.push_str(shard);
-    }
     if let Some(extra) = &args.inject {
         spec.push(',');
         spec.push_str(extra);
     }
-    if let Err(e) = mayfail::check_injection(&spec) {
-        return Err(Failure::bad_input(format!(
-            "--inject {extra}: {e}",
-            extra = args.inject.unwrap_or_default()
-        )));
+    let mut checked = spec.clone();
+    if let Some(shard) = &args.shard {
+        checked.push_str(",sites-shard=");
+        checked.push_str(shard);
     }
-    // Held until the walk ends; nothing runs before it is open for writing.
-    let state_file = super::open_state(&paths.state, Access::Walk)?;
-    let state = super::load(&state_file, &paths.state)?;
-    if state.torn.is_some() {
-        // Read whole but for its last line, which goes: the walk goes on.
-        drop_torn_tail(&state_file, &paths)?;
+    match mayfail::check_injection(&checked) {
+        Ok(()) => Ok(spec),
+        Err(e) => Err(Failure::bad_input(format!(
+            "--inject {}: {e}",
+            args.inject.clone().unwrap_or_default()
+        ))),
     }
-    if let Some(walked) = state.runs.last()
+}
+
+/// Refuses to resume a state file of another command or other
+/// `--handled-exit` statuses.
+fn refuse_other_walk(
+    state: &State,
+    paths: &Paths,
+    argv: &[OsString],
+    handled_exit: &str,
+) -> Result<(), Failure> {
+    // The first run's command: a per-test walk's later runs walk doctests.
+    if let Some(walked) = state.runs.first()
         && walked.argv != argv
     {
         return Err(Failure::bad_input(format!(
@@ -177,10 +392,9 @@ pub(crate) fn execute(
              or start afresh with another --state FILE (or move it away)",
             paths.state.display(),
             walked.command,
-            display = quoted(&argv)
+            display = quoted(argv)
         )));
     }
-    let handled_exit = args.handled_exit.clone().unwrap_or_default();
     let stored = state.handled_exit_text();
     let fresh = state.runs.is_empty() && stored.is_empty();
     if handled_exit != stored && !fresh {
@@ -197,131 +411,378 @@ pub(crate) fn execute(
              away)",
             paths.state.display(),
             shown(&stored),
-            shown(&handled_exit)
+            shown(handled_exit)
         )));
     }
-    let Some(first_run) = state.next_run() else {
-        return Err(Failure::bad_input(format!(
-            "the state file {} already holds run {}: no run number is left after it; move it \
-             away to start afresh",
-            paths.state.display(),
-            u64::MAX
-        )));
-    };
-    // After the refusals above (finding the library may build it), before
-    // anything is written.
-    let preload = args.preload.environment(&argv)?;
-    if state.len == 0 {
-        append_whole(&state_file, &paths, state::HEADER)?;
-    }
-    if fresh && !handled_exit.is_empty() {
-        append_whole(
-            &state_file,
-            &paths,
-            &format!("handled-exit\t{handled_exit}"),
-        )?;
-    }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.log)
-        .map_err(|e| Failure::io("write", &paths.log, e))?;
-    process::catch_interrupts();
-    process::adopt_orphans();
-    let display = quoted(&argv);
-    let walker = Walker {
-        command: &argv,
-        preload,
-        display: &display,
-        paths: &paths,
-        state: &state_file,
-        log,
-        timeout,
-        handled_exit: mayfail::state::parse_exit_codes(&handled_exit).unwrap_or_default(),
-    };
-    let mut progress = Progress::on_stderr();
+    Ok(())
+}
 
-    if !args.no_baseline {
-        // Twice, keeping the faster: the first also warms caches up (cargo's
-        // fingerprints, the page cache), as the runs under injection will be.
-        progress.line(&format!("run 0 (baseline, no injection, twice): {display}"));
-        progress.baseline_started();
-        let mut fastest: Option<Batch> = None;
-        for _ in 0..2 {
-            let batch = walker.run_batch(0, &[None])?;
-            let stop = batch.how != "done" || !batch.statuses.iter().all(ExitStatus::success);
-            if fastest
-                .as_ref()
-                .is_none_or(|f| batch.elapsed_ms < f.elapsed_ms || stop)
-            {
-                fastest = Some(batch);
-            }
-            if stop {
-                break;
-            }
+/// Runs the command `times` without injection (twice: the first also warms
+/// caches up, as the runs under injection will be), keeping the fastest,
+/// and records it. Returns the exit code to stop with, if the walk must
+/// stop.
+pub(crate) fn baseline(
+    walker: &Walker,
+    progress: &mut Progress,
+    times: u32,
+) -> Result<Option<i32>, Failure> {
+    progress.line(&format!(
+        "run 0 (baseline, no injection{}): {}",
+        if times == 2 { ", twice" } else { "" },
+        walker.display
+    ));
+    progress.baseline_started();
+    let mut fastest: Option<Batch> = None;
+    for _ in 0..times.max(1) {
+        let batch = walker.run_batch(0, &[None])?;
+        let stop = !batch.passed();
+        if fastest
+            .as_ref()
+            .is_none_or(|f| batch.elapsed_ms < f.elapsed_ms || stop)
+        {
+            fastest = Some(batch);
         }
-        let batch = fastest.expect("at least one baseline run");
-        let status = batch.describe();
-        walker.record(&format!("baseline\t{}\t{status}", batch.elapsed_ms))?;
-        if batch.how == "interrupted" {
-            progress.line("interrupted: stopped");
-            return Ok(exit_codes::INTERRUPTED);
-        }
-        if batch.how != "done" || !batch.statuses.iter().all(ExitStatus::success) {
-            progress.line(&format!(
-                "the command fails without any injected failure ({status}): sites would be \
-                 blamed for it; fix it first (its output is in {})",
-                paths.log.display()
-            ));
-            return Ok(exit_codes::BASELINE_FAILED);
-        }
-        progress.line(&format!(
-            "baseline: {} s, exit 0",
-            seconds(batch.elapsed_ms)
-        ));
-    }
-
-    let mut run = first_run;
-    let mut runs_done: u64 = 0;
-    loop {
-        if runs_done == args.max_runs {
-            progress.line(&format!("--max-runs {} reached", args.max_runs));
+        if stop {
             break;
         }
-        let before = walker.load()?;
+    }
+    let batch = fastest.expect("at least one baseline run");
+    let status = batch.describe();
+    walker.record(&format!("baseline\t{}\t{status}", batch.elapsed_ms))?;
+    if batch.how == Ending::Interrupted {
+        progress.line("interrupted: stopped");
+        return Ok(Some(exit_codes::INTERRUPTED));
+    }
+    if !batch.passed() {
+        progress.line(&format!(
+            "the command fails without any injected failure ({status}): sites would be \
+             blamed for it; fix it first (its output is in {})",
+            walker.paths.log.display()
+        ));
+        return Ok(Some(exit_codes::BASELINE_FAILED));
+    }
+    progress.line(&format!(
+        "baseline: {} s, exit 0",
+        seconds(batch.elapsed_ms)
+    ));
+    Ok(None)
+}
+
+/// The runs of the whole command, `jobs` copies each, until one finds
+/// nothing new, `max_runs` of them, or an interrupt.
+pub(crate) fn walk_runs(
+    walker: &Walker,
+    spec: &str,
+    jobs: u64,
+    max_runs: u64,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    let Some(mut run) = walker.load()?.next_run() else {
+        progress.line("no run number is left: stopped");
+        return Ok(());
+    };
+    for _ in 0..max_runs {
+        let batch = walker.run_once(run, spec, jobs, progress)?;
+        let (new, new_runtime) = batch;
+        if interrupted() {
+            return Ok(());
+        }
+        // A run that failed nothing walked every stack of the command; if
+        // it met no new runtime stack either, nothing is left to find, and
+        // its time is the steady cost of sites mode. Otherwise (stacks that
+        // runs which failed early never reached) one more run confirms.
+        // (`report::why_stopped` reads the same rule back from the file.)
+        if !new && !new_runtime {
+            return Ok(());
+        }
+        let Some(next) = run.checked_add(1) else {
+            progress.line("no run number is left: stopped");
+            return Ok(());
+        };
+        run = next;
+    }
+    progress.line(&format!("--max-runs {max_runs} reached"));
+    Ok(())
+}
+
+/// Prints and writes the report of the state file and returns the walk's
+/// exit code.
+pub(crate) fn finish(args: &SitesArgs, setup: &Setup, preloaded: bool) -> Result<i32, Failure> {
+    let paths = &setup.paths;
+    let state = setup.load()?;
+    let summary = report::Summary {
+        view: args.findings.view()?,
+        ..report::summarize(&state, &paths.state)
+    };
+    write_reports(&summary, paths)?;
+    args.findings.write(&summary)?;
+    crate::progress::print_text(&report::table(&summary));
+    crate::progress::say!(
+        "  reports: {} {}; state: {}; output of the runs: {}",
+        paths.json.display(),
+        paths.html.display(),
+        paths.state.display(),
+        paths.log.display()
+    );
+    if interrupted() {
+        return Ok(exit_codes::INTERRUPTED);
+    }
+    if nothing_reached(&state, preloaded, &setup.display) {
+        return Ok(exit_codes::NOTHING_REACHED);
+    }
+    // Bug classes not in the baseline set the status; so do a process with
+    // no site to blame and a test left out.
+    let all_handled =
+        summary.gating() == 0 && state.unattributed.is_empty() && state.left_out.is_empty();
+    Ok(if all_handled {
+        exit_codes::SUCCESS
+    } else {
+        exit_codes::UNHANDLED_SITES
+    })
+}
+
+/// Whether no process reported to the walk, said in one line if so. A
+/// process under mayfail writes a line for every stack it meets (a site, a
+/// runtime stack, or once a stack of another shard): none in a whole walk
+/// means mayfail served no allocation: the preload library not loaded (a
+/// static or setuid program) or never called (an allocator of the
+/// program's own), or a program without `MayFail`.
+fn nothing_reached(state: &State, preloaded: bool, display: &str) -> bool {
+    let ran = state
+        .runs
+        .iter()
+        .any(|r| r.how.as_deref().is_some_and(|how| how != "interrupted"));
+    if !ran || !state.records.is_empty() || state.runtime_stacks != 0 || state.other_shard != 0 {
+        return false;
+    }
+    let runs = format!(
+        "{} run{}",
+        state.runs.len(),
+        if state.runs.len() == 1 { "" } else { "s" }
+    );
+    if preloaded {
+        crate::progress::note!(
+            "mayfail: no allocation of {display} reached the preload library in {runs}: \
+             nothing was injected or walked"
+        );
+    } else {
+        crate::progress::note!(
+            "mayfail: no process of {display} reported to the walk in {runs}: nothing was \
+             injected or walked (a program whose allocator is not mayfail::MayFail is \
+             reached with --preload)"
+        );
+    }
+    true
+}
+
+/// The command `cargo mayfail sites` walks: `cargo test` when none is
+/// given, `cargo test ARGS` when the words after `--` begin with an option
+/// (`-- --no-fail-fast`), else the command as given (`-- cargo test -q`,
+/// `-- ./prog`).
+fn cargo_command(words: Vec<OsString>) -> Vec<OsString> {
+    if words
+        .first()
+        .is_some_and(|first| !first.as_encoded_bytes().starts_with(b"-"))
+    {
+        return words;
+    }
+    let mut argv: Vec<OsString> = vec!["cargo".into(), "test".into()];
+    argv.extend(words);
+    argv
+}
+
+/// Writes the JSON and the HTML report.
+pub(crate) fn write_reports(summary: &Summary, paths: &Paths) -> Result<(), Failure> {
+    for (path, text) in [
+        (&paths.json, json::render(summary)),
+        (&paths.html, report::html(summary)),
+    ] {
+        std::fs::write(path, text).map_err(|e| Failure::io("write", path, e))?;
+    }
+    Ok(())
+}
+
+/// The fate of a site whose process ended with `status` and wrote none.
+pub(crate) fn fate_of(status: &ExitStatus) -> (Outcome, String) {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => (Outcome::Handled, "exit 0".to_owned()),
+        (Some(code), _) => (Outcome::Failed, format!("exit {code}")),
+        (None, Some(libc::SIGABRT)) => (Outcome::Aborted, "SIGABRT".to_owned()),
+        (None, Some(signal)) => (Outcome::Crashed, format!("signal {signal}")),
+        _ => (Outcome::Unknown, "no status".to_owned()),
+    }
+}
+
+/// A site whose process the timeout killed.
+pub(crate) fn hung(timeout: Duration) -> (Outcome, String) {
+    (
+        Outcome::Hung,
+        format!("killed after {} s", timeout.as_secs()),
+    )
+}
+
+/// A site whose process is not one the runner waited for, and wrote no fate.
+fn no_fate() -> (Outcome, String) {
+    (
+        Outcome::Unknown,
+        "the process left no fate: killed by a signal mayfail does not catch, or _exit".to_owned(),
+    )
+}
+
+/// Exit 0, or a status `--handled-exit` declares.
+pub(crate) fn ended_well(status: &ExitStatus, handled_exit: &[u8]) -> bool {
+    match status.code() {
+        Some(0) => true,
+        Some(code) => u8::try_from(code).is_ok_and(|c| handled_exit.contains(&c)),
+        None => false,
+    }
+}
+
+pub(crate) fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Runs the command, copies at a time, and records what happened.
+pub(crate) struct Walker<'a> {
+    command: &'a [OsString],
+    /// The variable that puts the command under the preload library.
+    preload: Option<(String, OsString)>,
+    display: String,
+    paths: &'a Paths,
+    /// The state file, open for appending and locked for the whole walk.
+    state: &'a File,
+    log: File,
+    timeout: Duration,
+    /// Exit statuses that count as handled besides 0.
+    handled_exit: Vec<u8>,
+}
+
+/// How a run (or a process of the per-test engine) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Every process ended by itself.
+    Done,
+    /// The timeout killed what was left.
+    Timeout,
+    /// Ctrl-C or SIGTERM: forwarded, then waited for.
+    Interrupted,
+}
+
+impl Ending {
+    /// As an `end` line writes it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Ending::Done => "done",
+            Ending::Timeout => "timeout",
+            Ending::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// How one run (all its copies) ended.
+struct Batch {
+    how: Ending,
+    elapsed_ms: u64,
+    /// Per copy: its pid, its status, and whether the timeout killed it.
+    pids: Vec<u32>,
+    statuses: Vec<ExitStatus>,
+    killed: Vec<bool>,
+}
+
+impl Batch {
+    /// Ended by itself, every copy with exit 0.
+    fn passed(&self) -> bool {
+        self.how == Ending::Done && self.statuses.iter().all(ExitStatus::success)
+    }
+
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.statuses.iter().map(process::describe_status).collect();
+        if parts.is_empty() {
+            self.how.name().to_owned()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// Cuts a last line cut short off the state file (see
+/// [`state::drop_torn_tail`]) and says so.
+pub(crate) fn drop_torn_tail(file: &File, paths: &Paths) -> Result<(), Failure> {
+    let dropped = state::drop_torn_tail(file)
+        .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
+    if let Some(line) = dropped {
+        crate::progress::note!(
+            "mayfail: the state file {} ended with a line cut short (\"{line}\"; a full disk, \
+             or a writer killed mid-line): dropped, the rest of the walk kept",
+            paths.state.display()
+        );
+    }
+    Ok(())
+}
+
+/// Appends a line of the runner's to the state file, whose exclusive lock
+/// the caller holds: a line the disk had no room for is taken back whole
+/// (the file is cut back to its length before), never left cut short.
+fn append_whole(file: &File, paths: &Paths, line: &str) -> Result<(), Failure> {
+    let before = file.metadata().map(|m| m.len());
+    state::append(file, line).map_err(|e| {
+        if let Ok(len) = before {
+            let _ = file.set_len(len);
+        }
+        Failure::io("write the state file", &paths.state, e)
+    })
+}
+
+impl Walker<'_> {
+    /// One run of the whole command, `jobs` copies: records it and prints
+    /// what it found. Returns whether it failed new sites and whether it
+    /// met new runtime stacks (when it ended normally).
+    fn run_once(
+        &self,
+        run: u64,
+        spec: &str,
+        jobs: u64,
+        progress: &mut Progress,
+    ) -> Result<(bool, bool), Failure> {
+        let before = self.load()?;
         // Sites written outside any run (by a process that outlived its
         // run): failed again, in a run that sees their fate.
         let mut asked = Vec::new();
         for record in before.stray() {
             if !asked.contains(&record.id) {
                 asked.push(record.id);
-                walker.record(&format!("retry\t{}", StackId(record.id)))?;
+                self.record(&format!("retry\t{}", StackId(record.id)))?;
             }
         }
-        let known = report::sites(&before);
-        let counts = Summary {
-            sites: known,
+        let known = Summary {
+            sites: report::sites(&before),
             ..Summary::default()
         };
-        progress.run_started(run, counts.sites.len(), &counts.counts());
-        walker.record(&format!(
-            "run\t{run}\t{}\t{}\t{display}",
-            args.jobs,
-            unix_ms()
+        progress.run_started(run, known.sites.len(), &known.counts());
+        self.record(&format!(
+            "run\t{run}\t{jobs}\t{}\t{}",
+            unix_ms(),
+            self.display
         ))?;
-        let copies: Vec<Option<String>> = (0..args.jobs)
+        let copies: Vec<Option<String>> = (0..jobs)
             .map(|k| {
                 Some(if k == 0 {
-                    spec.clone()
+                    spec.to_owned()
                 } else {
                     format!("{spec},sites-skip={k}")
                 })
             })
             .collect();
-        let batch = walker.run_batch(run, &copies)?;
-        walker.record(&format!("end\t{run}\t{}\t{}", batch.elapsed_ms, batch.how))?;
-        let (new, unattributed) = walker.settle(run, &batch)?;
-        let state = walker.load()?;
+        let batch = self.run_batch(run, &copies)?;
+        self.record(&format!(
+            "end\t{run}\t{}\t{}",
+            batch.elapsed_ms,
+            batch.how.name()
+        ))?;
+        let (new, unattributed) = self.settle(run, &batch)?;
+        let state = self.load()?;
         let new_runtime = state.run(run).map_or(0, |r| r.runtime_stacks);
         let summary = Summary {
             sites: report::sites(&state),
@@ -361,182 +822,12 @@ pub(crate) fn execute(
                 seconds(batch.elapsed_ms)
             ),
         );
-        runs_done += 1;
-        if batch.how == "interrupted" {
-            break;
-        }
-        // A run that failed nothing walked every stack of the command; if
-        // it met no new runtime stack either, nothing is left to find, and
-        // its time is the steady cost of sites mode. Otherwise (stacks that
-        // runs which failed early never reached) one more run confirms.
-        // (`report::why_stopped` reads the same rule back from the file.)
-        if new.is_empty() && (new_runtime == 0 || batch.how != "done") {
-            break;
-        }
-        let Some(next) = run.checked_add(1) else {
-            progress.line("no run number is left: stopped");
-            break;
-        };
-        run = next;
+        Ok((
+            !new.is_empty(),
+            new_runtime != 0 && batch.how == Ending::Done,
+        ))
     }
-    drop(progress);
 
-    let state = walker.load()?;
-    let summary = report::Summary {
-        view,
-        ..report::summarize(&state, &paths.state)
-    };
-    write_reports(&summary, &paths)?;
-    args.findings.write(&summary)?;
-    crate::progress::print_text(&report::table(&summary));
-    crate::progress::say!(
-        "  reports: {} {}; state: {}; output of the runs: {}",
-        paths.json.display(),
-        paths.html.display(),
-        paths.state.display(),
-        paths.log.display()
-    );
-    if interrupted() {
-        return Ok(exit_codes::INTERRUPTED);
-    }
-    // A process under mayfail writes a line for every stack it meets (a
-    // site, a runtime stack, or once a stack of another shard): none in a
-    // whole walk means mayfail served no allocation: the preload library
-    // not loaded (a static or setuid program) or never called (an
-    // allocator of the program's own), or a program without `MayFail`.
-    let ran = state
-        .runs
-        .iter()
-        .any(|r| r.how.as_deref().is_some_and(|how| how != "interrupted"));
-    if ran && state.records.is_empty() && state.runtime_stacks == 0 && state.other_shard == 0 {
-        let runs = format!(
-            "{} run{}",
-            state.runs.len(),
-            if state.runs.len() == 1 { "" } else { "s" }
-        );
-        if walker.preload.is_some() {
-            crate::progress::note!(
-                "mayfail: no allocation of {display} reached the preload library in {runs}: \
-                 nothing was injected or walked"
-            );
-        } else {
-            crate::progress::note!(
-                "mayfail: no process of {display} reported to the walk in {runs}: nothing was \
-                 injected or walked (a program whose allocator is not mayfail::MayFail is \
-                 reached with --preload)"
-            );
-        }
-        return Ok(exit_codes::NOTHING_REACHED);
-    }
-    // Bug classes not in the baseline set the status; so does a process
-    // with no site to blame.
-    let all_handled = summary.gating() == 0 && state.unattributed.is_empty();
-    Ok(if all_handled {
-        exit_codes::SUCCESS
-    } else {
-        exit_codes::UNHANDLED_SITES
-    })
-}
-
-/// The command `cargo mayfail sites` walks: `cargo test` when none is
-/// given, `cargo test ARGS` when the words after `--` begin with an option
-/// (`-- --no-fail-fast`), else the command as given (`-- cargo test -q`,
-/// `-- ./prog`).
-fn cargo_command(words: Vec<OsString>) -> Vec<OsString> {
-    if words
-        .first()
-        .is_some_and(|first| !first.as_encoded_bytes().starts_with(b"-"))
-    {
-        return words;
-    }
-    let mut argv: Vec<OsString> = vec!["cargo".into(), "test".into()];
-    argv.extend(words);
-    argv
-}
-
-/// Writes the JSON and the HTML report.
-pub(crate) fn write_reports(summary: &Summary, paths: &Paths) -> Result<(), Failure> {
-    for (path, text) in [
-        (&paths.json, json::render(summary)),
-        (&paths.html, report::html(summary)),
-    ] {
-        std::fs::write(path, text).map_err(|e| Failure::io("write", path, e))?;
-    }
-    Ok(())
-}
-
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
-/// Runs the command, copies at a time, and records what happened.
-struct Walker<'a> {
-    command: &'a [OsString],
-    /// The variable that puts the command under the preload library.
-    preload: Option<(String, OsString)>,
-    display: &'a str,
-    paths: &'a Paths,
-    /// The state file, open for appending and locked for the whole walk.
-    state: &'a File,
-    log: File,
-    timeout: Duration,
-    /// Exit statuses that count as handled besides 0.
-    handled_exit: Vec<u8>,
-}
-
-/// How one run (all its copies) ended.
-struct Batch {
-    /// `done`, `timeout` or `interrupted`.
-    how: &'static str,
-    elapsed_ms: u64,
-    /// Per copy: its pid, its status, and whether the timeout killed it.
-    pids: Vec<u32>,
-    statuses: Vec<ExitStatus>,
-    killed: Vec<bool>,
-}
-
-impl Batch {
-    fn describe(&self) -> String {
-        let parts: Vec<String> = self.statuses.iter().map(process::describe_status).collect();
-        if parts.is_empty() {
-            self.how.to_owned()
-        } else {
-            parts.join(" ")
-        }
-    }
-}
-
-/// Cuts a last line cut short off the state file (see
-/// [`state::drop_torn_tail`]) and says so.
-fn drop_torn_tail(file: &File, paths: &Paths) -> Result<(), Failure> {
-    let dropped = state::drop_torn_tail(file)
-        .map_err(|e| Failure::io("write the state file", &paths.state, e))?;
-    if let Some(line) = dropped {
-        crate::progress::note!(
-            "mayfail: the state file {} ended with a line cut short (\"{line}\"; a full disk, \
-             or a writer killed mid-line): dropped, the rest of the walk kept",
-            paths.state.display()
-        );
-    }
-    Ok(())
-}
-
-/// Appends a line of the runner's to the state file, whose exclusive lock
-/// the caller holds: a line the disk had no room for is taken back whole
-/// (the file is cut back to its length before), never left cut short.
-fn append_whole(file: &File, paths: &Paths, line: &str) -> Result<(), Failure> {
-    let before = file.metadata().map(|m| m.len());
-    state::append(file, line).map_err(|e| {
-        if let Ok(len) = before {
-            let _ = file.set_len(len);
-        }
-        Failure::io("write the state file", &paths.state, e)
-    })
-}
-
-impl Walker<'_> {
     /// Appends a line of the runner's, after a line a process may have
     /// left cut short (the processes of a run are gone when the runner
     /// writes): a whole line never follows a cut one. A line the disk had
@@ -608,7 +899,7 @@ impl Walker<'_> {
         let pids: Vec<u32> = children.iter().map(Child::id).collect();
         let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
         let mut killed = vec![false; children.len()];
-        let mut how = "done";
+        let mut how = Ending::Done;
         let mut forwarded: Option<Instant> = None;
         loop {
             for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
@@ -620,7 +911,7 @@ impl Walker<'_> {
                 break;
             }
             if interrupted() && forwarded.is_none() {
-                how = "interrupted";
+                how = Ending::Interrupted;
                 forwarded = Some(Instant::now());
                 for (child, status) in children.iter().zip(&statuses) {
                     if status.is_none() {
@@ -628,11 +919,11 @@ impl Walker<'_> {
                     }
                 }
             }
-            let overdue = started.elapsed() > self.timeout && how == "done";
+            let overdue = started.elapsed() > self.timeout && how == Ending::Done;
             let stubborn = forwarded.is_some_and(|at| at.elapsed() > Duration::from_secs(5));
             if overdue || stubborn {
                 if overdue {
-                    how = "timeout";
+                    how = Ending::Timeout;
                 }
                 for ((child, status), killed) in children.iter().zip(&statuses).zip(&mut killed) {
                     if status.is_none() {
@@ -676,23 +967,10 @@ impl Walker<'_> {
                 .position(|&pid| pid == record.pid)
                 .and_then(|i| batch.statuses.get(i));
             let fate = match (batch.how, direct) {
-                ("interrupted", _) => None,
-                ("timeout", _) => Some((
-                    Outcome::Hung,
-                    format!("killed after {} s", self.timeout.as_secs()),
-                )),
-                (_, Some(status)) => Some(match (status.code(), status.signal()) {
-                    (Some(0), _) => (Outcome::Handled, "exit 0".to_owned()),
-                    (Some(code), _) => (Outcome::Failed, format!("exit {code}")),
-                    (None, Some(libc::SIGABRT)) => (Outcome::Aborted, "SIGABRT".to_owned()),
-                    (None, Some(signal)) => (Outcome::Crashed, format!("signal {signal}")),
-                    _ => (Outcome::Unknown, "no status".to_owned()),
-                }),
-                (_, None) => Some((
-                    Outcome::Unknown,
-                    "the process left no fate: killed by a signal mayfail does not catch, or _exit"
-                        .to_owned(),
-                )),
+                (Ending::Interrupted, _) => None,
+                (Ending::Timeout, _) => Some(hung(self.timeout)),
+                (Ending::Done, Some(status)) => Some(fate_of(status)),
+                (Ending::Done, None) => Some(no_fate()),
             };
             match fate {
                 Some((outcome, detail)) => self.record(&format!(
@@ -719,7 +997,7 @@ impl Walker<'_> {
     /// records none. Returns what each one was, in words.
     fn unattributed(&self, run: u64, batch: &Batch, state: &State) -> Result<Vec<String>, Failure> {
         let mut lines = Vec::new();
-        if batch.how == "interrupted" {
+        if batch.how == Ending::Interrupted {
             return Ok(lines);
         }
         let sites: Vec<&state::Record> = state
@@ -737,23 +1015,11 @@ impl Walker<'_> {
         let mut explained_by_descendants = descendants.len();
         for (copy, (&pid, status)) in batch.pids.iter().zip(&batch.statuses).enumerate() {
             let (outcome, detail) = if batch.killed.get(copy).copied().unwrap_or(false) {
-                (
-                    Outcome::Hung,
-                    format!("killed after {} s", self.timeout.as_secs()),
-                )
+                hung(self.timeout)
+            } else if ended_well(status, &self.handled_exit) {
+                continue;
             } else {
-                match (status.code(), status.signal()) {
-                    (Some(0), _) => continue,
-                    (Some(code), _)
-                        if u8::try_from(code).is_ok_and(|c| self.handled_exit.contains(&c)) =>
-                    {
-                        continue;
-                    }
-                    (Some(code), _) => (Outcome::Failed, format!("exit {code}")),
-                    (None, Some(libc::SIGABRT)) => (Outcome::Aborted, "SIGABRT".to_owned()),
-                    (None, Some(signal)) => (Outcome::Crashed, format!("signal {signal}")),
-                    _ => (Outcome::Unknown, "no status".to_owned()),
-                }
+                fate_of(status)
             };
             if sites.iter().any(|r| r.pid == pid) {
                 continue;

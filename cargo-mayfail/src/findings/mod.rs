@@ -463,6 +463,7 @@ mod tests {
             replay: String::new(),
             panic,
             chain: frames_of(chain),
+            test: None,
         }
     }
 

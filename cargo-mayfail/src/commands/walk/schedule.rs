@@ -1,0 +1,470 @@
+//! The per-test engine's processes: a pool that runs up to `--jobs` test
+//! processes at once, each in a process group of its own, killed at
+//! `--timeout`, interrupted with the walk; and the scheduler that walks
+//! each test, one process after another, until a process of it fails no
+//! new stack.
+//!
+//! A binary's first process under injection meets and records the stacks
+//! of the runtime and the test harness (`runtime` lines, resolved once);
+//! until it has ended, no other process of that binary starts, so that the
+//! others skip them instead of resolving them again. Processes of
+//! different tests may still fail the same new stack at once: the report
+//! merges a site's processes, and the worst outcome stands.
+//!
+//! When no queued test can start and a core is idle (the last tests of a
+//! walk, with many sites each), a test under way gets more copies at once,
+//! copy k letting its first k new stacks pass (`sites-skip=k`): a test's
+//! walk is complete when all the copies of a round end without failing a
+//! new stack.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use mayfail::state::{Line, parse_line};
+
+use super::targets::{self, Binary, CargoTest};
+use super::{Walked, sites};
+use crate::failure::Failure;
+use crate::process::{self, interrupted};
+use crate::progress::Progress;
+use crate::report::{WALKED, seconds};
+use crate::state::{Outcome, StackId};
+use sites::Setup;
+
+/// How long interrupted processes are given before they are killed.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ended {
+    /// By itself, with this status.
+    Exited(ExitStatus),
+    /// Killed at the timeout.
+    TimedOut,
+    /// Interrupted (Ctrl-C), or killed after it.
+    Interrupted,
+}
+
+impl Ended {
+    /// Exit 0, or a status declared handled.
+    pub(crate) fn passed(&self, handled_exit: &[u8]) -> bool {
+        matches!(self, Ended::Exited(status) if sites::ended_well(status, handled_exit))
+    }
+
+    /// `exit 101`, `killed after 600 s`.
+    pub(crate) fn describe(&self, timeout: Duration) -> String {
+        match self {
+            Ended::Exited(status) => process::describe_status(status),
+            Ended::TimedOut => sites::hung(timeout).1,
+            Ended::Interrupted => "interrupted".to_owned(),
+        }
+    }
+
+    /// The fate of a site its process failed without writing one.
+    fn fate(&self, timeout: Duration) -> Option<(Outcome, String)> {
+        match self {
+            Ended::Exited(status) => Some(sites::fate_of(status)),
+            Ended::TimedOut => Some(sites::hung(timeout)),
+            Ended::Interrupted => None,
+        }
+    }
+}
+
+/// A process under way.
+struct Live<T> {
+    child: Child,
+    started: Instant,
+    tag: T,
+    /// When the interrupt was passed on to it.
+    interrupted: Option<Instant>,
+}
+
+/// Up to `jobs` processes at once.
+pub(crate) struct Pool<'a, T> {
+    setup: &'a Setup,
+    jobs: usize,
+    live: Vec<Live<T>>,
+}
+
+impl<'a, T> Pool<'a, T> {
+    pub(crate) fn new(setup: &'a Setup, jobs: usize) -> Self {
+        Pool {
+            setup,
+            jobs: jobs.max(1),
+            live: Vec::new(),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.live.len() >= self.jobs
+    }
+
+    /// Starts `command` in a process group of its own, its output in the
+    /// log; returns its pid.
+    fn spawn(&mut self, mut command: Command, tag: T) -> Result<u32, Failure> {
+        let output = || {
+            self.setup
+                .log
+                .try_clone()
+                .map(Stdio::from)
+                .map_err(|e| Failure::io("write", &self.setup.paths.log, e))
+        };
+        command.stdout(output()?).stderr(output()?).process_group(0);
+        let program = command.get_program().to_owned();
+        let child = command
+            .spawn()
+            .map_err(|e| Failure::spawn(process::shell_quote(&program), e))?;
+        let pid = child.id();
+        self.live.push(Live {
+            child,
+            started: Instant::now(),
+            tag,
+            interrupted: None,
+        });
+        Ok(pid)
+    }
+
+    /// Waits for a process to end and returns it, its pid and how it
+    /// ended; `None` when none is under way.
+    fn wait_any(&mut self) -> Option<(T, u32, Ended)> {
+        loop {
+            if self.live.is_empty() {
+                return None;
+            }
+            for i in 0..self.live.len() {
+                if let Some(ended) = self.poll(i) {
+                    let live = self.live.swap_remove(i);
+                    return Some((live.tag, live.child.id(), ended));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether process `i` has ended (reaped), after it is killed at the
+    /// timeout or an interrupt is passed on.
+    fn poll(&mut self, i: usize) -> Option<Ended> {
+        let timeout = self.setup.timeout;
+        let live = &mut self.live[i];
+        if let Ok(Some(status)) = live.child.try_wait() {
+            return Some(match live.interrupted {
+                Some(_) if !status.success() => Ended::Interrupted,
+                _ => Ended::Exited(status),
+            });
+        }
+        if interrupted() && live.interrupted.is_none() {
+            live.interrupted = Some(Instant::now());
+            process::signal_group(&live.child, libc::SIGINT);
+        }
+        let stubborn = live.interrupted.is_some_and(|at| at.elapsed() > PATIENCE);
+        if stubborn || (live.interrupted.is_none() && live.started.elapsed() > timeout) {
+            process::signal_group(&live.child, libc::SIGKILL);
+            let _ = live.child.wait();
+            return Some(if stubborn {
+                Ended::Interrupted
+            } else {
+                Ended::TimedOut
+            });
+        }
+        None
+    }
+
+    /// Runs every command, `jobs` at once, and returns how each ended.
+    pub(crate) fn run_all(
+        &mut self,
+        commands: Vec<(T, Command)>,
+    ) -> Result<Vec<(T, Ended)>, Failure> {
+        let mut ended = Vec::new();
+        let mut commands = commands.into_iter();
+        loop {
+            while !self.is_full() && !interrupted() {
+                let Some((tag, command)) = commands.next() else {
+                    break;
+                };
+                self.spawn(command, tag)?;
+            }
+            match self.wait_any() {
+                Some((tag, _, how)) => ended.push((tag, how)),
+                None => return Ok(ended),
+            }
+        }
+    }
+}
+
+/// The lines processes wrote since the last look: which sites each pid
+/// failed, and which of them have a fate.
+struct Tail {
+    offset: u64,
+    sites: HashMap<u32, Vec<u64>>,
+    fates: Vec<(u64, u32)>,
+}
+
+impl Tail {
+    /// Reads the whole lines appended since the last call.
+    fn read(&mut self, setup: &Setup) -> Result<(), Failure> {
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let at = self.offset + bytes.len() as u64;
+            match setup.state_file.read_at(&mut chunk, at) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::io("read the state file", &setup.paths.state, e)),
+            }
+        }
+        let whole = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        self.offset += whole as u64;
+        for line in String::from_utf8_lossy(&bytes[..whole]).lines() {
+            match parse_line(line) {
+                Ok(Line::Site { id, pid, .. }) => self.sites.entry(pid).or_default().push(id),
+                Ok(Line::Fate { id, pid, .. }) => self.fates.push((id, pid)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walks the tests: keeps `jobs` processes under way, each running one
+/// test under injection, and decides after each what its test needs next.
+pub(crate) struct Scheduler<'a> {
+    setup: &'a Setup,
+    binaries: &'a [Binary],
+    command: &'a CargoTest,
+    run: u64,
+    pool: Pool<'a, usize>,
+    spec: String,
+    tail: Tail,
+    /// Per binary: a process of it has ended (its runtime stacks are known).
+    warm: Vec<bool>,
+    /// Per binary: its processes under way.
+    busy: Vec<usize>,
+    /// Per test: its copies under way since it left the queue.
+    rounds: Vec<Round>,
+    sites: usize,
+    processes: usize,
+}
+
+impl<'a> Scheduler<'a> {
+    pub(crate) fn new(
+        setup: &'a Setup,
+        binaries: &'a [Binary],
+        command: &'a CargoTest,
+        run: u64,
+        jobs: usize,
+    ) -> Result<Self, Failure> {
+        let offset = setup
+            .state_file
+            .metadata()
+            .map_err(|e| Failure::io("read the state file", &setup.paths.state, e))?
+            .len();
+        Ok(Scheduler {
+            setup,
+            binaries,
+            command,
+            run,
+            pool: Pool::new(setup, jobs),
+            spec: setup.spec(false),
+            tail: Tail {
+                offset,
+                sites: HashMap::new(),
+                fates: Vec::new(),
+            },
+            warm: vec![false; binaries.len()],
+            busy: vec![0; binaries.len()],
+            rounds: Vec::new(),
+            sites: 0,
+            processes: 0,
+        })
+    }
+
+    /// Walks `tests` to their ends (or an interrupt), in one run.
+    pub(crate) fn walk(
+        &mut self,
+        tests: Vec<Walked>,
+        progress: &mut Progress,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
+        self.setup.record(&format!(
+            "run\t{}\t{}\t{}\t{}",
+            self.run,
+            self.pool.jobs,
+            sites::unix_ms(),
+            self.setup.display
+        ))?;
+        // Reads from here: the run's lines.
+        self.tail.offset = self.setup.state_file.metadata().map_or(0, |m| m.len());
+        let mut queue: VecDeque<usize> = (0..tests.len()).collect();
+        self.rounds = (0..tests.len()).map(|_| Round::default()).collect();
+        loop {
+            self.fill(&tests, &mut queue)?;
+            let Some((index, pid, ended)) = self.pool.wait_any() else {
+                break;
+            };
+            let settled = self.settle(&tests[index], pid, ended, progress)?;
+            let round = &mut self.rounds[index];
+            round.live -= 1;
+            round.found |= settled == Settled::Site;
+            round.interrupted |= settled == Settled::Interrupted;
+            if round.live > 0 {
+                continue;
+            }
+            let round = std::mem::take(round);
+            if round.found && !interrupted() {
+                queue.push_back(index);
+            } else if !round.found && !round.interrupted {
+                let test = tests[index].test.fields();
+                self.setup.append(&format!("tested\t{test}"))?;
+            }
+        }
+        // What the processes left behind dies before the run's end line.
+        process::kill_leftovers(PATIENCE);
+        let how = if interrupted() { "interrupted" } else { WALKED };
+        let elapsed = started.elapsed().as_millis() as u64;
+        self.setup
+            .record(&format!("end\t{}\t{elapsed}\t{how}", self.run))?;
+        progress.line(&format!(
+            "tests: {} new sites in {} processes, {} s{}",
+            self.sites,
+            self.processes,
+            seconds(elapsed),
+            if interrupted() { " (interrupted)" } else { "" }
+        ));
+        Ok(())
+    }
+
+    /// Starts processes while there is room: a queued test whose binary may
+    /// start one, else one more copy of a test under way (copy k lets its
+    /// first k new stacks pass and fails the next one, `sites-skip=k`), so
+    /// that a test with many sites does not leave cores idle at the end.
+    fn fill(&mut self, tests: &[Walked], queue: &mut VecDeque<usize>) -> Result<(), Failure> {
+        while !self.pool.is_full() && !interrupted() {
+            let ready = queue.iter().position(|&i| {
+                let binary = tests[i].binary;
+                self.warm[binary] || self.busy[binary] == 0
+            });
+            let index = match ready {
+                Some(at) => queue.remove(at).expect("a position in the queue"),
+                None => match self.widest_round(tests) {
+                    Some(index) => index,
+                    None => return Ok(()),
+                },
+            };
+            let walked = &tests[index];
+            let binary = &self.binaries[walked.binary];
+            let mut command = binary.command(&targets::run_alone(&walked.test.name, self.command));
+            let round = &mut self.rounds[index];
+            let spec = match round.started {
+                0 => self.spec.clone(),
+                k => format!("{},sites-skip={k}", self.spec),
+            };
+            command.env("MAYFAIL_INJECT", spec);
+            self.pool.spawn(command, index)?;
+            round.started += 1;
+            round.live += 1;
+            self.busy[walked.binary] += 1;
+            self.processes += 1;
+        }
+        Ok(())
+    }
+
+    /// A test under way that may take one more copy: its binary's runtime
+    /// stacks known, fewer copies than processes at once; the one with the
+    /// fewest copies.
+    fn widest_round(&self, tests: &[Walked]) -> Option<usize> {
+        (0..tests.len())
+            .filter(|&i| {
+                let round = &self.rounds[i];
+                round.live > 0 && round.started < self.pool.jobs && self.warm[tests[i].binary]
+            })
+            .min_by_key(|&i| self.rounds[i].started)
+    }
+
+    /// Records how a test's process ended: its test, the fate of a site it
+    /// failed without writing one, and, if it failed none but ended badly,
+    /// an `unattributed` line.
+    fn settle(
+        &mut self,
+        walked: &Walked,
+        pid: u32,
+        ended: Ended,
+        progress: &Progress,
+    ) -> Result<Settled, Failure> {
+        self.busy[walked.binary] -= 1;
+        self.warm[walked.binary] = true;
+        self.tail.read(self.setup)?;
+        let failed = self.tail.sites.remove(&pid).unwrap_or_default();
+        let test = walked.test.fields();
+        for &id in &failed {
+            if self.tail.fates.contains(&(id, pid)) {
+                continue;
+            }
+            match ended.fate(self.setup.timeout) {
+                Some((outcome, detail)) => self.setup.append(&format!(
+                    "fate\t{}\t{pid}\t{outcome}\t{detail}",
+                    StackId(id)
+                ))?,
+                // Interrupted before it could end: fail it again next time.
+                None => self.setup.append(&format!("retry\t{}", StackId(id)))?,
+            }
+        }
+        self.tail.fates.retain(|&(_, p)| p != pid);
+        self.setup.append(&format!("test\t{pid}\t{test}"))?;
+        if matches!(ended, Ended::Interrupted) {
+            return Ok(Settled::Interrupted);
+        }
+        if !failed.is_empty() {
+            self.sites += failed.len();
+            progress.line(&format!(
+                "{}: new site {} ({})",
+                walked.test.display(),
+                StackId(failed[0]),
+                ended.describe(self.setup.timeout)
+            ));
+            return Ok(Settled::Site);
+        }
+        if !ended.passed(&self.setup.handled_exit) {
+            // It passed without injection: it ended badly with no site to blame.
+            let (outcome, detail) = ended
+                .fate(self.setup.timeout)
+                .unwrap_or((Outcome::Unknown, "no status".to_owned()));
+            self.setup.append(&format!(
+                "unattributed\t{}\t{pid}\t{outcome}\t{detail}",
+                self.run
+            ))?;
+            progress.line(&format!(
+                "{}: ended badly with no site to blame ({outcome}, {detail})",
+                walked.test.display()
+            ));
+        }
+        Ok(Settled::Nothing)
+    }
+}
+
+/// What a test's process did (see [`Scheduler::settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    /// It failed a new site: the test's walk goes on.
+    Site,
+    /// It failed none.
+    Nothing,
+    /// It was interrupted.
+    Interrupted,
+}
+
+/// A test's copies since it last left the queue. The test's walk is
+/// complete when a round's copies all end without failing a new site.
+#[derive(Clone, Copy, Debug, Default)]
+struct Round {
+    started: usize,
+    live: usize,
+    found: bool,
+    interrupted: bool,
+}
