@@ -19,7 +19,9 @@ pub const SUCCESS: i32 = 0;
 /// badly (killed by `--timeout`, a status not declared handled, a signal)
 /// with no site to blame: the report lists those runs apart, as
 /// `unattributed`. Or, with the per-test engine, a test failed or timed out
-/// without injection and was left out of the walk (`left_out`).
+/// without injection and was left out of the walk (`left_out`). Or the
+/// walk stopped before it found everything (`--max-runs` reached while runs
+/// still found new sites): it has not looked everywhere.
 /// `report --baseline FILE`: a bug site outside the baseline.
 pub const UNHANDLED_SITES: i32 = 1;
 
@@ -87,7 +89,8 @@ Exit status:
          fallible-api-aborted, error-path-aborted, hung, leaked or unknown
          (infallible aborts, failed tests and handled sites do not count);
          or a run's process ended badly with no site to blame (unattributed);
-         or a test failed without injection and was left out (left_out)
+         or a test failed without injection and was left out (left_out);
+         or the walk stopped (--max-runs) before it found everything
     2    bad input: unknown option, bad value, missing `-- CMD`, corrupt state file
     3    I/O error: a file could not be read or written (its path is named)
     4    the command fails without injected failures (baseline): nothing walked

@@ -250,29 +250,64 @@ pub fn merge(summaries: Vec<Summary>) -> Summary {
     merged
 }
 
-/// Why the walk in `state` stopped, from its last run, by the rule `sites`
-/// stops by: a run that failed no new site and met no new runtime stack
-/// (or did not end normally) leaves nothing to find.
-pub fn why_stopped(state: &State) -> String {
+/// How a walk stopped, from its last run, by the rule `sites` stops by: a
+/// run that failed no new site and met no new runtime stack (or did not end
+/// normally) leaves nothing to find.
+enum Stop<'a> {
+    NoRun,
+    /// The runner was killed during this run.
+    NeverEnded(u64),
+    Interrupted,
+    /// The per-test engine ran every test to its end.
+    Walked,
+    /// A run found nothing new.
+    NothingNew,
+    /// A run that did not end normally (`timeout`...) found nothing new.
+    NothingNewAfter(&'a str),
+    /// The last run found something new: stopped by `--max-runs`.
+    NotFinished,
+}
+
+fn stop_of(state: &State) -> Stop<'_> {
     let Some(last) = state.runs.last() else {
-        return "no run recorded yet".to_owned();
+        return Stop::NoRun;
     };
     let found_new = state.live().any(|r| r.run == last.number);
     match last.how.as_deref() {
-        None => format!(
-            "run {} never ended (the runner was killed): run the same command again to resume",
-            last.number
+        None => Stop::NeverEnded(last.number),
+        Some("interrupted") => Stop::Interrupted,
+        Some(WALKED) => Stop::Walked,
+        Some("done") if !found_new && last.runtime_stacks == 0 => Stop::NothingNew,
+        Some(how) if !found_new && how != "done" => Stop::NothingNewAfter(how),
+        Some(_) => Stop::NotFinished,
+    }
+}
+
+/// Why the walk in `state` stopped (see [`Stop`]).
+pub fn why_stopped(state: &State) -> String {
+    match stop_of(state) {
+        Stop::NoRun => "no run recorded yet".to_owned(),
+        Stop::NeverEnded(run) => format!(
+            "run {run} never ended (the runner was killed): run the same command again to resume"
         ),
-        Some("interrupted") => "interrupted (resume with the same command)".to_owned(),
-        Some(WALKED) => "every test ran to its end with no new site".to_owned(),
-        Some("done") if !found_new && last.runtime_stacks == 0 => {
-            "a run found no new site".to_owned()
-        }
-        Some(how) if !found_new && how != "done" => format!("a run found no new site ({how})"),
-        Some(_) => "not finished: the last run found something new (run the same command \
-                    again to go on)"
+        Stop::Interrupted => "interrupted (resume with the same command)".to_owned(),
+        Stop::Walked => "every test ran to its end with no new site".to_owned(),
+        Stop::NothingNew => "a run found no new site".to_owned(),
+        Stop::NothingNewAfter(how) => format!("a run found no new site ({how})"),
+        Stop::NotFinished => "not finished: the last run found something new (run the same \
+                              command again to go on)"
             .to_owned(),
     }
+}
+
+/// Whether the walk in `state` stopped because nothing was left to find: a
+/// walk stopped by `--max-runs` (or killed, or interrupted) has not looked
+/// everywhere, and never counts as all handled.
+pub fn finished(state: &State) -> bool {
+    matches!(
+        stop_of(state),
+        Stop::Walked | Stop::NothingNew | Stop::NothingNewAfter(_)
+    )
 }
 
 /// The `how` of a per-test walk's run that walked every test to its end.

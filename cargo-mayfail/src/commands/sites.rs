@@ -61,8 +61,8 @@ const MAX_STATE_PATH: usize = 512;
                   sites -- --no-fail-fast (walks `cargo test --no-fail-fast`).\n\
                   Exit status: 0 no bug site (crashed, fallible-api-aborted, \
                   error-path-aborted, hung, leaked, unknown) outside --baseline, 1 one or more \
-                  (or a run's process ended badly with no site to blame, or a test was left \
-                  out), 2 bad input, 3 I/O error, 4 CMD fails without \
+                  (or a run's process ended badly with no site to blame, a test was left \
+                  out, or --max-runs stopped the walk before it found everything), 2 bad input, 3 I/O error, 4 CMD fails without \
                   injection, 5 the state file is in use by another walk, 6 no allocation \
                   reached the preload library or MayFail, 127 CMD not found, 130 interrupted \
                   (the state file stays consistent: run again to resume).\n\
@@ -531,9 +531,12 @@ pub(crate) fn finish(args: &SitesArgs, setup: &Setup, preloaded: bool) -> Result
         return Ok(exit_codes::NOTHING_REACHED);
     }
     // Bug classes not in the baseline set the status; so do a process with
-    // no site to blame and a test left out.
-    let all_handled =
-        summary.gating() == 0 && state.unattributed.is_empty() && state.left_out.is_empty();
+    // no site to blame, a test left out, and a walk that stopped before it
+    // found everything (--max-runs): it has not looked everywhere.
+    let all_handled = summary.gating() == 0
+        && state.unattributed.is_empty()
+        && state.left_out.is_empty()
+        && report::finished(&state);
     Ok(if all_handled {
         exit_codes::SUCCESS
     } else {
