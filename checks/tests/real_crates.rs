@@ -1,5 +1,5 @@
-//! Real crates swept, asserted with what they really do: hashbrown, smallvec
-//! and bumpalo. They live in this package so that the library's own build
+//! Real crates swept, asserted with what they really do: hashbrown, smallvec,
+//! bumpalo, fallible_collections and compact_str. They live in this package so that the library's own build
 //! (and its demo) never compiles them.
 
 use std::alloc::System;
@@ -138,4 +138,26 @@ fn a_third_party_trait_on_a_std_type_stays_in_the_site() {
         site.contains(&format!("(tests/real_crates.rs:{})", line_of("MARK: rc"))),
         "{report}"
     );
+}
+
+/// A `Display` type whose text does not fit inline in a `CompactString`
+/// (24 bytes on 64-bit targets), so formatting it allocates.
+struct LongName;
+
+impl std::fmt::Display for LongName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a name longer than the inline capacity")
+    }
+}
+
+#[test]
+fn compact_str_try_to_compact_string_panics_on_its_own_allocation_failure() {
+    use compact_str::ToCompactString;
+    // Documented "won't panic if the system is out-of-memory, but return a
+    // ReserveError"; for a `Display` type it formats with `write!`, whose
+    // `push_str` unwraps the failed reserve (repr/mod.rs:361).
+    let report = quick().run(|| LongName.try_to_compact_string().map(|s| s.len()));
+    assert_eq!(report.allocations(), 1, "{report}");
+    assert_eq!(report.count(Outcome::Panicked), 1, "{report}");
+    assert_eq!(report.count(Outcome::Handled), 0, "{report}");
 }
