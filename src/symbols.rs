@@ -181,22 +181,6 @@ fn is_unqualified(name: &str) -> bool {
     crate_of(name).is_none()
 }
 
-/// The crate directory of a file in cargo's registry
-/// (`.../registry/src/<index>/<name>-<version>/...`): its name, with the
-/// dashes cargo keeps (`allocator-api2`).
-fn registry_crate(file: &str) -> Option<&str> {
-    let at = file.find("/registry/src/")?;
-    let rest = &file[at + "/registry/src/".len()..];
-    let rest = &rest[rest.find('/')? + 1..];
-    let dir = &rest[..rest.find('/')?];
-    // The version starts at the first `-` followed by `digits.`.
-    dir.match_indices('-').find_map(|(i, _)| {
-        let version = &dir[i + 1..];
-        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
-        (digits > 0 && version.as_bytes().get(digits) == Some(&b'.')).then(|| &dir[..i])
-    })
-}
-
 /// Whether a source file is allocation machinery's: std, alloc and core
 /// (and std's vendored dependencies) from a toolchain, mayfail's own, or a
 /// registry crate of [`MACHINERY_CRATES`]. For frames whose name has no
@@ -218,7 +202,7 @@ fn is_machinery_file(file: &Path) -> bool {
             .iter()
             .any(|lib| file.contains(lib));
     }
-    registry_crate(file).is_some_and(|krate| {
+    crate::state::registry_crate(file).is_some_and(|krate| {
         MACHINERY_CRATES.iter().any(|m| {
             m.len() == krate.len()
                 && m.bytes()
@@ -1133,7 +1117,7 @@ mod tests {
         assert!(frame("{closure#0}", &format!("{SWEEP_SOURCES}child.rs")).is_sweep_runner());
         assert!(!frame("{closure#0}", "/work/app/src/sweep/child.rs").is_sweep_runner());
         assert_eq!(
-            registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
+            crate::state::registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
             Some("foo-2d")
         );
     }

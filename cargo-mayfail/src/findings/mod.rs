@@ -19,6 +19,7 @@ use clap::{Args, ValueEnum};
 use crate::failure::Failure;
 use crate::report::{Frame, Site, Summary};
 use crate::state::Outcome;
+use mayfail::state::registry_crate;
 
 /// What a site is, bugs first. The first six are bugs: each sets the exit
 /// status of a walk unless a baseline lists the site.
@@ -156,20 +157,6 @@ fn last_segment(function: &str) -> String {
 pub fn is_fallible(function: &str) -> bool {
     let name = last_segment(function);
     name == "try" || name.starts_with("try_")
-}
-
-/// The registry crate a frame's file belongs to (`.../registry/src/<index>/
-/// <name>-<version>/...`), or `None` for a local file or std's.
-pub fn registry_crate(location: &str) -> Option<&str> {
-    let at = location.find("/registry/src/")?;
-    let rest = &location[at + "/registry/src/".len()..];
-    let rest = &rest[rest.find('/')? + 1..];
-    let dir = &rest[..rest.find('/')?];
-    dir.match_indices('-').find_map(|(i, _)| {
-        let version = &dir[i + 1..];
-        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
-        (digits > 0 && version.as_bytes().get(digits) == Some(&b'.')).then(|| &dir[..i])
-    })
 }
 
 fn is_test_framework(frame: &Frame) -> bool {
