@@ -193,6 +193,13 @@ fn between(chain: &[Frame]) -> &[Frame] {
     &chain[..end.saturating_sub(1)]
 }
 
+/// The crate a function's path names first (`a` of `a::B<T>::f` and of
+/// `<a::B as c::D>::f`).
+fn crate_of(function: &str) -> &str {
+    let path = function.trim_start_matches('<');
+    path.split("::").next().unwrap_or(path)
+}
+
 fn last_segment_is_closure(function: &str) -> bool {
     function.ends_with("{{closure}}") || function.ends_with('}')
 }
@@ -212,17 +219,25 @@ impl Site {
         }
     }
 
-    /// The innermost fallible function ([`is_fallible`]) between the
-    /// allocation and the test, test frameworks' frames excluded. An
-    /// allocation that serves a panic's message has none: the function that
-    /// panicked did not allocate.
+    /// The fallible function ([`is_fallible`]) between the allocation and
+    /// the test that its caller entered the crate through: no frame of the
+    /// same crate stands outside it, a test module's aside (an infallible
+    /// `reserve` that calls `try_reserve` and aborts on its error is the
+    /// API called, and is infallible). Test frameworks' frames are left out.
+    /// An allocation that serves a panic's message has none: the function
+    /// that panicked did not allocate.
     pub fn fallible_frame(&self) -> Option<&Frame> {
         if self.panic {
             return None;
         }
-        between(&self.chain)
-            .iter()
-            .find(|f| !is_test_framework(f) && is_fallible(&f.function))
+        let frames = between(&self.chain);
+        frames.iter().enumerate().find_map(|(at, f)| {
+            let entered = !frames[at + 1..].iter().any(|outer| {
+                !outer.function.contains("::tests::")
+                    && crate_of(&outer.function) == crate_of(&f.function)
+            });
+            (entered && !is_test_framework(f) && is_fallible(&f.function)).then_some(f)
+        })
     }
 
     /// The site's frames from the one it is blamed on under `scope`, and
@@ -488,6 +503,21 @@ mod tests {
         assert_eq!(
             site(Outcome::Aborted, framework, false).class(),
             Class::Infallible
+        );
+        // An infallible API that calls the fallible one and aborts on its
+        // error: the API the test called is infallible.
+        let wrapped = "s::S::try_grow (src/lib.rs:3) <- s::S::try_reserve (src/lib.rs:9) <- s::S::reserve (src/lib.rs:12) <- s::tests::t (src/lib.rs:20)";
+        assert_eq!(
+            site(Outcome::Aborted, wrapped, false).class(),
+            Class::Infallible
+        );
+        // The fallible one called directly, through a test module's helper.
+        let direct = "s::S::try_grow (src/lib.rs:3) <- s::S::try_reserve (src/lib.rs:9) <- s::tests::helper (src/lib.rs:15) <- s::tests::t (src/lib.rs:20)";
+        assert_eq!(
+            site(Outcome::Aborted, direct, false)
+                .fallible_frame()
+                .map(|f| f.function.as_str()),
+            Some("s::S::try_reserve")
         );
         assert_eq!(site(Outcome::Crashed, test, false).class(), Class::Crashed);
         assert!(Class::Unknown.is_bug() && !Class::Infallible.is_bug());
