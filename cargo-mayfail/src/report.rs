@@ -1051,6 +1051,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a page of 2,000 sites takes minutes under Miri")]
     fn the_html_page_lists_bugs_first_filters_them_and_stays_small_for_many_aborts() {
         let mut summary = Summary::default();
         for id in 1..=2000u64 {
