@@ -746,6 +746,7 @@ mod tests {
     /// report twice for one signal: it is written once, and a child forked
     /// after it writes its own.
     #[test]
+    #[cfg_attr(miri, ignore = "Miri models no fork")]
     fn a_process_writes_its_fatal_report_once_and_a_forked_child_its_own() {
         let code = in_child(|| {
             ON_FATAL_SIGNAL.set(Some(count_fate));
