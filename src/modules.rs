@@ -200,6 +200,7 @@ mod tests {
     /// A child forked while a thread of its parent was listing the modules
     /// lists them itself, rather than going without for ever.
     #[test]
+    #[cfg_attr(miri, ignore = "Miri models no fork")]
     fn a_child_forked_while_the_modules_were_being_listed_lists_them_again() {
         // SAFETY: the child only touches atomics, lists the modules (the
         // loader's lock, which fork leaves usable) and ends with `_exit`.
