@@ -114,7 +114,8 @@ step odd_contexts "${VALGRIND[@]}" --leak-check=no --trace-children=yes \
     --log-file="$OUT/odd_contexts.%p.log" "$ODD" \
     --skip signals_during_backoff_sleeps_under_real_exhaustion_change_nothing \
     --skip chained_crash_probe --skip a_crash_under_a_chaining_handler \
-    --skip a_fault_the_program_handles_itself --skip an_abort_signal_the_program_handles
+    --skip a_fault_the_program_handles_itself --skip an_abort_signal_the_program_handles \
+    --skip a_handler_with_sa_nodefer_handles_faults
 
 step unit_tests "${VALGRIND[@]}" --leak-check=full --errors-for-leak-kinds=definite \
     --log-file="$OUT/unit_tests.%p.log" "$LIB"

@@ -293,12 +293,6 @@ mod tests {
     /// time.
     static ARMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// Whether this process runs under valgrind, whose forked children
-    /// report their own errors (the parent's threads' blocks) at `_exit`.
-    fn under_valgrind() -> bool {
-        std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_"))
-    }
-
     #[test]
     #[cfg_attr(miri, ignore = "fail_nth installs the crash report's signal handlers")]
     fn a_thread_that_exits_with_its_countdown_running_gives_its_arm_back() {
@@ -325,7 +319,7 @@ mod tests {
     #[cfg(not(miri))]
     #[test]
     fn a_forked_child_counts_only_its_own_thread_as_armed() {
-        if under_valgrind() {
+        if crate::sys::under_valgrind() {
             eprintln!("skipped under valgrind: its forked child reports the parent's blocks");
             return;
         }

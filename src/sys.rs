@@ -302,3 +302,11 @@ pub(crate) fn name_this_thread(name: &CStr) {
     // SAFETY: names the calling thread, alive; `name` is NUL-terminated.
     unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
 }
+
+/// Whether this process runs under valgrind (its preloaded core library is
+/// mapped): the unit tests that fork skip there, as valgrind's forked
+/// children report the blocks of the parent's threads as errors at `_exit`.
+#[cfg(test)]
+pub(crate) fn under_valgrind() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_"))
+}
