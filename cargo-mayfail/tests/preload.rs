@@ -117,6 +117,17 @@ int main(void) {
 "#;
 
 /// Compiles `source` into `dir/program` with `cc` and `flags`.
+/// The runner's arguments that walk `./program` under the preload library
+/// into `walk.state`.
+const WALK_PROGRAM: [&str; 6] = [
+    "sites",
+    "--preload",
+    "--state",
+    "walk.state",
+    "--",
+    "./program",
+];
+
 fn compile_c(dir: &Path, source: &str, flags: &[&str]) {
     support::compile_c(dir, source, &[&["-O0"], flags].concat());
 }
@@ -126,17 +137,7 @@ fn a_walk_of_a_c_program_finds_its_checked_malloc_handled_and_its_unchecked_one_
     require_library();
     let dir = scratch("c-program");
     compile_c(&dir, C_PROGRAM, &[]);
-    let output = bounded(
-        runner(&dir).args([
-            "sites",
-            "--preload",
-            "--state",
-            "walk.state",
-            "--",
-            "./program",
-        ]),
-        120,
-    );
+    let output = bounded(runner(&dir).args(WALK_PROGRAM), 120);
     let text = support::output_text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     let sites = sites_in(&dir.join("walk.state"));
@@ -350,17 +351,7 @@ fn a_rust_program_on_the_default_allocator_sees_err_from_try_reserve_and_aborts_
     compile_rust(&dir, RUST_PROGRAM);
 
     // One injected failure at the try_reserve's stack: Err, exit 0.
-    let output = bounded(
-        runner(&dir).args([
-            "sites",
-            "--preload",
-            "--state",
-            "walk.state",
-            "--",
-            "./program",
-        ]),
-        120,
-    );
+    let output = bounded(runner(&dir).args(WALK_PROGRAM), 120);
     let text = support::output_text(&output);
     let sites = sites_in(&dir.join("walk.state"));
     let fallible = sites
@@ -808,17 +799,7 @@ fn a_c_programs_main_and_the_callers_of_libcs_allocating_functions_are_sites() {
     require_library();
     let dir = scratch("allocating-for-callers");
     compile_c(&dir, LIBC_CALLERS, &[]);
-    let output = bounded(
-        runner(&dir).args([
-            "sites",
-            "--preload",
-            "--state",
-            "walk.state",
-            "--",
-            "./program",
-        ]),
-        120,
-    );
+    let output = bounded(runner(&dir).args(WALK_PROGRAM), 120);
     let text = support::output_text(&output);
     let sites = sites_in(&dir.join("walk.state"));
     for (place, outcome) in LIBC_CALLERS_LINES {
@@ -911,17 +892,7 @@ fn a_cpp_programs_sites_are_its_own_functions_demangled_not_the_cpp_librarys() {
     ] {
         let dir = scratch(&format!("cpp-program{opt}"));
         support::compile_cpp(&dir, CPP_PROGRAM, &[opt]);
-        let output = bounded(
-            runner(&dir).args([
-                "sites",
-                "--preload",
-                "--state",
-                "walk.state",
-                "--",
-                "./program",
-            ]),
-            120,
-        );
+        let output = bounded(runner(&dir).args(WALK_PROGRAM), 120);
         let text = support::output_text(&output);
         let sites = sites_in(&dir.join("walk.state"));
         // Paths as the state file has them, absolute: compare without the
@@ -1655,17 +1626,7 @@ fn a_walk_of_a_c_program_linked_with_jemalloc_finds_its_sites_over_jemalloc() {
         C_PROGRAM,
         &["-O0", jemalloc.to_str().unwrap()],
     );
-    let walk = bounded(
-        runner(&dir).args([
-            "sites",
-            "--preload",
-            "--state",
-            "walk.state",
-            "--",
-            "./program",
-        ]),
-        120,
-    );
+    let walk = bounded(runner(&dir).args(WALK_PROGRAM), 120);
     assert_c_program_walked(&dir, "walk.state", &walk);
     // Without injection it runs as it does without the library.
     let run = bounded(
@@ -1715,17 +1676,7 @@ fn a_walk_of_a_program_that_closes_its_descriptors_finds_its_sites_and_leaves_it
     require_library();
     let dir = scratch("closing");
     compile_c(&dir, CLOSING_PROGRAM, &[]);
-    let walk = bounded(
-        runner(&dir).args([
-            "sites",
-            "--preload",
-            "--state",
-            "walk.state",
-            "--",
-            "./program",
-        ]),
-        120,
-    );
+    let walk = bounded(runner(&dir).args(WALK_PROGRAM), 120);
     let text = support::output_text(&walk);
     assert_eq!(walk.status.code(), Some(0), "{text}");
     let mut sites = sites_in(&dir.join("walk.state"));
