@@ -9,7 +9,8 @@
 #
 # usage: ci/walk-bench.sh [--engine tests|runs] [NAME-VERSION...]
 #   default crates: thin-vec-0.2.21 smallvec-1.16.6 compact_str-0.10.0
-#   WALK_BENCH_DIR  where crates are copied and walked (target/walk-bench)
+#   WALK_BENCH_DIR  where crates are copied and walked (outside any cargo
+#                   workspace; default: \$TMPDIR/mayfail-walk-bench)
 #   MAYFAIL_BIN     the runner to use (default: built here in release, with
 #                   the preload library next to it)
 set -euo pipefail
@@ -24,7 +25,7 @@ crates=("$@")
 if [[ ${#crates[@]} -eq 0 ]]; then
     crates=(thin-vec-0.2.21 smallvec-1.16.6 compact_str-0.10.0)
 fi
-work=${WALK_BENCH_DIR:-$root/target/walk-bench}
+work=${WALK_BENCH_DIR:-${TMPDIR:-/tmp}/mayfail-walk-bench}
 mkdir -p "$work"
 
 if [[ -z ${MAYFAIL_BIN:-} ]]; then
