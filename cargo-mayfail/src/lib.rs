@@ -139,6 +139,10 @@ enum Command {
 /// Runs the program with `args` (the first one is the program's own name)
 /// and returns its exit code (see [`exit_codes`]).
 pub fn main_with_args(invocation: Invocation, args: Vec<OsString>) -> i32 {
+    // Run by cargo as rustdoc, to keep the doctests a walk compiles.
+    if let Some(code) = commands::walk::doctests::as_rustdoc(&args) {
+        return code;
+    }
     let mut args = args;
     let mut command = Cli::command();
     if invocation == Invocation::CargoSubcommand {

@@ -137,6 +137,7 @@ impl Test {
     pub fn target_selector(&self) -> Vec<String> {
         match self.kind.as_str() {
             "lib" | "proc-macro" => vec!["--lib".to_owned()],
+            "doctest" => vec!["--doc".to_owned()],
             kind => vec![format!("--{kind}"), self.target.clone()],
         }
     }
@@ -172,8 +173,27 @@ impl Test {
         }
         argv.extend(["-p".into(), self.package.clone().into()]);
         argv.extend(self.target_selector().into_iter().map(OsString::from));
-        argv.extend(["--".into(), "--exact".into(), self.name.clone().into()]);
+        if self.kind == "doctest" {
+            argv.extend(["--".into(), doctest_filter(&self.name).into()]);
+        } else {
+            argv.extend(["--".into(), "--exact".into(), self.name.clone().into()]);
+        }
         argv
+    }
+}
+
+/// The filter that runs the doctest `name` (`src/lib.rs - Foo::bar (line
+/// 12)`) with as few others as cargo allows: rustdoc splits its test
+/// arguments at whitespace, so no filter can hold the whole name; its item
+/// path (`Foo::bar`: that item's doctests) when it has no whitespace, else
+/// its file.
+fn doctest_filter(name: &str) -> String {
+    let (file, rest) = name.split_once(" - ").unwrap_or((name, ""));
+    let item = rest.rsplit_once(" (line ").map_or("", |(item, _)| item);
+    if !item.is_empty() && !item.contains(char::is_whitespace) {
+        item.to_owned()
+    } else {
+        file.to_owned()
     }
 }
 
@@ -807,6 +827,28 @@ mod tests {
             words("cargo test -p thin-vec --test it -- --exact tests::drain")
         );
         assert_eq!(integration.display(), "thin-vec test:it tests::drain");
+        // A doctest: its item's doctests, or its file's when the item has
+        // whitespace or there is none (a module's doctest).
+        let doctest = |name: &str| Test {
+            kind: "doctest".to_owned(),
+            name: name.to_owned(),
+            ..test.clone()
+        };
+        let filter = |name: &str| {
+            doctest(name)
+                .replay_command(&words("cargo test"))
+                .last()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            doctest("src/lib.rs - ThinVec<T>::push (line 12)")
+                .replay_command(&words("cargo test -q")),
+            words("cargo test -q -p thin-vec --doc -- ThinVec<T>::push")
+        );
+        assert_eq!(filter("src/lib.rs - (line 42)"), "src/lib.rs");
+        assert_eq!(filter("src/a.rs - <X as Y>::f (line 3)"), "src/a.rs");
+        assert_eq!(filter("src/lib.rs - f (line 3) - should panic"), "f");
     }
 
     fn load_text(text: &str) -> Result<State, StateError> {

@@ -418,11 +418,14 @@ fn a_crate_that_knows_nothing_of_mayfail_is_walked_through_cargo_test_and_only_i
     let text = support::output_text(&output);
     let sites = sites_in(&state);
     assert!(!sites.is_empty(), "{text}");
-    // Every failed allocation was in a test binary: none under cargo,
-    // rustc or a build script.
+    // Every failed allocation was in a test binary or the doctests' (the
+    // merged doctests' executable, kept by rustdoc): none under cargo,
+    // rustdoc, rustc or a build script.
     for (process, _, site) in &sites {
         assert!(
-            process.starts_with("preload_fixture-") || process.starts_with("integration-"),
+            process.starts_with("preload_fixture-")
+                || process.starts_with("integration-")
+                || process == "rust_out",
             "{process}: {site}\n{text}"
         );
     }
@@ -436,6 +439,14 @@ fn a_crate_that_knows_nothing_of_mayfail_is_walked_through_cargo_test_and_only_i
     assert_eq!(
         outcome("preload_fixture::fallible_buffer"),
         ["handled"],
+        "{sites:?}"
+    );
+    // The doctests were compiled once (not by a `cargo test --doc` per
+    // site) and walked under the preload library too.
+    assert!(text.contains("doctests: 1 compiled once"), "{text}");
+    let doctest = outcome("preload_fixture::doc_stars");
+    assert!(
+        !doctest.is_empty() && doctest.iter().all(|o| *o == "aborted"),
         "{sites:?}"
     );
     let infallible = outcome("preload_fixture::infallible_list");

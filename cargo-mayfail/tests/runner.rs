@@ -2504,8 +2504,8 @@ fn walk_fixture_sites(json: &str) -> Vec<(String, String, String)> {
     sites
 }
 
-/// Every site of the walk fixture, its outcome and the test that reached
-/// it (none for the doctest's: the doctests are walked as a whole).
+/// Every site of the walk fixture, its outcome and the test (or doctest)
+/// that reached it.
 fn walk_fixture_expected() -> Vec<(String, String, String)> {
     let mut expected: Vec<(String, String, String)> = [
         (
@@ -2518,7 +2518,16 @@ fn walk_fixture_expected() -> Vec<(String, String, String)> {
             "walk_fixture::reserve_or_panic",
             "walk_fixture lib tests::three_mixed",
         ),
-        ("handled", "walk_fixture::doc_checked", ""),
+        (
+            "handled",
+            "walk_fixture::doc_checked",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_checked (line 38)",
+        ),
+        (
+            "aborted",
+            "walk_fixture::doc_push",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 49)",
+        ),
         (
             "handled",
             "walk_fixture::first_checked",
@@ -2580,6 +2589,10 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
         left_out,
         [
             (
+                "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 67)".to_owned(),
+                "exit 101".to_owned()
+            ),
+            (
                 "walk_fixture lib tests::fails_anyway".to_owned(),
                 "exit 101".to_owned()
             ),
@@ -2598,11 +2611,27 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
     );
     assert!(
         out.stdout
-            .contains("2 tests fail without injection and were left out")
+            .contains("3 tests fail without injection and were left out"),
+        "{}",
+        out.stdout
+    );
+    // The doctests were compiled once, not by a `cargo test --doc` per
+    // site, and each was walked as a test; those not run never were.
+    assert!(
+        out.stderr.contains("doctests: 3 compiled once"),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&state).unwrap();
+    let runs: Vec<&str> = text.lines().filter(|l| l.starts_with("run\t")).collect();
+    assert_eq!(runs.len(), 1, "{text}");
+    assert!(!text.contains("not_run_checked"), "{text}");
+    assert!(
+        !dir.join("walk.state.doctests").exists(),
+        "the doctests' executables are removed at the walk's end"
     );
     // The state file: a `test` line per process, a `tested` line per test.
-    let text = std::fs::read_to_string(&state).unwrap();
-    assert_eq!(text.matches("\ntested\t").count(), 3, "{text}");
+    assert_eq!(text.matches("\ntested\t").count(), 5, "{text}");
     assert!(
         !text.contains("ignored_site"),
         "an ignored test is not walked: {text}"
@@ -2653,10 +2682,26 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
         "{line}"
     );
     assert!(output.status.success(), "{line}");
-    let (line, _) = replay("walk_fixture::doc_checked");
+    // A doctest's replay runs that item's doctests (rustdoc splits its
+    // filters at whitespace: no filter holds a doctest's whole name) and
+    // fails its site again.
+    let (line, output) = replay("walk_fixture::doc_push");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(
-        line.contains(" test --inject stack=") && line.ends_with(" -- --doc --offline"),
+        line.contains(" test --inject stack=")
+            && line.ends_with(" -p walk_fixture --doc -- doc_push"),
         "{line}"
+    );
+    assert!(
+        !output.status.success()
+            && text.contains("doc_push (line 49) ... FAILED")
+            && text.contains("failed on purpose")
+            && text.contains("walk_fixture::doc_push"),
+        "{line}: {text}"
     );
 }
 

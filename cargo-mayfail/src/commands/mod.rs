@@ -6,7 +6,7 @@ pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sites;
 pub(crate) mod test;
-mod walk;
+pub(crate) mod walk;
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -8,8 +8,9 @@
 //! fails alone, to leave out the tests that fail without injection), walk
 //! (the scheduler in [`schedule`]: each test runs in processes of its own,
 //! `--jobs` at once, each process failing its test's first new stack, until
-//! a process of it fails none), then the doctests with the `runs` engine
-//! on `cargo test --doc ARGS` (rustdoc builds and runs them itself), and
+//! a process of it fails none; the doctests too, compiled once by
+//! [`doctests`], else walked afterwards with the `runs` engine on `cargo
+//! test --doc ARGS`, rustdoc building and running them in every run), and
 //! the report.
 //!
 //! The state file: one `run` line for the tests' walk, a `test` line for
@@ -17,6 +18,7 @@
 //! once a test's walk is complete (a resumed walk skips it) and a `left-out`
 //! line for a test that fails without injection.
 
+pub(crate) mod doctests;
 mod schedule;
 mod targets;
 
@@ -90,6 +92,7 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         stopped = walk_doctests(args, setup, &command, &mut progress)?;
     }
     drop(progress);
+    let _ = std::fs::remove_dir_all(doctest_dir(setup));
     let code = sites::finish(args, setup, binaries.iter().any(|b| b.preload.is_some()))?;
     // Doctests that fail without injection: the walk did not look at them.
     Ok(match stopped {
@@ -118,6 +121,27 @@ fn prepare(
         return Ok(None);
     };
     let mut binaries = built.binaries;
+    let mut doctests = built.doctests;
+    if doctests && !interrupted() {
+        let started = Instant::now();
+        let dir = doctest_dir(setup);
+        progress.line("doctests: compiling and running them once (cargo test --doc)");
+        match doctests::compile(command, &built.doc_packages, &dir, &setup.log)? {
+            doctests::Compiled::Persisted(found) => {
+                progress.line(&format!(
+                    "doctests: {} compiled once in {} s; each is walked as a test",
+                    found.len(),
+                    seconds(started.elapsed().as_millis() as u64)
+                ));
+                binaries.extend(found);
+                doctests = false;
+            }
+            doctests::Compiled::Unavailable(why) => progress.line(&format!(
+                "doctests: walked after the tests as a whole command, one site per run \
+                 (rustdoc compiles them again in every run): {why}"
+            )),
+        }
+    }
     if let Some(library) = args.preload.library_for_tests()? {
         for binary in &mut binaries {
             binary.preload = targets_preload(&library, binary);
@@ -128,7 +152,7 @@ fn prepare(
     let mut tests = to_walk(setup, &binaries, command, &state)?;
     progress.line(&format!(
         "{} test binaries: {}; {} tests to walk{}",
-        binaries.len(),
+        binaries.iter().filter(|b| !b.is_doctest()).count(),
         targets::describe(&binaries),
         tests.len(),
         setup
@@ -150,7 +174,7 @@ fn prepare(
     Ok(Some(Prepared {
         binaries,
         tests,
-        doctests: built.doctests,
+        doctests,
     }))
 }
 
@@ -303,6 +327,14 @@ fn walk_doctests(
     // cargo's lock of the build directory.
     sites::walk_runs(&walker, &setup.spec(true), 1, args.max_runs, progress)?;
     Ok(None)
+}
+
+/// Where rustdoc keeps the doctests' executables during a walk: beside
+/// the state file, removed at its end.
+fn doctest_dir(setup: &Setup) -> std::path::PathBuf {
+    let mut dir = setup.paths.state.clone().into_os_string();
+    dir.push(".doctests");
+    dir.into()
 }
 
 /// `--jobs`, or its default.

@@ -29,9 +29,18 @@ pub(crate) struct Binary {
     pub(crate) version: String,
     /// `LD_PRELOAD` for it: the preload library, unless it declares `MayFail`.
     pub(crate) preload: Option<OsString>,
+    /// Variables it needs besides cargo's (a merged doctest's number).
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// The one test it runs, for a doctest's executable (which lists none).
+    pub(crate) only: Option<String>,
 }
 
 impl Binary {
+    /// Whether it is a doctest's executable (see `doctests`).
+    pub(crate) fn is_doctest(&self) -> bool {
+        self.only.is_some()
+    }
+
     /// The test `name` of this binary.
     pub(crate) fn test(&self, name: &str) -> Test {
         Test {
@@ -45,10 +54,14 @@ impl Binary {
     /// A command running this binary with `args`, in its package's
     /// directory with the variables cargo sets for a test, under the
     /// preload library if it needs it, without injection.
+    /// A doctest's executable runs its one doctest and takes no arguments.
     pub(crate) fn command(&self, args: &[OsString]) -> Command {
         let mut command = Command::new(&self.executable);
+        if !self.is_doctest() {
+            command.args(args);
+        }
         command
-            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.directory)
             .env("CARGO_MANIFEST_DIR", &self.directory)
             .env("CARGO_PKG_NAME", &self.package)
@@ -122,6 +135,17 @@ pub(crate) struct Built {
     pub(crate) binaries: Vec<Binary>,
     /// Some package built has a library with doctests.
     pub(crate) doctests: bool,
+    /// The packages whose library has doctests.
+    pub(crate) doc_packages: Vec<DocPackage>,
+}
+
+/// A package whose library has doctests.
+pub(crate) struct DocPackage {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) directory: PathBuf,
+    /// Its library's crate name (`thin_vec`).
+    pub(crate) krate: String,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +208,7 @@ pub(crate) fn build(test: &CargoTest, log: &File) -> Result<Option<Built>, Failu
     let mut built = Built {
         binaries: Vec::new(),
         doctests: false,
+        doc_packages: Vec::new(),
     };
     let mut with_tests: Vec<&Package> = Vec::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -212,6 +237,8 @@ pub(crate) fn build(test: &CargoTest, log: &File) -> Result<Option<Built>, Failu
             kind: target_kind(&target.kind),
             target: target.name,
             preload: None,
+            env: Vec::new(),
+            only: None,
             executable,
             directory: package
                 .manifest_path
@@ -220,10 +247,27 @@ pub(crate) fn build(test: &CargoTest, log: &File) -> Result<Option<Built>, Failu
             version: package.version.clone(),
         });
     }
-    built.doctests = !test.chooses_targets()
-        && with_tests
-            .iter()
-            .any(|p| p.targets.iter().any(|t| t.doctest && is_library(&t.kind)));
+    if !test.chooses_targets() {
+        for package in with_tests {
+            let Some(library) = package
+                .targets
+                .iter()
+                .find(|t| t.doctest && is_library(&t.kind))
+            else {
+                continue;
+            };
+            built.doc_packages.push(DocPackage {
+                name: package.name.clone(),
+                version: package.version.clone(),
+                directory: package
+                    .manifest_path
+                    .parent()
+                    .map_or_else(PathBuf::new, Path::to_owned),
+                krate: library.name.replace('-', "_"),
+            });
+        }
+    }
+    built.doctests = !built.doc_packages.is_empty();
     Ok(Some(built))
 }
 
@@ -264,7 +308,7 @@ fn metadata(test: &CargoTest, log: &File) -> Result<Vec<Package>, Failure> {
 }
 
 /// `$CARGO` (the cargo that runs `cargo mayfail`), else `cargo`.
-fn cargo() -> OsString {
+pub(crate) fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
@@ -292,6 +336,9 @@ fn is_library(kinds: &[String]) -> bool {
 /// The tests `binary` lists with the harness's arguments, ignored tests
 /// left out unless the harness asked for them; or why it cannot list them.
 pub(crate) fn list(binary: &Binary, test: &CargoTest) -> Result<Vec<String>, String> {
+    if let Some(only) = &binary.only {
+        return Ok(vec![only.clone()]);
+    }
     let listed = |extra: Option<&str>| -> Result<Vec<String>, String> {
         let mut args: Vec<OsString> = vec!["--list".into(), "--format".into(), "terse".into()];
         args.extend(test.harness.iter().cloned());
@@ -366,13 +413,25 @@ pub(crate) fn doctest_command(test: &CargoTest) -> Vec<OsString> {
 /// Binaries per package, for messages: `thin-vec (lib, test:x)`.
 pub(crate) fn describe(binaries: &[Binary]) -> String {
     let mut packages: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut doctests: HashMap<&str, usize> = HashMap::new();
     for b in binaries {
+        if b.is_doctest() {
+            *doctests.entry(&b.package).or_default() += 1;
+            continue;
+        }
         let name = if b.kind == "lib" {
             "lib".to_owned()
         } else {
             format!("{}:{}", b.kind, b.target)
         };
         packages.entry(&b.package).or_default().push(name);
+    }
+    for (package, n) in doctests {
+        let noun = if n == 1 { "doctest" } else { "doctests" };
+        packages
+            .entry(package)
+            .or_default()
+            .push(format!("{n} {noun}"));
     }
     let mut parts: Vec<String> = packages
         .into_iter()
