@@ -570,6 +570,13 @@ pub(crate) const ALLOC_ERROR_FRAMES: [&str; 4] = [
 /// frames from there are those of the allocation that std could not fail.
 pub(crate) fn below_named(frames: &[usize], needles: &[&str]) -> Option<usize> {
     let named = |ip: usize| {
+        // The C library, the loader and the unwinder (`abort`, `raise`, the
+        // signal return) hold none of std's functions: naming their frames
+        // would read their separate debug files (often compressed) for
+        // nothing.
+        if library_of(ip) != Library::Other {
+            return false;
+        }
         let mut found = false;
         resolve(ip, |frame| {
             found |= needles.iter().any(|needle| frame.name.contains(needle));
