@@ -8,17 +8,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use mayfail::state::{quote_command, quote_word};
-use serde::Serialize;
 
-use crate::findings::{Class, Show};
+use crate::findings::Class;
+use crate::model::{Frame, LeftOut, Show, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId, State};
-
-/// One frame of a site's `where`: `function (file:line)`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Frame {
-    pub function: String,
-    pub location: Option<String>,
-}
 
 /// A frame's `file:line` as the report shows it (the JSON keeps the full
 /// path): relative to the current directory (the workspace's), a registry
@@ -47,74 +40,6 @@ pub fn short_location(location: &str) -> String {
         return rest[slash + 1..].to_owned();
     }
     location.to_owned()
-}
-
-/// One site: every process that failed it, merged.
-#[derive(Clone, Debug)]
-pub struct Site {
-    pub id: u64,
-    pub outcome: Outcome,
-    pub detail: String,
-    /// How many processes failed it (more than one when copies ran at once).
-    pub seen: usize,
-    pub first_run: u64,
-    pub what: String,
-    pub thread: String,
-    pub binary: String,
-    pub frames: Vec<Frame>,
-    pub raw_frames: String,
-    pub replay: String,
-    /// The allocation served a panic's message or payload.
-    pub panic: bool,
-    /// Its frames up to the test (empty when the process did not write
-    /// them): what its class and blamed frame are read from.
-    pub chain: Vec<Frame>,
-    /// The test whose process first failed it (per-test walks).
-    pub test: Option<String>,
-}
-
-/// What the report says about a whole walk.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub command: String,
-    pub state: String,
-    pub runs: u64,
-    pub stopped: String,
-    pub elapsed_ms: u64,
-    pub baseline_ms: Option<u64>,
-    pub last_run_ms: Option<u64>,
-    pub runtime_stacks: usize,
-    pub sites: Vec<Site>,
-    /// Processes of runs that ended badly with no site to blame: the walk
-    /// is not all handled while any is listed.
-    pub unattributed: Vec<Unattributed>,
-    /// Tests that fail without injection, left out of the walk.
-    pub left_out: Vec<LeftOut>,
-    /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
-    pub handled_exit: String,
-    /// How the sites are read: shown, blamed, baselined.
-    pub view: crate::findings::View,
-}
-
-/// A test that fails without injection, left out of a per-test walk.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct LeftOut {
-    pub test: String,
-    pub detail: String,
-}
-
-/// A process a run started that ended badly with no site to blame.
-#[derive(Clone, Debug, Serialize)]
-pub struct Unattributed {
-    pub run: u64,
-    pub pid: u32,
-    #[serde(serialize_with = "outcome_name")]
-    pub outcome: Outcome,
-    pub detail: String,
-}
-
-fn outcome_name<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(outcome.name())
 }
 
 impl Site {
@@ -554,7 +479,7 @@ pub fn table(s: &Summary) -> String {
     let baselined = s
         .sites
         .iter()
-        .filter(|site| site.class().is_bug() && !s.view.gates(site))
+        .filter(|site| site.class().is_bug() && !s.gates(site))
         .count();
     let _ = writeln!(
         out,
@@ -707,7 +632,7 @@ fn write_site_rows(out: &mut String, s: &Summary, site: &Site, pad: &str) {
     if !inside {
         let _ = writeln!(out, "{pad}(wholly outside --scope: in dependencies)");
     }
-    if class.is_bug() && !s.view.gates(site) {
+    if class.is_bug() && !s.gates(site) {
         let _ = writeln!(out, "{pad}(in the baseline)");
     }
 }
@@ -940,7 +865,7 @@ fn html_site_row(out: &mut String, s: &Summary, group: &[usize], index: usize) {
             html_escape(&fallible.function)
         );
     }
-    if class.is_bug() && !s.view.gates(site) {
+    if class.is_bug() && !s.gates(site) {
         frames.push_str("<br>(in the baseline)");
     }
     let _ = writeln!(

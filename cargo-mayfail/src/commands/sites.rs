@@ -13,9 +13,10 @@ use super::{Paths, StateFiles};
 use crate::exit_codes;
 use crate::failure::Failure;
 use crate::json;
+use crate::model::Summary;
 use crate::process::{self, interrupted, quoted, shell_quote};
 use crate::progress::Progress;
-use crate::report::{self, Summary, seconds};
+use crate::report::{self, seconds};
 use crate::state::{self, Access, Outcome, StackId, State};
 
 /// The longest state-file path the library takes in `sites=FILE`.
@@ -166,7 +167,7 @@ pub(crate) fn execute(
         super::command_to_run(args.command.clone(), separator_given)?
     };
     // Checked before anything runs (a baseline file that cannot be read).
-    args.findings.view()?;
+    args.findings.baseline()?;
     let engine = Engine::choose(args.engine, &argv)?;
     let setup = Setup::open(&args, argv)?;
     match engine {
@@ -510,10 +511,10 @@ pub(crate) fn walk_runs(
 pub(crate) fn finish(args: &SitesArgs, setup: &Setup, preloaded: bool) -> Result<i32, Failure> {
     let paths = &setup.paths;
     let state = setup.load()?;
-    let summary = report::Summary {
-        view: args.findings.view()?,
-        ..report::summarize(&state, &paths.state)
-    };
+    let baseline = args.findings.baseline()?;
+    let summary = args
+        .findings
+        .apply(baseline.as_ref(), report::summarize(&state, &paths.state));
     write_reports(&summary, paths)?;
     args.findings.write(&summary)?;
     crate::progress::print_text(&report::table(&summary));
