@@ -238,13 +238,39 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
         return Ok(Line::Empty);
     }
     let fields: Vec<&str> = line.split('\t').collect();
-    let kind = fields[0];
-    let bad = || LineError {
-        message: format!("a {kind} line that does not parse"),
+    let (kind, rest) = (fields[0], &fields[1..]);
+    let parsed = match kind {
+        "baseline" | "run" | "end" | "unattributed" | "handled-exit" => run_line(kind, rest),
+        "site" | "fate" | "runtime" | "retry" | "other-shard" => site_line(kind, rest),
+        "test" | "tested" | "left-out" => test_line(kind, rest),
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(LineError {
+                message: format!("unknown line \"{shown}\""),
+            });
+        }
     };
-    let id = |s: &str| parse_id(s.as_bytes()).ok_or_else(bad);
-    let number = |s: &str| s.parse::<u64>().map_err(|_| bad());
-    Ok(match (kind, &fields[1..]) {
+    parsed.ok_or_else(|| LineError {
+        message: format!("a {kind} line that does not parse"),
+    })
+}
+
+fn number(field: &str) -> Option<u64> {
+    field.parse().ok()
+}
+
+fn pid(field: &str) -> Option<u32> {
+    field.parse().ok()
+}
+
+fn id(field: &str) -> Option<u64> {
+    parse_id(field.as_bytes())
+}
+
+/// The runner's lines about runs: `baseline`, `run`, `end`,
+/// `unattributed`, `handled-exit`.
+fn run_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
+    Some(match (kind, fields) {
         ("baseline", &[ms, status]) => Line::Baseline {
             ms: number(ms)?,
             status,
@@ -260,12 +286,29 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
             ms: number(ms)?,
             how,
         },
-        ("site", &[site_id, pid, what, thread, binary, place, ref rest @ ..])
+        ("unattributed", &[n, process, outcome, detail]) => Line::Unattributed {
+            run: number(n)?,
+            pid: pid(process)?,
+            outcome: outcome.parse().ok()?,
+            detail,
+        },
+        ("handled-exit", &[codes]) if parse_exit_codes(codes).is_some() => {
+            Line::HandledExit { codes }
+        }
+        _ => return None,
+    })
+}
+
+/// The lines the program under test writes, and the runner's `retry`:
+/// `site`, `fate`, `runtime`, `retry`, `other-shard`.
+fn site_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
+    Some(match (kind, fields) {
+        ("site", &[site_id, process, what, thread, binary, place, ref rest @ ..])
             if rest.len() <= 3 && rest.len() != 2 =>
         {
             Line::Site {
                 id: id(site_id)?,
-                pid: pid.parse().map_err(|_| bad())?,
+                pid: pid(process)?,
                 what,
                 thread,
                 binary,
@@ -275,73 +318,42 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
                 chain: rest.get(2).copied().unwrap_or(""),
             }
         }
-        ("fate", &[site_id, pid, outcome, detail]) => Line::Fate {
+        ("fate", &[site_id, process, outcome, detail]) => Line::Fate {
             id: id(site_id)?,
-            pid: pid.parse().map_err(|_| bad())?,
-            outcome: outcome.parse().map_err(|_| bad())?,
+            pid: pid(process)?,
+            outcome: outcome.parse().ok()?,
             detail,
         },
         ("runtime", &[site_id]) => Line::Runtime { id: id(site_id)? },
         ("retry", &[site_id]) => Line::Retry { id: id(site_id)? },
-        ("unattributed", &[n, pid, outcome, detail]) => Line::Unattributed {
-            run: number(n)?,
-            pid: pid.parse().map_err(|_| bad())?,
-            outcome: outcome.parse().map_err(|_| bad())?,
+        ("other-shard", &[process]) => Line::OtherShard { pid: pid(process)? },
+        _ => return None,
+    })
+}
+
+/// The per-test engine's lines: `test`, `tested`, `left-out`.
+fn test_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
+    let test = |package, kind, target, name| {
+        filled(&[package, kind, target, name]).then_some(TestName {
+            package,
+            kind,
+            target,
+            name,
+        })
+    };
+    Some(match (kind, fields) {
+        ("test", &[process, package, kind, target, name]) => Line::Test {
+            pid: pid(process)?,
+            test: test(package, kind, target, name)?,
+        },
+        ("tested", &[package, kind, target, name]) => Line::Tested {
+            test: test(package, kind, target, name)?,
+        },
+        ("left-out", &[package, kind, target, name, detail]) => Line::LeftOut {
+            test: test(package, kind, target, name)?,
             detail,
         },
-        ("other-shard", &[pid]) => Line::OtherShard {
-            pid: pid.parse().map_err(|_| bad())?,
-        },
-        ("handled-exit", &[codes]) if parse_exit_codes(codes).is_some() => {
-            Line::HandledExit { codes }
-        }
-        ("test", &[pid, package, kind, target, name]) if filled(&[package, kind, target, name]) => {
-            Line::Test {
-                pid: pid.parse().map_err(|_| bad())?,
-                test: TestName {
-                    package,
-                    kind,
-                    target,
-                    name,
-                },
-            }
-        }
-        ("tested", &[package, kind, target, name]) if filled(&[package, kind, target, name]) => {
-            Line::Tested {
-                test: TestName {
-                    package,
-                    kind,
-                    target,
-                    name,
-                },
-            }
-        }
-        ("left-out", &[package, kind, target, name, detail])
-            if filled(&[package, kind, target, name]) =>
-        {
-            Line::LeftOut {
-                test: TestName {
-                    package,
-                    kind,
-                    target,
-                    name,
-                },
-                detail,
-            }
-        }
-        (
-            "baseline" | "run" | "end" | "site" | "fate" | "runtime" | "retry" | "unattributed"
-            | "other-shard" | "handled-exit" | "test" | "tested" | "left-out",
-            _,
-        ) => {
-            return Err(bad());
-        }
-        (other, _) => {
-            let shown: String = other.chars().take(40).collect();
-            return Err(LineError {
-                message: format!("unknown line \"{shown}\""),
-            });
-        }
+        _ => return None,
     })
 }
 

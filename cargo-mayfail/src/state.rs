@@ -324,13 +324,12 @@ impl State {
         if text.is_empty() {
             return Ok(state);
         }
-        // Fates are paired with their site at the end: a process that exits
-        // while its failing thread still resolves symbols writes its fate first.
-        let mut fates: BTreeMap<(u64, u32), (Outcome, String)> = BTreeMap::new();
-        // The run under way: after its `run` line, before its `end`.
-        let mut current: Option<u64> = None;
+        let mut reader = Reader {
+            state,
+            fates: BTreeMap::new(),
+            current: None,
+        };
         for (index, line) in text.lines().enumerate() {
-            let number = index + 1;
             if index == 0 && line != HEADER {
                 return Err(corrupt(
                     1,
@@ -340,132 +339,12 @@ impl State {
                     ),
                 ));
             }
-            let parsed = parse_line(line).map_err(|e| corrupt(number, e.to_string()))?;
-            match parsed {
-                Line::Baseline { ms, status } => state.baseline = Some((ms, status.to_owned())),
-                Line::Run {
-                    number, command, ..
-                } => {
-                    let Some(argv) = unquote_command(command) else {
-                        return Err(corrupt(
-                            number_of_line(index),
-                            "its command is not quoted as the runner quotes commands".to_owned(),
-                        ));
-                    };
-                    current = Some(number);
-                    state.runs.push(Run {
-                        number,
-                        command: command.to_owned(),
-                        argv,
-                        runtime_stacks: 0,
-                        elapsed_ms: None,
-                        how: None,
-                    });
-                }
-                Line::End { number, ms, how } => {
-                    if current == Some(number) {
-                        current = None;
-                    }
-                    if let Some(r) = state.runs.iter_mut().rev().find(|r| r.number == number) {
-                        r.elapsed_ms = Some(ms);
-                        r.how = Some(how.to_owned());
-                    }
-                }
-                Line::Site {
-                    id,
-                    pid,
-                    what,
-                    thread,
-                    binary,
-                    place,
-                    frames,
-                    facts,
-                    chain,
-                } => state.records.push(Record {
-                    id,
-                    pid,
-                    run: current.unwrap_or(0),
-                    stray: current.is_none(),
-                    what: what.to_owned(),
-                    thread: thread.to_owned(),
-                    binary: binary.to_owned(),
-                    place: place.to_owned(),
-                    frames: frames.to_owned(),
-                    panic: facts.split(',').any(|fact| fact == "panic"),
-                    chain: chain.to_owned(),
-                    fate: None,
-                    retried: false,
-                    test: None,
-                }),
-                Line::Fate {
-                    id,
-                    pid,
-                    outcome,
-                    detail,
-                } => {
-                    fates
-                        .entry((id, pid))
-                        .or_insert((outcome, detail.to_owned()));
-                }
-                Line::Runtime { .. } => {
-                    state.runtime_stacks += 1;
-                    if let (Some(_), Some(run)) = (current, state.runs.last_mut()) {
-                        run.runtime_stacks += 1;
-                    }
-                }
-                Line::Retry { id } => {
-                    for r in state.records.iter_mut().filter(|r| r.id == id) {
-                        r.retried = true;
-                    }
-                }
-                Line::Unattributed {
-                    run,
-                    pid,
-                    outcome,
-                    detail,
-                } => state.unattributed.push(Unattributed {
-                    run,
-                    pid,
-                    outcome,
-                    detail: detail.to_owned(),
-                }),
-                Line::OtherShard { .. } => state.other_shard += 1,
-                Line::Test { pid, test } => {
-                    let test = Test::from_line(&test);
-                    for record in state
-                        .records
-                        .iter_mut()
-                        .filter(|r| r.pid == pid && r.test.is_none())
-                    {
-                        record.test = Some(test.clone());
-                    }
-                    state.test_processes += 1;
-                }
-                Line::Tested { test } => {
-                    state.tested.insert(Test::from_line(&test));
-                }
-                Line::LeftOut { test, detail } => {
-                    let test = Test::from_line(&test);
-                    if !state.left_out.iter().any(|(t, _)| *t == test) {
-                        state.left_out.push((test, detail.to_owned()));
-                    }
-                }
-                Line::HandledExit { codes } => {
-                    state.handled_exit =
-                        mayfail::state::parse_exit_codes(codes).unwrap_or_default();
-                    state.handled_exit.sort_unstable();
-                    state.handled_exit.dedup();
-                }
-                // The header, empty lines, and kinds a newer writer may add.
-                _ => {}
-            }
+            let parsed = parse_line(line).map_err(|e| corrupt(index + 1, e.to_string()))?;
+            reader
+                .line(parsed)
+                .map_err(|why| corrupt(number_of_line(index), why))?;
         }
-        for record in &mut state.records {
-            record.fate = fates
-                .get(&(record.id, record.pid))
-                .map(|(outcome, detail)| state_outcome(&state.handled_exit, *outcome, detail));
-        }
-        Ok(state)
+        Ok(reader.finish())
     }
 
     /// The `handled-exit` statuses as `--handled-exit` takes them (`1,7`),
@@ -508,6 +387,192 @@ impl State {
     /// The run numbered `number` (the last one of that number).
     pub fn run(&self, number: u64) -> Option<&Run> {
         self.runs.iter().rev().find(|r| r.number == number)
+    }
+}
+
+/// A state file being read: the state so far, the fates not yet paired
+/// with their site, and the run under way.
+struct Reader {
+    state: State,
+    /// Fates are paired with their site at the end: a process that exits
+    /// while its failing thread still resolves symbols writes its fate first.
+    fates: BTreeMap<(u64, u32), (Outcome, String)>,
+    /// The run under way: after its `run` line, before its `end`.
+    current: Option<u64>,
+}
+
+impl Reader {
+    /// Takes in one line; what is wrong with it, if anything.
+    fn line(&mut self, line: Line<'_>) -> Result<(), String> {
+        match line {
+            Line::Baseline { .. }
+            | Line::Run { .. }
+            | Line::End { .. }
+            | Line::Unattributed { .. }
+            | Line::HandledExit { .. } => return self.run_line(line),
+            Line::Site { .. }
+            | Line::Fate { .. }
+            | Line::Runtime { .. }
+            | Line::Retry { .. }
+            | Line::OtherShard { .. } => self.site_line(line),
+            Line::Test { .. } | Line::Tested { .. } | Line::LeftOut { .. } => self.test_line(line),
+            // The header, empty lines, and kinds a newer writer may add.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The runner's lines about runs.
+    fn run_line(&mut self, line: Line<'_>) -> Result<(), String> {
+        match line {
+            Line::Baseline { ms, status } => self.state.baseline = Some((ms, status.to_owned())),
+            Line::Run {
+                number, command, ..
+            } => {
+                let Some(argv) = unquote_command(command) else {
+                    return Err(
+                        "its command is not quoted as the runner quotes commands".to_owned()
+                    );
+                };
+                self.current = Some(number);
+                self.state.runs.push(Run {
+                    number,
+                    command: command.to_owned(),
+                    argv,
+                    runtime_stacks: 0,
+                    elapsed_ms: None,
+                    how: None,
+                });
+            }
+            Line::End { number, ms, how } => {
+                if self.current == Some(number) {
+                    self.current = None;
+                }
+                if let Some(r) = self
+                    .state
+                    .runs
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.number == number)
+                {
+                    r.elapsed_ms = Some(ms);
+                    r.how = Some(how.to_owned());
+                }
+            }
+            Line::Unattributed {
+                run,
+                pid,
+                outcome,
+                detail,
+            } => self.state.unattributed.push(Unattributed {
+                run,
+                pid,
+                outcome,
+                detail: detail.to_owned(),
+            }),
+            Line::HandledExit { codes } => {
+                self.state.handled_exit =
+                    mayfail::state::parse_exit_codes(codes).unwrap_or_default();
+                self.state.handled_exit.sort_unstable();
+                self.state.handled_exit.dedup();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The lines of the processes under test, and `retry`.
+    fn site_line(&mut self, line: Line<'_>) {
+        match line {
+            Line::Site {
+                id,
+                pid,
+                what,
+                thread,
+                binary,
+                place,
+                frames,
+                facts,
+                chain,
+            } => self.state.records.push(Record {
+                id,
+                pid,
+                run: self.current.unwrap_or(0),
+                stray: self.current.is_none(),
+                what: what.to_owned(),
+                thread: thread.to_owned(),
+                binary: binary.to_owned(),
+                place: place.to_owned(),
+                frames: frames.to_owned(),
+                panic: facts.split(',').any(|fact| fact == "panic"),
+                chain: chain.to_owned(),
+                fate: None,
+                retried: false,
+                test: None,
+            }),
+            Line::Fate {
+                id,
+                pid,
+                outcome,
+                detail,
+            } => {
+                self.fates
+                    .entry((id, pid))
+                    .or_insert((outcome, detail.to_owned()));
+            }
+            Line::Runtime { .. } => {
+                self.state.runtime_stacks += 1;
+                if let (Some(_), Some(run)) = (self.current, self.state.runs.last_mut()) {
+                    run.runtime_stacks += 1;
+                }
+            }
+            Line::Retry { id } => {
+                for r in self.state.records.iter_mut().filter(|r| r.id == id) {
+                    r.retried = true;
+                }
+            }
+            Line::OtherShard { .. } => self.state.other_shard += 1,
+            _ => {}
+        }
+    }
+
+    /// The per-test engine's lines.
+    fn test_line(&mut self, line: Line<'_>) {
+        match line {
+            Line::Test { pid, test } => {
+                let test = Test::from_line(&test);
+                for record in self
+                    .state
+                    .records
+                    .iter_mut()
+                    .filter(|r| r.pid == pid && r.test.is_none())
+                {
+                    record.test = Some(test.clone());
+                }
+                self.state.test_processes += 1;
+            }
+            Line::Tested { test } => {
+                self.state.tested.insert(Test::from_line(&test));
+            }
+            Line::LeftOut { test, detail } => {
+                let test = Test::from_line(&test);
+                if !self.state.left_out.iter().any(|(t, _)| *t == test) {
+                    self.state.left_out.push((test, detail.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The state, each site given its fate.
+    fn finish(mut self) -> State {
+        for record in &mut self.state.records {
+            record.fate = self
+                .fates
+                .get(&(record.id, record.pid))
+                .map(|(outcome, detail)| state_outcome(&self.state.handled_exit, *outcome, detail));
+        }
+        self.state
     }
 }
 
