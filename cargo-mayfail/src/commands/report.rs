@@ -52,6 +52,7 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
                 path.display()
             );
         }
+        super::note_unknown_lines(&state, path);
         summaries.push(crate::report::summarize(&state, path));
     }
     let summary = if summaries.len() == 1 {

@@ -228,6 +228,7 @@ impl Setup {
         // Held until the walk ends; nothing runs before it is open for writing.
         let state_file = super::open_state(&paths.state, Access::Walk)?;
         let state = super::load(&state_file, &paths.state)?;
+        super::note_unknown_lines(&state, &paths.state);
         if state.torn.is_some() {
             // Read whole but for its last line, which goes: the walk goes on.
             drop_torn_tail(&state_file, &paths)?;
