@@ -115,7 +115,18 @@ impl Test {
         }
     }
 
-    /// The fields of its state lines, tab-separated.
+    /// The test as its state lines name it.
+    pub fn line_name(&self) -> mayfail::state::TestName<'_> {
+        mayfail::state::TestName {
+            package: self.package.as_str().into(),
+            kind: self.kind.as_str().into(),
+            target: self.target.as_str().into(),
+            name: self.name.as_str().into(),
+        }
+    }
+
+    /// Its four names, tab-separated: what `--shard` hashes (shards of one
+    /// walk must agree on it, whatever the runner's version).
     pub fn fields(&self) -> String {
         format!(
             "{}\t{}\t{}\t{}",
