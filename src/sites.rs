@@ -73,7 +73,9 @@
 
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
+use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::borrow::Cow;
 
 use crate::Outcome;
 use crate::crash;
@@ -82,7 +84,7 @@ use crate::inject::{self, Op, StackCheck};
 use crate::request::Asked;
 use crate::scope::ReclaimGuard;
 use crate::spec::{MAX_SITES_PATH, Spec};
-use crate::state::{self, StackId};
+use crate::state::{self, Line};
 use crate::symbols::{self, Class, build_modules, locate, modules};
 use crate::sys;
 use crate::table::{Inserted, Table};
@@ -194,7 +196,7 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     if !ALL.load(Relaxed) && class == Class::Runtime {
         if KNOWN.insert(id, 0, false) == Inserted::New {
             let mut line = StackBuf::<40>::new();
-            let _ = write!(line, "runtime\t{}", StackId(id));
+            let _ = Line::Runtime { id }.write_to(&mut line);
             append(line.finish_line());
         }
         return StackCheck::Pass;
@@ -237,7 +239,10 @@ fn note_other_shard() {
     let pid = sys::getpid();
     if OTHER_SHARD_PID.swap(pid, Relaxed) != pid {
         let mut line = StackBuf::<40>::new();
-        let _ = write!(line, "other-shard\t{pid}");
+        let _ = Line::OtherShard {
+            pid: pid.unsigned_abs(),
+        }
+        .write_to(&mut line);
         append(line.finish_line());
     }
 }
@@ -475,13 +480,16 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
     if id == 0 || pid != FAILED_PID.load(Relaxed) || FATE_WRITTEN.swap(true, Relaxed) {
         return;
     }
+    let mut shown = StackBuf::<{ 4 * Shown::MAX + 3 }>::new();
+    let _ = write!(shown, "{}", Shown(detail));
+    let fate = Line::Fate {
+        id,
+        pid: pid.unsigned_abs(),
+        outcome,
+        detail: Cow::Borrowed(shown.as_str()),
+    };
     let mut line = StackBuf::<160>::new();
-    let _ = write!(
-        line,
-        "fate\t{}\t{pid}\t{outcome}\t{}",
-        StackId(id),
-        Shown(detail)
-    );
+    let _ = fate.write_to(&mut line);
     append(line.finish_line());
 }
 
@@ -510,41 +518,57 @@ fn write_site(
     while cut > CHAIN_BYTES {
         cut = chain[..cut].rfind(" <- ").unwrap_or(0);
     }
-    let mut line = String::with_capacity(512 + cut + frames.len() * 48);
-    let pid = sys::getpid();
-    let _ = write!(
-        line,
-        "site\t{}\t{pid}\t{}\t",
-        StackId(id),
-        Asked { op, size, align },
+    // The fields written by hand, in one buffer; then the line.
+    let mut text = String::with_capacity(256 + cut + frames.len() * 48);
+    let binary = push(
+        &mut text,
+        format_args!(
+            "{}",
+            Clean(modules().first().map_or(&b""[..], |m| m.name()))
+        ),
     );
-    // The full name std knows, not the kernel's 15 bytes of it.
-    crate::record::with_thread_name(|thread| {
-        let _ = write!(line, "{}", Shown(thread));
-    });
-    let _ = write!(
-        line,
-        "\t{}\t{}\t",
-        Clean(modules().first().map_or(&b""[..], |m| m.name())),
-        Clean(place.as_bytes()),
-    );
+    let place = push(&mut text, format_args!("{}", Clean(place.as_bytes())));
+    let raw_frames = text.len();
     for (i, &ip) in frames.iter().enumerate() {
         let (module, offset) = locate(ip);
         let name = module.as_ref().map_or(&b"?"[..], |m| m.name());
-        let _ = write!(
-            line,
-            "{}{}+{offset:#x}",
-            if i == 0 { "" } else { "," },
-            Clean(name)
-        );
+        let comma = if i == 0 { "" } else { "," };
+        let _ = write!(text, "{comma}{}+{offset:#x}", Clean(name));
     }
-    let _ = writeln!(
-        line,
-        "\t{}\t{}",
-        if panic { "panic" } else { "-" },
-        Clean(&chain.as_bytes()[..cut]),
+    let raw_frames = raw_frames..text.len();
+    let chain = push(
+        &mut text,
+        format_args!("{}", Clean(&chain.as_bytes()[..cut])),
     );
+    let mut what = StackBuf::<80>::new();
+    let _ = write!(what, "{}", Asked { op, size, align });
+    // The full name std knows, not the kernel's 15 bytes of it.
+    let mut thread = StackBuf::<{ 4 * Shown::MAX + 3 }>::new();
+    crate::record::with_thread_name(|name| {
+        let _ = write!(thread, "{}", Shown(name));
+    });
+    let site = Line::Site {
+        id,
+        pid: sys::getpid().unsigned_abs(),
+        what: Cow::Borrowed(what.as_str()),
+        thread: Cow::Borrowed(thread.as_str()),
+        binary: Cow::Borrowed(&text[binary]),
+        place: Cow::Borrowed(&text[place]),
+        frames: Cow::Borrowed(&text[raw_frames]),
+        facts: Cow::Borrowed(if panic { "panic" } else { "-" }),
+        chain: Cow::Borrowed(&text[chain]),
+    };
+    let mut line = String::with_capacity(text.len() + 256);
+    let _ = site.write_to(&mut line);
+    line.push('\n');
     append(line.as_bytes());
+}
+
+/// Writes `args` at the end of `text`; where it lies.
+fn push(text: &mut String, args: core::fmt::Arguments<'_>) -> Range<usize> {
+    let start = text.len();
+    let _ = text.write_fmt(args);
+    start..text.len()
 }
 
 // ---------------------------------------------------------------------------

@@ -220,109 +220,10 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
         };
         let key = pair[..eq].trim_ascii();
         let value = pair[eq + 1..].trim_ascii();
-        let bad = |accepted| err(key, value, Problem::BadValue(accepted));
-        let index = match key {
-            b"probability" => {
-                spec.probability_nano = parse_percent(value).ok_or(bad(PROBABILITY))?;
-                0
-            }
-            b"interval" => {
-                spec.interval = parse_u64(value)
-                    .filter(|&n| n >= 1)
-                    .ok_or(bad(WHOLE_POSITIVE))?;
-                1
-            }
-            b"times" => {
-                spec.times = if value == b"-1" {
-                    -1
-                } else {
-                    parse_u64(value)
-                        .and_then(|n| i64::try_from(n).ok())
-                        .ok_or(bad(TIMES))?
-                };
-                2
-            }
-            b"space" => {
-                spec.space = parse_bytes(value).map_err(|()| bad(BYTES))? as u64;
-                3
-            }
-            b"min-size" => {
-                spec.min_size = parse_bytes(value).map_err(|()| bad(BYTES))?;
-                4
-            }
-            b"max-size" => {
-                spec.max_size = parse_bytes(value).map_err(|()| bad(BYTES))?;
-                5
-            }
-            b"task-filter" => {
-                spec.task_filter = yes_no(value).ok_or(bad(YES_NO))?;
-                6
-            }
-            b"after" => {
-                spec.after = parse_u64(value).ok_or(bad(WHOLE))?;
-                7
-            }
-            b"seed" => {
-                spec.seed = Some(parse_u64(value).ok_or(bad(WHOLE))?);
-                8
-            }
-            b"verbose" => {
-                spec.verbose = match value {
-                    b"0" => 0,
-                    b"1" => 1,
-                    b"2" => 2,
-                    _ => return Err(bad(VERBOSE)),
-                };
-                9
-            }
-            b"transient" => {
-                spec.transient = yes_no(value).ok_or(bad(YES_NO))?;
-                10
-            }
-            b"report" => {
-                spec.report = yes_no(value).ok_or(bad(YES_NO))?;
-                11
-            }
-            b"nth" => {
-                spec.nth = parse_u64(value)
-                    .filter(|&n| n >= 1)
-                    .ok_or(bad(WHOLE_POSITIVE))?;
-                12
-            }
-            b"thread" => {
-                // Replay lines escape bytes as \xNN; decode them.
-                let len = crate::text::unescape(value, &mut spec.thread)
-                    .filter(|&len| len > 0)
-                    .ok_or(bad(THREAD))?;
-                spec.thread_len = len as u8;
-                13
-            }
-            b"sites" => {
-                // Like thread names, \xNN escapes stand for bytes the
-                // grammar cannot hold (a comma) or a shell line would mangle.
-                let len = crate::text::unescape(value, &mut spec.sites[..MAX_SITES_PATH])
-                    .filter(|&len| len > 0 && !spec.sites[..len].contains(&0))
-                    .ok_or(bad(SITES))?;
-                spec.sites_len = len as u16;
-                14
-            }
-            b"stack" => {
-                spec.stack = parse_hex(value).filter(|&id| id != 0).ok_or(bad(STACK))?;
-                15
-            }
-            b"sites-skip" => {
-                spec.sites_skip = parse_u64(value).ok_or(bad(WHOLE))?;
-                16
-            }
-            b"sites-all" => {
-                spec.sites_all = yes_no(value).ok_or(bad(YES_NO))?;
-                17
-            }
-            b"sites-shard" => {
-                spec.sites_shard = parse_shard(value).ok_or(bad(SHARD))?;
-                18
-            }
-            _ => return Err(err(key, value, Problem::UnknownKey)),
+        let index = match set_value(&mut spec, key, value) {
+            Ok(Some(index)) => index,
+            Ok(None) => return Err(err(key, value, Problem::UnknownKey)),
+            Err(accepted) => return Err(err(key, value, Problem::BadValue(accepted))),
         };
         if seen & (1 << index) != 0 {
             return Err(err(key, value, Problem::Duplicate));
@@ -344,6 +245,118 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
         });
     }
     Ok(spec)
+}
+
+/// Sets `key` of `spec` to `value`: the key's index (each may be given
+/// once), `None` for an unknown key, or the values the key accepts.
+fn set_value(spec: &mut Spec, key: &[u8], value: &[u8]) -> Result<Option<u32>, &'static str> {
+    Ok(match key {
+        b"probability" => {
+            spec.probability_nano = parse_percent(value).ok_or(PROBABILITY)?;
+            Some(0)
+        }
+        b"interval" => {
+            spec.interval = parse_u64(value).filter(|&n| n >= 1).ok_or(WHOLE_POSITIVE)?;
+            Some(1)
+        }
+        b"times" => {
+            spec.times = if value == b"-1" {
+                -1
+            } else {
+                parse_u64(value)
+                    .and_then(|n| i64::try_from(n).ok())
+                    .ok_or(TIMES)?
+            };
+            Some(2)
+        }
+        b"space" => {
+            spec.space = parse_bytes(value).map_err(|()| BYTES)? as u64;
+            Some(3)
+        }
+        b"min-size" => {
+            spec.min_size = parse_bytes(value).map_err(|()| BYTES)?;
+            Some(4)
+        }
+        b"max-size" => {
+            spec.max_size = parse_bytes(value).map_err(|()| BYTES)?;
+            Some(5)
+        }
+        b"task-filter" => {
+            spec.task_filter = yes_no(value).ok_or(YES_NO)?;
+            Some(6)
+        }
+        b"after" => {
+            spec.after = parse_u64(value).ok_or(WHOLE)?;
+            Some(7)
+        }
+        b"seed" => {
+            spec.seed = Some(parse_u64(value).ok_or(WHOLE)?);
+            Some(8)
+        }
+        b"verbose" => {
+            spec.verbose = match value {
+                b"0" => 0,
+                b"1" => 1,
+                b"2" => 2,
+                _ => return Err(VERBOSE),
+            };
+            Some(9)
+        }
+        b"transient" => {
+            spec.transient = yes_no(value).ok_or(YES_NO)?;
+            Some(10)
+        }
+        b"report" => {
+            spec.report = yes_no(value).ok_or(YES_NO)?;
+            Some(11)
+        }
+        b"nth" => {
+            spec.nth = parse_u64(value).filter(|&n| n >= 1).ok_or(WHOLE_POSITIVE)?;
+            Some(12)
+        }
+        _ => return set_walk_value(spec, key, value),
+    })
+}
+
+/// [`set_value`] for the keys that choose what is walked or replayed
+/// (`thread`, `sites`, `stack`, `sites-*`).
+fn set_walk_value(spec: &mut Spec, key: &[u8], value: &[u8]) -> Result<Option<u32>, &'static str> {
+    Ok(match key {
+        b"thread" => {
+            // Replay lines escape bytes as \xNN; decode them.
+            let len = crate::text::unescape(value, &mut spec.thread)
+                .filter(|&len| len > 0)
+                .ok_or(THREAD)?;
+            spec.thread_len = len as u8;
+            Some(13)
+        }
+        b"sites" => {
+            // Like thread names, \xNN escapes stand for bytes the
+            // grammar cannot hold (a comma) or a shell line would mangle.
+            let len = crate::text::unescape(value, &mut spec.sites[..MAX_SITES_PATH])
+                .filter(|&len| len > 0 && !spec.sites[..len].contains(&0))
+                .ok_or(SITES)?;
+            spec.sites_len = len as u16;
+            Some(14)
+        }
+        b"stack" => {
+            spec.stack = parse_hex(value).filter(|&id| id != 0).ok_or(STACK)?;
+            Some(15)
+        }
+        b"sites-skip" => {
+            spec.sites_skip = parse_u64(value).ok_or(WHOLE)?;
+            Some(16)
+        }
+        b"sites-all" => {
+            spec.sites_all = yes_no(value).ok_or(YES_NO)?;
+            Some(17)
+        }
+        b"sites-shard" => {
+            spec.sites_shard = parse_shard(value).ok_or(SHARD)?;
+            Some(18)
+        }
+        _ => None,
+    })
 }
 
 /// [sites] `K/N` with 1 <= K <= N.

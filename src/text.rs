@@ -29,6 +29,16 @@ impl<const N: usize> StackBuf<N> {
         &self.bytes[..self.len]
     }
 
+    /// The text written, up to its last whole character (a cut may have
+    /// split one).
+    pub(crate) fn as_str(&self) -> &str {
+        let bytes = self.as_bytes();
+        match core::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+
     /// Ends the buffer with a newline, replacing the tail with `...` if the
     /// text did not fit.
     pub(crate) fn finish_line(&mut self) -> &[u8] {

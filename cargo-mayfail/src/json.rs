@@ -4,8 +4,9 @@
 
 use serde::Serialize;
 
-use crate::findings::{Class, Scope};
-use crate::report::{Frame, LeftOut, Site, Summary, Unattributed};
+use crate::findings::Class;
+use crate::model::Scope;
+use crate::model::{Frame, LeftOut, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId};
 
 /// The `schema_version` of the reports written now.
@@ -144,7 +145,7 @@ impl<'a> SiteEntry<'a> {
             class: class.name(),
             fallible: site.fallible_frame().map(|f| f.function.as_str()),
             panic: site.panic,
-            baselined: class.is_bug() && !summary.view.gates(site),
+            baselined: class.is_bug() && !summary.gates(site),
             detail: &site.detail,
             seen: site.seen,
             first_run: site.first_run,

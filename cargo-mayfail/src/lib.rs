@@ -75,6 +75,7 @@ mod failure;
 mod findings;
 mod json;
 mod library_cache;
+mod model;
 mod process;
 mod progress;
 mod report;

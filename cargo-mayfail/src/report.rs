@@ -8,17 +8,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use mayfail::state::{quote_command, quote_word};
-use serde::Serialize;
 
-use crate::findings::{Class, Show};
+use crate::findings::Class;
+use crate::model::{Frame, LeftOut, Show, Site, Summary, Unattributed};
 use crate::state::{Outcome, StackId, State};
-
-/// One frame of a site's `where`: `function (file:line)`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Frame {
-    pub function: String,
-    pub location: Option<String>,
-}
 
 /// A frame's `file:line` as the report shows it (the JSON keeps the full
 /// path): relative to the current directory (the workspace's), a registry
@@ -47,74 +40,6 @@ pub fn short_location(location: &str) -> String {
         return rest[slash + 1..].to_owned();
     }
     location.to_owned()
-}
-
-/// One site: every process that failed it, merged.
-#[derive(Clone, Debug)]
-pub struct Site {
-    pub id: u64,
-    pub outcome: Outcome,
-    pub detail: String,
-    /// How many processes failed it (more than one when copies ran at once).
-    pub seen: usize,
-    pub first_run: u64,
-    pub what: String,
-    pub thread: String,
-    pub binary: String,
-    pub frames: Vec<Frame>,
-    pub raw_frames: String,
-    pub replay: String,
-    /// The allocation served a panic's message or payload.
-    pub panic: bool,
-    /// Its frames up to the test (empty when the process did not write
-    /// them): what its class and blamed frame are read from.
-    pub chain: Vec<Frame>,
-    /// The test whose process first failed it (per-test walks).
-    pub test: Option<String>,
-}
-
-/// What the report says about a whole walk.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub command: String,
-    pub state: String,
-    pub runs: u64,
-    pub stopped: String,
-    pub elapsed_ms: u64,
-    pub baseline_ms: Option<u64>,
-    pub last_run_ms: Option<u64>,
-    pub runtime_stacks: usize,
-    pub sites: Vec<Site>,
-    /// Processes of runs that ended badly with no site to blame: the walk
-    /// is not all handled while any is listed.
-    pub unattributed: Vec<Unattributed>,
-    /// Tests that fail without injection, left out of the walk.
-    pub left_out: Vec<LeftOut>,
-    /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
-    pub handled_exit: String,
-    /// How the sites are read: shown, blamed, baselined.
-    pub view: crate::findings::View,
-}
-
-/// A test that fails without injection, left out of a per-test walk.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct LeftOut {
-    pub test: String,
-    pub detail: String,
-}
-
-/// A process a run started that ended badly with no site to blame.
-#[derive(Clone, Debug, Serialize)]
-pub struct Unattributed {
-    pub run: u64,
-    pub pid: u32,
-    #[serde(serialize_with = "outcome_name")]
-    pub outcome: Outcome,
-    pub detail: String,
-}
-
-fn outcome_name<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(outcome.name())
 }
 
 impl Site {
@@ -494,6 +419,56 @@ fn worst_first(sites: &mut [Site]) {
 /// The terminal table.
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
+    write_table_head(&mut out, s);
+    if s.sites.is_empty() {
+        return out;
+    }
+    let baselined = s
+        .sites
+        .iter()
+        .filter(|site| site.class().is_bug() && !s.gates(site))
+        .count();
+    let _ = writeln!(
+        out,
+        "  bugs: {} not in the baseline{}",
+        s.gating(),
+        if baselined > 0 {
+            format!(", {baselined} in it")
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>4}  site (first frames in user code)",
+        "class", "seen"
+    );
+    let pad = " ".repeat(29);
+    let raw_telling = telling_frames(&s.sites);
+    let groups = s.groups();
+    let mut collapsed: Vec<(Class, Vec<&[usize]>)> = Vec::new();
+    for group in &groups {
+        let class = s.sites[group[0]].class();
+        if s.view.show == Show::Bugs && !class.is_bug() {
+            match collapsed.last_mut() {
+                Some((c, groups)) if *c == class => groups.push(group),
+                _ => collapsed.push((class, vec![group])),
+            }
+            continue;
+        }
+        for &index in group {
+            write_table_site(&mut out, s, group, index, &raw_telling[index], &pad);
+        }
+    }
+    for (class, groups) in collapsed {
+        write_table_collapsed(&mut out, s, class, &groups);
+    }
+    out
+}
+
+/// The table's first lines: the walk's counts, time, runtime stacks, and
+/// the processes and tests no site explains.
+fn write_table_head(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "mayfail sites: {} sites in {} runs, {} s ({}); stopped: {}",
@@ -548,113 +523,88 @@ pub fn table(s: &Summary) -> String {
             let _ = writeln!(out, "    {}: {}", left.test, left.detail);
         }
     }
-    if s.sites.is_empty() {
-        return out;
+}
+
+/// The rows of one site listed on its own: its frames, what tells it apart
+/// from the others of its group, its detail, test and replay line.
+fn write_table_site(
+    out: &mut String,
+    s: &Summary,
+    group: &[usize],
+    index: usize,
+    raw_telling: &[(usize, String)],
+    pad: &str,
+) {
+    let site = &s.sites[index];
+    write_site_rows(out, s, site, pad);
+    match crate::findings::telling_frame(s, group, index) {
+        Some(frame) => {
+            let _ = writeln!(out, "{pad}(told apart by: {})", shown_frame(frame));
+        }
+        None => {
+            for (at, frame) in raw_telling {
+                let (module, offset) = raw_frame(frame);
+                let _ = writeln!(
+                    out,
+                    "{pad}(told apart by raw frame #{}: offset {offset} in {module})",
+                    at + 1
+                );
+            }
+        }
     }
-    let baselined = s
-        .sites
+    let _ = writeln!(
+        out,
+        "{pad}{}; {} in {}; stack {}",
+        site.detail,
+        site.what,
+        site.binary,
+        StackId(site.id)
+    );
+    if let Some(test) = &site.test {
+        let _ = writeln!(out, "{pad}test: {test}");
+    }
+    let _ = writeln!(out, "{pad}replay: {}", site.replay);
+}
+
+/// A class shown as a count (`--show bugs`): its sites and places, and the
+/// top lines of its most frequent places.
+fn write_table_collapsed(out: &mut String, s: &Summary, class: Class, groups: &[&[usize]]) {
+    let count: usize = groups.iter().map(|g| g.len()).sum();
+    let _ = writeln!(
+        out,
+        "  {}: {count} site{} in {} place{} (--show all lists them)",
+        class.name(),
+        if count == 1 { "" } else { "s" },
+        groups.len(),
+        if groups.len() == 1 { "" } else { "s" },
+    );
+    if class == Class::Handled {
+        return;
+    }
+    let mut tops: Vec<(usize, String)> = groups
         .iter()
-        .filter(|site| site.class().is_bug() && !s.view.gates(site))
-        .count();
-    let _ = writeln!(
-        out,
-        "  bugs: {} not in the baseline{}",
-        s.gating(),
-        if baselined > 0 {
-            format!(", {baselined} in it")
-        } else {
-            String::new()
-        }
-    );
-    let _ = writeln!(
-        out,
-        "  {:<20} {:>4}  site (first frames in user code)",
-        "class", "seen"
-    );
-    let pad = " ".repeat(29);
-    let raw_telling = telling_frames(&s.sites);
-    let groups = s.groups();
-    let mut collapsed: Vec<(Class, Vec<&[usize]>)> = Vec::new();
-    for group in &groups {
-        let class = s.sites[group[0]].class();
-        if s.view.show == Show::Bugs && !class.is_bug() {
-            match collapsed.last_mut() {
-                Some((c, groups)) if *c == class => groups.push(group),
-                _ => collapsed.push((class, vec![group])),
-            }
-            continue;
-        }
-        for &index in group {
-            let site = &s.sites[index];
-            write_site_rows(&mut out, s, site, &pad);
-            match crate::findings::telling_frame(s, group, index) {
-                Some(frame) => {
-                    let _ = writeln!(out, "{pad}(told apart by: {})", shown_frame(frame));
-                }
-                None => {
-                    for (at, frame) in &raw_telling[index] {
-                        let (module, offset) = raw_frame(frame);
-                        let _ = writeln!(
-                            out,
-                            "{pad}(told apart by raw frame #{}: offset {offset} in {module})",
-                            at + 1
-                        );
-                    }
-                }
-            }
-            let _ = writeln!(
-                out,
-                "{pad}{}; {} in {}; stack {}",
-                site.detail,
-                site.what,
-                site.binary,
-                StackId(site.id)
-            );
-            if let Some(test) = &site.test {
-                let _ = writeln!(out, "{pad}test: {test}");
-            }
-            let _ = writeln!(out, "{pad}replay: {}", site.replay);
-        }
+        .map(|g| {
+            let site = &s.sites[g[0]];
+            let top = site
+                .shown(s.view.scope)
+                .first()
+                .map(shown_frame)
+                .unwrap_or_default();
+            (g.len(), panic_of(site, top))
+        })
+        .collect();
+    tops.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (n, top) in tops.iter().take(TOP_LINES) {
+        let _ = writeln!(out, "  {:<20} {n:>4}  {top}", "");
     }
-    for (class, groups) in collapsed {
-        let count: usize = groups.iter().map(|g| g.len()).sum();
+    if tops.len() > TOP_LINES {
         let _ = writeln!(
             out,
-            "  {}: {count} site{} in {} place{} (--show all lists them)",
-            class.name(),
-            if count == 1 { "" } else { "s" },
-            groups.len(),
-            if groups.len() == 1 { "" } else { "s" },
+            "  {:<20}       ... {} more",
+            "",
+            tops.len() - TOP_LINES
         );
-        if class == Class::Handled {
-            continue;
-        }
-        let mut tops: Vec<(usize, String)> = groups
-            .iter()
-            .map(|g| {
-                let site = &s.sites[g[0]];
-                let top = site
-                    .shown(s.view.scope)
-                    .first()
-                    .map(shown_frame)
-                    .unwrap_or_default();
-                (g.len(), panic_of(site, top))
-            })
-            .collect();
-        tops.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        for (n, top) in tops.iter().take(TOP_LINES) {
-            let _ = writeln!(out, "  {:<20} {n:>4}  {top}", "");
-        }
-        if tops.len() > TOP_LINES {
-            let _ = writeln!(
-                out,
-                "  {:<20}       ... {} more",
-                "",
-                tops.len() - TOP_LINES
-            );
-        }
     }
-    out
 }
 
 /// A blamed frame as a report names it: for an allocation that serves a
@@ -707,7 +657,7 @@ fn write_site_rows(out: &mut String, s: &Summary, site: &Site, pad: &str) {
     if !inside {
         let _ = writeln!(out, "{pad}(wholly outside --scope: in dependencies)");
     }
-    if class.is_bug() && !s.view.gates(site) {
+    if class.is_bug() && !s.gates(site) {
         let _ = writeln!(out, "{pad}(in the baseline)");
     }
 }
@@ -734,6 +684,30 @@ fn html_escape(s: &str) -> String {
 /// sites.
 pub fn html(s: &Summary) -> String {
     let mut out = String::new();
+    html_head(&mut out, s);
+    html_filters(&mut out, s);
+    let _ = writeln!(
+        out,
+        "<table>\n<thead><tr><th>class</th><th>seen</th><th>site (first frames in user code)</th>\
+         <th>failed allocation</th><th>replay</th></tr></thead>\n<tbody>"
+    );
+    for group in s.groups() {
+        let first = &s.sites[group[0]];
+        let class = first.class();
+        if s.view.show == Show::Bugs && !class.is_bug() {
+            html_collapsed_row(&mut out, s, &group);
+            continue;
+        }
+        for &index in &group {
+            html_site_row(&mut out, s, &group, index);
+        }
+    }
+    html_foot(&mut out);
+    out
+}
+
+/// The page's head, style, title and the walk's summary.
+fn html_head(out: &mut String, s: &Summary) {
     let title = format!(
         "mayfail sites: {} sites ({})",
         s.sites.len(),
@@ -800,6 +774,10 @@ pub fn html(s: &Summary) -> String {
         }
         let _ = writeln!(out, "</ul>");
     }
+}
+
+/// The line of bug counts and the filters by class, outcome and text.
+fn html_filters(out: &mut String, s: &Summary) {
     let mut classes = String::new();
     for class in Class::ALL {
         let n = s.class_count(class);
@@ -830,39 +808,34 @@ pub fn html(s: &Summary) -> String {
          placeholder=\"search functions, files, stacks\"></p>",
         s.gating()
     );
+}
+
+/// One row for a group of a class shown as a count (`--show bugs`).
+fn html_collapsed_row(out: &mut String, s: &Summary, group: &[usize]) {
+    let first = &s.sites[group[0]];
+    let class = first.class();
+    let seen: usize = group.iter().map(|&i| s.sites[i].seen).sum();
+    let top = first
+        .shown(s.view.scope)
+        .first()
+        .map(shown_frame)
+        .unwrap_or_default();
+    let top = panic_of(first, top);
     let _ = writeln!(
         out,
-        "<table>\n<thead><tr><th>class</th><th>seen</th><th>site (first frames in user code)</th>\
-         <th>failed allocation</th><th>replay</th></tr></thead>\n<tbody>"
+        "<tr class=\"site\" data-class=\"{0}\" data-outcome=\"{1}\"><td><span \
+         class=\"outcome {1}\">{0}</span></td><td>{seen}</td><td><code>{2}</code><br>{3} \
+         site{4} here (--show all lists them)</td><td></td><td></td></tr>",
+        class.name(),
+        first.outcome.name(),
+        html_escape(&top),
+        group.len(),
+        if group.len() == 1 { "" } else { "s" },
     );
-    for group in s.groups() {
-        let first = &s.sites[group[0]];
-        let class = first.class();
-        if s.view.show == Show::Bugs && !class.is_bug() {
-            let seen: usize = group.iter().map(|&i| s.sites[i].seen).sum();
-            let top = first
-                .shown(s.view.scope)
-                .first()
-                .map(shown_frame)
-                .unwrap_or_default();
-            let top = panic_of(first, top);
-            let _ = writeln!(
-                out,
-                "<tr class=\"site\" data-class=\"{0}\" data-outcome=\"{1}\"><td><span \
-                 class=\"outcome {1}\">{0}</span></td><td>{seen}</td><td><code>{2}</code><br>{3} \
-                 site{4} here (--show all lists them)</td><td></td><td></td></tr>",
-                class.name(),
-                first.outcome.name(),
-                html_escape(&top),
-                group.len(),
-                if group.len() == 1 { "" } else { "s" },
-            );
-            continue;
-        }
-        for &index in &group {
-            html_site_row(&mut out, s, &group, index);
-        }
-    }
+}
+
+/// The table's end and the filters' script.
+fn html_foot(out: &mut String) {
     let _ = writeln!(
         out,
         "</tbody>\n</table>\n<script>\n\
@@ -883,7 +856,6 @@ pub fn html(s: &Summary) -> String {
          }})();\n\
          </script>\n</body>\n</html>"
     );
-    out
 }
 
 /// Raw frames listed per site in the HTML page.
@@ -940,7 +912,7 @@ fn html_site_row(out: &mut String, s: &Summary, group: &[usize], index: usize) {
             html_escape(&fallible.function)
         );
     }
-    if class.is_bug() && !s.view.gates(site) {
+    if class.is_bug() && !s.gates(site) {
         frames.push_str("<br>(in the baseline)");
     }
     let _ = writeln!(

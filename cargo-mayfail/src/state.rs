@@ -27,9 +27,12 @@
 //! lines (each with one `O_APPEND` write), the runner the others. A `fate`
 //! `failed` with `exit N` where N is one of the `handled-exit` statuses
 //! reads as `handled`, whoever wrote it: `sites` and `report` agree. Every line is whole, so an
-//! interruption leaves the file consistent; a line that does not parse makes
-//! the file corrupt, and the runner refuses to go on with it rather than
-//! overwrite anything. A `run` line's command must read back as the runner
+//! interruption leaves the file consistent. A line of a kind this runner
+//! does not know (a newer one's) is skipped and counted, and the runner
+//! says how many it skipped; any other line that does not parse makes the
+//! file corrupt, and the runner refuses to go on with it rather than
+//! overwrite anything. Every line is written and read by `mayfail::state`
+//! (`Line`'s `Display`, `parse_line`). A `run` line's command must read back as the runner
 //! quoted it ([`unquote_command`]), so every replay line is built from the
 //! arguments, never from the file's text.
 //!
@@ -58,13 +61,12 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub use mayfail::Outcome;
 pub use mayfail::state::{HEADER, StackId};
-use mayfail::state::{Line, parse_line};
+use mayfail::state::{Line, parse_line, unquote_command};
 
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -106,14 +108,25 @@ pub struct Test {
 impl Test {
     pub fn from_line(test: &mayfail::state::TestName<'_>) -> Test {
         Test {
-            package: test.package.to_owned(),
-            kind: test.kind.to_owned(),
-            target: test.target.to_owned(),
-            name: test.name.to_owned(),
+            package: test.package.to_string(),
+            kind: test.kind.to_string(),
+            target: test.target.to_string(),
+            name: test.name.to_string(),
         }
     }
 
-    /// The fields of its state lines, tab-separated.
+    /// The test as its state lines name it.
+    pub fn line_name(&self) -> mayfail::state::TestName<'_> {
+        mayfail::state::TestName {
+            package: self.package.as_str().into(),
+            kind: self.kind.as_str().into(),
+            target: self.target.as_str().into(),
+            name: self.name.as_str().into(),
+        }
+    }
+
+    /// Its four names, tab-separated: what `--shard` hashes (shards of one
+    /// walk must agree on it, whatever the runner's version).
     pub fn fields(&self) -> String {
         format!(
             "{}\t{}\t{}\t{}",
@@ -266,6 +279,8 @@ pub struct State {
     pub left_out: Vec<(Test, String)>,
     /// Processes of the per-test engine (`test` lines).
     pub test_processes: usize,
+    /// Lines of kinds this runner does not know (a newer one's), skipped.
+    pub unknown_lines: usize,
     /// Bytes read: where the next run's lines start (a line cut short at
     /// the end excluded).
     pub len: u64,
@@ -344,13 +359,12 @@ impl State {
         if text.is_empty() {
             return Ok(state);
         }
-        // Fates are paired with their site at the end: a process that exits
-        // while its failing thread still resolves symbols writes its fate first.
-        let mut fates: BTreeMap<(u64, u32), (Outcome, String)> = BTreeMap::new();
-        // The run under way: after its `run` line, before its `end`.
-        let mut current: Option<u64> = None;
+        let mut reader = Reader {
+            state,
+            fates: BTreeMap::new(),
+            current: None,
+        };
         for (index, line) in text.lines().enumerate() {
-            let number = index + 1;
             if index == 0 && line != HEADER {
                 return Err(corrupt(
                     1,
@@ -360,132 +374,12 @@ impl State {
                     ),
                 ));
             }
-            let parsed = parse_line(line).map_err(|e| corrupt(number, e.to_string()))?;
-            match parsed {
-                Line::Baseline { ms, status } => state.baseline = Some((ms, status.to_owned())),
-                Line::Run {
-                    number, command, ..
-                } => {
-                    let Some(argv) = unquote_command(command) else {
-                        return Err(corrupt(
-                            number_of_line(index),
-                            "its command is not quoted as the runner quotes commands".to_owned(),
-                        ));
-                    };
-                    current = Some(number);
-                    state.runs.push(Run {
-                        number,
-                        command: command.to_owned(),
-                        argv,
-                        runtime_stacks: 0,
-                        elapsed_ms: None,
-                        how: None,
-                    });
-                }
-                Line::End { number, ms, how } => {
-                    if current == Some(number) {
-                        current = None;
-                    }
-                    if let Some(r) = state.runs.iter_mut().rev().find(|r| r.number == number) {
-                        r.elapsed_ms = Some(ms);
-                        r.how = Some(how.to_owned());
-                    }
-                }
-                Line::Site {
-                    id,
-                    pid,
-                    what,
-                    thread,
-                    binary,
-                    place,
-                    frames,
-                    facts,
-                    chain,
-                } => state.records.push(Record {
-                    id,
-                    pid,
-                    run: current.unwrap_or(0),
-                    stray: current.is_none(),
-                    what: what.to_owned(),
-                    thread: thread.to_owned(),
-                    binary: binary.to_owned(),
-                    place: place.to_owned(),
-                    frames: frames.to_owned(),
-                    panic: facts.split(',').any(|fact| fact == "panic"),
-                    chain: chain.to_owned(),
-                    fate: None,
-                    retried: false,
-                    test: None,
-                }),
-                Line::Fate {
-                    id,
-                    pid,
-                    outcome,
-                    detail,
-                } => {
-                    fates
-                        .entry((id, pid))
-                        .or_insert((outcome, detail.to_owned()));
-                }
-                Line::Runtime { .. } => {
-                    state.runtime_stacks += 1;
-                    if let (Some(_), Some(run)) = (current, state.runs.last_mut()) {
-                        run.runtime_stacks += 1;
-                    }
-                }
-                Line::Retry { id } => {
-                    for r in state.records.iter_mut().filter(|r| r.id == id) {
-                        r.retried = true;
-                    }
-                }
-                Line::Unattributed {
-                    run,
-                    pid,
-                    outcome,
-                    detail,
-                } => state.unattributed.push(Unattributed {
-                    run,
-                    pid,
-                    outcome,
-                    detail: detail.to_owned(),
-                }),
-                Line::OtherShard { .. } => state.other_shard += 1,
-                Line::Test { pid, test } => {
-                    let test = Test::from_line(&test);
-                    for record in state
-                        .records
-                        .iter_mut()
-                        .filter(|r| r.pid == pid && r.test.is_none())
-                    {
-                        record.test = Some(test.clone());
-                    }
-                    state.test_processes += 1;
-                }
-                Line::Tested { test } => {
-                    state.tested.insert(Test::from_line(&test));
-                }
-                Line::LeftOut { test, detail } => {
-                    let test = Test::from_line(&test);
-                    if !state.left_out.iter().any(|(t, _)| *t == test) {
-                        state.left_out.push((test, detail.to_owned()));
-                    }
-                }
-                Line::HandledExit { codes } => {
-                    state.handled_exit =
-                        mayfail::state::parse_exit_codes(codes).unwrap_or_default();
-                    state.handled_exit.sort_unstable();
-                    state.handled_exit.dedup();
-                }
-                // The header, empty lines, and kinds a newer writer may add.
-                _ => {}
-            }
+            let parsed = parse_line(line).map_err(|e| corrupt(index + 1, e.to_string()))?;
+            reader
+                .line(parsed)
+                .map_err(|why| corrupt(number_of_line(index), why))?;
         }
-        for record in &mut state.records {
-            record.fate = fates
-                .get(&(record.id, record.pid))
-                .map(|(outcome, detail)| state_outcome(&state.handled_exit, *outcome, detail));
-        }
-        Ok(state)
+        Ok(reader.finish())
     }
 
     /// The `handled-exit` statuses as `--handled-exit` takes them (`1,7`),
@@ -531,6 +425,194 @@ impl State {
     }
 }
 
+/// A state file being read: the state so far, the fates not yet paired
+/// with their site, and the run under way.
+struct Reader {
+    state: State,
+    /// Fates are paired with their site at the end: a process that exits
+    /// while its failing thread still resolves symbols writes its fate first.
+    fates: BTreeMap<(u64, u32), (Outcome, String)>,
+    /// The run under way: after its `run` line, before its `end`.
+    current: Option<u64>,
+}
+
+impl Reader {
+    /// Takes in one line; what is wrong with it, if anything.
+    fn line(&mut self, line: Line<'_>) -> Result<(), String> {
+        match line {
+            Line::Baseline { .. }
+            | Line::Run { .. }
+            | Line::End { .. }
+            | Line::Unattributed { .. }
+            | Line::HandledExit { .. } => return self.run_line(line),
+            Line::Site { .. }
+            | Line::Fate { .. }
+            | Line::Runtime { .. }
+            | Line::Retry { .. }
+            | Line::OtherShard { .. } => self.site_line(line),
+            Line::Test { .. } | Line::Tested { .. } | Line::LeftOut { .. } => self.test_line(line),
+            // Kinds a newer writer may add.
+            Line::Unknown { .. } => self.state.unknown_lines += 1,
+            // The header and empty lines.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The runner's lines about runs.
+    fn run_line(&mut self, line: Line<'_>) -> Result<(), String> {
+        match line {
+            Line::Baseline { ms, status } => self.state.baseline = Some((ms, status.into_owned())),
+            Line::Run {
+                number, command, ..
+            } => {
+                let Some(argv) = unquote_command(&command) else {
+                    return Err(
+                        "its command is not quoted as the runner quotes commands".to_owned()
+                    );
+                };
+                self.current = Some(number);
+                self.state.runs.push(Run {
+                    number,
+                    command: command.into_owned(),
+                    argv,
+                    runtime_stacks: 0,
+                    elapsed_ms: None,
+                    how: None,
+                });
+            }
+            Line::End { number, ms, how } => {
+                if self.current == Some(number) {
+                    self.current = None;
+                }
+                if let Some(r) = self
+                    .state
+                    .runs
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.number == number)
+                {
+                    r.elapsed_ms = Some(ms);
+                    r.how = Some(how.into_owned());
+                }
+            }
+            Line::Unattributed {
+                run,
+                pid,
+                outcome,
+                detail,
+            } => self.state.unattributed.push(Unattributed {
+                run,
+                pid,
+                outcome,
+                detail: detail.into_owned(),
+            }),
+            Line::HandledExit { codes } => {
+                self.state.handled_exit =
+                    mayfail::state::parse_exit_codes(&codes).unwrap_or_default();
+                self.state.handled_exit.sort_unstable();
+                self.state.handled_exit.dedup();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The lines of the processes under test, and `retry`.
+    fn site_line(&mut self, line: Line<'_>) {
+        match line {
+            Line::Site {
+                id,
+                pid,
+                what,
+                thread,
+                binary,
+                place,
+                frames,
+                facts,
+                chain,
+            } => self.state.records.push(Record {
+                id,
+                pid,
+                run: self.current.unwrap_or(0),
+                stray: self.current.is_none(),
+                what: what.into_owned(),
+                thread: thread.into_owned(),
+                binary: binary.into_owned(),
+                place: place.into_owned(),
+                frames: frames.into_owned(),
+                panic: facts.split(',').any(|fact| fact == "panic"),
+                chain: chain.into_owned(),
+                fate: None,
+                retried: false,
+                test: None,
+            }),
+            Line::Fate {
+                id,
+                pid,
+                outcome,
+                detail,
+            } => {
+                self.fates
+                    .entry((id, pid))
+                    .or_insert((outcome, detail.into_owned()));
+            }
+            Line::Runtime { .. } => {
+                self.state.runtime_stacks += 1;
+                if let (Some(_), Some(run)) = (self.current, self.state.runs.last_mut()) {
+                    run.runtime_stacks += 1;
+                }
+            }
+            Line::Retry { id } => {
+                for r in self.state.records.iter_mut().filter(|r| r.id == id) {
+                    r.retried = true;
+                }
+            }
+            Line::OtherShard { .. } => self.state.other_shard += 1,
+            _ => {}
+        }
+    }
+
+    /// The per-test engine's lines.
+    fn test_line(&mut self, line: Line<'_>) {
+        match line {
+            Line::Test { pid, test } => {
+                let test = Test::from_line(&test);
+                for record in self
+                    .state
+                    .records
+                    .iter_mut()
+                    .filter(|r| r.pid == pid && r.test.is_none())
+                {
+                    record.test = Some(test.clone());
+                }
+                self.state.test_processes += 1;
+            }
+            Line::Tested { test } => {
+                self.state.tested.insert(Test::from_line(&test));
+            }
+            Line::LeftOut { test, detail } => {
+                let test = Test::from_line(&test);
+                if !self.state.left_out.iter().any(|(t, _)| *t == test) {
+                    self.state.left_out.push((test, detail.into_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The state, each site given its fate.
+    fn finish(mut self) -> State {
+        for record in &mut self.state.records {
+            record.fate = self
+                .fates
+                .get(&(record.id, record.pid))
+                .map(|(outcome, detail)| state_outcome(&self.state.handled_exit, *outcome, detail));
+        }
+        self.state
+    }
+}
+
 /// `1,7`: statuses as `handled-exit` and `--handled-exit` write them.
 pub fn exit_codes_text(codes: &[u8]) -> String {
     codes
@@ -561,70 +643,6 @@ pub fn state_outcome(handled: &[u8], outcome: Outcome, detail: &str) -> (Outcome
 /// 1-based, for messages.
 fn number_of_line(index: usize) -> usize {
     index.saturating_add(1)
-}
-
-/// Reads back a command quoted by `mayfail::state::quote_command`: its
-/// arguments, or `None` if `text` is not exactly what that function writes
-/// for some arguments (so nothing else can pass for a command).
-pub fn unquote_command(text: &str) -> Option<Vec<OsString>> {
-    let bytes = text.as_bytes();
-    let mut words = Vec::new();
-    let mut i = 0;
-    loop {
-        let mut word = Vec::new();
-        if bytes[i..].starts_with(b"$'") {
-            // $'...': printable ASCII and \xNN escapes.
-            i += 2;
-            loop {
-                match *bytes.get(i)? {
-                    b'\'' => break,
-                    b'\\' => {
-                        let hex = bytes.get(i + 1..i + 4)?;
-                        if hex[0] != b'x' {
-                            return None;
-                        }
-                        let digits = std::str::from_utf8(&hex[1..]).ok()?;
-                        word.push(u8::from_str_radix(digits, 16).ok()?);
-                        i += 4;
-                    }
-                    b => {
-                        word.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            i += 1;
-        } else if bytes.get(i) == Some(&b'\'') {
-            // '...', with '\'' for a quote.
-            i += 1;
-            loop {
-                match *bytes.get(i)? {
-                    b'\'' if bytes[i..].starts_with(b"'\\''") => {
-                        word.push(b'\'');
-                        i += 4;
-                    }
-                    b'\'' => break,
-                    b => {
-                        word.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            i += 1;
-        } else {
-            while let Some(&b) = bytes.get(i).filter(|&&b| b != b' ') {
-                word.push(b);
-                i += 1;
-            }
-        }
-        words.push(OsString::from_vec(word));
-        match bytes.get(i) {
-            None => break,
-            Some(b' ') => i += 1,
-            Some(_) => return None,
-        }
-    }
-    (mayfail::state::quote_command(&words) == text).then_some(words)
 }
 
 /// The first bytes of a line cut short, as text for a message.
@@ -801,6 +819,7 @@ fn lock_holder(meta: &std::fs::Metadata) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
     #[test]
     fn a_test_replays_alone_with_the_walk_s_build_arguments() {
@@ -991,16 +1010,70 @@ mod tests {
         for (text, line) in [
             ("hello\n", 1),
             ("mayfail-sites\t1\nsite\tzz\t1\n", 2),
-            ("mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nwhat\n", 3),
+            ("mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nwhat?\n", 3),
+            ("mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nSite\t1\n", 3),
             ("mayfail-sites", 1),
             ("mayfail-sites\t1\nrun\t1\t1\t0\tx; rm -rf ~\n", 2),
             // A line cut short at the end is left out, not what is before it.
-            ("mayfail-sites\t1\nwhat\nrun\t1", 2),
+            ("mayfail-sites\t1\nwhat?\nrun\t1", 2),
         ] {
             match load_text(text) {
                 Err(StateError::Corrupt(_, at, _)) => assert_eq!(at, line, "{text:?}"),
                 other => panic!("{text:?}: {other:?}"),
             }
         }
+    }
+
+    /// A file written before free-text fields were escaped (a per-test
+    /// walk: its runs, sites, fates, tests, left-out tests, a handled exit
+    /// status) reads as it did, and every line is written back byte for
+    /// byte.
+    #[test]
+    fn a_file_written_before_fields_were_escaped_reads_as_it_did() {
+        let text = include_str!("../tests/fixtures/state-before-escaping.state");
+        let state = load_text(text).unwrap();
+        assert_eq!(state.runs.len(), 3);
+        assert_eq!(state.runs[1].argv.len(), 5);
+        assert_eq!(state.records.len(), 7);
+        assert!(state.records.iter().all(|r| r.fate.is_some()));
+        assert_eq!(state.tested.len(), 3);
+        assert_eq!(state.left_out.len(), 2);
+        assert_eq!(state.handled_exit, [3]);
+        assert_eq!(state.test_processes, 12);
+        assert_eq!(state.unknown_lines, 0);
+        for line in text.lines() {
+            assert_eq!(parse_line(line).unwrap().to_string(), line);
+        }
+    }
+
+    /// An argument with a tab or a line break is kept on the `run` line and
+    /// read back as it was.
+    #[test]
+    fn a_command_with_tabs_and_line_breaks_survives_the_file() {
+        let argv: Vec<OsString> = ["sh", "-c", "printf 'a\tb\n' \\\\n"]
+            .map(OsString::from)
+            .to_vec();
+        let run = Line::Run {
+            number: 1,
+            copies: "1".into(),
+            start_ms: "0".into(),
+            command: mayfail::state::quote_command(&argv).into(),
+        };
+        let state = load_text(&format!("{HEADER}\n{run}\nend\t1\t5\tdone\n")).unwrap();
+        assert_eq!(state.runs[0].argv, argv);
+    }
+
+    /// A kind a newer writer may add is skipped and counted, wherever it
+    /// comes and whatever its fields; the lines around it read as before.
+    #[test]
+    fn lines_of_unknown_kinds_are_skipped_and_counted() {
+        let text = "mayfail-sites\t1\nrun\t1\t1\t0\tcmd\nsite-weight\t00000000000000ab\t9\n\
+                    site\t00000000000000ab\t7\talloc\tmain\tprog\tf (a.rs:1)\tprog+0x10\t-\t\n\
+                    checkpoint\nend\t1\t5\tdone\n";
+        let state = load_text(text).unwrap();
+        assert_eq!(state.unknown_lines, 2);
+        assert_eq!(state.records.len(), 1);
+        assert_eq!(state.records[0].run, 1);
+        assert_eq!(state.runs[0].how.as_deref(), Some("done"));
     }
 }

@@ -246,7 +246,8 @@ fn merged_doctests() -> Option<(Vec<String>, usize)> {
     let source = std::fs::read_to_string(runner).ok()?;
     let mut names = Vec::new();
     for i in 0.. {
-        let module = format!("mod __doctest_{i} {{");
+        // The space ends the number: `__doctest_1 ` is not `__doctest_10 `.
+        let module = format!("mod __doctest_{i} ");
         let Some(at) = source.find(&module) else {
             break;
         };

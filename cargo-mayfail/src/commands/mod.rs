@@ -249,6 +249,20 @@ fn open_state(path: &Path, access: Access) -> Result<File, Failure> {
 
 /// Reads the state file open as `file`; a corrupt one is bad input, an
 /// unreadable one an I/O error.
+/// Says how many lines of kinds this runner does not know `state` (read
+/// from `path`) holds: they are skipped, not taken for corruption.
+fn note_unknown_lines(state: &State, path: &Path) {
+    if state.unknown_lines > 0 {
+        crate::progress::note!(
+            "mayfail: note: the state file {} holds {} line{} of kinds this runner does not know \
+             (written by a newer mayfail?): skipped",
+            path.display(),
+            state.unknown_lines,
+            if state.unknown_lines == 1 { "" } else { "s" }
+        );
+    }
+}
+
 fn load(file: &File, path: &Path) -> Result<State, Failure> {
     State::read(file, path).map_err(|e| match e {
         StateError::Unreadable(path, error) => Failure::io("read the state file", &path, error),

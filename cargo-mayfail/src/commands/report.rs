@@ -31,8 +31,8 @@ pub(crate) struct ReportArgs {
 /// not in the baseline.
 pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
     let paths = args.files.paths()?;
-    let view = args.findings.view()?;
-    let gate = view.baseline.is_some();
+    let baseline = args.findings.baseline()?;
+    let gate = baseline.is_some();
     let sources = if args.merge.is_empty() {
         vec![paths.state.clone()]
     } else {
@@ -52,6 +52,7 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
                 path.display()
             );
         }
+        super::note_unknown_lines(&state, path);
         summaries.push(crate::report::summarize(&state, path));
     }
     let summary = if summaries.len() == 1 {
@@ -59,7 +60,7 @@ pub(crate) fn execute(args: ReportArgs) -> Result<i32, Failure> {
     } else {
         crate::report::merge(summaries)
     };
-    let summary = crate::report::Summary { view, ..summary };
+    let summary = args.findings.apply(baseline.as_ref(), summary);
     super::sites::write_reports(&summary, &paths)?;
     args.findings.write(&summary)?;
     crate::progress::print_text(&crate::report::table(&summary));

@@ -13,10 +13,12 @@ use super::{Paths, StateFiles};
 use crate::exit_codes;
 use crate::failure::Failure;
 use crate::json;
+use crate::model::Summary;
 use crate::process::{self, interrupted, quoted, shell_quote};
 use crate::progress::Progress;
-use crate::report::{self, Summary, seconds};
-use crate::state::{self, Access, Outcome, StackId, State};
+use crate::report::{self, seconds};
+use crate::state::{self, Access, Outcome, State};
+use mayfail::state::Line;
 
 /// The longest state-file path the library takes in `sites=FILE`.
 const MAX_STATE_PATH: usize = 512;
@@ -166,7 +168,7 @@ pub(crate) fn execute(
         super::command_to_run(args.command.clone(), separator_given)?
     };
     // Checked before anything runs (a baseline file that cannot be read).
-    args.findings.view()?;
+    args.findings.baseline()?;
     let engine = Engine::choose(args.engine, &argv)?;
     let setup = Setup::open(&args, argv)?;
     match engine {
@@ -227,6 +229,7 @@ impl Setup {
         // Held until the walk ends; nothing runs before it is open for writing.
         let state_file = super::open_state(&paths.state, Access::Walk)?;
         let state = super::load(&state_file, &paths.state)?;
+        super::note_unknown_lines(&state, &paths.state);
         if state.torn.is_some() {
             // Read whole but for its last line, which goes: the walk goes on.
             drop_torn_tail(&state_file, &paths)?;
@@ -246,14 +249,13 @@ impl Setup {
         // and a project's own target runner are refused with nothing run.
         let preload = args.preload.environment(&argv)?;
         if state.len == 0 {
-            append_whole(&state_file, &paths, state::HEADER)?;
+            append_whole(&state_file, &paths, &Line::Header.to_string())?;
         }
         if state.runs.is_empty() && state.handled_exit.is_empty() && !handled_exit.is_empty() {
-            append_whole(
-                &state_file,
-                &paths,
-                &format!("handled-exit\t{handled_exit}"),
-            )?;
+            let line = Line::HandledExit {
+                codes: handled_exit.as_str().into(),
+            };
+            append_whole(&state_file, &paths, &line.to_string())?;
         }
         let log = OpenOptions::new()
             .create(true)
@@ -306,14 +308,15 @@ impl Setup {
         })
     }
 
-    /// Appends a line of the runner's while processes may be writing: a
-    /// line they have under way may look cut short, so nothing is cut off.
+    /// Appends a line of the runner's (a [`Line`]'s text) while processes
+    /// may be writing: a line they have under way may look cut short, so
+    /// nothing is cut off.
     pub(crate) fn append(&self, line: &str) -> Result<(), Failure> {
         append_whole(&self.state_file, &self.paths, line)
     }
 
-    /// Appends a line of the runner's when no process is under way (see
-    /// [`Walker::record`]).
+    /// Appends a line of the runner's (a [`Line`]'s text) when no process
+    /// is under way (see [`Walker::record`]).
     pub(crate) fn record(&self, line: &str) -> Result<(), Failure> {
         drop_torn_tail(&self.state_file, &self.paths)?;
         append_whole(&self.state_file, &self.paths, line)
@@ -448,7 +451,10 @@ pub(crate) fn baseline(
     }
     let batch = fastest.expect("at least one baseline run");
     let status = batch.describe();
-    walker.record(&format!("baseline\t{}\t{status}", batch.elapsed_ms))?;
+    walker.record(&Line::Baseline {
+        ms: batch.elapsed_ms,
+        status: status.as_str().into(),
+    })?;
     if batch.how == Ending::Interrupted {
         progress.line("interrupted: stopped");
         return Ok(Some(exit_codes::INTERRUPTED));
@@ -510,10 +516,10 @@ pub(crate) fn walk_runs(
 pub(crate) fn finish(args: &SitesArgs, setup: &Setup, preloaded: bool) -> Result<i32, Failure> {
     let paths = &setup.paths;
     let state = setup.load()?;
-    let summary = report::Summary {
-        view: args.findings.view()?,
-        ..report::summarize(&state, &paths.state)
-    };
+    let baseline = args.findings.baseline()?;
+    let summary = args
+        .findings
+        .apply(baseline.as_ref(), report::summarize(&state, &paths.state));
     write_reports(&summary, paths)?;
     args.findings.write(&summary)?;
     crate::progress::print_text(&report::table(&summary));
@@ -756,7 +762,7 @@ impl Walker<'_> {
         for record in before.stray() {
             if !asked.contains(&record.id) {
                 asked.push(record.id);
-                self.record(&format!("retry\t{}", StackId(record.id)))?;
+                self.record(&Line::Retry { id: record.id })?;
             }
         }
         let known = Summary {
@@ -764,11 +770,12 @@ impl Walker<'_> {
             ..Summary::default()
         };
         progress.run_started(run, known.sites.len(), &known.counts());
-        self.record(&format!(
-            "run\t{run}\t{jobs}\t{}\t{}",
-            unix_ms(),
-            self.display
-        ))?;
+        self.record(&Line::Run {
+            number: run,
+            copies: jobs.to_string().into(),
+            start_ms: unix_ms().to_string().into(),
+            command: self.display.as_str().into(),
+        })?;
         let copies: Vec<Option<String>> = (0..jobs)
             .map(|k| {
                 Some(if k == 0 {
@@ -779,11 +786,11 @@ impl Walker<'_> {
             })
             .collect();
         let batch = self.run_batch(run, &copies)?;
-        self.record(&format!(
-            "end\t{run}\t{}\t{}",
-            batch.elapsed_ms,
-            batch.how.name()
-        ))?;
+        self.record(&Line::End {
+            number: run,
+            ms: batch.elapsed_ms,
+            how: batch.how.name().into(),
+        })?;
         let (new, unattributed) = self.settle(run, &batch)?;
         let state = self.load()?;
         let new_runtime = state.run(run).map_or(0, |r| r.runtime_stacks);
@@ -835,9 +842,9 @@ impl Walker<'_> {
     /// left cut short (the processes of a run are gone when the runner
     /// writes): a whole line never follows a cut one. A line the disk had
     /// no room for is taken back whole.
-    fn record(&self, line: &str) -> Result<(), Failure> {
+    fn record(&self, line: &Line<'_>) -> Result<(), Failure> {
         drop_torn_tail(self.state, self.paths)?;
-        append_whole(self.state, self.paths, line)
+        append_whole(self.state, self.paths, &line.to_string())
     }
 
     fn load(&self) -> Result<State, Failure> {
@@ -976,14 +983,15 @@ impl Walker<'_> {
                 (Ending::Done, None) => Some(no_fate()),
             };
             match fate {
-                Some((outcome, detail)) => self.record(&format!(
-                    "fate\t{}\t{}\t{outcome}\t{detail}",
-                    StackId(record.id),
-                    record.pid
-                ))?,
+                Some((outcome, detail)) => self.record(&Line::Fate {
+                    id: record.id,
+                    pid: record.pid,
+                    outcome,
+                    detail: detail.into(),
+                })?,
                 // Interrupted before it could end: fail it again next time.
                 None => {
-                    self.record(&format!("retry\t{}", StackId(record.id)))?;
+                    self.record(&Line::Retry { id: record.id })?;
                     new.retain(|&id| id != record.id);
                 }
             }
@@ -1031,7 +1039,12 @@ impl Walker<'_> {
                 explained_by_descendants -= 1;
                 continue;
             }
-            self.record(&format!("unattributed\t{run}\t{pid}\t{outcome}\t{detail}"))?;
+            self.record(&Line::Unattributed {
+                run,
+                pid,
+                outcome,
+                detail: detail.as_str().into(),
+            })?;
             lines.push(format!("{outcome}, {detail}"));
         }
         Ok(lines)

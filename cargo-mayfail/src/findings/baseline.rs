@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Class;
 use crate::failure::Failure;
-use crate::report::{Site, Summary};
+use crate::model::{Site, Summary};
 use crate::state::StackId;
 
 /// The baseline format's version.

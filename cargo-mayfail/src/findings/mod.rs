@@ -14,10 +14,10 @@ pub(crate) mod sarif;
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::failure::Failure;
-use crate::report::{Frame, Site, Summary};
+use crate::model::{Frame, Scope, Show, Site, Summary, View};
 use crate::state::Outcome;
 use mayfail::state::registry_crate;
 
@@ -267,32 +267,6 @@ impl Site {
     }
 }
 
-/// Which sites a report lists row by row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Show {
-    /// The bug classes row by row; infallible and failed sites as counts
-    /// with their top lines; handled as a count
-    #[default]
-    Bugs,
-    /// Every site row by row
-    All,
-}
-
-/// Which frame a site is blamed on (and grouped by).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Scope {
-    /// The innermost frame outside test frameworks (proptest, quickcheck,
-    /// criterion, rstest, arbitrary, libfuzzer-sys): the crate's own frame
-    /// or the test that called the framework
-    #[default]
-    Crate,
-    /// The innermost frame in the workspace's files (not cargo's registry
-    /// or git checkouts): a site wholly in dependencies is grouped apart
-    Workspace,
-    /// The innermost frame outside the allocation machinery, whoever's
-    All,
-}
-
 /// The options of `sites` and `report` about findings.
 #[derive(Args, Debug, Default)]
 pub(crate) struct FindingsArgs {
@@ -322,35 +296,35 @@ pub(crate) struct FindingsArgs {
     write_baseline: Option<PathBuf>,
 }
 
-/// How a report is read: the options, and the baseline loaded.
-#[derive(Debug, Default)]
-pub struct View {
-    pub show: Show,
-    pub scope: Scope,
-    pub baseline: Option<baseline::Baseline>,
-}
-
-impl View {
-    /// Whether `site` is a bug that sets the exit status: a bug class, not
-    /// in the baseline.
-    pub fn gates(&self, site: &Site) -> bool {
-        site.class().is_bug() && !self.baseline.as_ref().is_some_and(|b| b.contains(site))
-    }
-}
-
 impl FindingsArgs {
     /// Reads the baseline, if one is given: before a walk, so that a bad
     /// file is said at once.
-    pub(crate) fn view(&self) -> Result<View, Failure> {
-        let baseline = match &self.baseline {
-            Some(path) => Some(baseline::Baseline::read(path)?),
-            None => None,
-        };
-        Ok(View {
-            show: self.show,
-            scope: self.scope,
-            baseline,
-        })
+    pub(crate) fn baseline(&self) -> Result<Option<baseline::Baseline>, Failure> {
+        self.baseline
+            .as_deref()
+            .map(baseline::Baseline::read)
+            .transpose()
+    }
+
+    /// `summary` read by these options and `baseline` (from
+    /// [`FindingsArgs::baseline`]).
+    pub(crate) fn apply(&self, baseline: Option<&baseline::Baseline>, summary: Summary) -> Summary {
+        let baselined = baseline.map(|b| {
+            summary
+                .sites
+                .iter()
+                .filter(|site| b.contains(site))
+                .map(|site| site.id)
+                .collect()
+        });
+        Summary {
+            view: View {
+                show: self.show,
+                scope: self.scope,
+                baselined,
+            },
+            ..summary
+        }
     }
 
     /// Writes the SARIF file and the baseline asked for.
@@ -368,6 +342,12 @@ impl FindingsArgs {
 }
 
 impl Summary {
+    /// Whether `site` is a bug that sets the exit status: a bug class, not
+    /// in the baseline.
+    pub fn gates(&self, site: &Site) -> bool {
+        site.class().is_bug() && !self.view.knows(site)
+    }
+
     /// Sites per class.
     pub fn class_count(&self, class: Class) -> usize {
         self.sites.iter().filter(|s| s.class() == class).count()
@@ -375,7 +355,7 @@ impl Summary {
 
     /// The bug sites that set the exit status (not in the baseline).
     pub fn gating(&self) -> usize {
-        self.sites.iter().filter(|s| self.view.gates(s)).count()
+        self.sites.iter().filter(|s| self.gates(s)).count()
     }
 
     /// `1 crashed, 2 infallible`

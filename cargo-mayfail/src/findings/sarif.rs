@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_sarif::sarif;
 
 use super::Class;
-use crate::report::{Frame, Site, Summary};
+use crate::model::{Frame, Site, Summary};
 use crate::state::StackId;
 
 /// The base every relative location is resolved against.
@@ -118,7 +118,7 @@ fn result(summary: &Summary, site: &Site, root: &str) -> sarif::Result {
     properties.insert("outcome".to_owned(), site.outcome.name().into());
     properties.insert(
         "baselined".to_owned(),
-        (class.is_bug() && !summary.view.gates(site)).into(),
+        (class.is_bug() && !summary.gates(site)).into(),
     );
     let builder = sarif::Result::builder()
         .rule_id(class.name())

@@ -31,7 +31,8 @@ use crate::failure::Failure;
 use crate::process::interrupted;
 use crate::progress::Progress;
 use crate::report::seconds;
-use crate::state::{StackId, Test};
+use crate::state::Test;
+use mayfail::state::Line;
 use schedule::{Pool, Scheduler};
 use targets::{Binary, CargoTest};
 
@@ -213,7 +214,7 @@ fn retry_strays(setup: &Setup, state: &crate::state::State) -> Result<(), Failur
     for record in state.stray() {
         if !asked.contains(&record.id) {
             asked.push(record.id);
-            setup.record(&format!("retry\t{}", StackId(record.id)))?;
+            setup.record(&Line::Retry { id: record.id }.to_string())?;
         }
     }
     Ok(())
@@ -268,7 +269,13 @@ fn baseline(
         0 => "exit 0".to_owned(),
         n => format!("{n} tests fail alone"),
     };
-    setup.record(&format!("baseline\t{elapsed}\t{status}"))?;
+    setup.record(
+        &Line::Baseline {
+            ms: elapsed,
+            status: status.as_str().into(),
+        }
+        .to_string(),
+    )?;
     progress.line(&format!(
         "baseline: {} s, every test binary once without injection ({status})",
         seconds(elapsed)
@@ -292,7 +299,13 @@ fn leave_out(
             continue;
         };
         if !state.left_out.iter().any(|(t, _)| *t == walked.test) {
-            setup.record(&format!("left-out\t{}\t{detail}", walked.test.fields()))?;
+            setup.record(
+                &Line::LeftOut {
+                    test: walked.test.line_name(),
+                    detail: detail.into(),
+                }
+                .to_string(),
+            )?;
         }
         progress.line(&format!(
             "{} fails without injection ({detail}): left out of the walk",

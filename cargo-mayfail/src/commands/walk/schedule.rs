@@ -292,13 +292,15 @@ impl<'a> Scheduler<'a> {
         progress: &mut Progress,
     ) -> Result<(), Failure> {
         let started = Instant::now();
-        self.setup.record(&format!(
-            "run\t{}\t{}\t{}\t{}",
-            self.run,
-            self.pool.jobs,
-            sites::unix_ms(),
-            self.setup.display
-        ))?;
+        self.setup.record(
+            &Line::Run {
+                number: self.run,
+                copies: self.pool.jobs.to_string().into(),
+                start_ms: sites::unix_ms().to_string().into(),
+                command: self.setup.display.as_str().into(),
+            }
+            .to_string(),
+        )?;
         // Reads from here: the run's lines.
         self.tail.offset = self.setup.state_file.metadata().map_or(0, |m| m.len());
         let mut queue: VecDeque<usize> = (0..tests.len()).collect();
@@ -320,16 +322,22 @@ impl<'a> Scheduler<'a> {
             if round.found && !interrupted() {
                 queue.push_back(index);
             } else if !round.found && !round.interrupted {
-                let test = tests[index].test.fields();
-                self.setup.append(&format!("tested\t{test}"))?;
+                let test = tests[index].test.line_name();
+                self.setup.append(&Line::Tested { test }.to_string())?;
             }
         }
         // What the processes left behind dies before the run's end line.
         process::kill_leftovers(PATIENCE);
         let how = if interrupted() { "interrupted" } else { WALKED };
         let elapsed = started.elapsed().as_millis() as u64;
-        self.setup
-            .record(&format!("end\t{}\t{elapsed}\t{how}", self.run))?;
+        self.setup.record(
+            &Line::End {
+                number: self.run,
+                ms: elapsed,
+                how: how.into(),
+            }
+            .to_string(),
+        )?;
         progress.line(&format!(
             "tests: {} new sites in {} processes, {} s{}",
             self.sites,
@@ -401,22 +409,27 @@ impl<'a> Scheduler<'a> {
         self.warm[walked.binary] = true;
         self.tail.read(self.setup)?;
         let failed = self.tail.sites.remove(&pid).unwrap_or_default();
-        let test = walked.test.fields();
+        let test = walked.test.line_name();
         for &id in &failed {
             if self.tail.fates.contains(&(id, pid)) {
                 continue;
             }
             match ended.fate(self.setup.timeout) {
-                Some((outcome, detail)) => self.setup.append(&format!(
-                    "fate\t{}\t{pid}\t{outcome}\t{detail}",
-                    StackId(id)
-                ))?,
+                Some((outcome, detail)) => self.setup.append(
+                    &Line::Fate {
+                        id,
+                        pid,
+                        outcome,
+                        detail: detail.into(),
+                    }
+                    .to_string(),
+                )?,
                 // Interrupted before it could end: fail it again next time.
-                None => self.setup.append(&format!("retry\t{}", StackId(id)))?,
+                None => self.setup.append(&Line::Retry { id }.to_string())?,
             }
         }
         self.tail.fates.retain(|&(_, p)| p != pid);
-        self.setup.append(&format!("test\t{pid}\t{test}"))?;
+        self.setup.append(&Line::Test { pid, test }.to_string())?;
         if matches!(ended, Ended::Interrupted) {
             return Ok(Settled::Interrupted);
         }
@@ -435,10 +448,15 @@ impl<'a> Scheduler<'a> {
             let (outcome, detail) = ended
                 .fate(self.setup.timeout)
                 .unwrap_or((Outcome::Unknown, "no status".to_owned()));
-            self.setup.append(&format!(
-                "unattributed\t{}\t{pid}\t{outcome}\t{detail}",
-                self.run
-            ))?;
+            self.setup.append(
+                &Line::Unattributed {
+                    run: self.run,
+                    pid,
+                    outcome,
+                    detail: detail.as_str().into(),
+                }
+                .to_string(),
+            )?;
             progress.line(&format!(
                 "{}: ended badly with no site to blame ({outcome}, {detail})",
                 walked.test.display()
