@@ -54,7 +54,20 @@ const NULL_PAGE_LIMIT: usize = 1 << 20;
 /// address: the site walk records the fate of the site it failed.
 static ON_FATAL_SIGNAL: Hook<fn(libc::c_int, usize)> = Hook::new();
 /// The stack id a replay line names, when the site walk caused the failure.
-static REPLAY_STACK: Hook<fn() -> Option<u64>> = Hook::new();
+static REPLAY_STACK: Hook<fn() -> Option<ReplayStack>> = Hook::new();
+
+/// What a replay line names when the site walk caused the failure: the
+/// stack, and the stacks failed before it on the way to its error path
+/// (`sites-after`).
+#[derive(Clone, Copy)]
+pub(crate) struct ReplayStack {
+    pub(crate) id: u64,
+    pub(crate) after: [u64; crate::spec::MAX_AFTER],
+    pub(crate) after_len: usize,
+}
+
+// SAFETY: a plain `fn` pointer type.
+unsafe impl crate::hook::FnPointer for fn() -> Option<ReplayStack> {}
 /// Set in a sweep's child: the parent reports, the child stays quiet.
 static SILENT: AtomicBool = AtomicBool::new(false);
 /// Called by the signal handler of a silenced process (a sweep's child) on
@@ -69,7 +82,7 @@ pub(crate) fn on_fatal_signal(hook: fn(libc::c_int, usize)) {
 }
 
 /// Registers the function that names the stack id of a replay line.
-pub(crate) fn replay_stack_with(hook: fn() -> Option<u64>) {
+pub(crate) fn replay_stack_with(hook: fn() -> Option<ReplayStack>) {
     REPLAY_STACK.set(Some(hook));
 }
 
@@ -630,9 +643,14 @@ fn print_replay(r: &record::Record) {
     // [sites] A failure of `sites=` or `stack=` mode replays by its stack id.
     if r.cause == Cause::Attributes
         && r.from_env
-        && let Some(id) = REPLAY_STACK.get().and_then(|stack| stack())
+        && let Some(stack) = REPLAY_STACK.get().and_then(|stack| stack())
     {
-        let _ = write!(line, "{before}stack={id:016x}{after}");
+        let _ = write!(line, "{before}stack={:016x}", stack.id);
+        for (i, id) in stack.after[..stack.after_len].iter().enumerate() {
+            let lead = if i == 0 { ",sites-after=" } else { "+" };
+            let _ = write!(line, "{lead}{id:016x}");
+        }
+        let _ = write!(line, "{after}");
         write_command_line(&mut line);
         sys::write_stderr(line.finish_line());
         return;

@@ -24,8 +24,6 @@ unsafe impl FnPointer for fn() {}
 unsafe impl FnPointer for fn(u8) {}
 // SAFETY: a plain `fn` pointer type.
 unsafe impl FnPointer for fn(libc::c_int, usize) {}
-// SAFETY: a plain `fn` pointer type.
-unsafe impl FnPointer for fn() -> Option<u64> {}
 
 /// One slot: empty, or a function of type `F`.
 pub(crate) struct Hook<F> {

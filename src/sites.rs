@@ -34,8 +34,9 @@
 //! resolved in the failing process right then (under the in-reclaim mark, as
 //! the crash report does); `frames` are the raw `module+offset` addresses;
 //! `facts` is `panic` when the allocation formats or boxes a panic's payload
-//! (std's panic machinery lies between it and the first user frame), else
-//! `-`; `chain` is the same frames as `where`, up to the test harness or
+//! (std's panic machinery lies between it and the first user frame) and
+//! `after=ID+ID` when it was found on an error path (below), comma-separated,
+//! else `-`; `chain` is the same frames as `where`, up to the test harness or
 //! the thread's start (at most 16), from which the runner tells a fallible
 //! API, a dependency's frame and the test.
 //! The fate comes from the crash module's `SIGABRT`/`SIGSEGV`/`SIGBUS`
@@ -59,6 +60,13 @@
 //! In `stack` mode, only allocations whose stack id matches are candidates;
 //! the usual `times` (default 1) then fails the first of them.
 //!
+//! In either mode, `sites-after=A+B` walks an error path: the known stacks
+//! A, then B, fail first, in that order, and nothing else is failed (nor
+//! recorded) before them; then the mode goes on as usual (the first new
+//! stack fails, or the matching one), and a site line says the path it was
+//! found after among its facts (`after=A+B`). `times` counts the path's
+//! failures too (its default becomes the path's length plus one).
+//!
 //! Both modes compute the id at one single call site (`stack_id`, called
 //! only from `check`), so that the return addresses inside mayfail are the
 //! same in both and a `stack=` replay matches the id `sites` recorded.
@@ -74,7 +82,9 @@
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write;
 use core::ops::Range;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 use std::borrow::Cow;
 
 use crate::Outcome;
@@ -83,8 +93,8 @@ use crate::hash::splitmix64;
 use crate::inject::{self, Op, StackCheck};
 use crate::request::Asked;
 use crate::scope::ReclaimGuard;
-use crate::spec::{MAX_SITES_PATH, Spec};
-use crate::state::{self, Line};
+use crate::spec::{MAX_AFTER, MAX_SITES_PATH, Spec};
+use crate::state::{self, Line, StackId};
 use crate::symbols::{self, Class, build_modules, locate, modules};
 use crate::sys;
 use crate::table::{Inserted, Table};
@@ -125,6 +135,12 @@ static ALL: AtomicBool = AtomicBool::new(false);
 static SHARD: AtomicU64 = AtomicU64::new(1);
 /// The stack id this process failed (0: none yet), and the pid that did.
 static FAILED_ID: AtomicU64 = AtomicU64::new(0);
+/// Both modes: the path to an error path (`sites-after`), the stacks that
+/// fail first, in order, with nothing else failed before them; and how
+/// many of them this process has failed.
+static AFTER: [AtomicU64; MAX_AFTER] = [const { AtomicU64::new(0) }; MAX_AFTER];
+static AFTER_LEN: AtomicUsize = AtomicUsize::new(0);
+static AFTER_DONE: AtomicUsize = AtomicUsize::new(0);
 static FAILED_PID: AtomicI32 = AtomicI32::new(0);
 static FATE_WRITTEN: AtomicBool = AtomicBool::new(false);
 static EXIT_HANDLER: AtomicBool = AtomicBool::new(false);
@@ -147,6 +163,9 @@ fn check(op: Op, size: usize, align: usize) -> StackCheck {
 fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     let mut frames = [0usize; MAX_FRAMES];
     let (id, depth) = stack_id(&mut frames);
+    if let Some(verdict) = on_path(id) {
+        return verdict;
+    }
     if mode == STACK {
         return if id == WANTED.load(Relaxed) {
             StackCheck::Candidate
@@ -228,6 +247,25 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     StackCheck::Fail
 }
 
+/// While the `sites-after` path is not complete: its next stack fails, and
+/// every other stack passes, unrecorded (met again later, once the path is
+/// complete); `None` once it is.
+fn on_path(id: u64) -> Option<StackCheck> {
+    let done = AFTER_DONE.load(Relaxed);
+    if done >= AFTER_LEN.load(Relaxed) {
+        return None;
+    }
+    let next = AFTER[done].load(Relaxed) == id;
+    if next
+        && AFTER_DONE
+            .compare_exchange(done, done + 1, Relaxed, Relaxed)
+            .is_ok()
+    {
+        return Some(StackCheck::Fail);
+    }
+    Some(StackCheck::Pass)
+}
+
 /// The process that last wrote its `other-shard` line (0: none).
 static OTHER_SHARD_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -278,6 +316,12 @@ fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
 pub(crate) fn install(spec: &Spec) -> bool {
     MODE.store(OFF, Relaxed);
     inject::set_stack_filter(None);
+    let path = &spec.sites_after[..usize::from(spec.sites_after_len)];
+    for (slot, &id) in AFTER.iter().zip(path) {
+        slot.store(id, Relaxed);
+    }
+    AFTER_LEN.store(path.len(), Relaxed);
+    AFTER_DONE.store(0, Relaxed);
     if spec.stack != 0 {
         build_modules();
         WANTED.store(spec.stack, Relaxed);
@@ -373,12 +417,21 @@ fn register() {
 
 /// The stack id to replay this process's injected failure with, if `sites`
 /// or `stack` mode caused it.
-fn failed_stack() -> Option<u64> {
-    match MODE.load(Relaxed) {
-        SITES => Some(FAILED_ID.load(Relaxed)).filter(|&id| id != 0),
-        STACK => Some(WANTED.load(Relaxed)),
-        _ => None,
+fn failed_stack() -> Option<crash::ReplayStack> {
+    let id = match MODE.load(Relaxed) {
+        SITES => Some(FAILED_ID.load(Relaxed)).filter(|&id| id != 0)?,
+        STACK => WANTED.load(Relaxed),
+        _ => return None,
+    };
+    let mut stack = crash::ReplayStack {
+        id,
+        after: [0; MAX_AFTER],
+        after_len: AFTER_LEN.load(Relaxed).min(MAX_AFTER),
+    };
+    for (slot, id) in stack.after.iter_mut().zip(&AFTER) {
+        *slot = id.load(Relaxed);
     }
+    Some(stack)
 }
 
 /// The identity of the state file [`FD`] was opened on.
@@ -542,6 +595,23 @@ fn write_site(
     );
     let mut what = StackBuf::<80>::new();
     let _ = write!(what, "{}", Asked { op, size, align });
+    // `panic`, and the path it was found after (`after=ID+ID`).
+    let mut facts = StackBuf::<{ 6 + MAX_AFTER * 17 + 8 }>::new();
+    if panic {
+        let _ = facts.write_str("panic");
+    }
+    let after = AFTER_LEN.load(Relaxed);
+    for (i, id) in AFTER[..after].iter().enumerate() {
+        let lead = match (i, panic) {
+            (0, false) => "after=",
+            (0, true) => ",after=",
+            _ => "+",
+        };
+        let _ = write!(facts, "{lead}{}", StackId(id.load(Relaxed)));
+    }
+    if facts.as_str().is_empty() {
+        let _ = facts.write_str("-");
+    }
     // The full name std knows, not the kernel's 15 bytes of it.
     let mut thread = StackBuf::<{ 4 * Shown::MAX + 3 }>::new();
     crate::record::with_thread_name(|name| {
@@ -555,7 +625,7 @@ fn write_site(
         binary: Cow::Borrowed(&text[binary]),
         place: Cow::Borrowed(&text[place]),
         frames: Cow::Borrowed(&text[raw_frames]),
-        facts: Cow::Borrowed(if panic { "panic" } else { "-" }),
+        facts: Cow::Borrowed(facts.as_str()),
         chain: Cow::Borrowed(&text[chain]),
     };
     let mut line = String::with_capacity(text.len() + 256);

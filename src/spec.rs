@@ -17,7 +17,7 @@ pub(crate) const MAX_THREAD_NAME: usize = 64;
 
 // [sites] The keys of `sites` mode (walking every allocation site, see
 // `sites.rs`): `sites=FILE`, `stack=ID`, `sites-skip=N`, `sites-all=Y`,
-// `sites-shard=K/N`.
+// `sites-shard=K/N`, `sites-after=ID+ID`.
 /// Longest accepted `sites=` path, in bytes.
 pub(crate) const MAX_SITES_PATH: usize = 512;
 
@@ -57,7 +57,15 @@ pub(crate) struct Spec {
     /// [sites] In `sites` mode, fail only the new stacks of shard
     /// `shard.0` (1-based) of `shard.1`, told apart by stack id.
     pub(crate) sites_shard: (u32, u32),
+    /// [sites] In `sites` mode, the path to an error path: these known
+    /// stacks fail first, in order, nothing before them; then the first
+    /// new stack (error-path exploration).
+    pub(crate) sites_after: [u64; MAX_AFTER],
+    pub(crate) sites_after_len: u8,
 }
+
+/// [sites] The longest `sites-after` path.
+pub(crate) const MAX_AFTER: usize = 4;
 
 /// 100 %, in billionths of a percent.
 pub(crate) const PERCENT_100: u64 = 100 * 1_000_000_000;
@@ -85,6 +93,8 @@ impl Spec {
         sites_skip: 0,
         sites_all: false,
         sites_shard: (1, 1),
+        sites_after: [0; MAX_AFTER],
+        sites_after_len: 0,
     };
 
     pub(crate) fn thread_name(&self) -> &[u8] {
@@ -128,7 +138,7 @@ pub(crate) struct SpecError<'a> {
 /// Every key, for the unknown-key message.
 pub(crate) const KEYS: &str = "probability, interval, times, space, min-size, max-size, \
     task-filter, after, seed, verbose, transient, report, nth, thread, sites, stack, \
-    sites-skip, sites-all, sites-shard";
+    sites-skip, sites-all, sites-shard, sites-after";
 
 const PROBABILITY: &str = "a percentage from 0 to 100, decimals allowed (0.5)";
 const WHOLE_POSITIVE: &str = "a whole number >= 1";
@@ -141,6 +151,7 @@ const SHARD: &str = "K/N: shard K (1 to N) of N >= 1 shards (2/4)";
 const THREAD: &str = "a thread name of 1 to 64 bytes (\\xNN escapes allowed)";
 const SITES: &str = "a file path of 1 to 512 bytes (\\xNN escapes allowed)";
 const STACK: &str = "a stack id: 1 to 16 hex digits, not all zero";
+const AFTER: &str = "1 to 4 stack ids joined by + (8c1f+02ab)";
 
 impl fmt::Display for SpecError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -243,6 +254,11 @@ pub(crate) fn parse(input: &[u8]) -> Result<Spec, SpecError<'_>> {
             value: b"",
             problem: Problem::SizeRange,
         });
+    }
+    // The path's failures come before the one the process is for: unless
+    // `times` says otherwise, one failure more each.
+    if seen & (1 << 2) == 0 && spec.sites_after_len != 0 {
+        spec.times = 1 + i64::from(spec.sites_after_len);
     }
     Ok(spec)
 }
@@ -355,6 +371,16 @@ fn set_walk_value(spec: &mut Spec, key: &[u8], value: &[u8]) -> Result<Option<u3
             spec.sites_shard = parse_shard(value).ok_or(SHARD)?;
             Some(18)
         }
+        b"sites-after" => {
+            let mut len = 0;
+            for id in value.split(|&b| b == b'+') {
+                let id = parse_hex(id).filter(|&id| id != 0).ok_or(AFTER)?;
+                *spec.sites_after.get_mut(len).ok_or(AFTER)? = id;
+                len += 1;
+            }
+            spec.sites_after_len = len as u8;
+            Some(19)
+        }
         _ => None,
     })
 }
@@ -452,6 +478,13 @@ impl fmt::Display for Canonical<'_> {
         if s.sites_shard != d.sites_shard {
             write!(f, ",sites-shard={}/{}", s.sites_shard.0, s.sites_shard.1)?;
         }
+        for (i, id) in s.sites_after[..s.sites_after_len as usize]
+            .iter()
+            .enumerate()
+        {
+            let lead = if i == 0 { ",sites-after=" } else { "+" };
+            write!(f, "{lead}{id:016x}")?;
+        }
         Ok(())
     }
 }
@@ -545,6 +578,22 @@ mod tests {
         let s = ok("sites=/tmp/state,sites-skip=2,sites-all=Y");
         assert_eq!(s.sites_path(), b"/tmp/state");
         assert_eq!((s.sites_skip, s.sites_all, s.stack), (2, true, 0));
+        let s = ok("sites=/tmp/s,sites-after=8c1f+00000000000002ab");
+        assert_eq!(
+            &s.sites_after[..s.sites_after_len as usize],
+            [0x8c1f, 0x2ab]
+        );
+        assert_eq!(s.times, 3, "each of the path's failures, then the site's");
+        assert_eq!(ok("stack=9,sites-after=8c1f").times, 2);
+        assert_eq!(ok("stack=9,sites-after=8c1f,times=-1").times, -1);
+        let text = Canonical { spec: &s, seed: 1 }.to_string();
+        assert!(
+            text.ends_with(",sites=/tmp/s,sites-after=0000000000008c1f+00000000000002ab"),
+            "{text}"
+        );
+        assert_eq!(problem("sites-after=1+2+3+4+5"), Problem::BadValue(AFTER));
+        assert_eq!(problem("sites-after=1++2"), Problem::BadValue(AFTER));
+        assert_eq!(problem("sites-after=0"), Problem::BadValue(AFTER));
         let text = Canonical { spec: &s, seed: 1 }.to_string();
         assert_eq!(ok(&text), Spec { seed: Some(1), ..s }, "{text}");
         let s = ok("stack=00000000DEADbeef");

@@ -117,9 +117,10 @@ pub enum Line<'a> {
         place: Cow<'a, str>,
         /// The raw frames, `module+offset`, comma-separated.
         frames: Cow<'a, str>,
-        /// What the failing process knew of the site: `panic` (the
-        /// allocation serves a panic's message or payload) or `-`; empty in
-        /// a line written before this field existed.
+        /// What the failing process knew of the site, comma-separated:
+        /// `panic` (the allocation serves a panic's message or payload),
+        /// `after=ID+ID` (found on the error path of those sites), or `-`;
+        /// empty in a line written before this field existed.
         facts: Cow<'a, str>,
         /// Its frames outside the allocation machinery up to the test
         /// harness, as `place` writes them; empty in an older line.

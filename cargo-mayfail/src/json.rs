@@ -69,6 +69,10 @@ JSON report (schema_version 2), one object:
                   bash's $'\\xNN' form); a per-test walk's runs its test alone
     test          the test whose process failed it (`package lib name`,
                   `package test:target name`), or null (a whole-command run)
+    after         the stacks its process failed first, in order, when it was
+                  found on their error path (--depth); empty otherwise
+    error_path_of the first frame of the last of those: the failure whose
+                  error path it is on, or null
   unattributed    one object per process a run started that ended badly with
                   no site to blame (a timeout before any site, a non-zero
                   status when no site failed): {run, pid, outcome, detail}; the
@@ -134,6 +138,8 @@ struct SiteEntry<'a> {
     raw_frames: &'a str,
     replay: &'a str,
     test: Option<&'a str>,
+    after: Vec<String>,
+    error_path_of: Option<&'a str>,
 }
 
 impl<'a> SiteEntry<'a> {
@@ -158,6 +164,12 @@ impl<'a> SiteEntry<'a> {
             raw_frames: &site.raw_frames,
             replay: &site.replay,
             test: site.test.as_deref(),
+            after: site
+                .after
+                .iter()
+                .map(|&id| StackId(id).to_string())
+                .collect(),
+            error_path_of: site.error_path_of.as_deref(),
         }
     }
 }
@@ -245,6 +257,8 @@ mod tests {
                 panic: false,
                 chain: Vec::new(),
                 test: Some("p lib tests::t".to_owned()),
+                after: Vec::new(),
+                error_path_of: None,
             }],
             unattributed: vec![Unattributed {
                 run: 2,

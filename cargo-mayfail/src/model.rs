@@ -40,6 +40,12 @@ pub struct Site {
     pub chain: Vec<Frame>,
     /// The test whose process first failed it (per-test walks).
     pub test: Option<String>,
+    /// Found on an error path: the sites its process failed first, in
+    /// order (error-path exploration, `--depth`); empty otherwise.
+    pub after: Vec<u64>,
+    /// The first frame of the last of those sites, the failure whose error
+    /// path it is on (`function (file:line)`).
+    pub error_path_of: Option<String>,
 }
 
 /// What the report says about a whole walk.

@@ -284,8 +284,14 @@ impl Runner {
 /// through the target runner): `cargo mayfail test --inject stack=ID --
 /// ARGS` for a walk of `cargo test ARGS`, else `mayfail run --inject
 /// stack=ID -- CMD ARGS`; every word quoted by the library's shell quoter.
-pub fn replay_line(id: u64, argv: &[OsString], runner: &Runner) -> String {
-    let spec = format!("stack={}", StackId(id));
+/// A site found on an error path fails the sites of `after` first, in
+/// order (`stack=ID,sites-after=A+B`).
+pub fn replay_line(id: u64, after: &[u64], argv: &[OsString], runner: &Runner) -> String {
+    let mut spec = format!("stack={}", StackId(id));
+    for (i, &on) in after.iter().enumerate() {
+        spec.push_str(if i == 0 { ",sites-after=" } else { "+" });
+        spec.push_str(&StackId(on).to_string());
+    }
     let spec = quote_word(spec.as_ref());
     let cargo_test = argv.len() >= 2
         && Path::new(&argv[0])
@@ -397,14 +403,39 @@ pub fn sites(state: &State) -> Vec<Site> {
                         .map_or(&[][..], |run| &run.argv);
                     match &r.test {
                         // Runs that test alone.
-                        Some(test) => {
-                            replay_line(r.id, &test.replay_command(walked), Runner::this())
-                        }
-                        None => replay_line(r.id, walked, Runner::this()),
+                        Some(test) => replay_line(
+                            r.id,
+                            &r.after,
+                            &test.replay_command(walked),
+                            Runner::this(),
+                        ),
+                        None => replay_line(r.id, &r.after, walked, Runner::this()),
                     }
                 },
                 test: r.test.as_ref().map(crate::state::Test::display),
+                after: r.after.clone(),
+                error_path_of: None,
             }),
+        }
+    }
+    // Each error path's site: named by the failure that led there.
+    let firsts: Vec<(u64, String)> = sites
+        .iter()
+        .map(|s| {
+            let first = &s.frames[0];
+            let shown = match &first.location {
+                Some(at) => format!("{} ({})", first.function, short_location(at)),
+                None => first.function.clone(),
+            };
+            (s.id, shown)
+        })
+        .collect();
+    for site in &mut sites {
+        if let Some(last) = site.after.last() {
+            site.error_path_of = firsts
+                .iter()
+                .find(|(id, _)| id == last)
+                .map(|(_, first)| first.clone());
         }
     }
     worst_first(&mut sites);
@@ -560,6 +591,9 @@ fn write_table_site(
         site.binary,
         StackId(site.id)
     );
+    if let Some(of) = &site.error_path_of {
+        let _ = writeln!(out, "{pad}on the error path of: {of}");
+    }
     if let Some(test) = &site.test {
         let _ = writeln!(out, "{pad}test: {test}");
     }
@@ -912,6 +946,13 @@ fn html_site_row(out: &mut String, s: &Summary, group: &[usize], index: usize) {
             html_escape(&fallible.function)
         );
     }
+    if let Some(of) = &site.error_path_of {
+        let _ = write!(
+            frames,
+            "<br>on the error path of <code>{}</code>",
+            html_escape(of)
+        );
+    }
     if class.is_bug() && !s.gates(site) {
         frames.push_str("<br>(in the baseline)");
     }
@@ -982,7 +1023,7 @@ mod tests {
         };
         let argv: Vec<OsString> = ["A=b", "x y", ""].iter().map(Into::into).collect();
         assert_eq!(
-            replay_line(0xab, &argv, &runner),
+            replay_line(0xab, &[], &argv, &runner),
             "'/opt/my tools/mayfail' run --inject stack=00000000000000ab -- A=b 'x y' ''"
         );
         let argv: Vec<OsString> = ["cargo", "test", "--offline", "--", "--test-threads=1"]
@@ -990,15 +1031,20 @@ mod tests {
             .map(Into::into)
             .collect();
         assert_eq!(
-            replay_line(0xab, &argv, &runner),
+            replay_line(0xab, &[], &argv, &runner),
             "cargo mayfail test --inject stack=00000000000000ab -- --offline -- --test-threads=1"
         );
         assert_eq!(
-            replay_line(0xab, &["/usr/bin/cargo".into(), "test".into()], &runner),
+            replay_line(
+                0xab,
+                &[],
+                &["/usr/bin/cargo".into(), "test".into()],
+                &runner
+            ),
             "cargo mayfail test --inject stack=00000000000000ab --"
         );
         assert_eq!(
-            replay_line(0xab, &["cargo".into(), "run".into()], &runner),
+            replay_line(0xab, &[], &["cargo".into(), "run".into()], &runner),
             "'/opt/my tools/mayfail' run --inject stack=00000000000000ab -- cargo run"
         );
     }
@@ -1019,6 +1065,8 @@ mod tests {
             panic: false,
             chain: frames(place),
             test: None,
+            after: Vec::new(),
+            error_path_of: None,
         }
     }
 

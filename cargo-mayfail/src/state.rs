@@ -94,6 +94,9 @@ pub struct Record {
     pub retried: bool,
     /// The test whose process failed it (per-test walks).
     pub test: Option<Test>,
+    /// The sites its process failed first, in order, when it was found on
+    /// their error path (`facts` holds `after=ID+ID`); empty otherwise.
+    pub after: Vec<u64>,
 }
 
 /// A test of a cargo test binary, owned (see `mayfail::state::TestName`).
@@ -193,6 +196,21 @@ impl Test {
         }
         argv
     }
+}
+
+/// The path a site was found after: the ids of a `facts` field's
+/// `after=ID+ID` (none when a word is not a stack id).
+fn after_of(facts: &str) -> Vec<u64> {
+    facts
+        .split(',')
+        .find_map(|fact| fact.strip_prefix("after="))
+        .map(|path| {
+            path.split('+')
+                .map(|id| u64::from_str_radix(id, 16))
+                .collect::<Result<Vec<u64>, _>>()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
 }
 
 /// The filter that runs the doctest `name` (`src/lib.rs - Foo::bar (line
@@ -542,6 +560,7 @@ impl Reader {
                 place: place.into_owned(),
                 frames: frames.into_owned(),
                 panic: facts.split(',').any(|fact| fact == "panic"),
+                after: after_of(&facts),
                 chain: chain.into_owned(),
                 fate: None,
                 retried: false,

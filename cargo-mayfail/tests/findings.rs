@@ -74,7 +74,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         "-q",
     ]);
     println!("{out}");
-    assert_eq!(code, Some(1), "a crash and a fallible API's abort: exit 1");
+    assert_eq!(
+        code,
+        Some(1),
+        "a crash, a fallible API's abort, an error path's abort: exit 1"
+    );
 
     let report = json(&dir.join("walk.json"));
     assert_eq!(report["schema_version"], 2);
@@ -92,9 +96,22 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     found.sort();
     let expected = [
         ("crashed", "findings_fixture::write_unchecked"),
+        // Its `try_reserve` failed again, then the first new allocation
+        // after it: the message's, which aborts; and so at each of the
+        // message's growths (three stacks).
+        (
+            "error-path-aborted",
+            "findings_fixture::try_copy_with_message",
+        ),
+        (
+            "error-path-aborted",
+            "findings_fixture::try_copy_with_message",
+        ),
+        (
+            "error-path-aborted",
+            "findings_fixture::try_copy_with_message",
+        ),
         ("fallible-api-aborted", "findings_fixture::try_duplicate"),
-        // Error-path exploration would fail its message's allocation too;
-        // one failure per process finds its error path handled.
         ("handled", "findings_fixture::reserve_checked"),
         ("handled", "findings_fixture::try_copy_with_message"),
         // std formats and boxes the panic's message: three allocations,
@@ -116,7 +133,56 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         .find(|s| s["class"] == "fallible-api-aborted")
         .unwrap();
     assert_eq!(fallible["fallible"], "findings_fixture::try_duplicate");
-    assert_eq!(report["bugs"], 2);
+    let sites = report["sites"].as_array().unwrap();
+    let handled = sites
+        .iter()
+        .find(|s| {
+            s["class"] == "handled"
+                && s["blamed"][0]["function"] == "findings_fixture::try_copy_with_message"
+        })
+        .unwrap();
+    let error_path = sites
+        .iter()
+        .find(|s| s["class"] == "error-path-aborted")
+        .unwrap();
+    assert_eq!(error_path["after"], serde_json::json!([handled["stack"]]));
+    assert!(
+        error_path["error_path_of"]
+            .as_str()
+            .unwrap()
+            .starts_with("findings_fixture::try_copy_with_message (src/lib.rs:"),
+        "{error_path:#}"
+    );
+    // Its replay fails the handled site, then it: the test aborts again.
+    let replay = error_path["replay"].as_str().unwrap();
+    assert!(replay.contains(",sites-after="), "{replay}");
+    let replayed = Command::new("bash")
+        .args(["-c", replay])
+        .current_dir(fixture_dir())
+        .env("CARGO_TARGET_DIR", fixture_target())
+        .env_remove("MAYFAIL_INJECT")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&replayed.stdout),
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(
+        !replayed.status.success()
+            && text.contains("running 1 test")
+            && text.contains("failed on purpose")
+            && text.contains("try_copy_with_message"),
+        "{replay}: {text}"
+    );
+    // The crash report's own replay names the path too.
+    let path = replay.split(",sites-after=").nth(1).unwrap();
+    let path = &path[..16];
+    assert!(
+        text.contains(&format!(",sites-after={path}")),
+        "{replay}: {text}"
+    );
+    assert_eq!(report["bugs"], 5);
     assert_eq!(report["classes"]["infallible"], 4);
     for site in report["sites"].as_array().unwrap() {
         let panicked = site["blamed"][0]["function"] == "findings_fixture::first_byte";
@@ -124,7 +190,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     }
 
     // The table: bugs listed, the rest collapsed to counts with top lines.
-    assert!(out.contains("bugs: 2 not in the baseline"), "{out}");
+    assert!(out.contains("bugs: 5 not in the baseline"), "{out}");
+    assert!(
+        out.contains("on the error path of: findings_fixture::try_copy_with_message (src/lib.rs:"),
+        "{out}"
+    );
     assert!(
         out.contains("fallible API: findings_fixture::try_duplicate"),
         "{out}"
@@ -139,8 +209,8 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     );
     assert!(
         !out.contains("replay: cargo mayfail test --inject stack=") || {
-            // Only the two bugs carry a replay line.
-            out.matches("replay: ").count() == 2
+            // Only the five bugs carry a replay line.
+            out.matches("replay: ").count() == 5
         }
     );
 
@@ -156,7 +226,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     let errors: Vec<String> = validator.iter_errors(&log).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:#?}\n{log:#}");
     let results = log["runs"][0]["results"].as_array().unwrap();
-    assert_eq!(results.len(), 8, "{log:#}");
+    assert_eq!(results.len(), 11, "{log:#}");
     let level_of = |rule: &str| {
         results
             .iter()
@@ -166,6 +236,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     };
     assert_eq!(level_of("crashed"), ["error"]);
     assert_eq!(level_of("fallible-api-aborted"), ["error"]);
+    assert_eq!(level_of("error-path-aborted"), ["error"; 3]);
     assert_eq!(level_of("infallible"), ["note"; 4]);
     for result in results {
         let artifact = &result["locations"][0]["physicalLocation"]["artifactLocation"];
@@ -183,7 +254,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         baseline.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(json(&baseline)["sites"].as_array().unwrap().len(), 2);
+    assert_eq!(json(&baseline)["sites"].as_array().unwrap().len(), 5);
     let (code, out) = cargo_mayfail(&[
         "sites",
         "--state",
@@ -196,7 +267,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     ]);
     assert_eq!(code, Some(0), "every bug is in the baseline: {out}");
     assert!(
-        out.contains("bugs: 0 not in the baseline, 2 in it"),
+        out.contains("bugs: 0 not in the baseline, 5 in it"),
         "{out}"
     );
     let (code, out) = cargo_mayfail(&[
@@ -238,6 +309,30 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         out.contains("not a baseline written by --write-baseline"),
         "{out}"
     );
+}
+
+#[test]
+fn depth_zero_walks_no_error_path_and_a_depth_out_of_range_is_refused() {
+    let dir = scratch("depth");
+    let state = dir.join("walk.state");
+    let (code, out) = cargo_mayfail(&[
+        "sites",
+        "--depth",
+        "0",
+        "--state",
+        state.to_str().unwrap(),
+        "--",
+        "--offline",
+        "-q",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    let report = json(&dir.join("walk.json"));
+    assert_eq!(report["classes"]["error-path-aborted"], 0, "{report:#}");
+    assert!(!out.contains("on the error path of"), "{out}");
+    // A depth outside 0 to 4: bad input, named.
+    let (code, out) = cargo_mayfail(&["sites", "--depth", "5", "--", "--offline"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--depth"), "{out}");
 }
 
 /// The schema's `language` pattern (`^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}]?$`)

@@ -2485,12 +2485,14 @@ fn walk_fixture_sites(json: &str) -> Vec<(String, String, String)> {
         .as_array()
         .expect("sites")
         .iter()
-        // The 2024 edition's doctest runner's own sites are rustdoc's.
+        // The 2024 edition's doctest runner's own sites are rustdoc's; the
+        // sites found on error paths are checked apart.
         .filter(|s| {
             !s["frames"][0]["function"]
                 .as_str()
                 .unwrap()
                 .starts_with("doctest_runner")
+                && s["after"].as_array().is_none_or(Vec::is_empty)
         })
         .map(|s| {
             (
@@ -2629,6 +2631,31 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
     assert!(
         !dir.join("walk.state.doctests").exists(),
         "the doctests' executables are removed at the walk's end"
+    );
+    // Error paths: the failed site's (its test goes on to panic) holds only
+    // the panic's message, never blamed as a bug; the handled sites' none.
+    let on_error_paths: Vec<&serde_json::Value> = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["after"].as_array().unwrap().is_empty())
+        .collect();
+    assert!(!on_error_paths.is_empty(), "{json}");
+    for site in &on_error_paths {
+        assert_eq!(site["panic"], true, "{site:#}");
+        assert_eq!(site["class"], "infallible", "{site:#}");
+        assert!(
+            site["error_path_of"]
+                .as_str()
+                .unwrap()
+                .starts_with("walk_fixture::reserve_or_panic"),
+            "{site:#}"
+        );
+    }
+    assert!(
+        !out.stderr.contains("no site to blame"),
+        "a failed site's error path ends as the test fails: {}",
+        out.stderr
     );
     // The state file: a `test` line per process, a `tested` line per test.
     assert_eq!(text.matches("\ntested\t").count(), 5, "{text}");

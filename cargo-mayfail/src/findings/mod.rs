@@ -32,11 +32,11 @@ pub enum Class {
     /// lies between the test and the failed allocation ([`is_fallible`]):
     /// an API that promises to report failure did not.
     FallibleApiAborted,
-    /// The process aborted while a fallible function was on its error path
-    /// (building its error after a failure it had handled). Defined for
-    /// error-path exploration, which fails a second allocation once the
-    /// first one was handled; a walk that fails one allocation per process
-    /// does not assign it yet.
+    /// The process aborted on the error path of a failure the code had
+    /// handled (or turned into a test failure): error-path exploration
+    /// (`--depth`) failed that first site again, then the first new
+    /// allocation after it, which aborted (building the error, logging
+    /// it...). Not for an allocation that formats a panic's message.
     ErrorPathAborted,
     /// The process was killed by `--timeout`.
     Hung,
@@ -212,6 +212,10 @@ impl Site {
             Outcome::Hung => Class::Hung,
             Outcome::Failed => Class::Failed,
             Outcome::Handled => Class::Handled,
+            // Aborted on the error path of a failure the code had handled
+            // (a panic's message aside: the function that panicked did not
+            // allocate).
+            Outcome::Aborted if !self.after.is_empty() && !self.panic => Class::ErrorPathAborted,
             Outcome::Aborted if self.fallible_frame().is_some() => Class::FallibleApiAborted,
             Outcome::Aborted => Class::Infallible,
             // `unknown`, and any outcome a newer writer may add: not looked.
@@ -446,6 +450,8 @@ mod tests {
             panic,
             chain: frames_of(chain),
             test: None,
+            after: Vec::new(),
+            error_path_of: None,
         }
     }
 

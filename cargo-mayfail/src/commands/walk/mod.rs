@@ -47,10 +47,12 @@ pub(crate) fn walks_tests(argv: &[OsString]) -> bool {
         && !CargoTest::split(argv).cargo.iter().any(|a| a == "--doc")
 }
 
-/// A test to walk: its binary (an index) and its name.
+/// A test to walk: its binary (an index) and its name; and for the walk
+/// of an error path, the sites its processes fail first, in order.
 pub(crate) struct Walked {
     pub(crate) binary: usize,
     pub(crate) test: Test,
+    pub(crate) after: Vec<u64>,
 }
 
 /// What [`prepare`] found: the binaries, the tests to walk, and whether
@@ -58,6 +60,9 @@ pub(crate) struct Walked {
 struct Prepared {
     binaries: Vec<Binary>,
     tests: Vec<Walked>,
+    /// Tests a resumed walk has seen to their end: their error paths are
+    /// walked again.
+    done: Vec<Walked>,
     doctests: bool,
 }
 
@@ -68,6 +73,7 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
     let Some(Prepared {
         binaries,
         tests,
+        done,
         doctests,
     }) = prepare(args, setup, &command, &progress)?
     else {
@@ -87,7 +93,8 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         tests.len()
     ));
     let mut scheduler = Scheduler::new(setup, &binaries, &command, run, jobs)?;
-    scheduler.walk(tests, &mut progress)?;
+    scheduler.error_paths(usize::from(args.depth), &setup.load()?);
+    scheduler.walk(tests, done, &mut progress)?;
     let mut stopped = None;
     if doctests && !interrupted() {
         stopped = walk_doctests(args, setup, &command, &mut progress)?;
@@ -150,7 +157,7 @@ fn prepare(
     }
     let state = setup.load()?;
     retry_strays(setup, &state)?;
-    let mut tests = to_walk(setup, &binaries, command, &state)?;
+    let (mut tests, done) = to_walk(setup, &binaries, command, &state)?;
     progress.line(&format!(
         "{} test binaries: {}; {} tests to walk{}",
         binaries.iter().filter(|b| !b.is_doctest()).count(),
@@ -175,33 +182,42 @@ fn prepare(
     Ok(Some(Prepared {
         binaries,
         tests,
+        done,
         doctests,
     }))
 }
 
-/// The tests of this shard the state file has not seen to their end.
+/// The tests of this shard the state file has not seen to their end, and
+/// those it has.
 fn to_walk(
     setup: &Setup,
     binaries: &[Binary],
     command: &CargoTest,
     state: &crate::state::State,
-) -> Result<Vec<Walked>, Failure> {
-    let mut tests = Vec::new();
+) -> Result<(Vec<Walked>, Vec<Walked>), Failure> {
+    let (mut tests, mut done) = (Vec::new(), Vec::new());
     for (index, binary) in binaries.iter().enumerate() {
         let names = targets::list(binary, command).map_err(Failure::bad_input)?;
         for name in names {
             let test = binary.test(&name);
-            let walked =
-                state.tested.contains(&test) || state.left_out.iter().any(|(t, _)| *t == test);
-            if !walked && targets::in_shard(&test, setup.shard.as_deref()) {
-                tests.push(Walked {
-                    binary: index,
-                    test,
-                });
+            if !targets::in_shard(&test, setup.shard.as_deref())
+                || state.left_out.iter().any(|(t, _)| *t == test)
+            {
+                continue;
+            }
+            let walked = Walked {
+                binary: index,
+                after: Vec::new(),
+                test,
+            };
+            if state.tested.contains(&walked.test) {
+                done.push(walked);
+            } else {
+                tests.push(walked);
             }
         }
     }
-    Ok(tests)
+    Ok((tests, done))
 }
 
 fn targets_preload(library: &std::path::Path, binary: &Binary) -> Option<OsString> {

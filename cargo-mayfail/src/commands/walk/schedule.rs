@@ -17,7 +17,7 @@
 //! walk is complete when all the copies of a round end without failing a
 //! new stack.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -200,6 +200,9 @@ struct Tail {
     offset: u64,
     sites: HashMap<u32, Vec<u64>>,
     fates: Vec<(u64, u32)>,
+    /// Sites whose allocation serves a panic's message: no error path of
+    /// the code's own follows them.
+    panics: HashSet<u64>,
 }
 
 impl Tail {
@@ -223,7 +226,12 @@ impl Tail {
         self.offset += whole as u64;
         for line in String::from_utf8_lossy(&bytes[..whole]).lines() {
             match parse_line(line) {
-                Ok(Line::Site { id, pid, .. }) => self.sites.entry(pid).or_default().push(id),
+                Ok(Line::Site { id, pid, facts, .. }) => {
+                    if facts.split(',').any(|fact| fact == "panic") {
+                        self.panics.insert(id);
+                    }
+                    self.sites.entry(pid).or_default().push(id);
+                }
                 Ok(Line::Fate { id, pid, .. }) => self.fates.push((id, pid)),
                 _ => {}
             }
@@ -250,6 +258,13 @@ pub(crate) struct Scheduler<'a> {
     rounds: Vec<Round>,
     sites: usize,
     processes: usize,
+    /// Error paths: at most this many failures in a process (`--depth`).
+    depth: usize,
+    /// Per test (its fields) and path: the sites found handled or failed,
+    /// whose error paths are walked once that path's walk is complete.
+    explorable: HashMap<(String, Vec<u64>), Vec<u64>>,
+    /// The error-path walks queued (test, path).
+    scheduled: HashSet<(String, Vec<u64>)>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -276,7 +291,11 @@ impl<'a> Scheduler<'a> {
                 offset,
                 sites: HashMap::new(),
                 fates: Vec::new(),
+                panics: HashSet::new(),
             },
+            depth: 0,
+            explorable: HashMap::new(),
+            scheduled: HashSet::new(),
             warm: vec![false; binaries.len()],
             busy: vec![0; binaries.len()],
             rounds: Vec::new(),
@@ -285,10 +304,33 @@ impl<'a> Scheduler<'a> {
         })
     }
 
-    /// Walks `tests` to their ends (or an interrupt), in one run.
+    /// Error paths, up to `depth` failures in a process: the handled and
+    /// failed sites `state` holds are explored after their test's walk.
+    pub(crate) fn error_paths(&mut self, depth: usize, state: &crate::state::State) {
+        self.depth = depth;
+        for r in state.live() {
+            if let (Some(test), Some((outcome, _))) = (&r.test, &r.fate)
+                && matches!(outcome, Outcome::Handled | Outcome::Failed)
+                && !r.panic
+            {
+                let found = self
+                    .explorable
+                    .entry((test.fields(), r.after.clone()))
+                    .or_default();
+                if !found.contains(&r.id) {
+                    found.push(r.id);
+                }
+            }
+        }
+    }
+
+    /// Walks `tests` to their ends (or an interrupt), in one run, and the
+    /// error paths of their sites; and those of `done`, tests walked
+    /// before.
     pub(crate) fn walk(
         &mut self,
-        tests: Vec<Walked>,
+        mut tests: Vec<Walked>,
+        done: Vec<Walked>,
         progress: &mut Progress,
     ) -> Result<(), Failure> {
         let started = Instant::now();
@@ -305,6 +347,9 @@ impl<'a> Scheduler<'a> {
         self.tail.offset = self.setup.state_file.metadata().map_or(0, |m| m.len());
         let mut queue: VecDeque<usize> = (0..tests.len()).collect();
         self.rounds = (0..tests.len()).map(|_| Round::default()).collect();
+        for unit in &done {
+            self.explore(unit, &mut tests, &mut queue);
+        }
         loop {
             self.fill(&tests, &mut queue)?;
             let Some((index, pid, ended)) = self.pool.wait_any() else {
@@ -322,8 +367,16 @@ impl<'a> Scheduler<'a> {
             if round.found && !interrupted() {
                 queue.push_back(index);
             } else if !round.found && !round.interrupted {
-                let test = tests[index].test.line_name();
-                self.setup.append(&Line::Tested { test }.to_string())?;
+                if tests[index].after.is_empty() {
+                    let test = tests[index].test.line_name();
+                    self.setup.append(&Line::Tested { test }.to_string())?;
+                }
+                let unit = Walked {
+                    binary: tests[index].binary,
+                    test: tests[index].test.clone(),
+                    after: tests[index].after.clone(),
+                };
+                self.explore(&unit, &mut tests, &mut queue);
             }
         }
         // What the processes left behind dies before the run's end line.
@@ -369,10 +422,14 @@ impl<'a> Scheduler<'a> {
             let binary = &self.binaries[walked.binary];
             let mut command = binary.command(&targets::run_alone(&walked.test.name, self.command));
             let round = &mut self.rounds[index];
-            let spec = match round.started {
+            let mut spec = match round.started {
                 0 => self.spec.clone(),
                 k => format!("{},sites-skip={k}", self.spec),
             };
+            for (i, id) in walked.after.iter().enumerate() {
+                spec.push_str(if i == 0 { ",sites-after=" } else { "+" });
+                spec.push_str(&StackId(*id).to_string());
+            }
             command.env("MAYFAIL_INJECT", spec);
             self.pool.spawn(command, index)?;
             round.started += 1;
@@ -381,6 +438,33 @@ impl<'a> Scheduler<'a> {
             self.processes += 1;
         }
         Ok(())
+    }
+
+    /// Queues the error paths of the sites `unit`'s walk found handled or
+    /// failed: a walk of the same test failing `unit`'s path, then the
+    /// site, then the first new allocation after it.
+    fn explore(&mut self, unit: &Walked, tests: &mut Vec<Walked>, queue: &mut VecDeque<usize>) {
+        if unit.after.len() >= self.depth {
+            return;
+        }
+        let key = (unit.test.fields(), unit.after.clone());
+        let Some(found) = self.explorable.get(&key) else {
+            return;
+        };
+        for &id in found {
+            let mut after = unit.after.clone();
+            after.push(id);
+            if !self.scheduled.insert((key.0.clone(), after.clone())) {
+                continue;
+            }
+            tests.push(Walked {
+                binary: unit.binary,
+                test: unit.test.clone(),
+                after,
+            });
+            self.rounds.push(Round::default());
+            queue.push_back(tests.len() - 1);
+        }
     }
 
     /// A test under way that may take one more copy: its binary's runtime
@@ -435,16 +519,41 @@ impl<'a> Scheduler<'a> {
         }
         if !failed.is_empty() {
             self.sites += failed.len();
+            // Handled, or a test failure: the code went on, on its error
+            // path, which a later walk explores.
+            let went_on = match ended {
+                Ended::Exited(status) => {
+                    ended.passed(&self.setup.handled_exit) || status.code() == Some(101)
+                }
+                _ => false,
+            };
+            if went_on {
+                let found = self
+                    .explorable
+                    .entry((walked.test.fields(), walked.after.clone()))
+                    .or_default();
+                for id in &failed {
+                    if !self.tail.panics.contains(id) && !found.contains(id) {
+                        found.push(*id);
+                    }
+                }
+            }
+            let path = match walked.after.last() {
+                Some(last) => format!(" on the error path of {}", StackId(*last)),
+                None => String::new(),
+            };
             progress.line(&format!(
-                "{}: new site {} ({})",
+                "{}: new site {}{path} ({})",
                 walked.test.display(),
                 StackId(failed[0]),
                 ended.describe(self.setup.timeout)
             ));
             return Ok(Settled::Site);
         }
-        if !ended.passed(&self.setup.handled_exit) {
-            // It passed without injection: it ended badly with no site to blame.
+        if !ended.passed(&self.setup.handled_exit) && walked.after.is_empty() {
+            // It passed without injection: it ended badly with no site to
+            // blame. (On an error path, the path's own failures account for
+            // how it ends: a test that failed goes on failing.)
             let (outcome, detail) = ended
                 .fate(self.setup.timeout)
                 .unwrap_or((Outcome::Unknown, "no status".to_owned()));
