@@ -169,6 +169,7 @@ pub(crate) fn compile(
             version: package.version.clone(),
             preload: None,
             env: env.into_iter().collect(),
+            should_panic: should_panic(&package.directory, &name),
             only: Some(name),
         };
         doctests.push(binary);
@@ -200,6 +201,25 @@ fn ran(stdout: &str) -> Vec<String> {
         names.push(name.to_owned());
     }
     names
+}
+
+/// Whether the doctest `name` is `should_panic`: said by its name (merged
+/// doctests), else by its code block's opening line in its file, the line
+/// its name gives (```` ```should_panic ````, ```` ```rust,should_panic ````).
+fn should_panic(package: &Path, name: &str) -> bool {
+    if name.ends_with(" - should panic") {
+        return true;
+    }
+    let Some((file, line)) = file_and_line(name) else {
+        return false;
+    };
+    std::fs::read_to_string(package.join(file))
+        .ok()
+        .and_then(|text| {
+            let fence = text.lines().nth(line.checked_sub(1)? as usize)?;
+            Some(fence.contains("```") && fence.contains("should_panic"))
+        })
+        .unwrap_or(false)
 }
 
 /// A doctest's name without the harness's suffix (` - should panic`).

@@ -100,7 +100,6 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         stopped = walk_doctests(args, setup, &command, &mut progress)?;
     }
     drop(progress);
-    let _ = std::fs::remove_dir_all(doctest_dir(setup));
     let code = sites::finish(args, setup, binaries.iter().any(|b| b.preload.is_some()))?;
     // Doctests that fail without injection: the walk did not look at them.
     Ok(match stopped {
@@ -262,7 +261,7 @@ fn baseline(
     let failing: Vec<usize> = pool
         .run_all(whole)?
         .into_iter()
-        .filter(|(_, ended)| !ended.passed(&setup.handled_exit))
+        .filter(|(index, ended)| !ended.passed_for(&binaries[*index], &setup.handled_exit))
         .map(|(index, _)| index)
         .collect();
     let alone = tests
@@ -276,7 +275,7 @@ fn baseline(
         .collect();
     let mut bad: Vec<(usize, String)> = Vec::new();
     for (i, ended) in pool.run_all(alone)? {
-        if !ended.passed(&setup.handled_exit) {
+        if !ended.passed_for(&binaries[tests[i].binary], &setup.handled_exit) {
             bad.push((i, ended.describe(setup.timeout)));
         }
     }
@@ -358,8 +357,9 @@ fn walk_doctests(
     Ok(None)
 }
 
-/// Where rustdoc keeps the doctests' executables during a walk: beside
-/// the state file, removed at its end.
+/// Where rustdoc keeps the doctests' executables: beside the state file,
+/// kept after the walk (the crash reports' replay lines in the log run
+/// them), replaced by the next walk.
 fn doctest_dir(setup: &Setup) -> std::path::PathBuf {
     let mut dir = setup.paths.state.clone().into_os_string();
     dir.push(".doctests");

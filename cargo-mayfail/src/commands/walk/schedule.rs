@@ -54,6 +54,14 @@ impl Ended {
         matches!(self, Ended::Exited(status) if sites::ended_well(status, handled_exit))
     }
 
+    /// [`Ended::passed`], for a process of `binary`: a `should_panic`
+    /// doctest passes by panicking (exit 101).
+    pub(crate) fn passed_for(&self, binary: &Binary, handled_exit: &[u8]) -> bool {
+        self.passed(handled_exit)
+            || (binary.should_panic
+                && matches!(self, Ended::Exited(status) if status.code() == Some(101)))
+    }
+
     /// `exit 101`, `killed after 600 s`.
     pub(crate) fn describe(&self, timeout: Duration) -> String {
         match self {
@@ -550,7 +558,8 @@ impl<'a> Scheduler<'a> {
             ));
             return Ok(Settled::Site);
         }
-        if !ended.passed(&self.setup.handled_exit) && walked.after.is_empty() {
+        let binary = &self.binaries[walked.binary];
+        if !ended.passed_for(binary, &self.setup.handled_exit) && walked.after.is_empty() {
             // It passed without injection: it ended badly with no site to
             // blame. (On an error path, the path's own failures account for
             // how it ends: a test that failed goes on failing.)

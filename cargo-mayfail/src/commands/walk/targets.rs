@@ -33,6 +33,8 @@ pub(crate) struct Binary {
     pub(crate) env: Vec<(OsString, OsString)>,
     /// The one test it runs, for a doctest's executable (which lists none).
     pub(crate) only: Option<String>,
+    /// A `should_panic` doctest's: it passes by panicking (exit 101).
+    pub(crate) should_panic: bool,
 }
 
 impl Binary {
@@ -239,6 +241,7 @@ pub(crate) fn build(test: &CargoTest, log: &File) -> Result<Option<Built>, Failu
             preload: None,
             env: Vec::new(),
             only: None,
+            should_panic: false,
             executable,
             directory: package
                 .manifest_path
