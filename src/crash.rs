@@ -709,6 +709,15 @@ fn under_preload_library() -> bool {
 /// The command line of this process, shell-quoted, read from
 /// `/proc/self/cmdline` without allocating.
 fn write_command_line<const N: usize>(line: &mut StackBuf<N>) {
+    // rustdoc's merged doctests (edition 2024) run one doctest by this
+    // variable; without it the executable runs them all, on other stacks.
+    if let Some(number) = sys::getenv(c"RUSTDOC_DOCTEST_RUN_NB_TEST") {
+        let _ = write!(
+            line,
+            "env RUSTDOC_DOCTEST_RUN_NB_TEST={} ",
+            ShellWord(number)
+        );
+    }
     let mut buf = [0u8; 2048];
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let fd = unsafe { libc::open(c"/proc/self/cmdline".as_ptr(), libc::O_RDONLY) };

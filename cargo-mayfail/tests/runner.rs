@@ -213,6 +213,10 @@ fn walk_the_fixture_with(engine: &str) {
         state.to_str().unwrap(),
         "--show",
         "all",
+        // The same sites with either engine: no error paths (the `runs`
+        // engine walks none).
+        "--depth",
+        "0",
         "--",
         "cargo",
         "test",
@@ -253,7 +257,7 @@ fn walk_the_fixture_with(engine: &str) {
         // under way when cores are idle may add a few.
         let processes = text.matches("\ntest\t").count();
         assert!((10..=16).contains(&processes), "{processes}: {text}");
-        assert_eq!(text.matches("\ntested\t").count(), 6, "{text}");
+        assert_eq!(text.matches("\ntested\t").count(), 5, "{text}");
     } else {
         assert!((6..=8).contains(&runs), "{runs} runs");
     }
