@@ -64,22 +64,26 @@ static SILENT: AtomicBool = AtomicBool::new(false);
 static ON_ABORT: Hook<fn()> = Hook::new();
 
 /// Registers the function the signal handler calls first.
+#[cfg(feature = "sites")]
 pub(crate) fn on_fatal_signal(hook: fn(libc::c_int, usize)) {
     ON_FATAL_SIGNAL.set(Some(hook));
 }
 
 /// Registers the function that names the stack id of a replay line.
+#[cfg(feature = "sites")]
 pub(crate) fn replay_stack_with(hook: fn() -> Option<u64>) {
     REPLAY_STACK.set(Some(hook));
 }
 
 /// Registers the function a silenced process's handler calls on an abort,
 /// to walk its stack. It runs in the signal handler: it must not allocate.
+#[cfg(feature = "sweep")]
 pub(crate) fn on_abort_stack(hook: fn()) {
     ON_ABORT.set(Some(hook));
 }
 
 /// No report from this process (a sweep's child: its parent reports).
+#[cfg(feature = "sweep")]
 pub(crate) fn silence() {
     SILENT.store(true, Relaxed);
 }
