@@ -51,16 +51,22 @@ use crate::text::{Quoted, Replayable, ShellWord, StackBuf};
 const NULL_PAGE_LIMIT: usize = 1 << 20;
 
 /// Called first by the signal handler, with the signal and the fault
-/// address: the site walk records the fate of the site it failed.
+/// address: the site walk records the fate of the site it failed. Filled
+/// only by `sites::register` (for `sites=` and `stack=`): a slot, not a call,
+/// because the site walk lies above this layer (docs/ARCHITECTURE.md) and
+/// is not compiled without its feature.
 static ON_FATAL_SIGNAL: Hook<fn(libc::c_int, usize)> = Hook::new();
 /// The stack id a replay line names, when the site walk caused the failure.
+/// Filled only by `sites::register`, a slot for the same reason as
+/// [`ON_FATAL_SIGNAL`].
 static REPLAY_STACK: Hook<fn() -> Option<u64>> = Hook::new();
 /// Set in a sweep's child: the parent reports, the child stays quiet.
 static SILENT: AtomicBool = AtomicBool::new(false);
 /// Called by the signal handler of a silenced process (a sweep's child) on
 /// `SIGABRT`, where it walks the abort's stack: the parent blames the
 /// allocation that reached `handle_alloc_error`, which in persistent mode is
-/// not the first one failed.
+/// not the first one failed. Filled only by the sweep's child
+/// (`sweep::child`): a slot because the sweep lies above this layer.
 static ON_ABORT: Hook<fn()> = Hook::new();
 
 /// Registers the function the signal handler calls first.

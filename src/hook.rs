@@ -3,6 +3,11 @@
 //! an injected failure, the crash report calls the site walk's fate writer,
 //! without naming those modules. One mechanism for every such slot.
 //!
+//! A slot exists only where the layer rule needs it (docs/ARCHITECTURE.md:
+//! a lower layer calling an upper one, which may not even be compiled);
+//! each slot's comment names who fills it. A call within a layer, or
+//! downwards, is a direct call.
+//!
 //! A leaf: it depends on nothing else in the crate. A slot is one atomic
 //! word holding a function pointer: setting and reading it never allocate,
 //! lock or panic, and work inside the allocator and signal handlers.
