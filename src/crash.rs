@@ -51,9 +51,14 @@ use crate::text::{Quoted, Replayable, ShellWord, StackBuf};
 const NULL_PAGE_LIMIT: usize = 1 << 20;
 
 /// Called first by the signal handler, with the signal and the fault
-/// address: the site walk records the fate of the site it failed.
+/// address: the site walk records the fate of the site it failed. Filled
+/// only by `sites::register` (for `sites=` and `stack=`): a slot, not a call,
+/// because the site walk lies above this layer (docs/ARCHITECTURE.md) and
+/// is not compiled without its feature.
 static ON_FATAL_SIGNAL: Hook<fn(libc::c_int, usize)> = Hook::new();
 /// The stack id a replay line names, when the site walk caused the failure.
+/// Filled only by `sites::register`, a slot for the same reason as
+/// [`ON_FATAL_SIGNAL`].
 static REPLAY_STACK: Hook<fn() -> Option<ReplayStack>> = Hook::new();
 
 /// What a replay line names when the site walk caused the failure: the
@@ -68,31 +73,37 @@ pub(crate) struct ReplayStack {
 
 // SAFETY: a plain `fn` pointer type.
 unsafe impl crate::hook::FnPointer for fn() -> Option<ReplayStack> {}
+
 /// Set in a sweep's child: the parent reports, the child stays quiet.
 static SILENT: AtomicBool = AtomicBool::new(false);
 /// Called by the signal handler of a silenced process (a sweep's child) on
 /// `SIGABRT`, where it walks the abort's stack: the parent blames the
 /// allocation that reached `handle_alloc_error`, which in persistent mode is
-/// not the first one failed.
+/// not the first one failed. Filled only by the sweep's child
+/// (`sweep::child`): a slot because the sweep lies above this layer.
 static ON_ABORT: Hook<fn()> = Hook::new();
 
 /// Registers the function the signal handler calls first.
+#[cfg(feature = "sites")]
 pub(crate) fn on_fatal_signal(hook: fn(libc::c_int, usize)) {
     ON_FATAL_SIGNAL.set(Some(hook));
 }
 
 /// Registers the function that names the stack id of a replay line.
+#[cfg(feature = "sites")]
 pub(crate) fn replay_stack_with(hook: fn() -> Option<ReplayStack>) {
     REPLAY_STACK.set(Some(hook));
 }
 
 /// Registers the function a silenced process's handler calls on an abort,
 /// to walk its stack. It runs in the signal handler: it must not allocate.
+#[cfg(feature = "sweep")]
 pub(crate) fn on_abort_stack(hook: fn()) {
     ON_ABORT.set(Some(hook));
 }
 
 /// No report from this process (a sweep's child: its parent reports).
+#[cfg(feature = "sweep")]
 pub(crate) fn silence() {
     SILENT.store(true, Relaxed);
 }

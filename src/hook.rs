@@ -3,6 +3,11 @@
 //! an injected failure, the crash report calls the site walk's fate writer,
 //! without naming those modules. One mechanism for every such slot.
 //!
+//! A slot exists only where the layer rule needs it (docs/ARCHITECTURE.md:
+//! a lower layer calling an upper one, which may not even be compiled);
+//! each slot's comment names who fills it. A call within a layer, or
+//! downwards, is a direct call.
+//!
 //! A leaf: it depends on nothing else in the crate. A slot is one atomic
 //! word holding a function pointer: setting and reading it never allocate,
 //! lock or panic, and work inside the allocator and signal handlers.
@@ -44,6 +49,8 @@ impl<F: FnPointer> Hook<F> {
     }
 
     /// Puts `f` in the slot (or empties it).
+    // Unused with `inject` alone: only the site walk and the sweep register.
+    #[cfg_attr(not(any(feature = "sweep", feature = "sites")), allow(dead_code))]
     pub(crate) fn set(&self, f: Option<F>) {
         // SAFETY: `F` is a one-word `fn` pointer (see `FnPointer` and the
         // size assertion); its bits are a non-zero address.

@@ -53,19 +53,6 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
-// With some features off, the lower layers keep pieces only those features
-// use (the per-thread countdown, the raw writers, the text escapes, the
-// reserve for logging): unused then, and left out of the binary.
-#![cfg_attr(
-    not(all(
-        feature = "inject",
-        feature = "sweep",
-        feature = "sites",
-        feature = "log"
-    )),
-    allow(dead_code, unused_imports)
-)]
-
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 compile_error!(
     "mayfail supports Linux with glibc only (it uses RLIMIT_AS, /proc, pthread_getname_np \
@@ -75,11 +62,27 @@ compile_error!(
 // The layers, bottom up (docs/ARCHITECTURE.md): leaves first, then the knobs
 // and the retry policy, then injection and what registers with it.
 mod cgroup;
+// The modules below hold per-thread and per-process state for every
+// feature at once; what a feature alone leaves unused is allowed here per
+// module until each item is gated by its feature.
+#[cfg_attr(
+    not(all(feature = "inject", feature = "sweep", feature = "sites")),
+    allow(dead_code)
+)]
 mod engaged;
 #[cfg(feature = "inject")]
 mod hash;
 mod outcome;
 mod request;
+#[cfg_attr(
+    not(all(
+        feature = "inject",
+        feature = "sweep",
+        feature = "sites",
+        feature = "log"
+    )),
+    allow(dead_code)
+)]
 mod scope;
 mod stats;
 mod sys;
@@ -95,16 +98,19 @@ mod reclaim;
 mod report;
 mod reserve;
 
+#[cfg_attr(not(feature = "log"), allow(unused_imports))]
 mod policy;
 mod watchdog;
 
 #[cfg(feature = "inject")]
+#[cfg_attr(not(all(feature = "sweep", feature = "sites")), allow(dead_code))]
 mod configure;
 #[cfg(feature = "inject")]
 mod crash;
 #[cfg(feature = "inject")]
 mod hook;
 #[cfg(feature = "inject")]
+#[cfg_attr(not(feature = "sites"), allow(dead_code))]
 mod inject;
 #[cfg(feature = "inject")]
 mod modules;
@@ -114,6 +120,7 @@ mod record;
 mod sites;
 #[cfg(feature = "inject")]
 mod spec;
+#[cfg(feature = "sites")]
 pub mod state;
 #[cfg(feature = "sweep")]
 mod sweep;

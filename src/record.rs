@@ -176,6 +176,7 @@ pub(crate) fn take() -> Option<Taken> {
 /// Forgets this thread's records: the next injected failure starts a run
 /// of its own even if the thread is exhausted (a sweep starts each run
 /// with this).
+#[cfg(feature = "sweep")]
 pub(crate) fn forget() {
     let _ = take();
 }
@@ -263,6 +264,7 @@ pub(crate) fn describe<const N: usize>(line: &mut StackBuf<N>, r: &Record) {
 
 /// Writes what this thread's latest injected failure was:
 /// `alloc of 64 bytes (align 8)`.
+#[cfg(feature = "sweep")]
 pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
     if let Some(r) = latest()
         && r.valid
@@ -273,6 +275,7 @@ pub(crate) fn write_failure<const N: usize>(line: &mut StackBuf<N>) {
 
 /// Writes the raw return addresses of this thread's latest injected
 /// failure, in hex, separated by commas. Does not allocate.
+#[cfg(feature = "sweep")]
 pub(crate) fn write_frames<const N: usize>(line: &mut StackBuf<N>) -> bool {
     let Some(record) = latest() else {
         return false;

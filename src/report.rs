@@ -42,6 +42,7 @@ impl RateLimit {
 const SECOND_NS: u64 = 1_000_000_000;
 
 static STALL_LIMIT: RateLimit = RateLimit::new();
+#[cfg(feature = "log")]
 static FAILURE_LIMIT: RateLimit = RateLimit::new();
 
 /// The one-line warning for an allocation that has been retrying for too
@@ -82,13 +83,6 @@ pub(crate) fn stall(
     });
     write_stderr(line.finish_line());
     true
-}
-
-/// Whether a final failure may be logged now: a logger wants it, and none
-/// was logged in the last second. Never without the `log` feature.
-#[cfg(not(feature = "log"))]
-pub(crate) fn failure_log_due() -> bool {
-    false
 }
 
 /// Whether a final failure may be logged now: a logger wants it, and none

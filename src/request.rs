@@ -5,9 +5,11 @@
 //! locks or panics.
 
 use core::alloc::{GlobalAlloc, Layout};
+#[cfg(feature = "inject")]
 use core::fmt;
 
 /// The operation, for the injection decision and messages.
+#[cfg(feature = "inject")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Alloc,
@@ -15,6 +17,7 @@ pub(crate) enum Op {
     Realloc,
 }
 
+#[cfg(feature = "inject")]
 impl Op {
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -27,12 +30,14 @@ impl Op {
 
 /// What was asked, for messages, reports and the state file:
 /// `alloc of 64 bytes (align 8)`.
+#[cfg(feature = "inject")]
 pub(crate) struct Asked {
     pub(crate) op: Op,
     pub(crate) size: usize,
     pub(crate) align: usize,
 }
 
+#[cfg(feature = "inject")]
 impl fmt::Display for Asked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -46,6 +51,9 @@ impl fmt::Display for Asked {
 }
 
 /// What to do with one allocation.
+// `alloc` matches every verdict; only injection returns `Fail` and
+// `Transient`.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Serve it.
@@ -66,6 +74,7 @@ pub(crate) enum Request {
 
 impl Request {
     /// The operation, for injection and messages.
+    #[cfg(feature = "inject")]
     #[inline(always)]
     pub(crate) fn op(self) -> Op {
         match self {

@@ -66,6 +66,7 @@ fn refill<A: GlobalAlloc>(inner: &A) {
 /// Gives the reserve back to `inner` (if it is there and belongs to the
 /// allocator at `owner`), runs `f`, then tries to set it aside again. For
 /// any other allocator, just runs `f`.
+#[cfg(feature = "log")]
 pub(crate) fn spend<A: GlobalAlloc>(owner: usize, inner: &A, f: impl FnOnce()) {
     if OWNER.load(Ordering::Relaxed) != owner {
         f();

@@ -719,21 +719,7 @@ impl fmt::Display for StackId {
     }
 }
 
-/// The registry crate a source file belongs to, as the frames of a `site`
-/// line name it (`.../registry/src/<index>/<name>-<version>/...`): its name,
-/// with the dashes cargo keeps (`allocator-api2`); `None` for a local file
-/// or std's. The version starts at the first `-` followed by `digits.`.
-pub fn registry_crate(file: &str) -> Option<&str> {
-    let at = file.find("/registry/src/")?;
-    let rest = &file[at + "/registry/src/".len()..];
-    let rest = &rest[rest.find('/')? + 1..];
-    let dir = &rest[..rest.find('/')?];
-    dir.match_indices('-').find_map(|(i, _)| {
-        let version = &dir[i + 1..];
-        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
-        (digits > 0 && version.as_bytes().get(digits) == Some(&b'.')).then(|| &dir[..i])
-    })
-}
+pub use crate::text::registry_crate;
 
 #[cfg(test)]
 mod tests {

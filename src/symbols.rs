@@ -24,7 +24,9 @@ use core::sync::atomic::{
 };
 use std::path::Path;
 
-pub(crate) use crate::modules::{build_modules, locate, modules};
+#[cfg(feature = "sites")]
+pub(crate) use crate::modules::modules;
+pub(crate) use crate::modules::{build_modules, locate};
 use crate::sys;
 use crate::text::StackBuf;
 
@@ -202,7 +204,7 @@ fn is_machinery_file(file: &Path) -> bool {
             .iter()
             .any(|lib| file.contains(lib));
     }
-    crate::state::registry_crate(file).is_some_and(|krate| {
+    crate::text::registry_crate(file).is_some_and(|krate| {
         MACHINERY_CRATES.iter().any(|m| {
             m.len() == krate.len()
                 && m.bytes()
@@ -218,12 +220,14 @@ pub(crate) struct Frame<'a> {
     /// The demangled name, without the hash (`<unknown>` if there is none).
     pub(crate) name: &'a str,
     /// Whether the debug information named it.
+    #[cfg_attr(not(feature = "sites"), allow(dead_code))]
     pub(crate) named: bool,
     /// Its source file, if known.
     pub(crate) file: Option<&'a Path>,
     /// Its line, if known.
     pub(crate) line: Option<u32>,
     /// Whether its symbol is a C++ one (Itanium mangling).
+    #[cfg_attr(not(feature = "sites"), allow(dead_code))]
     pub(crate) cpp: bool,
     /// Whether it is the C++ standard library's (see [`is_cpp_library`]).
     pub(crate) cpp_library: bool,
@@ -473,6 +477,7 @@ extern "C" fn fork_handlers_at_start() {
 /// Runs `f`, whose resolutions (on this thread) never wait for a fork in
 /// progress: they give up, and `f` sees no names for those addresses.
 /// Returns whether none gave up. For the allocator's resolutions.
+#[cfg(feature = "sites")]
 pub(crate) fn never_waiting_for_fork(f: impl FnOnce()) -> bool {
     let _ = NO_FORK_WAIT.try_with(|flag| flag.set(true));
     let _ = GAVE_UP.try_with(|flag| flag.set(false));
@@ -646,17 +651,21 @@ pub(crate) fn on_big_stack(job: &mut dyn FnMut()) -> bool {
 
 /// How a call site shows its files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg(any(feature = "sweep", feature = "sites"))]
 pub(crate) enum Paths {
     /// As the debug information has them: absolute (the runner's state
     /// file keeps them, and its JSON).
+    #[cfg(feature = "sites")]
     Full,
     /// Short: relative to the current directory (the package's, under
     /// cargo), a registry crate's as `name-version/src/file.rs`, std's from
     /// `library/`.
+    #[cfg(feature = "sweep")]
     Short,
 }
 
 /// `file` as a report shows it: see [`Paths::Short`].
+#[cfg(feature = "sweep")]
 pub(crate) fn short_path(file: &Path, dir: Option<&Path>) -> String {
     if let Some(relative) = dir.and_then(|dir| file.strip_prefix(dir).ok()) {
         return relative.display().to_string();
@@ -693,10 +702,12 @@ pub(crate) fn short_path(file: &Path, dir: Option<&Path>) -> String {
 /// caller's). The walk ends at the sweep's
 /// runner and at the test harness. The addresses must belong to this
 /// process (or to its parent before a fork, which has the same mappings).
+#[cfg(any(feature = "sweep", feature = "sites"))]
 pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
     let mut site = String::new();
     let mut written = 0;
     let mut ended = false;
+    #[cfg(feature = "sweep")]
     let dir = std::env::current_dir().ok();
     for &ip in frames {
         if written >= depth || ended {
@@ -718,7 +729,9 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
             site.push_str(frame.name);
             if let (Some(file), Some(line)) = (frame.file, frame.line) {
                 let shown = match paths {
+                    #[cfg(feature = "sites")]
                     Paths::Full => file.display().to_string(),
+                    #[cfg(feature = "sweep")]
                     Paths::Short => short_path(file, dir.as_deref()),
                 };
                 let _ = write!(site, " ({shown}:{line})");
@@ -734,6 +747,7 @@ pub(crate) fn site_of(frames: &[usize], depth: usize, paths: Paths) -> String {
 
 /// Functions of std's panic machinery: an allocation made below one of
 /// them formats or boxes a panic's payload for the function that panicked.
+#[cfg(feature = "sites")]
 const PANIC_FRAMES: [&str; 5] = [
     "core::panicking::",
     "std::panicking::",
@@ -746,6 +760,7 @@ const PANIC_FRAMES: [&str; 5] = [
 /// payload): a frame of std's panic machinery lies between it and the
 /// first function outside the allocation machinery. The function that
 /// panicked did not itself allocate.
+#[cfg(feature = "sites")]
 pub(crate) fn serves_panic(frames: &[usize]) -> bool {
     let mut panic = false;
     let mut user = false;
@@ -847,6 +862,7 @@ pub(crate) fn write_backtrace(frames: &[usize]) {
 /// Whose code a stack is, judged by its innermost frame below the
 /// allocation machinery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg(feature = "sites")]
 pub(crate) enum Class {
     /// The program's own code, or a dependency's.
     User,
@@ -858,6 +874,7 @@ pub(crate) enum Class {
 /// Symbols of the Rust runtime, the test harness and libc's start-up (in a
 /// program that links libc statically; a shared libc is judged by
 /// [`LIBC_MODULES`]).
+#[cfg(feature = "sites")]
 const RUNTIME_PREFIXES: [&str; 9] = [
     "test::",
     "<test::",
@@ -870,6 +887,7 @@ const RUNTIME_PREFIXES: [&str; 9] = [
     "__libc_",
 ];
 /// Entry points of processes and threads. Not `main`: see [`is_rust_main`].
+#[cfg(any(feature = "sweep", feature = "sites"))]
 const RUNTIME_NAMES: [&str; 6] = [
     "_start",
     "start_thread",
@@ -932,12 +950,14 @@ fn library_of(ip: usize) -> Library {
 
 /// Whether a function starts a process or a thread (libc's start-up, which
 /// calls a C program's `main`, or a thread's start): a call site ends there.
+#[cfg(any(feature = "sweep", feature = "sites"))]
 fn is_entry_point(name: &str) -> bool {
     name.starts_with("__libc_start") || RUNTIME_NAMES.contains(&name)
 }
 
 /// Whether a frame is std's `lang_start`, which the `main` rustc generates
 /// for a Rust program calls (by its path, or unqualified in std's file).
+#[cfg(feature = "sites")]
 fn is_lang_start(frame: &Frame<'_>) -> bool {
     frame.name.starts_with("std::rt::lang_start")
         || (frame.name.starts_with("lang_start") && frame.file.is_some_and(is_machinery_file))
@@ -948,6 +968,7 @@ fn is_lang_start(frame: &Frame<'_>) -> bool {
 /// the frame it called, `after_lang_start`. A C program's `main`, a Rust
 /// program's own `fn main` named without its crate path
 /// (`debug = "line-tables-only"`) and a `#[no_mangle] main` are the user's.
+#[cfg(feature = "sites")]
 fn is_rust_main(frame: &Frame<'_>, after_lang_start: bool) -> bool {
     frame.name == "main" && after_lang_start
 }
@@ -957,6 +978,7 @@ fn is_rust_main(frame: &Frame<'_>, after_lang_start: bool) -> bool {
 /// C library (which allocates for its caller): the program's own code (or
 /// a dependency's) makes it a site; the Rust runtime, the test harness, the
 /// loader and the entry points of processes and threads do not.
+#[cfg(feature = "sites")]
 pub(crate) fn classify(frames: &[usize]) -> Class {
     let mut below_machinery = false;
     let mut any_named = false;
@@ -1124,7 +1146,7 @@ mod tests {
         assert!(frame("{closure#0}", &format!("{SWEEP_SOURCES}child.rs")).is_sweep_runner());
         assert!(!frame("{closure#0}", "/work/app/src/sweep/child.rs").is_sweep_runner());
         assert_eq!(
-            crate::state::registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
+            crate::text::registry_crate(&format!("{registry}/foo-2d-1.0.0/src/lib.rs")),
             Some("foo-2d")
         );
     }
@@ -1162,6 +1184,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "sites")]
     #[test]
     fn only_the_main_that_calls_lang_start_is_the_runtimes() {
         fn frame<'a>(name: &'a str, file: &'a str) -> Frame<'a> {
@@ -1207,6 +1230,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "sweep")]
     #[test]
     fn printed_paths_leave_out_homes_and_toolchain_hashes() {
         let dir = Path::new("/work/app");

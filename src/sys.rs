@@ -8,7 +8,9 @@
 //! run inside the allocator or a signal handler, so none allocates, locks or
 //! panics.
 
-use core::ffi::{CStr, c_int, c_void};
+#[cfg(feature = "inject")]
+use core::ffi::c_int;
+use core::ffi::{CStr, c_void};
 use core::ptr;
 
 /// Nanoseconds on `clock` (`CLOCK_MONOTONIC`, `CLOCK_REALTIME`), saturating.
@@ -33,6 +35,7 @@ pub(crate) fn now_ns() -> u64 {
 
 /// A fresh, zero-filled, readable and writable private mapping of `len`
 /// bytes (no swap reserved), or `None`.
+#[cfg(any(feature = "sweep", feature = "sites", feature = "pressure"))]
 pub(crate) fn map_anonymous(len: usize) -> Option<*mut u8> {
     // Miri does not model MAP_NORESERVE; the reservation changes nothing it
     // checks.
@@ -62,6 +65,7 @@ pub(crate) fn map_anonymous(len: usize) -> Option<*mut u8> {
 ///
 /// `ptr` and `len` describe a whole mapping from [`map_anonymous`] that
 /// nothing uses any more.
+#[cfg(any(feature = "sweep", feature = "sites"))]
 pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) {
     // SAFETY: the caller's contract.
     unsafe { libc::munmap(ptr.cast(), len) };
@@ -111,9 +115,11 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
 }
 
 /// The kernel keeps 15 bytes of a thread's name (16 with the NUL).
+#[cfg(feature = "inject")]
 pub(crate) const KERNEL_NAME_BYTES: usize = 15;
 
 /// The current thread's name as the kernel keeps it, into `buf`.
+#[cfg(feature = "inject")]
 pub(crate) fn thread_name(buf: &mut [u8; 16]) -> &[u8] {
     // SAFETY: `buf` is 16 writable bytes, the size the call is given;
     // pthread_getname_np on the calling thread uses prctl, no allocation.
@@ -134,6 +140,7 @@ pub(crate) fn gettid() -> libc::pid_t {
 }
 
 /// The calling process's id.
+#[cfg(feature = "inject")]
 pub(crate) fn getpid() -> libc::pid_t {
     // SAFETY: getpid has no preconditions.
     unsafe { libc::getpid() }
@@ -168,6 +175,7 @@ pub(crate) fn memory_and_swap() -> Option<u64> {
 }
 
 /// The name of a signal, for reports: `SIGABRT`, `SIGSEGV`... or `signal`.
+#[cfg(feature = "inject")]
 pub(crate) fn signal_name(sig: c_int) -> &'static str {
     match sig {
         libc::SIGABRT => "SIGABRT",
@@ -183,6 +191,8 @@ pub(crate) fn signal_name(sig: c_int) -> &'static str {
     }
 }
 
+#[cfg(feature = "inject")]
+#[cfg(feature = "sites")]
 unsafe extern "C" {
     /// glibc's `on_exit`: like `atexit`, with the exit status. The `libc`
     /// crate does not declare it; the crate supports glibc only (see the
@@ -192,6 +202,7 @@ unsafe extern "C" {
 }
 
 /// Runs `function` with the exit status when the process exits normally.
+#[cfg(feature = "sites")]
 pub(crate) fn call_on_exit(function: extern "C" fn(status: c_int, arg: *mut c_void)) {
     // SAFETY: `function` is a valid handler for the life of the process and
     // takes no argument we pass.
@@ -199,6 +210,7 @@ pub(crate) fn call_on_exit(function: extern "C" fn(status: c_int, arg: *mut c_vo
 }
 
 /// A file's identity: its device and inode numbers.
+#[cfg(any(feature = "sweep", feature = "sites"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileId {
     pub(crate) device: u64,
@@ -207,6 +219,7 @@ pub(crate) struct FileId {
 
 /// The identity of the file open at `fd`, or `None` if `fd` is not open.
 /// Async-signal-safe.
+#[cfg(any(feature = "sweep", feature = "sites"))]
 pub(crate) fn file_id(fd: c_int) -> Option<FileId> {
     // SAFETY: an all-zero stat is valid; fstat fills it.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
@@ -227,6 +240,7 @@ pub(crate) fn file_id(fd: c_int) -> Option<FileId> {
 /// the lowest free numbers, and one that closes "all" its descriptors
 /// usually closes a low range. Returns `fd` itself if it cannot be moved.
 /// Async-signal-safe.
+#[cfg(any(feature = "sweep", feature = "sites"))]
 pub(crate) fn move_descriptor_high(fd: c_int) -> c_int {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -306,7 +320,7 @@ pub(crate) fn name_this_thread(name: &CStr) {
 /// Whether this process runs under valgrind (its preloaded core library is
 /// mapped): the unit tests that fork skip there, as valgrind's forked
 /// children report the blocks of the parent's threads as errors at `_exit`.
-#[cfg(test)]
+#[cfg(all(test, feature = "inject"))]
 pub(crate) fn under_valgrind() -> bool {
     std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_"))
 }

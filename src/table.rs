@@ -168,6 +168,7 @@ impl Table {
     }
 
     /// Whether `key` is in the table.
+    #[cfg(any(feature = "sites", test))]
     pub(crate) fn contains(&self, key: u64) -> bool {
         self.find(key).is_some()
     }

@@ -31,6 +31,7 @@ impl<const N: usize> StackBuf<N> {
 
     /// The text written, up to its last whole character (a cut may have
     /// split one).
+    #[cfg(feature = "sites")]
     pub(crate) fn as_str(&self) -> &str {
         let bytes = self.as_bytes();
         match core::str::from_utf8(bytes) {
@@ -98,8 +99,10 @@ impl fmt::Display for Shown<'_> {
 /// controls, invalid UTF-8, and the characters that delimit values (quotes,
 /// backslash, comma, equals sign) as `\xNN`, which the `thread=` value
 /// decodes.
+#[cfg(feature = "inject")]
 pub(crate) struct Replayable<'a>(pub(crate) &'a [u8]);
 
+#[cfg(feature = "inject")]
 impl fmt::Display for Replayable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for chunk in self.0.utf8_chunks() {
@@ -124,6 +127,7 @@ impl fmt::Display for Replayable<'_> {
 
 /// Undoes [`Replayable`]'s `\xNN` escapes into `out`; returns the length, or
 /// `None` if an escape is malformed or `out` is too small.
+#[cfg(feature = "inject")]
 pub(crate) fn unescape(input: &[u8], out: &mut [u8]) -> Option<usize> {
     let mut len = 0;
     let mut i = 0;
@@ -164,8 +168,10 @@ impl fmt::Display for Escaped<'_> {
 
 /// Bytes for a tab-separated line: tabs and line breaks become spaces,
 /// invalid UTF-8 becomes `?`.
+#[cfg(feature = "inject")]
 pub(crate) struct Clean<'a>(pub(crate) &'a [u8]);
 
+#[cfg(feature = "inject")]
 impl fmt::Display for Clean<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for chunk in self.0.utf8_chunks() {
@@ -185,14 +191,17 @@ impl fmt::Display for Clean<'_> {
 /// quotes (a `'` inside becomes `'\''`); an empty word is `''`. Bytes that
 /// are not UTF-8 cannot be written through `fmt`: such a word is written in
 /// bash's `$'...'` form with `\xNN` escapes.
+#[cfg(feature = "inject")]
 pub(crate) struct ShellWord<'a>(pub(crate) &'a [u8]);
 
+#[cfg(feature = "inject")]
 impl ShellWord<'_> {
     fn plain(b: u8) -> bool {
         b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b)
     }
 }
 
+#[cfg(feature = "inject")]
 impl fmt::Display for ShellWord<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let word = self.0;
@@ -209,8 +218,10 @@ impl fmt::Display for ShellWord<'_> {
 
 /// One word for a POSIX shell, always quoted (a variable's value in a
 /// replay line reads better so), with [`ShellWord`]'s rules otherwise.
+#[cfg(feature = "inject")]
 pub(crate) struct Quoted<'a>(pub(crate) &'a [u8]);
 
+#[cfg(feature = "inject")]
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let word = self.0;
@@ -237,6 +248,23 @@ impl fmt::Display for Quoted<'_> {
         }
         f.write_char('\'')
     }
+}
+
+/// The registry crate a source file belongs to, as the frames of a `site`
+/// line name it (`.../registry/src/<index>/<name>-<version>/...`): its name,
+/// with the dashes cargo keeps (`allocator-api2`); `None` for a local file
+/// or std's. The version starts at the first `-` followed by `digits.`.
+#[cfg(feature = "inject")]
+pub fn registry_crate(file: &str) -> Option<&str> {
+    let at = file.find("/registry/src/")?;
+    let rest = &file[at + "/registry/src/".len()..];
+    let rest = &rest[rest.find('/')? + 1..];
+    let dir = &rest[..rest.find('/')?];
+    dir.match_indices('-').find_map(|(i, _)| {
+        let version = &dir[i + 1..];
+        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
+        (digits > 0 && version.as_bytes().get(digits) == Some(&b'.')).then(|| &dir[..i])
+    })
 }
 
 /// Parses a whole decimal number, without sign, with overflow checking.
@@ -292,6 +320,7 @@ mod tests {
         assert!(t.ends_with("7..."), "{t}");
     }
 
+    #[cfg(feature = "inject")]
     #[test]
     fn replayable_text_round_trips_through_unescape() {
         for name in [
@@ -311,11 +340,13 @@ mod tests {
         assert_eq!(unescape(b"bad\\y41", &mut [0; 8]), None);
     }
 
+    #[cfg(feature = "inject")]
     #[test]
     fn cleaned_fields_hold_no_tabs_or_line_breaks() {
         assert_eq!(Clean(b"a\tb\nc\xff").to_string(), "a b c?");
     }
 
+    #[cfg(feature = "inject")]
     #[test]
     fn shell_words_are_quoted_only_when_needed() {
         assert_eq!(ShellWord(b"cargo").to_string(), "cargo");

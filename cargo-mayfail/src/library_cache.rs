@@ -6,9 +6,9 @@
 //! needs the library, [`ensure`] finds it in
 //! `$XDG_CACHE_HOME/mayfail/<version>-<hash>/` (else `~/.cache/mayfail/...`)
 //! or builds it there: it writes a small cargo project whose sources are
-//! `mayfail-preload`'s (`preload/` in this package: links to that package's
-//! files, which `cargo package` follows, so the published crate holds
-//! copies) and runs `cargo build --release` in it, once. The hash covers
+//! `mayfail-preload`'s (`preload/src` in this package: a link to that
+//! package's `src`, which `cargo package` follows, so the published crate
+//! holds copies; the build script lists its files) and runs `cargo build --release` in it, once. The hash covers
 //! everything the build reads from here: the sources, the manifest, the
 //! lock file, and, when `mayfail` is a path dependency, that checkout's
 //! sources. [`cached`] only looks: a test binary's `preload-run` never
@@ -38,15 +38,9 @@ use crate::exit_codes;
 use crate::failure::Failure;
 use crate::process::shell_quote;
 
-/// mayfail-preload's sources: (file name under `src/`, text).
-const SOURCES: [(&str, &str); 6] = [
-    ("lib.rs", include_str!("../preload/src/lib.rs")),
-    ("elf.rs", include_str!("../preload/src/elf.rs")),
-    ("exports.rs", include_str!("../preload/src/exports.rs")),
-    ("gate.rs", include_str!("../preload/src/gate.rs")),
-    ("inner.rs", include_str!("../preload/src/inner.rs")),
-    ("interpose.rs", include_str!("../preload/src/interpose.rs")),
-];
+/// mayfail-preload's sources: (file name under `src/`, text), every file of
+/// `preload/src` (listed by the build script).
+const SOURCES: &[(&str, &str)] = &include!(concat!(env!("OUT_DIR"), "/preload_sources.rs"));
 
 /// The workspace's lock file: the build starts from the versions CI tested
 /// (and needs no network when they are in cargo's cache already).
@@ -176,7 +170,7 @@ impl Build {
         let mut hash = Fnv::new();
         hash.add(manifest.as_bytes());
         hash.add(LOCK.as_bytes());
-        for (name, text) in SOURCES {
+        for &(name, text) in SOURCES {
             hash.add(name.as_bytes());
             hash.add(text.as_bytes());
         }
@@ -319,7 +313,7 @@ impl Build {
             (project.join("Cargo.toml"), self.manifest.as_str()),
             (project.join("Cargo.lock"), LOCK),
         ];
-        files.extend(SOURCES.map(|(name, text)| (src.join(name), text)));
+        files.extend(SOURCES.iter().map(|&(name, text)| (src.join(name), text)));
         for (path, text) in files {
             std::fs::write(&path, text).map_err(|e| io_failure("write", &path, e))?;
         }
@@ -436,9 +430,9 @@ mod tests {
         embedded.sort();
         assert_eq!(
             on_disk, embedded,
-            "add each file to SOURCES and link it under cargo-mayfail/preload/src"
+            "cargo-mayfail/preload/src is a link to mayfail-preload/src"
         );
-        for (name, text) in SOURCES {
+        for &(name, text) in SOURCES {
             let file = preload_package().join("src").join(name);
             assert_eq!(std::fs::read_to_string(file).unwrap(), text, "{name}");
         }

@@ -2873,3 +2873,35 @@ fn shards_split_the_tests_and_their_merged_report_is_the_whole_walk() {
         .collect();
     assert_eq!(walk_fixture_sites(&json), expected, "{json}");
 }
+
+/// A state file with lines of kinds this runner does not know (a newer
+/// runner's): `report` reads the rest, says how many it skipped, and exits
+/// as for the file without them; a line of no kind at all is still corrupt.
+#[test]
+fn lines_of_unknown_kinds_are_skipped_and_counted_by_report() {
+    let dir = scratch("unknown-kinds");
+    let state = dir.join("walk.state");
+    let text = "mayfail-sites\t1\nrun\t1\t1\t0\tprog\nsite-weight\t00000000000000ab\t9\n\
+                site\t00000000000000ab\t7\talloc of 8 bytes (align 8)\tmain\tprog\t\
+                f (a.rs:1)\tprog+0x10\t-\t\nfate\t00000000000000ab\t7\thandled\texit 0\n\
+                checkpoint\nend\t1\t5\tdone\n";
+    std::fs::write(&state, text).unwrap();
+    let state_arg = state.to_str().unwrap();
+    let out = run(&["report", "--state", state_arg]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("holds 2 lines of kinds this runner does not know"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("1 sites in 1 runs"), "{}", out.stdout);
+    std::fs::write(&state, text.replace("checkpoint", "Checkpoint!")).unwrap();
+    let out = run(&["report", "--state", state_arg]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("is corrupt at line 6"),
+        "{}",
+        out.stderr
+    );
+}

@@ -228,6 +228,26 @@ pub unsafe fn usable_size(ptr: *mut c_void) -> usize {
 ///   the fundamental alignment. The engine is handed a layout whose size is
 ///   the block's `malloc_usable_size` and whose alignment is 1 (see
 ///   [`interpose`](crate::interpose)).
+///
+/// # The contract with the engine
+///
+/// This goes beyond `GlobalAlloc`'s contract (a zero size, and a layout
+/// that is not the block's, are the caller's undefined behaviour there), so
+/// the library relies on what `MayFail<Inner>` does with them, and this is
+/// the one place that says it:
+///
+/// 1. `MayFail` hands a zero-size layout to `Inner` as it is (it never reads
+///    or writes the block, nor rejects the size).
+/// 2. `MayFail::realloc` and `dealloc` hand `Inner` the pointer, the layout
+///    and the new size as they came, with a heap limit or without, and its
+///    retry policy repeats the same `realloc` (for an injected transient
+///    failure too): never a new block and a copy, which would use the
+///    layout as the block's.
+/// 3. So `Inner::realloc` is only ever asked with a layout of alignment 1,
+///    which C's `realloc` honours (checked in debug builds).
+///
+/// The `mayfail` package's `tests/preload_contract.rs` pins 1 and 2 with an
+/// inner allocator that records the calls it gets.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inner;
 
@@ -265,7 +285,11 @@ unsafe impl GlobalAlloc for Inner {
     }
 
     #[inline]
-    unsafe fn realloc(&self, ptr: *mut u8, _layout: Layout, new_size: usize) -> *mut u8 {
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        debug_assert!(
+            layout.align() <= MALLOC_ALIGNMENT,
+            "C's realloc keeps only malloc's alignment: see the contract on Inner"
+        );
         // SAFETY: the caller's contract: `ptr` is a live block of ours.
         unsafe { realloc(ptr.cast(), new_size).cast() }
     }

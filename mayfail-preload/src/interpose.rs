@@ -16,6 +16,9 @@
 //!   every block served is counted at its usable size too, once the engine
 //!   has served it.
 //!
+//! What this asks of the engine beyond `GlobalAlloc`'s contract is stated
+//! once, on [`Inner`] ("The contract with the engine").
+//!
 //! Every failure returns null (or `ENOMEM` from `posix_memalign`) with
 //! `errno` set to `ENOMEM`, including the failures the engine injects;
 //! sizes above `isize::MAX` fail so without reaching the engine, as they

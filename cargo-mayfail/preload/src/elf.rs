@@ -1,1 +1,0 @@
-../../../mayfail-preload/src/elf.rs
