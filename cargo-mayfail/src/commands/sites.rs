@@ -88,8 +88,8 @@ pub(crate) struct SitesArgs {
     #[arg(long, value_name = "N", value_parser = super::jobs)]
     pub(crate) jobs: Option<u64>,
     /// `tests`: error paths. After a site is handled (or fails its test),
-    /// later processes of that test fail it again and then the first new
-    /// allocation after it, and so on while new sites turn up, up to N
+    /// a later process of that test fails it again and then the first new
+    /// allocation after it, and so on while handled sites turn up, up to N
     /// failures in one process (0 to 4; 0: no error paths)
     #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(0..=4))]
     pub(crate) depth: u8,

@@ -273,6 +273,10 @@ pub(crate) struct Scheduler<'a> {
     explorable: HashMap<(String, Vec<u64>), Vec<u64>>,
     /// The error-path walks queued (test, path).
     scheduled: HashSet<(String, Vec<u64>)>,
+    /// The error paths (test, path) whose process found a site in an
+    /// earlier walk: not walked again (the next new allocation on them
+    /// would be another), their sites explored in turn.
+    walked_paths: HashSet<(String, Vec<u64>)>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -304,6 +308,7 @@ impl<'a> Scheduler<'a> {
             depth: 0,
             explorable: HashMap::new(),
             scheduled: HashSet::new(),
+            walked_paths: HashSet::new(),
             warm: vec![false; binaries.len()],
             busy: vec![0; binaries.len()],
             rounds: Vec::new(),
@@ -317,6 +322,11 @@ impl<'a> Scheduler<'a> {
     pub(crate) fn error_paths(&mut self, depth: usize, state: &crate::state::State) {
         self.depth = depth;
         for r in state.live() {
+            if let Some(test) = &r.test
+                && !r.after.is_empty()
+            {
+                self.walked_paths.insert((test.fields(), r.after.clone()));
+            }
             if let (Some(test), Some((outcome, _))) = (&r.test, &r.fate)
                 && matches!(outcome, Outcome::Handled | Outcome::Failed)
                 && !r.panic
@@ -372,9 +382,12 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             let round = std::mem::take(round);
-            if round.found && !interrupted() {
+            // An error path's walk is one process: its path, then the first
+            // new allocation after it.
+            let again = tests[index].after.is_empty();
+            if round.found && again && !interrupted() {
                 queue.push_back(index);
-            } else if !round.found && !round.interrupted {
+            } else if (!round.found || !again) && !round.interrupted {
                 if tests[index].after.is_empty() {
                     let test = tests[index].test.line_name();
                     self.setup.append(&Line::Tested { test }.to_string())?;
@@ -449,27 +462,36 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Queues the error paths of the sites `unit`'s walk found handled or
-    /// failed: a walk of the same test failing `unit`'s path, then the
-    /// site, then the first new allocation after it.
+    /// failed: a process of the same test failing `unit`'s path, then the
+    /// site, then the first new allocation after it (one process: the
+    /// error path's first allocation, not all of them).
     fn explore(&mut self, unit: &Walked, tests: &mut Vec<Walked>, queue: &mut VecDeque<usize>) {
         if unit.after.len() >= self.depth {
             return;
         }
         let key = (unit.test.fields(), unit.after.clone());
-        let Some(found) = self.explorable.get(&key) else {
+        let Some(found) = self.explorable.get(&key).cloned() else {
             return;
         };
-        for &id in found {
+        for id in found {
             let mut after = unit.after.clone();
             after.push(id);
             if !self.scheduled.insert((key.0.clone(), after.clone())) {
                 continue;
             }
-            tests.push(Walked {
+            let child = Walked {
                 binary: unit.binary,
                 test: unit.test.clone(),
                 after,
-            });
+            };
+            if self
+                .walked_paths
+                .contains(&(key.0.clone(), child.after.clone()))
+            {
+                self.explore(&child, tests, queue);
+                continue;
+            }
+            tests.push(child);
             self.rounds.push(Round::default());
             queue.push_back(tests.len() - 1);
         }
@@ -482,7 +504,10 @@ impl<'a> Scheduler<'a> {
         (0..tests.len())
             .filter(|&i| {
                 let round = &self.rounds[i];
-                round.live > 0 && round.started < self.pool.jobs && self.warm[tests[i].binary]
+                round.live > 0
+                    && round.started < self.pool.jobs
+                    && self.warm[tests[i].binary]
+                    && tests[i].after.is_empty()
             })
             .min_by_key(|&i| self.rounds[i].started)
     }
