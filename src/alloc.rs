@@ -790,7 +790,13 @@ mod tests {
         let tracking_before = engaged::is_set(engaged::TRACKING);
         fence(SeqCst);
         let generation = engaged::generation();
-        scope::grant_passes(generation, passes, false);
+        scope::grant(
+            generation,
+            crate::pass::Horizon::Passes {
+                passes,
+                interval: 0,
+            },
+        );
         let result = f();
         let tracking_after = engaged::is_set(engaged::TRACKING);
         fence(SeqCst);
@@ -822,7 +828,13 @@ mod tests {
             // Three passes counted, then this one.
             assert_eq!(scope::count_allocation(0).number, before + 4);
             // A generation change voids what is left.
-            scope::grant_passes(engaged::generation(), 5, false);
+            scope::grant(
+                engaged::generation(),
+                crate::pass::Horizon::Passes {
+                    passes: 5,
+                    interval: 0,
+                },
+            );
             engaged::new_generation();
             assert!(!pass_in_place!() && !super::quick_pass());
             return;
@@ -837,7 +849,13 @@ mod tests {
         for _ in 0..100 {
             engaged::set(engaged::TRACKING, true);
             let generation = engaged::generation();
-            scope::grant_passes(generation, 5, false);
+            scope::grant(
+                generation,
+                crate::pass::Horizon::Passes {
+                    passes: 5,
+                    interval: 0,
+                },
+            );
             let taken = pass_in_place!() || super::quick_pass();
             // The track module's own test turns tracking off when it ends.
             let held = engaged::is_set(engaged::TRACKING) && engaged::generation() == generation;

@@ -79,6 +79,7 @@ mod engaged;
 #[cfg(feature = "inject")]
 mod hash;
 mod outcome;
+mod pass;
 mod request;
 mod scope;
 mod stats;
@@ -110,6 +111,8 @@ mod inject;
 mod modules;
 #[cfg(feature = "inject")]
 mod record;
+#[cfg(feature = "inject")]
+mod rule;
 #[cfg(feature = "sites")]
 mod sites;
 #[cfg(feature = "inject")]
