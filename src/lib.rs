@@ -127,6 +127,8 @@ mod track;
 
 mod startup;
 
+#[macro_use]
+mod arch;
 mod alloc;
 
 #[cfg(feature = "pressure")]
