@@ -95,15 +95,16 @@ macro_rules! when_engaged_charging {
 /// sweep's child tracks blocks, and the heap limit's count that `$size`
 /// bytes are, while it counts: the only reasons `dealloc` leaves its success
 /// path (the word's low byte). On x86-64 the whole test is one `asm!`
-/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jb` over the
-/// rest, so the success path is those two instructions and the compiler
+/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jae` to its cold
+/// part, so the success path is those two instructions and the compiler
 /// sees no branch and no call (what it inlines `dealloc` into stays within
-/// its inlining budget); the size is an operand, in `rsi`. While the limit
-/// counts in place (the low byte is exactly `LIMIT_LANE`), the rest adds
-/// `$size` to the thread's freed count from the thread pointer and calls out
-/// of line only when the count passes its batch (see `limit`); above it, it
-/// calls out of line. Elsewhere (and under Miri), a relaxed load, a branch
-/// and a call.
+/// its inlining budget). The cold part sits in a section of its own: while
+/// the limit counts in place (the low byte is exactly `LIMIT_LANE`) it adds
+/// `$size` to the thread's freed count from the thread pointer and jumps
+/// back, or to the label block (one out-of-line call, the size in `rsi`)
+/// when the count passes its batch (see `limit`); above `LIMIT_LANE` it goes
+/// to the label block at once. Elsewhere (and under Miri), a relaxed load, a
+/// branch and a call.
 macro_rules! forget_if_tracking {
     ($ptr:expr, $size:expr) => {{
         let ptr: *mut u8 = $ptr;
@@ -112,62 +113,65 @@ macro_rules! forget_if_tracking {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         // SAFETY: the instructions read the low byte of the aligned atomic
         // `ENGAGED` (the flags frees care about, little-endian; a static:
-        // always mapped) as a relaxed load does, and jump; they write no
-        // memory and use no stack.
+        // always mapped) as a relaxed load does; below `LIMIT_LANE` they
+        // fall through and that is all. Otherwise they jump to their cold
+        // part, in a section of its own (pushed and popped, so that the
+        // statement ends in the section it began in), which either leaves
+        // for the label block (the byte is above `LIMIT_LANE`) or, while
+        // the limit counts in place (the byte is exactly `LIMIT_LANE`),
+        // reads `STATE_OFFSET` (an aligned atomic static, a relaxed load):
+        // it is set, before `LIMIT_LANE` ever is, to where every thread's
+        // state lies from its thread pointer (see `scope::STATE_OFFSET`), a
+        // `const` thread-local that lives as long as the thread; they add
+        // the size to its `freed` field (an aligned `Cell<i64>` only this
+        // thread writes, through copies: no reference to it is alive) in
+        // one instruction, as `limit::uncharge` does through the cell, and
+        // jump back to the fall-through point, or to the label block when
+        // the sum turns negative (the count passed its batch). No stack;
+        // the flags and one scratch register clobbered.
         unsafe {
             core::arch::asm!(
                 "cmp byte ptr [rip + {word}], {lane}",
-                "jae {busy}",
+                "jae 3f",
+                "2:",
+                ".pushsection .text.unlikely.mayfail_lanes,\"ax\",@progbits",
+                "3:",
+                "jne {busy}",
+                "mov {state}, qword ptr [rip + {offset}]",
+                "add qword ptr fs:[{state} + {freed}], {size}",
+                "js {busy}",
+                "jmp 2b",
+                ".popsection",
                 word = sym crate::engaged::ENGAGED,
                 lane = const crate::engaged::LIMIT_LANE,
+                offset = sym crate::scope::STATE_OFFSET,
+                freed = const crate::scope::FREED_AT,
+                size = in(reg) $size,
+                state = out(reg) _,
                 busy = label {
-                    // SAFETY: the instructions read the low byte of
-                    // `ENGAGED` again, as above. While the limit counts in
-                    // place (the byte is exactly `LIMIT_LANE`) they read
-                    // `STATE_OFFSET` (an aligned atomic static, a relaxed
-                    // load): it is set, before `LIMIT_LANE` ever is, to
-                    // where every thread's state lies from its thread
-                    // pointer (see `scope::STATE_OFFSET`), a `const`
-                    // thread-local that lives as long as the thread; they
-                    // add the size to its `freed` field (an aligned
-                    // `Cell<i64>` only this thread writes, through copies:
-                    // no reference to it is alive) in one instruction, as
-                    // `limit::uncharge` does through the cell. Otherwise
-                    // (the byte is above `LIMIT_LANE`), and when that sum
-                    // turns negative, they move the stack pointer past the
-                    // 128-byte red zone and call `forget_freed_thunk`, which
-                    // aligns the stack itself, keeps `rdi` (the pointer, an
-                    // in-out operand), passes `rsi` (the size) on, and
-                    // clobbers no more than the C ABI's caller-saved
-                    // registers (`clobber_abi`; the flags too); then they
-                    // restore the stack pointer. `nostack` is kept so that
-                    // the compiler need not align the stack for them; what
-                    // it lets the compiler assume holds in effect: the
-                    // return address and the thunk's frame are written only
-                    // below the red zone, where the x86-64 System V ABI lets
-                    // nothing live (a signal frame may land there at any
-                    // time), never inside it or above the stack pointer. The
-                    // thunk neither unwinds nor touches the caller's memory.
-                    // It has no unwind information, and the caller's own is
-                    // off by the moved stack pointer while it runs: a
-                    // backtrace taken inside `forget_freed` stops there
-                    // (nothing there takes one).
+                    // SAFETY: the instructions move the stack pointer past
+                    // the 128-byte red zone and call `forget_freed_thunk`,
+                    // which aligns the stack itself, keeps `rdi` (the
+                    // pointer, an in-out operand), passes `rsi` (the size)
+                    // on, and clobbers no more than the C ABI's
+                    // caller-saved registers (`clobber_abi`; the flags
+                    // too); then they restore the stack pointer. `nostack`
+                    // is kept so that the compiler need not align the
+                    // stack for them; what it lets the compiler assume
+                    // holds in effect: the return address and the thunk's
+                    // frame are written only below the red zone, where the
+                    // x86-64 System V ABI lets nothing live (a signal frame
+                    // may land there at any time), never inside it or above
+                    // the stack pointer. The thunk neither unwinds nor
+                    // touches the caller's memory. It has no unwind
+                    // information, and the caller's own is off by the moved
+                    // stack pointer while it runs: a backtrace taken inside
+                    // `forget_freed` stops there (nothing there takes one).
                     unsafe {
                         core::arch::asm!(
-                            "cmp byte ptr [rip + {word}], {lane}",
-                            "jne 3f",
-                            "mov rax, qword ptr [rip + {offset}]",
-                            "add qword ptr fs:[rax + {freed}], rsi",
-                            "jns 2f",
-                            "3:",
                             "lea rsp, [rsp - 128]",
                             "call {thunk}",
                             "lea rsp, [rsp + 128]",
-                            "2:",
-                            word = sym crate::engaged::ENGAGED,
-                            lane = const crate::engaged::LIMIT_LANE,
-                            offset = sym crate::scope::STATE_OFFSET,
-                            freed = const crate::scope::FREED_AT,
                             thunk = sym crate::arch::forget_freed_thunk,
                             inout("rdi") ptr,
                             inout("rsi") $size => _,
@@ -217,11 +221,10 @@ macro_rules! grow_or_pass_in_place {
                 "mov {state}, qword ptr [rip + {offset}]",
                 "test {state}, {state}",
                 "jz 2f",
-                "add {state}, qword ptr fs:[0]",
                 "mov {generation:e}, dword ptr [rip + {generation_word}]",
-                "cmp dword ptr [{state} + {key}], {generation:e}",
+                "cmp dword ptr fs:[{state} + {key}], {generation:e}",
                 "jne 2f",
-                "sub qword ptr [{state} + {passes}], 1",
+                "sub qword ptr fs:[{state} + {passes}], 1",
                 "jns {pass}",
                 "2:",
                 word = sym crate::engaged::ENGAGED,
@@ -285,8 +288,9 @@ macro_rules! pass_in_place {
         // SAFETY: the instructions read `STATE_OFFSET` and `GENERATION`
         // (aligned atomics in statics, without a lock prefix: relaxed loads).
         // A non-zero offset is where every thread's state lies from its
-        // thread pointer (`fs:0` holds it), set only where that holds (see
-        // `scope::STATE_OFFSET`); the state is a `const` thread-local that
+        // thread pointer (the `fs` segment's base), set only where that
+        // holds (see `scope::STATE_OFFSET`): they address the fields
+        // `fs`-relative; the state is a `const` thread-local that
         // lives as long as the thread, and the offsets are those of its
         // `pass_key: Cell<u32>` and `passes: Cell<i64>` fields, aligned. They
         // read the key and subtract one from the passes in one instruction (a
@@ -299,11 +303,10 @@ macro_rules! pass_in_place {
                 "mov {state}, qword ptr [rip + {offset}]",
                 "test {state}, {state}",
                 "jz 2f",
-                "add {state}, qword ptr fs:[0]",
                 "mov {generation:e}, dword ptr [rip + {word}]",
-                "cmp dword ptr [{state} + {key}], {generation:e}",
+                "cmp dword ptr fs:[{state} + {key}], {generation:e}",
                 "jne 2f",
-                "sub qword ptr [{state} + {passes}], 1",
+                "sub qword ptr fs:[{state} + {passes}], 1",
                 "jns {pass}",
                 "2:",
                 offset = sym crate::scope::STATE_OFFSET,
