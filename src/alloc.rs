@@ -246,6 +246,13 @@ impl<A: GlobalAlloc> MayFail<A> {
         }
         if limit::counting() {
             limit::undo_lane(in_place);
+            if limit::lane_on() {
+                // Nothing engages but the limit's lane, which ran out of
+                // credit (or a realloc shrinks): the count's refill is all
+                // this request needs of the engaged path.
+                // SAFETY: the caller's contract.
+                return unsafe { self.serve_counted(layout, request) };
+            }
         }
         if quick_pass() {
             // SAFETY: the caller's contract; the fast lane's null goes to the
