@@ -94,17 +94,18 @@ macro_rules! when_engaged_charging {
 /// Tells the sweep's leak tracking that `$ptr` is being freed, while a
 /// sweep's child tracks blocks, and the heap limit's count that `$size`
 /// bytes are, while it counts: the only reasons `dealloc` leaves its success
-/// path (the word's low byte). On x86-64 the whole test is one `asm!`
-/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jae` to its cold
-/// part, so the success path is those two instructions and the compiler
-/// sees no branch and no call (what it inlines `dealloc` into stays within
-/// its inlining budget). The cold part sits in a section of its own: while
-/// the limit counts in place (the low byte is exactly `LIMIT_LANE`) it adds
-/// `$size` to the thread's freed count from the thread pointer and jumps
-/// back, or to the label block (one out-of-line call, the size in `rsi`)
-/// when the count passes its batch (see `limit`); above `LIMIT_LANE` it goes
-/// to the label block at once. Elsewhere (and under Miri), a relaxed load, a
-/// branch and a call.
+/// path (the word's low byte). On x86-64 the test is one `asm!` statement:
+/// `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jae` to its cold part, so
+/// the success path is those two instructions and the compiler sees no
+/// branch, no call and no operand but the word (what it inlines `dealloc`
+/// into stays within its inlining budget, and the size is needed only off
+/// the success path). The cold part, in a section of its own, tells the
+/// two other cases apart in place: while the limit counts in place (the low
+/// byte is exactly `LIMIT_LANE`) the `lane` block adds `$size` to the
+/// thread's freed count from the thread pointer and calls out of line only
+/// when the count passes its batch (see `limit`); above `LIMIT_LANE` the
+/// `busy` block calls out of line. Elsewhere (and under Miri), a relaxed
+/// load, a branch and a call.
 macro_rules! forget_if_tracking {
     ($ptr:expr, $size:expr) => {{
         let ptr: *mut u8 = $ptr;
@@ -113,41 +114,56 @@ macro_rules! forget_if_tracking {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         // SAFETY: the instructions read the low byte of the aligned atomic
         // `ENGAGED` (the flags frees care about, little-endian; a static:
-        // always mapped) as a relaxed load does; below `LIMIT_LANE` they
-        // fall through and that is all. Otherwise they jump to their cold
-        // part, in a section of its own (pushed and popped, so that the
-        // statement ends in the section it began in), which either leaves
-        // for the label block (the byte is above `LIMIT_LANE`) or, while
-        // the limit counts in place (the byte is exactly `LIMIT_LANE`),
-        // reads `STATE_OFFSET` (an aligned atomic static, a relaxed load):
-        // it is set, before `LIMIT_LANE` ever is, to where every thread's
-        // state lies from its thread pointer (see `scope::STATE_OFFSET`), a
-        // `const` thread-local that lives as long as the thread; they add
-        // the size to its `freed` field (an aligned `Cell<i64>` only this
-        // thread writes, through copies: no reference to it is alive) in
-        // one instruction, as `limit::uncharge` does through the cell, and
-        // jump back to the fall-through point, or to the label block when
-        // the sum turns negative (the count passed its batch). No stack;
-        // the flags and one scratch register clobbered.
+        // always mapped) as a relaxed load does, and jump; below
+        // `LIMIT_LANE` they fall through. Otherwise their cold part, in a
+        // section of its own (pushed and popped, so that the statement ends
+        // in the section it began in), jumps to one of the two label
+        // blocks: `lane` when the byte is exactly `LIMIT_LANE`, `busy` when
+        // it is above. They write no memory and use no stack.
         unsafe {
             core::arch::asm!(
-                "cmp byte ptr [rip + {word}], {lane}",
+                "cmp byte ptr [rip + {word}], {lane_bit}",
                 "jae 3f",
-                "2:",
                 ".pushsection .text.unlikely.mayfail_lanes,\"ax\",@progbits",
                 "3:",
-                "jne {busy}",
-                "mov {state}, qword ptr [rip + {offset}]",
-                "add qword ptr fs:[{state} + {freed}], {size}",
-                "js {busy}",
-                "jmp 2b",
+                "je {lane}",
+                "jmp {busy}",
                 ".popsection",
                 word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMIT_LANE,
-                offset = sym crate::scope::STATE_OFFSET,
-                freed = const crate::scope::FREED_AT,
-                size = in(reg) $size,
-                state = out(reg) _,
+                lane_bit = const crate::engaged::LIMIT_LANE,
+                lane = label {
+                    // SAFETY: the limit counts in place (the byte was
+                    // exactly `LIMIT_LANE`). The instructions read
+                    // `STATE_OFFSET` (an aligned atomic static, a relaxed
+                    // load): it is set, before `LIMIT_LANE` ever is, to
+                    // where every thread's state lies from its thread
+                    // pointer (see `scope::STATE_OFFSET`), a `const`
+                    // thread-local that lives as long as the thread; they
+                    // add the size to its `freed` field (an aligned
+                    // `Cell<i64>` only this thread writes, through copies:
+                    // no reference to it is alive) in one instruction, as
+                    // `limit::uncharge` does through the cell. When that sum
+                    // turns negative (the count passed its batch) they call
+                    // the thunk as `busy` below does.
+                    unsafe {
+                        core::arch::asm!(
+                            "mov rax, qword ptr [rip + {offset}]",
+                            "add qword ptr fs:[rax + {freed}], rsi",
+                            "jns 2f",
+                            "lea rsp, [rsp - 128]",
+                            "call {thunk}",
+                            "lea rsp, [rsp + 128]",
+                            "2:",
+                            offset = sym crate::scope::STATE_OFFSET,
+                            freed = const crate::scope::FREED_AT,
+                            thunk = sym crate::arch::forget_freed_thunk,
+                            inout("rdi") ptr,
+                            inout("rsi") $size => _,
+                            clobber_abi("C"),
+                            options(nostack),
+                        );
+                    }
+                },
                 busy = label {
                     // SAFETY: the instructions move the stack pointer past
                     // the 128-byte red zone and call `forget_freed_thunk`,
