@@ -94,18 +94,16 @@ macro_rules! when_engaged_charging {
 /// Tells the sweep's leak tracking that `$ptr` is being freed, while a
 /// sweep's child tracks blocks, and the heap limit's count that `$size`
 /// bytes are, while it counts: the only reasons `dealloc` leaves its success
-/// path (the word's low byte). On x86-64 the test is one `asm!` statement:
-/// `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jae` to its cold part, so
-/// the success path is those two instructions and the compiler sees no
-/// branch, no call and no operand but the word (what it inlines `dealloc`
-/// into stays within its inlining budget, and the size is needed only off
-/// the success path). The cold part, in a section of its own, tells the
-/// two other cases apart in place: while the limit counts in place (the low
-/// byte is exactly `LIMIT_LANE`) the `lane` block adds `$size` to the
-/// thread's freed count from the thread pointer and calls out of line only
-/// when the count passes its batch (see `limit`); above `LIMIT_LANE` the
-/// `busy` block calls out of line. Elsewhere (and under Miri), a relaxed
-/// load, a branch and a call.
+/// path (the word's low byte). On x86-64 the whole test is one `asm!`
+/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jb` over the
+/// rest, so the success path is those two instructions and the compiler
+/// sees no branch and no call (what it inlines `dealloc` into stays within
+/// its inlining budget); the size is an operand, in `rsi`. While the limit
+/// counts in place (the low byte is exactly `LIMIT_LANE`), the rest adds
+/// `$size` to the thread's freed count from the thread pointer and calls out
+/// of line only when the count passes its batch (see `limit`); above it, it
+/// calls out of line. Elsewhere (and under Miri), a relaxed load, a branch
+/// and a call.
 macro_rules! forget_if_tracking {
     ($ptr:expr, $size:expr) => {{
         let ptr: *mut u8 = $ptr;
@@ -114,26 +112,18 @@ macro_rules! forget_if_tracking {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         // SAFETY: the instructions read the low byte of the aligned atomic
         // `ENGAGED` (the flags frees care about, little-endian; a static:
-        // always mapped) as a relaxed load does, and jump; below
-        // `LIMIT_LANE` they fall through. Otherwise their cold part, in a
-        // section of its own (pushed and popped, so that the statement ends
-        // in the section it began in), jumps to one of the two label
-        // blocks: `lane` when the byte is exactly `LIMIT_LANE`, `busy` when
-        // it is above. They write no memory and use no stack.
+        // always mapped) as a relaxed load does, and jump; they write no
+        // memory and use no stack.
         unsafe {
             core::arch::asm!(
-                "cmp byte ptr [rip + {word}], {lane_bit}",
-                "jae 3f",
-                ".pushsection .text.unlikely.mayfail_lanes,\"ax\",@progbits",
-                "3:",
-                "je {lane}",
-                "jmp {busy}",
-                ".popsection",
+                "cmp byte ptr [rip + {word}], {lane}",
+                "jae {busy}",
                 word = sym crate::engaged::ENGAGED,
-                lane_bit = const crate::engaged::LIMIT_LANE,
-                lane = label {
-                    // SAFETY: the limit counts in place (the byte was
-                    // exactly `LIMIT_LANE`). The instructions read
+                lane = const crate::engaged::LIMIT_LANE,
+                busy = label {
+                    // SAFETY: the instructions read the low byte of
+                    // `ENGAGED` again, as above. While the limit counts in
+                    // place (the byte is exactly `LIMIT_LANE`) they read
                     // `STATE_OFFSET` (an aligned atomic static, a relaxed
                     // load): it is set, before `LIMIT_LANE` ever is, to
                     // where every thread's state lies from its thread
@@ -142,52 +132,42 @@ macro_rules! forget_if_tracking {
                     // add the size to its `freed` field (an aligned
                     // `Cell<i64>` only this thread writes, through copies:
                     // no reference to it is alive) in one instruction, as
-                    // `limit::uncharge` does through the cell. When that sum
-                    // turns negative (the count passed its batch) they call
-                    // the thunk as `busy` below does.
+                    // `limit::uncharge` does through the cell. Otherwise
+                    // (the byte is above `LIMIT_LANE`), and when that sum
+                    // turns negative, they move the stack pointer past the
+                    // 128-byte red zone and call `forget_freed_thunk`, which
+                    // aligns the stack itself, keeps `rdi` (the pointer, an
+                    // in-out operand), passes `rsi` (the size) on, and
+                    // clobbers no more than the C ABI's caller-saved
+                    // registers (`clobber_abi`; the flags too); then they
+                    // restore the stack pointer. `nostack` is kept so that
+                    // the compiler need not align the stack for them; what
+                    // it lets the compiler assume holds in effect: the
+                    // return address and the thunk's frame are written only
+                    // below the red zone, where the x86-64 System V ABI lets
+                    // nothing live (a signal frame may land there at any
+                    // time), never inside it or above the stack pointer. The
+                    // thunk neither unwinds nor touches the caller's memory.
+                    // It has no unwind information, and the caller's own is
+                    // off by the moved stack pointer while it runs: a
+                    // backtrace taken inside `forget_freed` stops there
+                    // (nothing there takes one).
                     unsafe {
                         core::arch::asm!(
+                            "cmp byte ptr [rip + {word}], {lane}",
+                            "jne 3f",
                             "mov rax, qword ptr [rip + {offset}]",
                             "add qword ptr fs:[rax + {freed}], rsi",
                             "jns 2f",
+                            "3:",
                             "lea rsp, [rsp - 128]",
                             "call {thunk}",
                             "lea rsp, [rsp + 128]",
                             "2:",
+                            word = sym crate::engaged::ENGAGED,
+                            lane = const crate::engaged::LIMIT_LANE,
                             offset = sym crate::scope::STATE_OFFSET,
                             freed = const crate::scope::FREED_AT,
-                            thunk = sym crate::arch::forget_freed_thunk,
-                            inout("rdi") ptr,
-                            inout("rsi") $size => _,
-                            clobber_abi("C"),
-                            options(nostack),
-                        );
-                    }
-                },
-                busy = label {
-                    // SAFETY: the instructions move the stack pointer past
-                    // the 128-byte red zone and call `forget_freed_thunk`,
-                    // which aligns the stack itself, keeps `rdi` (the
-                    // pointer, an in-out operand), passes `rsi` (the size)
-                    // on, and clobbers no more than the C ABI's
-                    // caller-saved registers (`clobber_abi`; the flags
-                    // too); then they restore the stack pointer. `nostack`
-                    // is kept so that the compiler need not align the
-                    // stack for them; what it lets the compiler assume
-                    // holds in effect: the return address and the thunk's
-                    // frame are written only below the red zone, where the
-                    // x86-64 System V ABI lets nothing live (a signal frame
-                    // may land there at any time), never inside it or above
-                    // the stack pointer. The thunk neither unwinds nor
-                    // touches the caller's memory. It has no unwind
-                    // information, and the caller's own is off by the moved
-                    // stack pointer while it runs: a backtrace taken inside
-                    // `forget_freed` stops there (nothing there takes one).
-                    unsafe {
-                        core::arch::asm!(
-                            "lea rsp, [rsp - 128]",
-                            "call {thunk}",
-                            "lea rsp, [rsp + 128]",
                             thunk = sym crate::arch::forget_freed_thunk,
                             inout("rdi") ptr,
                             inout("rsi") $size => _,
