@@ -10,6 +10,8 @@
 //! sweep's child tracks frees) and forwards; on x86-64 that test and its
 //! out-of-line call are one `asm!` statement, so the code `dealloc` is
 //! inlined into sees no branch and no call of ours.
+//! The lanes themselves (the tests, and what they do in place) are in
+//! `arch`, the x86-64 form beside the portable one.
 //! With injection on, an allocation the decision has already let pass (see
 //! `scope::take_pass`) is let through in place on x86-64: one `asm!`
 //! statement finds the thread's pass from the thread pointer, takes it, and
@@ -25,8 +27,6 @@ use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
 use crate::config::{self, Defaults};
-#[cfg(not(all(target_arch = "x86_64", not(miri))))]
-use crate::engaged;
 #[cfg(feature = "inject")]
 use crate::inject;
 use crate::limit;
@@ -159,307 +159,6 @@ impl<A> MayFail<A> {
     }
 }
 
-/// Runs `$engaged` (which must leave the function) when the engaged word is
-/// set. On x86-64 the word is tested in place, `cmp dword ptr [rip+WORD], 0`
-/// then `jne`: two instructions, and no load of the static's address from
-/// the GOT, which a `static` of another crate costs in a position-independent
-/// executable. Elsewhere (and under Miri), a relaxed load and a branch.
-macro_rules! when_engaged {
-    ($engaged:block) => {
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        // SAFETY: the instructions read the 4-byte, aligned atomic at the
-        // start of `ENGAGED` (a static: always mapped) without a lock prefix,
-        // as a relaxed load does, and jump; they write no memory and use no
-        // stack. The label block leaves the function.
-        unsafe {
-            core::arch::asm!(
-                "cmp dword ptr [rip + {word}], 0",
-                "jne {engaged}",
-                word = sym crate::engaged::ENGAGED,
-                engaged = label $engaged,
-                options(nostack),
-            );
-        }
-        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::engaged() $engaged
-    };
-}
-
-/// [`when_engaged!`] for an allocation of `$size` bytes, which the heap
-/// limit's in-place lane counts: on x86-64 one `asm!` statement compares the
-/// word with `LIMIT_LANE` (`cmp dword ptr [rip+WORD], 1`): below, it is
-/// zero and the success path goes on (the same two instructions as
-/// `when_engaged!`); above, `$engaged` runs; equal, the lane subtracts
-/// `$size` from the thread's credit, found from the thread pointer, and the
-/// success path goes on unless that borrows (then `$engaged` runs, and the
-/// engaged path undoes the subtraction and charges out of line: see
-/// `limit`). Elsewhere (and under Miri), as `when_engaged!`: the engaged
-/// path charges.
-macro_rules! when_engaged_charging {
-    ($size:expr, $engaged:block) => {
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        // SAFETY: the instructions read `ENGAGED` and, when it is exactly
-        // `LIMIT_LANE`, `STATE_OFFSET` (aligned atomic statics, always
-        // mapped, without a lock prefix: relaxed loads). `LIMIT_LANE` is set
-        // only once `STATE_OFFSET` holds where every thread's state lies from
-        // its thread pointer (see `scope::STATE_OFFSET`), a `const`
-        // thread-local that lives as long as the thread; they subtract the
-        // size from its `credit` field (an aligned `Cell<u64>` only this
-        // thread writes, through copies: no reference to it is alive) in one
-        // instruction, as `limit::charge` does through the cell. No stack;
-        // the flags and one scratch register clobbered. The label block
-        // leaves the function.
-        unsafe {
-            core::arch::asm!(
-                "cmp dword ptr [rip + {word}], {lane}",
-                "jb 2f",
-                "jne {engaged}",
-                "mov {state}, qword ptr [rip + {offset}]",
-                "sub qword ptr fs:[{state} + {credit}], {size}",
-                "jb {engaged}",
-                "2:",
-                word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMIT_LANE,
-                offset = sym crate::scope::STATE_OFFSET,
-                credit = const crate::scope::CREDIT_AT,
-                size = in(reg) $size,
-                state = out(reg) _,
-                engaged = label $engaged,
-                options(nostack),
-            );
-        }
-        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::engaged() $engaged
-    };
-}
-
-/// Tells the sweep's leak tracking that `$ptr` is being freed, while a
-/// sweep's child tracks blocks, and the heap limit's count that `$size`
-/// bytes are, while it counts: the only reasons `dealloc` leaves its success
-/// path (the word's low byte). On x86-64 the whole test is one `asm!`
-/// statement: `cmp byte ptr [rip+WORD], LIMIT_LANE` and a `jb` over the
-/// rest, so the success path is those two instructions and the compiler
-/// sees no branch and no call (what it inlines `dealloc` into stays within
-/// its inlining budget); the size is an operand, in `rsi`. While the limit
-/// counts in place (the low byte is exactly `LIMIT_LANE`), the rest adds
-/// `$size` to the thread's freed count from the thread pointer and calls out
-/// of line only when the count passes its batch (see `limit`); above it, it
-/// calls out of line. Elsewhere (and under Miri), a relaxed load, a branch
-/// and a call.
-macro_rules! forget_if_tracking {
-    ($ptr:expr, $size:expr) => {{
-        let ptr: *mut u8 = $ptr;
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        let mut ptr = ptr;
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        // SAFETY: the instructions read the low byte of the aligned atomic
-        // `ENGAGED` (the flags frees care about, little-endian; a static:
-        // always mapped) as a relaxed load does, and jump; they write no
-        // memory and use no stack.
-        unsafe {
-            core::arch::asm!(
-                "cmp byte ptr [rip + {word}], {lane}",
-                "jae {busy}",
-                word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMIT_LANE,
-                busy = label {
-                    // SAFETY: the instructions read the low byte of
-                    // `ENGAGED` again, as above. While the limit counts in
-                    // place (the byte is exactly `LIMIT_LANE`) they read
-                    // `STATE_OFFSET` (an aligned atomic static, a relaxed
-                    // load): it is set, before `LIMIT_LANE` ever is, to
-                    // where every thread's state lies from its thread
-                    // pointer (see `scope::STATE_OFFSET`), a `const`
-                    // thread-local that lives as long as the thread; they
-                    // add the size to its `freed` field (an aligned
-                    // `Cell<i64>` only this thread writes, through copies:
-                    // no reference to it is alive) in one instruction, as
-                    // `limit::uncharge` does through the cell. Otherwise
-                    // (the byte is above `LIMIT_LANE`), and when that sum
-                    // turns negative, they move the stack pointer past the
-                    // 128-byte red zone and call `forget_freed_thunk`, which
-                    // aligns the stack itself, keeps `rdi` (the pointer, an
-                    // in-out operand), passes `rsi` (the size) on, and
-                    // clobbers no more than the C ABI's caller-saved
-                    // registers (`clobber_abi`; the flags too); then they
-                    // restore the stack pointer. `nostack` is kept so that
-                    // the compiler need not align the stack for them; what
-                    // it lets the compiler assume holds in effect: the
-                    // return address and the thunk's frame are written only
-                    // below the red zone, where the x86-64 System V ABI lets
-                    // nothing live (a signal frame may land there at any
-                    // time), never inside it or above the stack pointer. The
-                    // thunk neither unwinds nor touches the caller's memory.
-                    // It has no unwind information, and the caller's own is
-                    // off by the moved stack pointer while it runs: a
-                    // backtrace taken inside `forget_freed` stops there
-                    // (nothing there takes one).
-                    unsafe {
-                        core::arch::asm!(
-                            "cmp byte ptr [rip + {word}], {lane}",
-                            "jne 3f",
-                            "mov rax, qword ptr [rip + {offset}]",
-                            "add qword ptr fs:[rax + {freed}], rsi",
-                            "jns 2f",
-                            "3:",
-                            "lea rsp, [rsp - 128]",
-                            "call {thunk}",
-                            "lea rsp, [rsp + 128]",
-                            "2:",
-                            word = sym crate::engaged::ENGAGED,
-                            lane = const crate::engaged::LIMIT_LANE,
-                            offset = sym crate::scope::STATE_OFFSET,
-                            freed = const crate::scope::FREED_AT,
-                            thunk = sym forget_freed_thunk,
-                            inout("rdi") ptr,
-                            inout("rsi") $size => _,
-                            clobber_abi("C"),
-                            options(nostack),
-                        );
-                    }
-                },
-                options(nostack),
-            );
-        }
-        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        if engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE) {
-            forget_freed(ptr, $size);
-        }
-        ptr
-    }};
-}
-
-/// [`charge_or_pass_in_place!`] for a `realloc` from `$old` to `$new`
-/// bytes: while the heap limit counts in place and nothing else engages,
-/// a growth subtracts `$new - $old` from the thread's credit and passes
-/// unless that borrows (the engaged path then undoes it); a shrink goes out
-/// of line, where its bytes are given back once the inner allocator has
-/// shrunk the block. Otherwise, the injection fast lane.
-macro_rules! grow_or_pass_in_place {
-    ($old:expr, $new:expr) => {{
-        #[allow(unused_mut)]
-        let mut pass = false;
-        #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
-        // SAFETY: as for `charge_or_pass_in_place!`; the growth is worked
-        // out in a scratch register first.
-        unsafe {
-            core::arch::asm!(
-                "cmp dword ptr [rip + {word}], {lane}",
-                "jne 3f",
-                "mov {state}, {new}",
-                "sub {state}, {old}",
-                "jb 2f",
-                "mov {generation}, qword ptr [rip + {offset}]",
-                "sub qword ptr fs:[{generation} + {credit}], {state}",
-                "jae {pass}",
-                "jmp 2f",
-                "3:",
-                "mov {state}, qword ptr [rip + {offset}]",
-                "test {state}, {state}",
-                "jz 2f",
-                "add {state}, qword ptr fs:[0]",
-                "mov {generation:e}, dword ptr [rip + {generation_word}]",
-                "cmp dword ptr [{state} + {key}], {generation:e}",
-                "jne 2f",
-                "sub qword ptr [{state} + {passes}], 1",
-                "jns {pass}",
-                "2:",
-                word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMIT_LANE,
-                offset = sym crate::scope::STATE_OFFSET,
-                credit = const crate::scope::CREDIT_AT,
-                old = in(reg) $old,
-                new = in(reg) $new,
-                generation_word = sym crate::engaged::GENERATION,
-                state = out(reg) _,
-                generation = out(reg) _,
-                key = const crate::scope::PASS_KEY_AT,
-                passes = const crate::scope::PASSES_AT,
-                pass = label { pass = true; },
-                options(nostack),
-            );
-        }
-        #[cfg(all(target_arch = "x86_64", not(miri), not(feature = "inject")))]
-        // SAFETY: as above, without the injection fast lane.
-        unsafe {
-            core::arch::asm!(
-                "cmp dword ptr [rip + {word}], {lane}",
-                "jne 2f",
-                "mov {state}, {new}",
-                "sub {state}, {old}",
-                "jb 2f",
-                "mov {scratch}, qword ptr [rip + {offset}]",
-                "sub qword ptr fs:[{scratch} + {credit}], {state}",
-                "jae {pass}",
-                "2:",
-                word = sym crate::engaged::ENGAGED,
-                lane = const crate::engaged::LIMIT_LANE,
-                offset = sym crate::scope::STATE_OFFSET,
-                credit = const crate::scope::CREDIT_AT,
-                old = in(reg) $old,
-                new = in(reg) $new,
-                state = out(reg) _,
-                scratch = out(reg) _,
-                pass = label { pass = true; },
-                options(nostack),
-            );
-        }
-        pass
-    }};
-}
-
-/// Whether this allocation takes the injection fast lane in place: the
-/// thread's pass key matches the generation in force and it has a pass left,
-/// which it takes (see `scope::take_pass`, whose test this is). On x86-64 one
-/// `asm!` statement, which finds the thread's state from the thread pointer
-/// (see `scope::STATE_OFFSET`): what the compiler sees of the engaged branch
-/// stays small enough for the allocation paths it is inlined into (std's)
-/// to stay inlined too, and no address is kept live across the caller's
-/// loops. Elsewhere (and under Miri) `false`, and the out-of-line engaged
-/// path makes the test.
-macro_rules! pass_in_place {
-    () => {{
-        #[allow(unused_mut)]
-        let mut pass = false;
-        #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
-        // SAFETY: the instructions read `STATE_OFFSET` and `GENERATION`
-        // (aligned atomics in statics, without a lock prefix: relaxed loads).
-        // A non-zero offset is where every thread's state lies from its
-        // thread pointer (`fs:0` holds it), set only where that holds (see
-        // `scope::STATE_OFFSET`); the state is a `const` thread-local that
-        // lives as long as the thread, and the offsets are those of its
-        // `pass_key: Cell<u32>` and `passes: Cell<i64>` fields, aligned. They
-        // read the key and subtract one from the passes in one instruction (a
-        // signal handler sees it before or after), as `scope::take_pass` does
-        // through the cells; no reference to the state is alive meanwhile
-        // (the cells are only used through copies). They use no stack and
-        // clobber the flags and two scratch registers.
-        unsafe {
-            core::arch::asm!(
-                "mov {state}, qword ptr [rip + {offset}]",
-                "test {state}, {state}",
-                "jz 2f",
-                "add {state}, qword ptr fs:[0]",
-                "mov {generation:e}, dword ptr [rip + {word}]",
-                "cmp dword ptr [{state} + {key}], {generation:e}",
-                "jne 2f",
-                "sub qword ptr [{state} + {passes}], 1",
-                "jns {pass}",
-                "2:",
-                offset = sym crate::scope::STATE_OFFSET,
-                word = sym crate::engaged::GENERATION,
-                state = out(reg) _,
-                generation = out(reg) _,
-                key = const crate::scope::PASS_KEY_AT,
-                passes = const crate::scope::PASSES_AT,
-                pass = label { pass = true; },
-                options(nostack),
-            );
-        }
-        pass
-    }};
-}
-
 /// The engaged path's fast lane: an allocation the injection decision has
 /// already let pass (see `inject::quick_pass`; never while a sweep's child
 /// tracks blocks).
@@ -547,6 +246,13 @@ impl<A: GlobalAlloc> MayFail<A> {
         }
         if limit::counting() {
             limit::undo_lane(in_place);
+            if limit::lane_on() {
+                // Nothing engages but the limit's lane, which ran out of
+                // credit (or a realloc shrinks): the count's refill is all
+                // this request needs of the engaged path.
+                // SAFETY: the caller's contract.
+                return unsafe { self.serve_counted(layout, request) };
+            }
         }
         if quick_pass() {
             // SAFETY: the caller's contract; the fast lane's null goes to the
@@ -670,7 +376,7 @@ impl<A: GlobalAlloc> MayFail<A> {
 /// (out of line, or its in-place count passed its batch).
 #[cold]
 #[inline(never)]
-extern "C" fn forget_freed(ptr: *mut u8, size: usize) {
+pub(crate) extern "C" fn forget_freed(ptr: *mut u8, size: usize) {
     #[cfg(feature = "sweep")]
     if track::on() {
         track::forget(ptr as usize);
@@ -680,29 +386,6 @@ extern "C" fn forget_freed(ptr: *mut u8, size: usize) {
     if limit::counting() {
         limit::freed_out_of_line(size);
     }
-}
-
-/// The call `forget_if_tracking!` makes from the middle of `dealloc`, where
-/// the stack may be misaligned: it saves `rdi` (the pointer, which the caller
-/// still needs; `rsi`, the size, is passed on) and aligns the stack for
-/// `forget_freed`, a C-ABI function
-/// that clobbers only caller-saved registers and never unwinds (a panic in an
-/// `extern "C"` function aborts).
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-#[unsafe(naked)]
-unsafe extern "C" fn forget_freed_thunk() {
-    core::arch::naked_asm!(
-        "push rbp",
-        "mov rbp, rsp",
-        "push rdi",
-        "and rsp, -16",
-        "call {forget}",
-        "mov rdi, [rbp - 8]",
-        "mov rsp, rbp",
-        "pop rbp",
-        "ret",
-        forget = sym forget_freed,
-    )
 }
 
 // SAFETY: every method forwards to the inner allocator's same method with the
@@ -790,7 +473,13 @@ mod tests {
         let tracking_before = engaged::is_set(engaged::TRACKING);
         fence(SeqCst);
         let generation = engaged::generation();
-        scope::grant_passes(generation, passes, false);
+        scope::grant(
+            generation,
+            crate::pass::Horizon::Passes {
+                passes,
+                interval: 0,
+            },
+        );
         let result = f();
         let tracking_after = engaged::is_set(engaged::TRACKING);
         fence(SeqCst);
@@ -822,7 +511,13 @@ mod tests {
             // Three passes counted, then this one.
             assert_eq!(scope::count_allocation(0).number, before + 4);
             // A generation change voids what is left.
-            scope::grant_passes(engaged::generation(), 5, false);
+            scope::grant(
+                engaged::generation(),
+                crate::pass::Horizon::Passes {
+                    passes: 5,
+                    interval: 0,
+                },
+            );
             engaged::new_generation();
             assert!(!pass_in_place!() && !super::quick_pass());
             return;
@@ -837,7 +532,13 @@ mod tests {
         for _ in 0..100 {
             engaged::set(engaged::TRACKING, true);
             let generation = engaged::generation();
-            scope::grant_passes(generation, 5, false);
+            scope::grant(
+                generation,
+                crate::pass::Horizon::Passes {
+                    passes: 5,
+                    interval: 0,
+                },
+            );
             let taken = pass_in_place!() || super::quick_pass();
             // The track module's own test turns tracking off when it ends.
             let held = engaged::is_set(engaged::TRACKING) && engaged::generation() == generation;

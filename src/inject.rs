@@ -26,15 +26,18 @@
 //! 7. On a failure, `times` is decremented unless it is `-1` (also when
 //!    fail-nth caused it, as in the kernel).
 //!
-//! A decision whose verdict holds for the thread's next allocations grants
-//! them as passes (`scope::grant_passes`), which the allocator's fast lane
-//! takes without coming here: every allocation after a pass-for-good
-//! verdict (outside `make_it_fail` with `task-filter=Y`, another thread than
-//! `thread=`, `times` spent, past `nth`), those before `nth`, those between
-//! two multiples of `interval`, and those before the failure a `probability`
-//! draw placed. The last two need a decision that ignores sizes: with a
-//! size range, a stack filter or `space` left, each candidate is decided
-//! here.
+//! Steps 4 to 6 are the rule (`rule::decide`), a pure function of the
+//! attributes, the thread's counters and the allocation; this module loads
+//! the attributes, keeps `times` and the statistics, and records failures.
+//! A verdict that holds for the thread's next allocations comes with a
+//! horizon, which the ledger (`pass`) turns into passes that the
+//! allocator's fast lane takes without coming here: every allocation after
+//! a pass-for-good verdict (outside `make_it_fail` with `task-filter=Y`,
+//! another thread than `thread=`, `times` spent, past `nth`), those before
+//! `nth`, those between two multiples of `interval`, and those before the
+//! failure a `probability` draw placed. The last two need a rule that
+//! ignores sizes: with a size range, a stack filter or `space` left, each
+//! candidate is decided here, and counts down to the same failures.
 
 use core::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
@@ -45,6 +48,7 @@ use crate::hash::splitmix64;
 use crate::hook::{FnPointer, Hook, Hooks};
 use crate::record::{self, Cause};
 pub(crate) use crate::request::{Op, Verdict};
+use crate::rule;
 use crate::scope;
 use crate::spec::{MAX_THREAD_NAME, Spec};
 use crate::stats::{COUNTERS, bump};
@@ -279,221 +283,116 @@ fn thread_matches() -> bool {
 pub(crate) fn decide(op: Op, size: usize, align: usize) -> Verdict {
     let generation = engaged::generation();
     let thread = scope::count_allocation(generation);
+    if let Some(verdict) = by_thread(&thread, op, size, align) {
+        return verdict;
+    }
+    if !injecting() {
+        return Verdict::Pass;
+    }
+    let attrs = attributes();
+    let x = rule::Allocation {
+        size,
+        number: thread.number,
+        makes_it_fail: thread.makes_it_fail,
+    };
+    let mut world = Live { op, size, align };
+    let Some(outcome) = scope::with_counters(generation, attrs.space, |c| {
+        rule::decide(&attrs, c, x, &mut world)
+    }) else {
+        return Verdict::Pass;
+    };
+    scope::grant(generation, outcome.horizon);
+    if outcome.fail {
+        return fail(op, size, align, thread.number, Cause::Attributes);
+    }
+    Verdict::Pass
+}
+
+/// What the thread's own state decides before the attributes: a sweep's
+/// exhausted thread fails, an exempt allocation or one that took a pass
+/// passes, and a running fail-nth countdown decides alone.
+fn by_thread(thread: &scope::Snapshot, op: Op, size: usize, align: usize) -> Option<Verdict> {
     if thread.exhausted {
         // A sweep's persistent mode: memory "never comes back". A nofail
         // allocation is not injected, but its attempts fail like all others,
         // so it retries for ever, as it would under real exhaustion.
         bump(&COUNTERS.injected);
-        if !thread.nofail {
-            // The record keeps the first failure and this, the latest: the
-            // one that reaches an infallible path is what a report blames.
-            record::capture(
-                op,
-                size,
-                align,
-                thread.number,
-                Cause::FailNth,
-                from_env(),
-                ATTRS.seed.load(Relaxed),
-            );
+        if thread.nofail {
+            return Some(Verdict::Transient);
         }
-        return if thread.nofail {
-            Verdict::Transient
-        } else {
-            Verdict::Fail
-        };
+        // The record keeps the first failure and this, the latest: the one
+        // that reaches an infallible path is what a report blames.
+        let seed = ATTRS.seed.load(Relaxed);
+        record::capture(
+            op,
+            size,
+            align,
+            thread.number,
+            Cause::FailNth,
+            from_env(),
+            seed,
+        );
+        return Some(Verdict::Fail);
     }
     if thread.exempt || thread.withheld_pass {
-        return Verdict::Pass;
+        return Some(Verdict::Pass);
     }
-    if thread.nth_armed {
-        if !thread.nth_fired {
-            return Verdict::Pass;
-        }
-        // A persistent countdown leaves the thread exhausted, which only the
-        // engaged path sees: it stays armed until `set_persistent`.
-        if !scope::exhausted() {
-            engaged::disarm_thread();
-        }
-        return fail(op, size, align, thread.number, Cause::FailNth);
+    if !thread.nth_armed {
+        return None;
     }
-    if !injecting() {
-        return Verdict::Pass;
+    if !thread.nth_fired {
+        return Some(Verdict::Pass);
     }
+    // A persistent countdown leaves the thread exhausted, which only the
+    // engaged path sees: it stays armed until `set_persistent`.
+    if !scope::exhausted() {
+        engaged::disarm_thread();
+    }
+    Some(fail(op, size, align, thread.number, Cause::FailNth))
+}
+
+/// The attributes in force, for the rule.
+fn attributes() -> rule::Attrs {
     let a = &ATTRS;
-    let r = &RUNNING;
-    // Every later allocation of this thread passes too, until the
-    // configuration or the thread's scope changes.
-    let for_good = || scope::grant_passes(generation, u64::MAX, false);
-    // The common case of `task-filter=Y`: outside `make_it_fail`, nothing
-    // below can fail this allocation, and with no `after` to count, nothing
-    // below has to be counted either (the size range and `nth` are pure
-    // filters). Same verdict, decided early.
-    if !thread.makes_it_fail && a.task_filter.load(Relaxed) && a.after.load(Relaxed) == 0 {
-        for_good();
-        return Verdict::Pass;
-    }
-    // `after`, `space`, `interval` and the draws count per thread.
-    let space_configured = a.space_configured.load(Relaxed);
-    let counted = |f: &mut dyn FnMut(&mut scope::Counters) -> bool| {
-        scope::with_counters(generation, space_configured, |c| f(c)).unwrap_or(true)
-    };
-    let after = a.after.load(Relaxed);
-    if after != 0
-        && counted(&mut |c| {
-            if c.after < after {
-                c.after += 1;
-                true
-            } else {
-                false
-            }
-        })
-    {
-        return Verdict::Pass;
-    }
-    if size < a.min_size.load(Relaxed) || size > a.max_size.load(Relaxed) {
-        return Verdict::Pass;
-    }
-    let nth = a.nth.load(Relaxed);
-    if nth != 0 && thread.number != nth {
-        // Only the thread's allocation `nth` is a candidate: the ones before
-        // it pass without a decision (nothing above counts any more: `after`
-        // is spent), and every one after it.
-        if thread.number < nth {
-            scope::grant_passes(generation, nth - thread.number - 1, false);
-        } else {
-            for_good();
-        }
-        return Verdict::Pass;
-    }
-    let threshold = a.threshold.load(Relaxed);
-    if threshold == 0 {
-        for_good();
-        return Verdict::Pass;
-    }
-    if a.task_filter.load(Relaxed) && !thread.makes_it_fail {
-        for_good();
-        return Verdict::Pass;
-    }
-    if !thread_matches() {
-        for_good();
-        return Verdict::Pass;
-    }
-    if r.times.load(Relaxed) == 0 {
-        for_good();
-        return Verdict::Pass;
-    }
-    // The site walk: `sites=` fails a new call stack once per process,
-    // bypassing space/interval/probability; `stack=` makes only that stack
-    // a candidate.
-    let filtered = match STACK_FILTER.get() {
-        Some(filter) => match filter(op, size, align) {
-            StackCheck::Candidate => true,
-            StackCheck::Pass => return Verdict::Pass,
-            StackCheck::Fail => return fail(op, size, align, thread.number, Cause::Attributes),
-        },
-        None => false,
-    };
-    if counted(&mut |c| {
-        if c.space > size as u64 {
-            c.space -= size as u64;
-            true
-        } else {
-            false
-        }
-    }) {
-        return Verdict::Pass;
-    }
-    // Whether the allocation's size no longer matters to the decision: no
-    // size range, no stack filter, and a `space` budget too small for any
-    // allocation to take from it (every size is at least 1).
-    let size_blind = !filtered
-        && a.min_size.load(Relaxed) == 0
-        && a.max_size.load(Relaxed) == usize::MAX
-        && !counted(&mut |c| c.space > 1);
-    let interval = a.interval.load(Relaxed);
-    if interval > 1 {
-        // The allocations before the next multiple of `interval` pass; when
-        // nothing else looks at them, without coming here.
-        let mut into = 0;
-        if counted(&mut |c| {
-            c.interval += 1;
-            into = c.interval % interval;
-            into != 0
-        }) {
-            if size_blind && into != 0 {
-                scope::grant_interval_passes(generation, interval - 1 - into, false);
-            }
-            return Verdict::Pass;
-        }
-    }
-    if threshold > u64::from(u32::MAX) {
-        // 100 %: every candidate fails.
-        return fail(op, size, align, thread.number, Cause::Attributes);
-    }
-    // Nothing but the draw and `interval` decides (no size range, `nth`,
-    // `space` left, pending `after` or stack filter): draw the gap to this
-    // thread's next failure once, in candidates, and let the allocations
-    // before it pass without a decision. Otherwise one draw per candidate,
-    // in the thread's sequence counted in candidates.
-    if size_blind && nth == 0 {
-        if scope::take_due(generation) {
-            return fail(op, size, align, thread.number, Cause::Attributes);
-        }
-        let index = scope::index_in_generation(generation, thread.number);
-        let passes = gap(a.seed.load(Relaxed), index, threshold);
-        if passes == 0 {
-            return fail(op, size, align, thread.number, Cause::Attributes);
-        }
-        // This candidate and `passes - 1` more pass, each of those after
-        // `interval - 1` allocations that are not candidates, and as many
-        // before the one that fails.
-        let skip = passes.saturating_mul(interval.max(1)) - 1;
-        if interval > 1 {
-            scope::grant_interval_passes(generation, skip, true);
-        } else {
-            scope::grant_passes(generation, skip, true);
-        }
-        return Verdict::Pass;
-    }
-    let Some((index, salt)) = scope::with_counters(generation, space_configured, |c| {
-        if c.salt == 0 {
-            // Once per configuration: the thread's name is a system call.
-            c.salt = thread_salt() | 1;
-        }
-        c.draws += 1;
-        (c.draws - 1, c.salt)
-    }) else {
-        return Verdict::Pass;
-    };
-    if u64::from(random(a.seed.load(Relaxed) ^ salt, index)) >= threshold {
-        return Verdict::Pass;
-    }
-    fail(op, size, align, thread.number, Cause::Attributes)
-}
-
-/// How many candidates pass before the next failure when each fails with
-/// probability `threshold / 2^32`: a geometric draw (inverse transform),
-/// from the thread's own sequence for `seed` (thread name, allocation
-/// index since the configuration), so that it needs no shared counter and
-/// replays per thread.
-fn gap(seed: u64, index: u64, threshold: u64) -> u64 {
-    let uniform = (f64::from(random(seed ^ thread_salt(), index)) + 1.0) / 4_294_967_296.0;
-    let p = threshold as f64 / 4_294_967_296.0;
-    let passes = uniform.ln() / (-p).ln_1p();
-    if passes.is_finite() && passes >= 0.0 {
-        // Saturating: a huge gap is "not in this run".
-        passes as u64
-    } else {
-        0
+    rule::Attrs {
+        threshold: a.threshold.load(Relaxed),
+        interval: a.interval.load(Relaxed),
+        min_size: a.min_size.load(Relaxed),
+        max_size: a.max_size.load(Relaxed),
+        task_filter: a.task_filter.load(Relaxed),
+        after: a.after.load(Relaxed),
+        seed: a.seed.load(Relaxed),
+        nth: a.nth.load(Relaxed),
+        space: a.space_configured.load(Relaxed),
     }
 }
 
-/// What tells this thread's random sequence from the others': a hash of its
-/// name.
-fn thread_salt() -> u64 {
-    let mut name_buf = [0u8; 16];
-    crate::hash::fnv1a(sys::thread_name(&mut name_buf))
+/// The process as the rule sees it, for one allocation.
+struct Live {
+    op: Op,
+    size: usize,
+    align: usize,
+}
+
+impl rule::World for Live {
+    fn thread_matches(&mut self) -> bool {
+        thread_matches()
+    }
+
+    fn times_left(&mut self) -> i64 {
+        RUNNING.times.load(Relaxed)
+    }
+
+    fn stack(&mut self) -> Option<StackCheck> {
+        STACK_FILTER
+            .get()
+            .map(|filter| filter(self.op, self.size, self.align))
+    }
+
+    fn salt(&mut self) -> u64 {
+        let mut name_buf = [0u8; 16];
+        crate::hash::fnv1a(sys::thread_name(&mut name_buf))
+    }
 }
 
 #[cold]

@@ -73,6 +73,7 @@ mod engaged;
 #[cfg(feature = "inject")]
 mod hash;
 mod outcome;
+mod pass;
 mod request;
 #[cfg_attr(
     not(all(
@@ -116,6 +117,8 @@ mod inject;
 mod modules;
 #[cfg(feature = "inject")]
 mod record;
+#[cfg(feature = "inject")]
+mod rule;
 #[cfg(feature = "sites")]
 mod sites;
 #[cfg(feature = "inject")]
@@ -131,6 +134,8 @@ mod track;
 
 mod startup;
 
+#[macro_use]
+mod arch;
 mod alloc;
 
 #[cfg(feature = "pressure")]

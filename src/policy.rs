@@ -159,30 +159,14 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
     let size = request.size(layout);
     let align = layout.align();
     let footprint = footprint(size, align);
-    let start = sys::now_ns();
+    let mut stall = Stall::new(size, align, mode);
     let mut backoff = Backoff::new();
     let mut retries: u64 = 0;
-    let mut stalled = false;
     let mut checked_curable = false;
-    let counting = limit::counting();
-    let (charge, refund) = match request {
-        Request::Realloc { new_size, .. } => limit::delta(layout.size(), new_size, true),
-        _ => limit::delta(0, size, false),
-    };
+    let charged = Charged::new(layout, request);
     let mut large_rounds = 0usize;
     loop {
-        // The knob is read again on every round, so that a stalled process
-        // can be rescued by `set_retries` from another thread.
-        let small_limit = config::current_small_limit(defaults);
-        let mut budget = budget(
-            mode,
-            footprint,
-            config::current_retries(defaults),
-            small_limit,
-        );
-        if over > 0 && mode == Mode::Normal && footprint > small_limit {
-            budget = Budget::Limited(LARGE_LIMIT_ROUNDS);
-        }
+        let budget = round_budget(defaults, mode, footprint, over);
         let allowed = match budget {
             Budget::None => false,
             Budget::Limited(n) => retries < n as u64,
@@ -198,7 +182,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
             checked_curable = true;
         }
         // Nothing larger than the limit itself ever fits under it.
-        if over > 0 && limit::bytes().is_some_and(|l| charge > l) {
+        if over > 0 && limit::bytes().is_some_and(|l| charged.charge > l) {
             break;
         }
         let large_over = over > 0 && budget == Budget::Limited(LARGE_LIMIT_ROUNDS);
@@ -213,32 +197,8 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         }
         retries += 1;
         bump(&COUNTERS.retries);
-        let block = if scope::exhausted() {
-            // A sweep's persistent mode: this attempt fails too.
-            ptr::null_mut()
-        } else if counting {
-            match limit::charge(charge, mode == Mode::NoFail) {
-                Err(still_over) => {
-                    over = still_over;
-                    ptr::null_mut()
-                }
-                Ok(()) => {
-                    over = 0;
-                    // SAFETY: as below.
-                    let block = unsafe { request.attempt(inner, layout) };
-                    if block.is_null() {
-                        limit::uncharge(charge);
-                    } else if refund > 0 {
-                        limit::uncharge(refund);
-                    }
-                    block
-                }
-            }
-        } else {
-            // SAFETY: same operation, same arguments as the call that failed;
-            // on failure a realloc leaves `ptr` untouched, so it is still live.
-            unsafe { request.attempt(inner, layout) }
-        };
+        // SAFETY: the caller's contract, for the same request.
+        let block = unsafe { charged.attempt(inner, layout, request, mode, &mut over) };
         if !block.is_null() {
             bump(&COUNTERS.recovered);
             return block;
@@ -247,23 +207,7 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         if large_over && (freed == 0 || large_rounds >= LARGE_LIMIT_ROUNDS) && over > 0 {
             break;
         }
-        if !stalled {
-            let threshold = config::current_stall_ms(defaults);
-            let stalled_ms = sys::now_ns().saturating_sub(start) / 1_000_000;
-            if threshold != 0 && stalled_ms >= threshold {
-                stalled = true;
-                bump(&COUNTERS.stalls);
-                let limit = if over > 0 { limit::bytes() } else { None };
-                report::stall(
-                    size,
-                    align,
-                    retries,
-                    stalled_ms,
-                    mode == Mode::NoFail,
-                    limit,
-                );
-            }
-        }
+        stall.check(defaults, retries, over);
     }
     bump(&COUNTERS.failed);
     #[cfg(feature = "log")]
@@ -271,6 +215,130 @@ pub(crate) unsafe fn after_null<A: GlobalAlloc>(
         reserve::spend(owner, inner, || report::log_failure(size, align, retries));
     }
     ptr::null_mut()
+}
+
+/// The budget of one round: the knob, read again on every round (so that a
+/// stalled process can be rescued by `set_retries` from another thread),
+/// or [`LARGE_LIMIT_ROUNDS`] for a large request over the heap limit.
+fn round_budget(defaults: &Defaults, mode: Mode, footprint: usize, over: usize) -> Budget {
+    let small_limit = config::current_small_limit(defaults);
+    let budget = budget(
+        mode,
+        footprint,
+        config::current_retries(defaults),
+        small_limit,
+    );
+    if over > 0 && mode == Mode::Normal && footprint > small_limit {
+        Budget::Limited(LARGE_LIMIT_ROUNDS)
+    } else {
+        budget
+    }
+}
+
+/// What each attempt charges the heap limit's count, and what a success
+/// gives back (a realloc's shrinkage), while the count is on.
+struct Charged {
+    counting: bool,
+    charge: usize,
+    refund: usize,
+}
+
+impl Charged {
+    fn new(layout: Layout, request: Request) -> Charged {
+        let (charge, refund) = match request {
+            Request::Realloc { new_size, .. } => limit::delta(layout.size(), new_size, true),
+            _ => limit::delta(0, layout.size(), false),
+        };
+        Charged {
+            counting: limit::counting(),
+            charge,
+            refund,
+        }
+    }
+
+    /// One attempt: charged first while the count is on (one over the
+    /// limit fails as a null would, and sets `over`), then the inner
+    /// allocator. A thread a sweep left exhausted fails every attempt.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Request::attempt`].
+    unsafe fn attempt<A: GlobalAlloc>(
+        &self,
+        inner: &A,
+        layout: Layout,
+        request: Request,
+        mode: Mode,
+        over: &mut usize,
+    ) -> *mut u8 {
+        if scope::exhausted() {
+            // A sweep's persistent mode: this attempt fails too.
+            return ptr::null_mut();
+        }
+        if !self.counting {
+            // SAFETY: same operation, same arguments as the call that
+            // failed; on failure a realloc leaves `ptr` untouched, so it is
+            // still live.
+            return unsafe { request.attempt(inner, layout) };
+        }
+        if let Err(still_over) = limit::charge(self.charge, mode == Mode::NoFail) {
+            *over = still_over;
+            return ptr::null_mut();
+        }
+        *over = 0;
+        // SAFETY: as above.
+        let block = unsafe { request.attempt(inner, layout) };
+        if block.is_null() {
+            limit::uncharge(self.charge);
+        } else if self.refund > 0 {
+            limit::uncharge(self.refund);
+        }
+        block
+    }
+}
+
+/// The stall warning: once per failed request, when its retries have gone
+/// on longer than the stall threshold.
+struct Stall {
+    size: usize,
+    align: usize,
+    nofail: bool,
+    start: u64,
+    warned: bool,
+}
+
+impl Stall {
+    fn new(size: usize, align: usize, mode: Mode) -> Stall {
+        Stall {
+            size,
+            align,
+            nofail: mode == Mode::NoFail,
+            start: sys::now_ns(),
+            warned: false,
+        }
+    }
+
+    /// Warns if the request has stalled past the threshold (once).
+    fn check(&mut self, defaults: &Defaults, retries: u64, over: usize) {
+        if self.warned {
+            return;
+        }
+        let threshold = config::current_stall_ms(defaults);
+        let stalled_ms = sys::now_ns().saturating_sub(self.start) / 1_000_000;
+        if threshold != 0 && stalled_ms >= threshold {
+            self.warned = true;
+            bump(&COUNTERS.stalls);
+            let limit = if over > 0 { limit::bytes() } else { None };
+            report::stall(
+                self.size,
+                self.align,
+                retries,
+                stalled_ms,
+                self.nofail,
+                limit,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,15 +11,18 @@
 //!
 //! The state is one `const`-initialised thread-local without a destructor:
 //! reading it never allocates, never registers a destructor and works during
-//! thread teardown. It also holds the thread's injection counters (its
-//! allocation number and its fail-nth countdown), so that the injection path
-//! touches one thread-local. The success path never reads it; with
-//! injection on, the engaged branch's pass test does (see [`take_pass`]).
+//! thread teardown. It also holds the thread's fail-nth countdown, its
+//! injection ledger (its allocation number, its passes and the rule's
+//! counters: owned by `pass`) and its share of the heap limit's count
+//! (`limit`), so that the engaged path touches one thread-local. The success
+//! path never reads it; the in-place lanes do (see [`take_pass`] and
+//! `arch`).
 
 use core::cell::Cell;
 use core::marker::PhantomData;
 
 use crate::engaged;
+use crate::pass::{Counters, Horizon, Ledger};
 
 const MODE_MASK: u8 = 0b11;
 const MODE_NOFAIL: u8 = 1;
@@ -28,50 +31,22 @@ const IN_RECLAIM: u8 = 0b100;
 const NOWARN: u8 = 0b1000;
 pub(crate) const MAKE_IT_FAIL: u8 = 0b1_0000;
 
-/// Everything mayfail keeps per thread.
+/// Everything mayfail keeps per thread. `repr(C)`: the in-place lanes on
+/// x86-64 (`arch`) reach the ledger's and the limit's fields from the
+/// thread pointer at offsets `core::mem::offset_of!` gives.
+#[repr(C)]
 struct ThreadState {
     flags: Cell<u8>,
-    /// The number this thread's allocation count reaches once its passes
-    /// are used up: the count is `pass_end - passes` (wrapping; a negative
-    /// `passes` counts as none), so that taking a pass only decrements
-    /// `passes` (see [`ThreadState::allocations`]).
-    pass_end: Cell<u64>,
-    /// The fail-nth countdown: 0 = not armed (or fired).
-    fail_nth: Cell<u64>,
     /// Whether the countdown, when it fires, leaves the thread "exhausted":
     /// that and every later attempt fails (a sweep's persistent mode).
     persistent: Cell<bool>,
     /// Set when a persistent countdown fired.
     exhausted: Cell<bool>,
-    /// Allocations that may pass without a decision (see [`take_pass`]),
-    /// granted under the generation `granted` (see `engaged::generation`)
-    /// and the thread's scope as it is: a change of either voids them.
-    /// Signed: the fast lane subtracts one and passes if the result is not
-    /// negative, so a thread without passes goes below zero, where it stays
-    /// "none" until the next grant; `i64::MAX` is "for good".
-    passes: Cell<i64>,
-    granted: Cell<u32>,
-    /// The generation a pass must find in force to be taken: `granted`, or 0
-    /// ("none", never in force) when the passes were granted while a sweep's
-    /// child tracks blocks (every allocation must be recorded then).
-    pass_key: Cell<u32>,
-    /// Whether the allocation after the passes must fail (a probability
-    /// draw decided so).
-    due: Cell<bool>,
-    /// Whether the passes were counted towards `interval` when granted (see
-    /// [`grant_interval_passes`]): the ones a scope change voids are taken
-    /// back.
-    precounted: Cell<bool>,
-    /// The configuration generation `base` belongs to, and the number of
-    /// this thread's last allocation before that configuration: draws are
-    /// indexed from it, so a configuration replays the same way however
-    /// many allocations came before it.
-    base_generation: Cell<u32>,
-    base: Cell<u64>,
-    /// The running counters of the injection attributes, for the
-    /// configuration `counters_generation` (see [`with_counters`]).
-    counters: Cell<Counters>,
-    counters_generation: Cell<u32>,
+    /// The fail-nth countdown: 0 = not armed (or fired).
+    fail_nth: Cell<u64>,
+    /// The injection ledger: the thread's allocation count, its passes and
+    /// the rule's counters (see `pass`).
+    ledger: Ledger,
     /// The thread's share of the heap limit's count (see `limit`).
     limit: LimitCells,
 }
@@ -80,6 +55,7 @@ struct ThreadState {
 /// may still allocate without touching the shared total, and bytes it freed
 /// since it last folded them in. The in-place lanes of `alloc.rs` write
 /// them from the thread pointer on x86-64 ([`CREDIT_AT`], [`FREED_AT`]).
+#[repr(C)]
 pub(crate) struct LimitCells {
     /// Bytes this thread may still allocate. The in-place lane subtracts a
     /// request's size and passes unless that borrows; a borrow leaves the
@@ -106,47 +82,14 @@ pub(crate) const FREED_START: i64 = i64::MAX - (64 << 10);
 /// back: any free turns it negative.
 pub(crate) const FREED_FRESH: i64 = i64::MAX;
 
-/// A thread's running counters of the injection attributes: each thread
-/// counts its own, so no allocation writes shared memory, and a thread's
-/// failures do not depend on how other threads interleave with it.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Counters {
-    /// Allocations counted towards `after`.
-    pub(crate) after: u64,
-    /// What is left of the `space` budget, in bytes.
-    pub(crate) space: u64,
-    /// Candidates counted towards `interval`.
-    pub(crate) interval: u64,
-    /// Draws made in the candidate-by-candidate `probability` sequence.
-    pub(crate) draws: u64,
-    /// What tells this thread's sequence from the others' (a hash of its
-    /// name, odd; 0 until the first draw computes it).
-    pub(crate) salt: u64,
-}
-
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
             flags: Cell::new(0),
-            pass_end: Cell::new(0),
-            fail_nth: Cell::new(0),
             persistent: Cell::new(false),
             exhausted: Cell::new(false),
-            passes: Cell::new(0),
-            granted: Cell::new(0),
-            pass_key: Cell::new(0),
-            due: Cell::new(false),
-            precounted: Cell::new(false),
-            base_generation: Cell::new(0),
-            base: Cell::new(0),
-            counters: Cell::new(Counters {
-                after: 0,
-                space: 0,
-                interval: 0,
-                draws: 0,
-                salt: 0,
-            }),
-            counters_generation: Cell::new(0),
+            fail_nth: Cell::new(0),
+            ledger: Ledger::new(),
             limit: LimitCells {
                 credit: Cell::new(0),
                 freed: Cell::new(FREED_FRESH),
@@ -188,75 +131,31 @@ fn set_state(value: u8) {
     let _ = STATE.try_with(|s| {
         s.flags.set(value);
         // The passes were decided under the old scope.
-        s.void_passes();
+        s.ledger.void();
     });
 }
 
-impl ThreadState {
-    /// The number of the thread's latest counted allocation.
-    fn allocations(&self) -> u64 {
-        self.pass_end.get().wrapping_sub(self.passes_left())
-    }
-
-    /// The passes left (a negative count is none).
-    fn passes_left(&self) -> u64 {
-        self.passes.get().max(0) as u64
-    }
-
-    /// Voids the thread's passes and the failure due after them (its scope
-    /// changed): the allocations they would have let pass are decided
-    /// again, so those counted in advance towards `interval` are taken
-    /// back.
-    fn void_passes(&self) {
-        if self.precounted.replace(false) && self.counters_generation.get() == self.granted.get() {
-            let mut c = self.counters.get();
-            c.interval = c.interval.saturating_sub(self.passes_left());
-            self.counters.set(c);
-        }
-        self.set_passes(0);
-        self.due.set(false);
-    }
-
-    /// Replaces the thread's passes (at most `i64::MAX`: for good), keeping
-    /// its allocation count.
-    fn set_passes(&self, passes: u64) {
-        let count = self.allocations();
-        let passes = passes.min(i64::MAX as u64);
-        self.passes.set(passes as i64);
-        self.pass_end.set(count.wrapping_add(passes));
-    }
-}
-
-/// Lets this allocation pass without a decision if the injection decision
-/// said so under the generation `generation` (the one in force): counts it
-/// (taking a pass is counting, see [`ThreadState::allocations`], so its
-/// number stays exact for `nth=` and replay lines) and returns `true`. The
-/// injection path's fast lane: one thread-local access, one compare, one
-/// decrement; no shared write. `generation` is never 0, so a pass key of 0
-/// (granted while tracking) never matches.
+/// Lets this allocation pass without a decision if the injection rule said
+/// so under the generation `generation` (the one in force): counts it and
+/// returns `true` (see `pass::Ledger::take`). The engaged path's fast lane:
+/// one thread-local access, one compare, one decrement; no shared write.
 #[inline]
 pub(crate) fn take_pass(generation: u32) -> bool {
     STATE
-        .try_with(|s| {
-            if s.pass_key.get() != generation {
-                return false;
-            }
-            // Saturating: a thread without passes stays below zero.
-            let left = s.passes.get().saturating_sub(1);
-            s.passes.set(left);
-            left >= 0
-        })
+        .try_with(|s| s.ledger.take(generation))
         .unwrap_or(false)
 }
 
 /// Where the fast lane's pass key (`u32`) lies in the thread's state, for
-/// the allocator's in-place fast lane on x86-64 (see `alloc.rs`), which
-/// makes [`take_pass`]'s test at [`STATE_OFFSET`] from the thread pointer.
+/// the in-place lane on x86-64 (`arch`), which makes [`take_pass`]'s test at
+/// [`STATE_OFFSET`] from the thread pointer.
 #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
-pub(crate) const PASS_KEY_AT: usize = core::mem::offset_of!(ThreadState, pass_key);
+pub(crate) const PASS_KEY_AT: usize =
+    core::mem::offset_of!(ThreadState, ledger) + core::mem::offset_of!(Ledger, pass_key);
 /// Where the passes (`i64`) lie in the thread's state (see [`PASS_KEY_AT`]).
 #[cfg(all(target_arch = "x86_64", not(miri), feature = "inject"))]
-pub(crate) const PASSES_AT: usize = core::mem::offset_of!(ThreadState, passes);
+pub(crate) const PASSES_AT: usize =
+    core::mem::offset_of!(ThreadState, ledger) + core::mem::offset_of!(Ledger, passes);
 
 /// Where every thread's state lies relative to its thread pointer (`fs:0`
 /// on x86-64, which holds the thread pointer itself), for the in-place fast
@@ -327,88 +226,29 @@ fn file_base(addr: usize) -> Option<usize> {
     Some(info.dli_fbase as usize)
 }
 
-/// Records that the next `passes` allocations of this thread pass without a
-/// decision under the generation `generation`, and whether the one after
-/// them must fail. Passes granted while a sweep's child tracks blocks are
-/// never taken by the fast lane (the key stays 0): the decision takes them
-/// (see [`count_allocation`]).
-pub(crate) fn grant_passes(generation: u32, passes: u64, then_due: bool) {
-    grant(generation, passes, then_due, false);
-}
-
-/// Grants `passes` passes (see [`grant_passes`]) and counts them towards
-/// `interval` now, in the thread's counters for `generation` (the decision
-/// has just used them): the ones a scope change voids are taken back (see
-/// `ThreadState::void_passes`).
-pub(crate) fn grant_interval_passes(generation: u32, passes: u64, then_due: bool) {
-    let passes = passes.min(i64::MAX as u64);
-    let _ = STATE.try_with(|s| {
-        if s.counters_generation.get() == generation {
-            let mut c = s.counters.get();
-            c.interval = c.interval.saturating_add(passes);
-            s.counters.set(c);
-        }
-    });
-    grant(generation, passes, then_due, true);
-}
-
-fn grant(generation: u32, passes: u64, then_due: bool, precounted: bool) {
+/// Turns the injection rule's horizon for an allocation decided under
+/// `generation` into passes (see `pass::Ledger::grant`). Passes granted
+/// while a sweep's child tracks blocks or the heap limit counts are never
+/// taken by the fast lane (every allocation must be recorded, or counted):
+/// the decision takes them (see [`count_allocation`]).
+pub(crate) fn grant(generation: u32, horizon: Horizon) {
     // `generation` was read (acquire) before: if tracking started after
     // that read, the generation has moved on since and the key never
     // matches; if before, the flag is seen here.
-    // Nor while the heap limit counts: a pass would skip the count.
-    let key = if engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE) {
-        0
-    } else {
-        generation
-    };
-    let _ = STATE.try_with(|s| {
-        s.granted.set(generation);
-        s.pass_key.set(key);
-        s.set_passes(passes);
-        s.due.set(then_due);
-        s.precounted.set(precounted);
-    });
+    let withheld = engaged::is_set(engaged::TRACKING | engaged::LIMITED | engaged::LIMIT_LANE);
+    let _ = STATE.try_with(|s| s.ledger.grant(generation, horizon, withheld));
 }
 
-/// The index of allocation `number` within the configuration `generation`
-/// on this thread: 1 for its first allocation under it.
-pub(crate) fn index_in_generation(generation: u32, number: u64) -> u64 {
-    STATE
-        .try_with(|s| {
-            if s.base_generation.get() != generation {
-                s.base_generation.set(generation);
-                s.base.set(number.saturating_sub(1));
-            }
-            number.saturating_sub(s.base.get())
-        })
-        .unwrap_or(number)
-}
-
-/// Runs `f` on this thread's counters for the configuration `generation`,
-/// started afresh (with a `space` budget of `space` bytes) when they were
-/// counted under another one. `None` once the thread-local is gone (thread
-/// teardown): nothing is counted then.
+/// Runs `f` on this thread's injection counters for the configuration
+/// `generation` (see `pass::Ledger::with_counters`). `None` once the
+/// thread-local is gone (thread teardown): nothing is counted then.
 pub(crate) fn with_counters<R>(
     generation: u32,
     space: u64,
     f: impl FnOnce(&mut Counters) -> R,
 ) -> Option<R> {
     STATE
-        .try_with(|s| {
-            let mut counters = if s.counters_generation.get() == generation {
-                s.counters.get()
-            } else {
-                s.counters_generation.set(generation);
-                Counters {
-                    space,
-                    ..Counters::default()
-                }
-            };
-            let result = f(&mut counters);
-            s.counters.set(counters);
-            result
-        })
+        .try_with(|s| s.ledger.with_counters(generation, space, f))
         .ok()
 }
 
@@ -416,14 +256,7 @@ pub(crate) fn with_counters<R>(
 /// a sweep's child tracks blocks does.
 #[cfg(test)]
 pub(crate) fn withhold_passes() {
-    let _ = STATE.try_with(|s| s.pass_key.set(0));
-}
-
-/// Whether this allocation must fail because a draw decided so (consumed).
-pub(crate) fn take_due(generation: u32) -> bool {
-    STATE
-        .try_with(|s| s.granted.get() == generation && s.due.replace(false))
-        .unwrap_or(false)
+    let _ = STATE.try_with(|s| s.ledger.pass_key.set(0));
 }
 
 /// What the injection path needs to know about the current thread, read in
@@ -476,17 +309,14 @@ pub(crate) fn count_allocation(generation: u32) -> Snapshot {
             if exempt {
                 return snap;
             }
-            let left = s.passes.get();
-            if left > 0 && s.granted.get() == generation {
-                // Taking the pass counts the allocation. No countdown runs:
+            let (number, withheld) = s.ledger.count(generation);
+            snap.number = number;
+            if withheld {
+                // Taking the pass counted the allocation. No countdown runs:
                 // arming one voids the passes, and none are granted then.
-                s.passes.set(left - 1);
-                snap.number = s.allocations();
                 snap.withheld_pass = true;
                 return snap;
             }
-            snap.number = s.allocations().wrapping_add(1);
-            s.pass_end.set(s.pass_end.get().wrapping_add(1));
             let nth = s.fail_nth.get();
             if nth != 0 {
                 snap.nth_armed = true;
@@ -516,7 +346,7 @@ pub(crate) fn set_persistent(persistent: bool) {
     let _ = STATE.try_with(|s| {
         s.persistent.set(persistent);
         s.exhausted.set(false);
-        s.void_passes();
+        s.ledger.void();
     });
 }
 
@@ -529,7 +359,7 @@ pub(crate) fn exhausted() -> bool {
 /// The number of the thread's latest counted allocation.
 #[cfg(test)]
 fn allocation_number() -> u64 {
-    STATE.try_with(|s| s.allocations()).unwrap_or(0)
+    STATE.try_with(|s| s.ledger.allocations()).unwrap_or(0)
 }
 
 /// Sets the thread's fail-nth countdown; returns the previous value.
@@ -537,7 +367,7 @@ pub(crate) fn replace_fail_nth(n: u64) -> u64 {
     STATE
         .try_with(|s| {
             // A countdown counts every allocation: no pass skips it.
-            s.void_passes();
+            s.ledger.void();
             s.fail_nth.replace(n)
         })
         .unwrap_or(0)
@@ -742,25 +572,25 @@ mod tests {
     }
 
     #[test]
-    fn the_decision_takes_the_passes_the_fast_lane_left_then_the_due_failure() {
+    fn the_decision_takes_the_passes_the_fast_lane_was_not_given() {
         // As while a sweep's child tracks blocks: every allocation reaches
-        // the decision, which must see the same passes and failure.
+        // the decision, which must see the same passes.
         let generation = 7;
-        grant_passes(generation, 2, true);
+        let passes = Horizon::Passes {
+            passes: 2,
+            interval: 0,
+        };
+        let _ = STATE.try_with(|s| s.ledger.grant(generation, passes, true));
         let before = allocation_number();
-        let mut seen = Vec::new();
-        for i in 1..=4 {
-            let snap = count_allocation(generation);
-            assert_eq!(snap.number, before + i);
-            let pass = snap.withheld_pass;
-            seen.push((pass, !pass && take_due(generation)));
-        }
-        assert_eq!(
-            seen,
-            [(true, false), (true, false), (false, true), (false, false)]
-        );
-        assert_eq!(allocation_number(), before + 4, "each counted once");
-        grant_passes(generation, 2, true);
+        let seen: Vec<_> = (1..=3)
+            .map(|i| {
+                let snap = count_allocation(generation);
+                assert_eq!(snap.number, before + i);
+                snap.withheld_pass
+            })
+            .collect();
+        assert_eq!(seen, [true, true, false]);
+        let _ = STATE.try_with(|s| s.ledger.grant(generation, passes, true));
         let snap = count_allocation(generation + 1);
         assert!(!snap.withheld_pass, "another generation");
     }

@@ -133,6 +133,42 @@ fn probability_with_interval_draws_only_among_candidates() {
     child("probability_with_interval_draws_only_among_candidates");
 }
 
+/// Filters that let every allocation through change how many allocations
+/// come to the decision (with a size range each one does; without, the
+/// ones a draw lets pass are skipped), never which ones fail: one seed,
+/// one failure sequence.
+#[test]
+fn the_same_seed_fails_the_same_allocations_with_filters_that_let_all_through() {
+    if is_child() {
+        let sizes = |i: usize| 8 + i % 200;
+        let run = move || {
+            for base in [
+                "probability=3,times=-1,task-filter=Y,seed=21",
+                "probability=25,interval=3,times=-1,task-filter=Y,seed=8",
+            ] {
+                mayfail::configure_injection(base).unwrap();
+                let plain = failing::<2000>(sizes);
+                assert!(plain.len() > 10, "{base}: {plain:?}");
+                for filter in [
+                    "min-size=1",
+                    "max-size=1G",
+                    "space=1",
+                    "thread=sequence",
+                    "min-size=1,max-size=1G,space=1",
+                ] {
+                    mayfail::configure_injection(&format!("{base},{filter}")).unwrap();
+                    assert_eq!(failing::<2000>(sizes), plain, "{base} with {filter}");
+                }
+            }
+            mayfail::disable_injection();
+        };
+        let thread = std::thread::Builder::new().name("sequence".into());
+        thread.spawn(run).unwrap().join().unwrap();
+        return;
+    }
+    child("the_same_seed_fails_the_same_allocations_with_filters_that_let_all_through");
+}
+
 #[test]
 fn arming_or_disarming_fail_nth_does_not_leave_a_drawn_failure_due() {
     if is_child() {
