@@ -204,6 +204,7 @@ pub fn fail_nth_pending() -> u64 {
 
 /// Makes the current thread's next fail-nth countdown persistent (a sweep's
 /// persistent mode) or not, ending an exhausted state left by the last one.
+#[cfg_attr(not(feature = "sweep"), allow(dead_code))]
 pub(crate) fn set_persistent(persistent: bool) {
     if scope::exhausted() {
         engaged::disarm_thread();

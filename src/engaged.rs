@@ -26,6 +26,7 @@ use core::sync::atomic::{
 /// (x86-64, mayfail linked into the executable: `scope::STATE_OFFSET`).
 pub(crate) const LIMIT_LANE: u32 = 1;
 /// Set while a sweep's child tracks blocks: frees take the engaged path too.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) const TRACKING: u32 = 2;
 /// Set while a heap limit counts out of line (where the lanes cannot):
 /// every allocation and free is counted on the engaged path.
@@ -33,8 +34,10 @@ pub(crate) const LIMITED: u32 = 4;
 /// Set until the first allocation has read the environment.
 pub(crate) const NOT_STARTED: u32 = 1 << 8;
 /// Set while injection by attributes is on.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) const INJECTING: u32 = 1 << 9;
 /// Added once per thread with a running fail-nth countdown.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) const ARMED_THREAD: u32 = 1 << 16;
 
 /// The word, alone on its cache line (written only when one of the states
@@ -87,6 +90,7 @@ pub(crate) static GENERATION: AtomicU32 = AtomicU32::new(1);
 
 /// The generation in force. Acquire: what the change that started it wrote
 /// (the flags, the attributes) is seen after it.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn generation() -> u32 {
     GENERATION.load(Acquire)
@@ -98,6 +102,7 @@ pub(crate) fn generation() -> u32 {
 /// static's RIP-relative address, without the load of that address from the
 /// GOT that a `static` of another crate costs in generic code compiled
 /// there (the allocator's).
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn generation_relaxed() -> u32 {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
@@ -126,23 +131,26 @@ pub(crate) fn new_generation() {
 }
 
 /// One more thread has a fail-nth countdown: every allocation must be counted.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn arm_thread() {
     ENGAGED.0.fetch_add(ARMED_THREAD, Relaxed);
 }
 
 /// A thread's fail-nth countdown ended (fired or disarmed).
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn disarm_thread() {
     ENGAGED.0.fetch_sub(ARMED_THREAD, Relaxed);
 }
 
 /// How many threads count down a fail-nth (or stay exhausted after one).
-#[cfg(test)]
+#[cfg(all(test, feature = "inject"))]
 pub(crate) fn armed_threads() -> u32 {
     ENGAGED.0.load(Relaxed) / ARMED_THREAD
 }
 
 /// Sets the count of armed threads to `armed`, keeping the flags: in a
 /// forked child, where the threads that armed in the parent do not exist.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn set_armed_threads(armed: u32) {
     let _ = ENGAGED.0.fetch_update(Relaxed, Relaxed, |word| {
         Some(word % ARMED_THREAD + armed * ARMED_THREAD)

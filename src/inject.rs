@@ -56,6 +56,7 @@ use crate::sys;
 
 /// What a stack filter says of one allocation (the site walk's `sites=`
 /// and `stack=` modes).
+#[cfg_attr(not(feature = "sites"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StackCheck {
     /// Not a candidate.
@@ -81,6 +82,7 @@ static STACK_FILTER: Hook<StackFilter> = Hook::new();
 static OBSERVERS: Hooks<fn(u8), 4> = Hooks::new();
 
 /// Installs (or removes) the stack filter.
+#[cfg_attr(not(any(feature = "sweep", feature = "sites")), allow(dead_code))]
 pub(crate) fn set_stack_filter(filter: Option<StackFilter>) {
     STACK_FILTER.set(filter);
     engaged::new_generation();

@@ -62,28 +62,12 @@ compile_error!(
 // The layers, bottom up (docs/ARCHITECTURE.md): leaves first, then the knobs
 // and the retry policy, then injection and what registers with it.
 mod cgroup;
-// The modules below hold per-thread and per-process state for every
-// feature at once; what a feature alone leaves unused is allowed here per
-// module until each item is gated by its feature.
-#[cfg_attr(
-    not(all(feature = "inject", feature = "sweep", feature = "sites")),
-    allow(dead_code)
-)]
 mod engaged;
 #[cfg(feature = "inject")]
 mod hash;
 mod outcome;
 mod pass;
 mod request;
-#[cfg_attr(
-    not(all(
-        feature = "inject",
-        feature = "sweep",
-        feature = "sites",
-        feature = "log"
-    )),
-    allow(dead_code)
-)]
 mod scope;
 mod stats;
 mod sys;
@@ -99,19 +83,16 @@ mod reclaim;
 mod report;
 mod reserve;
 
-#[cfg_attr(not(feature = "log"), allow(unused_imports))]
 mod policy;
 mod watchdog;
 
 #[cfg(feature = "inject")]
-#[cfg_attr(not(all(feature = "sweep", feature = "sites")), allow(dead_code))]
 mod configure;
 #[cfg(feature = "inject")]
 mod crash;
 #[cfg(feature = "inject")]
 mod hook;
 #[cfg(feature = "inject")]
-#[cfg_attr(not(feature = "sites"), allow(dead_code))]
 mod inject;
 #[cfg(feature = "inject")]
 mod modules;

@@ -151,6 +151,7 @@ impl Ledger {
     /// (taking a pass is counting) and returns `true`. The fast lane: one
     /// compare, one decrement. `generation` is never 0, so a pass key of 0
     /// never matches. The in-place lane on x86-64 makes the same test.
+    #[cfg_attr(not(feature = "inject"), allow(dead_code))]
     #[inline]
     pub(crate) fn take(&self, generation: u32) -> bool {
         if self.pass_key.get() != generation {
@@ -166,6 +167,7 @@ impl Ledger {
     /// if it took a pass granted under `generation` that the fast lane
     /// left (granted while every allocation must come to the engaged
     /// path), `(number, false)` if it is counted afresh.
+    #[cfg_attr(not(feature = "inject"), allow(dead_code))]
     #[inline]
     pub(crate) fn count(&self, generation: u32) -> (u64, bool) {
         let left = self.passes.get();
@@ -205,6 +207,7 @@ impl Ledger {
     /// which the fast lanes may take unless `withheld` (a sweep's child
     /// tracks blocks or the heap limit counts: the decision takes them
     /// then, see [`count`](Self::count)).
+    #[cfg_attr(not(feature = "inject"), allow(dead_code))]
     pub(crate) fn grant(&self, generation: u32, horizon: Horizon, withheld: bool) {
         let (passes, interval) = match horizon {
             Horizon::None => return,
@@ -220,6 +223,7 @@ impl Ledger {
     /// Runs the rule `f` on the counters for the configuration
     /// `generation`, started afresh (with a `space` budget of `space`
     /// bytes) when they were counted under another one.
+    #[cfg_attr(not(feature = "inject"), allow(dead_code))]
     pub(crate) fn with_counters<R>(
         &self,
         generation: u32,

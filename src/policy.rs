@@ -37,6 +37,7 @@ use crate::limit;
 use crate::reclaim;
 use crate::report;
 use crate::request::Request;
+#[cfg(feature = "log")]
 use crate::reserve;
 use crate::scope::{self, Mode, ReclaimGuard};
 use crate::stats::{COUNTERS, bump};

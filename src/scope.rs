@@ -29,6 +29,7 @@ const MODE_NOFAIL: u8 = 1;
 const MODE_NORETRY: u8 = 2;
 const IN_RECLAIM: u8 = 0b100;
 const NOWARN: u8 = 0b1000;
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) const MAKE_IT_FAIL: u8 = 0b1_0000;
 
 /// Everything mayfail keeps per thread. `repr(C)`: the in-place lanes on
@@ -139,6 +140,7 @@ fn set_state(value: u8) {
 /// so under the generation `generation` (the one in force): counts it and
 /// returns `true` (see `pass::Ledger::take`). The engaged path's fast lane:
 /// one thread-local access, one compare, one decrement; no shared write.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 #[inline]
 pub(crate) fn take_pass(generation: u32) -> bool {
     STATE
@@ -231,6 +233,7 @@ fn file_base(addr: usize) -> Option<usize> {
 /// while a sweep's child tracks blocks or the heap limit counts are never
 /// taken by the fast lane (every allocation must be recorded, or counted):
 /// the decision takes them (see [`count_allocation`]).
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn grant(generation: u32, horizon: Horizon) {
     // `generation` was read (acquire) before: if tracking started after
     // that read, the generation has moved on since and the key never
@@ -242,6 +245,7 @@ pub(crate) fn grant(generation: u32, horizon: Horizon) {
 /// Runs `f` on this thread's injection counters for the configuration
 /// `generation` (see `pass::Ledger::with_counters`). `None` once the
 /// thread-local is gone (thread teardown): nothing is counted then.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn with_counters<R>(
     generation: u32,
     space: u64,
@@ -254,13 +258,14 @@ pub(crate) fn with_counters<R>(
 
 /// Withholds the thread's passes from the fast lane, as a grant made while
 /// a sweep's child tracks blocks does.
-#[cfg(test)]
+#[cfg(all(test, feature = "inject"))]
 pub(crate) fn withhold_passes() {
     let _ = STATE.try_with(|s| s.ledger.pass_key.set(0));
 }
 
 /// What the injection path needs to know about the current thread, read in
 /// one thread-local access.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) struct Snapshot {
     /// Never inject: inside `nofail`, or inside mayfail's own slow path.
     pub(crate) exempt: bool,
@@ -289,6 +294,7 @@ pub(crate) struct Snapshot {
 /// the kernel does not count `__GFP_NOFAIL` ones. Takes a pass granted under
 /// `generation` (the one in force) that the fast lane left, if any (see
 /// [`Snapshot::withheld_pass`]).
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn count_allocation(generation: u32) -> Snapshot {
     STATE
@@ -342,6 +348,7 @@ pub(crate) fn count_allocation(generation: u32) -> Snapshot {
 
 /// Makes the thread's next fail-nth countdown persistent (or not), and
 /// clears its exhausted state.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn set_persistent(persistent: bool) {
     let _ = STATE.try_with(|s| {
         s.persistent.set(persistent);
@@ -363,6 +370,7 @@ fn allocation_number() -> u64 {
 }
 
 /// Sets the thread's fail-nth countdown; returns the previous value.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn replace_fail_nth(n: u64) -> u64 {
     STATE
         .try_with(|s| {
@@ -374,6 +382,7 @@ pub(crate) fn replace_fail_nth(n: u64) -> u64 {
 }
 
 /// The thread's fail-nth countdown.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub(crate) fn fail_nth_left() -> u64 {
     STATE.try_with(|s| s.fail_nth.get()).unwrap_or(0)
 }
@@ -388,6 +397,7 @@ pub(crate) fn mode() -> Mode {
 }
 
 /// Whether failures on this thread are kept out of the log ([`nowarn`]).
+#[cfg_attr(not(feature = "log"), allow(dead_code))]
 pub(crate) fn quiet() -> bool {
     state() & NOWARN != 0
 }
@@ -511,6 +521,7 @@ pub fn nowarn_guard() -> ScopeGuard {
 /// Marks this thread as a candidate for injection until the guard is
 /// dropped (the kernel's per-task `make-it-fail`): with `task-filter=Y`, only
 /// allocations inside such scopes may be injected. Nests.
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub fn make_it_fail_guard() -> ScopeGuard {
     ScopeGuard::enter(MAKE_IT_FAIL, MAKE_IT_FAIL)
 }
@@ -526,6 +537,7 @@ pub fn make_it_fail_guard() -> ScopeGuard {
 /// mayfail::disable_injection();
 /// assert!(grown.is_err());
 /// ```
+#[cfg_attr(not(feature = "inject"), allow(dead_code))]
 pub fn make_it_fail<R>(f: impl FnOnce() -> R) -> R {
     let _scope = make_it_fail_guard();
     f()
