@@ -54,20 +54,7 @@ use crate::spec::{MAX_THREAD_NAME, Spec};
 use crate::stats::{COUNTERS, bump};
 use crate::sys;
 
-/// What a stack filter says of one allocation (the site walk's `sites=`
-/// and `stack=` modes).
-#[cfg_attr(not(feature = "sites"), allow(dead_code))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StackCheck {
-    /// Not a candidate.
-    Pass,
-    /// A new site, recorded: fail it now, bypassing `space`, `interval` and
-    /// `probability`.
-    Fail,
-    /// The stack matches; the usual `space`, `interval` and `probability`
-    /// steps decide.
-    Candidate,
-}
+pub(crate) use crate::rule::StackCheck;
 
 /// A stack filter: called for allocations that passed every filter before
 /// `space`.
@@ -182,11 +169,6 @@ fn default_seed() -> u64 {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
     splitmix64(sys::now_ns() ^ (pid << 32) ^ sys::clock_ns(libc::CLOCK_REALTIME))
-}
-
-/// The `index`-th random number of the sequence for `seed`, 32 bits.
-pub(crate) fn random(seed: u64, index: u64) -> u32 {
-    (splitmix64(seed ^ splitmix64(index)) >> 32) as u32
 }
 
 /// Makes a parsed spec the attributes in force and starts its counters
@@ -456,6 +438,7 @@ fn verbose_line_due() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rule::random;
 
     #[test]
     fn the_random_sequence_depends_on_the_seed_and_is_repeatable() {

@@ -17,8 +17,28 @@
 //! (the thread's name, `times` left, the stack filter), each only when it
 //! reaches that step. It never allocates, locks or panics.
 
-use crate::inject::{StackCheck, random};
+use crate::hash::splitmix64;
 use crate::pass::{Counters, Horizon};
+
+/// What a stack filter says of one allocation (the site walk's `sites=`
+/// and `stack=` modes).
+#[cfg_attr(not(feature = "sites"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StackCheck {
+    /// Not a candidate.
+    Pass,
+    /// A new site, recorded: fail it now, bypassing `space`, `interval` and
+    /// `probability`.
+    Fail,
+    /// The stack matches; the usual `space`, `interval` and `probability`
+    /// steps decide.
+    Candidate,
+}
+
+/// The `index`-th random number of the sequence for `seed`, 32 bits.
+pub(crate) fn random(seed: u64, index: u64) -> u32 {
+    (splitmix64(seed ^ splitmix64(index)) >> 32) as u32
+}
 
 /// The attributes in force, as plain values.
 #[derive(Clone, Copy, Debug)]
