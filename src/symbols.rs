@@ -756,23 +756,48 @@ const PANIC_FRAMES: [&str; 5] = [
     "begin_panic",
 ];
 
+/// Functions that raise a panic: an allocation made anywhere below one of
+/// them (a `Display` of the code's own called to format the message, a
+/// panic hook) is made for the panic, not by the code's own path.
+#[cfg(feature = "sites")]
+const RAISING_FRAMES: [&str; 4] = [
+    "core::panicking::panic",
+    "std::panicking::begin_panic",
+    "std::panicking::rust_panic_with_hook",
+    "rust_begin_unwind",
+];
+
+/// Frames looked at for [`RAISING_FRAMES`] below the first user frame.
+#[cfg(feature = "sites")]
+const RAISING_DEPTH: usize = 48;
+
 /// Whether the allocation of `frames` serves a panic (its message or its
 /// payload): a frame of std's panic machinery lies between it and the
-/// first function outside the allocation machinery. The function that
-/// panicked did not itself allocate.
+/// first function outside the allocation machinery, or a function that
+/// raises a panic lies below (within [`RAISING_DEPTH`] frames, before the
+/// test harness): the code's `Display` formatting the message it panics
+/// with (`panic!("{error}")`). The function that panicked did not itself
+/// allocate.
 #[cfg(feature = "sites")]
 pub(crate) fn serves_panic(frames: &[usize]) -> bool {
     let mut panic = false;
     let mut user = false;
+    let mut ended = false;
+    let mut seen = 0;
     for &ip in frames {
-        if panic || user {
+        if panic || ended || seen >= RAISING_DEPTH {
             break;
         }
+        seen += 1;
         resolve(ip, |frame| {
-            if panic || user || !frame.named {
+            if panic || ended || !frame.named {
                 return;
             }
-            if PANIC_FRAMES.iter().any(|p| frame.name.contains(p)) {
+            if frame.name.contains("__rust_begin_short_backtrace") {
+                ended = true;
+            } else if user {
+                panic = RAISING_FRAMES.iter().any(|p| frame.name.contains(p));
+            } else if PANIC_FRAMES.iter().any(|p| frame.name.contains(p)) {
                 panic = true;
             } else if !frame.is_machinery() {
                 user = true;
