@@ -783,12 +783,10 @@ pub(crate) fn serves_panic(frames: &[usize]) -> bool {
     let mut panic = false;
     let mut user = false;
     let mut ended = false;
-    let mut seen = 0;
-    for &ip in frames {
-        if panic || ended || seen >= RAISING_DEPTH {
+    for &ip in frames.iter().take(RAISING_DEPTH) {
+        if panic || ended {
             break;
         }
-        seen += 1;
         resolve(ip, |frame| {
             if panic || ended || !frame.named {
                 return;
