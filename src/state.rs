@@ -719,7 +719,7 @@ impl fmt::Display for StackId {
     }
 }
 
-pub use crate::text::registry_crate;
+pub use crate::text::{merged_doctest_names, registry_crate};
 
 #[cfg(test)]
 mod tests {

@@ -267,6 +267,49 @@ pub fn registry_crate(file: &str) -> Option<&str> {
     })
 }
 
+/// The doctests the source of a merged doctest runner names, in its order
+/// (rustdoc's `doctest_runner_*.rs`, edition 2024, which runs the N-th alone
+/// when `RUSTDOC_DOCTEST_RUN_NB_TEST=N`): each `mod __doctest_N` and the
+/// first string of its `new_doctest(` call. That source is rustdoc's own
+/// and may change: `None` when it cannot be read so.
+#[cfg(any(feature = "sweep", feature = "sites"))]
+pub fn merged_doctest_names(source: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for i in 0.. {
+        // The space ends the number: `__doctest_1 ` is not `__doctest_10 `.
+        let module = format!("mod __doctest_{i} ");
+        let Some(at) = source.find(&module) else {
+            break;
+        };
+        let after = &source[at + module.len()..];
+        let call = &after[after.find("new_doctest(")? + "new_doctest(".len()..];
+        names.push(string_literal(call.trim_start())?);
+    }
+    Some(names)
+}
+
+/// The Rust string literal `text` starts with (`"..."`, escapes `\"`,
+/// `\\`, `\'`, `\n`, `\t`); `None` for anything else.
+#[cfg(any(feature = "sweep", feature = "sites"))]
+fn string_literal(text: &str) -> Option<String> {
+    let mut chars = text.strip_prefix('"')?.chars();
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => out.push(match chars.next()? {
+                '"' => '"',
+                '\\' => '\\',
+                '\'' => '\'',
+                'n' => '\n',
+                't' => '\t',
+                _ => return None,
+            }),
+            c => out.push(c),
+        }
+    }
+}
+
 /// Parses a whole decimal number, without sign, with overflow checking.
 pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
@@ -285,6 +328,28 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(any(feature = "sweep", feature = "sites"))]
+    fn a_merged_runners_doctests_are_named_in_order() {
+        let source = "mod __doctest_0 {\npub const TEST: test::TestDescAndFn = \
+            test::TestDescAndFn::new_doctest(\n\"src/lib.rs - (line 1)\", false, \"src/lib.rs\", 1,\
+            false, false,\n));\n}\nmod __doctest_1 {\npub const TEST: T = T::new_doctest(\n\
+            \"src/lib.rs - Q<\\\"x\\\">::f (line 9)\", false,\n));\n}\nmod __doctest_mod {\n}\n";
+        assert_eq!(
+            merged_doctest_names(source).unwrap(),
+            ["src/lib.rs - (line 1)", "src/lib.rs - Q<\"x\">::f (line 9)"]
+        );
+        assert_eq!(
+            merged_doctest_names("no runner").unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(string_literal("\"a\\u{1}\""), None);
+        assert_eq!(
+            merged_doctest_names("mod __doctest_0 { new_doctest(\"open").as_deref(),
+            None
+        );
+    }
 
     fn text<const N: usize>(buf: &mut StackBuf<N>) -> String {
         String::from_utf8(buf.finish_line().to_vec()).unwrap()

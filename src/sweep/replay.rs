@@ -243,32 +243,8 @@ fn merged_doctests() -> Option<(Vec<String>, usize)> {
                 .and_then(|name| name.to_str())
                 .is_some_and(|name| name.starts_with("doctest_runner") && name.ends_with(".rs"))
         })?;
-    let source = std::fs::read_to_string(runner).ok()?;
-    let mut names = Vec::new();
-    for i in 0.. {
-        // The space ends the number: `__doctest_1 ` is not `__doctest_10 `.
-        let module = format!("mod __doctest_{i} ");
-        let Some(at) = source.find(&module) else {
-            break;
-        };
-        let after = &source[at + module.len()..];
-        let call = &after[after.find("new_doctest(")? + "new_doctest(".len()..];
-        names.push(quoted_string(call.trim_start())?);
-    }
+    let names = crate::text::merged_doctest_names(&std::fs::read_to_string(runner).ok()?)?;
     (number < names.len()).then_some((names, number))
-}
-
-/// The string literal at the start of `text`, unescaped (`\"`, `\\`).
-fn quoted_string(text: &str) -> Option<String> {
-    let mut chars = text.strip_prefix('"')?.chars();
-    let mut name = String::new();
-    loop {
-        match chars.next()? {
-            '"' => return Some(name),
-            '\\' => name.push(chars.next()?),
-            c => name.push(c),
-        }
-    }
 }
 
 /// The libtest arguments that run only `names[ours]` of the doctests

@@ -306,7 +306,9 @@ fn executables(dir: &Path) -> Result<Executables, String> {
                 })
                 .ok_or_else(|| format!("no runner source beside {}", executable.display()))?;
             let source = std::fs::read_to_string(&runner).map_err(|e| e.to_string())?;
-            for (number, test) in merged_names(&source) {
+            let names = mayfail::state::merged_doctest_names(&source)
+                .ok_or_else(|| format!("cannot read the doctests {} names", runner.display()))?;
+            for (number, test) in names.into_iter().enumerate() {
                 found.merged.insert(test, (executable.clone(), number));
             }
             continue;
@@ -326,48 +328,6 @@ fn executables(dir: &Path) -> Result<Executables, String> {
             .push((k, executable));
     }
     Ok(found)
-}
-
-/// The doctests a merged runner's source names: `mod __doctest_N` and the
-/// first string of its `new_doctest(` call.
-fn merged_names(source: &str) -> Vec<(usize, String)> {
-    let mut names = Vec::new();
-    for (at, _) in source.match_indices("mod __doctest_") {
-        let rest = &source[at + "mod __doctest_".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let Ok(number) = digits.parse::<usize>() else {
-            continue;
-        };
-        let Some(call) = rest.find("new_doctest(") else {
-            continue;
-        };
-        let Some(name) = string_literal(rest[call + "new_doctest(".len()..].trim_start()) else {
-            continue;
-        };
-        names.push((number, name));
-    }
-    names
-}
-
-/// The Rust string literal `text` starts with (`"..."`, escapes `\"`,
-/// `\\`, `\n`, `\t`, `\'`); `None` for anything else.
-fn string_literal(text: &str) -> Option<String> {
-    let mut chars = text.strip_prefix('"')?.chars();
-    let mut out = String::new();
-    loop {
-        match chars.next()? {
-            '"' => return Some(out),
-            '\\' => out.push(match chars.next()? {
-                '"' => '"',
-                '\\' => '\\',
-                '\'' => '\'',
-                'n' => '\n',
-                't' => '\t',
-                _ => return None,
-            }),
-            c => out.push(c),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -397,21 +357,5 @@ mod tests {
             Some(("src/a.b/lib.rs", 42))
         );
         assert_eq!(folder("src/a.b/lib.rs"), "src_a_b_lib_rs");
-    }
-
-    #[test]
-    fn a_merged_runners_doctests_are_named_in_order() {
-        let source = "mod __doctest_0 {\npub const TEST: test::TestDescAndFn = \
-            test::TestDescAndFn::new_doctest(\n\"src/lib.rs - (line 1)\", false, \"src/lib.rs\", 1,\
-            false, false,\n));\n}\nmod __doctest_12 {\npub const TEST: T = T::new_doctest(\n\
-            \"src/lib.rs - Q<\\\"x\\\">::f (line 9)\", false,\n));\n}\nmod __doctest_mod {\n}\n";
-        assert_eq!(
-            merged_names(source),
-            [
-                (0, "src/lib.rs - (line 1)".to_owned()),
-                (12, "src/lib.rs - Q<\"x\">::f (line 9)".to_owned())
-            ]
-        );
-        assert_eq!(string_literal("\"a\\u{1}\""), None);
     }
 }
