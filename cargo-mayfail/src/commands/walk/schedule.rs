@@ -584,10 +584,13 @@ impl<'a> Scheduler<'a> {
             return Ok(Settled::Site);
         }
         let binary = &self.binaries[walked.binary];
-        if !ended.passed_for(binary, &self.setup.handled_exit) && walked.after.is_empty() {
+        // On an error path, the path's own failures account for an exit (a
+        // test that failed goes on failing); a timeout or a signal with no
+        // new site to blame is said all the same.
+        let path_explains = !walked.after.is_empty() && matches!(ended, Ended::Exited(_));
+        if !ended.passed_for(binary, &self.setup.handled_exit) && !path_explains {
             // It passed without injection: it ended badly with no site to
-            // blame. (On an error path, the path's own failures account for
-            // how it ends: a test that failed goes on failing.)
+            // blame.
             let (outcome, detail) = ended
                 .fate(self.setup.timeout)
                 .unwrap_or((Outcome::Unknown, "no status".to_owned()));
