@@ -62,6 +62,10 @@ pub(crate) struct Spec {
     /// new stack (error-path exploration).
     pub(crate) sites_after: [u64; MAX_AFTER],
     pub(crate) sites_after_len: u8,
+    /// [sites] In `sites` mode, fork at each new site where the process
+    /// allows it: the child fails it, the parent waits at most this many
+    /// milliseconds for the child and goes on (0 = off).
+    pub(crate) sites_fork_ms: u64,
 }
 
 /// [sites] The longest `sites-after` path.
@@ -95,6 +99,7 @@ impl Spec {
         sites_shard: (1, 1),
         sites_after: [0; MAX_AFTER],
         sites_after_len: 0,
+        sites_fork_ms: 0,
     };
 
     pub(crate) fn thread_name(&self) -> &[u8] {
@@ -381,6 +386,10 @@ fn set_walk_value(spec: &mut Spec, key: &[u8], value: &[u8]) -> Result<Option<u3
             spec.sites_after_len = len as u8;
             Some(19)
         }
+        b"sites-fork" => {
+            spec.sites_fork_ms = parse_u64(value).ok_or(WHOLE)?;
+            Some(20)
+        }
         _ => None,
     })
 }
@@ -484,6 +493,9 @@ impl fmt::Display for Canonical<'_> {
         {
             let lead = if i == 0 { ",sites-after=" } else { "+" };
             write!(f, "{lead}{id:016x}")?;
+        }
+        if s.sites_fork_ms != 0 {
+            write!(f, ",sites-fork={}", s.sites_fork_ms)?;
         }
         Ok(())
     }

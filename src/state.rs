@@ -17,6 +17,7 @@
 //! end\t<n>\t<ms>\t<how>                            a run ended (done, timeout, interrupted)
 //! unattributed\t<n>\t<pid>\t<outcome>\t<detail>     a process of run n ended badly, no site to blame
 //! other-shard\t<pid>                               the process met stacks of other shards
+//! no-fork\t<pid>\t<reason>                         the process failed its site itself (`sites-fork`)
 //! handled-exit\t<codes>                            exit statuses that count as handled (1,7)
 //! test\t<pid>\t<package>\t<kind>\t<target>\t<name>   process pid ran test name alone (written once it ended)
 //! tested\t<package>\t<kind>\t<target>\t<name>        every stack of the test is walked
@@ -24,9 +25,11 @@
 //! ```
 //!
 //! A stack id is 16 lowercase hex digits, never all zeros nor all `f`. The
-//! program under test writes `site`, `fate`, `runtime` and `other-shard`
-//! lines, the runner the others. The later kinds (unattributed, other-shard,
-//! handled-exit, test, tested, left-out) came after the first: files without
+//! program under test writes `site`, `fate`, `runtime`, `other-shard` and
+//! `no-fork` lines, the runner the others (a process that forks at its sites
+//! writes the `fate` of a child that could not). The later kinds
+//! (unattributed, other-shard, handled-exit, test, tested, left-out,
+//! no-fork) came after the first: files without
 //! them read as before; so did a site's `facts` (`panic`: the allocation
 //! serves a panic's message or payload; `-`: nothing) and `chain` (its frames
 //! outside the allocation machinery up to the test harness, `where`'s
@@ -119,7 +122,8 @@ pub enum Line<'a> {
         frames: Cow<'a, str>,
         /// What the failing process knew of the site, comma-separated:
         /// `panic` (the allocation serves a panic's message or payload),
-        /// `after=ID+ID` (found on the error path of those sites), or `-`;
+        /// `after=ID+ID` (found on the error path of those sites), `forked`
+        /// (the process is a child forked at the site, `sites-fork`), or `-`;
         /// empty in a line written before this field existed.
         facts: Cow<'a, str>,
         /// Its frames outside the allocation machinery up to the test
@@ -164,6 +168,14 @@ pub enum Line<'a> {
     OtherShard {
         /// The process.
         pid: u32,
+    },
+    /// The process was asked to fork at its new sites (`sites-fork`) and
+    /// could not: it failed its first new site itself.
+    NoFork {
+        /// The process.
+        pid: u32,
+        /// Why (`3 threads`, `standard input is a pipe or a socket`).
+        reason: Cow<'a, str>,
     },
     /// Exit statuses the walk counts as handled, besides 0.
     HandledExit {
@@ -263,7 +275,7 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
     let (kind, rest) = (fields[0], &fields[1..]);
     let parsed = match kind {
         "baseline" | "run" | "end" | "unattributed" | "handled-exit" => run_line(kind, rest),
-        "site" | "fate" | "runtime" | "retry" | "other-shard" => site_line(kind, rest),
+        "site" | "fate" | "runtime" | "retry" | "other-shard" | "no-fork" => site_line(kind, rest),
         "test" | "tested" | "left-out" => test_line(kind, rest),
         other if is_kind(other) => return Ok(Line::Unknown { line }),
         other => {
@@ -330,7 +342,7 @@ fn run_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
 }
 
 /// The lines the program under test writes, and the runner's `retry`:
-/// `site`, `fate`, `runtime`, `retry`, `other-shard`.
+/// `site`, `fate`, `runtime`, `retry`, `other-shard`, `no-fork`.
 fn site_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
     Some(match (kind, fields) {
         ("site", &[site_id, process, what, thread, binary, place, ref rest @ ..])
@@ -358,6 +370,10 @@ fn site_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
         ("runtime", &[site_id]) => Line::Runtime { id: id(site_id)? },
         ("retry", &[site_id]) => Line::Retry { id: id(site_id)? },
         ("other-shard", &[process]) => Line::OtherShard { pid: pid(process)? },
+        ("no-fork", &[process, reason]) => Line::NoFork {
+            pid: pid(process)?,
+            reason: read_field(reason),
+        },
         _ => return None,
     })
 }
@@ -462,6 +478,10 @@ impl Line<'_> {
             Line::Runtime { id } => write!(out, "runtime\t{}", StackId(*id)),
             Line::Retry { id } => write!(out, "retry\t{}", StackId(*id)),
             Line::OtherShard { pid } => write!(out, "other-shard\t{pid}"),
+            Line::NoFork { pid, reason } => {
+                write!(out, "no-fork\t{pid}\t")?;
+                write_fields(out, &[reason])
+            }
             Line::Test { pid, test } => {
                 write!(out, "test\t{pid}\t")?;
                 test.write_to(out)
@@ -862,7 +882,7 @@ mod tests {
             target: "thin_vec".into(),
             name: "tests::drain".into(),
         };
-        let cases: [(Line<'_>, &str); 15] = [
+        let cases: [(Line<'_>, &str); 16] = [
             (Line::Header, "mayfail-sites\t1"),
             (
                 Line::Baseline {
@@ -924,6 +944,13 @@ mod tests {
                 "unattributed\t3\t77\thung\tkilled after 1 s",
             ),
             (Line::OtherShard { pid: 9 }, "other-shard\t9"),
+            (
+                Line::NoFork {
+                    pid: 9,
+                    reason: "3 threads".into(),
+                },
+                "no-fork\t9\t3 threads",
+            ),
             (
                 Line::HandledExit {
                     codes: "1,7".into(),

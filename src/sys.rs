@@ -311,6 +311,54 @@ pub(crate) unsafe fn spawn_detached(
     }
 }
 
+/// A pidfd for `pid`, a child of ours not yet reaped; `-1` where the
+/// kernel has no pidfds (before Linux 5.3).
+#[cfg(any(feature = "sweep", feature = "sites"))]
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> c_int {
+    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor or
+    // -1; `pid` is our unreaped child, so it names no other process.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 { -1 } else { fd as c_int }
+}
+
+/// The start of the file at `path` (at most `buf.len()` bytes), read
+/// without allocating.
+#[cfg(feature = "sites")]
+pub(crate) fn read_small<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: a NUL-terminated path; closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    buf.get(..usize::try_from(n).ok()?)
+}
+
+/// How many threads this process has (`/proc/self/stat`'s 20th field),
+/// read without allocating; `None` if it cannot be read.
+#[cfg(feature = "sites")]
+pub(crate) fn thread_count() -> Option<u64> {
+    threads_of(c"/proc/self/stat")
+}
+
+/// How many threads the process whose `stat` file is `path` has.
+#[cfg(feature = "sites")]
+pub(crate) fn threads_of(path: &CStr) -> Option<u64> {
+    let mut buf = [0u8; 1024];
+    let text = read_small(path, &mut buf)?;
+    // The command's name (field 2) may hold spaces and parentheses: the
+    // fields after it start after its last `)`.
+    let after = text.iter().rposition(|&b| b == b')')?;
+    let field = text[after + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(17)?;
+    core::str::from_utf8(field).ok()?.parse().ok()
+}
+
 /// Names the calling thread (at most [`KERNEL_NAME_BYTES`] bytes).
 pub(crate) fn name_this_thread(name: &CStr) {
     // SAFETY: names the calling thread, alive; `name` is NUL-terminated.

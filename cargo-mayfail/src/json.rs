@@ -81,7 +81,11 @@ JSON report (schema_version 2), one object:
                   e.g. [1, 7]; empty for none
   left_out        one object per test that fails or times out without
                   injection, left out of a per-test walk: {test, detail}; the
-                  walk is not all handled while any is listed";
+                  walk is not all handled while any is listed
+  no_fork         why processes asked to fork at their sites (the runs
+                  engine's default) could not, and failed one site each:
+                  [{reason, processes}] (`2 threads`, `its standard input is
+                  a pipe or a socket`); empty when every process forked";
 
 /// The whole report.
 #[derive(Serialize)]
@@ -103,6 +107,14 @@ struct Report<'a> {
     unattributed: &'a [Unattributed],
     handled_exit: Vec<u8>,
     left_out: &'a [LeftOut],
+    no_fork: Vec<NoFork<'a>>,
+}
+
+/// Why processes could not fork at their sites, and how many.
+#[derive(Serialize)]
+struct NoFork<'a> {
+    reason: &'a str,
+    processes: usize,
 }
 
 /// Sites per outcome, worst first.
@@ -212,6 +224,14 @@ pub(crate) fn render(summary: &Summary) -> String {
         unattributed: &summary.unattributed,
         handled_exit: mayfail::state::parse_exit_codes(&summary.handled_exit).unwrap_or_default(),
         left_out: &summary.left_out,
+        no_fork: summary
+            .no_fork
+            .iter()
+            .map(|(reason, processes)| NoFork {
+                reason,
+                processes: *processes,
+            })
+            .collect(),
     };
     let mut text = serde_json::to_string_pretty(&report)
         .expect("a report of strings and numbers always serializes");
@@ -272,6 +292,7 @@ mod tests {
                 test: "p lib tests::u".to_owned(),
                 detail: "exit 101".to_owned(),
             }],
+            no_fork: vec![("2 threads".to_owned(), 3)],
         };
         let value: serde_json::Value = serde_json::from_str(&render(&summary)).unwrap();
         assert_eq!(value["schema_version"], 2);
@@ -288,6 +309,7 @@ mod tests {
         assert_eq!(value["handled_exit"], serde_json::json!([1, 7]));
         assert_eq!(site["test"], "p lib tests::t");
         assert_eq!(value["left_out"][0]["detail"], "exit 101");
+        assert_eq!(value["no_fork"][0]["processes"], 3);
         let fields = value.as_object().unwrap().keys();
         let site_fields = site.as_object().unwrap().keys();
         let left_fields = value["left_out"][0].as_object().unwrap().keys();

@@ -65,6 +65,9 @@ pub struct Summary {
     pub unattributed: Vec<Unattributed>,
     /// Tests that fail without injection, left out of the walk.
     pub left_out: Vec<LeftOut>,
+    /// Why processes asked to fork at their sites could not (each reason
+    /// once, with how many processes gave it): they failed one site each.
+    pub no_fork: Vec<(String, usize)>,
     /// Exit statuses counted as handled besides 0 (`1,7`), or empty.
     pub handled_exit: String,
     /// How the sites are read: shown, blamed, baselined.

@@ -86,6 +86,20 @@ impl Summary {
     }
 }
 
+/// Each distinct text once, with how many times it occurs, most frequent
+/// first.
+pub(crate) fn counted(texts: &[String]) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for text in texts {
+        match counts.iter_mut().find(|(t, _)| t == text) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((text.clone(), 1)),
+        }
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts
+}
+
 /// The report of the walk recorded in `state` (at `path`): the one summary
 /// that `sites` prints at its end and `report` prints again, computed from
 /// the state file alone. Its time is every recorded run's, summed.
@@ -120,6 +134,7 @@ pub fn summarize(state: &State, path: &Path) -> Summary {
             })
             .collect(),
         handled_exit: state.handled_exit_text(),
+        no_fork: counted(&state.no_fork),
         view: Default::default(),
         left_out: state
             .left_out
@@ -158,6 +173,12 @@ pub fn merge(summaries: Vec<Summary>) -> Summary {
         merged.runtime_stacks += s.runtime_stacks;
         merged.unattributed.extend(s.unattributed);
         merged.left_out.extend(s.left_out);
+        for (reason, n) in s.no_fork {
+            match merged.no_fork.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, count)) => *count += n,
+                None => merged.no_fork.push((reason, n)),
+            }
+        }
         if merged.handled_exit.is_empty() {
             merged.handled_exit = s.handled_exit;
         }
@@ -518,6 +539,18 @@ fn write_table_head(out: &mut String, s: &Summary) {
          exit and loader) were not counted as sites",
         s.runtime_stacks
     );
+    if !s.no_fork.is_empty() {
+        let reasons: Vec<String> = s
+            .no_fork
+            .iter()
+            .map(|(reason, n)| format!("{reason} ({n})"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  processes that could not fork at their sites, each failing one site itself: {}",
+            reasons.join(", ")
+        );
+    }
     if !s.handled_exit.is_empty() {
         let _ = writeln!(
             out,

@@ -97,6 +97,9 @@ pub struct Record {
     /// The sites its process failed first, in order, when it was found on
     /// their error path (`facts` holds `after=ID+ID`); empty otherwise.
     pub after: Vec<u64>,
+    /// Its process was forked at the site by a process of the walk
+    /// (`facts` holds `forked`): not a process the command started.
+    pub forked: bool,
 }
 
 /// A test of a cargo test binary, owned (see `mayfail::state::TestName`).
@@ -289,6 +292,9 @@ pub struct State {
     pub unattributed: Vec<Unattributed>,
     /// `other-shard` lines: processes that met stacks of other shards.
     pub other_shard: usize,
+    /// `no-fork` lines: why processes asked to fork at their sites could
+    /// not, one per process.
+    pub no_fork: Vec<String>,
     /// Exit statuses counted as handled besides 0 (`handled-exit`), sorted.
     pub handled_exit: Vec<u8>,
     /// Tests whose walk is complete (`tested`).
@@ -467,7 +473,8 @@ impl Reader {
             | Line::Fate { .. }
             | Line::Runtime { .. }
             | Line::Retry { .. }
-            | Line::OtherShard { .. } => self.site_line(line),
+            | Line::OtherShard { .. }
+            | Line::NoFork { .. } => self.site_line(line),
             Line::Test { .. } | Line::Tested { .. } | Line::LeftOut { .. } => self.test_line(line),
             // Kinds a newer writer may add.
             Line::Unknown { .. } => self.state.unknown_lines += 1,
@@ -561,6 +568,7 @@ impl Reader {
                 frames: frames.into_owned(),
                 panic: facts.split(',').any(|fact| fact == "panic"),
                 after: after_of(&facts),
+                forked: facts.split(',').any(|fact| fact == "forked"),
                 chain: chain.into_owned(),
                 fate: None,
                 retried: false,
@@ -588,6 +596,7 @@ impl Reader {
                 }
             }
             Line::OtherShard { .. } => self.state.other_shard += 1,
+            Line::NoFork { reason, .. } => self.state.no_fork.push(reason.into_owned()),
             _ => {}
         }
     }

@@ -127,6 +127,10 @@ fn line() -> impl Strategy<Value = Line<'static>> {
         stack_id().prop_map(|id| Line::Runtime { id }),
         stack_id().prop_map(|id| Line::Retry { id }),
         any::<u32>().prop_map(|pid| Line::OtherShard { pid }),
+        (any::<u32>(), text()).prop_map(|(pid, reason)| Line::NoFork {
+            pid,
+            reason: owned(reason),
+        }),
     ];
     let tests = prop_oneof![
         (any::<u32>(), test_name()).prop_map(|(pid, test)| Line::Test { pid, test }),

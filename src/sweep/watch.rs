@@ -215,22 +215,13 @@ pub(super) fn poll_children(children: &mut [Child]) {
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10) };
 }
 
-/// A pidfd for `pid`, our child not yet reaped; `-1` where the kernel has
-/// no pidfds (before Linux 5.3).
-fn pidfd_open(pid: libc::pid_t) -> i32 {
-    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor or
-    // -1; `pid` is our unreaped child, so it names no other process.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 { -1 } else { fd as i32 }
-}
-
 impl Child {
     /// A child just forked: `pid`, reading its reports from `fd`.
     pub(super) fn new(n: u64, pid: libc::pid_t, fd: i32) -> Child {
         Child {
             n,
             pid,
-            pidfd: pidfd_open(pid),
+            pidfd: crate::sys::pidfd_open(pid),
             fd,
             output: Vec::new(),
             started: Instant::now(),

@@ -36,7 +36,11 @@ const MAX_STATE_PATH: usize = 512;
                   a test that fails or times out without injection is left out and reported; \
                   sites name their test and replay it alone; doctests are then walked as \
                   `cargo test --doc ARGS` with the runs engine; --shard splits the tests.\n\n\
-                  --engine runs (any other command): runs CMD again and again. \
+                  --engine runs (any other command): runs CMD again and again. A \
+                  process with one thread and no pipe on standard input forks at each \
+                  new site: the child fails it and runs on to its fate, the parent goes \
+                  on, so one run walks every site it reaches (--no-fork: one site per \
+                  process; a process that cannot fork says why in the report). \
                   Stops when a run fails no new site and meets no new stack at all (one more \
                   run confirms a run that met new runtime stacks), or after --max-runs. Stacks \
                   whose innermost frame outside the allocation machinery (std, alloc, core, \
@@ -121,6 +125,14 @@ pub(crate) struct SitesArgs {
     /// faster time is the cost baseline)
     #[arg(long)]
     pub(crate) no_baseline: bool,
+    /// `runs`: one site per process. By default a process with one thread
+    /// and no pipe for standard input forks at each new site: the child
+    /// fails it and runs on to its fate, the parent waits for it and goes
+    /// on as if the allocation had succeeded, so one run walks every site
+    /// it reaches (a child shares the files its parent writes; output the
+    /// parent's stdio had buffered shows twice in the log)
+    #[arg(long)]
+    pub(crate) no_fork: bool,
     /// The command to walk and its arguments, after `--`. As `cargo mayfail
     /// sites`: `cargo test` when no command is given, and words after `--`
     /// that begin with an option are arguments of `cargo test`
@@ -186,7 +198,8 @@ pub(crate) fn execute(
 /// The old engine on the whole command: a baseline, the runs, the report.
 fn walk_whole(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
     let preload = setup.preload.clone();
-    let walker = setup.walker(&setup.argv, preload)?;
+    let mut walker = setup.walker(&setup.argv, preload)?;
+    walker.fork = !args.no_fork;
     let mut progress = Progress::on_stderr();
     if !args.no_baseline
         && let Some(code) = baseline(&walker, &mut progress, 2)?
@@ -311,6 +324,7 @@ impl Setup {
                 .map_err(|e| Failure::io("write", &self.paths.log, e))?,
             timeout: self.timeout,
             handled_exit: self.handled_exit.clone(),
+            fork: false,
         })
     }
 
@@ -481,7 +495,9 @@ pub(crate) fn baseline(
 }
 
 /// The runs of the whole command, `jobs` copies each, until one finds
-/// nothing new, `max_runs` of them, or an interrupt.
+/// nothing new, `max_runs` of them, or an interrupt. A walker that forks at
+/// sites runs one copy while its processes do fork: copies would fork at
+/// the same sites.
 pub(crate) fn walk_runs(
     walker: &Walker,
     spec: &str,
@@ -493,8 +509,18 @@ pub(crate) fn walk_runs(
         progress.line("no run number is left: stopped");
         return Ok(());
     };
+    let child_ms = u64::try_from(walker.timeout.as_millis()).unwrap_or(u64::MAX);
+    let forking = format!("{spec},sites-fork={child_ms}");
+    let mut fork = walker.fork;
     for _ in 0..max_runs {
-        let batch = walker.run_once(run, spec, jobs, progress)?;
+        let state = walker.load()?;
+        fork &= state.no_fork.is_empty();
+        let (this_spec, copies) = if fork {
+            (forking.as_str(), 1)
+        } else {
+            (spec, jobs)
+        };
+        let batch = walker.run_once(run, this_spec, copies, progress)?;
         let (new, new_runtime) = batch;
         if interrupted() {
             return Ok(());
@@ -504,8 +530,14 @@ pub(crate) fn walk_runs(
         // its time is the steady cost of sites mode. Otherwise (stacks that
         // runs which failed early never reached) one more run confirms.
         // (`report::why_stopped` reads the same rule back from the file.)
+        // Sites a forked child could not walk (it deadlocked on a lock its
+        // parent held) are asked for again: runs without forking walk them.
         if !new && !new_runtime {
-            return Ok(());
+            let asked_again = walker.load()?.records.iter().any(|r| r.retried);
+            if !(fork && asked_again) {
+                return Ok(());
+            }
+            fork = false;
         }
         let Some(next) = run.checked_add(1) else {
             progress.line("no run number is left: stopped");
@@ -659,6 +691,34 @@ pub(crate) fn unix_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
+/// How much longer than `--timeout` a forking run may go without a new
+/// forked child: its processes kill a child that overruns `--timeout`
+/// themselves.
+const FORK_MARGIN: Duration = Duration::from_secs(2);
+
+/// Whether what the state file gained since `*len` bytes holds the site
+/// line of a child forked at its site (its facts hold `forked`); moves
+/// `*len` on.
+fn forked_since(state: &File, len: &mut u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(now) = state.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    if now <= *len {
+        return false;
+    }
+    let mut added = vec![0; usize::try_from(now - *len).unwrap_or(0).min(1 << 20)];
+    let read = state.read_at(&mut added, *len).unwrap_or(0);
+    // Whole lines only: a line still being written is read next time.
+    let Some(end) = added[..read].iter().rposition(|&b| b == b'\n') else {
+        return false;
+    };
+    *len += end as u64 + 1;
+    added[..end]
+        .split(|&b| b == b'\n')
+        .any(|line| line.starts_with(b"site\t") && line.windows(7).any(|w| w == b"forked\t"))
+}
+
 /// Runs the command, copies at a time, and records what happened.
 pub(crate) struct Walker<'a> {
     command: &'a [OsString],
@@ -672,6 +732,10 @@ pub(crate) struct Walker<'a> {
     timeout: Duration,
     /// Exit statuses that count as handled besides 0.
     handled_exit: Vec<u8>,
+    /// Whether its processes fork at their new sites (`sites-fork`): a run
+    /// then lasts as long as its children together, and the timeout counts
+    /// from its last forked child's site line.
+    pub(crate) fork: bool,
 }
 
 /// How a run (or a process of the per-test engine) ended.
@@ -822,8 +886,15 @@ impl Walker<'_> {
                 if new.len() == 1 { "" } else { "s" },
                 if outcomes.is_empty() {
                     String::new()
-                } else {
+                } else if outcomes.len() <= 6 {
                     format!(" ({})", outcomes.join(", "))
+                } else {
+                    // A forking run's hundreds: counted.
+                    let counts: Vec<String> = report::counted(&outcomes)
+                        .into_iter()
+                        .map(|(outcome, n)| format!("{n} {outcome}"))
+                        .collect();
+                    format!(" ({})", counts.join(", "))
                 },
                 if unattributed.is_empty() {
                     String::new()
@@ -917,6 +988,12 @@ impl Walker<'_> {
         let mut killed = vec![false; children.len()];
         let mut how = Ending::Done;
         let mut forwarded: Option<Instant> = None;
+        // A forking run, once a child forked at its site: the time since
+        // the last such child's site line, with a margin that lets a parent
+        // kill its hung child and write its fate first.
+        let mut quiet_since = started;
+        let mut state_len = self.state.metadata().map_or(0, |m| m.len());
+        let mut limit = self.timeout;
         loop {
             for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
                 if status.is_none() {
@@ -935,7 +1012,11 @@ impl Walker<'_> {
                     }
                 }
             }
-            let overdue = started.elapsed() > self.timeout && how == Ending::Done;
+            if self.fork && forked_since(self.state, &mut state_len) {
+                quiet_since = Instant::now();
+                limit = self.timeout.saturating_add(FORK_MARGIN);
+            }
+            let overdue = quiet_since.elapsed() > limit && how == Ending::Done;
             let stubborn = forwarded.is_some_and(|at| at.elapsed() > Duration::from_secs(5));
             if overdue || stubborn {
                 if overdue {
@@ -1022,8 +1103,11 @@ impl Walker<'_> {
             .iter()
             .filter(|r| r.run == run && !r.stray)
             .collect();
+        // A child forked at its site ran beside its parent, which went on:
+        // it accounts for nobody's end.
         let mut descendants: Vec<u32> = sites
             .iter()
+            .filter(|r| !r.forked)
             .map(|r| r.pid)
             .filter(|pid| !batch.pids.contains(pid))
             .collect();

@@ -35,7 +35,8 @@
 //! the crash report does); `frames` are the raw `module+offset` addresses;
 //! `facts` is `panic` when the allocation formats or boxes a panic's payload
 //! (std's panic machinery lies between it and the first user frame) and
-//! `after=ID+ID` when it was found on an error path (below), comma-separated,
+//! `after=ID+ID` when it was found on an error path (below), `forked` when
+//! the process is a child forked at the site (below), comma-separated,
 //! else `-`; `chain` is the same frames as `where`, up to the test harness or
 //! the thread's start (at most 16), from which the runner tells a fallible
 //! API, a dependency's frame and the test.
@@ -66,6 +67,11 @@
 //! stack fails, or the matching one), and a site line says the path it was
 //! found after among its facts (`after=A+B`). `times` counts the path's
 //! failures too (its default becomes the path's length plus one).
+//!
+//! With `sites-fork=MS`, a process that can fork safely forks at each new
+//! site instead of failing the first one itself: the child fails it and
+//! runs on to its fate, the parent waits for it and goes on (see [`fork`]).
+//! One run then walks every site the program reaches without failures.
 //!
 //! Both modes compute the id at one single call site (`stack_id`, called
 //! only from `check`), so that the return addresses inside mayfail are the
@@ -99,6 +105,8 @@ use crate::symbols::{self, Class, build_modules, locate, modules};
 use crate::sys;
 use crate::table::{Inserted, Table};
 use crate::text::{Clean, Shown, StackBuf};
+
+mod fork;
 
 /// Frames hashed per stack.
 const MAX_FRAMES: usize = symbols::MAX_FRAMES;
@@ -142,6 +150,8 @@ static AFTER: [AtomicU64; MAX_AFTER] = [const { AtomicU64::new(0) }; MAX_AFTER];
 static AFTER_LEN: AtomicUsize = AtomicUsize::new(0);
 static AFTER_DONE: AtomicUsize = AtomicUsize::new(0);
 static FAILED_PID: AtomicI32 = AtomicI32::new(0);
+/// This process is a child forked at its site (`sites-fork`).
+static FORKED: AtomicBool = AtomicBool::new(false);
 static FATE_WRITTEN: AtomicBool = AtomicBool::new(false);
 static EXIT_HANDLER: AtomicBool = AtomicBool::new(false);
 
@@ -187,6 +197,8 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     let Some(_reclaiming) = ReclaimGuard::enter() else {
         return StackCheck::Pass;
     };
+    // Counted before resolution starts a thread of its own.
+    let may_fork = FAILED_ID.load(Relaxed) == 0 && fork::possible();
     // Resolving symbols needs a large stack (the allocating thread's may be
     // small): it runs on a thread of its own, which catches panics. No
     // thread, or a panic: counted as a site. The site's place is resolved
@@ -228,6 +240,16 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
                 return StackCheck::Pass;
             }
             Err(now) => skip = now,
+        }
+    }
+    if may_fork {
+        match fork::at_site(id) {
+            fork::Forked::Parent => {
+                KNOWN.insert(id, 0, false);
+                return StackCheck::Pass;
+            }
+            fork::Forked::Child => FORKED.store(true, Relaxed),
+            fork::Forked::Not => {}
         }
     }
     if FAILED_ID.compare_exchange(0, id, Relaxed, Relaxed).is_err() {
@@ -315,6 +337,7 @@ fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
 /// comes from `MAYFAIL_INJECT`: no allocation.
 pub(crate) fn install(spec: &Spec) -> bool {
     MODE.store(OFF, Relaxed);
+    fork::install(0);
     inject::set_stack_filter(None);
     let path = &spec.sites_after[..usize::from(spec.sites_after_len)];
     for (slot, &id) in AFTER.iter().zip(path) {
@@ -399,6 +422,7 @@ pub(crate) fn install(spec: &Spec) -> bool {
     ALL.store(spec.sites_all, Relaxed);
     let (k, n) = spec.sites_shard;
     SHARD.store(u64::from(k - 1) << 32 | u64::from(n), Relaxed);
+    fork::install(spec.sites_fork_ms);
     if !EXIT_HANDLER.swap(true, Relaxed) {
         sys::call_on_exit(at_exit);
     }
@@ -544,6 +568,7 @@ fn write_fate(outcome: Outcome, detail: &[u8]) {
     let mut line = StackBuf::<160>::new();
     let _ = fate.write_to(&mut line);
     append(line.finish_line());
+    fork::fate_written(pid);
 }
 
 // ---------------------------------------------------------------------------
@@ -596,7 +621,7 @@ fn write_site(
     let mut what = StackBuf::<80>::new();
     let _ = write!(what, "{}", Asked { op, size, align });
     // `panic`, and the path it was found after (`after=ID+ID`).
-    let mut facts = StackBuf::<{ 6 + MAX_AFTER * 17 + 8 }>::new();
+    let mut facts = StackBuf::<{ 6 + MAX_AFTER * 17 + 8 + 7 }>::new();
     if panic {
         let _ = facts.write_str("panic");
     }
@@ -608,6 +633,10 @@ fn write_site(
             _ => "+",
         };
         let _ = write!(facts, "{lead}{}", StackId(id.load(Relaxed)));
+    }
+    if FORKED.load(Relaxed) {
+        let lead = if facts.as_str().is_empty() { "" } else { "," };
+        let _ = write!(facts, "{lead}forked");
     }
     if facts.as_str().is_empty() {
         let _ = facts.write_str("-");
