@@ -30,8 +30,14 @@ fn scratch(name: &str) -> PathBuf {
 /// `cargo mayfail ARGS` in the fixture's directory (the fixture declares
 /// `MayFail`: no preload library is needed, none that exists is named).
 fn cargo_mayfail(args: &[&str]) -> (Option<i32>, String) {
+    cargo_mayfail_with(args, &[])
+}
+
+/// [`cargo_mayfail`] with more variables in the environment.
+fn cargo_mayfail_with(args: &[&str], vars: &[(&str, &Path)]) -> (Option<i32>, String) {
     let output = Command::new(CARGO_RUNNER)
         .arg("mayfail")
+        .envs(vars.iter().copied())
         .args(args)
         .current_dir(fixture_dir())
         .env("CARGO_TARGET_DIR", fixture_target())
@@ -334,6 +340,48 @@ fn depth_zero_walks_no_error_path_and_a_depth_out_of_range_is_refused() {
     let (code, out) = cargo_mayfail(&["sites", "--depth", "5", "--", "--offline"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("--depth"), "{out}");
+}
+
+#[test]
+fn an_error_path_that_hangs_with_no_new_site_is_said_and_not_all_handled() {
+    let dir = scratch("error-path-hang");
+    let state = dir.join("walk.state");
+    let marker = dir.join("marker");
+    let (code, out) = cargo_mayfail_with(
+        &[
+            "sites",
+            "--timeout",
+            "5",
+            "--state",
+            state.to_str().unwrap(),
+            "--",
+            "--offline",
+            "-q",
+            "--",
+            "waits_on_its_error_path",
+        ],
+        &[("FINDINGS_HANG_MARKER", &marker)],
+    );
+    // The reserve's first failure was handled (it made the marker); its
+    // error path, walked again, waited for ever and allocated nothing new:
+    // killed by the timeout, said, and the walk is not all handled.
+    assert!(marker.exists(), "{out}");
+    assert_eq!(code, Some(1), "{out}");
+    let report = json(&dir.join("walk.json"));
+    let handled = report["sites"].as_array().unwrap().iter().any(|site| {
+        site["outcome"] == "handled"
+            && site["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|f| f.contains("reserve_or_wait"))
+    });
+    assert!(handled, "{report:#}");
+    let unattributed = report["unattributed"].as_array().unwrap();
+    assert_eq!(unattributed.len(), 1, "{report:#}");
+    assert_eq!(unattributed[0]["outcome"], "hung", "{report:#}");
+    assert!(
+        out.contains("ended badly with no site to blame (hung, killed after 5 s)"),
+        "{out}"
+    );
 }
 
 /// The schema's `language` pattern (`^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}]?$`)
