@@ -33,8 +33,8 @@
 //! that record their owner's thread id (glibc's read-write locks, recursive
 //! and error-checking mutexes) cannot be released by the child, whose
 //! thread has another id: the child then waits for ever at its next
-//! attempt. The parent looks at a child that has not ended every 50 ms: one
-//! seen three times in a row with one thread, waiting on a futex of its own
+//! attempt. The parent looks at a child that has not ended every 10 ms: one
+//! seen twice in a row with one thread, waiting on a futex of its own
 //! process with no time limit (nothing can ever wake it) is killed, and the
 //! site is not given that fate but a `retry` line: the runner walks such
 //! sites one per process, without forking, once the forking runs are done.
@@ -275,9 +275,11 @@ enum Ended {
     Deadlocked,
 }
 
-/// How many looks in a row, at least 50 ms apart, must find a child
+/// How many looks in a row, at least [`LOOK_MS`] apart, must find a child
 /// waiting for ever on a lock before it is declared deadlocked.
-const STUCK_LOOKS: u32 = 3;
+const STUCK_LOOKS: u32 = 2;
+/// How often the parent looks at a child that has not ended, in ms.
+const LOOK_MS: u64 = 10;
 
 /// Whether child `pid` has been seen [`STUCK_LOOKS`] times in a row
 /// waiting, with one thread and no time limit, on a futex of its own
@@ -380,7 +382,7 @@ fn wait_for(pid: libc::pid_t, ms: u64) -> Ended {
         let wait_ms = if killed {
             10
         } else {
-            ((deadline - now) / 1_000_000).clamp(1, 50) as libc::c_int
+            ((deadline - now) / 1_000_000).clamp(1, LOOK_MS) as libc::c_int
         };
         if pidfd >= 0 {
             let mut poll = libc::pollfd {
