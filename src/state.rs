@@ -18,6 +18,7 @@
 //! unattributed\t<n>\t<pid>\t<outcome>\t<detail>     a process of run n ended badly, no site to blame
 //! other-shard\t<pid>                               the process met stacks of other shards
 //! no-fork\t<pid>\t<reason>                         the process failed its site itself (`sites-fork`)
+//! fallible\t<function>                            returns a Result with an allocation error (debug information)
 //! handled-exit\t<codes>                            exit statuses that count as handled (1,7)
 //! test\t<pid>\t<package>\t<kind>\t<target>\t<name>   process pid ran test name alone (written once it ended)
 //! tested\t<package>\t<kind>\t<target>\t<name>        every stack of the test is walked
@@ -29,7 +30,7 @@
 //! `no-fork` lines, the runner the others (a process that forks at its sites
 //! writes the `fate` of a child that could not). The later kinds
 //! (unattributed, other-shard, handled-exit, test, tested, left-out,
-//! no-fork) came after the first: files without
+//! no-fork, fallible) came after the first: files without
 //! them read as before; so did a site's `facts` (`panic`: the allocation
 //! serves a panic's message or payload; `-`: nothing) and `chain` (its frames
 //! outside the allocation machinery up to the test harness, `where`'s
@@ -177,6 +178,13 @@ pub enum Line<'a> {
         /// Why (`3 threads`, `standard input is a pipe or a socket`).
         reason: Cow<'a, str>,
     },
+    /// A function on the chain of a walked site whose return type, as its
+    /// binary's debug information gives it, is a `Result` with an
+    /// allocation error: it promises to report an allocation failure.
+    Fallible {
+        /// The function, as the sites' chains name it.
+        function: Cow<'a, str>,
+    },
     /// Exit statuses the walk counts as handled, besides 0.
     HandledExit {
         /// The statuses, from 1 to 255, comma-separated (`1,7`).
@@ -274,7 +282,9 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
     let fields: Vec<&str> = line.split('\t').collect();
     let (kind, rest) = (fields[0], &fields[1..]);
     let parsed = match kind {
-        "baseline" | "run" | "end" | "unattributed" | "handled-exit" => run_line(kind, rest),
+        "baseline" | "run" | "end" | "unattributed" | "handled-exit" | "fallible" => {
+            run_line(kind, rest)
+        }
         "site" | "fate" | "runtime" | "retry" | "other-shard" | "no-fork" => site_line(kind, rest),
         "test" | "tested" | "left-out" => test_line(kind, rest),
         other if is_kind(other) => return Ok(Line::Unknown { line }),
@@ -336,6 +346,9 @@ fn run_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
         },
         ("handled-exit", &[codes]) if parse_exit_codes(codes).is_some() => Line::HandledExit {
             codes: read_field(codes),
+        },
+        ("fallible", &[function]) if !function.is_empty() => Line::Fallible {
+            function: read_field(function),
         },
         _ => return None,
     })
@@ -443,6 +456,10 @@ impl Line<'_> {
             Line::HandledExit { codes } => {
                 out.write_str("handled-exit\t")?;
                 write_fields(out, &[codes])
+            }
+            Line::Fallible { function } => {
+                out.write_str("fallible\t")?;
+                write_fields(out, &[function])
             }
             _ => self.write_site_or_test(out),
         }
@@ -882,7 +899,7 @@ mod tests {
             target: "thin_vec".into(),
             name: "tests::drain".into(),
         };
-        let cases: [(Line<'_>, &str); 16] = [
+        let cases: [(Line<'_>, &str); 17] = [
             (Line::Header, "mayfail-sites\t1"),
             (
                 Line::Baseline {
@@ -950,6 +967,12 @@ mod tests {
                     reason: "3 threads".into(),
                 },
                 "no-fork\t9\t3 threads",
+            ),
+            (
+                Line::Fallible {
+                    function: "a::B<T>::grow".into(),
+                },
+                "fallible\ta::B<T>::grow",
             ),
             (
                 Line::HandledExit {

@@ -40,8 +40,9 @@ JSON report (schema_version 2), one object:
     stack         the stack id, 16 hex digits (replay: --inject stack=ID)
     outcome       crashed, aborted, hung, failed, unknown or handled
     class         what the site is: crashed, fallible-api-aborted (aborted
-                  below a try_* function of the code, the test's own
-                  frame excluded), error-path-aborted, hung, leaked,
+                  below a try_* function of the code, or one returning a
+                  Result with an allocation error, the test's own frame
+                  excluded), error-path-aborted, hung, leaked,
                   unknown, infallible (aborted at an allocation std makes
                   infallibly, or one formatting a panic's message), failed
                   (a test failed) or handled
@@ -279,6 +280,7 @@ mod tests {
                 test: Some("p lib tests::t".to_owned()),
                 after: Vec::new(),
                 error_path_of: None,
+                promising: Vec::new(),
             }],
             unattributed: vec![Unattributed {
                 run: 2,

@@ -79,6 +79,7 @@ mod model;
 mod process;
 mod progress;
 mod report;
+mod returns;
 mod state;
 
 use std::ffi::OsString;

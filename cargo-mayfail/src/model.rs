@@ -46,6 +46,10 @@ pub struct Site {
     /// The first frame of the last of those sites, the failure whose error
     /// path it is on (`function (file:line)`).
     pub error_path_of: Option<String>,
+    /// Functions of its chain whose return type, as the debug information
+    /// gives it, promises to report an allocation failure (`fallible`
+    /// lines).
+    pub promising: Vec<String>,
 }
 
 /// What the report says about a whole walk.

@@ -436,6 +436,11 @@ pub fn sites(state: &State) -> Vec<Site> {
                 test: r.test.as_ref().map(crate::state::Test::display),
                 after: r.after.clone(),
                 error_path_of: None,
+                promising: crate::findings::frames_of(&r.chain)
+                    .into_iter()
+                    .map(|f| f.function)
+                    .filter(|f| state.fallible.contains(f))
+                    .collect(),
             }),
         }
     }
@@ -1100,6 +1105,7 @@ mod tests {
             test: None,
             after: Vec::new(),
             error_path_of: None,
+            promising: Vec::new(),
         }
     }
 

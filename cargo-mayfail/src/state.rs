@@ -295,6 +295,9 @@ pub struct State {
     /// `no-fork` lines: why processes asked to fork at their sites could
     /// not, one per process.
     pub no_fork: Vec<String>,
+    /// `fallible` lines: functions whose return type promises to report an
+    /// allocation failure.
+    pub fallible: std::collections::BTreeSet<String>,
     /// Exit statuses counted as handled besides 0 (`handled-exit`), sorted.
     pub handled_exit: Vec<u8>,
     /// Tests whose walk is complete (`tested`).
@@ -476,6 +479,9 @@ impl Reader {
             | Line::OtherShard { .. }
             | Line::NoFork { .. } => self.site_line(line),
             Line::Test { .. } | Line::Tested { .. } | Line::LeftOut { .. } => self.test_line(line),
+            Line::Fallible { function } => {
+                self.state.fallible.insert(function.into_owned());
+            }
             // Kinds a newer writer may add.
             Line::Unknown { .. } => self.state.unknown_lines += 1,
             // The header and empty lines.

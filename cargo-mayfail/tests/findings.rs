@@ -83,7 +83,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     assert_eq!(
         code,
         Some(1),
-        "a crash, a fallible API's abort, an error path's abort: exit 1"
+        "a crash, fallible APIs' aborts, an error path's abort: exit 1"
     );
 
     let report = json(&dir.join("walk.json"));
@@ -109,6 +109,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
             "findings_fixture::try_copy_with_message",
         ),
         ("fallible-api-aborted", "findings_fixture::try_duplicate"),
+        // No `try_` in its name: its return type, a `Result` with an
+        // allocation error, tells.
+        ("fallible-api-aborted", "findings_fixture::copy_reporting"),
+        // A `Result` whose error is not about memory promises nothing.
+        ("infallible", "findings_fixture::describe_number"),
         ("failed", "findings_fixture::reserve_or_shout"),
         ("handled", "findings_fixture::reserve_checked"),
         ("handled", "findings_fixture::try_copy_with_message"),
@@ -131,13 +136,26 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         .collect();
     expected.sort();
     assert_eq!(found, expected, "{report:#}");
-    let fallible = report["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["class"] == "fallible-api-aborted")
-        .unwrap();
-    assert_eq!(fallible["fallible"], "findings_fixture::try_duplicate");
+    for function in [
+        "findings_fixture::try_duplicate",
+        "findings_fixture::copy_reporting",
+    ] {
+        let fallible = report["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["class"] == "fallible-api-aborted" && s["blamed"][0]["function"] == function
+            })
+            .unwrap();
+        assert_eq!(fallible["fallible"], function);
+    }
+    let state_text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        state_text.contains("\nfallible\tfindings_fixture::copy_reporting\n"),
+        "{state_text}"
+    );
+    assert!(!state_text.contains("describe_number\n"), "{state_text}");
     let sites = report["sites"].as_array().unwrap();
     let handled = sites
         .iter()
@@ -187,8 +205,8 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         text.contains(&format!(",sites-after={path}")),
         "{replay}: {text}"
     );
-    assert_eq!(report["bugs"], 3);
-    assert_eq!(report["classes"]["infallible"], 5);
+    assert_eq!(report["bugs"], 4);
+    assert_eq!(report["classes"]["infallible"], 6);
     for site in report["sites"].as_array().unwrap() {
         let panicked = site["blamed"][0]["function"] == "findings_fixture::first_byte"
             || site["blamed"][0]["function"]
@@ -197,7 +215,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     }
 
     // The table: bugs listed, the rest collapsed to counts with top lines.
-    assert!(out.contains("bugs: 3 not in the baseline"), "{out}");
+    assert!(out.contains("bugs: 4 not in the baseline"), "{out}");
     assert!(
         out.contains("on the error path of: findings_fixture::try_copy_with_message (src/lib.rs:"),
         "{out}"
@@ -207,7 +225,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         "{out}"
     );
     assert!(
-        out.contains("infallible: 5 sites in 3 places (--show all lists them)"),
+        out.contains("infallible: 6 sites in 4 places (--show all lists them)"),
         "{out}"
     );
     assert!(
@@ -216,8 +234,8 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     );
     assert!(
         !out.contains("replay: cargo mayfail test --inject stack=") || {
-            // Only the three bugs carry a replay line.
-            out.matches("replay: ").count() == 3
+            // Only the four bugs carry a replay line.
+            out.matches("replay: ").count() == 4
         }
     );
 
@@ -233,7 +251,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     let errors: Vec<String> = validator.iter_errors(&log).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:#?}\n{log:#}");
     let results = log["runs"][0]["results"].as_array().unwrap();
-    assert_eq!(results.len(), 11, "{log:#}");
+    assert_eq!(results.len(), 13, "{log:#}");
     let level_of = |rule: &str| {
         results
             .iter()
@@ -242,9 +260,9 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
             .collect::<Vec<_>>()
     };
     assert_eq!(level_of("crashed"), ["error"]);
-    assert_eq!(level_of("fallible-api-aborted"), ["error"]);
+    assert_eq!(level_of("fallible-api-aborted"), ["error"; 2]);
     assert_eq!(level_of("error-path-aborted"), ["error"]);
-    assert_eq!(level_of("infallible"), ["note"; 5]);
+    assert_eq!(level_of("infallible"), ["note"; 6]);
     for result in results {
         let artifact = &result["locations"][0]["physicalLocation"]["artifactLocation"];
         assert_eq!(artifact["uri"], "src/lib.rs", "{result:#}");
@@ -261,7 +279,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         baseline.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(json(&baseline)["sites"].as_array().unwrap().len(), 3);
+    assert_eq!(json(&baseline)["sites"].as_array().unwrap().len(), 4);
     let (code, out) = cargo_mayfail(&[
         "sites",
         "--state",
@@ -274,7 +292,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     ]);
     assert_eq!(code, Some(0), "every bug is in the baseline: {out}");
     assert!(
-        out.contains("bugs: 0 not in the baseline, 3 in it"),
+        out.contains("bugs: 0 not in the baseline, 4 in it"),
         "{out}"
     );
     let (code, out) = cargo_mayfail(&[

@@ -127,6 +127,11 @@ fn line() -> impl Strategy<Value = Line<'static>> {
         stack_id().prop_map(|id| Line::Runtime { id }),
         stack_id().prop_map(|id| Line::Retry { id }),
         any::<u32>().prop_map(|pid| Line::OtherShard { pid }),
+        text()
+            .prop_filter("a function has a name", |t| !t.is_empty())
+            .prop_map(|function| Line::Fallible {
+                function: owned(function),
+            }),
         (any::<u32>(), text()).prop_map(|(pid, reason)| Line::NoFork {
             pid,
             reason: owned(reason),

@@ -53,7 +53,8 @@ const MAX_STATE_PATH: usize = 512;
                   aborted (SIGABRT), hung (--timeout), failed (exit status not 0: a test \
                   failed), unknown (no fate recorded), handled (exit 0, or a status given to \
                   --handled-exit). Classes, bugs first: crashed, fallible-api-aborted (aborted \
-                  below a try_* function of the code, the test excluded), error-path-aborted, \
+                  below a try_* function of the code, or one returning a Result with an \
+                  allocation error, the test excluded), error-path-aborted, \
                   hung, leaked, unknown; then infallible (aborted at an allocation std makes \
                   infallibly, or formatting a panic's message), failed, handled. Only bug \
                   sites that --baseline does not list set the exit status. A process of a run that ends badly with no \

@@ -150,10 +150,10 @@ fn last_segment(function: &str) -> String {
         .to_owned()
 }
 
-/// The rule for a fallible function: its name (the last segment of its
-/// path) is `try_*` or `try`. Functions that return `Result` or `Option`
-/// without saying so in their name are not told: the walk's frames carry
-/// names and lines, not return types.
+/// The rule for a fallible function, by its name: the last segment of its
+/// path is `try_*` or `try`. The other half of the rule, a `Result` with
+/// an allocation error for its return type, is read from the debug
+/// information (`returns`) and kept on the site ([`Site::promising`]).
 pub fn is_fallible(function: &str) -> bool {
     let name = last_segment(function);
     name == "try" || name.starts_with("try_")
@@ -240,7 +240,8 @@ impl Site {
                 !outer.function.contains("::tests::")
                     && crate_of(&outer.function) == crate_of(&f.function)
             });
-            (entered && !is_test_framework(f) && is_fallible(&f.function)).then_some(f)
+            let fallible = is_fallible(&f.function) || self.promising.contains(&f.function);
+            (entered && !is_test_framework(f) && fallible).then_some(f)
         })
     }
 
@@ -452,6 +453,7 @@ mod tests {
             test: None,
             after: Vec::new(),
             error_path_of: None,
+            promising: Vec::new(),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::failure::Failure;
 use crate::process::interrupted;
 use crate::progress::Progress;
 use crate::report::seconds;
-use crate::state::Test;
+use crate::state::{Outcome, Test};
 use mayfail::state::Line;
 use schedule::{Pool, Scheduler};
 use targets::{Binary, CargoTest};
@@ -100,12 +100,55 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         stopped = walk_doctests(args, setup, &command, &mut progress)?;
     }
     drop(progress);
+    note_fallible_returns(setup, &binaries)?;
     let code = sites::finish(args, setup, binaries.iter().any(|b| b.preload.is_some()))?;
     // Doctests that fail without injection: the walk did not look at them.
     Ok(match stopped {
         Some(stopped) if code != exit_codes::INTERRUPTED => stopped,
         _ => code,
     })
+}
+
+/// Reads, from the debug information of each binary with aborted sites,
+/// which functions on those sites' chains return a `Result` with an
+/// allocation error (see `returns`), and records each function once (a
+/// `fallible` line): the report then counts an abort below one as a broken
+/// promise, as it does below a `try_*` name.
+fn note_fallible_returns(setup: &Setup, binaries: &[Binary]) -> Result<(), Failure> {
+    let state = setup.load()?;
+    let mut known = state.fallible.clone();
+    let mut read: Vec<&std::path::Path> = Vec::new();
+    for binary in binaries {
+        let path = binary.executable.as_path();
+        if read.contains(&path) {
+            continue;
+        }
+        read.push(path);
+        let name = path.file_name().map(|n| n.to_string_lossy());
+        let aborted: Vec<&crate::state::Record> = state
+            .records
+            .iter()
+            .filter(|r| Some(r.binary.as_str()) == name.as_deref())
+            .filter(|r| !r.panic && matches!(r.fate, Some((Outcome::Aborted, _))))
+            .collect();
+        if aborted.is_empty() {
+            continue;
+        }
+        let functions = crate::returns::fallible_functions(path);
+        for record in aborted {
+            for frame in crate::findings::frames_of(&record.chain) {
+                if functions.contains(&frame.function) && known.insert(frame.function.clone()) {
+                    setup.append(
+                        &Line::Fallible {
+                            function: frame.function.as_str().into(),
+                        }
+                        .to_string(),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds, lists and runs the baseline; returns the binaries, the tests
