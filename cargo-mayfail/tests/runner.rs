@@ -2582,6 +2582,54 @@ fn walk_fixture_expected() -> Vec<(String, String, String)> {
 }
 
 #[test]
+fn the_doctests_are_compiled_by_the_rustdoc_cargo_would_run_build_rustdoc_included() {
+    let dir = scratch("build_rustdoc");
+    let state = dir.join("walk.state");
+    // A rustdoc of the project's own (`build.rustdoc`, here a `--config`
+    // of the command): it notes each call, then runs rustdoc.
+    let calls = dir.join("calls");
+    let wrapper = dir.join("my-rustdoc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec rustdoc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let setting = format!("build.rustdoc=\"{}\"", wrapper.display());
+    let out = ran(walk_runner()
+        .env_remove("RUSTDOC")
+        .args(["sites", "--timeout", "5", "--state"])
+        .arg(&state)
+        .args(["--", "cargo", "test", "--offline", "--config", &setting])
+        // Only the doctests: their names hold their file, the unit tests'
+        // do not.
+        .args(["--", "src/lib.rs"])
+        .output()
+        .unwrap());
+    assert!(
+        out.stderr.contains("doctests: 3 compiled once"),
+        "{}",
+        out.stderr
+    );
+    let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        calls
+            .lines()
+            .any(|call| call.contains("--persist-doctests")),
+        "the project's rustdoc compiled the doctests: {calls}"
+    );
+    let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
+    assert!(json.contains("doctest:walk_fixture"), "{json}");
+}
+
+#[test]
 fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_alone() {
     let dir = scratch("per_test");
     let state = dir.join("walk.state");

@@ -347,6 +347,24 @@ fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
     Ok((variable, format!("{exe} preload-run")))
 }
 
+/// The rustdoc cargo would run for `argv` in the current directory: the
+/// `RUSTDOC` variable, else cargo's `build.rustdoc`, else `rustdoc`.
+pub(crate) fn rustdoc_of(argv: &[OsString]) -> Result<OsString, Failure> {
+    if let Some(rustdoc) = std::env::var_os("RUSTDOC") {
+        return Ok(rustdoc);
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::io("find the current directory", Path::new("."), e))?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let options: Vec<String> = config_arguments(argv).collect();
+    let config = cargo_config::Config::read(&cwd, cargo_home.as_deref(), &options)?;
+    Ok(config
+        .rustdoc()
+        .map_or_else(|| "rustdoc".into(), PathBuf::into_os_string))
+}
+
 /// The values of `--config` in a cargo command line (before any `--`).
 fn config_arguments(argv: &[OsString]) -> impl Iterator<Item = String> + '_ {
     let mut args = argv.iter().map(|a| a.to_string_lossy());

@@ -17,12 +17,16 @@ use crate::failure::Failure;
 
 /// The settings that matter here, each with the file that set it.
 #[derive(Debug, Default)]
-pub(super) struct Config {
+pub(crate) struct Config {
     /// `build.target`: the triple, or `None` for several.
     pub(super) build_target: Option<(Option<String>, PathBuf)>,
     /// Every `target.<key>.runner`: the key and its file, in the order
     /// cargo gives them precedence (nearest first).
     runners: Vec<(String, PathBuf)>,
+    /// `build.rustdoc`: the value, and the directory a relative path in it
+    /// is taken from (the one holding the file's `.cargo`, or the current
+    /// directory for a `--config` value).
+    rustdoc: Option<(String, PathBuf)>,
 }
 
 impl Config {
@@ -30,7 +34,7 @@ impl Config {
     /// `--config` options (`KEY=VALUE` in TOML, or a file's path) first,
     /// then the files, then `cargo_home`'s. A file that is not valid TOML
     /// is refused.
-    pub(super) fn read(
+    pub(crate) fn read(
         cwd: &Path,
         cargo_home: Option<&Path>,
         options: &[String],
@@ -39,7 +43,7 @@ impl Config {
         let mut files: Vec<PathBuf> = Vec::new();
         for option in options {
             match option.parse::<toml::Table>() {
-                Ok(table) => config.add(&table, Path::new(&format!("--config {option}"))),
+                Ok(table) => config.add(&table, Path::new(&format!("--config {option}")), cwd),
                 Err(_) => files.push(cwd.join(option)),
             }
         }
@@ -71,13 +75,25 @@ impl Config {
                     e.message()
                 ))
             })?;
-            config.add(&table, &file);
+            // `DIR/.cargo/config.toml` (or `$CARGO_HOME/config.toml`):
+            // relative paths are taken from `DIR` (`$CARGO_HOME`'s parent).
+            let base = file.parent().and_then(Path::parent).unwrap_or(cwd);
+            config.add(&table, &file, base);
         }
         Ok(config)
     }
 
-    /// Adds one file's settings, below those of the files read before.
-    fn add(&mut self, table: &toml::Table, file: &Path) {
+    /// Adds one file's settings, below those of the files read before;
+    /// `base` is where its relative paths start.
+    fn add(&mut self, table: &toml::Table, file: &Path, base: &Path) {
+        if self.rustdoc.is_none()
+            && let Some(rustdoc) = table
+                .get("build")
+                .and_then(|build| build.get("rustdoc"))
+                .and_then(toml::Value::as_str)
+        {
+            self.rustdoc = Some((rustdoc.to_owned(), base.to_owned()));
+        }
         if self.build_target.is_none()
             && let Some(target) = table.get("build").and_then(|build| build.get("target"))
         {
@@ -99,6 +115,18 @@ impl Config {
         }
     }
 
+    /// The rustdoc `build.rustdoc` names, as cargo runs it: a value with a
+    /// slash is a path (a relative one taken from where its file's
+    /// `.cargo` is), a bare name is looked up in `PATH` when run.
+    pub(crate) fn rustdoc(&self) -> Option<PathBuf> {
+        let (value, base) = self.rustdoc.as_ref()?;
+        Some(if value.contains('/') {
+            base.join(value)
+        } else {
+            PathBuf::from(value)
+        })
+    }
+
     /// The first runner set for `triple`: `target.<triple>.runner`, or
     /// any `target.'cfg(...)'.runner` (whether its expression holds for
     /// the triple is not worked out here: it may).
@@ -116,6 +144,37 @@ mod tests {
     fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn build_rustdoc_is_a_path_from_where_its_cargo_directory_is_or_a_name() {
+        let root = std::env::temp_dir().join(format!(
+            "mayfail-cargo-config-rustdoc-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        let deep = root.join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        write(
+            &root.join("a/.cargo/config.toml"),
+            "[build]\nrustdoc = \"tools/my-rustdoc\"\n",
+        );
+        write(
+            &root.join(".cargo/config.toml"),
+            "[build]\nrustdoc = \"other-rustdoc\"\n",
+        );
+        let config = Config::read(&deep, None, &[]).unwrap();
+        assert_eq!(config.rustdoc(), Some(root.join("a/tools/my-rustdoc")));
+        std::fs::remove_file(root.join("a/.cargo/config.toml")).unwrap();
+        let config = Config::read(&deep, None, &[]).unwrap();
+        assert_eq!(config.rustdoc(), Some(PathBuf::from("other-rustdoc")));
+        // The command line's --config comes first; its paths start here.
+        let options = ["build.rustdoc=\"./rd\"".to_owned()];
+        let config = Config::read(&deep, None, &options).unwrap();
+        assert_eq!(config.rustdoc(), Some(deep.join("./rd")));
+        std::fs::remove_file(root.join(".cargo/config.toml")).unwrap();
+        assert_eq!(Config::read(&deep, None, &[]).unwrap().rustdoc(), None);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

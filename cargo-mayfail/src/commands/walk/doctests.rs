@@ -111,6 +111,8 @@ pub(crate) fn compile(
     }
     std::fs::create_dir_all(dir).map_err(|e| Failure::io("create", dir, e))?;
     let exe = std::env::current_exe().map_err(|e| Failure::io("find", Path::new("mayfail"), e))?;
+    // The rustdoc cargo would run: `RUSTDOC`, else `build.rustdoc`.
+    let rustdoc = super::super::preload::rustdoc_of(&test.cargo)?;
     let mut command = Command::new(super::targets::cargo());
     command
         .args(["test", "--doc"])
@@ -122,10 +124,7 @@ pub(crate) fn compile(
                 .filter(|a| *a != "-q" && *a != "--quiet"),
         )
         .env("RUSTDOC", exe)
-        .env(
-            REAL_RUSTDOC,
-            std::env::var_os("RUSTDOC").unwrap_or_else(|| "rustdoc".into()),
-        )
+        .env(REAL_RUSTDOC, rustdoc)
         .env(PERSIST, dir)
         .env_remove("MAYFAIL_INJECT")
         .env_remove("LD_PRELOAD")
