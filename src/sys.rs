@@ -86,6 +86,13 @@ pub(crate) fn getenv(name: &CStr) -> Option<&'static [u8]> {
     Some(unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
+/// Sets the calling thread's `errno`.
+#[cfg(feature = "sites")]
+pub(crate) fn set_errno(value: i32) {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = value };
+}
+
 /// This thread's `errno`.
 pub(crate) fn errno() -> i32 {
     // SAFETY: `__errno_location` returns a valid pointer to this thread's errno.

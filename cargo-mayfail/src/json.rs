@@ -85,8 +85,8 @@ JSON report (schema_version 2), one object:
                   walk is not all handled while any is listed
   no_fork         why processes asked to fork at their sites (the runs
                   engine's default) could not, and failed one site each:
-                  [{reason, processes}] (`2 threads`, `its standard input is
-                  a pipe or a socket`); empty when every process forked";
+                  [{reason, processes}] (`2 threads`, `a pipe or a socket is
+                  open (descriptor 0)`); empty when every process forked";
 
 /// The whole report.
 #[derive(Serialize)]

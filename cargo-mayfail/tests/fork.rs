@@ -238,35 +238,46 @@ fn a_walk_forking_at_each_site_finds_what_one_process_per_site_finds_in_a_few_ru
 }
 
 #[test]
-fn a_program_with_threads_is_walked_one_site_per_process_and_the_report_says_why() {
-    let dir = support::scratch("fork", "threads");
-    support::compile_c(&dir, PROGRAM, &["-O0", "-pthread"]);
-    input(&dir);
-    let output = walk(
-        &dir,
-        &[
-            "sites",
-            "--timeout",
-            "2",
-            "--state",
-            "walk.state",
-            "--",
-            "sh",
-            "-c",
-            &command("threads"),
-        ],
-        600,
-    );
-    let text = support::output_text(&output);
-    assert_eq!(output.status.code(), Some(1), "{text}");
-    let (found, runs) = outcomes(&dir.join("walk.state"));
-    assert_eq!(found, expected(), "{text}");
-    assert!(runs > 10, "{runs} runs: {text}");
-    let state = std::fs::read_to_string(dir.join("walk.state")).unwrap();
-    assert!(state.contains("no-fork\t"), "{state}");
-    assert!(!state.contains("\tforked\t"), "{state}");
-    assert!(
-        text.contains("processes that could not fork at their sites, each failing one site itself: 2 threads ("),
-        "{text}"
-    );
+fn a_program_with_threads_or_a_pipe_is_walked_one_site_per_process_and_the_report_says_why() {
+    for (name, command, reason) in [
+        ("threads", "./program threads < input.txt", "2 threads ("),
+        // Its standard input a pipe: a child would read what the parent
+        // is to read.
+        (
+            "pipe",
+            "cat input.txt | ./program",
+            "a pipe or a socket is open (descriptor 0) (",
+        ),
+    ] {
+        let dir = support::scratch("fork", name);
+        support::compile_c(&dir, PROGRAM, &["-O0", "-pthread"]);
+        input(&dir);
+        let output = walk(
+            &dir,
+            &[
+                "sites",
+                "--timeout",
+                "2",
+                "--state",
+                "walk.state",
+                "--",
+                "sh",
+                "-c",
+                command,
+            ],
+            600,
+        );
+        let text = support::output_text(&output);
+        assert_eq!(output.status.code(), Some(1), "{name}: {text}");
+        let (found, runs) = outcomes(&dir.join("walk.state"));
+        assert_eq!(found, expected(), "{name}: {text}");
+        assert!(runs > 10, "{name}: {runs} runs: {text}");
+        let state = std::fs::read_to_string(dir.join("walk.state")).unwrap();
+        assert!(state.contains("no-fork\t"), "{name}: {state}");
+        let table_line = text
+            .lines()
+            .find(|l| l.contains("processes that could not fork at their sites"))
+            .unwrap_or_else(|| panic!("{name}: {text}"));
+        assert!(table_line.contains(reason), "{name}: {table_line}");
+    }
 }

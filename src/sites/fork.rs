@@ -5,27 +5,33 @@
 //! forks. The child fails the site, as a separate run failing that one
 //! site would (it knows every stack the parent met, and fails no other),
 //! and runs on to its fate; the parent waits for it, at most `MS`
-//! milliseconds (then kills it: `hung`), writes the fate the child could
-//! not write itself (killed by a signal mayfail does not catch, `_exit`),
-//! and goes on as if the allocation had succeeded, to fork again at its
-//! next new site. The forked child inherits the parent's warm symbol
-//! cache: a site costs a fork and the child's own run to its end, not a
-//! whole run of the program.
+//! milliseconds, writes the fate the child could not write itself (`_exit`,
+//! a signal mayfail does not catch), and goes on as if the allocation had
+//! succeeded, to fork again at its next new site. The child inherits the
+//! parent's warm symbol cache: a site costs a fork and the child's own run
+//! to its end, not a whole run of the program.
 //!
-//! A process can fork safely when it has one thread (a lock that another
-//! thread holds at the fork stays held for ever in the child) and its
-//! standard input is not a pipe or a socket (the child would read what the
-//! parent is to read). The thread count is read before symbol resolution,
-//! which runs on a thread of its own that is joined before the fork. A
-//! child whose standard input is a regular file reads it through a
-//! descriptor of its own, at the parent's offset, so the parent later reads
-//! on from where it was.
+//! A process is fit to fork when it has one thread (a lock another thread
+//! holds at the fork stays held for ever in the child), no socket and no
+//! pipe open for reading or as standard input, output or error (the child
+//! would read what the parent is to read, or write to the process at the
+//! other end what that one then reads twice) and no child process (the
+//! child could not wait for it). The threads are
+//! counted before symbol resolution, which runs on a thread of its own; the
+//! last resolution's thread may still be counted for a moment after its
+//! join, so a count above one soon after it is read again. In the child,
+//! every regular file open for reading is read through a description of
+//! its own at the offset the parent had reached, so that the parent later
+//! goes on from where it was (a shell reading its script, a program its
+//! input).
 //!
 //! What a child still shares with its parent, where a separate run would
-//! not: files both write (the same open file descriptions), and what the
+//! not: the contents of the files both write, `flock` locks, and what the
 //! parent's stdio buffered but had not written yet, which the child writes
-//! again at its exit (the walk's log shows that output twice). The runner's
-//! `--no-fork` walks one site per process.
+//! again at its exit (the walk's log shows that output twice). The fork runs
+//! the program's `pthread_atfork` handlers inside the allocation: a prepare
+//! handler that takes a lock the allocating call holds would deadlock. The
+//! runner's `--no-fork` walks one site per process.
 //!
 //! A fork inside the allocator has one hazard a fork elsewhere has not: the
 //! call that allocates may hold a lock (glibc's `setlocale` holds its
@@ -35,13 +41,21 @@
 //! thread has another id: the child then waits for ever at its next
 //! attempt. The parent looks at a child that has not ended every 10 ms: one
 //! seen twice in a row with one thread, waiting on a futex of its own
-//! process with no time limit (nothing can ever wake it) is killed, and the
-//! site is not given that fate but a `retry` line: the runner walks such
-//! sites one per process, without forking, once the forking runs are done.
+//! process with no time limit (nothing can ever wake it), is killed. Its
+//! site, and that of a child killed after `MS` or reaped by the program, is
+//! not given a fate but a `retry` line: the runner walks such sites one per
+//! process, without forking, once the forking runs are done, so that a wait
+//! the fork caused (a lock the parent held that the detector cannot see) is
+//! never reported as the site's own hang. A child killed by an interrupt
+//! (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGQUIT`) gets no fate either: the
+//! runner asks for its site again.
 //!
-//! A process asked to fork that cannot (or whose `fork` fails) fails its
-//! site itself, as without `sites-fork`, and writes once a `no-fork` line
-//! saying why.
+//! A process asked to fork that is not fit to fails the site itself, as
+//! without `sites-fork`, and writes a `no-fork` line saying why; so does one
+//! whose `fork` fails, whose child ends before writing its site line, or
+//! whose table of known stacks is full. A forked child turns the engine off
+//! in its own environment (`sites-fork=0`): the programs it runs walk one
+//! site per process, within its time.
 //!
 //! Everything here runs inside the allocator, on the process's only
 //! thread, under the in-reclaim mark (what the fork handlers allocate is
@@ -49,7 +63,8 @@
 //! from just before the fork until the child is reaped: a handler of the
 //! program's that reaps every child cannot take the status first (the
 //! signal stays pending and reaches the program afterwards, as a stray
-//! `SIGCHLD` a handler must expect anyway).
+//! `SIGCHLD` a handler must expect anyway). `errno` is what it was when the
+//! parent goes on.
 
 use core::ffi::{CStr, c_int};
 use core::fmt::Write;
@@ -66,11 +81,32 @@ use crate::text::StackBuf;
 /// How long the parent waits for a child before killing it, in ms (0: the
 /// engine is off).
 static FORK_MS: AtomicU64 = AtomicU64::new(0);
-/// A page shared by the parent and its children: the pid of the last child
-/// that wrote its own fate line.
-static FATE_OF: AtomicPtr<AtomicI32> = AtomicPtr::new(ptr::null_mut());
+/// A page shared by the parent and its children (see [`Shared`]).
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(ptr::null_mut());
 /// The process that last wrote its `no-fork` line (0: none).
 static NO_FORK_PID: AtomicI32 = AtomicI32::new(0);
+/// When the last symbol resolution's thread was joined (monotonic ns).
+static RESOLVED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// What a child tells its parent through the shared page.
+struct Shared {
+    /// The pid of the last child that wrote its own fate line.
+    fate: AtomicI32,
+    /// The pid of the last child that wrote its site line.
+    site: AtomicI32,
+}
+
+/// Whether a process may fork at the new stack it has just met: told
+/// before the stack is resolved ([`fitness`]), acted on once it is known
+/// to be a site this process is to fail ([`at_site`]).
+pub(super) enum Fitness {
+    /// The engine is off.
+    Off,
+    /// Fit to fork.
+    Fit,
+    /// Not fit: why.
+    Unfit(StackBuf<96>),
+}
 
 /// What [`at_site`] did.
 pub(super) enum Forked {
@@ -79,20 +115,21 @@ pub(super) enum Forked {
     /// This is the parent, and the child has ended: let the allocation
     /// succeed.
     Parent,
-    /// No fork happened (said in a `no-fork` line): fail the site here.
+    /// No fork happened (said in a `no-fork` line if the engine was on):
+    /// fail the site here.
     Not,
 }
 
 /// Turns the engine on (`ms` > 0) or off for a spec being installed.
 /// Inside the allocator: no allocation.
 pub(super) fn install(ms: u64) {
-    if ms != 0 && FATE_OF.load(Relaxed).is_null() {
+    if ms != 0 && SHARED.load(Relaxed).is_null() {
         // SAFETY: an anonymous shared mapping at an address of the kernel's
         // choice; nothing else is affected. It is never unmapped.
         let page = unsafe {
             libc::mmap(
                 ptr::null_mut(),
-                core::mem::size_of::<AtomicI32>(),
+                core::mem::size_of::<Shared>(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 -1,
@@ -100,30 +137,39 @@ pub(super) fn install(ms: u64) {
             )
         };
         if page != libc::MAP_FAILED {
-            FATE_OF.store(page.cast(), Relaxed);
+            SHARED.store(page.cast(), Relaxed);
         }
     }
     FORK_MS.store(ms, Relaxed);
 }
 
-/// The shared slot, if there is one.
-fn fate_of() -> Option<&'static AtomicI32> {
-    let page = FATE_OF.load(Relaxed);
+/// The shared page, if there is one.
+fn shared() -> Option<&'static Shared> {
+    let page = SHARED.load(Relaxed);
     // SAFETY: a non-null pointer is the shared mapping made in `install`,
-    // zero-filled (a valid `AtomicI32`), aligned to a page, never unmapped.
+    // zero-filled (valid atomics), aligned to a page, never unmapped.
     (!page.is_null()).then(|| unsafe { &*page })
 }
 
-/// Whether this process may fork at the new site it has just met (the
-/// engine is on, and the process is fit to fork); says once, in a
-/// `no-fork` line, why not. Called before the site's symbols are resolved
-/// (resolution runs on a thread of its own).
-pub(super) fn possible() -> bool {
+/// Called once a new stack's symbols are resolved: its thread is joined.
+pub(super) fn resolved() {
+    RESOLVED_NS.store(sys::now_ns(), Relaxed);
+}
+
+/// Turns the engine off for this process and says why, once.
+pub(super) fn stop(reason: &str) {
+    FORK_MS.store(0, Relaxed);
+    say_no_fork(reason);
+}
+
+/// Whether this process may fork at the new stack it has just met (see
+/// [`Fitness`]). Called before the stack's symbols are resolved.
+pub(super) fn fitness() -> Fitness {
     if FORK_MS.load(Relaxed) == 0 {
-        return false;
+        return Fitness::Off;
     }
-    let mut reason = StackBuf::<64>::new();
-    match sys::thread_count() {
+    let mut reason = StackBuf::<96>::new();
+    match settled_thread_count() {
         Some(1) => {}
         Some(n) => {
             let _ = write!(reason, "{n} threads");
@@ -132,28 +178,148 @@ pub(super) fn possible() -> bool {
             let _ = reason.write_str("its thread count cannot be read");
         }
     }
-    if reason.as_str().is_empty() && stdin_is_shared_stream() {
-        let _ = reason.write_str("its standard input is a pipe or a socket");
+    if reason.as_str().is_empty()
+        && let Some(fd) = open_stream()
+    {
+        let _ = write!(reason, "a pipe or a socket is open (descriptor {fd})");
     }
-    if reason.as_str().is_empty() && fate_of().is_none() {
+    if reason.as_str().is_empty() && has_children() {
+        let _ = reason.write_str("it has child processes");
+    }
+    if reason.as_str().is_empty() && shared().is_none() {
         let _ = reason.write_str("no shared page could be mapped");
     }
     if reason.as_str().is_empty() {
-        return true;
+        Fitness::Fit
+    } else {
+        Fitness::Unfit(reason)
     }
-    say_no_fork(reason.as_str());
-    false
 }
 
-/// Whether the standard input is a pipe or a socket (what one process
-/// reads from it, another does not).
-fn stdin_is_shared_stream() -> bool {
-    // SAFETY: an all-zero stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: `st` is writable; a closed descriptor just fails.
-    let ok = unsafe { libc::fstat(libc::STDIN_FILENO, &mut st) } == 0;
-    let kind = st.st_mode & libc::S_IFMT;
-    ok && (kind == libc::S_IFIFO || kind == libc::S_IFSOCK)
+/// The thread count, read again for a few milliseconds while it is above
+/// one soon after a resolution's thread was joined (the kernel counts a
+/// thread until it is released, a little after its joiner woke).
+fn settled_thread_count() -> Option<u64> {
+    let mut count = sys::thread_count();
+    for _ in 0..20 {
+        let recent = sys::now_ns().saturating_sub(RESOLVED_NS.load(Relaxed)) < 5_000_000;
+        if !(recent && count.is_some_and(|n| n > 1)) {
+            break;
+        }
+        nap_us(250);
+        count = sys::thread_count();
+    }
+    count
+}
+
+/// Sleeps `us` microseconds.
+fn nap_us(us: u16) {
+    let nap = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::c_long::from(us) * 1000,
+    };
+    // SAFETY: a valid timespec; no remainder wanted.
+    unsafe { libc::nanosleep(&nap, ptr::null_mut()) };
+}
+
+/// The first descriptor that is a socket, a pipe open for reading, or a
+/// pipe as standard input, output or error: what one process reads from
+/// it, the other does not; what the child writes into it, the process at
+/// the other end reads as if the parent had written it twice. A pipe open
+/// for writing only on a higher descriptor is let be: one inherited and
+/// never used, as the jobserver pipe of a `make` or `cargo` above.
+fn open_stream() -> Option<c_int> {
+    let mut found = None;
+    for_each_descriptor(|fd, st, flags| {
+        let kind = st.st_mode & libc::S_IFMT;
+        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        let stream = kind == libc::S_IFSOCK || (kind == libc::S_IFIFO && (reads || fd <= 2));
+        if found.is_none() && stream {
+            found = Some(fd);
+        }
+    });
+    found
+}
+
+/// Whether the process has a child, running or not yet reaped.
+fn has_children() -> bool {
+    // SAFETY: an all-zero siginfo is valid storage for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
+    // SAFETY: WNOWAIT|WNOHANG: nothing is reaped, nothing waited for.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    rc == 0
+}
+
+/// Calls `f` with each open descriptor of the process, its `fstat` and its
+/// status flags, listed from `/proc/self/fd` without allocating.
+fn for_each_descriptor(mut f: impl FnMut(c_int, &libc::stat, c_int)) {
+    // SAFETY: a NUL-terminated path; closed below.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return;
+    }
+    let mut buf = [0u8; 2048];
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                buf.as_mut_ptr(),
+                buf.len() as libc::c_ulong,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        // A linux_dirent64: inode (8), offset (8), record length (2),
+        // type (1), then the NUL-terminated name.
+        while at + 19 <= n {
+            let len = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+            if len == 0 || at + len > n {
+                break;
+            }
+            let name = &buf[at + 19..at + len];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            at += len;
+            let Some(fd) = core::str::from_utf8(name)
+                .ok()
+                .and_then(|name| name.parse::<c_int>().ok())
+            else {
+                continue;
+            };
+            if fd == dir {
+                continue;
+            }
+            // SAFETY: an all-zero stat is valid; fstat fills it.
+            let mut st: libc::stat = unsafe { core::mem::zeroed() };
+            // SAFETY: `st` is writable; a descriptor closed meanwhile fails.
+            if unsafe { libc::fstat(fd, &mut st) } != 0 {
+                continue;
+            }
+            // SAFETY: F_GETFL on an open descriptor.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if flags >= 0 {
+                f(fd, &st, flags);
+            }
+        }
+    }
+    // SAFETY: `dir` is open and ours.
+    unsafe { libc::close(dir) };
 }
 
 /// Writes this process's `no-fork` line, once.
@@ -162,7 +328,7 @@ fn say_no_fork(reason: &str) {
     if NO_FORK_PID.swap(pid, Relaxed) == pid {
         return;
     }
-    let mut line = StackBuf::<128>::new();
+    let mut line = StackBuf::<160>::new();
     let _ = Line::NoFork {
         pid: pid.unsigned_abs(),
         reason: Cow::Borrowed(reason),
@@ -171,14 +337,25 @@ fn say_no_fork(reason: &str) {
     append(line.finish_line());
 }
 
-/// Forks at the site of stack `id`, which [`possible`] allowed: in the
-/// child, returns at once; in the parent, waits for the child's end and
-/// writes its fate if the child wrote none.
-pub(super) fn at_site(id: u64) -> Forked {
-    let Some(slot) = fate_of() else {
+/// Forks at the site of stack `id` if `fitness` allows it: in the child,
+/// returns at once; in the parent, waits for the child's end and writes
+/// what the child could not. Not fit: says why, and the process fails the
+/// site itself.
+pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
+    match fitness {
+        Fitness::Off => return Forked::Not,
+        Fitness::Unfit(reason) => {
+            stop(reason.as_str());
+            return Forked::Not;
+        }
+        Fitness::Fit => {}
+    }
+    let Some(page) = shared() else {
         return Forked::Not;
     };
-    slot.store(0, Relaxed);
+    let errno = sys::errno();
+    page.fate.store(0, Relaxed);
+    page.site.store(0, Relaxed);
     // SAFETY: all-zero sigsets are valid storage for the calls to fill.
     let (mut chld, mut old): (libc::sigset_t, libc::sigset_t) =
         unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
@@ -189,78 +366,126 @@ pub(super) fn at_site(id: u64) -> Forked {
         libc::sigaddset(&mut chld, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_BLOCK, &chld, &mut old);
     }
-    // SAFETY: the process has one thread (see `possible`), so the child
-    // holds no lock another thread held; what runs in it next is the
-    // allocator's ordinary path.
+    // SAFETY: the process has one thread (see `fitness`), so the child
+    // holds no lock another thread held; the locks this thread holds are
+    // the hazard the module's docs describe (a child that waits for ever on
+    // one is told apart and killed). `fork` runs the program's
+    // `pthread_atfork` handlers here, under the in-reclaim mark.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: `old` is the mask saved above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
-        own_stdin();
+        own_regular_files();
+        no_fork_below();
         return Forked::Child;
     }
-    if pid < 0 {
-        let errno = sys::errno();
-        // SAFETY: `old` is the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
-        let mut reason = StackBuf::<64>::new();
-        let _ = write!(reason, "fork failed (errno {errno})");
-        say_no_fork(reason.as_str());
-        return Forked::Not;
-    }
-    let ms = FORK_MS.load(Relaxed);
-    let ended = wait_for(pid, ms);
-    if slot.load(Relaxed) != pid || matches!(ended, Ended::Deadlocked) {
-        write_fate_of(id, pid, ended, ms);
-    }
+    let ended = (pid > 0).then(|| wait_for(pid, FORK_MS.load(Relaxed)));
     // SAFETY: `old` is the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    let Some(ended) = ended else {
+        let mut reason = StackBuf::<96>::new();
+        let _ = write!(reason, "fork failed (errno {})", sys::errno());
+        stop(reason.as_str());
+        return Forked::Not;
+    };
+    if page.site.load(Relaxed) != pid {
+        // The child ended before its site line (a fork handler of the
+        // program's ended it): the site is this process's to fail.
+        stop("a forked child ended before writing its site");
+        return Forked::Not;
+    }
+    if page.fate.load(Relaxed) != pid || !matches!(ended, Ended::Status(_)) {
+        write_fate_of(id, pid, ended);
+    }
+    sys::set_errno(errno);
     Forked::Parent
 }
 
 /// Called by the process that failed a site once its fate line is written:
 /// its parent, if it forked it, need not write one.
 pub(super) fn fate_written(pid: libc::pid_t) {
-    if let Some(slot) = fate_of() {
-        slot.store(pid, Relaxed);
+    if let Some(page) = shared() {
+        page.fate.store(pid, Relaxed);
     }
 }
 
-/// In the child: a standard input that is a regular file read through a
-/// description of its own, at the offset the parent had reached, so that
-/// what the child reads does not move the parent's offset.
-fn own_stdin() {
-    // SAFETY: F_GETFL on a descriptor that may be closed just fails.
-    let flags = unsafe { libc::fcntl(libc::STDIN_FILENO, libc::F_GETFL) };
-    if flags < 0 || flags & libc::O_ACCMODE != libc::O_RDONLY {
-        return;
+/// Called by the process that failed a site once its site line is written.
+pub(super) fn site_written(pid: libc::pid_t) {
+    if let Some(page) = shared() {
+        page.site.store(pid, Relaxed);
     }
-    // SAFETY: an all-zero stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: `st` is writable.
-    if unsafe { libc::fstat(libc::STDIN_FILENO, &mut st) } != 0
-        || st.st_mode & libc::S_IFMT != libc::S_IFREG
-    {
-        return;
-    }
-    // SAFETY: lseek on an open descriptor; -1 on failure.
-    let offset = unsafe { libc::lseek(libc::STDIN_FILENO, 0, libc::SEEK_CUR) };
-    // SAFETY: a NUL-terminated path; the new descriptor is ours.
-    let fd = unsafe { libc::open(c"/proc/self/fd/0".as_ptr(), flags & !libc::O_CREAT) };
-    if offset < 0 || fd < 0 {
-        if fd >= 0 {
-            // SAFETY: `fd` is open and ours.
-            unsafe { libc::close(fd) };
+}
+
+/// In the child: every regular file open for reading read (and written)
+/// through a description of its own, at the offset the parent had reached,
+/// so that what the child reads does not move the parent's offset. Files
+/// open for writing only keep their shared offset: the parent's output then
+/// follows the child's (a log), never overwrites it.
+fn own_regular_files() {
+    for_each_descriptor(|fd, st, flags| {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || flags & libc::O_ACCMODE == libc::O_WRONLY
+            || flags & (libc::O_APPEND | libc::O_PATH) != 0
+        {
+            return;
         }
-        return;
-    }
-    // SAFETY: `fd` is ours; dup2 makes descriptor 0 refer to its file
-    // description; `fd` is closed after.
+        let mut path = StackBuf::<48>::new();
+        let _ = write!(path, "/proc/self/fd/{fd}\0");
+        let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+            return;
+        };
+        // SAFETY: lseek and F_GETFD on an open descriptor; -1 on failure.
+        let (offset, fd_flags) = unsafe {
+            (
+                libc::lseek(fd, 0, libc::SEEK_CUR),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
+        let reopen = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+        // SAFETY: a NUL-terminated path; the new descriptor is ours.
+        let own = unsafe { libc::open(path.as_ptr(), reopen | libc::O_CLOEXEC) };
+        if own < 0 {
+            return;
+        }
+        // SAFETY: `own` is ours; dup3 makes `fd` refer to its description
+        // (keeping `fd`'s close-on-exec flag); `own` is closed after.
+        unsafe {
+            if offset >= 0 && libc::lseek(own, offset, libc::SEEK_SET) == offset {
+                let cloexec = if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 {
+                    libc::O_CLOEXEC
+                } else {
+                    0
+                };
+                libc::dup3(own, fd, cloexec);
+            }
+            libc::close(own);
+        }
+    });
+}
+
+/// In the child: `sites-fork=` turned off in its own `MAYFAIL_INJECT`, in
+/// place, so that the programs it runs fail one site per process (their
+/// forking walks would run within this child's time).
+fn no_fork_below() {
+    // SAFETY: getenv returns the environment's own string or null; the
+    // child has one thread, and the bytes are overwritten in place, within
+    // the string, without changing its length.
     unsafe {
-        if libc::lseek(fd, offset, libc::SEEK_SET) == offset {
-            libc::dup2(fd, libc::STDIN_FILENO);
+        let value = libc::getenv(c"MAYFAIL_INJECT".as_ptr());
+        if value.is_null() {
+            return;
         }
-        libc::close(fd);
+        let len = libc::strlen(value);
+        let bytes = core::slice::from_raw_parts_mut(value.cast::<u8>(), len);
+        let key = b"sites-fork=";
+        if let Some(at) = bytes.windows(key.len()).position(|w| w == key) {
+            for b in bytes[at + key.len()..]
+                .iter_mut()
+                .take_while(|b| b.is_ascii_digit())
+            {
+                *b = b'0';
+            }
+        }
     }
 }
 
@@ -305,6 +530,17 @@ fn threads_of(pid: libc::pid_t) -> Option<u64> {
     sys::threads_of(proc_path(&mut path, pid, "stat")?)
 }
 
+/// The calls that wait on a futex: `futex`, and on 32-bit x86 the 64-bit
+/// time variant glibc uses there.
+fn is_futex_call(number: libc::c_long) -> bool {
+    #[cfg(target_arch = "x86")]
+    if number == 422 {
+        // futex_time64
+        return true;
+    }
+    number == libc::SYS_futex
+}
+
 /// Whether the child sits in `futex(addr, FUTEX_WAIT*|FUTEX_PRIVATE_FLAG,
 /// val, NULL)` (`/proc/PID/syscall`: the call's number and arguments).
 fn waits_on_private_futex(pid: libc::pid_t) -> bool {
@@ -321,7 +557,7 @@ fn waits_on_private_futex(pid: libc::pid_t) -> bool {
         .next()
         .and_then(|f| core::str::from_utf8(f).ok())
         .and_then(|f| f.parse::<libc::c_long>().ok());
-    if number != Some(libc::SYS_futex) {
+    if !number.is_some_and(is_futex_call) {
         return false;
     }
     let mut args = fields.map(|f| {
@@ -340,9 +576,31 @@ fn waits_on_private_futex(pid: libc::pid_t) -> bool {
             libc::FUTEX_WAIT,
             libc::FUTEX_WAIT_BITSET,
             libc::FUTEX_LOCK_PI,
+            libc::FUTEX_WAIT_REQUEUE_PI,
+            libc::FUTEX_LOCK_PI2,
         ]
         .iter()
         .any(|&c| c as u64 == command)
+}
+
+/// Kills child `pid`, through its pidfd when there is one (which can never
+/// reach another process, should the program have reaped the child).
+fn kill_child(pid: libc::pid_t, pidfd: c_int) {
+    if pidfd >= 0 {
+        // SAFETY: pidfd_send_signal on our pidfd; no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                libc::SIGKILL,
+                ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    } else {
+        // SAFETY: `pid` is our child, not yet reaped by us.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 /// Waits for child `pid`, at most `ms` milliseconds, then kills it.
@@ -367,22 +625,21 @@ fn wait_for(pid: libc::pid_t, ms: u64) -> Ended {
         }
         let now = sys::now_ns();
         if now >= deadline && !killed {
-            // SAFETY: `pid` is our child, not yet reaped: no other process.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill_child(pid, pidfd);
             killed = true;
             continue;
         }
         if !killed && deadlocked(pid, &mut stuck) {
-            // SAFETY: `pid` is our child, not yet reaped: no other process.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill_child(pid, pidfd);
             // SAFETY: `pid` is our child; `status` is writable.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && sys::errno() == libc::EINTR {
+            }
             break Ended::Deadlocked;
         }
         let wait_ms = if killed {
-            10
+            LOOK_MS
         } else {
-            ((deadline - now) / 1_000_000).clamp(1, LOOK_MS) as libc::c_int
+            ((deadline - now) / 1_000_000).clamp(1, LOOK_MS)
         };
         if pidfd >= 0 {
             let mut poll = libc::pollfd {
@@ -391,14 +648,9 @@ fn wait_for(pid: libc::pid_t, ms: u64) -> Ended {
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut poll, 1, wait_ms) };
+            unsafe { libc::poll(&mut poll, 1, wait_ms as c_int) };
         } else {
-            let nap = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 1_000_000,
-            };
-            // SAFETY: a valid timespec; no remainder wanted.
-            unsafe { libc::nanosleep(&nap, ptr::null_mut()) };
+            nap_us(u16::try_from(wait_ms * 1000).unwrap_or(u16::MAX));
         }
     };
     if pidfd >= 0 {
@@ -408,24 +660,19 @@ fn wait_for(pid: libc::pid_t, ms: u64) -> Ended {
     ended
 }
 
-/// Writes the fate of child `pid`, which failed stack `id` and wrote none.
-fn write_fate_of(id: u64, pid: libc::pid_t, ended: Ended, ms: u64) {
+/// Writes what child `pid`, which failed stack `id`, did not write: its
+/// fate, or a `retry` line when its end says nothing of the site (killed
+/// after the timeout or deadlocked, where the fork may be the cause;
+/// reaped by the program), or nothing when an interrupt ended it (the
+/// runner asks for the site again).
+fn write_fate_of(id: u64, pid: libc::pid_t, ended: Ended) {
     let mut detail = StackBuf::<64>::new();
     let outcome = match ended {
-        Ended::Deadlocked => {
-            // Not the site's fate: a process of its own fails it again.
+        Ended::Killed | Ended::Lost | Ended::Deadlocked => {
             let mut line = StackBuf::<40>::new();
             let _ = Line::Retry { id }.write_to(&mut line);
             append(line.finish_line());
             return;
-        }
-        Ended::Killed => {
-            let _ = write!(detail, "killed after {} s", ms.div_ceil(1000));
-            Outcome::Hung
-        }
-        Ended::Lost => {
-            let _ = detail.write_str("reaped by the program, status unknown");
-            Outcome::Unknown
         }
         Ended::Status(status) if libc::WIFEXITED(status) => {
             let code = libc::WEXITSTATUS(status);
@@ -437,6 +684,7 @@ fn write_fate_of(id: u64, pid: libc::pid_t, ended: Ended, ms: u64) {
             }
         }
         Ended::Status(status) if libc::WIFSIGNALED(status) => match libc::WTERMSIG(status) {
+            libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT => return,
             libc::SIGABRT => {
                 let _ = detail.write_str("SIGABRT");
                 Outcome::Aborted

@@ -197,8 +197,13 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     let Some(_reclaiming) = ReclaimGuard::enter() else {
         return StackCheck::Pass;
     };
-    // Counted before resolution starts a thread of its own.
-    let may_fork = FAILED_ID.load(Relaxed) == 0 && fork::possible();
+    // Whether it may fork at this stack: its threads are counted before
+    // resolution starts a thread of its own.
+    let fitness = if FAILED_ID.load(Relaxed) == 0 {
+        fork::fitness()
+    } else {
+        fork::Fitness::Off
+    };
     // Resolving symbols needs a large stack (the allocating thread's may be
     // small): it runs on a thread of its own, which catches panics. No
     // thread, or a panic: counted as a site. The site's place is resolved
@@ -221,6 +226,7 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
             }
         });
     });
+    fork::resolved();
     if !resolved {
         return StackCheck::Pass;
     }
@@ -242,15 +248,16 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
             Err(now) => skip = now,
         }
     }
-    if may_fork {
-        match fork::at_site(id) {
-            fork::Forked::Parent => {
-                KNOWN.insert(id, 0, false);
-                return StackCheck::Pass;
+    match fork::at_site(id, fitness) {
+        fork::Forked::Parent => {
+            if KNOWN.insert(id, 0, false) == Inserted::Full {
+                // It would fork at this stack again and again.
+                fork::stop("no room for more stacks in the table of known ones");
             }
-            fork::Forked::Child => FORKED.store(true, Relaxed),
-            fork::Forked::Not => {}
+            return StackCheck::Pass;
         }
+        fork::Forked::Child => FORKED.store(true, Relaxed),
+        fork::Forked::Not => {}
     }
     if FAILED_ID.compare_exchange(0, id, Relaxed, Relaxed).is_err() {
         return StackCheck::Pass;
@@ -661,6 +668,7 @@ fn write_site(
     let _ = site.write_to(&mut line);
     line.push('\n');
     append(line.as_bytes());
+    fork::site_written(sys::getpid());
 }
 
 /// Writes `args` at the end of `text`; where it lies.

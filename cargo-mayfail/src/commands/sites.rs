@@ -37,7 +37,8 @@ const MAX_STATE_PATH: usize = 512;
                   sites name their test and replay it alone; doctests are then walked as \
                   `cargo test --doc ARGS` with the runs engine; --shard splits the tests.\n\n\
                   --engine runs (any other command): runs CMD again and again. A \
-                  process with one thread and no pipe on standard input forks at each \
+                  process with one thread, no pipe or socket open and no child \
+                  process forks at each \
                   new site: the child fails it and runs on to its fate, the parent goes \
                   on, so one run walks every site it reaches (--no-fork: one site per \
                   process; a process that cannot fork says why in the report). \
@@ -127,7 +128,7 @@ pub(crate) struct SitesArgs {
     #[arg(long)]
     pub(crate) no_baseline: bool,
     /// `runs`: one site per process. By default a process with one thread
-    /// and no pipe for standard input forks at each new site: the child
+    /// and no pipe, socket or child process forks at each new site: the child
     /// fails it and runs on to its fate, the parent waits for it and goes
     /// on as if the allocation had succeeded, so one run walks every site
     /// it reaches (a child shares the files its parent writes; output the
@@ -697,9 +698,10 @@ pub(crate) fn unix_ms() -> u128 {
 /// themselves.
 const FORK_MARGIN: Duration = Duration::from_secs(2);
 
-/// Whether what the state file gained since `*len` bytes holds the site
-/// line of a child forked at its site (its facts hold `forked`); moves
-/// `*len` on.
+/// Whether what the state file gained since `*len` bytes shows a forking
+/// run going on: the site line of a child forked at its site (its facts
+/// hold `forked`), or a `fate` or `retry` line (a parent writes one as each
+/// child ends); moves `*len` on.
 fn forked_since(state: &File, len: &mut u64) -> bool {
     use std::os::unix::fs::FileExt;
     let Ok(now) = state.metadata().map(|m| m.len()) else {
@@ -715,9 +717,11 @@ fn forked_since(state: &File, len: &mut u64) -> bool {
         return false;
     };
     *len += end as u64 + 1;
-    added[..end]
-        .split(|&b| b == b'\n')
-        .any(|line| line.starts_with(b"site\t") && line.windows(7).any(|w| w == b"forked\t"))
+    added[..end].split(|&b| b == b'\n').any(|line| {
+        line.starts_with(b"fate\t")
+            || line.starts_with(b"retry\t")
+            || (line.starts_with(b"site\t") && line.windows(7).any(|w| w == b"forked\t"))
+    })
 }
 
 /// Runs the command, copies at a time, and records what happened.
@@ -990,8 +994,8 @@ impl Walker<'_> {
         let mut how = Ending::Done;
         let mut forwarded: Option<Instant> = None;
         // A forking run, once a child forked at its site: the time since
-        // the last such child's site line, with a margin that lets a parent
-        // kill its hung child and write its fate first.
+        // the last such child's site line or the last fate or retry line,
+        // with a margin that lets a parent kill its hung child first.
         let mut quiet_since = started;
         let mut state_len = self.state.metadata().map_or(0, |m| m.len());
         let mut limit = self.timeout;
