@@ -215,11 +215,28 @@ impl Site {
             // Aborted on the error path of a failure the code had handled
             // (a panic's message aside: the function that panicked did not
             // allocate).
-            Outcome::Aborted if !self.after.is_empty() && !self.panic => Class::ErrorPathAborted,
+            // The test's own allocation (its body, or a closure in it) is
+            // not the code's: the code had handled its failure.
+            Outcome::Aborted
+                if !self.after.is_empty() && !self.panic && !self.made_by_the_test() =>
+            {
+                Class::ErrorPathAborted
+            }
             Outcome::Aborted if self.fallible_frame().is_some() => Class::FallibleApiAborted,
             Outcome::Aborted => Class::Infallible,
             // `unknown`, and any outcome a newer writer may add: not looked.
             _ => Class::Unknown,
+        }
+    }
+
+    /// Whether the allocation's innermost frame outside the allocation
+    /// machinery is the test's own: the test function (the chain's
+    /// outermost, after the harness's closures) or a closure in it.
+    fn made_by_the_test(&self) -> bool {
+        let test = self.chain.get(between(&self.chain).len());
+        match (self.chain.first(), test) {
+            (Some(first), Some(test)) => first.function.starts_with(&test.function),
+            _ => false,
         }
     }
 
@@ -509,6 +526,24 @@ mod tests {
         );
         assert_eq!(site(Outcome::Crashed, test, false).class(), Class::Crashed);
         assert!(Class::Unknown.is_bug() && !Class::Infallible.is_bug());
+    }
+
+    #[test]
+    fn an_abort_on_an_error_path_is_the_codes_unless_the_test_itself_allocated() {
+        let on_path = |chain: &str| {
+            let mut site = site(Outcome::Aborted, chain, false);
+            site.after = vec![7];
+            site.class()
+        };
+        // The code's error path allocates its message.
+        let code = "f::try_copy (src/lib.rs:9) <- f::tests::t (src/lib.rs:20) <- f::tests::t::{{closure}} (src/lib.rs:19)";
+        assert_eq!(on_path(code), Class::ErrorPathAborted);
+        // The test goes on after the code reported its failure and
+        // allocates itself: in its body, or in a closure (proptest's).
+        let body = "f::tests::t (src/lib.rs:22) <- f::tests::t::{{closure}} (src/lib.rs:19)";
+        assert_eq!(on_path(body), Class::Infallible);
+        let closure = "f::tests::t::{{closure}} (src/tests.rs:257) <- proptest::test_runner::runner::call_test (/h/.cargo/registry/src/i-1/proptest-1.11.0/src/test_runner/runner.rs:256) <- f::tests::t (/h/.cargo/registry/src/i-1/proptest-1.11.0/src/sugar.rs:178) <- f::tests::t::{{closure}} (/h/.cargo/registry/src/i-1/proptest-1.11.0/src/sugar.rs:174)";
+        assert_eq!(on_path(closure), Class::Infallible);
     }
 
     #[test]
