@@ -204,32 +204,9 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     } else {
         fork::Fitness::Off
     };
-    // Resolving symbols needs a large stack (the allocating thread's may be
-    // small): it runs on a thread of its own, which catches panics. No
-    // thread, or a panic: counted as a site. The site's place is resolved
-    // there too, if it may be failed. A fork in progress makes resolution
-    // give up rather than wait (see `symbols`): the stack then passes,
-    // unrecorded, to be met again later.
-    let mut class = Class::User;
-    let mut chain = String::new();
-    let mut panic = false;
-    let mut resolved = true;
-    symbols::on_big_stack(&mut || {
-        resolved = symbols::never_waiting_for_fork(|| {
-            class = symbols::classify(frames);
-            if (ALL.load(Relaxed) || class != Class::Runtime)
-                && SKIP.load(Relaxed) == 0
-                && FAILED_ID.load(Relaxed) == 0
-            {
-                chain = symbols::site_of(frames, CHAIN_FRAMES, symbols::Paths::Full);
-                panic = symbols::serves_panic(frames);
-            }
-        });
-    });
-    fork::resolved();
-    if !resolved {
+    let Some((class, mut chain, mut panic)) = resolve(frames) else {
         return StackCheck::Pass;
-    }
+    };
     if !ALL.load(Relaxed) && class == Class::Runtime {
         if KNOWN.insert(id, 0, false) == Inserted::New {
             let mut line = StackBuf::<40>::new();
@@ -274,6 +251,33 @@ fn decide_stack(mode: u8, op: Op, size: usize, align: usize) -> StackCheck {
     }
     write_site(id, frames, &chain, panic, op, size, align);
     StackCheck::Fail
+}
+
+/// A new stack's class, and if it may be failed its call chain and whether
+/// it serves a panic; `None` when a fork in progress made resolution give
+/// up rather than wait (see `symbols`): the stack then passes, unrecorded,
+/// to be met again later. Resolving symbols needs a large stack (the
+/// allocating thread's may be small): it runs on a thread of its own,
+/// which catches panics (no thread, or a panic: counted as a site).
+fn resolve(frames: &[usize]) -> Option<(Class, String, bool)> {
+    let mut class = Class::User;
+    let mut chain = String::new();
+    let mut panic = false;
+    let mut resolved = true;
+    symbols::on_big_stack(&mut || {
+        resolved = symbols::never_waiting_for_fork(|| {
+            class = symbols::classify(frames);
+            if (ALL.load(Relaxed) || class != Class::Runtime)
+                && SKIP.load(Relaxed) == 0
+                && FAILED_ID.load(Relaxed) == 0
+            {
+                chain = symbols::site_of(frames, CHAIN_FRAMES, symbols::Paths::Full);
+                panic = symbols::serves_panic(frames);
+            }
+        });
+    });
+    fork::resolved();
+    resolved.then_some((class, chain, panic))
 }
 
 /// While the `sites-after` path is not complete: its next stack fails, and

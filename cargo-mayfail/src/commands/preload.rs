@@ -299,13 +299,7 @@ fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
         ),
         code: crate::exit_codes::BAD_INPUT,
     };
-    let cwd = std::env::current_dir()
-        .map_err(|e| Failure::io("find the current directory", Path::new("."), e))?;
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-    let options: Vec<String> = config_arguments(argv).collect();
-    let config = cargo_config::Config::read(&cwd, cargo_home.as_deref(), &options)?;
+    let config = cargo_config_of(argv)?;
     let triple = match target_argument(argv) {
         Some(triple) => triple,
         None => match (std::env::var("CARGO_BUILD_TARGET"), &config.build_target) {
@@ -347,20 +341,25 @@ fn target_runner(argv: &[OsString]) -> Result<(String, String), Failure> {
     Ok((variable, format!("{exe} preload-run")))
 }
 
-/// The rustdoc cargo would run for `argv` in the current directory: the
-/// `RUSTDOC` variable, else cargo's `build.rustdoc`, else `rustdoc`.
-pub(crate) fn rustdoc_of(argv: &[OsString]) -> Result<OsString, Failure> {
-    if let Some(rustdoc) = std::env::var_os("RUSTDOC") {
-        return Ok(rustdoc);
-    }
+/// Cargo's configuration for the cargo command `argv` run in the current
+/// directory: its `--config` values, the files, `$CARGO_HOME`'s.
+fn cargo_config_of(argv: &[OsString]) -> Result<cargo_config::Config, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::io("find the current directory", Path::new("."), e))?;
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
     let options: Vec<String> = config_arguments(argv).collect();
-    let config = cargo_config::Config::read(&cwd, cargo_home.as_deref(), &options)?;
-    Ok(config
+    cargo_config::Config::read(&cwd, cargo_home.as_deref(), &options)
+}
+
+/// The rustdoc cargo would run for `argv` in the current directory: the
+/// `RUSTDOC` variable, else cargo's `build.rustdoc`, else `rustdoc`.
+pub(crate) fn rustdoc_of(argv: &[OsString]) -> Result<OsString, Failure> {
+    if let Some(rustdoc) = std::env::var_os("RUSTDOC") {
+        return Ok(rustdoc);
+    }
+    Ok(cargo_config_of(argv)?
         .rustdoc()
         .map_or_else(|| "rustdoc".into(), PathBuf::into_os_string))
 }

@@ -17,7 +17,7 @@ use crate::failure::Failure;
 
 /// The settings that matter here, each with the file that set it.
 #[derive(Debug, Default)]
-pub(crate) struct Config {
+pub(super) struct Config {
     /// `build.target`: the triple, or `None` for several.
     pub(super) build_target: Option<(Option<String>, PathBuf)>,
     /// Every `target.<key>.runner`: the key and its file, in the order
@@ -34,7 +34,7 @@ impl Config {
     /// `--config` options (`KEY=VALUE` in TOML, or a file's path) first,
     /// then the files, then `cargo_home`'s. A file that is not valid TOML
     /// is refused.
-    pub(crate) fn read(
+    pub(super) fn read(
         cwd: &Path,
         cargo_home: Option<&Path>,
         options: &[String],
@@ -118,7 +118,7 @@ impl Config {
     /// The rustdoc `build.rustdoc` names, as cargo runs it: a value with a
     /// slash is a path (a relative one taken from where its file's
     /// `.cargo` is), a bare name is looked up in `PATH` when run.
-    pub(crate) fn rustdoc(&self) -> Option<PathBuf> {
+    pub(super) fn rustdoc(&self) -> Option<PathBuf> {
         let (value, base) = self.rustdoc.as_ref()?;
         Some(if value.contains('/') {
             base.join(value)
