@@ -19,6 +19,7 @@
 //! other-shard\t<pid>                               the process met stacks of other shards
 //! no-fork\t<pid>\t<reason>                         the process failed its site itself (`sites-fork`)
 //! fallible\t<function>                            returns a Result with an allocation error (debug information)
+//! panicked\t<id>\t<pid>\t<file:line>                the test of the process that failed it panicked there
 //! handled-exit\t<codes>                            exit statuses that count as handled (1,7)
 //! test\t<pid>\t<package>\t<kind>\t<target>\t<name>   process pid ran test name alone (written once it ended)
 //! tested\t<package>\t<kind>\t<target>\t<name>        every stack of the test is walked
@@ -30,7 +31,7 @@
 //! `no-fork` lines, the runner the others (a process that forks at its sites
 //! writes the `fate` of a child that could not). The later kinds
 //! (unattributed, other-shard, handled-exit, test, tested, left-out,
-//! no-fork, fallible) came after the first: files without
+//! no-fork, fallible, panicked) came after the first: files without
 //! them read as before; so did a site's `facts` (`panic`: the allocation
 //! serves a panic's message or payload; `-`: nothing) and `chain` (its frames
 //! outside the allocation machinery up to the test harness, `where`'s
@@ -178,6 +179,16 @@ pub enum Line<'a> {
         /// Why (`3 threads`, `standard input is a pipe or a socket`).
         reason: Cow<'a, str>,
     },
+    /// The test of the process that failed a site panicked (the test
+    /// harness's `panicked at` line).
+    Panicked {
+        /// The stack id.
+        id: u64,
+        /// The process.
+        pid: u32,
+        /// Where, `file:line` as the panic message gives it.
+        location: Cow<'a, str>,
+    },
     /// A function on the chain of a walked site whose return type, as its
     /// binary's debug information gives it, is a `Result` with an
     /// allocation error: it promises to report an allocation failure.
@@ -285,7 +296,9 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, LineError> {
         "baseline" | "run" | "end" | "unattributed" | "handled-exit" | "fallible" => {
             run_line(kind, rest)
         }
-        "site" | "fate" | "runtime" | "retry" | "other-shard" | "no-fork" => site_line(kind, rest),
+        "site" | "fate" | "runtime" | "retry" | "other-shard" | "no-fork" | "panicked" => {
+            site_line(kind, rest)
+        }
         "test" | "tested" | "left-out" => test_line(kind, rest),
         other if is_kind(other) => return Ok(Line::Unknown { line }),
         other => {
@@ -383,6 +396,11 @@ fn site_line<'a>(kind: &str, fields: &[&'a str]) -> Option<Line<'a>> {
         ("runtime", &[site_id]) => Line::Runtime { id: id(site_id)? },
         ("retry", &[site_id]) => Line::Retry { id: id(site_id)? },
         ("other-shard", &[process]) => Line::OtherShard { pid: pid(process)? },
+        ("panicked", &[site_id, process, location]) if !location.is_empty() => Line::Panicked {
+            id: id(site_id)?,
+            pid: pid(process)?,
+            location: read_field(location),
+        },
         ("no-fork", &[process, reason]) => Line::NoFork {
             pid: pid(process)?,
             reason: read_field(reason),
@@ -495,6 +513,10 @@ impl Line<'_> {
             Line::Runtime { id } => write!(out, "runtime\t{}", StackId(*id)),
             Line::Retry { id } => write!(out, "retry\t{}", StackId(*id)),
             Line::OtherShard { pid } => write!(out, "other-shard\t{pid}"),
+            Line::Panicked { id, pid, location } => {
+                write!(out, "panicked\t{}\t{pid}\t", StackId(*id))?;
+                write_fields(out, &[location])
+            }
             Line::NoFork { pid, reason } => {
                 write!(out, "no-fork\t{pid}\t")?;
                 write_fields(out, &[reason])
@@ -899,7 +921,7 @@ mod tests {
             target: "thin_vec".into(),
             name: "tests::drain".into(),
         };
-        let cases: [(Line<'_>, &str); 17] = [
+        let cases: [(Line<'_>, &str); 18] = [
             (Line::Header, "mayfail-sites\t1"),
             (
                 Line::Baseline {
@@ -973,6 +995,14 @@ mod tests {
                     function: "a::B<T>::grow".into(),
                 },
                 "fallible\ta::B<T>::grow",
+            ),
+            (
+                Line::Panicked {
+                    id: 0xab,
+                    pid: 7,
+                    location: "src/repr/mod.rs:361".into(),
+                },
+                "panicked\t00000000000000ab\t7\tsrc/repr/mod.rs:361",
             ),
             (
                 Line::HandledExit {

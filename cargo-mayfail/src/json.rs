@@ -162,7 +162,7 @@ impl<'a> SiteEntry<'a> {
             stack: StackId(site.id).to_string(),
             outcome: site.outcome,
             class: class.name(),
-            fallible: site.fallible_frame().map(|f| f.function.as_str()),
+            fallible: site.broken_promise().map(|f| f.function.as_str()),
             panic: site.panic,
             baselined: class.is_bug() && !summary.gates(site),
             detail: &site.detail,
@@ -281,6 +281,7 @@ mod tests {
                 after: Vec::new(),
                 error_path_of: None,
                 promising: Vec::new(),
+                panicked_at: None,
             }],
             unattributed: vec![Unattributed {
                 run: 2,

@@ -50,6 +50,9 @@ pub struct Site {
     /// gives it, promises to report an allocation failure (`fallible`
     /// lines).
     pub promising: Vec<String>,
+    /// Where the test of the process that failed it panicked (`file:line`),
+    /// when the test harness said so.
+    pub panicked_at: Option<String>,
 }
 
 /// What the report says about a whole walk.

@@ -441,6 +441,7 @@ pub fn sites(state: &State) -> Vec<Site> {
                     .map(|f| f.function)
                     .filter(|f| state.fallible.contains(f))
                     .collect(),
+                panicked_at: r.panicked_at.clone(),
             }),
         }
     }
@@ -717,7 +718,7 @@ fn write_site_rows(out: &mut String, s: &Summary, site: &Site, pad: &str) {
             let _ = writeln!(out, "{pad}<- {}", shown_frame(frame));
         }
     }
-    if let Some(fallible) = site.fallible_frame() {
+    if let Some(fallible) = site.broken_promise() {
         let _ = writeln!(out, "{pad}fallible API: {}", fallible.function);
     }
     if site.panic {
@@ -977,7 +978,7 @@ fn html_site_row(out: &mut String, s: &Summary, group: &[usize], index: usize) {
             html_escape(&shown_frame(frame))
         );
     }
-    if let Some(fallible) = site.fallible_frame() {
+    if let Some(fallible) = site.broken_promise() {
         let _ = write!(
             frames,
             "<br>fallible API: <code>{}</code>",
@@ -1106,6 +1107,7 @@ mod tests {
             after: Vec::new(),
             error_path_of: None,
             promising: Vec::new(),
+            panicked_at: None,
         }
     }
 

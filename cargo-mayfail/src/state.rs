@@ -100,6 +100,8 @@ pub struct Record {
     /// Its process was forked at the site by a process of the walk
     /// (`facts` holds `forked`): not a process the command started.
     pub forked: bool,
+    /// Where its process's test panicked (`panicked` line), `file:line`.
+    pub panicked_at: Option<String>,
 }
 
 /// A test of a cargo test binary, owned (see `mayfail::state::TestName`).
@@ -477,6 +479,7 @@ impl Reader {
             | Line::Runtime { .. }
             | Line::Retry { .. }
             | Line::OtherShard { .. }
+            | Line::Panicked { .. }
             | Line::NoFork { .. } => self.site_line(line),
             Line::Test { .. } | Line::Tested { .. } | Line::LeftOut { .. } => self.test_line(line),
             Line::Fallible { function } => {
@@ -575,6 +578,7 @@ impl Reader {
                 panic: facts.split(',').any(|fact| fact == "panic"),
                 after: after_of(&facts),
                 forked: facts.split(',').any(|fact| fact == "forked"),
+                panicked_at: None,
                 chain: chain.into_owned(),
                 fate: None,
                 retried: false,
@@ -603,6 +607,16 @@ impl Reader {
             }
             Line::OtherShard { .. } => self.state.other_shard += 1,
             Line::NoFork { reason, .. } => self.state.no_fork.push(reason.into_owned()),
+            Line::Panicked { id, pid, location } => {
+                for r in self
+                    .state
+                    .records
+                    .iter_mut()
+                    .filter(|r| r.id == id && r.pid == pid)
+                {
+                    r.panicked_at = Some(location.to_string());
+                }
+            }
             _ => {}
         }
     }

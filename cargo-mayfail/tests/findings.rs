@@ -114,6 +114,11 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         ("fallible-api-aborted", "findings_fixture::copy_reporting"),
         // A `Result` whose error is not about memory promises nothing.
         ("infallible", "findings_fixture::describe_number"),
+        // A `try_` function that panics on its own failure: its test
+        // failed because the code panicked, in its own file; on the error
+        // path, the panic's message.
+        ("fallible-api-aborted", "findings_fixture::fill::try_fill"),
+        ("infallible", "findings_fixture::fill::try_fill"),
         ("failed", "findings_fixture::reserve_or_shout"),
         ("handled", "findings_fixture::reserve_checked"),
         ("handled", "findings_fixture::try_copy_with_message"),
@@ -139,6 +144,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     for function in [
         "findings_fixture::try_duplicate",
         "findings_fixture::copy_reporting",
+        "findings_fixture::fill::try_fill",
     ] {
         let fallible = report["sites"]
             .as_array()
@@ -205,17 +211,19 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         text.contains(&format!(",sites-after={path}")),
         "{replay}: {text}"
     );
-    assert_eq!(report["bugs"], 4);
-    assert_eq!(report["classes"]["infallible"], 6);
+    assert_eq!(report["bugs"], 5);
+    assert_eq!(report["classes"]["infallible"], 7);
     for site in report["sites"].as_array().unwrap() {
         let panicked = site["blamed"][0]["function"] == "findings_fixture::first_byte"
             || site["blamed"][0]["function"]
-                == "<findings_fixture::Shouty as core::fmt::Display>::fmt";
+                == "<findings_fixture::Shouty as core::fmt::Display>::fmt"
+            || (site["blamed"][0]["function"] == "findings_fixture::fill::try_fill"
+                && site["class"] == "infallible");
         assert_eq!(site["panic"], panicked, "{site:#}");
     }
 
     // The table: bugs listed, the rest collapsed to counts with top lines.
-    assert!(out.contains("bugs: 4 not in the baseline"), "{out}");
+    assert!(out.contains("bugs: 5 not in the baseline"), "{out}");
     assert!(
         out.contains("on the error path of: findings_fixture::try_copy_with_message (src/lib.rs:"),
         "{out}"
@@ -225,7 +233,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         "{out}"
     );
     assert!(
-        out.contains("infallible: 6 sites in 4 places (--show all lists them)"),
+        out.contains("infallible: 7 sites in 5 places (--show all lists them)"),
         "{out}"
     );
     assert!(
@@ -234,8 +242,8 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     );
     assert!(
         !out.contains("replay: cargo mayfail test --inject stack=") || {
-            // Only the four bugs carry a replay line.
-            out.matches("replay: ").count() == 4
+            // Only the five bugs carry a replay line.
+            out.matches("replay: ").count() == 5
         }
     );
 
@@ -251,7 +259,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     let errors: Vec<String> = validator.iter_errors(&log).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:#?}\n{log:#}");
     let results = log["runs"][0]["results"].as_array().unwrap();
-    assert_eq!(results.len(), 13, "{log:#}");
+    assert_eq!(results.len(), 15, "{log:#}");
     let level_of = |rule: &str| {
         results
             .iter()
@@ -260,12 +268,13 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
             .collect::<Vec<_>>()
     };
     assert_eq!(level_of("crashed"), ["error"]);
-    assert_eq!(level_of("fallible-api-aborted"), ["error"; 2]);
+    assert_eq!(level_of("fallible-api-aborted"), ["error"; 3]);
     assert_eq!(level_of("error-path-aborted"), ["error"]);
-    assert_eq!(level_of("infallible"), ["note"; 6]);
+    assert_eq!(level_of("infallible"), ["note"; 7]);
     for result in results {
         let artifact = &result["locations"][0]["physicalLocation"]["artifactLocation"];
-        assert_eq!(artifact["uri"], "src/lib.rs", "{result:#}");
+        let uri = artifact["uri"].as_str().unwrap();
+        assert!(uri == "src/lib.rs" || uri == "src/fill.rs", "{result:#}");
         assert_eq!(artifact["uriBaseId"], "%SRCROOT%");
     }
 
@@ -279,7 +288,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
         baseline.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(json(&baseline)["sites"].as_array().unwrap().len(), 4);
+    assert_eq!(json(&baseline)["sites"].as_array().unwrap().len(), 5);
     let (code, out) = cargo_mayfail(&[
         "sites",
         "--state",
@@ -292,7 +301,7 @@ fn each_site_of_the_fixture_lands_in_its_class_and_a_baseline_quiets_the_walk() 
     ]);
     assert_eq!(code, Some(0), "every bug is in the baseline: {out}");
     assert!(
-        out.contains("bugs: 0 not in the baseline, 4 in it"),
+        out.contains("bugs: 0 not in the baseline, 5 in it"),
         "{out}"
     );
     let (code, out) = cargo_mayfail(&[

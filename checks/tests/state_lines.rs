@@ -132,6 +132,13 @@ fn line() -> impl Strategy<Value = Line<'static>> {
             .prop_map(|function| Line::Fallible {
                 function: owned(function),
             }),
+        (stack_id(), any::<u32>(), text())
+            .prop_filter("a place is named", |(_, _, t)| !t.is_empty())
+            .prop_map(|(id, pid, location)| Line::Panicked {
+                id,
+                pid,
+                location: owned(location),
+            }),
         (any::<u32>(), text()).prop_map(|(pid, reason)| Line::NoFork {
             pid,
             reason: owned(reason),

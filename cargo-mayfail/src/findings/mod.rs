@@ -200,6 +200,30 @@ fn crate_of(function: &str) -> &str {
     path.split("::").next().unwrap_or(path)
 }
 
+/// The file and line of a `file:line` or `file:line:column` location
+/// (line 0 when it has none).
+fn split_location(location: &str) -> (&str, u32) {
+    let mut file = location;
+    let mut numbers = [0u32; 2];
+    let mut count = 0;
+    while let Some((rest, tail)) = file.rsplit_once(':') {
+        let Ok(n) = tail.parse::<u32>() else { break };
+        if count == 2 {
+            break;
+        }
+        numbers[count] = n;
+        count += 1;
+        file = rest;
+    }
+    // `file:line:column` ends with the column; `file:line` with the line.
+    let line = match count {
+        2 => numbers[1],
+        1 => numbers[0],
+        _ => 0,
+    };
+    (file, line)
+}
+
 fn last_segment_is_closure(function: &str) -> bool {
     function.ends_with("{{closure}}") || function.ends_with('}')
 }
@@ -210,6 +234,9 @@ impl Site {
         match self.outcome {
             Outcome::Crashed => Class::Crashed,
             Outcome::Hung => Class::Hung,
+            // The test failed because the code panicked on its own
+            // failure, below a function that promises to report it.
+            Outcome::Failed if self.panicked_in_the_code() => Class::FallibleApiAborted,
             Outcome::Failed => Class::Failed,
             Outcome::Handled => Class::Handled,
             // Aborted on the error path of a failure the code had handled
@@ -226,6 +253,61 @@ impl Site {
             Outcome::Aborted => Class::Infallible,
             // `unknown`, and any outcome a newer writer may add: not looked.
             _ => Class::Unknown,
+        }
+    }
+
+    /// Whether its test panicked in the code under test, at or below a
+    /// fallible function of it ([`is_fallible`], or one returning a
+    /// `Result` with an allocation error): the panic's file is that of a
+    /// frame from the allocation up to that function, and the panic is not
+    /// at a frame above it (a wrapper that unwraps the `Err` the fallible
+    /// function returned, as `to_string` over `try_to_string`, or the
+    /// test's own `unwrap` or assertion), nor in the test's own file.
+    fn panicked_in_the_code(&self) -> bool {
+        self.panicked_below().is_some()
+    }
+
+    /// The fallible function whose failure made the test panic in the code
+    /// (see [`Site::panicked_in_the_code`]).
+    fn panicked_below(&self) -> Option<&Frame> {
+        let at = self.panicked_at.as_ref()?;
+        if self.panic {
+            return None;
+        }
+        let frames = between(&self.chain);
+        let fallible = frames.iter().position(|f| {
+            !is_test_framework(f)
+                && !f.function.contains("::tests::")
+                && (is_fallible(&f.function) || self.promising.contains(&f.function))
+        })?;
+        let (panic_file, panic_line) = split_location(at);
+        let same_file = |frame: &Frame| {
+            frame.location.as_deref().is_some_and(|l| {
+                let file = split_location(l).0;
+                file == panic_file || file.ends_with(&format!("/{panic_file}"))
+            })
+        };
+        let at_frame = |frame: &Frame| {
+            same_file(frame)
+                && frame
+                    .location
+                    .as_deref()
+                    .is_some_and(|l| split_location(l).1 == panic_line)
+        };
+        // The frames above the fallible function, the test's included.
+        let above = &self.chain[fallible + 1..];
+        let test_file = self.chain.get(frames.len()).is_some_and(same_file);
+        (!test_file && !above.iter().any(at_frame) && frames[..=fallible].iter().any(same_file))
+            .then(|| &frames[fallible])
+    }
+
+    /// The fallible function a bug of class `fallible-api-aborted` is
+    /// blamed on: the one an abort happened below, or the one whose own
+    /// panic failed the test.
+    pub fn broken_promise(&self) -> Option<&Frame> {
+        match self.outcome {
+            Outcome::Failed => self.panicked_below(),
+            _ => self.fallible_frame(),
         }
     }
 
@@ -471,6 +553,7 @@ mod tests {
             after: Vec::new(),
             error_path_of: None,
             promising: Vec::new(),
+            panicked_at: None,
         }
     }
 
@@ -544,6 +627,40 @@ mod tests {
         assert_eq!(on_path(body), Class::Infallible);
         let closure = "f::tests::t::{{closure}} (src/tests.rs:257) <- proptest::test_runner::runner::call_test (/h/.cargo/registry/src/i-1/proptest-1.11.0/src/test_runner/runner.rs:256) <- f::tests::t (/h/.cargo/registry/src/i-1/proptest-1.11.0/src/sugar.rs:178) <- f::tests::t::{{closure}} (/h/.cargo/registry/src/i-1/proptest-1.11.0/src/sugar.rs:174)";
         assert_eq!(on_path(closure), Class::Infallible);
+    }
+
+    #[test]
+    fn a_test_that_fails_because_the_code_panicked_on_its_own_failure_is_a_bug() {
+        let chain = "c::repr::do_alloc (/w/c/src/repr/heap.rs:412) <- c::repr::Repr::push_str (/w/c/src/repr/mod.rs:360) <- c::ToCompactString::try_to_compact_string (/w/c/src/traits.rs:95) <- c::tests::t (/w/c/src/tests.rs:20) <- c::tests::t::{{closure}} (/w/c/src/tests.rs:19)";
+        let failed = |at: Option<&str>| {
+            let mut site = site(Outcome::Failed, chain, false);
+            site.panicked_at = at.map(str::to_owned);
+            site.class()
+        };
+        // It panicked in push_str's file, below the fallible function.
+        assert_eq!(
+            failed(Some("src/repr/mod.rs:361")),
+            Class::FallibleApiAborted
+        );
+        // An assertion or an unwrap in the test: the code reported its
+        // failure, the test did not take it.
+        assert_eq!(failed(Some("src/tests.rs:21")), Class::Failed);
+        // Elsewhere (std, another file): not told.
+        assert_eq!(failed(Some("src/other.rs:3")), Class::Failed);
+        assert_eq!(failed(None), Class::Failed);
+        // Through an infallible wrapper: the fallible function panicked
+        // below it (a bug), or the wrapper unwrapped its `Err` (its line).
+        let wrapped = "c::repr::do_alloc (/w/c/src/repr/heap.rs:412) <- c::repr::Repr::push_str (/w/c/src/repr/mod.rs:360) <- <T as c::ToCompactString>::try_to_compact_string (/w/c/src/traits.rs:90) <- <T as c::ToCompactString>::to_compact_string (/w/c/src/traits.rs:40) <- c::tests::t (/w/c/src/tests.rs:20) <- c::tests::t::{{closure}} (/w/c/src/tests.rs:19)";
+        let through = |at: &str| {
+            let mut site = site(Outcome::Failed, wrapped, false);
+            site.panicked_at = Some(at.to_owned());
+            site.class()
+        };
+        assert_eq!(through("src/repr/mod.rs:361"), Class::FallibleApiAborted);
+        assert_eq!(through("src/traits.rs:40"), Class::Failed);
+        assert_eq!(split_location("/a/b.rs:3:7"), ("/a/b.rs", 3));
+        assert_eq!(split_location("src/x.rs:12"), ("src/x.rs", 12));
+        assert_eq!(split_location("src/x.rs"), ("src/x.rs", 0));
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn result(summary: &Summary, site: &Site, root: &str) -> sarif::Result {
         site.detail,
         site.binary
     );
-    if let Some(fallible) = site.fallible_frame() {
+    if let Some(fallible) = site.broken_promise() {
         text.push_str(&format!(" Fallible API: {}.", fallible.function));
     }
     text.push_str(&format!(" Replay: {}", site.replay));

@@ -100,6 +100,7 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         stopped = walk_doctests(args, setup, &command, &mut progress)?;
     }
     drop(progress);
+    let _ = std::fs::remove_dir(schedule::output_dir(setup));
     note_fallible_returns(setup, &binaries)?;
     let code = sites::finish(args, setup, binaries.iter().any(|b| b.preload.is_some()))?;
     // Doctests that fail without injection: the walk did not look at them.

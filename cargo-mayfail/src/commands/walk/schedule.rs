@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,8 @@ struct Live<T> {
     tag: T,
     /// When the interrupt was passed on to it.
     interrupted: Option<Instant>,
+    /// The file its output goes to until it ends (then to the log).
+    output: PathBuf,
 }
 
 /// Up to `jobs` processes at once.
@@ -95,6 +98,33 @@ pub(crate) struct Pool<'a, T> {
     setup: &'a Setup,
     jobs: usize,
     live: Vec<Live<T>>,
+    /// Processes started, to name their output files.
+    spawned: u64,
+}
+
+/// Where the processes' output waits until each ends: beside the state
+/// file, removed once the walk's processes have all ended.
+pub(crate) fn output_dir(setup: &Setup) -> PathBuf {
+    let mut dir = setup.paths.state.clone().into_os_string();
+    dir.push(".output");
+    PathBuf::from(dir)
+}
+
+/// Where a test panicked, from the test harness's output: the first
+/// `thread 'NAME' panicked at FILE:LINE:COL:` line's `FILE:LINE` (newer
+/// std writes the thread's id after its name: `'NAME' (ID) panicked`).
+pub(crate) fn panic_location(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let rest = line.strip_prefix("thread '")?;
+        let (_, at) = rest.split_once(" panicked at ")?;
+        let at = at.strip_suffix(':').unwrap_or(at);
+        // FILE:LINE:COL, the file possibly holding colons itself.
+        let (file_line, column) = at.rsplit_once(':')?;
+        column.parse::<u32>().ok()?;
+        let (file, line) = file_line.rsplit_once(':')?;
+        line.parse::<u32>().ok()?;
+        Some(format!("{file}:{line}"))
+    })
 }
 
 impl<'a, T> Pool<'a, T> {
@@ -103,6 +133,7 @@ impl<'a, T> Pool<'a, T> {
             setup,
             jobs: jobs.max(1),
             live: Vec::new(),
+            spawned: 0,
         }
     }
 
@@ -110,15 +141,20 @@ impl<'a, T> Pool<'a, T> {
         self.live.len() >= self.jobs
     }
 
-    /// Starts `command` in a process group of its own, its output in the
-    /// log; returns its pid.
+    /// Starts `command` in a process group of its own, its output in a
+    /// file of its own (moved to the log once it ends: the log keeps each
+    /// process's output whole, and the runner reads how its test ended);
+    /// returns its pid.
     fn spawn(&mut self, mut command: Command, tag: T) -> Result<u32, Failure> {
+        let dir = output_dir(self.setup);
+        std::fs::create_dir_all(&dir).map_err(|e| Failure::io("create", &dir, e))?;
+        self.spawned += 1;
+        let path = dir.join(self.spawned.to_string());
+        let file = std::fs::File::create(&path).map_err(|e| Failure::io("create", &path, e))?;
         let output = || {
-            self.setup
-                .log
-                .try_clone()
+            file.try_clone()
                 .map(Stdio::from)
-                .map_err(|e| Failure::io("write", &self.setup.paths.log, e))
+                .map_err(|e| Failure::io("write", &path, e))
         };
         command.stdout(output()?).stderr(output()?).process_group(0);
         let program = command.get_program().to_owned();
@@ -131,13 +167,15 @@ impl<'a, T> Pool<'a, T> {
             started: Instant::now(),
             tag,
             interrupted: None,
+            output: path,
         });
         Ok(pid)
     }
 
-    /// Waits for a process to end and returns it, its pid and how it
-    /// ended; `None` when none is under way.
-    fn wait_any(&mut self) -> Option<(T, u32, Ended)> {
+    /// Waits for a process to end and returns it, its pid, how it ended
+    /// and where its test panicked, if it did; `None` when none is under
+    /// way. Its output is moved to the log.
+    fn wait_any(&mut self) -> Option<(T, u32, Ended, Option<String>)> {
         loop {
             if self.live.is_empty() {
                 return None;
@@ -145,7 +183,12 @@ impl<'a, T> Pool<'a, T> {
             for i in 0..self.live.len() {
                 if let Some(ended) = self.poll(i) {
                     let live = self.live.swap_remove(i);
-                    return Some((live.tag, live.child.id(), ended));
+                    let output = std::fs::read(&live.output).unwrap_or_default();
+                    let _ = std::fs::remove_file(&live.output);
+                    let mut log = &self.setup.log;
+                    let _ = std::io::Write::write_all(&mut log, &output);
+                    let panicked = panic_location(&String::from_utf8_lossy(&output));
+                    return Some((live.tag, live.child.id(), ended, panicked));
                 }
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -195,7 +238,7 @@ impl<'a, T> Pool<'a, T> {
                 self.spawn(command, tag)?;
             }
             match self.wait_any() {
-                Some((tag, _, how)) => ended.push((tag, how)),
+                Some((tag, _, how, _)) => ended.push((tag, how)),
                 None => return Ok(ended),
             }
         }
@@ -370,10 +413,10 @@ impl<'a> Scheduler<'a> {
         }
         loop {
             self.fill(&tests, &mut queue)?;
-            let Some((index, pid, ended)) = self.pool.wait_any() else {
+            let Some((index, pid, ended, panicked)) = self.pool.wait_any() else {
                 break;
             };
-            let settled = self.settle(&tests[index], pid, ended, progress)?;
+            let settled = self.settle(&tests[index], pid, ended, panicked, progress)?;
             let round = &mut self.rounds[index];
             round.live -= 1;
             round.found |= settled == Settled::Site;
@@ -520,6 +563,7 @@ impl<'a> Scheduler<'a> {
         walked: &Walked,
         pid: u32,
         ended: Ended,
+        panicked: Option<String>,
         progress: &Progress,
     ) -> Result<Settled, Failure> {
         self.busy[walked.binary] -= 1;
@@ -546,6 +590,18 @@ impl<'a> Scheduler<'a> {
             }
         }
         self.tail.fates.retain(|&(_, p)| p != pid);
+        if let Some(location) = panicked.filter(|_| !failed.is_empty()) {
+            for &id in &failed {
+                self.setup.append(
+                    &Line::Panicked {
+                        id,
+                        pid,
+                        location: location.as_str().into(),
+                    }
+                    .to_string(),
+                )?;
+            }
+        }
         self.setup.append(&Line::Test { pid, test }.to_string())?;
         if matches!(ended, Ended::Interrupted) {
             return Ok(Settled::Interrupted);
@@ -631,4 +687,35 @@ struct Round {
     live: usize,
     found: bool,
     interrupted: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_located_from_the_harness_output_line() {
+        let output = "running 1 test\n\
+                      test tests::t ... FAILED\n\n\
+                      failures:\n\n\
+                      ---- tests::t stdout ----\n\n\
+                      thread 'tests::t' panicked at src/repr/mod.rs:361:40:\n\
+                      Cannot allocate memory to hold CompactString\n";
+        assert_eq!(
+            panic_location(output).as_deref(),
+            Some("src/repr/mod.rs:361")
+        );
+        // A path with a colon, a thread name with a space; a thread id.
+        assert_eq!(
+            panic_location("thread 'a b' panicked at /x:y/lib.rs:3:1:\n").as_deref(),
+            Some("/x:y/lib.rs:3")
+        );
+        assert_eq!(
+            panic_location("thread 'tests::fills' (6333) panicked at src/fill.rs:7:22:\n")
+                .as_deref(),
+            Some("src/fill.rs:7")
+        );
+        assert_eq!(panic_location("test t ... ok\n"), None);
+        assert_eq!(panic_location("thread 'x' panicked at nowhere\n"), None);
+    }
 }
