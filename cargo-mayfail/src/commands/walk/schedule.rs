@@ -555,23 +555,17 @@ impl<'a> Scheduler<'a> {
             .min_by_key(|&i| self.rounds[i].started)
     }
 
-    /// Records how a test's process ended: its test, the fate of a site it
-    /// failed without writing one, and, if it failed none but ended badly,
-    /// an `unattributed` line.
-    fn settle(
+    /// For the sites process `pid` failed: the fate of each that it did not
+    /// write itself (or a `retry` line if it was interrupted), and where its
+    /// test panicked, if it did.
+    fn record_endings(
         &mut self,
-        walked: &Walked,
+        failed: &[u64],
         pid: u32,
         ended: Ended,
         panicked: Option<String>,
-        progress: &Progress,
-    ) -> Result<Settled, Failure> {
-        self.busy[walked.binary] -= 1;
-        self.warm[walked.binary] = true;
-        self.tail.read(self.setup)?;
-        let failed = self.tail.sites.remove(&pid).unwrap_or_default();
-        let test = walked.test.line_name();
-        for &id in &failed {
+    ) -> Result<(), Failure> {
+        for &id in failed {
             if self.tail.fates.contains(&(id, pid)) {
                 continue;
             }
@@ -590,8 +584,8 @@ impl<'a> Scheduler<'a> {
             }
         }
         self.tail.fates.retain(|&(_, p)| p != pid);
-        if let Some(location) = panicked.filter(|_| !failed.is_empty()) {
-            for &id in &failed {
+        if let Some(location) = panicked {
+            for &id in failed {
                 self.setup.append(
                     &Line::Panicked {
                         id,
@@ -602,6 +596,26 @@ impl<'a> Scheduler<'a> {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// Records how a test's process ended: its test, the fate of a site it
+    /// failed without writing one, and, if it failed none but ended badly,
+    /// an `unattributed` line.
+    fn settle(
+        &mut self,
+        walked: &Walked,
+        pid: u32,
+        ended: Ended,
+        panicked: Option<String>,
+        progress: &Progress,
+    ) -> Result<Settled, Failure> {
+        self.busy[walked.binary] -= 1;
+        self.warm[walked.binary] = true;
+        self.tail.read(self.setup)?;
+        let failed = self.tail.sites.remove(&pid).unwrap_or_default();
+        self.record_endings(&failed, pid, ended, panicked)?;
+        let test = walked.test.line_name();
         self.setup.append(&Line::Test { pid, test }.to_string())?;
         if matches!(ended, Ended::Interrupted) {
             return Ok(Settled::Interrupted);
