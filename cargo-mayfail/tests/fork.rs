@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_mayfail");
 
@@ -20,19 +20,16 @@ fn library() -> PathBuf {
 
 /// Runs the runner with `args` in `dir`, killed after `secs`.
 fn walk(dir: &Path, args: &[&str], secs: u64) -> Output {
-    let child = Command::new(RUNNER)
-        .current_dir(dir)
-        .args(args)
-        .env("MAYFAIL_PRELOAD_LIB", library())
-        .env_remove("MAYFAIL_INJECT")
-        .env_remove("MAYFAIL_RETRIES")
-        .env_remove("LD_PRELOAD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    support::finish_within(child, secs)
+    support::bounded(
+        Command::new(RUNNER)
+            .current_dir(dir)
+            .args(args)
+            .env("MAYFAIL_PRELOAD_LIB", library())
+            .env_remove("MAYFAIL_INJECT")
+            .env_remove("MAYFAIL_RETRIES")
+            .env_remove("LD_PRELOAD"),
+        secs,
+    )
 }
 
 /// The program's own sites in a state file: where (its first frame) to

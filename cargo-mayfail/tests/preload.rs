@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use support::bounded;
+
 const RUNNER: &str = env!("CARGO_BIN_EXE_mayfail");
 const CARGO_RUNNER: &str = env!("CARGO_BIN_EXE_cargo-mayfail");
 
@@ -31,17 +33,6 @@ fn library() -> PathBuf {
 /// Makes sure the library exists before a test needs it.
 fn require_library() {
     library();
-}
-
-/// Runs `command`, killing it after `secs`.
-fn bounded(command: &mut Command, secs: u64) -> Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    support::finish_within(child, secs)
 }
 
 fn runner(dir: &Path) -> Command {

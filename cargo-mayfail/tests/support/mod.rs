@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,18 @@ pub fn compile_c(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
         .expect("cc runs");
     assert!(built.success(), "cc {flags:?} failed");
     dir.join("program")
+}
+
+/// Runs `command` with no input and its output captured, killing it (and
+/// failing the test) after `secs`.
+pub fn bounded(command: &mut Command, secs: u64) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    finish_within(child, secs)
 }
 
 /// Waits for `child`, killing it (and failing the test) after `secs`.
