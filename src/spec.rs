@@ -17,7 +17,7 @@ pub(crate) const MAX_THREAD_NAME: usize = 64;
 
 // [sites] The keys of `sites` mode (walking every allocation site, see
 // `sites.rs`): `sites=FILE`, `stack=ID`, `sites-skip=N`, `sites-all=Y`,
-// `sites-shard=K/N`, `sites-after=ID+ID`.
+// `sites-shard=K/N`, `sites-after=ID+ID`, `sites-fork=MS`, `sites-fork-test=Y`.
 /// Longest accepted `sites=` path, in bytes.
 pub(crate) const MAX_SITES_PATH: usize = 512;
 
@@ -66,6 +66,11 @@ pub(crate) struct Spec {
     /// allows it: the child fails it, the parent waits at most this many
     /// milliseconds for the child and goes on (0 = off).
     pub(crate) sites_fork_ms: u64,
+    /// [sites] With `sites_fork_ms`: the process runs one test of a libtest
+    /// harness, whose main thread only waits for the test's thread; a child
+    /// forked on the test's thread writes its output to a file of its own
+    /// and tells a failed test by its panic.
+    pub(crate) sites_fork_test: bool,
 }
 
 /// [sites] The longest `sites-after` path.
@@ -100,6 +105,7 @@ impl Spec {
         sites_after: [0; MAX_AFTER],
         sites_after_len: 0,
         sites_fork_ms: 0,
+        sites_fork_test: false,
     };
 
     pub(crate) fn thread_name(&self) -> &[u8] {
@@ -390,6 +396,10 @@ fn set_walk_value(spec: &mut Spec, key: &[u8], value: &[u8]) -> Result<Option<u3
             spec.sites_fork_ms = parse_u64(value).ok_or(WHOLE)?;
             Some(20)
         }
+        b"sites-fork-test" => {
+            spec.sites_fork_test = yes_no(value).ok_or(YES_NO)?;
+            Some(21)
+        }
         _ => None,
     })
 }
@@ -496,6 +506,9 @@ impl fmt::Display for Canonical<'_> {
         }
         if s.sites_fork_ms != 0 {
             write!(f, ",sites-fork={}", s.sites_fork_ms)?;
+        }
+        if s.sites_fork_test {
+            f.write_str(",sites-fork-test=Y")?;
         }
         Ok(())
     }
@@ -608,6 +621,16 @@ mod tests {
         assert_eq!(problem("sites-after=0"), Problem::BadValue(AFTER));
         let text = Canonical { spec: &s, seed: 1 }.to_string();
         assert_eq!(ok(&text), Spec { seed: Some(1), ..s }, "{text}");
+        let s = ok("sites=/tmp/s,sites-fork=5000,sites-fork-test=Y");
+        assert_eq!((s.sites_fork_ms, s.sites_fork_test), (5000, true));
+        let text = Canonical { spec: &s, seed: 1 }.to_string();
+        assert!(
+            text.ends_with(",sites-fork=5000,sites-fork-test=Y"),
+            "{text}"
+        );
+        assert_eq!(ok(&text), Spec { seed: Some(1), ..s }, "{text}");
+        assert!(!ok("sites=/tmp/s,sites-fork-test=N").sites_fork_test);
+        assert_eq!(problem("sites-fork-test=yes"), Problem::BadValue(YES_NO));
         let s = ok("stack=00000000DEADbeef");
         assert_eq!(s.stack, 0xdead_beef);
         let text = Canonical { spec: &s, seed: 1 }.to_string();

@@ -197,7 +197,14 @@ impl Test {
         if self.kind == "doctest" {
             argv.extend(["--".into(), doctest_filter(&self.name).into()]);
         } else {
-            argv.extend(["--".into(), "--exact".into(), self.name.clone().into()]);
+            // The walk ran it so: a panic's message is written as it
+            // happens, not kept (its allocations are not the same).
+            argv.extend([
+                "--".into(),
+                "--exact".into(),
+                self.name.clone().into(),
+                "--nocapture".into(),
+            ]);
         }
         argv
     }
@@ -882,7 +889,9 @@ mod tests {
             words("cargo test --offline --workspace -p other --features=x --lib -- --skip y");
         assert_eq!(
             test.replay_command(&walked),
-            words("cargo test --offline --features=x -p thin-vec --lib -- --exact tests::drain")
+            words(
+                "cargo test --offline --features=x -p thin-vec --lib -- --exact tests::drain --nocapture"
+            )
         );
         let integration = Test {
             kind: "test".to_owned(),
@@ -891,7 +900,7 @@ mod tests {
         };
         assert_eq!(
             integration.replay_command(&words("cargo test --test=it")),
-            words("cargo test -p thin-vec --test it -- --exact tests::drain")
+            words("cargo test -p thin-vec --test it -- --exact tests::drain --nocapture")
         );
         assert_eq!(integration.display(), "thin-vec test:it tests::drain");
         // A doctest: its item's doctests, or its file's when the item has

@@ -201,7 +201,7 @@ fn a_walk_forking_at_each_site_finds_what_one_process_per_site_finds_in_a_few_ru
     // Every site but the locked one was failed by a forked child; the
     // locked one's child deadlocked, was asked for again, and a process of
     // its own walked it.
-    assert!(state.contains("\tforked\t"), "{state}");
+    assert!(state.contains("\tforked,parent="), "{state}");
     assert!(state.lines().any(|l| l.starts_with("retry\t")), "{state}");
     assert!(!state.contains("no-fork\t"), "{state}");
     // The forking runs (the sites, then one that finds none) and the runs

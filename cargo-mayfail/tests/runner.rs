@@ -2482,6 +2482,38 @@ fn walk_runner() -> Command {
     command
 }
 
+/// The walk fixture's tests whose sites are checked apart (by
+/// [`walk_fixture_sites_of`]): a thread's spawning allocates in ways that
+/// change with std.
+const TESTS_CHECKED_APART: [&str; 2] = [
+    "walk_fixture lib tests::panics_on_purpose",
+    "walk_fixture lib tests::on_two_threads",
+];
+
+/// The sites of the walk fixture's `test` in code of its own (not a
+/// panic's message, not on an error path): (outcome, function), sorted.
+fn walk_fixture_sites_of(json: &str, test: &str) -> Vec<(String, String)> {
+    let report = report_of(json);
+    let mut sites: Vec<(String, String)> = report["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .filter(|s| {
+            s["test"] == test
+                && s["panic"] == false
+                && s["after"].as_array().is_none_or(Vec::is_empty)
+        })
+        .map(|s| {
+            (
+                s["outcome"].as_str().unwrap().to_owned(),
+                s["frames"][0]["function"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    sites.sort();
+    sites
+}
+
 /// The walk fixture's sites: (outcome, function, test), sorted.
 fn walk_fixture_sites(json: &str) -> Vec<(String, String, String)> {
     let report = report_of(json);
@@ -2497,6 +2529,7 @@ fn walk_fixture_sites(json: &str) -> Vec<(String, String, String)> {
                 .unwrap()
                 .starts_with("doctest_runner")
                 && s["after"].as_array().is_none_or(Vec::is_empty)
+                && !TESTS_CHECKED_APART.contains(&s["test"].as_str().unwrap_or(""))
         })
         .map(|s| {
             (
@@ -2527,12 +2560,12 @@ fn walk_fixture_expected() -> Vec<(String, String, String)> {
         (
             "handled",
             "walk_fixture::doc_checked",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_checked (line 39)",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_checked (line 43)",
         ),
         (
             "aborted",
             "walk_fixture::doc_push",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 50)",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 54)",
         ),
         // A `should_panic` doctest passes by panicking: walked, not left
         // out. Its process exits 0 when the failure keeps it from panicking:
@@ -2541,17 +2574,17 @@ fn walk_fixture_expected() -> Vec<(String, String, String)> {
         (
             "handled",
             "walk_fixture::should_panic_checked",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 68)",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 72)",
         ),
         (
             "aborted",
-            "rust_out::main::_doctest_main_src_lib_rs_68_0",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 68)",
+            "rust_out::main::_doctest_main_src_lib_rs_72_0",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 72)",
         ),
         (
             "aborted",
-            "rust_out::main::_doctest_main_src_lib_rs_68_0",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 68)",
+            "rust_out::main::_doctest_main_src_lib_rs_72_0",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 72)",
         ),
         (
             "handled",
@@ -2629,6 +2662,85 @@ fn the_doctests_are_compiled_by_the_rustdoc_cargo_would_run_build_rustdoc_includ
     assert!(json.contains("doctest:walk_fixture"), "{json}");
 }
 
+/// What a walk forking at its tests' sites must have told (`text` its
+/// state file): the sites of a test that passes by panicking, whose
+/// children's panics say nothing, walked again one per process (`retry`
+/// lines) and found handled, as a separate run finds them; a test on a
+/// thread of its own walked one site per process, the reason said; the
+/// other sites found by children forked at them.
+fn assert_forked_verdicts(json: &str, text: &str) {
+    assert_eq!(
+        walk_fixture_sites_of(json, "walk_fixture lib tests::panics_on_purpose"),
+        [(
+            "handled".to_owned(),
+            "walk_fixture::fourth_checked".to_owned()
+        )],
+        "{json}"
+    );
+    assert!(
+        walk_fixture_sites_of(json, "walk_fixture lib tests::on_two_threads").contains(&(
+            "handled".to_owned(),
+            "walk_fixture::fifth_checked".to_owned()
+        )),
+        "{json}"
+    );
+    assert!(text.contains("\nretry\t"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("no-fork\t") && l.ends_with("\t3 threads")),
+        "{text}"
+    );
+    let forked = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("site\t")
+                && l.split('\t')
+                    .nth(8)
+                    .is_some_and(|facts| facts.split(',').any(|f| f == "forked"))
+        })
+        .count();
+    assert!(forked >= 4, "{text}");
+}
+
+#[test]
+fn a_walk_with_one_site_per_process_finds_the_same_sites_as_one_forking_at_them() {
+    let dir = scratch("per_test_no_fork");
+    let state = dir.join("walk.state");
+    let out = ran(walk_runner()
+        .args([
+            "sites",
+            "--no-fork",
+            "--depth",
+            "0",
+            "--timeout",
+            "5",
+            "--state",
+        ])
+        .arg(&state)
+        .args(["--", "cargo", "test", "--offline"])
+        .output()
+        .unwrap());
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
+    assert_eq!(walk_fixture_sites(&json), walk_fixture_expected(), "{json}");
+    for test in TESTS_CHECKED_APART {
+        assert!(!walk_fixture_sites_of(&json, test).is_empty(), "{json}");
+    }
+    assert_eq!(
+        walk_fixture_sites_of(&json, "walk_fixture lib tests::panics_on_purpose"),
+        [(
+            "handled".to_owned(),
+            "walk_fixture::fourth_checked".to_owned()
+        )],
+        "{json}"
+    );
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !text.contains("forked") && !text.contains("no-fork\t"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_alone() {
     let dir = scratch("per_test");
@@ -2644,6 +2756,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
     assert_eq!(walk_fixture_sites(&json), walk_fixture_expected(), "{json}");
+    assert_forked_verdicts(&json, &std::fs::read_to_string(&state).unwrap());
     // Each test that fails or hangs without injection: said once, left out.
     let report = report_of(&json);
     let mut left_out: Vec<(String, String)> = report["left_out"]
@@ -2725,7 +2838,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
         out.stderr
     );
     // The state file: a `test` line per process, a `tested` line per test.
-    assert_eq!(text.matches("\ntested\t").count(), 6, "{text}");
+    assert_eq!(text.matches("\ntested\t").count(), 8, "{text}");
     assert!(
         !text.contains("ignored_site"),
         "an ignored test is not walked: {text}"
@@ -2792,7 +2905,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
     );
     assert!(
         !output.status.success()
-            && text.contains("doc_push (line 50) ... FAILED")
+            && text.contains("doc_push (line 54) ... FAILED")
             && text.contains("failed on purpose")
             && text.contains("walk_fixture::doc_push"),
         "{line}: {text}"
@@ -2899,12 +3012,12 @@ fn shards_split_the_tests_and_their_merged_report_is_the_whole_walk() {
         );
         states.push(state);
     }
-    // Each test in one shard: together, the two of the library.
+    // Each test in one shard: together, the four of the library.
     let mut all: Vec<&String> = tests.iter().flatten().collect();
     all.sort();
-    assert_eq!(all.len(), 2, "{tests:?}");
+    assert_eq!(all.len(), 4, "{tests:?}");
     all.dedup();
-    assert_eq!(all.len(), 2, "{tests:?}");
+    assert_eq!(all.len(), 4, "{tests:?}");
     let merged = dir.join("merged.state");
     let out = ran(walk_runner()
         .arg("report")

@@ -50,6 +50,17 @@
 //! (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGQUIT`) gets no fate either: the
 //! runner asks for its site again.
 //!
+//! A test's process (`sites-fork-test`: one test of a libtest harness)
+//! has two threads: libtest runs the test on a thread of its own, and its
+//! main thread waits on a futex for the result. Such a process is fit to
+//! fork from the test's thread while the main thread waits (it holds no
+//! lock then) and its standard error is a regular file. The child holds
+//! the test's thread alone: its output goes to a file of its own (the
+//! parent's output file's path followed by `.PID`, which the runner reads),
+//! and its process exits 0 whenever that thread ends, passed or panicked;
+//! so at exit the child reads its own output for the harness's panic line
+//! (`thread 'NAME' panicked at`): there, its fate is `failed`.
+//!
 //! A process asked to fork that is not fit to fails the site itself, as
 //! without `sites-fork`, and writes a `no-fork` line saying why; so does one
 //! whose `fork` fails, whose child ends before writing its site line, or
@@ -58,7 +69,7 @@
 //! site per process, within its time.
 //!
 //! Everything here runs inside the allocator, on the process's only
-//! thread, under the in-reclaim mark (what the fork handlers allocate is
+//! thread (a test's: the one that is not waiting), under the in-reclaim mark (what the fork handlers allocate is
 //! served, never injected), and allocates nothing. `SIGCHLD` is blocked
 //! from just before the fork until the child is reaped: a handler of the
 //! program's that reaps every child cannot take the status first (the
@@ -69,7 +80,7 @@
 use core::ffi::{CStr, c_int};
 use core::fmt::Write;
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering::Relaxed};
 use std::borrow::Cow;
 
 use super::append;
@@ -87,6 +98,13 @@ static SHARED: AtomicPtr<Shared> = AtomicPtr::new(ptr::null_mut());
 static NO_FORK_PID: AtomicI32 = AtomicI32::new(0);
 /// When the last symbol resolution's thread was joined (monotonic ns).
 static RESOLVED_NS: AtomicU64 = AtomicU64::new(0);
+/// The process runs one test of a libtest harness (`sites-fork-test`).
+static TEST: AtomicBool = AtomicBool::new(false);
+/// In a forked child: the process that forked it.
+static PARENT: AtomicI32 = AtomicI32::new(0);
+/// In a child forked on a test's thread: its own output file, open for
+/// reading (-1: none).
+static OUTPUT_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// What a child tells its parent through the shared page.
 struct Shared {
@@ -122,7 +140,7 @@ pub(super) enum Forked {
 
 /// Turns the engine on (`ms` > 0) or off for a spec being installed.
 /// Inside the allocator: no allocation.
-pub(super) fn install(ms: u64) {
+pub(super) fn install(ms: u64, test: bool) {
     if ms != 0 && SHARED.load(Relaxed).is_null() {
         // SAFETY: an anonymous shared mapping at an address of the kernel's
         // choice; nothing else is affected. It is never unmapped.
@@ -140,6 +158,7 @@ pub(super) fn install(ms: u64) {
             SHARED.store(page.cast(), Relaxed);
         }
     }
+    TEST.store(test, Relaxed);
     FORK_MS.store(ms, Relaxed);
 }
 
@@ -169,14 +188,19 @@ pub(super) fn fitness() -> Fitness {
         return Fitness::Off;
     }
     let mut reason = StackBuf::<96>::new();
-    match settled_thread_count() {
-        Some(1) => {}
+    let test = TEST.load(Relaxed);
+    let expected = if test { 2 } else { 1 };
+    match settled_thread_count(expected) {
+        Some(n) if n == expected => {}
         Some(n) => {
             let _ = write!(reason, "{n} threads");
         }
         None => {
             let _ = reason.write_str("its thread count cannot be read");
         }
+    }
+    if test && reason.as_str().is_empty() {
+        test_harness_unfit(&mut reason);
     }
     if reason.as_str().is_empty()
         && let Some(fd) = open_stream()
@@ -196,14 +220,184 @@ pub(super) fn fitness() -> Fitness {
     }
 }
 
+/// In a test's process (`sites-fork-test`), why it may not fork: the
+/// allocating thread must be the test's, not the main thread, and the main
+/// thread must be waiting on a futex (the harness waits for the test's
+/// result: it holds no lock the child could need); the output must go to
+/// a regular file (the child's goes to a file beside it).
+fn test_harness_unfit(reason: &mut StackBuf<96>) {
+    let pid = sys::getpid();
+    if sys::gettid() == pid {
+        let _ = reason.write_str("the test runs on the main thread");
+    } else if !main_thread_waits(pid) {
+        let _ = reason.write_str("the harness's main thread is not waiting");
+    } else if output_path().is_none() {
+        let _ = reason.write_str("its output is not a regular file");
+    }
+}
+
+/// Whether the main thread waits on a futex, looked at for up to 20 ms:
+/// at a test's start, the harness may not have reached its wait yet.
+fn main_thread_waits(pid: libc::pid_t) -> bool {
+    for _ in 0..80 {
+        if waits_on_futex(pid, Timeout::Any) {
+            return true;
+        }
+        nap_us(250);
+    }
+    false
+}
+
+/// The path of the regular file standard error writes to.
+fn output_path() -> Option<StackBuf<600>> {
+    let mut buf = [0u8; 520];
+    // SAFETY: readlink writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/fd/2".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|&n| n > 0 && n < buf.len())?;
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is writable; a closed descriptor fails.
+    let regular =
+        unsafe { libc::fstat(2, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let path = core::str::from_utf8(&buf[..n]).ok()?;
+    if !regular || !path.starts_with('/') {
+        return None;
+    }
+    let mut out = StackBuf::<600>::new();
+    out.write_str(path).ok()?;
+    Some(out)
+}
+
+/// In a child forked on a test's thread: its standard output and error
+/// go to a file of its own, the parent's output file's path followed by
+/// `.PID`, which the runner reads when the parent ends; the file is kept
+/// open for [`test_panicked`].
+fn own_output() {
+    let Some(mut path) = output_path() else {
+        return;
+    };
+    if write!(path, ".{}\0", sys::getpid()).is_err() {
+        return;
+    }
+    let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated path; the descriptor is ours.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let fd = sys::move_descriptor_high(fd);
+    // SAFETY: `fd` is open and ours; 1 and 2 then refer to its file.
+    unsafe {
+        libc::dup2(fd, 1);
+        libc::dup2(fd, 2);
+    }
+    OUTPUT_FD.store(fd, Relaxed);
+}
+
+/// In a child forked on a test's thread, as it exits: whether its output
+/// holds the harness's panic line (`thread 'NAME' panicked at`, or `thread
+/// 'NAME' (ID) panicked at`). The child's process ends with status 0 when
+/// the test's thread ends, panicked or not: the harness's main thread,
+/// which would report the failure, was not forked.
+pub(super) fn test_panicked() -> bool {
+    let fd = OUTPUT_FD.load(Relaxed);
+    if fd < 0 || !TEST.load(Relaxed) {
+        return false;
+    }
+    let mut lines = PanicLines::default();
+    let mut buf = [0u8; 4096];
+    let mut offset: libc::off_t = 0;
+    loop {
+        // SAFETY: pread writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset) };
+        let Ok(n) = usize::try_from(n) else {
+            if sys::errno() == libc::EINTR {
+                continue;
+            }
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        if lines.feed(&buf[..n]) {
+            return true;
+        }
+        offset += n as libc::off_t;
+    }
+}
+
+/// Finds a line that starts with `thread '` and holds ` panicked at `, in
+/// text fed piece by piece.
+#[derive(Default)]
+struct PanicLines {
+    /// Bytes of `thread '` matched at the line's start; `None` once the
+    /// line is known not to start with it.
+    head: Option<usize>,
+    /// Bytes of ` panicked at ` matched.
+    mark: usize,
+    /// Inside a line (not at its start).
+    started: bool,
+}
+
+impl PanicLines {
+    const HEAD: &'static [u8] = b"thread '";
+    const MARK: &'static [u8] = b" panicked at ";
+
+    fn feed(&mut self, text: &[u8]) -> bool {
+        for &b in text {
+            if b == b'\n' {
+                *self = PanicLines::default();
+                continue;
+            }
+            if !self.started {
+                self.started = true;
+                self.head = Some(0);
+            }
+            match self.head {
+                None => {}
+                Some(h) if h < Self::HEAD.len() => {
+                    self.head = (b == Self::HEAD[h]).then_some(h + 1);
+                }
+                Some(_) => {
+                    if b == Self::MARK[self.mark] {
+                        self.mark += 1;
+                        if self.mark == Self::MARK.len() {
+                            return true;
+                        }
+                    } else {
+                        self.mark = usize::from(b == Self::MARK[0]);
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
 /// The thread count, read again for a few milliseconds while it is above
-/// one soon after a resolution's thread was joined (the kernel counts a
-/// thread until it is released, a little after its joiner woke).
-fn settled_thread_count() -> Option<u64> {
+/// `expected` soon after a resolution's thread was joined (the kernel
+/// counts a thread until it is released, a little after its joiner woke).
+fn settled_thread_count(expected: u64) -> Option<u64> {
     let mut count = sys::thread_count();
     for _ in 0..20 {
         let recent = sys::now_ns().saturating_sub(RESOLVED_NS.load(Relaxed)) < 5_000_000;
-        if !(recent && count.is_some_and(|n| n > 1)) {
+        if !(recent && count.is_some_and(|n| n > expected)) {
             break;
         }
         nap_us(250);
@@ -360,22 +554,29 @@ pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
     let (mut chld, mut old): (libc::sigset_t, libc::sigset_t) =
         unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
     // SAFETY: `chld` and `old` are valid sigsets; blocking SIGCHLD on this
-    // thread (the only one) affects nothing else.
+    // thread affects no other (a test's waiting main thread, which has no
+    // handler of ours, may then take it: its default is to ignore it).
     unsafe {
         libc::sigemptyset(&mut chld);
         libc::sigaddset(&mut chld, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_BLOCK, &chld, &mut old);
     }
-    // SAFETY: the process has one thread (see `fitness`), so the child
-    // holds no lock another thread held; the locks this thread holds are
-    // the hazard the module's docs describe (a child that waits for ever on
-    // one is told apart and killed). `fork` runs the program's
+    let parent = sys::getpid();
+    // SAFETY: the process has one thread, or a test's main thread waiting
+    // on a futex (see `fitness`), so the child holds no lock another thread
+    // held; the locks this thread holds are the hazard the module's docs
+    // describe (a child that waits for ever on one is told apart and
+    // killed). `fork` runs the program's
     // `pthread_atfork` handlers here, under the in-reclaim mark.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        PARENT.store(parent, Relaxed);
         // SAFETY: `old` is the mask saved above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
         own_regular_files();
+        if TEST.load(Relaxed) {
+            own_output();
+        }
         no_fork_below();
         return Forked::Child;
     }
@@ -399,6 +600,11 @@ pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
     }
     sys::set_errno(errno);
     Forked::Parent
+}
+
+/// In a forked child: the process that forked it.
+pub(super) fn parent() -> libc::pid_t {
+    PARENT.load(Relaxed)
 }
 
 /// Called by the process that failed a site once its fate line is written:
@@ -514,7 +720,7 @@ const LOOK_MS: u64 = 10;
 /// owner's thread id, which the child's thread does not have, so the
 /// child can never release it).
 fn deadlocked(pid: libc::pid_t, stuck: &mut u32) -> bool {
-    let waiting = waits_on_private_futex(pid) && threads_of(pid) == Some(1);
+    let waiting = waits_on_futex(pid, Timeout::None) && threads_of(pid) == Some(1);
     *stuck = if waiting { *stuck + 1 } else { 0 };
     *stuck >= STUCK_LOOKS
 }
@@ -541,9 +747,20 @@ fn is_futex_call(number: libc::c_long) -> bool {
     number == libc::SYS_futex
 }
 
-/// Whether the child sits in `futex(addr, FUTEX_WAIT*|FUTEX_PRIVATE_FLAG,
-/// val, NULL)` (`/proc/PID/syscall`: the call's number and arguments).
-fn waits_on_private_futex(pid: libc::pid_t) -> bool {
+/// Which futex waits [`waits_on_futex`] counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timeout {
+    /// Only a wait with no time limit.
+    None,
+    /// A wait with or without one.
+    Any,
+}
+
+/// Whether process `pid`'s main thread sits in `futex(addr,
+/// FUTEX_WAIT*|FUTEX_PRIVATE_FLAG, val, timeout)`, with no time limit
+/// unless `timeout` allows one (`/proc/PID/syscall`: the call's number and
+/// arguments).
+fn waits_on_futex(pid: libc::pid_t, timeout: Timeout) -> bool {
     let mut path = StackBuf::<48>::new();
     let Some(path) = proc_path(&mut path, pid, "syscall") else {
         return false;
@@ -557,7 +774,10 @@ fn waits_on_private_futex(pid: libc::pid_t) -> bool {
         .next()
         .and_then(|f| core::str::from_utf8(f).ok())
         .and_then(|f| f.parse::<libc::c_long>().ok());
-    if !number.is_some_and(is_futex_call) {
+    // A timed wait a signal interrupted goes on as `restart_syscall`
+    // (the file still shows the futex call's arguments).
+    let restarted = timeout == Timeout::Any && number == Some(libc::SYS_restart_syscall);
+    if !number.is_some_and(is_futex_call) && !restarted {
         return false;
     }
     let mut args = fields.map(|f| {
@@ -565,10 +785,13 @@ fn waits_on_private_futex(pid: libc::pid_t) -> bool {
             .and_then(|hex| core::str::from_utf8(hex).ok())
             .and_then(|hex| u64::from_str_radix(hex, 16).ok())
     });
-    let (_addr, op, _val, timeout) = (args.next(), args.next(), args.next(), args.next());
-    let (Some(Some(op)), Some(Some(0))) = (op, timeout) else {
+    let (_addr, op, _val, limit) = (args.next(), args.next(), args.next(), args.next());
+    let Some(Some(op)) = op else {
         return false;
     };
+    if timeout == Timeout::None && limit != Some(Some(0)) {
+        return false;
+    }
     let private = op & libc::FUTEX_PRIVATE_FLAG as u64 != 0;
     let command = op & libc::FUTEX_CMD_MASK as u64;
     private
@@ -708,4 +931,39 @@ fn write_fate_of(id: u64, pid: libc::pid_t, ended: Ended) {
     }
     .write_to(&mut line);
     append(line.finish_line());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PanicLines;
+
+    /// Whether `text`, fed in pieces of `piece` bytes, holds a panic line.
+    fn panics(text: &str, piece: usize) -> bool {
+        let mut lines = PanicLines::default();
+        text.as_bytes().chunks(piece).any(|chunk| lines.feed(chunk))
+    }
+
+    #[test]
+    fn the_harness_panic_line_is_found_however_the_output_is_cut() {
+        let yes = [
+            "thread 'tests::t' panicked at src/lib.rs:3:5:\nboom\n",
+            "running 1 test\nthread 'a b' (6333) panicked at src/x.rs:1:1:\n",
+            "out\nthread 'main' panicked at a.rs:1:1:",
+        ];
+        let no = [
+            "test t ... ok\n",
+            // Not at a line's start, or not the harness's words.
+            "  thread 'x' panicked at a.rs:1:1:\n",
+            "thread 'x' did not panic\npanicked at a.rs:1:1\n",
+            "thread 'x'\n panicked at a.rs:1:1\n",
+        ];
+        for piece in [1, 2, 3, 7, 4096] {
+            for text in yes {
+                assert!(panics(text, piece), "{text:?} in pieces of {piece}");
+            }
+            for text in no {
+                assert!(!panics(text, piece), "{text:?} in pieces of {piece}");
+            }
+        }
+    }
 }

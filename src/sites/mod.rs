@@ -348,7 +348,7 @@ fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
 /// comes from `MAYFAIL_INJECT`: no allocation.
 pub(crate) fn install(spec: &Spec) -> bool {
     MODE.store(OFF, Relaxed);
-    fork::install(0);
+    fork::install(0, false);
     inject::set_stack_filter(None);
     let path = &spec.sites_after[..usize::from(spec.sites_after_len)];
     for (slot, &id) in AFTER.iter().zip(path) {
@@ -433,7 +433,7 @@ pub(crate) fn install(spec: &Spec) -> bool {
     ALL.store(spec.sites_all, Relaxed);
     let (k, n) = spec.sites_shard;
     SHARD.store(u64::from(k - 1) << 32 | u64::from(n), Relaxed);
-    fork::install(spec.sites_fork_ms);
+    fork::install(spec.sites_fork_ms, spec.sites_fork_test);
     if !EXIT_HANDLER.swap(true, Relaxed) {
         sys::call_on_exit(at_exit);
     }
@@ -538,7 +538,14 @@ fn append(line: &[u8]) {
 extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
     let mut detail = StackBuf::<32>::new();
     let _ = write!(detail, "exit {status}");
-    let outcome = if status == 0 {
+    // A child forked on a test's thread exits 0 when that thread ends,
+    // whether the test passed or not: its panic tells.
+    let test_failed = status == 0 && FORKED.load(Relaxed) && fork::test_panicked();
+    if test_failed {
+        detail = StackBuf::new();
+        let _ = detail.write_str("the test panicked");
+    }
+    let outcome = if status == 0 && !test_failed {
         Outcome::Handled
     } else {
         Outcome::Failed
@@ -631,8 +638,8 @@ fn write_site(
     );
     let mut what = StackBuf::<80>::new();
     let _ = write!(what, "{}", Asked { op, size, align });
-    // `panic`, and the path it was found after (`after=ID+ID`).
-    let mut facts = StackBuf::<{ 6 + MAX_AFTER * 17 + 8 + 7 }>::new();
+    // `panic`, the path it was found after (`after=ID+ID`), `forked`.
+    let mut facts = StackBuf::<{ 6 + MAX_AFTER * 17 + 8 + 7 + 18 }>::new();
     if panic {
         let _ = facts.write_str("panic");
     }
@@ -647,7 +654,9 @@ fn write_site(
     }
     if FORKED.load(Relaxed) {
         let lead = if facts.as_str().is_empty() { "" } else { "," };
-        let _ = write!(facts, "{lead}forked");
+        // And the process that forked it: the runner gives the child its
+        // parent's test.
+        let _ = write!(facts, "{lead}forked,parent={}", fork::parent());
     }
     if facts.as_str().is_empty() {
         let _ = facts.write_str("-");

@@ -127,12 +127,13 @@ pub(crate) struct SitesArgs {
     /// faster time is the cost baseline)
     #[arg(long)]
     pub(crate) no_baseline: bool,
-    /// `runs`: one site per process. By default a process with one thread
-    /// and no pipe, socket or child process forks at each new site: the child
-    /// fails it and runs on to its fate, the parent waits for it and goes
-    /// on as if the allocation had succeeded, so one run walks every site
-    /// it reaches (a child shares the files its parent writes; output the
-    /// parent's stdio had buffered shows twice in the log)
+    /// One site per process. By default a process with one thread (or a
+    /// test's, its harness's main thread waiting) and no pipe, socket or
+    /// child process forks at each new site: the child fails it and runs on
+    /// to its fate, the parent waits for it and goes on as if the allocation
+    /// had succeeded, so one run walks every site it reaches (a child shares
+    /// the files its parent writes; output the parent's stdio had buffered
+    /// shows twice in the log)
     #[arg(long)]
     pub(crate) no_fork: bool,
     /// The command to walk and its arguments, after `--`. As `cargo mayfail

@@ -92,7 +92,7 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         "walking {} tests, {jobs} at once (--jobs)",
         tests.len()
     ));
-    let mut scheduler = Scheduler::new(setup, &binaries, &command, run, jobs)?;
+    let mut scheduler = Scheduler::new(setup, &binaries, &command, run, jobs, !args.no_fork)?;
     scheduler.error_paths(usize::from(args.depth), &setup.load()?);
     scheduler.walk(tests, done, &mut progress)?;
     let mut stopped = None;

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,7 +85,11 @@ impl Ended {
 /// A process under way.
 struct Live<T> {
     child: Child,
-    started: Instant,
+    /// When it is killed, unless the children it forks at its sites show
+    /// it is still at work.
+    deadline: Instant,
+    /// It forks at its sites (`sites-fork`).
+    forking: bool,
     tag: T,
     /// When the interrupt was passed on to it.
     interrupted: Option<Instant>,
@@ -108,6 +112,63 @@ pub(crate) fn output_dir(setup: &Setup) -> PathBuf {
     let mut dir = setup.paths.state.clone().into_os_string();
     dir.push(".output");
     PathBuf::from(dir)
+}
+
+/// What a process did, once it has ended.
+pub(crate) struct Finished<T> {
+    pub(crate) tag: T,
+    pub(crate) pid: u32,
+    pub(crate) ended: Ended,
+    /// Where its test panicked, if it did.
+    pub(crate) panicked: Option<String>,
+    /// The children it forked at its sites: pid, and where the test
+    /// panicked in each, if it did.
+    pub(crate) children: Vec<(u32, Option<String>)>,
+}
+
+/// How long after the last sign of a forking process's last child the
+/// process may still run, beyond the timeout.
+const FORK_SLACK: Duration = Duration::from_secs(2);
+
+/// The output files of the children a process forked at its sites (the
+/// library names them after the process's own, `PATH.PID`), by pid.
+fn forked_outputs(output: &Path) -> Vec<(u32, PathBuf)> {
+    let (Some(dir), Some(name)) = (output.parent(), output.file_name()) else {
+        return Vec::new();
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, PathBuf)> = entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let file = entry.file_name();
+            let pid = file.as_encoded_bytes().strip_prefix(prefix)?;
+            let pid = std::str::from_utf8(pid).ok()?.parse().ok()?;
+            Some((pid, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// How long ago the newest output file of a process's forked children was
+/// last written.
+fn newest_child_age(output: &Path) -> Option<Duration> {
+    forked_outputs(output)
+        .iter()
+        .filter_map(|(_, path)| {
+            std::fs::metadata(path)
+                .ok()?
+                .modified()
+                .ok()?
+                .elapsed()
+                .ok()
+        })
+        .min()
 }
 
 /// Where a test panicked, from the test harness's output: the first
@@ -145,7 +206,7 @@ impl<'a, T> Pool<'a, T> {
     /// file of its own (moved to the log once it ends: the log keeps each
     /// process's output whole, and the runner reads how its test ended);
     /// returns its pid.
-    fn spawn(&mut self, mut command: Command, tag: T) -> Result<u32, Failure> {
+    fn spawn(&mut self, mut command: Command, tag: T, forking: bool) -> Result<u32, Failure> {
         let dir = output_dir(self.setup);
         std::fs::create_dir_all(&dir).map_err(|e| Failure::io("create", &dir, e))?;
         self.spawned += 1;
@@ -164,7 +225,8 @@ impl<'a, T> Pool<'a, T> {
         let pid = child.id();
         self.live.push(Live {
             child,
-            started: Instant::now(),
+            deadline: Instant::now() + self.setup.timeout,
+            forking,
             tag,
             interrupted: None,
             output: path,
@@ -172,10 +234,10 @@ impl<'a, T> Pool<'a, T> {
         Ok(pid)
     }
 
-    /// Waits for a process to end and returns it, its pid, how it ended
-    /// and where its test panicked, if it did; `None` when none is under
-    /// way. Its output is moved to the log.
-    fn wait_any(&mut self) -> Option<(T, u32, Ended, Option<String>)> {
+    /// Waits for a process to end and returns what it did; `None` when
+    /// none is under way. Its output, and that of the children it forked,
+    /// is moved to the log.
+    fn wait_any(&mut self) -> Option<Finished<T>> {
         loop {
             if self.live.is_empty() {
                 return None;
@@ -183,16 +245,32 @@ impl<'a, T> Pool<'a, T> {
             for i in 0..self.live.len() {
                 if let Some(ended) = self.poll(i) {
                     let live = self.live.swap_remove(i);
-                    let output = std::fs::read(&live.output).unwrap_or_default();
-                    let _ = std::fs::remove_file(&live.output);
-                    let mut log = &self.setup.log;
-                    let _ = std::io::Write::write_all(&mut log, &output);
-                    let panicked = panic_location(&String::from_utf8_lossy(&output));
-                    return Some((live.tag, live.child.id(), ended, panicked));
+                    let panicked = self.to_log(&live.output);
+                    let children = forked_outputs(&live.output)
+                        .into_iter()
+                        .map(|(pid, path)| (pid, self.to_log(&path)))
+                        .collect();
+                    return Some(Finished {
+                        tag: live.tag,
+                        pid: live.child.id(),
+                        ended,
+                        panicked,
+                        children,
+                    });
                 }
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Moves a process's output file to the log; where its test panicked,
+    /// if it did.
+    fn to_log(&self, path: &Path) -> Option<String> {
+        let output = std::fs::read(path).unwrap_or_default();
+        let _ = std::fs::remove_file(path);
+        let mut log = &self.setup.log;
+        let _ = std::io::Write::write_all(&mut log, &output);
+        panic_location(&String::from_utf8_lossy(&output))
     }
 
     /// Whether process `i` has ended (reaped), after it is killed at the
@@ -211,7 +289,17 @@ impl<'a, T> Pool<'a, T> {
             process::signal_group(&live.child, libc::SIGINT);
         }
         let stubborn = live.interrupted.is_some_and(|at| at.elapsed() > PATIENCE);
-        if stubborn || (live.interrupted.is_none() && live.started.elapsed() > timeout) {
+        let now = Instant::now();
+        if live.forking && live.interrupted.is_none() && now > live.deadline {
+            // Its timeout counts from the last sign of its last child (each
+            // child is killed after the timeout by the process itself).
+            if let Some(age) = newest_child_age(&live.output) {
+                live.deadline = live
+                    .deadline
+                    .max(now + (timeout + FORK_SLACK).saturating_sub(age));
+            }
+        }
+        if stubborn || (live.interrupted.is_none() && now > live.deadline) {
             process::signal_group(&live.child, libc::SIGKILL);
             let _ = live.child.wait();
             return Some(if stubborn {
@@ -235,10 +323,10 @@ impl<'a, T> Pool<'a, T> {
                 let Some((tag, command)) = commands.next() else {
                     break;
                 };
-                self.spawn(command, tag)?;
+                self.spawn(command, tag, false)?;
             }
             match self.wait_any() {
-                Some((tag, _, how, _)) => ended.push((tag, how)),
+                Some(finished) => ended.push((finished.tag, finished.ended)),
                 None => return Ok(ended),
             }
         }
@@ -250,7 +338,12 @@ impl<'a, T> Pool<'a, T> {
 struct Tail {
     offset: u64,
     sites: HashMap<u32, Vec<u64>>,
-    fates: Vec<(u64, u32)>,
+    fates: HashMap<(u64, u32), Outcome>,
+    /// Sites given a `retry` line (by a process that forked them).
+    retries: HashSet<u64>,
+    /// Per process: the children it forked at its sites (their site lines'
+    /// `parent=PID` fact).
+    children: HashMap<u32, Vec<u32>>,
     /// Sites whose allocation serves a panic's message: no error path of
     /// the code's own follows them.
     panics: HashSet<u64>,
@@ -281,9 +374,26 @@ impl Tail {
                     if facts.split(',').any(|fact| fact == "panic") {
                         self.panics.insert(id);
                     }
+                    let parent = facts
+                        .split(',')
+                        .find_map(|fact| fact.strip_prefix("parent="))
+                        .and_then(|parent| parent.parse::<u32>().ok());
+                    if let Some(parent) = parent {
+                        let children = self.children.entry(parent).or_default();
+                        if !children.contains(&pid) {
+                            children.push(pid);
+                        }
+                    }
                     self.sites.entry(pid).or_default().push(id);
                 }
-                Ok(Line::Fate { id, pid, .. }) => self.fates.push((id, pid)),
+                Ok(Line::Fate {
+                    id, pid, outcome, ..
+                }) => {
+                    self.fates.entry((id, pid)).or_insert(outcome);
+                }
+                Ok(Line::Retry { id }) => {
+                    self.retries.insert(id);
+                }
                 _ => {}
             }
         }
@@ -307,6 +417,12 @@ pub(crate) struct Scheduler<'a> {
     busy: Vec<usize>,
     /// Per test: its copies under way since it left the queue.
     rounds: Vec<Round>,
+    /// How long a process forking at its sites waits for each child, in
+    /// ms (`None`: `--no-fork`, one site per process).
+    fork_ms: Option<u64>,
+    /// The tests whose processes no longer fork: a child of theirs was
+    /// killed or lost, or the test panics while it passes.
+    unforked: HashSet<usize>,
     sites: usize,
     processes: usize,
     /// Error paths: at most this many failures in a process (`--depth`).
@@ -329,6 +445,7 @@ impl<'a> Scheduler<'a> {
         command: &'a CargoTest,
         run: u64,
         jobs: usize,
+        fork: bool,
     ) -> Result<Self, Failure> {
         let offset = setup
             .state_file
@@ -345,7 +462,9 @@ impl<'a> Scheduler<'a> {
             tail: Tail {
                 offset,
                 sites: HashMap::new(),
-                fates: Vec::new(),
+                fates: HashMap::new(),
+                retries: HashSet::new(),
+                children: HashMap::new(),
                 panics: HashSet::new(),
             },
             depth: 0,
@@ -355,6 +474,8 @@ impl<'a> Scheduler<'a> {
             warm: vec![false; binaries.len()],
             busy: vec![0; binaries.len()],
             rounds: Vec::new(),
+            fork_ms: fork.then(|| u64::try_from(setup.timeout.as_millis()).unwrap_or(u64::MAX)),
+            unforked: HashSet::new(),
             sites: 0,
             processes: 0,
         })
@@ -413,10 +534,11 @@ impl<'a> Scheduler<'a> {
         }
         loop {
             self.fill(&tests, &mut queue)?;
-            let Some((index, pid, ended, panicked)) = self.pool.wait_any() else {
+            let Some(finished) = self.pool.wait_any() else {
                 break;
             };
-            let settled = self.settle(&tests[index], pid, ended, panicked, progress)?;
+            let index = finished.tag;
+            let settled = self.settle(index, &tests[index], finished, progress)?;
             let round = &mut self.rounds[index];
             round.live -= 1;
             round.found |= settled == Settled::Site;
@@ -484,18 +606,34 @@ impl<'a> Scheduler<'a> {
             };
             let walked = &tests[index];
             let binary = &self.binaries[walked.binary];
-            let mut command = binary.command(&targets::run_alone(&walked.test.name, self.command));
             let round = &mut self.rounds[index];
+            // A test's process forks at its sites unless it walks an error
+            // path (one new site after the path) or its test may not.
+            let fork_ms = self
+                .fork_ms
+                .filter(|_| round.started == 0 && walked.after.is_empty())
+                .filter(|_| !self.unforked.contains(&index));
+            round.forking = fork_ms.is_some();
+            let args = targets::run_alone(&walked.test.name, self.command);
             let mut spec = match round.started {
                 0 => self.spec.clone(),
                 k => format!("{},sites-skip={k}", self.spec),
             };
+            if let Some(ms) = fork_ms {
+                spec.push_str(&format!(",sites-fork={ms}"));
+                // A libtest harness runs the test on a thread of its own; a
+                // doctest's executable runs it on its main thread.
+                if !binary.is_doctest() {
+                    spec.push_str(",sites-fork-test=Y");
+                }
+            }
+            let mut command = binary.command(&args);
             for (i, id) in walked.after.iter().enumerate() {
                 spec.push_str(if i == 0 { ",sites-after=" } else { "+" });
                 spec.push_str(&StackId(*id).to_string());
             }
             command.env("MAYFAIL_INJECT", spec);
-            self.pool.spawn(command, index)?;
+            self.pool.spawn(command, index, fork_ms.is_some())?;
             round.started += 1;
             round.live += 1;
             self.busy[walked.binary] += 1;
@@ -548,6 +686,7 @@ impl<'a> Scheduler<'a> {
             .filter(|&i| {
                 let round = &self.rounds[i];
                 round.live > 0
+                    && !round.forking
                     && round.started < self.pool.jobs
                     && self.warm[tests[i].binary]
                     && tests[i].after.is_empty()
@@ -566,7 +705,7 @@ impl<'a> Scheduler<'a> {
         panicked: Option<String>,
     ) -> Result<(), Failure> {
         for &id in failed {
-            if self.tail.fates.contains(&(id, pid)) {
+            if self.tail.fates.contains_key(&(id, pid)) {
                 continue;
             }
             match ended.fate(self.setup.timeout) {
@@ -583,7 +722,7 @@ impl<'a> Scheduler<'a> {
                 None => self.setup.append(&Line::Retry { id }.to_string())?,
             }
         }
-        self.tail.fates.retain(|&(_, p)| p != pid);
+        self.tail.fates.retain(|&(_, p), _| p != pid);
         if let Some(location) = panicked {
             for &id in failed {
                 self.setup.append(
@@ -600,28 +739,53 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Records how a test's process ended: its test, the fate of a site it
-    /// failed without writing one, and, if it failed none but ended badly,
-    /// an `unattributed` line.
+    /// failed without writing one, what the children it forked at its
+    /// sites did, and, if it failed none but ended badly, an `unattributed`
+    /// line.
     fn settle(
         &mut self,
+        index: usize,
         walked: &Walked,
-        pid: u32,
-        ended: Ended,
-        panicked: Option<String>,
+        finished: Finished<usize>,
         progress: &Progress,
     ) -> Result<Settled, Failure> {
+        let Finished {
+            pid,
+            ended,
+            panicked,
+            children,
+            ..
+        } = finished;
         self.busy[walked.binary] -= 1;
         self.warm[walked.binary] = true;
         self.tail.read(self.setup)?;
-        let failed = self.tail.sites.remove(&pid).unwrap_or_default();
+        // A test that passes while it panics (`should_panic`, a panic it
+        // catches): its children's panics say nothing of their sites.
+        let panics_passing = panicked.is_some() && ended.passed(&self.setup.handled_exit);
+        let mut failed = self.tail.sites.remove(&pid).unwrap_or_default();
         self.record_endings(&failed, pid, ended, panicked)?;
         let test = walked.test.line_name();
         self.setup.append(&Line::Test { pid, test }.to_string())?;
+        let mut children: HashMap<u32, Option<String>> = children.into_iter().collect();
+        for child in self.tail.children.remove(&pid).unwrap_or_default() {
+            children.entry(child).or_default();
+        }
+        let mut children: Vec<(u32, Option<String>)> = children.into_iter().collect();
+        children.sort();
+        let forked = self.settle_children(walked, children, panics_passing)?;
+        if forked.again {
+            self.unforked.insert(index);
+        }
+        let forked_sites = forked.sites.len();
+        failed.extend(forked.sites);
         if matches!(ended, Ended::Interrupted) {
             return Ok(Settled::Interrupted);
         }
-        if !failed.is_empty() {
+        if !failed.is_empty() || forked.again {
             self.sites += failed.len();
+            if failed.is_empty() {
+                return Ok(Settled::Site);
+            }
             // Handled, or a test failure: the code went on, on its error
             // path, which a later walk explores.
             let went_on = match ended {
@@ -635,7 +799,7 @@ impl<'a> Scheduler<'a> {
                     .explorable
                     .entry((walked.test.fields(), walked.after.clone()))
                     .or_default();
-                for id in &failed {
+                for id in &failed[..failed.len() - forked_sites] {
                     if !self.tail.panics.contains(id) && !found.contains(id) {
                         found.push(*id);
                     }
@@ -645,13 +809,30 @@ impl<'a> Scheduler<'a> {
                 Some(last) => format!(" on the error path of {}", StackId(*last)),
                 None => String::new(),
             };
-            progress.line(&format!(
-                "{}: new site {}{path} ({})",
-                walked.test.display(),
-                StackId(failed[0]),
+            let how = if forked_sites > 0 {
+                format!("{forked_sites} forked at")
+            } else {
                 ended.describe(self.setup.timeout)
+            };
+            progress.line(&format!(
+                "{}: {} new site{} {}{path} ({how})",
+                walked.test.display(),
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                StackId(failed[0]),
             ));
-            return Ok(Settled::Site);
+            // A process that forked at every new site it met, to its end,
+            // with every allocation served, ran the test as a last process
+            // failing no new site would: the test's walk is complete.
+            let complete = self.rounds[index].forking
+                && failed.len() == forked_sites
+                && !forked.again
+                && ended.passed_for(&self.binaries[walked.binary], &self.setup.handled_exit);
+            return Ok(if complete {
+                Settled::Complete
+            } else {
+                Settled::Site
+            });
         }
         let binary = &self.binaries[walked.binary];
         // On an error path, the path's own failures account for an exit (a
@@ -682,6 +863,74 @@ impl<'a> Scheduler<'a> {
     }
 }
 
+/// What the children a test's process forked at its sites found.
+struct Forked {
+    /// The sites they failed and that have a fate.
+    sites: Vec<u64>,
+    /// Some site must be walked again, one per process: its child was
+    /// killed or lost, or its failure cannot be told.
+    again: bool,
+}
+
+impl Scheduler<'_> {
+    /// Records what the children a test's process forked did: each child's
+    /// test, where its test panicked, the sites whose error paths are
+    /// walked later; a `retry` line for a site whose child has no fate (it
+    /// was still running when its parent was killed) or whose panic says
+    /// nothing (`panics_passing`: the test panics when it passes).
+    fn settle_children(
+        &mut self,
+        walked: &Walked,
+        children: Vec<(u32, Option<String>)>,
+        panics_passing: bool,
+    ) -> Result<Forked, Failure> {
+        let mut forked = Forked {
+            sites: Vec::new(),
+            again: false,
+        };
+        for (pid, panicked) in children {
+            let sites = self.tail.sites.remove(&pid).unwrap_or_default();
+            let test = walked.test.line_name();
+            self.setup.append(&Line::Test { pid, test }.to_string())?;
+            for id in sites {
+                let outcome = self.tail.fates.remove(&(id, pid));
+                if self.tail.retries.contains(&id) {
+                    forked.again = true;
+                    continue;
+                }
+                let told = match outcome {
+                    Some(Outcome::Failed) => !panics_passing || panicked.is_none(),
+                    Some(_) => true,
+                    None => false,
+                };
+                if !told {
+                    self.setup.append(&Line::Retry { id }.to_string())?;
+                    forked.again = true;
+                    continue;
+                }
+                if let Some(location) = &panicked {
+                    let location = location.as_str().into();
+                    self.setup
+                        .append(&Line::Panicked { id, pid, location }.to_string())?;
+                }
+                if matches!(outcome, Some(Outcome::Handled | Outcome::Failed))
+                    && !self.tail.panics.contains(&id)
+                {
+                    let found = self
+                        .explorable
+                        .entry((walked.test.fields(), walked.after.clone()))
+                        .or_default();
+                    if !found.contains(&id) {
+                        found.push(id);
+                    }
+                }
+                forked.sites.push(id);
+            }
+        }
+        Ok(forked)
+    }
+}
+
 /// What a test's process did (see [`Scheduler::settle`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settled {
@@ -689,6 +938,9 @@ enum Settled {
     Site,
     /// It failed none.
     Nothing,
+    /// Its children, forked at its sites, failed them all: the test's walk
+    /// is complete.
+    Complete,
     /// It was interrupted.
     Interrupted,
 }
@@ -698,6 +950,8 @@ enum Settled {
 #[derive(Clone, Copy, Debug, Default)]
 struct Round {
     started: usize,
+    /// Its process forks at its sites: no copies.
+    forking: bool,
     live: usize,
     found: bool,
     interrupted: bool,

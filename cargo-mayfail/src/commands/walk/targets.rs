@@ -374,7 +374,15 @@ pub(crate) fn list(binary: &Binary, test: &CargoTest) -> Result<Vec<String>, Str
 
 /// The arguments that run `name` alone.
 pub(crate) fn run_alone(name: &str, test: &CargoTest) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec!["--exact".into(), name.into(), "-q".into()];
+    // `--nocapture`: a child forked at a site tells its test's failure by
+    // the panic line in its own output (see `schedule`); every process of
+    // the walk runs so, for the same allocations.
+    let mut args: Vec<OsString> = vec![
+        "--exact".into(),
+        name.into(),
+        "-q".into(),
+        "--nocapture".into(),
+    ];
     args.extend(test.ignored_option().cloned());
     args
 }
