@@ -2,7 +2,7 @@
 # Walks real crates' test suites with `mayfail sites` and prints one row per
 # crate: the plain `cargo test` time, the sites found, the distinct
 # allocation lines (a site's innermost frame in user code, file:line), the
-# processes, the walk's time, its ratio to the plain time, and the mean
+# processes started, the children they forked at sites, the walk's time, its ratio to the plain time, and the mean
 # cost of a site ((walk - plain) / sites), and the walk's time split into
 # the tests' and the doctests'. Not run by .ci/run: it takes
 # minutes and reads crates from the registry.
@@ -49,7 +49,7 @@ fetch() {
 
 now() { date +%s.%N; }
 
-printf '%-22s %7s %6s %6s %9s %8s %6s %9s %8s %7s\n' crate plain_s sites lines processes walk_s ratio per_site tests_s doc_s
+printf '%-22s %7s %6s %6s %9s %6s %8s %6s %9s %8s %7s\n' crate plain_s sites lines processes forked walk_s ratio per_site tests_s doc_s
 for crate in "${crates[@]}"; do
     fetch "$crate"
     cd "$work/$crate"
@@ -69,14 +69,17 @@ report = json.load(open(state[:-len(".state")] + ".json"))
 sites = report["sites"]
 lines = {s["frames"][0]["location"] or s["frames"][0]["function"] for s in sites}
 text = open(state).read().splitlines()
-# Per run: its processes (`test` lines, per-test engine) or its copies of
-# the whole command; and its time, tests apart from doctests.
+# Per run: its processes (`test` lines, per-test engine, less the children
+# forked at sites) or its copies of the whole command; and its time, tests
+# apart from doctests. The children forked at sites are counted apart.
+forked = {f[2] for f in (l.split("\t") for l in text)
+          if f[0] == "site" and len(f) > 8 and "forked" in f[8].split(",")}
 processes, tests_ms, doc_ms, current, copies, seen = 0, 0, 0, None, 0, 0
 for line in text:
     fields = line.split("\t")
     if fields[0] == "run":
         current, copies, seen = fields[4], int(fields[2]), 0
-    elif fields[0] == "test":
+    elif fields[0] == "test" and fields[1] not in forked:
         seen += 1
     elif fields[0] == "end":
         processes += seen or copies
@@ -85,6 +88,6 @@ for line in text:
         else:
             tests_ms += int(fields[2])
 per_site = (walk - plain) / max(len(sites), 1)
-print(f"{crate:<22} {plain:7.2f} {len(sites):6d} {len(lines):6d} {processes:9d} {walk:8.1f} {walk / plain:6.1f} {per_site:9.3f} {tests_ms / 1000:8.1f} {doc_ms / 1000:7.1f}")
+print(f"{crate:<22} {plain:7.2f} {len(sites):6d} {len(lines):6d} {processes:9d} {len(forked):6d} {walk:8.1f} {walk / plain:6.1f} {per_site:9.3f} {tests_ms / 1000:8.1f} {doc_ms / 1000:7.1f}")
 PY
 done
