@@ -17,7 +17,8 @@ pub(crate) const MAX_THREAD_NAME: usize = 64;
 
 // [sites] The keys of `sites` mode (walking every allocation site, see
 // `sites.rs`): `sites=FILE`, `stack=ID`, `sites-skip=N`, `sites-all=Y`,
-// `sites-shard=K/N`, `sites-after=ID+ID`, `sites-fork=MS`, `sites-fork-test=Y`.
+// `sites-shard=K/N`, `sites-after=ID+ID`, `sites-fork=MS`, `sites-fork-test=Y`,
+// `sites-fork-output=Y`.
 /// Longest accepted `sites=` path, in bytes.
 pub(crate) const MAX_SITES_PATH: usize = 512;
 
@@ -71,6 +72,9 @@ pub(crate) struct Spec {
     /// forked on the test's thread writes its output to a file of its own
     /// and tells a failed test by its panic.
     pub(crate) sites_fork_test: bool,
+    /// [sites] With `sites_fork_ms`: a forked child writes its output to a
+    /// file of its own (implied by `sites_fork_test`).
+    pub(crate) sites_fork_output: bool,
 }
 
 /// [sites] The longest `sites-after` path.
@@ -106,6 +110,7 @@ impl Spec {
         sites_after_len: 0,
         sites_fork_ms: 0,
         sites_fork_test: false,
+        sites_fork_output: false,
     };
 
     pub(crate) fn thread_name(&self) -> &[u8] {
@@ -400,6 +405,10 @@ fn set_walk_value(spec: &mut Spec, key: &[u8], value: &[u8]) -> Result<Option<u3
             spec.sites_fork_test = yes_no(value).ok_or(YES_NO)?;
             Some(21)
         }
+        b"sites-fork-output" => {
+            spec.sites_fork_output = yes_no(value).ok_or(YES_NO)?;
+            Some(22)
+        }
         _ => None,
     })
 }
@@ -509,6 +518,9 @@ impl fmt::Display for Canonical<'_> {
         }
         if s.sites_fork_test {
             f.write_str(",sites-fork-test=Y")?;
+        }
+        if s.sites_fork_output {
+            f.write_str(",sites-fork-output=Y")?;
         }
         Ok(())
     }

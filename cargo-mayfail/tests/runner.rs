@@ -2485,10 +2485,54 @@ fn walk_runner() -> Command {
 /// The walk fixture's tests whose sites are checked apart (by
 /// [`walk_fixture_sites_of`]): a thread's spawning allocates in ways that
 /// change with std.
-const TESTS_CHECKED_APART: [&str; 2] = [
+const TESTS_CHECKED_APART: [&str; 5] = [
     "walk_fixture lib tests::panics_on_purpose",
     "walk_fixture lib tests::on_two_threads",
+    "walk_fixture lib tests::returns_err",
+    "walk_fixture lib tests::should_panic_but_returns",
+    "walk_fixture lib tests::leaves_a_thread",
 ];
+
+/// The outcome of each site of the walk fixture's tests checked apart
+/// that a separate process failing it alone gives: (test, outcome,
+/// function).
+const APART_EXPECTED: [(&str, &str, &str); 5] = [
+    (
+        "walk_fixture lib tests::panics_on_purpose",
+        "handled",
+        "walk_fixture::fourth_checked",
+    ),
+    (
+        "walk_fixture lib tests::on_two_threads",
+        "handled",
+        "walk_fixture::fifth_checked",
+    ),
+    (
+        "walk_fixture lib tests::returns_err",
+        "failed",
+        "walk_fixture::reserve_or_err",
+    ),
+    (
+        "walk_fixture lib tests::should_panic_but_returns",
+        "failed",
+        "walk_fixture::sixth_checked",
+    ),
+    (
+        "walk_fixture lib tests::leaves_a_thread",
+        "handled",
+        "walk_fixture::seventh_checked",
+    ),
+];
+
+/// Each site of [`APART_EXPECTED`] is found with its outcome.
+fn assert_apart_sites(json: &str) {
+    for (test, outcome, function) in APART_EXPECTED {
+        assert!(
+            walk_fixture_sites_of(json, test).contains(&(outcome.to_owned(), function.to_owned())),
+            "{test}: {outcome} {function}: {json}"
+        );
+    }
+}
 
 /// The sites of the walk fixture's `test` in code of its own (not a
 /// panic's message, not on an error path): (outcome, function), sorted.
@@ -2560,12 +2604,12 @@ fn walk_fixture_expected() -> Vec<(String, String, String)> {
         (
             "handled",
             "walk_fixture::doc_checked",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_checked (line 43)",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_checked (line 56)",
         ),
         (
             "aborted",
             "walk_fixture::doc_push",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 54)",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 67)",
         ),
         // A `should_panic` doctest passes by panicking: walked, not left
         // out. Its process exits 0 when the failure keeps it from panicking:
@@ -2574,17 +2618,17 @@ fn walk_fixture_expected() -> Vec<(String, String, String)> {
         (
             "handled",
             "walk_fixture::should_panic_checked",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 72)",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 85)",
         ),
         (
             "aborted",
-            "rust_out::main::_doctest_main_src_lib_rs_72_0",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 72)",
+            "rust_out::main::_doctest_main_src_lib_rs_85_0",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 85)",
         ),
         (
             "aborted",
-            "rust_out::main::_doctest_main_src_lib_rs_72_0",
-            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 72)",
+            "rust_out::main::_doctest_main_src_lib_rs_85_0",
+            "walk_fixture doctest:walk_fixture src/lib.rs - doc_push (line 85)",
         ),
         (
             "handled",
@@ -2669,6 +2713,7 @@ fn the_doctests_are_compiled_by_the_rustdoc_cargo_would_run_build_rustdoc_includ
 /// thread of its own walked one site per process, the reason said; the
 /// other sites found by children forked at them.
 fn assert_forked_verdicts(json: &str, text: &str) {
+    assert_apart_sites(json);
     assert_eq!(
         walk_fixture_sites_of(json, "walk_fixture lib tests::panics_on_purpose"),
         [(
@@ -2677,13 +2722,33 @@ fn assert_forked_verdicts(json: &str, text: &str) {
         )],
         "{json}"
     );
-    assert!(
-        walk_fixture_sites_of(json, "walk_fixture lib tests::on_two_threads").contains(&(
-            "handled".to_owned(),
-            "walk_fixture::fifth_checked".to_owned()
-        )),
-        "{json}"
-    );
+    // A child whose test left a thread running ends with the test's thread,
+    // not at the timeout.
+    let left_a_thread: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("site\t") && l.contains("seventh_checked"))
+        .filter_map(|l| l.split('\t').nth(1))
+        .collect();
+    assert!(!left_a_thread.is_empty(), "{text}");
+    for id in left_a_thread {
+        assert!(!text.contains(&format!("retry\t{id}")), "{text}");
+    }
+    // A test that forked at every site to its end completes its walk in
+    // that one process: two_handled's processes are that one, then one for
+    // each of its two sites' error paths.
+    let processes_of = |test: &str| {
+        let forked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("site\t") && l.contains("\tforked,parent="))
+            .filter_map(|l| l.split('\t').nth(2))
+            .collect();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("test\t"))
+            .filter(|l| l.ends_with(&format!("\t{test}")))
+            .filter(|l| !forked.contains(&l.split('\t').next().unwrap()))
+            .count()
+    };
+    assert_eq!(processes_of("tests::two_handled"), 3, "{text}");
     assert!(text.contains("\nretry\t"), "{text}");
     assert!(
         text.lines()
@@ -2723,17 +2788,7 @@ fn a_walk_with_one_site_per_process_finds_the_same_sites_as_one_forking_at_them(
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let json = std::fs::read_to_string(dir.join("walk.json")).unwrap();
     assert_eq!(walk_fixture_sites(&json), walk_fixture_expected(), "{json}");
-    for test in TESTS_CHECKED_APART {
-        assert!(!walk_fixture_sites_of(&json, test).is_empty(), "{json}");
-    }
-    assert_eq!(
-        walk_fixture_sites_of(&json, "walk_fixture lib tests::panics_on_purpose"),
-        [(
-            "handled".to_owned(),
-            "walk_fixture::fourth_checked".to_owned()
-        )],
-        "{json}"
-    );
+    assert_apart_sites(&json);
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(
         !text.contains("forked") && !text.contains("no-fork\t"),
@@ -2838,7 +2893,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
         out.stderr
     );
     // The state file: a `test` line per process, a `tested` line per test.
-    assert_eq!(text.matches("\ntested\t").count(), 8, "{text}");
+    assert_eq!(text.matches("\ntested\t").count(), 11, "{text}");
     assert!(
         !text.contains("ignored_site"),
         "an ignored test is not walked: {text}"
@@ -2905,7 +2960,7 @@ fn a_per_test_walk_finds_every_site_of_every_test_names_its_test_and_replays_it_
     );
     assert!(
         !output.status.success()
-            && text.contains("doc_push (line 54) ... FAILED")
+            && text.contains("doc_push (line 67) ... FAILED")
             && text.contains("failed on purpose")
             && text.contains("walk_fixture::doc_push"),
         "{line}: {text}"
@@ -3012,12 +3067,12 @@ fn shards_split_the_tests_and_their_merged_report_is_the_whole_walk() {
         );
         states.push(state);
     }
-    // Each test in one shard: together, the four of the library.
+    // Each test in one shard: together, the seven of the library.
     let mut all: Vec<&String> = tests.iter().flatten().collect();
     all.sort();
-    assert_eq!(all.len(), 4, "{tests:?}");
+    assert_eq!(all.len(), 7, "{tests:?}");
     all.dedup();
-    assert_eq!(all.len(), 4, "{tests:?}");
+    assert_eq!(all.len(), 7, "{tests:?}");
     let merged = dir.join("merged.state");
     let out = ran(walk_runner()
         .arg("report")

@@ -54,12 +54,20 @@
 //! has two threads: libtest runs the test on a thread of its own, and its
 //! main thread waits on a futex for the result. Such a process is fit to
 //! fork from the test's thread while the main thread waits (it holds no
-//! lock then) and its standard error is a regular file. The child holds
-//! the test's thread alone: its output goes to a file of its own (the
-//! parent's output file's path followed by `.PID`, which the runner reads),
-//! and its process exits 0 whenever that thread ends, passed or panicked;
-//! so at exit the child reads its own output for the harness's panic line
-//! (`thread 'NAME' panicked at`): there, its fate is `failed`.
+//! lock then; looked at again just before the fork) and its standard error
+//! is a regular file. The child holds the test's thread alone: its output
+//! goes to a file of its own (the parent's output file's path followed by
+//! `.PID`, which the runner reads; a child that cannot open it ends before
+//! its site line, and the parent fails the site itself), and its process
+//! exits 0 as soon as that thread ends (a thread-specific value's
+//! destructor: threads the test left running do not keep it), passed or
+//! failed; so at exit the child reads its own output for the harness's
+//! panic line for its thread (`thread 'NAME' panicked at`) or the line of
+//! a test that returned an `Err` (`Error: `): there, its fate is `failed`.
+//! With `sites-fork-output` (a doctest's executable, a program), the child
+//! writes to a file of its own too, and its status is its fate. Either
+//! turns `sites-fork` off in the process's own environment: the programs a
+//! test runs fail one site per process.
 //!
 //! A process asked to fork that is not fit to fails the site itself, as
 //! without `sites-fork`, and writes a `no-fork` line saying why; so does one
@@ -69,18 +77,23 @@
 //! site per process, within its time.
 //!
 //! Everything here runs inside the allocator, on the process's only
-//! thread (a test's: the one that is not waiting), under the in-reclaim mark (what the fork handlers allocate is
-//! served, never injected), and allocates nothing. `SIGCHLD` is blocked
-//! from just before the fork until the child is reaped: a handler of the
-//! program's that reaps every child cannot take the status first (the
-//! signal stays pending and reaches the program afterwards, as a stray
-//! `SIGCHLD` a handler must expect anyway). `errno` is what it was when the
-//! parent goes on.
+//! thread (a test's: the one that is not waiting), under the in-reclaim
+//! mark (what the fork handlers allocate is served, never injected), and
+//! allocates nothing. `SIGCHLD` is blocked on the forking thread from just
+//! before the fork until the child is reaped: a handler of the program's
+//! that reaps every child cannot take the status first (the signal stays
+//! pending and reaches the program afterwards, as a stray `SIGCHLD` a
+//! handler must expect anyway). In a test's process the harness's main
+//! thread does not block it: a handler of the test's may run there and
+//! reap the child, whose site is then asked for again. `errno` is what it
+//! was when the parent goes on.
 
 use core::ffi::{CStr, c_int};
 use core::fmt::Write;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 use std::borrow::Cow;
 
 use super::append;
@@ -100,6 +113,14 @@ static NO_FORK_PID: AtomicI32 = AtomicI32::new(0);
 static RESOLVED_NS: AtomicU64 = AtomicU64::new(0);
 /// The process runs one test of a libtest harness (`sites-fork-test`).
 static TEST: AtomicBool = AtomicBool::new(false);
+/// A forked child writes its output to a file of its own
+/// (`sites-fork-output`, or `sites-fork-test`).
+static OWN_OUTPUT: AtomicBool = AtomicBool::new(false);
+/// In a child forked on a test's thread: `thread 'NAME'`, how the
+/// harness's panic line for its test begins.
+static PANIC_HEAD: [AtomicU8; PANIC_HEAD_MAX] = [const { AtomicU8::new(0) }; PANIC_HEAD_MAX];
+static PANIC_HEAD_LEN: AtomicUsize = AtomicUsize::new(0);
+const PANIC_HEAD_MAX: usize = 512;
 /// In a forked child: the process that forked it.
 static PARENT: AtomicI32 = AtomicI32::new(0);
 /// In a child forked on a test's thread: its own output file, open for
@@ -140,7 +161,7 @@ pub(super) enum Forked {
 
 /// Turns the engine on (`ms` > 0) or off for a spec being installed.
 /// Inside the allocator: no allocation.
-pub(super) fn install(ms: u64, test: bool) {
+pub(super) fn install(ms: u64, test: bool, output: bool) {
     if ms != 0 && SHARED.load(Relaxed).is_null() {
         // SAFETY: an anonymous shared mapping at an address of the kernel's
         // choice; nothing else is affected. It is never unmapped.
@@ -159,7 +180,14 @@ pub(super) fn install(ms: u64, test: bool) {
         }
     }
     TEST.store(test, Relaxed);
+    OWN_OUTPUT.store(test || output, Relaxed);
     FORK_MS.store(ms, Relaxed);
+    if ms != 0 && (test || output) {
+        // A test's (or a doctest's) process: the programs it runs are no
+        // children of the walk's, whose output the runner would collect;
+        // they fail one site per process.
+        no_fork_below();
+    }
 }
 
 /// The shared page, if there is one.
@@ -193,7 +221,7 @@ pub(super) fn fitness() -> Fitness {
     match settled_thread_count(expected) {
         Some(n) if n == expected => {}
         Some(n) => {
-            let _ = write!(reason, "{n} threads");
+            let _ = write!(reason, "{n} thread{}", if n == 1 { "" } else { "s" });
         }
         None => {
             let _ = reason.write_str("its thread count cannot be read");
@@ -279,16 +307,16 @@ fn output_path() -> Option<StackBuf<600>> {
 /// In a child forked on a test's thread: its standard output and error
 /// go to a file of its own, the parent's output file's path followed by
 /// `.PID`, which the runner reads when the parent ends; the file is kept
-/// open for [`test_panicked`].
-fn own_output() {
+/// open for [`test_failed`].
+fn own_output() -> bool {
     let Some(mut path) = output_path() else {
-        return;
+        return false;
     };
     if write!(path, ".{}\0", sys::getpid()).is_err() {
-        return;
+        return false;
     }
     let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
-        return;
+        return false;
     };
     // SAFETY: a NUL-terminated path; the descriptor is ours.
     let fd = unsafe {
@@ -299,28 +327,72 @@ fn own_output() {
         )
     };
     if fd < 0 {
-        return;
+        return false;
     }
     let fd = sys::move_descriptor_high(fd);
     // SAFETY: `fd` is open and ours; 1 and 2 then refer to its file.
-    unsafe {
-        libc::dup2(fd, 1);
-        libc::dup2(fd, 2);
-    }
+    let moved = unsafe { libc::dup2(fd, 1) == 1 && libc::dup2(fd, 2) == 2 };
     OUTPUT_FD.store(fd, Relaxed);
+    moved
+}
+
+/// In a child forked on a test's thread: the process exits (status 0, its
+/// exit handlers run) as soon as that thread ends, as the harness would
+/// once it has the test's result, even if the test left threads of its
+/// own running. A thread-specific value's destructor runs when the thread
+/// ends, after its thread-locals'.
+fn exit_with_the_test_thread() {
+    extern "C" fn test_thread_ended(_: *mut libc::c_void) {
+        // SAFETY: ends the process from the test's thread as it ends, as
+        // glibc does itself when the last thread ends.
+        unsafe { libc::exit(0) };
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is writable; a non-null value (never dereferenced)
+    // makes the destructor run for this thread.
+    unsafe {
+        if libc::pthread_key_create(&mut key, Some(test_thread_ended)) == 0 {
+            libc::pthread_setspecific(key, ptr::dangling::<libc::c_void>());
+        }
+    }
+}
+
+/// In a child forked on a test's thread: notes how the harness's panic
+/// line for this thread's test begins (`thread 'NAME'`).
+fn note_panic_head() {
+    let mut head = StackBuf::<PANIC_HEAD_MAX>::new();
+    crate::record::with_thread_name(|name| {
+        let _ = head.write_str("thread '");
+        if let Ok(name) = core::str::from_utf8(name) {
+            let _ = head.write_str(name);
+        }
+        let _ = head.write_str("'");
+    });
+    let bytes = head.as_bytes();
+    for (slot, &b) in PANIC_HEAD.iter().zip(bytes) {
+        slot.store(b, Relaxed);
+    }
+    PANIC_HEAD_LEN.store(bytes.len().min(PANIC_HEAD_MAX), Relaxed);
 }
 
 /// In a child forked on a test's thread, as it exits: whether its output
-/// holds the harness's panic line (`thread 'NAME' panicked at`, or `thread
-/// 'NAME' (ID) panicked at`). The child's process ends with status 0 when
-/// the test's thread ends, panicked or not: the harness's main thread,
-/// which would report the failure, was not forked.
-pub(super) fn test_panicked() -> bool {
+/// tells that its test failed. The child's process ends with status 0 when
+/// the test's thread ends, failed or not: the harness's main thread, which
+/// would report the failure, was not forked. Its output tells: the
+/// harness's panic line for the test's own thread (`thread 'NAME' panicked
+/// at`, or `thread 'NAME' (ID) panicked at`), or the line std writes for a
+/// test returning an `Err` (`Error: ...`).
+pub(super) fn test_failed() -> bool {
     let fd = OUTPUT_FD.load(Relaxed);
     if fd < 0 || !TEST.load(Relaxed) {
         return false;
     }
-    let mut lines = PanicLines::default();
+    let mut head = [0u8; PANIC_HEAD_MAX];
+    let len = PANIC_HEAD_LEN.load(Relaxed).min(PANIC_HEAD_MAX);
+    for (b, slot) in head.iter_mut().zip(&PANIC_HEAD[..len]) {
+        *b = slot.load(Relaxed);
+    }
+    let mut lines = FailureLines::new(&head[..len]);
     let mut buf = [0u8; 4096];
     let mut offset: libc::off_t = 0;
     loop {
@@ -342,37 +414,48 @@ pub(super) fn test_panicked() -> bool {
     }
 }
 
-/// Finds a line that starts with `thread '` and holds ` panicked at `, in
-/// text fed piece by piece.
-#[derive(Default)]
-struct PanicLines {
-    /// Bytes of `thread '` matched at the line's start; `None` once the
-    /// line is known not to start with it.
-    head: Option<usize>,
-    /// Bytes of ` panicked at ` matched.
+/// Finds, in text fed piece by piece, a line that starts with `head` (the
+/// test thread's `thread 'NAME'`) and holds ` panicked at `, or a line that
+/// starts with `Error: `.
+struct FailureLines<'a> {
+    head: &'a [u8],
+    /// Bytes of `head` and of `Error: ` matched at the line's start; `None`
+    /// once the line is known not to start with it.
+    at_head: Option<usize>,
+    at_error: Option<usize>,
+    /// Bytes of ` panicked at ` matched, once the line started with `head`.
     mark: usize,
-    /// Inside a line (not at its start).
-    started: bool,
 }
 
-impl PanicLines {
-    const HEAD: &'static [u8] = b"thread '";
+impl<'a> FailureLines<'a> {
+    const ERROR: &'static [u8] = b"Error: ";
     const MARK: &'static [u8] = b" panicked at ";
+
+    fn new(head: &'a [u8]) -> Self {
+        FailureLines {
+            head,
+            at_head: Some(0),
+            at_error: Some(0),
+            mark: 0,
+        }
+    }
 
     fn feed(&mut self, text: &[u8]) -> bool {
         for &b in text {
             if b == b'\n' {
-                *self = PanicLines::default();
+                *self = FailureLines::new(self.head);
                 continue;
             }
-            if !self.started {
-                self.started = true;
-                self.head = Some(0);
+            if let Some(e) = self.at_error {
+                self.at_error = (b == Self::ERROR[e]).then_some(e + 1);
+                if self.at_error == Some(Self::ERROR.len()) {
+                    return true;
+                }
             }
-            match self.head {
+            match self.at_head {
                 None => {}
-                Some(h) if h < Self::HEAD.len() => {
-                    self.head = (b == Self::HEAD[h]).then_some(h + 1);
+                Some(h) if h < self.head.len() => {
+                    self.at_head = (b == self.head[h]).then_some(h + 1);
                 }
                 Some(_) => {
                     if b == Self::MARK[self.mark] {
@@ -547,6 +630,13 @@ pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
     let Some(page) = shared() else {
         return Forked::Not;
     };
+    // The symbols were resolved since the harness's main thread was seen
+    // waiting: it must still be (the deadlock detector is the backstop for
+    // a wake-up between this look and the fork).
+    if TEST.load(Relaxed) && !main_thread_waits(sys::getpid()) {
+        stop("the harness's main thread is not waiting");
+        return Forked::Not;
+    }
     let errno = sys::errno();
     page.fate.store(0, Relaxed);
     page.site.store(0, Relaxed);
@@ -574,8 +664,15 @@ pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
         // SAFETY: `old` is the mask saved above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
         own_regular_files();
+        if OWN_OUTPUT.load(Relaxed) && !own_output() {
+            // Its output would be its parent's, and its test's failure
+            // could not be told: the parent fails the site itself.
+            // SAFETY: _exit ends this child at once.
+            unsafe { libc::_exit(0) };
+        }
         if TEST.load(Relaxed) {
-            own_output();
+            note_panic_head();
+            exit_with_the_test_thread();
         }
         no_fork_below();
         return Forked::Child;
@@ -935,34 +1032,40 @@ fn write_fate_of(id: u64, pid: libc::pid_t, ended: Ended) {
 
 #[cfg(test)]
 mod tests {
-    use super::PanicLines;
+    use super::FailureLines;
 
-    /// Whether `text`, fed in pieces of `piece` bytes, holds a panic line.
-    fn panics(text: &str, piece: usize) -> bool {
-        let mut lines = PanicLines::default();
+    /// Whether `text`, fed in pieces of `piece` bytes, tells test
+    /// `tests::t` failed.
+    fn failed(text: &str, piece: usize) -> bool {
+        let mut lines = FailureLines::new(b"thread 'tests::t'");
         text.as_bytes().chunks(piece).any(|chunk| lines.feed(chunk))
     }
 
     #[test]
-    fn the_harness_panic_line_is_found_however_the_output_is_cut() {
+    fn the_test_thread_panic_line_or_an_error_line_is_found_however_the_output_is_cut() {
         let yes = [
             "thread 'tests::t' panicked at src/lib.rs:3:5:\nboom\n",
-            "running 1 test\nthread 'a b' (6333) panicked at src/x.rs:1:1:\n",
-            "out\nthread 'main' panicked at a.rs:1:1:",
+            "running 1 test\nthread 'tests::t' (6333) panicked at src/x.rs:1:1:\n",
+            "out\nError: TryReserveError { kind: CapacityOverflow }\n",
+            "out\nthread 'tests::t' panicked at a.rs:1:1:",
         ];
         let no = [
             "test t ... ok\n",
+            // Another thread's panic (one the test joins and handles).
+            "thread 'tests::t2' panicked at a.rs:1:1:\n",
+            "thread '<unnamed>' panicked at a.rs:1:1:\n",
             // Not at a line's start, or not the harness's words.
-            "  thread 'x' panicked at a.rs:1:1:\n",
-            "thread 'x' did not panic\npanicked at a.rs:1:1\n",
-            "thread 'x'\n panicked at a.rs:1:1\n",
+            "  thread 'tests::t' panicked at a.rs:1:1:\n",
+            "thread 'tests::t' did not panic\npanicked at a.rs:1:1\n",
+            "thread 'tests::t'\n panicked at a.rs:1:1\n",
+            "no Error: here\nError:\n",
         ];
         for piece in [1, 2, 3, 7, 4096] {
             for text in yes {
-                assert!(panics(text, piece), "{text:?} in pieces of {piece}");
+                assert!(failed(text, piece), "{text:?} in pieces of {piece}");
             }
             for text in no {
-                assert!(!panics(text, piece), "{text:?} in pieces of {piece}");
+                assert!(!failed(text, piece), "{text:?} in pieces of {piece}");
             }
         }
     }

@@ -41,7 +41,9 @@
 //! the thread's start (at most 16), from which the runner tells a fallible
 //! API, a dependency's frame and the test.
 //! The fate comes from the crash module's `SIGABRT`/`SIGSEGV`/`SIGBUS`
-//! handler or from a glibc `on_exit` handler (exit 0: handled, else: failed).
+//! handler or from a glibc `on_exit` handler (exit 0: handled, else: failed;
+//! a child forked on a test's thread: failed when its output tells the test
+//! failed, see `fork`).
 //! A new stack whose innermost frame outside the allocation machinery
 //! (std, alloc, core, mayfail, and the C and C++ libraries' functions that
 //! allocate for their caller) belongs to the Rust runtime, a test harness,
@@ -348,7 +350,7 @@ fn stack_id(frames: &mut [usize; MAX_FRAMES]) -> (u64, usize) {
 /// comes from `MAYFAIL_INJECT`: no allocation.
 pub(crate) fn install(spec: &Spec) -> bool {
     MODE.store(OFF, Relaxed);
-    fork::install(0, false);
+    fork::install(0, false, false);
     inject::set_stack_filter(None);
     let path = &spec.sites_after[..usize::from(spec.sites_after_len)];
     for (slot, &id) in AFTER.iter().zip(path) {
@@ -433,7 +435,11 @@ pub(crate) fn install(spec: &Spec) -> bool {
     ALL.store(spec.sites_all, Relaxed);
     let (k, n) = spec.sites_shard;
     SHARD.store(u64::from(k - 1) << 32 | u64::from(n), Relaxed);
-    fork::install(spec.sites_fork_ms, spec.sites_fork_test);
+    fork::install(
+        spec.sites_fork_ms,
+        spec.sites_fork_test,
+        spec.sites_fork_output,
+    );
     if !EXIT_HANDLER.swap(true, Relaxed) {
         sys::call_on_exit(at_exit);
     }
@@ -539,11 +545,11 @@ extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
     let mut detail = StackBuf::<32>::new();
     let _ = write!(detail, "exit {status}");
     // A child forked on a test's thread exits 0 when that thread ends,
-    // whether the test passed or not: its panic tells.
-    let test_failed = status == 0 && FORKED.load(Relaxed) && fork::test_panicked();
+    // whether the test passed or not: its output tells.
+    let test_failed = status == 0 && FORKED.load(Relaxed) && fork::test_failed();
     if test_failed {
         detail = StackBuf::new();
-        let _ = detail.write_str("the test panicked");
+        let _ = detail.write_str("the test failed");
     }
     let outcome = if status == 0 && !test_failed {
         Outcome::Handled

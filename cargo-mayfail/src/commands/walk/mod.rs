@@ -92,6 +92,9 @@ pub(crate) fn execute(args: &SitesArgs, setup: &Setup) -> Result<i32, Failure> {
         "walking {} tests, {jobs} at once (--jobs)",
         tests.len()
     ));
+    // Output files of an earlier walk's processes, killed before they
+    // were read, would be taken for this walk's.
+    let _ = std::fs::remove_dir_all(schedule::output_dir(setup));
     let mut scheduler = Scheduler::new(setup, &binaries, &command, run, jobs, !args.no_fork)?;
     scheduler.error_paths(usize::from(args.depth), &setup.load()?);
     scheduler.walk(tests, done, &mut progress)?;

@@ -121,6 +121,9 @@ pub(crate) struct Finished<T> {
     pub(crate) ended: Ended,
     /// Where its test panicked, if it did.
     pub(crate) panicked: Option<String>,
+    /// Its output holds a line that tells a test failed (a panic's, or a
+    /// returned `Err`'s `Error: ...`).
+    pub(crate) says_failed: bool,
     /// The children it forked at its sites: pid, and where the test
     /// panicked in each, if it did.
     pub(crate) children: Vec<(u32, Option<String>)>,
@@ -245,16 +248,17 @@ impl<'a, T> Pool<'a, T> {
             for i in 0..self.live.len() {
                 if let Some(ended) = self.poll(i) {
                     let live = self.live.swap_remove(i);
-                    let panicked = self.to_log(&live.output);
+                    let (panicked, says_failed) = self.to_log(&live.output);
                     let children = forked_outputs(&live.output)
                         .into_iter()
-                        .map(|(pid, path)| (pid, self.to_log(&path)))
+                        .map(|(pid, path)| (pid, self.to_log(&path).0))
                         .collect();
                     return Some(Finished {
                         tag: live.tag,
                         pid: live.child.id(),
                         ended,
                         panicked,
+                        says_failed,
                         children,
                     });
                 }
@@ -264,13 +268,17 @@ impl<'a, T> Pool<'a, T> {
     }
 
     /// Moves a process's output file to the log; where its test panicked,
-    /// if it did.
-    fn to_log(&self, path: &Path) -> Option<String> {
+    /// if it did, and whether the output tells a test failed.
+    fn to_log(&self, path: &Path) -> (Option<String>, bool) {
         let output = std::fs::read(path).unwrap_or_default();
         let _ = std::fs::remove_file(path);
         let mut log = &self.setup.log;
         let _ = std::io::Write::write_all(&mut log, &output);
-        panic_location(&String::from_utf8_lossy(&output))
+        let output = String::from_utf8_lossy(&output);
+        let panicked = panic_location(&output);
+        let says_failed =
+            panicked.is_some() || output.lines().any(|line| line.starts_with("Error: "));
+        (panicked, says_failed)
     }
 
     /// Whether process `i` has ended (reaped), after it is killed at the
@@ -623,9 +631,11 @@ impl<'a> Scheduler<'a> {
                 spec.push_str(&format!(",sites-fork={ms}"));
                 // A libtest harness runs the test on a thread of its own; a
                 // doctest's executable runs it on its main thread.
-                if !binary.is_doctest() {
-                    spec.push_str(",sites-fork-test=Y");
-                }
+                spec.push_str(if binary.is_doctest() {
+                    ",sites-fork-output=Y"
+                } else {
+                    ",sites-fork-test=Y"
+                });
             }
             let mut command = binary.command(&args);
             for (i, id) in walked.after.iter().enumerate() {
@@ -753,15 +763,22 @@ impl<'a> Scheduler<'a> {
             pid,
             ended,
             panicked,
+            says_failed,
             children,
             ..
         } = finished;
         self.busy[walked.binary] -= 1;
         self.warm[walked.binary] = true;
         self.tail.read(self.setup)?;
-        // A test that passes while it panics (`should_panic`, a panic it
-        // catches): its children's panics say nothing of their sites.
-        let panics_passing = panicked.is_some() && ended.passed(&self.setup.handled_exit);
+        // A test that passes while its output tells of a failure
+        // (`should_panic`, a panic it catches, an `Error:` line of its
+        // own): what its children's output tells says nothing of their
+        // sites (a `should_panic` test that no longer panics fails, and its
+        // child exits 0 all the same). A doctest's child ends as its
+        // process would: its status tells.
+        let untold = says_failed
+            && ended.passed(&self.setup.handled_exit)
+            && !self.binaries[walked.binary].is_doctest();
         let mut failed = self.tail.sites.remove(&pid).unwrap_or_default();
         self.record_endings(&failed, pid, ended, panicked)?;
         let test = walked.test.line_name();
@@ -772,7 +789,7 @@ impl<'a> Scheduler<'a> {
         }
         let mut children: Vec<(u32, Option<String>)> = children.into_iter().collect();
         children.sort();
-        let forked = self.settle_children(walked, children, panics_passing)?;
+        let forked = self.settle_children(walked, children, untold)?;
         if forked.again {
             self.unforked.insert(index);
         }
@@ -876,13 +893,14 @@ impl Scheduler<'_> {
     /// Records what the children a test's process forked did: each child's
     /// test, where its test panicked, the sites whose error paths are
     /// walked later; a `retry` line for a site whose child has no fate (it
-    /// was still running when its parent was killed) or whose panic says
-    /// nothing (`panics_passing`: the test panics when it passes).
+    /// was still running when its parent was killed) or whose output says
+    /// nothing of its test's end (`untold`: the test's own output tells of
+    /// a failure when it passes).
     fn settle_children(
         &mut self,
         walked: &Walked,
         children: Vec<(u32, Option<String>)>,
-        panics_passing: bool,
+        untold: bool,
     ) -> Result<Forked, Failure> {
         let mut forked = Forked {
             sites: Vec::new(),
@@ -894,13 +912,14 @@ impl Scheduler<'_> {
             self.setup.append(&Line::Test { pid, test }.to_string())?;
             for id in sites {
                 let outcome = self.tail.fates.remove(&(id, pid));
-                if self.tail.retries.contains(&id) {
+                if self.tail.retries.remove(&id) {
                     forked.again = true;
                     continue;
                 }
                 let told = match outcome {
-                    Some(Outcome::Failed) => !panics_passing || panicked.is_none(),
-                    Some(_) => true,
+                    // Its process's end: an abort, a crash, a hang.
+                    Some(Outcome::Aborted | Outcome::Crashed | Outcome::Hung) => true,
+                    Some(_) => !untold,
                     None => false,
                 };
                 if !told {
