@@ -799,57 +799,12 @@ impl<'a> Scheduler<'a> {
             return Ok(Settled::Interrupted);
         }
         if !failed.is_empty() || forked.again {
-            self.sites += failed.len();
-            if failed.is_empty() {
-                return Ok(Settled::Site);
-            }
-            // Handled, or a test failure: the code went on, on its error
-            // path, which a later walk explores.
-            let went_on = match ended {
-                Ended::Exited(status) => {
-                    ended.passed(&self.setup.handled_exit) || status.code() == Some(101)
-                }
-                _ => false,
+            let found = Found {
+                failed,
+                forked: forked_sites,
+                again: forked.again,
             };
-            if went_on {
-                let found = self
-                    .explorable
-                    .entry((walked.test.fields(), walked.after.clone()))
-                    .or_default();
-                for id in &failed[..failed.len() - forked_sites] {
-                    if !self.tail.panics.contains(id) && !found.contains(id) {
-                        found.push(*id);
-                    }
-                }
-            }
-            let path = match walked.after.last() {
-                Some(last) => format!(" on the error path of {}", StackId(*last)),
-                None => String::new(),
-            };
-            let how = if forked_sites > 0 {
-                format!("{forked_sites} forked at")
-            } else {
-                ended.describe(self.setup.timeout)
-            };
-            progress.line(&format!(
-                "{}: {} new site{} {}{path} ({how})",
-                walked.test.display(),
-                failed.len(),
-                if failed.len() == 1 { "" } else { "s" },
-                StackId(failed[0]),
-            ));
-            // A process that forked at every new site it met, to its end,
-            // with every allocation served, ran the test as a last process
-            // failing no new site would: the test's walk is complete.
-            let complete = self.rounds[index].forking
-                && failed.len() == forked_sites
-                && !forked.again
-                && ended.passed_for(&self.binaries[walked.binary], &self.setup.handled_exit);
-            return Ok(if complete {
-                Settled::Complete
-            } else {
-                Settled::Site
-            });
+            return Ok(self.found_sites(index, walked, ended, &found, progress));
         }
         let binary = &self.binaries[walked.binary];
         // On an error path, the path's own failures account for an exit (a
@@ -878,6 +833,85 @@ impl<'a> Scheduler<'a> {
         }
         Ok(Settled::Nothing)
     }
+
+    /// What a test's process that found sites means for its test: the
+    /// error paths of the sites it failed itself and went on from, a
+    /// progress line, and whether the test's walk goes on.
+    fn found_sites(
+        &mut self,
+        index: usize,
+        walked: &Walked,
+        ended: Ended,
+        found: &Found,
+        progress: &Progress,
+    ) -> Settled {
+        let Found {
+            failed,
+            forked,
+            again,
+        } = found;
+        let (forked, again) = (*forked, *again);
+        self.sites += failed.len();
+        let Some(&first) = failed.first() else {
+            return Settled::Site;
+        };
+        // Handled, or a test failure: the code went on, on its error path,
+        // which a later walk explores.
+        let went_on = match ended {
+            Ended::Exited(status) => {
+                ended.passed(&self.setup.handled_exit) || status.code() == Some(101)
+            }
+            _ => false,
+        };
+        if went_on {
+            let found = self
+                .explorable
+                .entry((walked.test.fields(), walked.after.clone()))
+                .or_default();
+            for id in &failed[..failed.len() - forked] {
+                if !self.tail.panics.contains(id) && !found.contains(id) {
+                    found.push(*id);
+                }
+            }
+        }
+        let path = match walked.after.last() {
+            Some(last) => format!(" on the error path of {}", StackId(*last)),
+            None => String::new(),
+        };
+        let how = if forked > 0 {
+            format!("{forked} forked at")
+        } else {
+            ended.describe(self.setup.timeout)
+        };
+        progress.line(&format!(
+            "{}: {} new site{} {}{path} ({how})",
+            walked.test.display(),
+            failed.len(),
+            if failed.len() == 1 { "" } else { "s" },
+            StackId(first),
+        ));
+        // A process that forked at every new site it met, to its end, with
+        // every allocation served, ran the test as a last process failing
+        // no new site would: the test's walk is complete.
+        let complete = self.rounds[index].forking
+            && failed.len() == forked
+            && !again
+            && ended.passed_for(&self.binaries[walked.binary], &self.setup.handled_exit);
+        if complete {
+            Settled::Complete
+        } else {
+            Settled::Site
+        }
+    }
+}
+
+/// The sites a test's process found: those it failed itself, then the
+/// last `forked` ones its children failed; `again`: some site must be
+/// walked again, one per process.
+struct Found {
+    failed: Vec<u64>,
+    forked: usize,
+    again: bool,
 }
 
 /// What the children a test's process forked at its sites found.
