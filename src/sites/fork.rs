@@ -86,7 +86,9 @@
 //! handler must expect anyway). In a test's process the harness's main
 //! thread does not block it: a handler of the test's may run there and
 //! reap the child, whose site is then asked for again. `errno` is what it
-//! was when the parent goes on.
+//! was when the parent goes on. In a test's process, a child killed after
+//! `MS` stops the forking (a harness whose test threads never end would
+//! make every later child wait as long).
 
 use core::ffi::{CStr, c_int};
 use core::fmt::Write;
@@ -358,21 +360,46 @@ fn exit_with_the_test_thread() {
 }
 
 /// In a child forked on a test's thread: notes how the harness's panic
-/// line for this thread's test begins (`thread 'NAME'`).
+/// line for this thread's test begins (`thread 'NAME'`). The kernel keeps
+/// 15 bytes of a thread's name, and std's own record of it may be another
+/// copy of std's (the preload library's): a name cut so is completed from
+/// the `--exact NAME` the runner started the test with, else matched as a
+/// prefix.
 fn note_panic_head() {
+    let mut kernel = [0u8; 16];
+    let kernel = sys::thread_name(&mut kernel);
+    let mut cmdline = [0u8; 4096];
+    let exact = if kernel.len() >= sys::KERNEL_NAME_BYTES {
+        sys::read_small(c"/proc/self/cmdline", &mut cmdline)
+            .and_then(exact_test_name)
+            .filter(|name| name.starts_with(kernel))
+    } else {
+        None
+    };
     let mut head = StackBuf::<PANIC_HEAD_MAX>::new();
-    crate::record::with_thread_name(|name| {
-        let _ = head.write_str("thread '");
-        if let Ok(name) = core::str::from_utf8(name) {
-            let _ = head.write_str(name);
-        }
+    let _ = head.write_str("thread '");
+    let (name, whole) = match exact {
+        Some(name) => (name, true),
+        None => (kernel, kernel.len() < sys::KERNEL_NAME_BYTES),
+    };
+    if let Ok(name) = core::str::from_utf8(name) {
+        let _ = head.write_str(name);
+    }
+    if whole {
         let _ = head.write_str("'");
-    });
+    }
     let bytes = head.as_bytes();
     for (slot, &b) in PANIC_HEAD.iter().zip(bytes) {
         slot.store(b, Relaxed);
     }
     PANIC_HEAD_LEN.store(bytes.len().min(PANIC_HEAD_MAX), Relaxed);
+}
+
+/// The argument after `--exact` in a NUL-separated command line.
+fn exact_test_name(cmdline: &[u8]) -> Option<&[u8]> {
+    let mut words = cmdline.split(|&b| b == 0);
+    words.find(|&w| w == b"--exact")?;
+    words.next().filter(|w| !w.is_empty())
 }
 
 /// In a child forked on a test's thread, as it exits: whether its output
@@ -692,8 +719,15 @@ pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
         stop("a forked child ended before writing its site");
         return Forked::Not;
     }
+    let killed = matches!(ended, Ended::Killed);
     if page.fate.load(Relaxed) != pid || !matches!(ended, Ended::Status(_)) {
         write_fate_of(id, pid, ended);
+    }
+    if killed && TEST.load(Relaxed) {
+        // A test's child that outlived the timeout: the harness may run
+        // tests on threads that never end (each later child would wait as
+        // long); the process fails its next site itself.
+        stop("a forked child was killed after the timeout");
     }
     sys::set_errno(errno);
     Forked::Parent
@@ -1032,7 +1066,21 @@ fn write_fate_of(id: u64, pid: libc::pid_t, ended: Ended) {
 
 #[cfg(test)]
 mod tests {
-    use super::FailureLines;
+    use super::{FailureLines, exact_test_name};
+
+    #[test]
+    fn the_test_name_is_the_word_after_exact() {
+        let line = b"/t/bin\0--exact\0tests::a_long_test_name\0-q\0--nocapture\0";
+        assert_eq!(exact_test_name(line), Some(&b"tests::a_long_test_name"[..]));
+        assert_eq!(exact_test_name(b"/t/bin\0-q\0"), None);
+        assert_eq!(exact_test_name(b"/t/bin\0--exact\0"), None);
+    }
+
+    #[test]
+    fn a_cut_thread_name_matches_as_a_prefix() {
+        let mut lines = FailureLines::new(b"thread 'tests::test_to_");
+        assert!(lines.feed(b"thread 'tests::test_to_compact_string' (7) panicked at a.rs:1:1:\n"));
+    }
 
     /// Whether `text`, fed in pieces of `piece` bytes, tells test
     /// `tests::t` failed.
