@@ -53,9 +53,10 @@
 //! A test's process (`sites-fork-test`: one test of a libtest harness)
 //! has two threads: libtest runs the test on a thread of its own, and its
 //! main thread waits on a futex for the result. Such a process is fit to
-//! fork from the test's thread while the main thread waits (it holds no
-//! lock then; looked at again just before the fork) and its standard error
-//! is a regular file. The child holds the test's thread alone: its output
+//! fork from the test's thread while the main thread waits (libtest's
+//! holds none of its locks then; looked at again just before the fork, a
+//! wake-up between the look and the fork left to the deadlock detector or
+//! `MS`) and its standard error is a regular file. The child holds the test's thread alone: its output
 //! goes to a file of its own (the parent's output file's path followed by
 //! `.PID`, which the runner reads; a child that cannot open it ends before
 //! its site line, and the parent fails the site itself), and its process
@@ -79,7 +80,7 @@
 //! Everything here runs inside the allocator, on the process's only
 //! thread (a test's: the one that is not waiting), under the in-reclaim
 //! mark (what the fork handlers allocate is served, never injected), and
-//! allocates nothing. `SIGCHLD` is blocked on the forking thread from just
+//! allocates nothing itself. `SIGCHLD` is blocked on the forking thread from just
 //! before the fork until the child is reaped: a handler of the program's
 //! that reaps every child cannot take the status first (the signal stays
 //! pending and reaches the program afterwards, as a stray `SIGCHLD` a
@@ -94,7 +95,8 @@ use core::ffi::{CStr, c_int};
 use core::fmt::Write;
 use core::ptr;
 use core::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
+    Ordering::Relaxed,
 };
 use std::borrow::Cow;
 
@@ -125,9 +127,14 @@ static PANIC_HEAD_LEN: AtomicUsize = AtomicUsize::new(0);
 const PANIC_HEAD_MAX: usize = 512;
 /// In a forked child: the process that forked it.
 static PARENT: AtomicI32 = AtomicI32::new(0);
-/// In a child forked on a test's thread: its own output file, open for
-/// reading (-1: none).
-static OUTPUT_FD: AtomicI32 = AtomicI32::new(-1);
+/// In a child forked with its own output: that file's path, NUL-ended
+/// (empty: none), read again at its exit (the test may have closed the
+/// descriptor).
+static OUTPUT_PATH: [AtomicU8; OUTPUT_PATH_MAX] = [const { AtomicU8::new(0) }; OUTPUT_PATH_MAX];
+const OUTPUT_PATH_MAX: usize = 600;
+/// The thread-specific key whose destructor ends a test's child with its
+/// test's thread (`u32::MAX`: none).
+static EXIT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// What a child tells its parent through the shared page.
 struct Shared {
@@ -181,6 +188,14 @@ pub(super) fn install(ms: u64, test: bool, output: bool) {
             SHARED.store(page.cast(), Relaxed);
         }
     }
+    if ms != 0 && test && EXIT_KEY.load(Relaxed) == u32::MAX {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is writable; the destructor is a valid function for
+        // the life of the process.
+        if unsafe { libc::pthread_key_create(&mut key, Some(test_thread_ended)) } == 0 {
+            EXIT_KEY.store(key, Relaxed);
+        }
+    }
     TEST.store(test, Relaxed);
     OWN_OUTPUT.store(test || output, Relaxed);
     FORK_MS.store(ms, Relaxed);
@@ -232,6 +247,9 @@ pub(super) fn fitness() -> Fitness {
     if test && reason.as_str().is_empty() {
         test_harness_unfit(&mut reason);
     }
+    if reason.as_str().is_empty() && OWN_OUTPUT.load(Relaxed) && output_path().is_none() {
+        let _ = reason.write_str("its output is not a regular file");
+    }
     if reason.as_str().is_empty()
         && let Some(fd) = open_stream()
     {
@@ -252,17 +270,14 @@ pub(super) fn fitness() -> Fitness {
 
 /// In a test's process (`sites-fork-test`), why it may not fork: the
 /// allocating thread must be the test's, not the main thread, and the main
-/// thread must be waiting on a futex (the harness waits for the test's
-/// result: it holds no lock the child could need); the output must go to
-/// a regular file (the child's goes to a file beside it).
+/// thread must be waiting on a futex (libtest's main thread, waiting for
+/// the test's result, holds none of its locks).
 fn test_harness_unfit(reason: &mut StackBuf<96>) {
     let pid = sys::getpid();
     if sys::gettid() == pid {
         let _ = reason.write_str("the test runs on the main thread");
     } else if !main_thread_waits(pid) {
         let _ = reason.write_str("the harness's main thread is not waiting");
-    } else if output_path().is_none() {
-        let _ = reason.write_str("its output is not a regular file");
     }
 }
 
@@ -317,24 +332,30 @@ fn own_output() -> bool {
     if write!(path, ".{}\0", sys::getpid()).is_err() {
         return false;
     }
-    let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+    let Ok(cpath) = CStr::from_bytes_with_nul(path.as_bytes()) else {
         return false;
     };
     // SAFETY: a NUL-terminated path; the descriptor is ours.
     let fd = unsafe {
         libc::open(
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_CLOEXEC,
+            cpath.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_CLOEXEC,
             0o644,
         )
     };
     if fd < 0 {
         return false;
     }
-    let fd = sys::move_descriptor_high(fd);
-    // SAFETY: `fd` is open and ours; 1 and 2 then refer to its file.
-    let moved = unsafe { libc::dup2(fd, 1) == 1 && libc::dup2(fd, 2) == 2 };
-    OUTPUT_FD.store(fd, Relaxed);
+    // SAFETY: `fd` is open and ours; 1 and 2 then refer to its file, and
+    // `fd` itself is closed.
+    let moved = unsafe {
+        let moved = libc::dup2(fd, 1) == 1 && libc::dup2(fd, 2) == 2;
+        libc::close(fd);
+        moved
+    };
+    for (slot, &b) in OUTPUT_PATH.iter().zip(path.as_bytes()) {
+        slot.store(b, Relaxed);
+    }
     moved
 }
 
@@ -344,19 +365,24 @@ fn own_output() -> bool {
 /// own running. A thread-specific value's destructor runs when the thread
 /// ends, after its thread-locals'.
 fn exit_with_the_test_thread() {
-    extern "C" fn test_thread_ended(_: *mut libc::c_void) {
-        // SAFETY: ends the process from the test's thread as it ends, as
-        // glibc does itself when the last thread ends.
-        unsafe { libc::exit(0) };
+    let key = EXIT_KEY.load(Relaxed);
+    // glibc keeps the values of the first 32 keys in the thread itself;
+    // a later key's would be allocated (glibc's last-thread exit then
+    // still ends a child whose test left no thread).
+    if key < 32 {
+        // SAFETY: a key created by `install`; a non-null value (never
+        // dereferenced) makes its destructor run for this thread.
+        unsafe { libc::pthread_setspecific(key, ptr::dangling::<libc::c_void>()) };
     }
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is writable; a non-null value (never dereferenced)
-    // makes the destructor run for this thread.
-    unsafe {
-        if libc::pthread_key_create(&mut key, Some(test_thread_ended)) == 0 {
-            libc::pthread_setspecific(key, ptr::dangling::<libc::c_void>());
-        }
-    }
+}
+
+/// The destructor of [`EXIT_KEY`]'s value: ends the process as the test's
+/// thread ends, whatever other threads the test left running (glibc itself
+/// calls `exit(0)` when the last thread ends).
+extern "C" fn test_thread_ended(_: *mut libc::c_void) {
+    // SAFETY: `exit` runs the exit handlers (the fate's) and ends the
+    // process; only a child forked on a test's thread sets the key's value.
+    unsafe { libc::exit(0) };
 }
 
 /// In a child forked on a test's thread: notes how the harness's panic
@@ -382,9 +408,15 @@ fn note_panic_head() {
         Some(name) => (name, true),
         None => (kernel, kernel.len() < sys::KERNEL_NAME_BYTES),
     };
-    if let Ok(name) = core::str::from_utf8(name) {
-        let _ = head.write_str(name);
-    }
+    // A name cut inside a character: its whole characters, as a prefix.
+    let (name, whole) = match core::str::from_utf8(name) {
+        Ok(name) => (name, whole),
+        Err(cut) => (
+            core::str::from_utf8(&name[..cut.valid_up_to()]).unwrap_or(""),
+            false,
+        ),
+    };
+    let _ = head.write_str(name);
     if whole {
         let _ = head.write_str("'");
     }
@@ -407,11 +439,26 @@ fn exact_test_name(cmdline: &[u8]) -> Option<&[u8]> {
 /// the test's thread ends, failed or not: the harness's main thread, which
 /// would report the failure, was not forked. Its output tells: the
 /// harness's panic line for the test's own thread (`thread 'NAME' panicked
-/// at`, or `thread 'NAME' (ID) panicked at`), or the line std writes for a
-/// test returning an `Err` (`Error: ...`).
+/// at`, or `thread 'NAME' (ID) panicked at`), or, as its last line, the one
+/// std writes for a test returning an `Err` just before the test's thread
+/// ends (`Error: ...`).
 pub(super) fn test_failed() -> bool {
-    let fd = OUTPUT_FD.load(Relaxed);
-    if fd < 0 || !TEST.load(Relaxed) {
+    if !TEST.load(Relaxed) {
+        return false;
+    }
+    let mut path = [0u8; OUTPUT_PATH_MAX];
+    for (b, slot) in path.iter_mut().zip(&OUTPUT_PATH) {
+        *b = slot.load(Relaxed);
+    }
+    let Ok(path) = CStr::from_bytes_until_nul(&path) else {
+        return false;
+    };
+    if path.is_empty() {
+        return false;
+    }
+    // SAFETY: a NUL-terminated path; closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
         return false;
     }
     let mut head = [0u8; PANIC_HEAD_MAX];
@@ -421,29 +468,28 @@ pub(super) fn test_failed() -> bool {
     }
     let mut lines = FailureLines::new(&head[..len]);
     let mut buf = [0u8; 4096];
-    let mut offset: libc::off_t = 0;
-    loop {
-        // SAFETY: pread writes at most `buf.len()` bytes into `buf`.
-        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset) };
+    let failed = loop {
+        // SAFETY: read writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         let Ok(n) = usize::try_from(n) else {
             if sys::errno() == libc::EINTR {
                 continue;
             }
-            return false;
+            break lines.failed();
         };
         if n == 0 {
-            return false;
+            break lines.failed();
         }
-        if lines.feed(&buf[..n]) {
-            return true;
-        }
-        offset += n as libc::off_t;
-    }
+        lines.feed(&buf[..n]);
+    };
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    failed
 }
 
-/// Finds, in text fed piece by piece, a line that starts with `head` (the
-/// test thread's `thread 'NAME'`) and holds ` panicked at `, or a line that
-/// starts with `Error: `.
+/// Reads text fed piece by piece for a line that starts with `head` (the
+/// test thread's `thread 'NAME'`) and holds ` panicked at `, and whether
+/// the last line starts with `Error: `.
 struct FailureLines<'a> {
     head: &'a [u8],
     /// Bytes of `head` and of `Error: ` matched at the line's start; `None`
@@ -452,6 +498,12 @@ struct FailureLines<'a> {
     at_error: Option<usize>,
     /// Bytes of ` panicked at ` matched, once the line started with `head`.
     mark: usize,
+    /// A panic line was seen.
+    panicked: bool,
+    /// The last line that holds anything starts with `Error: `.
+    last_is_error: bool,
+    /// The line under way holds something.
+    started: bool,
 }
 
 impl<'a> FailureLines<'a> {
@@ -464,19 +516,35 @@ impl<'a> FailureLines<'a> {
             at_head: Some(0),
             at_error: Some(0),
             mark: 0,
+            panicked: false,
+            last_is_error: false,
+            started: false,
         }
     }
 
-    fn feed(&mut self, text: &[u8]) -> bool {
+    /// Whether the text fed so far tells the test failed.
+    fn failed(&self) -> bool {
+        self.panicked || self.last_is_error
+    }
+
+    fn feed(&mut self, text: &[u8]) {
         for &b in text {
             if b == b'\n' {
-                *self = FailureLines::new(self.head);
+                self.at_head = Some(0);
+                self.at_error = Some(0);
+                self.mark = 0;
+                self.started = false;
                 continue;
+            }
+            if !self.started {
+                self.started = true;
+                self.last_is_error = false;
             }
             if let Some(e) = self.at_error {
                 self.at_error = (b == Self::ERROR[e]).then_some(e + 1);
                 if self.at_error == Some(Self::ERROR.len()) {
-                    return true;
+                    self.last_is_error = true;
+                    self.at_error = None;
                 }
             }
             match self.at_head {
@@ -488,7 +556,9 @@ impl<'a> FailureLines<'a> {
                     if b == Self::MARK[self.mark] {
                         self.mark += 1;
                         if self.mark == Self::MARK.len() {
-                            return true;
+                            self.panicked = true;
+                            self.at_head = None;
+                            self.mark = 0;
                         }
                     } else {
                         self.mark = usize::from(b == Self::MARK[0]);
@@ -496,18 +566,21 @@ impl<'a> FailureLines<'a> {
                 }
             }
         }
-        false
     }
 }
 
 /// The thread count, read again for a few milliseconds while it is above
-/// `expected` soon after a resolution's thread was joined (the kernel
-/// counts a thread until it is released, a little after its joiner woke).
+/// `expected` soon after a resolution's thread was joined, or one above it
+/// at any time (the kernel counts a thread until it is released, a little
+/// after its joiner woke).
 fn settled_thread_count(expected: u64) -> Option<u64> {
     let mut count = sys::thread_count();
     for _ in 0..20 {
+        // Also one thread more than expected, at any time: a thread the
+        // program has just joined.
         let recent = sys::now_ns().saturating_sub(RESOLVED_NS.load(Relaxed)) < 5_000_000;
-        if !(recent && count.is_some_and(|n| n > expected)) {
+        let one_more = count == Some(expected + 1);
+        if !((recent && count.is_some_and(|n| n > expected)) || one_more) {
             break;
         }
         nap_us(250);
@@ -679,12 +752,14 @@ pub(super) fn at_site(id: u64, fitness: Fitness) -> Forked {
         libc::pthread_sigmask(libc::SIG_BLOCK, &chld, &mut old);
     }
     let parent = sys::getpid();
-    // SAFETY: the process has one thread, or a test's main thread waiting
-    // on a futex (see `fitness`), so the child holds no lock another thread
-    // held; the locks this thread holds are the hazard the module's docs
-    // describe (a child that waits for ever on one is told apart and
-    // killed). `fork` runs the program's
-    // `pthread_atfork` handlers here, under the in-reclaim mark.
+    // SAFETY: the process has one thread, or a test's two, the harness's
+    // main thread seen waiting on a futex just now (see `fitness`), holding
+    // none of libtest's locks; the locks this thread holds, or a main
+    // thread woken meanwhile held, are the hazard the module's docs
+    // describe: a child that waits for ever on one is killed (told apart
+    // when it has one thread, else after `MS`) and its site walked again.
+    // `fork` runs the program's `pthread_atfork` handlers here, under the
+    // in-reclaim mark.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         PARENT.store(parent, Relaxed);
@@ -804,9 +879,10 @@ fn own_regular_files() {
 /// place, so that the programs it runs fail one site per process (their
 /// forking walks would run within this child's time).
 fn no_fork_below() {
-    // SAFETY: getenv returns the environment's own string or null; the
-    // child has one thread, and the bytes are overwritten in place, within
-    // the string, without changing its length.
+    // SAFETY: getenv returns the environment's own string or null; its
+    // bytes are overwritten in place, within the string, without changing
+    // its length (a thread reading the environment meanwhile reads digits
+    // either way).
     unsafe {
         let value = libc::getenv(c"MAYFAIL_INJECT".as_ptr());
         if value.is_null() {
@@ -1079,14 +1155,18 @@ mod tests {
     #[test]
     fn a_cut_thread_name_matches_as_a_prefix() {
         let mut lines = FailureLines::new(b"thread 'tests::test_to_");
-        assert!(lines.feed(b"thread 'tests::test_to_compact_string' (7) panicked at a.rs:1:1:\n"));
+        lines.feed(b"thread 'tests::test_to_compact_string' (7) panicked at a.rs:1:1:\n");
+        assert!(lines.failed());
     }
 
     /// Whether `text`, fed in pieces of `piece` bytes, tells test
     /// `tests::t` failed.
     fn failed(text: &str, piece: usize) -> bool {
         let mut lines = FailureLines::new(b"thread 'tests::t'");
-        text.as_bytes().chunks(piece).any(|chunk| lines.feed(chunk))
+        for chunk in text.as_bytes().chunks(piece) {
+            lines.feed(chunk);
+        }
+        lines.failed()
     }
 
     #[test]
@@ -1095,6 +1175,8 @@ mod tests {
             "thread 'tests::t' panicked at src/lib.rs:3:5:\nboom\n",
             "running 1 test\nthread 'tests::t' (6333) panicked at src/x.rs:1:1:\n",
             "out\nError: TryReserveError { kind: CapacityOverflow }\n",
+            "out\nError: TryReserveError { kind: CapacityOverflow }\n\n",
+            "thread 'tests::t' panicked at a.rs:1:1:\nthen more\n",
             "out\nthread 'tests::t' panicked at a.rs:1:1:",
         ];
         let no = [
@@ -1107,6 +1189,8 @@ mod tests {
             "thread 'tests::t' did not panic\npanicked at a.rs:1:1\n",
             "thread 'tests::t'\n panicked at a.rs:1:1\n",
             "no Error: here\nError:\n",
+            // An `Error:` line the test wrote on its way, not its last.
+            "Error: a retry\nthen it went on\n",
         ];
         for piece in [1, 2, 3, 7, 4096] {
             for text in yes {

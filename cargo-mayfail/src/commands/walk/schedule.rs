@@ -345,13 +345,19 @@ impl<'a, T> Pool<'a, T> {
 /// failed, and which of them have a fate.
 struct Tail {
     offset: u64,
+    /// Per process the walk started: the sites it failed itself.
     sites: HashMap<u32, Vec<u64>>,
+    /// Per forked child (parent, pid): the site it failed (its site line's
+    /// `parent=PID` fact; keyed by both, as a pid may be used again).
+    forked: HashMap<(u32, u32), Vec<u64>>,
     fates: HashMap<(u64, u32), Outcome>,
-    /// Sites given a `retry` line (by a process that forked them).
+    /// Sites given a `retry` line by a process that forked them (the
+    /// runner's own are not counted: see `own_retries`).
     retries: HashSet<u64>,
-    /// Per process: the children it forked at its sites (their site lines'
-    /// `parent=PID` fact).
-    children: HashMap<u32, Vec<u32>>,
+    /// The `retry` lines the runner wrote and has not read back yet.
+    own_retries: HashMap<u64, usize>,
+    /// The processes that wrote a `no-fork` line.
+    no_fork: HashSet<u32>,
     /// Sites whose allocation serves a panic's message: no error path of
     /// the code's own follows them.
     panics: HashSet<u64>,
@@ -386,21 +392,24 @@ impl Tail {
                         .split(',')
                         .find_map(|fact| fact.strip_prefix("parent="))
                         .and_then(|parent| parent.parse::<u32>().ok());
-                    if let Some(parent) = parent {
-                        let children = self.children.entry(parent).or_default();
-                        if !children.contains(&pid) {
-                            children.push(pid);
-                        }
+                    match parent {
+                        Some(parent) => self.forked.entry((parent, pid)).or_default().push(id),
+                        None => self.sites.entry(pid).or_default().push(id),
                     }
-                    self.sites.entry(pid).or_default().push(id);
                 }
                 Ok(Line::Fate {
                     id, pid, outcome, ..
                 }) => {
                     self.fates.entry((id, pid)).or_insert(outcome);
                 }
-                Ok(Line::Retry { id }) => {
-                    self.retries.insert(id);
+                Ok(Line::Retry { id }) => match self.own_retries.get_mut(&id) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => {
+                        self.retries.insert(id);
+                    }
+                },
+                Ok(Line::NoFork { pid, .. }) => {
+                    self.no_fork.insert(pid);
                 }
                 _ => {}
             }
@@ -471,8 +480,10 @@ impl<'a> Scheduler<'a> {
                 offset,
                 sites: HashMap::new(),
                 fates: HashMap::new(),
+                forked: HashMap::new(),
                 retries: HashSet::new(),
-                children: HashMap::new(),
+                own_retries: HashMap::new(),
+                no_fork: HashSet::new(),
                 panics: HashSet::new(),
             },
             depth: 0,
@@ -729,7 +740,7 @@ impl<'a> Scheduler<'a> {
                     .to_string(),
                 )?,
                 // Interrupted before it could end: fail it again next time.
-                None => self.setup.append(&Line::Retry { id }.to_string())?,
+                None => self.append_retry(id)?,
             }
         }
         self.tail.fates.retain(|&(_, p), _| p != pid);
@@ -784,13 +795,19 @@ impl<'a> Scheduler<'a> {
         let test = walked.test.line_name();
         self.setup.append(&Line::Test { pid, test }.to_string())?;
         let mut children: HashMap<u32, Option<String>> = children.into_iter().collect();
-        for child in self.tail.children.remove(&pid).unwrap_or_default() {
-            children.entry(child).or_default();
+        for &(parent, child) in self.tail.forked.keys() {
+            if parent == pid {
+                children.entry(child).or_default();
+            }
         }
         let mut children: Vec<(u32, Option<String>)> = children.into_iter().collect();
         children.sort();
-        let forked = self.settle_children(walked, children, untold)?;
-        if forked.again {
+        let stopped_forking = self.tail.no_fork.remove(&pid);
+        let forked = self.settle_children(pid, walked, children, untold)?;
+        // Some site to walk again one per process; or a process that could
+        // not fork at all (a thread of the test's own): its later ones walk
+        // one site each, with copies at once.
+        if forked.again || (stopped_forking && forked.sites.is_empty()) {
             self.unforked.insert(index);
         }
         let forked_sites = forked.sites.len();
@@ -905,6 +922,15 @@ impl<'a> Scheduler<'a> {
     }
 }
 
+impl Scheduler<'_> {
+    /// Appends a `retry` line of the runner's own: not to be read back as
+    /// one a process wrote.
+    fn append_retry(&mut self, id: u64) -> Result<(), Failure> {
+        *self.tail.own_retries.entry(id).or_default() += 1;
+        self.setup.append(&Line::Retry { id }.to_string())
+    }
+}
+
 /// The sites a test's process found: those it failed itself, then the
 /// last `forked` ones its children failed; `again`: some site must be
 /// walked again, one per process.
@@ -932,6 +958,7 @@ impl Scheduler<'_> {
     /// a failure when it passes).
     fn settle_children(
         &mut self,
+        parent: u32,
         walked: &Walked,
         children: Vec<(u32, Option<String>)>,
         untold: bool,
@@ -941,15 +968,11 @@ impl Scheduler<'_> {
             again: false,
         };
         for (pid, panicked) in children {
-            let sites = self.tail.sites.remove(&pid).unwrap_or_default();
+            let sites = self.tail.forked.remove(&(parent, pid)).unwrap_or_default();
             let test = walked.test.line_name();
             self.setup.append(&Line::Test { pid, test }.to_string())?;
             for id in sites {
                 let outcome = self.tail.fates.remove(&(id, pid));
-                if self.tail.retries.remove(&id) {
-                    forked.again = true;
-                    continue;
-                }
                 let told = match outcome {
                     // Its process's end: an abort, a crash, a hang.
                     Some(Outcome::Aborted | Outcome::Crashed | Outcome::Hung) => true,
@@ -957,7 +980,12 @@ impl Scheduler<'_> {
                     None => false,
                 };
                 if !told {
-                    self.setup.append(&Line::Retry { id }.to_string())?;
+                    // A child with no fate was given its `retry` line by its
+                    // parent (killed, deadlocked, lost), unless the parent
+                    // itself was killed first.
+                    if outcome.is_some() || !self.tail.retries.remove(&id) {
+                        self.append_retry(id)?;
+                    }
                     forked.again = true;
                     continue;
                 }
