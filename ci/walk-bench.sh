@@ -2,7 +2,9 @@
 # Walks real crates' test suites with `mayfail sites` and prints one row per
 # crate: the plain `cargo test` time, the sites found, the distinct
 # allocation lines (a site's innermost frame in user code, file:line), the
-# processes started, the children they forked at sites, the walk's time, its ratio to the plain time, and the mean
+# processes started, the children they forked at sites, the walk's time,
+# the median cost of a site (the runner's: from a child's fork to the next
+# one's, or a process's whole time), its ratio to the plain time, and the mean
 # cost of a site ((walk - plain) / sites), and the walk's time split into
 # the tests' and the doctests'. Not run by .ci/run: it takes
 # minutes and reads crates from the registry.
@@ -49,7 +51,7 @@ fetch() {
 
 now() { date +%s.%N; }
 
-printf '%-22s %7s %6s %6s %9s %6s %8s %6s %9s %8s %7s\n' crate plain_s sites lines processes forked walk_s ratio per_site tests_s doc_s
+printf '%-22s %7s %6s %6s %9s %6s %8s %6s %9s %7s %8s %7s\n' crate plain_s sites lines processes forked walk_s ratio per_site median tests_s doc_s
 for crate in "${crates[@]}"; do
     fetch "$crate"
     cd "$work/$crate"
@@ -60,7 +62,7 @@ for crate in "${crates[@]}"; do
     state=$work/$crate-$engine.state
     rm -f "$state" "${state%.state}".{json,html,log}
     start=$(now)
-    "$MAYFAIL_BIN" sites --engine "$engine" --state "$state" -- cargo test -q >/dev/null 2>&1 || true
+    "$MAYFAIL_BIN" sites --engine "$engine" --state "$state" -- cargo test -q >/dev/null 2>"${state%.state}.err" || true
     walk=$(echo "$(now) - $start" | bc)
     python3 - "$state" "$crate" "$plain" "$walk" <<'PY'
 import json, sys
@@ -88,6 +90,10 @@ for line in text:
         else:
             tests_ms += int(fields[2])
 per_site = (walk - plain) / max(len(sites), 1)
-print(f"{crate:<22} {plain:7.2f} {len(sites):6d} {len(lines):6d} {processes:9d} {len(forked):6d} {walk:8.1f} {walk / plain:6.1f} {per_site:9.3f} {tests_ms / 1000:8.1f} {doc_ms / 1000:7.1f}")
+# The runner's own median cost of a site (the tests engine says it).
+import re
+said = re.findall(r"a site's median cost ([0-9]+) ms", open(state[:-len(".state")] + ".err").read())
+median = int(said[-1]) / 1000 if said else float("nan")
+print(f"{crate:<22} {plain:7.2f} {len(sites):6d} {len(lines):6d} {processes:9d} {len(forked):6d} {walk:8.1f} {walk / plain:6.1f} {per_site:9.3f} {median:7.3f} {tests_ms / 1000:8.1f} {doc_ms / 1000:7.1f}")
 PY
 done

@@ -90,6 +90,7 @@ struct Live<T> {
     deadline: Instant,
     /// It forks at its sites (`sites-fork`).
     forking: bool,
+    started: std::time::SystemTime,
     tag: T,
     /// When the interrupt was passed on to it.
     interrupted: Option<Instant>,
@@ -127,6 +128,9 @@ pub(crate) struct Finished<T> {
     /// The children it forked at its sites: pid, and where the test
     /// panicked in each, if it did.
     pub(crate) children: Vec<(u32, Option<String>)>,
+    /// What each site cost it: the time from each child's fork to the next
+    /// one's, or to the process's end; without children, its whole time.
+    pub(crate) costs: Vec<Duration>,
 }
 
 /// How long after the last sign of a forking process's last child the
@@ -158,15 +162,45 @@ fn forked_outputs(output: &Path) -> Vec<(u32, PathBuf)> {
     found
 }
 
-/// How long ago the newest output file of a process's forked children was
-/// last written.
+/// What each site cost a process that ended just now, started at
+/// `started`: from each forked child's output file's creation (its fork) to
+/// the next one's, the last one's to now; with no child, its whole time.
+fn site_costs(outputs: &[(u32, PathBuf)], started: std::time::SystemTime) -> Vec<Duration> {
+    let now = std::time::SystemTime::now();
+    let mut forks: Vec<std::time::SystemTime> = outputs
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok()?.created().ok())
+        .collect();
+    if forks.len() != outputs.len() {
+        return Vec::new();
+    }
+    if forks.is_empty() {
+        return now.duration_since(started).into_iter().collect();
+    }
+    forks.sort();
+    forks.push(now);
+    forks
+        .windows(2)
+        .filter_map(|pair| pair[1].duration_since(pair[0]).ok())
+        .collect()
+}
+
+/// The median of `costs` (`None` when there are none).
+fn median(costs: &mut [Duration]) -> Option<Duration> {
+    costs.sort();
+    costs.get(costs.len() / 2).copied()
+}
+
+/// How long ago the newest of a process's forked children was forked: its
+/// output file's creation (what writes to it later, a program the child
+/// started, never pushes the process's deadline on).
 fn newest_child_age(output: &Path) -> Option<Duration> {
     forked_outputs(output)
         .iter()
         .filter_map(|(_, path)| {
-            std::fs::metadata(path)
-                .ok()?
-                .modified()
+            let meta = std::fs::metadata(path).ok()?;
+            meta.created()
+                .or_else(|_| meta.modified())
                 .ok()?
                 .elapsed()
                 .ok()
@@ -230,6 +264,7 @@ impl<'a, T> Pool<'a, T> {
             child,
             deadline: Instant::now() + self.setup.timeout,
             forking,
+            started: std::time::SystemTime::now(),
             tag,
             interrupted: None,
             output: path,
@@ -249,7 +284,9 @@ impl<'a, T> Pool<'a, T> {
                 if let Some(ended) = self.poll(i) {
                     let live = self.live.swap_remove(i);
                     let (panicked, says_failed) = self.to_log(&live.output);
-                    let children = forked_outputs(&live.output)
+                    let outputs = forked_outputs(&live.output);
+                    let costs = site_costs(&outputs, live.started);
+                    let children = outputs
                         .into_iter()
                         .map(|(pid, path)| (pid, self.to_log(&path).0))
                         .collect();
@@ -260,6 +297,7 @@ impl<'a, T> Pool<'a, T> {
                         panicked,
                         says_failed,
                         children,
+                        costs,
                     });
                 }
             }
@@ -299,8 +337,8 @@ impl<'a, T> Pool<'a, T> {
         let stubborn = live.interrupted.is_some_and(|at| at.elapsed() > PATIENCE);
         let now = Instant::now();
         if live.forking && live.interrupted.is_none() && now > live.deadline {
-            // Its timeout counts from the last sign of its last child (each
-            // child is killed after the timeout by the process itself).
+            // Its timeout counts from its last child's fork (each child is
+            // killed after the timeout by the process itself).
             if let Some(age) = newest_child_age(&live.output) {
                 live.deadline = live
                     .deadline
@@ -440,6 +478,8 @@ pub(crate) struct Scheduler<'a> {
     /// The tests whose processes no longer fork: a child of theirs was
     /// killed or lost, or the test panics while it passes.
     unforked: HashSet<usize>,
+    /// What each site found cost (see [`site_costs`]).
+    costs: Vec<Duration>,
     sites: usize,
     processes: usize,
     /// Error paths: at most this many failures in a process (`--depth`).
@@ -495,6 +535,7 @@ impl<'a> Scheduler<'a> {
             rounds: Vec::new(),
             fork_ms: fork.then(|| u64::try_from(setup.timeout.as_millis()).unwrap_or(u64::MAX)),
             unforked: HashSet::new(),
+            costs: Vec::new(),
             sites: 0,
             processes: 0,
         })
@@ -596,8 +637,12 @@ impl<'a> Scheduler<'a> {
             }
             .to_string(),
         )?;
+        let median = match median(&mut self.costs) {
+            Some(cost) => format!("; a site's median cost {} ms", cost.as_millis()),
+            None => String::new(),
+        };
         progress.line(&format!(
-            "tests: {} new sites in {} processes, {} s{}",
+            "tests: {} new sites in {} processes, {} s{median}{}",
             self.sites,
             self.processes,
             seconds(elapsed),
@@ -776,6 +821,7 @@ impl<'a> Scheduler<'a> {
             panicked,
             says_failed,
             children,
+            costs,
             ..
         } = finished;
         self.busy[walked.binary] -= 1;
@@ -814,6 +860,9 @@ impl<'a> Scheduler<'a> {
         failed.extend(forked.sites);
         if matches!(ended, Ended::Interrupted) {
             return Ok(Settled::Interrupted);
+        }
+        if !failed.is_empty() {
+            self.costs.extend(costs);
         }
         if !failed.is_empty() || forked.again {
             let found = Found {
@@ -1041,6 +1090,18 @@ struct Round {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_cost_is_the_middle_one() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [ms(9), ms(1), ms(5)]), Some(ms(5)));
+        assert_eq!(median(&mut [ms(9), ms(1)]), Some(ms(9)));
+        // No child: the process's whole time.
+        let started = std::time::SystemTime::now() - ms(50);
+        let costs = site_costs(&[], started);
+        assert!(costs.len() == 1 && costs[0] >= ms(50), "{costs:?}");
+    }
 
     #[test]
     fn a_panic_is_located_from_the_harness_output_line() {
