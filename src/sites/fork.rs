@@ -442,24 +442,24 @@ fn exact_test_name(cmdline: &[u8]) -> Option<&[u8]> {
 /// at`, or `thread 'NAME' (ID) panicked at`), or, as its last line, the one
 /// std writes for a test returning an `Err` just before the test's thread
 /// ends (`Error: ...`).
-pub(super) fn test_failed() -> bool {
+pub(super) fn test_failed() -> Told {
     if !TEST.load(Relaxed) {
-        return false;
+        return Told::NotATest;
     }
     let mut path = [0u8; OUTPUT_PATH_MAX];
     for (b, slot) in path.iter_mut().zip(&OUTPUT_PATH) {
         *b = slot.load(Relaxed);
     }
     let Ok(path) = CStr::from_bytes_until_nul(&path) else {
-        return false;
+        return Told::Unread;
     };
     if path.is_empty() {
-        return false;
+        return Told::Unread;
     }
     // SAFETY: a NUL-terminated path; closed below.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return false;
+        return Told::Unread;
     }
     let mut head = [0u8; PANIC_HEAD_MAX];
     let len = PANIC_HEAD_LEN.load(Relaxed).min(PANIC_HEAD_MAX);
@@ -468,23 +468,37 @@ pub(super) fn test_failed() -> bool {
     }
     let mut lines = FailureLines::new(&head[..len]);
     let mut buf = [0u8; 4096];
-    let failed = loop {
+    let told = loop {
         // SAFETY: read writes at most `buf.len()` bytes into `buf`.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         let Ok(n) = usize::try_from(n) else {
             if sys::errno() == libc::EINTR {
                 continue;
             }
-            break lines.failed();
+            break Told::Unread;
         };
         if n == 0 {
-            break lines.failed();
+            break if lines.failed() {
+                Told::Failed
+            } else {
+                Told::Passed
+            };
         }
         lines.feed(&buf[..n]);
     };
     // SAFETY: `fd` is open and ours.
     unsafe { libc::close(fd) };
-    failed
+    told
+}
+
+/// What a forked child's output tells of its test (see [`test_failed`]).
+pub(super) enum Told {
+    /// Not a child forked on a test's thread: its status tells.
+    NotATest,
+    Passed,
+    Failed,
+    /// Its output could not be read: nothing is told.
+    Unread,
 }
 
 /// Reads text fed piece by piece for a line that starts with `head` (the

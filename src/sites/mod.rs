@@ -545,16 +545,25 @@ extern "C" fn at_exit(status: c_int, _arg: *mut c_void) {
     let mut detail = StackBuf::<32>::new();
     let _ = write!(detail, "exit {status}");
     // A child forked on a test's thread exits 0 when that thread ends,
-    // whether the test passed or not: its output tells.
-    let test_failed = status == 0 && FORKED.load(Relaxed) && fork::test_failed();
-    if test_failed {
-        detail = StackBuf::new();
-        let _ = detail.write_str("the test failed");
-    }
-    let outcome = if status == 0 && !test_failed {
-        Outcome::Handled
+    // whether the test passed or not: its output tells, if it can be read.
+    let told = if status == 0 && FORKED.load(Relaxed) {
+        fork::test_failed()
     } else {
-        Outcome::Failed
+        fork::Told::NotATest
+    };
+    let outcome = match told {
+        fork::Told::Failed => {
+            detail = StackBuf::new();
+            let _ = detail.write_str("the test failed");
+            Outcome::Failed
+        }
+        fork::Told::Unread => {
+            detail = StackBuf::new();
+            let _ = detail.write_str("its output could not be read");
+            Outcome::Unknown
+        }
+        fork::Told::Passed | fork::Told::NotATest if status == 0 => Outcome::Handled,
+        fork::Told::Passed | fork::Told::NotATest => Outcome::Failed,
     };
     write_fate(outcome, detail.as_bytes());
 }

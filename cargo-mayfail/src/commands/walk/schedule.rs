@@ -1025,8 +1025,9 @@ impl Scheduler<'_> {
                 let told = match outcome {
                     // Its process's end: an abort, a crash, a hang.
                     Some(Outcome::Aborted | Outcome::Crashed | Outcome::Hung) => true,
+                    // Its output could not be read, or says nothing.
+                    Some(Outcome::Unknown) | None => false,
                     Some(_) => !untold,
-                    None => false,
                 };
                 if !told {
                     // A child with no fate was given its `retry` line by its
