@@ -125,8 +125,9 @@ pub enum Line<'a> {
         /// What the failing process knew of the site, comma-separated:
         /// `panic` (the allocation serves a panic's message or payload),
         /// `after=ID+ID` (found on the error path of those sites), `forked`
-        /// (the process is a child forked at the site, `sites-fork`), or `-`;
-        /// empty in a line written before this field existed.
+        /// and `parent=PID` (the process is a child forked at the site by
+        /// process PID, `sites-fork`), or `-`; empty in a line written
+        /// before this field existed.
         facts: Cow<'a, str>,
         /// Its frames outside the allocation machinery up to the test
         /// harness, as `place` writes them; empty in an older line.
